@@ -1,0 +1,186 @@
+//! The crate's one error type.
+//!
+//! Errors that concern a single input carry its `index` (its position in the
+//! input iterator) and their message starts with it, so a failed item can be
+//! told apart from its neighbours. Pool-level errors (spawning, start-up,
+//! configuration, an unregistered task) carry no index.
+
+use std::process::ExitStatus;
+use std::time::Duration;
+
+/// Boxed source error, so codec and I/O crates stay out of the public API.
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Everything that can go wrong in buckshot.
+///
+/// A `map` yields one `Result<O, Error>` per input: a task that times out,
+/// panics or takes its worker down fails that input alone, and the map goes
+/// on. Errors returned from [`Pool::map`](crate::Pool::map) or
+/// [`PoolBuilder::build`](crate::PoolBuilder::build) themselves concern the
+/// whole pool.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The task ran longer than the pool's timeout; its worker was killed and
+    /// replaced.
+    #[error("input {index}: timed out after {timeout:?}")]
+    TaskTimeout {
+        /// Position of the input.
+        index: usize,
+        /// The pool's timeout.
+        timeout: Duration,
+    },
+
+    /// The task panicked. The worker caught the panic and lives on.
+    #[error("input {index}: task panicked: {message}")]
+    TaskPanicked {
+        /// Position of the input.
+        index: usize,
+        /// The panic message.
+        message: String,
+    },
+
+    /// The worker process running the task exited or was killed (abort,
+    /// segfault, `exit`, `kill -9`, out of memory, ...). A fresh worker takes
+    /// its place.
+    #[error("input {index}: worker died ({status}){}", last_line(stderr))]
+    WorkerDied {
+        /// Position of the input.
+        index: usize,
+        /// How the worker ended.
+        status: ExitStatus,
+        /// The last few KiB the worker wrote to stderr.
+        stderr: String,
+    },
+
+    /// The worker broke the wire protocol (for example a task wrote garbage to
+    /// the worker's reply channel); it was killed and replaced.
+    #[error("input {index}: worker broke the protocol: {message}")]
+    Protocol {
+        /// Position of the input.
+        index: usize,
+        /// What was wrong.
+        message: String,
+    },
+
+    /// The input could not be encoded to CBOR, or its encoding is larger than
+    /// the pool's frame limit. It was never sent.
+    #[error("input {index}: could not encode the input")]
+    Encode {
+        /// Position of the input.
+        index: usize,
+        /// The encoder's error.
+        #[source]
+        source: BoxError,
+    },
+
+    /// The worker could not decode the input or encode the task's output.
+    #[error("input {index}: worker could not {message}")]
+    WorkerCodec {
+        /// Position of the input.
+        index: usize,
+        /// What failed, as reported by the worker.
+        message: String,
+    },
+
+    /// The task's output came back but could not be decoded.
+    #[error("input {index}: could not decode the output")]
+    Decode {
+        /// Position of the input.
+        index: usize,
+        /// The decoder's error.
+        #[source]
+        source: BoxError,
+    },
+
+    /// The pool shut down (it was dropped, or it broke) before this input
+    /// finished.
+    #[error("input {index}: pool shut down before the task finished{}", reason_suffix(reason))]
+    PoolClosed {
+        /// Position of the input.
+        index: usize,
+        /// Why the pool shut down, when it was not simply dropped.
+        reason: Option<String>,
+    },
+
+    /// The function was never registered with [`register!`](crate::register).
+    #[error("task `{name}` is not registered (missing `buckshot::register!`?)")]
+    NotRegistered {
+        /// The function's type name.
+        name: String,
+    },
+
+    /// A worker process could not be started.
+    #[error("could not start a worker process")]
+    Spawn {
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// Workers start but fail before they can take work: they died during
+    /// start-up, or their handshake did not match this process.
+    #[error("workers fail to start: {message}")]
+    Startup {
+        /// What went wrong.
+        message: String,
+    },
+
+    /// The pool's configuration is invalid.
+    #[error("invalid pool configuration: {message}")]
+    Config {
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl Error {
+    /// The position of the input this error belongs to, if it concerns one
+    /// input rather than the whole pool.
+    pub fn index(&self) -> Option<usize> {
+        match self {
+            Error::TaskTimeout { index, .. }
+            | Error::TaskPanicked { index, .. }
+            | Error::WorkerDied { index, .. }
+            | Error::Protocol { index, .. }
+            | Error::Encode { index, .. }
+            | Error::WorkerCodec { index, .. }
+            | Error::Decode { index, .. }
+            | Error::PoolClosed { index, .. } => Some(*index),
+            Error::NotRegistered { .. }
+            | Error::Spawn { .. }
+            | Error::Startup { .. }
+            | Error::Config { .. } => None,
+        }
+    }
+
+    /// Whether the task ran past the pool's timeout.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, Error::TaskTimeout { .. })
+    }
+
+    /// Whether the task panicked.
+    pub fn is_panic(&self) -> bool {
+        matches!(self, Error::TaskPanicked { .. })
+    }
+
+    /// Whether the worker running the task died.
+    pub fn is_worker_died(&self) -> bool {
+        matches!(self, Error::WorkerDied { .. })
+    }
+}
+
+/// `": <last non-empty line>"` of a worker's stderr, or nothing.
+fn last_line(stderr: &str) -> String {
+    match stderr.lines().rev().find(|line| !line.trim().is_empty()) {
+        Some(line) => format!(": {}", line.trim()),
+        None => String::new(),
+    }
+}
+
+fn reason_suffix(reason: &Option<String>) -> String {
+    match reason {
+        Some(reason) => format!(" ({reason})"),
+        None => String::new(),
+    }
+}

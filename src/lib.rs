@@ -1,0 +1,148 @@
+//! Run a function over a pool of worker processes: each call isolated, timed
+//! out and killed if needed, without taking the program down.
+//!
+//! Threads share one address space: a task that hangs cannot be stopped, one
+//! that segfaults or aborts takes the whole program with it, and C code that
+//! is not thread-safe cannot run twice at once. buckshot runs each call in a
+//! worker process instead, a copy of the current binary, and gives back one
+//! `Result` per input.
+//!
+//! ```
+//! use std::time::Duration;
+//! use buckshot::{Error, Pool};
+//!
+//! fn harmonic_sum(x: u64) -> f64 {
+//!     (1..=x).map(|d| 1.0 / d as f64).sum()
+//! }
+//! buckshot::register!(harmonic_sum);
+//!
+//! fn main() -> Result<(), Error> {
+//!     let pool = Pool::builder().processes(4).timeout(Duration::from_secs(2)).build()?;
+//!     for (x, result) in (1..100).zip(pool.map(harmonic_sum, 1..100u64)?) {
+//!         match result {
+//!             Ok(sum) => println!("H({x}) = {sum}"),
+//!             Err(Error::TaskTimeout { .. }) => println!("H({x}) timed out"),
+//!             Err(e) => return Err(e),
+//!         }
+//!     }
+//!     Ok(())
+//! } // dropping the pool kills and reaps every worker
+//! ```
+//!
+//! # Tasks
+//!
+//! A task is any named `fn(I) -> O` whose input and output are `serde`
+//! types (they travel as CBOR). [`register!`] declares it, at module level,
+//! in any module or crate of the program; nothing has to run first. Closures
+//! and fn pointers cannot be registered: mapping one yields
+//! [`Error::NotRegistered`].
+//!
+//! # Maps
+//!
+//! [`Pool::map`] yields results in input order, [`Pool::map_unordered`] as
+//! they finish; [`map`] is a one-shot map on a fresh pool. Inputs are pulled
+//! lazily and a bounded number are in the pool at a time. Every input yields
+//! exactly one result: a value, or an [`Error`] that names its index.
+//!
+//! # How it works
+//!
+//! - A pool starts workers by re-executing its own binary (`/proc/self/exe`)
+//!   with a hidden environment variable.
+//! - In a worker, a constructor that runs before `main` (and before a test
+//!   harness) sees the variable, serves tasks over stdin/stdout, and exits;
+//!   `main` never runs there. A task's own prints go to stderr.
+//! - Requests and replies are length-prefixed frames of CBOR values. The pool
+//!   kills a worker whose task times out, replaces any worker that dies, and
+//!   reaps every worker it started.
+//!
+//! Examples, one per feature, live in the repository's `examples/` folder.
+
+#![deny(missing_docs, missing_debug_implementations, unsafe_op_in_unsafe_fn)]
+#![warn(clippy::undocumented_unsafe_blocks)]
+
+#[cfg(not(target_os = "linux"))]
+compile_error!("buckshot supports Linux only for now (it relies on pidfd and /proc/self/exe)");
+
+mod error;
+mod pool;
+mod process;
+mod protocol;
+mod registry;
+mod results;
+mod scheduler;
+mod worker;
+
+pub use crate::error::Error;
+pub use crate::pool::{Pool, PoolBuilder, map};
+pub use crate::results::{Results, UnorderedResults};
+
+/// Registers a function as a task that pools can run.
+///
+/// Write it at module level, next to the function, in any module or crate
+/// linked into the program. The function takes one input and returns one
+/// output, both `serde` types:
+///
+/// ```
+/// #[derive(serde::Serialize, serde::Deserialize)]
+/// struct Job { id: u32, text: String }
+///
+/// fn word_count(job: Job) -> (u32, usize) {
+///     (job.id, job.text.split_whitespace().count())
+/// }
+/// buckshot::register!(word_count);
+/// # fn main() {}
+/// ```
+///
+/// Generic functions are registered once per instantiation:
+/// `buckshot::register!(identity::<u64>);`.
+#[macro_export]
+macro_rules! register {
+    ($f:path) => {
+        const _: () = {
+            fn __buckshot_name() -> &'static str {
+                $crate::__private::type_name_of_val(&$f)
+            }
+            fn __buckshot_type_id() -> $crate::__private::TypeId {
+                $crate::__private::type_id_of_val(&$f)
+            }
+            fn __buckshot_run(input: &[u8], output: &mut $crate::__private::Vec<u8>, scratch: &mut [u8]) {
+                $crate::__private::run_task($f, input, output, scratch)
+            }
+            $crate::__private::inventory::submit! {
+                $crate::__private::Task::new(__buckshot_name, __buckshot_type_id, __buckshot_run)
+            }
+        };
+    };
+}
+
+// Not public API.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::registry::Task;
+    pub use inventory;
+    pub use std::any::{TypeId, type_name_of_val};
+    pub use std::vec::Vec;
+
+    pub fn type_id_of_val<T: 'static>(_: &T) -> TypeId {
+        TypeId::of::<T>()
+    }
+
+    pub fn run_task<F, I, O>(f: F, input: &[u8], output: &mut Vec<u8>, scratch: &mut [u8])
+    where
+        F: Fn(I) -> O,
+        I: serde::de::DeserializeOwned,
+        O: serde::Serialize,
+    {
+        crate::registry::run_task(f, input, output, scratch)
+    }
+}
+
+// The worker entry point. It must run after every `inventory` registration,
+// which are constructors too: `naked` puts it in the unsuffixed
+// `.init_array`, which runs after those of the crates that depend on
+// buckshot (they are linked first). A priority, even `late`, runs it too
+// early, and the worker would see no tasks (the handshake catches that).
+#[ctor::ctor(unsafe, naked)]
+fn buckshot_worker_entry() {
+    worker::serve_if_worker();
+}

@@ -1,0 +1,291 @@
+//! [`Pool`], its builder, and the one-shot [`map`].
+
+use std::any::type_name;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::Error;
+use crate::registry::registry;
+use crate::results::{Results, UnorderedResults};
+use crate::scheduler::{self, Config, Shared};
+
+/// Default limit on one frame, and so on one encoded input or output.
+const DEFAULT_MAX_FRAME_BYTES: u32 = 1 << 30;
+
+/// A pool of worker processes that run registered functions.
+///
+/// Workers are copies of the current binary, started at once by
+/// [`PoolBuilder::build`] and kept running between maps. A pool is `Send` and
+/// `Sync`: several threads may map on it at the same time and share its
+/// workers.
+///
+/// Dropping the pool kills and reaps every worker. Maps still running on
+/// other threads then yield [`Error::PoolClosed`] for their unfinished inputs.
+pub struct Pool {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Pool {
+    /// A pool of `processes` workers with default settings.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] if `processes` is 0, [`Error::Spawn`] if a worker
+    /// process cannot be started.
+    pub fn new(processes: usize) -> Result<Pool, Error> {
+        Pool::builder().processes(processes).build()
+    }
+
+    /// A builder to configure a pool.
+    pub fn builder() -> PoolBuilder {
+        PoolBuilder::default()
+    }
+
+    /// The number of worker processes the pool keeps.
+    pub fn processes(&self) -> usize {
+        self.shared.config.processes
+    }
+
+    /// The per-task timeout, if any.
+    pub fn timeout(&self) -> Option<Duration> {
+        self.shared.config.timeout
+    }
+
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Calls `f` on every input in a worker process and yields one result
+    /// per input, in input order.
+    ///
+    /// `f` must be a function registered with [`register!`](crate::register).
+    /// Inputs are pulled lazily as workers need them, and only a bounded
+    /// number are buffered, so `inputs` may be endless. A task that panics,
+    /// times out or kills its worker yields an error for its input alone.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotRegistered`] if `f` was not registered (closures and fn
+    /// pointers cannot be), [`Error::Startup`] if the pool's workers cannot
+    /// start.
+    pub fn map<F, I, O, It>(&self, f: F, inputs: It) -> Result<Results<It::IntoIter, O>, Error>
+    where
+        F: Fn(I) -> O + 'static,
+        It: IntoIterator<Item = I>,
+        I: Serialize,
+        O: DeserializeOwned,
+    {
+        Results::new(self, task_position(&f)?, inputs.into_iter())
+    }
+
+    /// Like [`Pool::map`], but yields each result as soon as it is ready,
+    /// with the position of its input.
+    ///
+    /// # Errors
+    ///
+    /// As for [`Pool::map`].
+    pub fn map_unordered<F, I, O, It>(&self, f: F, inputs: It) -> Result<UnorderedResults<It::IntoIter, O>, Error>
+    where
+        F: Fn(I) -> O + 'static,
+        It: IntoIterator<Item = I>,
+        I: Serialize,
+        O: DeserializeOwned,
+    {
+        UnorderedResults::new(self, task_position(&f)?, inputs.into_iter())
+    }
+}
+
+fn task_position<F: 'static>(_: &F) -> Result<u32, Error> {
+    registry().position::<F>().ok_or_else(|| Error::NotRegistered { name: type_name::<F>().to_owned() })
+}
+
+/// Maps `f` over `inputs` on a new pool with default settings, which lives as
+/// long as the returned iterator.
+///
+/// ```
+/// fn square(x: u64) -> u64 {
+///     x * x
+/// }
+/// buckshot::register!(square);
+///
+/// # fn main() -> Result<(), buckshot::Error> {
+/// let squares: Result<Vec<u64>, _> = buckshot::map(square, 1..=4)?.collect();
+/// assert_eq!(squares?, [1, 4, 9, 16]);
+/// # Ok(())
+/// # }
+/// ```
+///
+/// # Errors
+///
+/// As for [`Pool::map`], and [`Error::Spawn`] if the workers cannot be
+/// started.
+pub fn map<F, I, O, It>(f: F, inputs: It) -> Result<Results<It::IntoIter, O>, Error>
+where
+    F: Fn(I) -> O + 'static,
+    It: IntoIterator<Item = I>,
+    I: Serialize,
+    O: DeserializeOwned,
+{
+    let position = task_position(&f)?;
+    let pool = Pool::builder().build()?;
+    Ok(Results::new(&pool, position, inputs.into_iter())?.owning(pool))
+}
+
+impl Drop for Pool {
+    /// Kills and reaps every worker; inputs still owed to live maps fail
+    /// with [`Error::PoolClosed`].
+    fn drop(&mut self) {
+        if let Some(thread) = self.thread.take() {
+            scheduler::stop(&self.shared, thread);
+        }
+    }
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = self.shared.lock();
+        f.debug_struct("Pool")
+            .field("processes", &self.shared.config.processes)
+            .field("timeout", &self.shared.config.timeout)
+            .field("maps", &state.maps())
+            .field("queued", &state.queued())
+            .field("phase", state.phase())
+            .finish()
+    }
+}
+
+/// Configures and builds a [`Pool`].
+///
+/// ```
+/// use std::time::Duration;
+///
+/// # fn main() -> Result<(), buckshot::Error> {
+/// let pool = buckshot::Pool::builder()
+///     .processes(2)
+///     .timeout(Duration::from_secs(10))
+///     .build()?;
+/// assert_eq!(pool.processes(), 2);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct PoolBuilder {
+    /// Default: the available parallelism.
+    processes: Option<usize>,
+    /// Default: none.
+    timeout: Option<Duration>,
+    /// Default: 1 GiB.
+    max_frame_bytes: Option<u32>,
+    /// Default: none.
+    memory_limit: Option<u64>,
+    /// Default: 0.
+    retries: u32,
+    /// Default: none.
+    max_tasks_per_worker: Option<u64>,
+    /// Default: adaptive.
+    batch_size: Option<u32>,
+}
+
+impl PoolBuilder {
+    /// Number of worker processes. Default: [`std::thread::available_parallelism`].
+    pub fn processes(mut self, processes: usize) -> Self {
+        self.processes = Some(processes);
+        self
+    }
+
+    /// Longest time one task may run, counted from when its worker starts it
+    /// (time spent queued does not count). A task past it yields
+    /// [`Error::TaskTimeout`]; its worker is killed and replaced. Default: no
+    /// limit.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Largest frame exchanged with a worker, which bounds one encoded input
+    /// or output. A larger input yields [`Error::Encode`], a larger output
+    /// [`Error::WorkerCodec`]; a worker that sends a larger frame is killed.
+    /// Default: 1 GiB.
+    pub fn max_frame_bytes(mut self, bytes: u32) -> Self {
+        self.max_frame_bytes = Some(bytes);
+        self
+    }
+
+    /// Limit on each worker's address space (`RLIMIT_AS`). A task that
+    /// allocates past it makes its worker abort, which yields
+    /// [`Error::WorkerDied`] whose message names the failed allocation.
+    /// Default: none.
+    pub fn memory_limit(mut self, bytes: u64) -> Self {
+        self.memory_limit = Some(bytes);
+        self
+    }
+
+    /// How many times an input whose worker died is run again on a fresh
+    /// worker before [`Error::WorkerDied`] is reported. Inputs that timed out
+    /// or panicked are never retried. Default: 0.
+    pub fn retries(mut self, retries: u32) -> Self {
+        self.retries = retries;
+        self
+    }
+
+    /// Replace each worker after it has run this many inputs, to contain
+    /// leaks. Default: workers live as long as the pool.
+    pub fn max_tasks_per_worker(mut self, tasks: u64) -> Self {
+        self.max_tasks_per_worker = Some(tasks);
+        self
+    }
+
+    /// Inputs sent to a worker per message. Default: adaptive, from one (for
+    /// slow tasks) up to thousands (for tiny ones).
+    pub fn batch_size(mut self, inputs: u32) -> Self {
+        self.batch_size = Some(inputs);
+        self
+    }
+
+    /// Starts the workers.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for an invalid setting (no processes, a zero
+    /// timeout, batch size or task quota, a tiny frame limit),
+    /// [`Error::Spawn`] if a worker cannot be started.
+    pub fn build(self) -> Result<Pool, Error> {
+        let invalid = |message: &str| Err(Error::Config { message: message.to_owned() });
+        let processes = match self.processes {
+            Some(processes) => processes,
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        };
+        if processes == 0 {
+            return invalid("processes must be at least 1");
+        }
+        if self.timeout == Some(Duration::ZERO) {
+            return invalid("timeout must be greater than zero");
+        }
+        if self.batch_size == Some(0) {
+            return invalid("batch_size must be at least 1");
+        }
+        if self.max_tasks_per_worker == Some(0) {
+            return invalid("max_tasks_per_worker must be at least 1");
+        }
+        let max_frame_bytes = self.max_frame_bytes.unwrap_or(DEFAULT_MAX_FRAME_BYTES);
+        if max_frame_bytes < 1024 {
+            return invalid("max_frame_bytes must be at least 1024");
+        }
+        let config = Config {
+            processes,
+            timeout: self.timeout,
+            max_frame_bytes,
+            memory_limit: self.memory_limit,
+            retries: self.retries,
+            max_tasks_per_worker: self.max_tasks_per_worker,
+            batch_size: self.batch_size,
+        };
+        let (shared, thread) = scheduler::start(config)?;
+        Ok(Pool { shared, thread: Some(thread) })
+    }
+}

@@ -1,0 +1,119 @@
+//! The table of registered tasks.
+//!
+//! [`register!`](crate::register) submits one [`Task`] per function to
+//! `inventory`. The pool finds a function's entry by the `TypeId` of its fn
+//! item (exact, whatever the path it was named by) and tells the worker the
+//! entry's position in the table. Parent and worker are the same binary, so
+//! they see the same table in the same order; the handshake compares a digest
+//! of it to be sure.
+
+use std::any::TypeId;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::OnceLock;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::protocol::{self, Outcome};
+
+/// One registered function. Built only by [`register!`](crate::register).
+#[doc(hidden)]
+pub struct Task {
+    /// The fn item's type name, for messages.
+    pub(crate) name: fn() -> &'static str,
+    /// The fn item's `TypeId`, to find the entry from `Pool::map(f, ..)`.
+    pub(crate) type_id: fn() -> TypeId,
+    /// Decodes one input, runs the function, appends the encoded [`Outcome`].
+    pub(crate) run: fn(&[u8], &mut Vec<u8>, &mut [u8]),
+}
+
+impl Task {
+    #[doc(hidden)]
+    pub const fn new(
+        name: fn() -> &'static str,
+        type_id: fn() -> TypeId,
+        run: fn(&[u8], &mut Vec<u8>, &mut [u8]),
+    ) -> Task {
+        Task { name, type_id, run }
+    }
+}
+
+impl std::fmt::Debug for Task {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Task").field("name", &(self.name)()).finish()
+    }
+}
+
+inventory::collect!(Task);
+
+/// The registered tasks, in a fixed order, with a digest of their names.
+pub(crate) struct Registry {
+    pub(crate) tasks: Vec<&'static Task>,
+    pub(crate) digest: u64,
+}
+
+pub(crate) fn registry() -> &'static Registry {
+    static REGISTRY: OnceLock<Registry> = OnceLock::new();
+    REGISTRY.get_or_init(|| {
+        let tasks: Vec<&'static Task> = inventory::iter::<Task>.into_iter().collect();
+        let mut hasher = DefaultHasher::new();
+        for task in &tasks {
+            (task.name)().hash(&mut hasher);
+        }
+        Registry { digest: hasher.finish(), tasks }
+    })
+}
+
+impl Registry {
+    /// Position of the entry for the fn item of type `F`.
+    pub(crate) fn position<F: 'static>(&self) -> Option<u32> {
+        let wanted = TypeId::of::<F>();
+        let position = self.tasks.iter().position(|task| (task.type_id)() == wanted)?;
+        Some(u32::try_from(position).expect("fewer than 4 billion tasks"))
+    }
+}
+
+/// The body of every registered task's `run`: decode, call, encode, with
+/// panics caught and codec failures reported as outcomes.
+pub(crate) fn run_task<F, I, O>(f: F, input: &[u8], out: &mut Vec<u8>, scratch: &mut [u8])
+where
+    F: Fn(I) -> O,
+    I: DeserializeOwned,
+    O: Serialize,
+{
+    let start = out.len();
+    let input: I = match protocol::decode(input, scratch) {
+        Ok(input) => input,
+        Err(e) => return encode_failure(Outcome::Codec(format!("decode the input: {e}")), out),
+    };
+    let encoded = catch_unwind(AssertUnwindSafe(|| {
+        let output = f(input);
+        protocol::encode(&Outcome::Ok(&output), out)
+    }));
+    match encoded {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            out.truncate(start);
+            encode_failure(Outcome::Codec(format!("encode the output: {e}")), out);
+        }
+        Err(payload) => {
+            out.truncate(start);
+            encode_failure(Outcome::Panicked(panic_message(&*payload)), out);
+        }
+    }
+}
+
+fn encode_failure(outcome: Outcome<()>, out: &mut Vec<u8>) {
+    protocol::encode(&outcome, out).expect("encoding a string into a Vec cannot fail");
+}
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(message) = payload.downcast_ref::<&str>() {
+        (*message).to_owned()
+    } else if let Some(message) = payload.downcast_ref::<String>() {
+        message.clone()
+    } else {
+        "non-string panic payload".to_owned()
+    }
+}

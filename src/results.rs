@@ -1,0 +1,414 @@
+//! The iterators a map returns, and the caller-side half of a map: pulling
+//! inputs, encoding them into chunks, decoding and ordering outcomes.
+//!
+//! Inputs are pulled on the caller's thread, only while fewer than a window
+//! of them are unanswered, so an endless input iterator is fine and memory
+//! stays bounded. Chunk size adapts to the measured run time of the map's
+//! items: one input per frame until something is known, then as many as fit
+//! in about [`CHUNK_TARGET`] of work.
+
+use std::collections::VecDeque;
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, TryRecvError};
+use std::time::Duration;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::Error;
+use crate::pool::Pool;
+use crate::protocol::{self, Items, Outcome, RunFrame};
+use crate::scheduler::{Chunk, Delivery, MapStats, Shared};
+
+/// Work per chunk once run times are known: large enough to amortise a
+/// frame, small enough not to hold other inputs behind a slow one.
+const CHUNK_TARGET: Duration = Duration::from_micros(100);
+const MAX_CHUNK_ITEMS: u32 = 4096;
+
+enum Slot<O> {
+    Waiting,
+    Ready(Result<O, Error>),
+    Taken,
+}
+
+/// The state of one map on the caller's side.
+struct Feed<It, O> {
+    shared: Arc<Shared>,
+    map: u64,
+    task: u32,
+    rx: Receiver<Delivery>,
+    stats: Arc<MapStats>,
+    /// `None` once exhausted.
+    inputs: Option<It>,
+    next_input: usize,
+    /// Outcomes of inputs `base..next_input`.
+    window: VecDeque<Slot<O>>,
+    base: usize,
+    /// Inputs handed to the pool and not yet answered.
+    owed: usize,
+    /// Indices in the order their outcomes arrived (unordered maps only).
+    arrivals: Option<VecDeque<usize>>,
+    scratch: Vec<u8>,
+    /// The pool of a one-shot [`map`](crate::map), dropped with the results.
+    _pool: Option<Pool>,
+}
+
+impl<It, O> Feed<It, O>
+where
+    It: Iterator,
+    It::Item: Serialize,
+    O: DeserializeOwned,
+{
+    fn new(pool: &Pool, task: u32, inputs: It, unordered: bool) -> Result<Feed<It, O>, Error> {
+        let shared = Arc::clone(pool.shared());
+        let (map, rx, stats) = shared.open_map()?;
+        Ok(Feed {
+            shared,
+            map,
+            task,
+            rx,
+            stats,
+            inputs: Some(inputs),
+            next_input: 0,
+            window: VecDeque::new(),
+            base: 0,
+            owed: 0,
+            arrivals: unordered.then(VecDeque::new),
+            scratch: vec![0; 4096],
+            _pool: None,
+        })
+    }
+
+    fn chunk_items(&self) -> u32 {
+        if let Some(size) = self.shared.config.batch_size {
+            return size;
+        }
+        match self.stats.per_item() {
+            None => 1,
+            Some(per_item) => {
+                let items = CHUNK_TARGET.as_nanos() / per_item.as_nanos().max(1);
+                u32::try_from(items).unwrap_or(MAX_CHUNK_ITEMS).clamp(1, MAX_CHUNK_ITEMS)
+            }
+        }
+    }
+
+    fn set(&mut self, index: usize, result: Result<O, Error>) {
+        let slot = &mut self.window[index - self.base];
+        debug_assert!(matches!(slot, Slot::Waiting), "input {index} answered twice");
+        *slot = Slot::Ready(result);
+        if let Some(arrivals) = &mut self.arrivals {
+            arrivals.push_back(index);
+        }
+    }
+
+    /// Pulls inputs until the window is full or the inputs end, and hands
+    /// them to the pool.
+    fn fill(&mut self) {
+        let chunk_items = self.chunk_items();
+        let span = chunk_items as usize * self.shared.config.processes * 8 + 64;
+        let max_frame = self.shared.config.max_frame_bytes as usize;
+        let mut chunks = Vec::new();
+        let mut frame = RunFrame::new(self.task);
+        let mut first = self.next_input;
+        while self.next_input - self.base < span {
+            let Some(input) = self.inputs.as_mut().and_then(Iterator::next) else {
+                self.inputs = None;
+                break;
+            };
+            let index = self.next_input;
+            self.next_input += 1;
+            self.window.push_back(Slot::Waiting);
+            let mut pushed = frame.push_with(|buf| protocol::encode(&input, buf));
+            if matches!(pushed, Ok(_) if frame.len() > max_frame) && frame.count() > 1 {
+                // Too big to share a frame: send the rest first.
+                frame.pop(pushed.expect("checked"));
+                self.finish_chunk(&mut chunks, &mut frame, first);
+                first = index;
+                pushed = frame.push_with(|buf| protocol::encode(&input, buf));
+            }
+            let failure = match pushed {
+                Ok(bytes) if frame.len() > max_frame => {
+                    frame.pop(bytes);
+                    Some(format!("input encodes to {bytes} bytes, over the frame limit of {max_frame}").into())
+                }
+                Ok(_) => None,
+                Err(e) => Some(e),
+            };
+            if let Some(source) = failure {
+                self.finish_chunk(&mut chunks, &mut frame, first);
+                self.set(index, Err(Error::Encode { index, source }));
+                first = index + 1;
+            } else if frame.count() >= chunk_items {
+                self.finish_chunk(&mut chunks, &mut frame, first);
+                first = index + 1;
+            }
+        }
+        self.finish_chunk(&mut chunks, &mut frame, first);
+        let owed: usize = chunks.iter().map(|chunk| chunk.count as usize).sum();
+        match self.shared.submit(chunks) {
+            Ok(()) => self.owed += owed,
+            Err((chunks, reason)) => {
+                for chunk in chunks {
+                    self.close(chunk.first_index, chunk.count, &reason);
+                }
+            }
+        }
+    }
+
+    fn finish_chunk(&self, chunks: &mut Vec<Chunk>, frame: &mut RunFrame, first_index: usize) {
+        if frame.count() == 0 {
+            return;
+        }
+        let frame = std::mem::replace(frame, RunFrame::new(self.task));
+        chunks.push(Chunk {
+            map: self.map,
+            task: self.task,
+            first_index,
+            count: frame.count(),
+            frame: frame.finish(),
+            attempts: 0,
+        });
+    }
+
+    fn close(&mut self, first_index: usize, count: u32, reason: &Option<String>) {
+        for index in first_index..first_index + count as usize {
+            self.set(index, Err(Error::PoolClosed { index, reason: reason.clone() }));
+        }
+    }
+
+    /// Waits for at least one delivery (if `block`), then takes all that
+    /// are there.
+    fn receive(&mut self) {
+        let first = match self.rx.recv() {
+            Ok(delivery) => delivery,
+            Err(_) => return self.orphaned(),
+        };
+        self.on_delivery(first);
+        loop {
+            match self.rx.try_recv() {
+                Ok(delivery) => self.on_delivery(delivery),
+                Err(TryRecvError::Empty) => return,
+                Err(TryRecvError::Disconnected) => return self.orphaned(),
+            }
+        }
+    }
+
+    /// The pool's thread is gone without answering: fail what it owed.
+    fn orphaned(&mut self) {
+        let reason = match self.shared.lock().phase() {
+            crate::scheduler::Phase::Broken(reason) => Some(reason.clone()),
+            _ => None,
+        };
+        for offset in 0..self.window.len() {
+            if matches!(self.window[offset], Slot::Waiting) {
+                let index = self.base + offset;
+                self.set(index, Err(Error::PoolClosed { index, reason: reason.clone() }));
+            }
+        }
+        self.owed = 0;
+    }
+
+    fn on_delivery(&mut self, delivery: Delivery) {
+        match delivery {
+            Delivery::Outcomes { first_index, count, items } => {
+                for (index, item) in (first_index..).zip(Items::new(&items)) {
+                    let result = match item {
+                        Ok(item) => decode_outcome(index, item, &mut self.scratch),
+                        Err(e) => Err(Error::Protocol { index, message: e.0 }),
+                    };
+                    self.set(index, result);
+                }
+                self.owed -= count as usize;
+            }
+            Delivery::Failed(error) => {
+                let index = error.index().expect("per-input errors carry an index");
+                self.set(index, Err(error));
+                self.owed -= 1;
+            }
+            Delivery::Closed { first_index, count, reason } => {
+                self.close(first_index, count, &reason);
+                self.owed -= count as usize;
+            }
+        }
+    }
+
+    fn exhausted(&self) -> bool {
+        self.inputs.is_none() && self.owed == 0
+    }
+
+    /// The next outcome in input order.
+    fn next_ordered(&mut self) -> Option<Result<O, Error>> {
+        loop {
+            if matches!(self.window.front(), Some(Slot::Ready(_))) {
+                let Some(Slot::Ready(result)) = self.window.pop_front() else { unreachable!() };
+                self.base += 1;
+                return Some(result);
+            }
+            self.fill();
+            if matches!(self.window.front(), Some(Slot::Ready(_))) {
+                continue;
+            }
+            if self.window.is_empty() && self.exhausted() {
+                return None;
+            }
+            self.receive();
+        }
+    }
+
+    /// The next outcome to arrive, with its input's position.
+    fn next_unordered(&mut self) -> Option<(usize, Result<O, Error>)> {
+        loop {
+            if let Some(index) = self.arrivals.as_mut().and_then(VecDeque::pop_front) {
+                let slot = std::mem::replace(&mut self.window[index - self.base], Slot::Taken);
+                let Slot::Ready(result) = slot else { unreachable!("arrivals are ready") };
+                while matches!(self.window.front(), Some(Slot::Taken)) {
+                    self.window.pop_front();
+                    self.base += 1;
+                }
+                return Some((index, result));
+            }
+            self.fill();
+            if self.arrivals.as_ref().is_some_and(|a| !a.is_empty()) {
+                continue;
+            }
+            if self.exhausted() {
+                return None;
+            }
+            self.receive();
+        }
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let pending = self.next_input - self.base;
+        match &self.inputs {
+            None => (pending, Some(pending)),
+            Some(inputs) => {
+                let (low, high) = inputs.size_hint();
+                (pending + low, high.and_then(|high| high.checked_add(pending)))
+            }
+        }
+    }
+}
+
+impl<It, O> Drop for Feed<It, O> {
+    fn drop(&mut self) {
+        // Unfinished work of this map is dropped, and workers running it are
+        // killed: nothing keeps running for results nobody will read.
+        self.shared.cancel_map(self.map);
+    }
+}
+
+fn decode_outcome<O: DeserializeOwned>(index: usize, item: &[u8], scratch: &mut [u8]) -> Result<O, Error> {
+    match protocol::decode::<Outcome<O>>(item, scratch) {
+        Ok(Outcome::Ok(value)) => Ok(value),
+        Ok(Outcome::Panicked(message)) => Err(Error::TaskPanicked { index, message }),
+        Ok(Outcome::Codec(message)) => Err(Error::WorkerCodec { index, message }),
+        Err(source) => Err(Error::Decode { index, source }),
+    }
+}
+
+/// The outcomes of [`Pool::map`], one per input, in input order.
+///
+/// Inputs are pulled from the input iterator as workers need them. Dropping
+/// this iterator before the end cancels the rest of the map: queued inputs
+/// are dropped and workers still running its inputs are killed and replaced.
+pub struct Results<It, O> {
+    feed: Feed<It, O>,
+    _output: PhantomData<fn() -> O>,
+}
+
+/// The outcomes of [`Pool::map_unordered`], one per input, as they finish,
+/// each with its input's position.
+///
+/// Dropping it before the end cancels the rest of the map, as for
+/// [`Results`].
+pub struct UnorderedResults<It, O> {
+    feed: Feed<It, O>,
+    _output: PhantomData<fn() -> O>,
+}
+
+impl<It, O> Results<It, O>
+where
+    It: Iterator,
+    It::Item: Serialize,
+    O: DeserializeOwned,
+{
+    pub(crate) fn new(pool: &Pool, task: u32, inputs: It) -> Result<Self, Error> {
+        Ok(Results { feed: Feed::new(pool, task, inputs, false)?, _output: PhantomData })
+    }
+
+    /// Keeps `pool` alive as long as the results (for one-shot maps).
+    pub(crate) fn owning(mut self, pool: Pool) -> Self {
+        self.feed._pool = Some(pool);
+        self
+    }
+}
+
+impl<It, O> UnorderedResults<It, O>
+where
+    It: Iterator,
+    It::Item: Serialize,
+    O: DeserializeOwned,
+{
+    pub(crate) fn new(pool: &Pool, task: u32, inputs: It) -> Result<Self, Error> {
+        Ok(UnorderedResults { feed: Feed::new(pool, task, inputs, true)?, _output: PhantomData })
+    }
+}
+
+impl<It, O> Iterator for Results<It, O>
+where
+    It: Iterator,
+    It::Item: Serialize,
+    O: DeserializeOwned,
+{
+    type Item = Result<O, Error>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.feed.next_ordered()
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.feed.size_hint()
+    }
+}
+
+impl<It, O> Iterator for UnorderedResults<It, O>
+where
+    It: Iterator,
+    It::Item: Serialize,
+    O: DeserializeOwned,
+{
+    type Item = (usize, Result<O, Error>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.feed.next_unordered()
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.feed.size_hint()
+    }
+}
+
+impl<It, O> std::fmt::Debug for Results<It, O> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.feed.debug("Results", f)
+    }
+}
+
+impl<It, O> std::fmt::Debug for UnorderedResults<It, O> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.feed.debug("UnorderedResults", f)
+    }
+}
+
+impl<It, O> Feed<It, O> {
+    fn debug(&self, name: &str, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct(name)
+            .field("pulled", &self.next_input)
+            .field("yielded_below", &self.base)
+            .field("in_pool", &self.owed)
+            .field("inputs_exhausted", &self.inputs.is_none())
+            .finish()
+    }
+}

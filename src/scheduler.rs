@@ -1,0 +1,1086 @@
+//! The pool's thread: it owns the worker processes and moves bytes between
+//! them and the maps.
+//!
+//! One thread per pool runs an event loop over non-blocking pipes with
+//! `poll`: an eventfd that callers signal, each worker's reply, request and
+//! stderr pipes, and the pidfds of workers being reaped. It never encodes or
+//! decodes a value: callers encode inputs into RUN frames ([`Chunk`]s) on
+//! their own threads and decode outcomes from [`Delivery`]s, so the loop
+//! only stamps sequence numbers, writes frames, splits replies and keeps
+//! time.
+//!
+//! The same thread spawns every worker, replacements included: Linux sends
+//! the parent-death signal when the *thread* that spawned a child ends, and
+//! this thread lives exactly as long as the pool.
+//!
+//! Time: a worker runs its items in order, so an item starts when the one
+//! before it finishes. The loop takes an item's start to be the latest of
+//! its frame being written, the worker's handshake and the last reply from
+//! that worker. That is never earlier than the true start, so a timeout never
+//! fires early, and time an item spends queued does not count against it.
+//!
+//! Faults: a worker that times out, dies or breaks the protocol is killed;
+//! the item it was running gets the error, the items queued behind it go back
+//! to the front of the queue, and a fresh worker is spawned.
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::os::fd::OwnedFd;
+use std::process::ExitStatus;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Sender};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use rustix::event::{EventfdFlags, PollFd, PollFlags};
+use rustix::io::Errno;
+
+use crate::error::Error;
+use crate::process::Process;
+use crate::protocol::{self, FrameBuffer, Hello, ProtocolError, RunFrame};
+use crate::registry::registry;
+use crate::worker::WorkerConfig;
+
+/// How much estimated work is kept queued in a worker beyond what it runs:
+/// enough to hide a round trip, little enough that the tail of a map is not
+/// stuck behind one worker.
+const LOOKAHEAD: Duration = Duration::from_micros(1000);
+/// Per-item estimate before anything has been measured: allows two items
+/// in flight per worker.
+const UNKNOWN_ESTIMATE: Duration = Duration::from_micros(400);
+/// At most this many frames in flight per worker.
+const MAX_INFLIGHT_FRAMES: usize = 64;
+/// At most this many frames go into one `writev`.
+const MAX_IOVECS: usize = 64;
+/// A worker that has not said hello by then is considered failed.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+/// Consecutive start-up failures after which the pool gives up.
+const STARTUP_FAILURE_LIMIT: u32 = 5;
+/// How long shutdown waits for a killed worker to be reaped.
+const REAP_BOUND: Duration = Duration::from_secs(5);
+
+/// The pool's settings, validated by the builder.
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    pub processes: usize,
+    pub timeout: Option<Duration>,
+    pub max_frame_bytes: u32,
+    pub memory_limit: Option<u64>,
+    pub retries: u32,
+    pub max_tasks_per_worker: Option<u64>,
+    pub batch_size: Option<u32>,
+}
+
+/// A run of consecutive inputs of one map, encoded as one RUN frame.
+#[derive(Debug)]
+pub(crate) struct Chunk {
+    pub map: u64,
+    pub task: u32,
+    pub first_index: usize,
+    pub count: u32,
+    /// A finished RUN frame; its sequence number is stamped on dispatch.
+    pub frame: Vec<u8>,
+    /// How many times these inputs were already given to a worker that died.
+    pub attempts: u32,
+}
+
+impl Chunk {
+    fn items(&self) -> &[u8] {
+        &self.frame[protocol::RUN_HEADER..]
+    }
+
+    /// Splits after `n` items: `(first n, rest)`.
+    fn split(self, n: u32) -> (Option<Chunk>, Option<Chunk>) {
+        if n >= self.count {
+            return (Some(self), None);
+        }
+        if n == 0 {
+            return (None, Some(self));
+        }
+        let bytes = protocol::items_len(self.items(), n as usize).expect("chunks we built are well formed");
+        let (head, tail) = self.items().split_at(bytes);
+        let part = |first_index, count, items| Chunk {
+            map: self.map,
+            task: self.task,
+            first_index,
+            count,
+            frame: RunFrame::from_items(self.task, count, items),
+            attempts: self.attempts,
+        };
+        (
+            Some(part(self.first_index, n, head)),
+            Some(part(self.first_index + n as usize, self.count - n, tail)),
+        )
+    }
+}
+
+/// What the loop sends to a map.
+#[derive(Debug)]
+pub(crate) enum Delivery {
+    /// Outcomes of inputs `first_index..first_index + count`, as items.
+    Outcomes { first_index: usize, count: u32, items: Vec<u8> },
+    /// One input failed in the pool (timeout, death, protocol).
+    Failed(Error),
+    /// Inputs that will never run because the pool shut down.
+    Closed { first_index: usize, count: u32, reason: Option<String> },
+}
+
+/// Measurements of one map, shared with its caller.
+#[derive(Debug, Default)]
+pub(crate) struct MapStats {
+    /// Smoothed run time of one item, in nanoseconds; 0 until measured.
+    nanos_per_item: AtomicU64,
+}
+
+impl MapStats {
+    pub(crate) fn per_item(&self) -> Option<Duration> {
+        match self.nanos_per_item.load(Ordering::Relaxed) {
+            0 => None,
+            nanos => Some(Duration::from_nanos(nanos)),
+        }
+    }
+
+    fn record(&self, per_item: Duration) {
+        let new = u64::try_from(per_item.as_nanos()).unwrap_or(u64::MAX).max(1);
+        let old = self.nanos_per_item.load(Ordering::Relaxed);
+        let smoothed = if old == 0 { new } else { (old * 3 + new) / 4 };
+        self.nanos_per_item.store(smoothed, Ordering::Relaxed);
+    }
+}
+
+struct MapLink {
+    tx: Sender<Delivery>,
+    stats: Arc<MapStats>,
+}
+
+/// Whether the pool takes work.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Phase {
+    Open,
+    /// Workers cannot start; the text says why.
+    Broken(String),
+    /// The pool was dropped.
+    Closed,
+}
+
+impl Phase {
+    fn reason(&self) -> Option<String> {
+        match self {
+            Phase::Broken(reason) => Some(reason.clone()),
+            _ => None,
+        }
+    }
+}
+
+/// What callers and the loop share.
+pub(crate) struct State {
+    queue: VecDeque<Chunk>,
+    maps: HashMap<u64, MapLink>,
+    cancelled: Vec<u64>,
+    next_map: u64,
+    shutdown: bool,
+    phase: Phase,
+}
+
+impl State {
+    pub(crate) fn phase(&self) -> &Phase {
+        &self.phase
+    }
+
+    pub(crate) fn queued(&self) -> usize {
+        self.queue.iter().map(|chunk| chunk.count as usize).sum()
+    }
+
+    pub(crate) fn maps(&self) -> usize {
+        self.maps.len()
+    }
+}
+
+/// The pool's shared half: the state behind a lock, and the loop's doorbell.
+pub(crate) struct Shared {
+    state: Mutex<State>,
+    wake: OwnedFd,
+    pub(crate) config: Config,
+}
+
+impl Shared {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
+        // The state stays consistent between statements, so a panic elsewhere
+        // while holding the lock leaves it usable.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn wake(&self) {
+        // The counter cannot overflow in practice; EAGAIN would only mean
+        // the loop is already due to wake.
+        let _ = rustix::io::write(&self.wake, &1u64.to_ne_bytes());
+    }
+
+    /// Registers a map; its deliveries arrive on the returned receiver.
+    pub(crate) fn open_map(&self) -> Result<(u64, mpsc::Receiver<Delivery>, Arc<MapStats>), Error> {
+        let mut state = self.lock();
+        match &state.phase {
+            Phase::Open => {}
+            Phase::Broken(message) => return Err(Error::Startup { message: message.clone() }),
+            Phase::Closed => unreachable!("a closed pool has no handle to map with"),
+        }
+        let (tx, rx) = mpsc::channel();
+        let stats = Arc::new(MapStats::default());
+        let id = state.next_map;
+        state.next_map += 1;
+        state.maps.insert(id, MapLink { tx, stats: Arc::clone(&stats) });
+        Ok((id, rx, stats))
+    }
+
+    /// Queues chunks, or hands them back with the reason if the pool no
+    /// longer takes work.
+    pub(crate) fn submit(&self, chunks: Vec<Chunk>) -> Result<(), (Vec<Chunk>, Option<String>)> {
+        if chunks.is_empty() {
+            return Ok(());
+        }
+        let mut state = self.lock();
+        if state.phase != Phase::Open {
+            return Err((chunks, state.phase.reason()));
+        }
+        state.queue.extend(chunks);
+        drop(state);
+        self.wake();
+        Ok(())
+    }
+
+    /// Forgets a map: its queued inputs are dropped and workers running its
+    /// inputs are killed.
+    pub(crate) fn cancel_map(&self, map: u64) {
+        let mut state = self.lock();
+        if state.maps.remove(&map).is_some() {
+            state.queue.retain(|chunk| chunk.map != map);
+            state.cancelled.push(map);
+            drop(state);
+            self.wake();
+        }
+    }
+
+    fn close(&self) {
+        self.lock().shutdown = true;
+        self.wake();
+    }
+}
+
+/// Starts the pool's thread and its workers. Returns once every worker is
+/// spawned (not yet ready).
+pub(crate) fn start(config: Config) -> Result<(Arc<Shared>, JoinHandle<()>), Error> {
+    let wake = rustix::event::eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)
+        .map_err(|e| Error::Spawn { source: e.into() })?;
+    let shared = Arc::new(Shared {
+        state: Mutex::new(State {
+            queue: VecDeque::new(),
+            maps: HashMap::new(),
+            cancelled: Vec::new(),
+            next_map: 0,
+            shutdown: false,
+            phase: Phase::Open,
+        }),
+        wake,
+        config,
+    });
+    let (started_tx, started_rx) = mpsc::channel();
+    let thread = {
+        let shared = Arc::clone(&shared);
+        std::thread::Builder::new()
+            .name("buckshot-pool".into())
+            .spawn(move || {
+                let _guard = PanicGuard(Arc::clone(&shared));
+                let mut scheduler = Scheduler::new(shared);
+                let started = scheduler.spawn_initial();
+                let ok = started.is_ok();
+                let _ = started_tx.send(started);
+                if ok {
+                    scheduler.run();
+                }
+            })
+            .map_err(|source| Error::Spawn { source })?
+    };
+    match started_rx.recv() {
+        Ok(Ok(())) => Ok((shared, thread)),
+        Ok(Err(e)) => {
+            let _ = thread.join();
+            Err(e)
+        }
+        Err(_) => {
+            let _ = thread.join();
+            Err(Error::Startup { message: "the pool's thread panicked".into() })
+        }
+    }
+}
+
+/// Shuts the pool down: kills and reaps every worker, fails what is left.
+pub(crate) fn stop(shared: &Shared, thread: JoinHandle<()>) {
+    shared.close();
+    let _ = thread.join();
+}
+
+/// If the loop panics (a bug), callers must not wait forever: dropping the
+/// maps' senders wakes them, and they fail what they are owed.
+struct PanicGuard(Arc<Shared>);
+
+impl Drop for PanicGuard {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let mut state = self.0.lock();
+            state.phase = Phase::Broken("internal error: the pool's thread panicked".into());
+            state.maps.clear();
+            state.queue.clear();
+        }
+    }
+}
+
+/// Why a worker is being taken out of service.
+#[derive(Debug)]
+enum Fate {
+    /// Its reply stream ended or failed (usually: it died).
+    Died,
+    /// The item at its head ran past the timeout.
+    TimedOut,
+    /// It sent something that is not the protocol.
+    Broke(String),
+    /// The map of the item it runs was dropped.
+    Cancelled,
+    /// It reached its task quota and exited cleanly.
+    Retired,
+    /// It did not finish starting in time.
+    StartupTimeout,
+    /// The pool gave up on all workers.
+    PoolBroken,
+}
+
+/// A live worker, from the loop's side.
+struct Slot {
+    process: Process,
+    spawned_at: Instant,
+    frames: FrameBuffer,
+    /// When the handshake arrived.
+    ready_at: Option<Instant>,
+    last_reply_at: Option<Instant>,
+    inflight: VecDeque<Inflight>,
+    /// Number of inflight frames fully written.
+    written: usize,
+    /// Bytes of `inflight[written]` already written.
+    write_offset: usize,
+    next_seq: u64,
+    /// Items given to this worker so far.
+    assigned: u64,
+    /// No new work: it is being recycled.
+    retiring: bool,
+    fate: Option<Fate>,
+}
+
+struct Inflight {
+    chunk: Chunk,
+    first_seq: u64,
+    /// Items answered so far.
+    done: u32,
+    written_at: Option<Instant>,
+    /// Estimated run time of one item when dispatched.
+    estimate: Duration,
+    stats: Arc<MapStats>,
+}
+
+impl Slot {
+    /// When the item at the head started running, as far as we can tell
+    /// (never earlier than it really did).
+    fn head_started(&self) -> Option<Instant> {
+        let head = self.inflight.front()?;
+        let mut started = head.written_at?.max(self.ready_at?);
+        if let Some(reply) = self.last_reply_at {
+            started = started.max(reply);
+        }
+        Some(started)
+    }
+
+    fn estimated_backlog(&self) -> Duration {
+        self.inflight.iter().map(|inflight| inflight.estimate * (inflight.chunk.count - inflight.done)).sum()
+    }
+
+    fn takes_work(&self) -> bool {
+        !self.retiring && self.fate.is_none()
+    }
+
+    fn deadline(&self, timeout: Option<Duration>) -> Option<Instant> {
+        if self.fate.is_some() {
+            return None;
+        }
+        if self.ready_at.is_none() {
+            return Some(self.spawned_at + STARTUP_TIMEOUT);
+        }
+        Some(self.head_started()? + timeout?)
+    }
+}
+
+/// A worker that was killed or exited, waiting to be reaped.
+struct Dying {
+    process: Process,
+    /// The input it was running when it died: reported once the exit status
+    /// is known.
+    victim: Option<usize>,
+    victim_map: u64,
+    during_startup: bool,
+}
+
+/// Whom a poll entry belongs to.
+#[derive(Clone, Copy)]
+enum Source {
+    Wake,
+    Replies(usize),
+    Requests(usize),
+    Stderr(usize),
+    Reap,
+    DyingStderr(usize),
+}
+
+struct Scheduler {
+    shared: Arc<Shared>,
+    worker_config: WorkerConfig,
+    workers: Vec<Slot>,
+    dying: Vec<Dying>,
+    /// Deliveries to send at the next sync.
+    outbox: Vec<(u64, Delivery)>,
+    /// Chunks to put back at the front of the queue, in order.
+    requeue: Vec<Chunk>,
+    startup_failures: u32,
+    last_startup_failure: Option<String>,
+    spawn_retry_at: Option<Instant>,
+    spawn_delay: Duration,
+    broken: Option<String>,
+}
+
+impl Scheduler {
+    fn new(shared: Arc<Shared>) -> Scheduler {
+        let config = &shared.config;
+        let worker_config = WorkerConfig {
+            parent: std::process::id(),
+            max_frame_bytes: config.max_frame_bytes,
+            memory_limit: config.memory_limit,
+        };
+        Scheduler {
+            shared,
+            worker_config,
+            workers: Vec::new(),
+            dying: Vec::new(),
+            outbox: Vec::new(),
+            requeue: Vec::new(),
+            startup_failures: 0,
+            last_startup_failure: None,
+            spawn_retry_at: None,
+            spawn_delay: Duration::ZERO,
+            broken: None,
+        }
+    }
+
+    fn spawn_initial(&mut self) -> Result<(), Error> {
+        for _ in 0..self.shared.config.processes {
+            let process = Process::spawn(&self.worker_config).map_err(|source| Error::Spawn { source })?;
+            self.workers.push(Slot::new(process));
+        }
+        Ok(())
+    }
+
+    fn run(&mut self) {
+        let mut sources = Vec::new();
+        loop {
+            self.ensure_workers();
+            if !self.sync() {
+                break;
+            }
+            self.write_all();
+            if self.wait(&mut sources).is_err() {
+                break;
+            }
+            let now = Instant::now();
+            for &(source, _) in &sources {
+                self.handle(source, now);
+            }
+            self.check_deadlines(Instant::now());
+            self.bury_fated();
+            self.reap_dying();
+        }
+        self.shut_down();
+    }
+
+    /// Sends deliveries, takes cancellations, queues re-queued chunks and
+    /// dispatches queued chunks to workers. Returns `false` on shutdown.
+    fn sync(&mut self) -> bool {
+        let shared = Arc::clone(&self.shared);
+        let mut state = shared.lock();
+        for (map, delivery) in self.outbox.drain(..) {
+            if let Some(link) = state.maps.get(&map) {
+                let _ = link.tx.send(delivery);
+            }
+        }
+        if state.shutdown {
+            return false;
+        }
+        if let Some(reason) = &self.broken {
+            if state.phase == Phase::Open {
+                state.phase = Phase::Broken(reason.clone());
+            }
+            for chunk in self.requeue.drain(..).rev() {
+                state.queue.push_front(chunk);
+            }
+            let reason = Some(reason.clone());
+            while let Some(chunk) = state.queue.pop_front() {
+                let delivery = Delivery::Closed { first_index: chunk.first_index, count: chunk.count, reason: reason.clone() };
+                if let Some(link) = state.maps.get(&chunk.map) {
+                    let _ = link.tx.send(delivery);
+                }
+            }
+            return true;
+        }
+        for chunk in self.requeue.drain(..).rev() {
+            if state.maps.contains_key(&chunk.map) {
+                state.queue.push_front(chunk);
+            }
+        }
+        for map in std::mem::take(&mut state.cancelled) {
+            for slot in &mut self.workers {
+                if slot.inflight.front().is_some_and(|head| head.chunk.map == map) && slot.fate.is_none() {
+                    slot.fate = Some(Fate::Cancelled);
+                }
+            }
+        }
+        self.dispatch(&mut state);
+        true
+    }
+
+    /// Gives queued chunks to the workers with the least estimated backlog.
+    fn dispatch(&mut self, state: &mut State) {
+        let quota = self.shared.config.max_tasks_per_worker;
+        while let Some(chunk) = state.queue.front() {
+            let Some(link) = state.maps.get(&chunk.map) else {
+                state.queue.pop_front();
+                continue;
+            };
+            let estimate = link.stats.per_item().unwrap_or(UNKNOWN_ESTIMATE);
+            let stats = Arc::clone(&link.stats);
+            let best = self
+                .workers
+                .iter()
+                .enumerate()
+                .filter(|(_, slot)| slot.takes_work() && slot.inflight.len() < MAX_INFLIGHT_FRAMES)
+                .map(|(i, slot)| (i, slot.estimated_backlog()))
+                .filter(|&(i, backlog)| self.workers[i].inflight.is_empty() || backlog < LOOKAHEAD)
+                .min_by_key(|&(_, backlog)| backlog);
+            let Some((i, _)) = best else { break };
+            let mut chunk = state.queue.pop_front().expect("front exists");
+            let slot = &mut self.workers[i];
+            if let Some(quota) = quota {
+                let room = u32::try_from(quota - slot.assigned).unwrap_or(u32::MAX);
+                if let (Some(head), Some(rest)) = chunk.split(room) {
+                    state.queue.push_front(rest);
+                    chunk = head;
+                } else {
+                    unreachable!("room is at least 1 for a worker that takes work");
+                }
+                slot.assigned += u64::from(chunk.count);
+                if slot.assigned >= quota {
+                    slot.retiring = true;
+                }
+            }
+            protocol::set_run_seq(&mut chunk.frame, slot.next_seq);
+            let first_seq = slot.next_seq;
+            slot.next_seq += u64::from(chunk.count);
+            slot.inflight.push_back(Inflight { chunk, first_seq, done: 0, written_at: None, estimate, stats });
+        }
+    }
+
+    /// Keeps `processes` workers that take work, unless start-up keeps
+    /// failing.
+    fn ensure_workers(&mut self) {
+        if self.broken.is_some() {
+            return;
+        }
+        let ready = self.workers.iter().any(|slot| slot.ready_at.is_some());
+        if self.startup_failures >= STARTUP_FAILURE_LIMIT && !ready {
+            let last = self.last_startup_failure.clone().unwrap_or_default();
+            self.break_pool(format!("{} workers in a row died before their handshake; last: {last}", self.startup_failures));
+            return;
+        }
+        let now = Instant::now();
+        if self.spawn_retry_at.is_some_and(|at| now < at) {
+            return;
+        }
+        while self.workers.iter().filter(|slot| slot.takes_work()).count() < self.shared.config.processes {
+            match Process::spawn(&self.worker_config) {
+                Ok(process) => {
+                    self.workers.push(Slot::new(process));
+                    self.spawn_delay = Duration::ZERO;
+                    self.spawn_retry_at = None;
+                }
+                Err(e) => {
+                    // Out of processes or memory, say: try again later, and
+                    // give up if nothing else works either.
+                    self.startup_failures += 1;
+                    self.last_startup_failure = Some(format!("could not spawn: {e}"));
+                    self.spawn_delay = (self.spawn_delay * 2).clamp(Duration::from_millis(10), Duration::from_secs(1));
+                    self.spawn_retry_at = Some(now + self.spawn_delay);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Gives up on the pool: every worker goes, every input still owed
+    /// fails with `reason`.
+    fn break_pool(&mut self, reason: String) {
+        for slot in &mut self.workers {
+            slot.fate = Some(Fate::PoolBroken);
+        }
+        self.broken = Some(reason);
+    }
+
+    /// Writes pending frames to every worker that can take them.
+    fn write_all(&mut self) {
+        let now = Instant::now();
+        for slot in &mut self.workers {
+            if slot.fate.is_none() && slot.written < slot.inflight.len() {
+                if let Err(e) = slot.write(now) {
+                    if e.kind() != io::ErrorKind::WouldBlock {
+                        slot.fate = Some(Fate::Died);
+                    }
+                }
+            }
+            if slot.retiring && slot.written == slot.inflight.len() {
+                slot.process.close_stdin();
+            }
+        }
+    }
+
+    /// Polls until something happens or the nearest deadline. Fills
+    /// `sources` with what is ready.
+    fn wait(&mut self, sources: &mut Vec<(Source, PollFlags)>) -> io::Result<()> {
+        let timeout = self.shared.config.timeout;
+        let mut deadline = self.workers.iter().filter_map(|slot| slot.deadline(timeout)).min();
+        if let Some(retry) = self.spawn_retry_at {
+            deadline = Some(deadline.map_or(retry, |d| d.min(retry)));
+        }
+        let mut fds = Vec::with_capacity(1 + 3 * self.workers.len() + 2 * self.dying.len());
+        let mut owners = Vec::with_capacity(fds.capacity());
+        fds.push(PollFd::new(&self.shared.wake, PollFlags::IN));
+        owners.push(Source::Wake);
+        for (i, slot) in self.workers.iter().enumerate() {
+            if let Some(fd) = slot.process.stdout() {
+                fds.push(PollFd::from_borrowed_fd(fd, PollFlags::IN));
+                owners.push(Source::Replies(i));
+            }
+            if slot.written < slot.inflight.len() {
+                if let Some(fd) = slot.process.stdin() {
+                    fds.push(PollFd::from_borrowed_fd(fd, PollFlags::OUT));
+                    owners.push(Source::Requests(i));
+                }
+            }
+            if let Some(fd) = slot.process.stderr() {
+                fds.push(PollFd::from_borrowed_fd(fd, PollFlags::IN));
+                owners.push(Source::Stderr(i));
+            }
+        }
+        for (i, dying) in self.dying.iter().enumerate() {
+            fds.push(PollFd::from_borrowed_fd(dying.process.pidfd(), PollFlags::IN));
+            owners.push(Source::Reap);
+            if let Some(fd) = dying.process.stderr() {
+                fds.push(PollFd::from_borrowed_fd(fd, PollFlags::IN));
+                owners.push(Source::DyingStderr(i));
+            }
+        }
+        let timeout = deadline.map(|d| {
+            let wait = d.saturating_duration_since(Instant::now());
+            // Round up so that we wake after the deadline, not just before.
+            rustix::event::Timespec::try_from(wait + Duration::from_micros(50)).expect("deadline within range")
+        });
+        loop {
+            match rustix::event::poll(&mut fds, timeout.as_ref()) {
+                Ok(_) => break,
+                Err(Errno::INTR) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        sources.clear();
+        for (fd, &owner) in fds.iter().zip(&owners) {
+            let revents = fd.revents();
+            if !revents.is_empty() {
+                sources.push((owner, revents));
+            }
+        }
+        Ok(())
+    }
+
+    fn handle(&mut self, source: Source, now: Instant) {
+        match source {
+            Source::Wake => {
+                let mut buf = [0u8; 8];
+                let _ = rustix::io::read(&self.shared.wake, &mut buf);
+            }
+            Source::Replies(i) => self.read_replies(i, now),
+            Source::Requests(i) => {
+                let slot = &mut self.workers[i];
+                if slot.fate.is_none() {
+                    if let Err(e) = slot.write(now) {
+                        if e.kind() != io::ErrorKind::WouldBlock {
+                            slot.fate = Some(Fate::Died);
+                        }
+                    }
+                }
+            }
+            Source::Stderr(i) => {
+                self.workers[i].process.pump_stderr();
+            }
+            Source::DyingStderr(i) => {
+                self.dying[i].process.pump_stderr();
+            }
+            // `reap_dying` tries every dying worker after each wake-up.
+            Source::Reap => {}
+        }
+    }
+
+    fn read_replies(&mut self, i: usize, now: Instant) {
+        // Taken out of the slot so that frames can be handled with `&mut self`
+        // without copying them.
+        let mut frames = std::mem::take(&mut self.workers[i].frames);
+        self.read_frames(i, &mut frames, now);
+        self.workers[i].frames = frames;
+    }
+
+    fn read_frames(&mut self, i: usize, frames: &mut FrameBuffer, now: Instant) {
+        let max_frame = self.shared.config.max_frame_bytes;
+        // A few reads per wake-up, so that one busy worker cannot starve the
+        // others.
+        for _ in 0..4 {
+            let slot = &mut self.workers[i];
+            if slot.fate.is_some() {
+                return;
+            }
+            let Some(fd) = slot.process.stdout() else { return };
+            match frames.fill(fd) {
+                Ok(0) => {
+                    slot.process.close_stdout();
+                    let clean = slot.inflight.is_empty() && slot.retiring && !frames.has_partial();
+                    slot.fate = Some(if clean { Fate::Retired } else { Fate::Died });
+                    return;
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => {
+                    slot.fate = Some(Fate::Died);
+                    return;
+                }
+            }
+            loop {
+                let problem = match frames.next_frame(max_frame) {
+                    Ok(Some(body)) => self.on_frame(i, frames.get(body), now).err(),
+                    Ok(None) => break,
+                    Err(e) => Some(e),
+                };
+                if let Some(problem) = problem {
+                    self.workers[i].fate = Some(Fate::Broke(problem.0));
+                    return;
+                }
+                if self.workers[i].fate.is_some() {
+                    return;
+                }
+            }
+        }
+    }
+
+    fn on_frame(&mut self, i: usize, frame: &[u8], now: Instant) -> Result<(), ProtocolError> {
+        let slot = &mut self.workers[i];
+        match frame[0] {
+            protocol::HELLO if slot.ready_at.is_none() => {
+                let hello: Hello = protocol::decode(&frame[1..], &mut [0; 256])
+                    .map_err(|e| ProtocolError(format!("bad handshake: {e}")))?;
+                if let Some(problem) = handshake_problem(&hello) {
+                    // Every worker would say the same: no point retrying.
+                    self.break_pool(problem);
+                    return Ok(());
+                }
+                slot.ready_at = Some(now);
+                self.startup_failures = 0;
+                Ok(())
+            }
+            protocol::REPLY if slot.ready_at.is_some() => {
+                let (first_seq, count, items) = protocol::parse_reply(frame)?;
+                self.on_reply(i, first_seq, count, items, now)
+            }
+            protocol::FATAL => Err(ProtocolError(format!(
+                "worker gave up: {}",
+                String::from_utf8_lossy(&frame[1..])
+            ))),
+            kind => Err(ProtocolError(format!("unexpected frame kind {kind}"))),
+        }
+    }
+
+    fn on_reply(
+        &mut self,
+        i: usize,
+        first_seq: u64,
+        count: u32,
+        mut items: &[u8],
+        now: Instant,
+    ) -> Result<(), ProtocolError> {
+        let slot = &mut self.workers[i];
+        let started = slot.head_started();
+        let mut left = count;
+        let mut seq = first_seq;
+        while left > 0 {
+            let Some(head) = slot.inflight.front_mut() else {
+                return Err(ProtocolError(format!("reply for item {seq}, which was never sent")));
+            };
+            if seq != head.first_seq + u64::from(head.done) || head.written_at.is_none() {
+                return Err(ProtocolError(format!(
+                    "reply for item {seq}, expected {}",
+                    head.first_seq + u64::from(head.done)
+                )));
+            }
+            let n = left.min(head.chunk.count - head.done);
+            let bytes = protocol::items_len(items, n as usize)?;
+            let delivery = Delivery::Outcomes {
+                first_index: head.chunk.first_index + head.done as usize,
+                count: n,
+                items: items[..bytes].to_vec(),
+            };
+            self.outbox.push((head.chunk.map, delivery));
+            items = &items[bytes..];
+            head.done += n;
+            seq += u64::from(n);
+            left -= n;
+            if let Some(started) = started {
+                head.stats.record(now.saturating_duration_since(started) / n);
+            }
+            if head.done == head.chunk.count {
+                slot.inflight.pop_front();
+                slot.written -= 1;
+            }
+        }
+        if !items.is_empty() {
+            return Err(ProtocolError("reply holds more items than its header says".into()));
+        }
+        slot.last_reply_at = Some(now);
+        Ok(())
+    }
+
+    fn check_deadlines(&mut self, now: Instant) {
+        let timeout = self.shared.config.timeout;
+        for slot in &mut self.workers {
+            if slot.deadline(timeout).is_some_and(|deadline| now >= deadline) {
+                slot.fate = Some(if slot.ready_at.is_none() { Fate::StartupTimeout } else { Fate::TimedOut });
+            }
+        }
+    }
+
+    /// Takes every worker with a fate out of service.
+    fn bury_fated(&mut self) {
+        let mut i = 0;
+        while i < self.workers.len() {
+            if self.workers[i].fate.is_some() {
+                let slot = self.workers.swap_remove(i);
+                self.bury(slot);
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    fn bury(&mut self, mut slot: Slot) {
+        let fate = slot.fate.take().expect("buried workers have a fate");
+        if !matches!(fate, Fate::Retired) {
+            slot.process.kill();
+        }
+        let mut dying = Dying { process: slot.process, victim: None, victim_map: 0, during_startup: false };
+        let mut inflight = slot.inflight.into_iter();
+        if slot.ready_at.is_none() || matches!(fate, Fate::PoolBroken) {
+            // Nothing ran (or nothing will): what is left goes back.
+            dying.during_startup = slot.ready_at.is_none() && !matches!(fate, Fate::PoolBroken);
+            self.requeue.extend(inflight.filter_map(|inflight| inflight.chunk.split(inflight.done).1));
+        } else if let Some(head) = inflight.next() {
+            let (_, rest) = head.chunk.split(head.done);
+            let (victim, rest) = rest.expect("an unfinished head has items left").split(1);
+            let victim = victim.expect("one item");
+            let index = victim.first_index;
+            let map = victim.map;
+            match fate {
+                Fate::TimedOut => {
+                    let timeout = self.shared.config.timeout.expect("timeouts need a timeout");
+                    self.outbox.push((map, Delivery::Failed(Error::TaskTimeout { index, timeout })));
+                }
+                Fate::Broke(message) => {
+                    self.outbox.push((map, Delivery::Failed(Error::Protocol { index, message })));
+                }
+                Fate::Cancelled => {}
+                Fate::Died | Fate::Retired | Fate::StartupTimeout | Fate::PoolBroken => {
+                    if victim.attempts < self.shared.config.retries {
+                        let mut victim = victim;
+                        victim.attempts += 1;
+                        self.requeue.push(victim);
+                    } else {
+                        dying.victim = Some(index);
+                        dying.victim_map = map;
+                    }
+                }
+            }
+            self.requeue.extend(rest);
+            self.requeue.extend(inflight.map(|inflight| inflight.chunk));
+        }
+        self.dying.push(dying);
+    }
+
+    /// Reaps the workers that have exited and reports their victims.
+    fn reap_dying(&mut self) {
+        let mut i = 0;
+        while i < self.dying.len() {
+            let Some(status) = self.dying[i].process.try_reap() else {
+                i += 1;
+                continue;
+            };
+            let mut dying = self.dying.swap_remove(i);
+            // What it wrote last explains its death. Take what is there, but
+            // do not wait for the end: a subprocess may hold the pipe open.
+            dying.process.pump_stderr();
+            self.on_reaped(dying, status);
+        }
+    }
+
+    fn on_reaped(&mut self, dying: Dying, status: ExitStatus) {
+        let stderr = dying.process.stderr_tail();
+        if dying.during_startup {
+            self.startup_failures += 1;
+            let line = stderr.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim().to_owned();
+            self.last_startup_failure = Some(if line.is_empty() { format!("{status}") } else { format!("{status}: {line}") });
+        }
+        if let Some(index) = dying.victim {
+            self.outbox.push((dying.victim_map, Delivery::Failed(Error::WorkerDied { index, status, stderr })));
+        }
+    }
+
+    /// Kills every worker, fails every input still owed, reaps.
+    fn shut_down(&mut self) {
+        let mut state = self.shared.lock();
+        for (map, delivery) in self.outbox.drain(..) {
+            if let Some(link) = state.maps.get(&map) {
+                let _ = link.tx.send(delivery);
+            }
+        }
+        let reason = self.broken.clone();
+        let mut owed: Vec<Chunk> = self.requeue.drain(..).collect();
+        for slot in &mut self.workers {
+            slot.process.kill();
+            for inflight in slot.inflight.drain(..) {
+                let (_, rest) = inflight.chunk.split(inflight.done);
+                owed.extend(rest);
+            }
+        }
+        owed.extend(state.queue.drain(..));
+        for chunk in owed {
+            if let Some(link) = state.maps.get(&chunk.map) {
+                let delivery = Delivery::Closed { first_index: chunk.first_index, count: chunk.count, reason: reason.clone() };
+                let _ = link.tx.send(delivery);
+            }
+        }
+        for dying in &self.dying {
+            if let Some(index) = dying.victim {
+                if let Some(link) = state.maps.get(&dying.victim_map) {
+                    let delivery = Delivery::Closed { first_index: index, count: 1, reason: reason.clone() };
+                    let _ = link.tx.send(delivery);
+                }
+            }
+        }
+        state.phase = Phase::Closed;
+        state.maps.clear();
+        drop(state);
+        for slot in self.workers.drain(..) {
+            let mut process = slot.process;
+            process.kill_and_reap(REAP_BOUND);
+        }
+        for mut dying in self.dying.drain(..) {
+            dying.process.kill_and_reap(REAP_BOUND);
+        }
+    }
+}
+
+impl Slot {
+    fn new(process: Process) -> Slot {
+        Slot {
+            process,
+            spawned_at: Instant::now(),
+            frames: FrameBuffer::default(),
+            ready_at: None,
+            last_reply_at: None,
+            inflight: VecDeque::new(),
+            written: 0,
+            write_offset: 0,
+            next_seq: 0,
+            assigned: 0,
+            retiring: false,
+            fate: None,
+        }
+    }
+
+    /// Writes as much of the unwritten frames as the pipe takes.
+    fn write(&mut self, now: Instant) -> io::Result<()> {
+        let Some(fd) = self.process.stdin() else {
+            return Err(io::ErrorKind::BrokenPipe.into());
+        };
+        while self.written < self.inflight.len() {
+            let slices: Vec<io::IoSlice<'_>> = self
+                .inflight
+                .iter()
+                .skip(self.written)
+                .take(MAX_IOVECS)
+                .enumerate()
+                .map(|(k, inflight)| {
+                    let skip = if k == 0 { self.write_offset } else { 0 };
+                    io::IoSlice::new(&inflight.chunk.frame[skip..])
+                })
+                .collect();
+            let mut n = match rustix::io::writev(fd, &slices) {
+                Ok(n) => n,
+                Err(Errno::INTR) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            while n > 0 {
+                let inflight = &mut self.inflight[self.written];
+                let left = inflight.chunk.frame.len() - self.write_offset;
+                if n >= left {
+                    n -= left;
+                    inflight.written_at = Some(now);
+                    self.written += 1;
+                    self.write_offset = 0;
+                } else {
+                    self.write_offset += n;
+                    n = 0;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Why a worker's handshake does not fit this process, if it does not.
+fn handshake_problem(hello: &Hello) -> Option<String> {
+    let registry = registry();
+    if hello.version != protocol::VERSION {
+        return Some(format!("worker speaks protocol {}, this process {}", hello.version, protocol::VERSION));
+    }
+    if hello.tasks == 0 && !registry.tasks.is_empty() {
+        return Some(format!(
+            "worker sees no registered tasks, this process sees {}: its start-up hook ran before the registrations",
+            registry.tasks.len()
+        ));
+    }
+    if hello.digest != registry.digest || hello.tasks as usize != registry.tasks.len() {
+        return Some(format!(
+            "worker sees {} registered tasks, this process {}, or under other names",
+            hello.tasks,
+            registry.tasks.len()
+        ));
+    }
+    None
+}

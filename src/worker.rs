@@ -1,0 +1,329 @@
+//! The worker side: what a re-executed copy of the binary does instead of
+//! `main`.
+//!
+//! A constructor in `lib.rs` calls [`serve_if_worker`] before `main` (and
+//! before a test harness). In a process started by a pool it never returns:
+//! it serves tasks until its request stream ends, then exits.
+//!
+//! Set-up, in order, and why:
+//! - the hidden variables are removed, so that a task's own pools and
+//!   subprocesses are ordinary processes;
+//! - the request and reply streams move off fds 0 and 1 onto close-on-exec
+//!   fds; fd 0 becomes `/dev/null` and fd 1 a copy of stderr. A task that
+//!   prints, reads stdin or starts a subprocess can neither corrupt frames nor
+//!   swallow requests, and no subprocess keeps the pipes open;
+//! - SIGPIPE is ignored, as Rust's `main` would do;
+//! - the worker asks for SIGKILL when its parent (the pool's thread) ends, and
+//!   exits at once if that already happened;
+//! - the memory limit, if any, is applied.
+//!
+//! Then a HELLO frame, and the loop: read a RUN frame, run its items in
+//! order, queue each outcome. A second thread writes the queued outcomes as
+//! soon as they exist, so the pool learns of every finished item even while
+//! the next one hangs; that is what lets it time out the right input.
+
+use std::fs::File;
+use std::io::{BufReader, Write};
+use std::os::fd::OwnedFd;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+
+use rustix::process::{Pid, Resource, Rlimit, Signal};
+
+use crate::protocol::{self, Hello, Outcome};
+use crate::registry::registry;
+
+/// Marks a worker process; its value is [`WorkerConfig`], encoded.
+pub(crate) const WORKER_ENV: &str = "__BUCKSHOT_WORKER";
+
+/// Exit code of a worker that gave up on its parent or the protocol.
+const EXIT_FATAL: i32 = 101;
+
+/// What a pool tells a worker at spawn time, through [`WORKER_ENV`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct WorkerConfig {
+    /// The process expected as parent: if it is gone already, so is the pool.
+    pub parent: u32,
+    pub max_frame_bytes: u32,
+    pub memory_limit: Option<u64>,
+}
+
+impl WorkerConfig {
+    pub(crate) fn to_env(self) -> String {
+        let memory = self.memory_limit.map_or(String::new(), |m| m.to_string());
+        format!("{},{},{}", self.parent, self.max_frame_bytes, memory)
+    }
+
+    fn from_env(value: &str) -> Option<WorkerConfig> {
+        let mut parts = value.split(',');
+        let parent = parts.next()?.parse().ok()?;
+        let max_frame_bytes = parts.next()?.parse().ok()?;
+        let memory_limit = match parts.next()? {
+            "" => None,
+            m => Some(m.parse().ok()?),
+        };
+        Some(WorkerConfig { parent, max_frame_bytes, memory_limit })
+    }
+}
+
+/// Runs the worker loop if this process was started as a worker; otherwise
+/// returns at once.
+pub(crate) fn serve_if_worker() {
+    let Some(value) = std::env::var_os(WORKER_ENV) else {
+        return;
+    };
+    // SAFETY: this runs in a constructor before `main`, on the only thread of
+    // the process; no other code reads the environment concurrently.
+    unsafe { std::env::remove_var(WORKER_ENV) };
+    let Some(config) = value.to_str().and_then(WorkerConfig::from_env) else {
+        fatal_early(&format!("bad {WORKER_ENV} value {value:?}"));
+    };
+    serve(config)
+}
+
+fn fatal_early(message: &str) -> ! {
+    eprintln!("buckshot worker: {message}");
+    std::process::exit(EXIT_FATAL)
+}
+
+fn serve(config: WorkerConfig) -> ! {
+    let (requests, replies) = match take_stdio() {
+        Ok(fds) => fds,
+        Err(e) => fatal_early(&format!("could not set up its pipes: {e}")),
+    };
+    // SAFETY: `signal` with SIG_IGN installs no handler code; ignoring SIGPIPE
+    // makes writes to a closed pipe fail with EPIPE instead of killing us.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+    if let Err(e) = rustix::process::set_parent_process_death_signal(Some(Signal::KILL)) {
+        fatal_early(&format!("could not set its parent-death signal: {e}"));
+    }
+    if rustix::process::getppid().map(Pid::as_raw_nonzero).map(|p| p.get() as u32)
+        != Some(config.parent)
+    {
+        // The pool's process died before the death signal was armed.
+        std::process::exit(EXIT_FATAL);
+    }
+    if let Some(limit) = config.memory_limit {
+        let limit = Rlimit { current: Some(limit), maximum: Some(limit) };
+        if let Err(e) = rustix::process::setrlimit(Resource::As, limit) {
+            fatal_early(&format!("could not apply the memory limit: {e}"));
+        }
+    }
+
+    let mut replies = File::from(replies);
+    let registry = registry();
+    let hello = Hello {
+        version: protocol::VERSION,
+        pid: std::process::id(),
+        tasks: u32::try_from(registry.tasks.len()).expect("fewer than 4 billion tasks"),
+        digest: registry.digest,
+    };
+    let mut body = Vec::new();
+    protocol::encode(&hello, &mut body).expect("encoding into a Vec cannot fail");
+    let mut frame = Vec::new();
+    protocol::push_frame(&mut frame, protocol::HELLO, &body);
+    if replies.write_all(&frame).is_err() {
+        std::process::exit(EXIT_FATAL);
+    }
+
+    let outbox = Arc::new(Outbox::new(config.max_frame_bytes));
+    let writer = {
+        let outbox = Arc::clone(&outbox);
+        std::thread::Builder::new()
+            .name("buckshot-replies".into())
+            .spawn(move || outbox.write_to(replies))
+            .unwrap_or_else(|e| fatal_early(&format!("could not start its reply thread: {e}")))
+    };
+    let end = run_tasks(File::from(requests), &outbox, config.max_frame_bytes);
+    outbox.close();
+    let mut replies = writer.join().unwrap_or_else(|_| std::process::exit(EXIT_FATAL));
+    match end {
+        Ok(()) => std::process::exit(0),
+        Err(message) => {
+            // Best effort: the pool treats a vanished worker the same way.
+            let mut frame = Vec::new();
+            protocol::push_frame(&mut frame, protocol::FATAL, message.as_bytes());
+            let _ = replies.write_all(&frame);
+            fatal_early(&message)
+        }
+    }
+}
+
+/// Moves the request and reply pipes off fds 0 and 1 (close-on-exec, so that
+/// subprocesses do not inherit them), then points fd 0 at `/dev/null` and
+/// fd 1 at stderr.
+fn take_stdio() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let requests = rustix::io::fcntl_dupfd_cloexec(rustix::stdio::stdin(), 3)?;
+    let replies = rustix::io::fcntl_dupfd_cloexec(rustix::stdio::stdout(), 3)?;
+    let null = File::open("/dev/null")?;
+    rustix::stdio::dup2_stdin(&null)?;
+    rustix::stdio::dup2_stdout(rustix::stdio::stderr())?;
+    Ok((requests, replies))
+}
+
+/// Serves RUN frames until the stream ends (`Ok`) or breaks (`Err`).
+fn run_tasks(requests: File, outbox: &Outbox, max_frame: u32) -> Result<(), String> {
+    let registry = registry();
+    let mut requests = BufReader::with_capacity(64 * 1024, requests);
+    let mut body = Vec::new();
+    let mut output = Vec::new();
+    let mut scratch = vec![0; 4096];
+    loop {
+        match protocol::read_frame(&mut requests, &mut body, max_frame) {
+            Ok(true) => {}
+            Ok(false) => return Ok(()),
+            Err(e) => return Err(format!("could not read a request: {e}")),
+        }
+        if body[0] != protocol::RUN {
+            return Err(format!("unexpected frame kind {}", body[0]));
+        }
+        let (task, first_seq, count, items) = protocol::parse_run(&body).map_err(|e| e.0)?;
+        let Some(task) = registry.tasks.get(task as usize) else {
+            return Err(format!("no task at position {task}"));
+        };
+        let mut seen = 0;
+        for (seq, item) in (first_seq..).zip(protocol::Items::new(items)) {
+            let item = item.map_err(|e| e.0)?;
+            output.clear();
+            (task.run)(item, &mut output, &mut scratch);
+            outbox.push(seq, &output);
+            seen += 1;
+        }
+        if seen != count {
+            return Err(format!("run frame holds {seen} items, its header says {count}"));
+        }
+    }
+}
+
+/// Outcomes waiting to be written, shared by the task thread and the reply
+/// thread.
+struct Outbox {
+    pending: Mutex<Pending>,
+    wake: Condvar,
+    max_frame: usize,
+}
+
+struct Pending {
+    /// Complete REPLY frames, then possibly one open frame at the end.
+    buf: Vec<u8>,
+    open: Option<OpenFrame>,
+    writer_waiting: bool,
+    closed: bool,
+}
+
+#[derive(Clone, Copy)]
+struct OpenFrame {
+    at: usize,
+    first_seq: u64,
+    count: u32,
+}
+
+impl Pending {
+    fn close_open(&mut self) {
+        if let Some(open) = self.open.take() {
+            protocol::write_reply_header(&mut self.buf, open.at, open.first_seq, open.count);
+        }
+    }
+}
+
+impl Outbox {
+    fn new(max_frame: u32) -> Outbox {
+        Outbox {
+            pending: Mutex::new(Pending {
+                buf: Vec::new(),
+                open: None,
+                writer_waiting: false,
+                closed: false,
+            }),
+            wake: Condvar::new(),
+            max_frame: max_frame as usize,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Pending> {
+        // Neither thread panics while holding the lock; if one did, the data
+        // is still a valid byte buffer.
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues the outcome of item `seq`.
+    fn push(&self, seq: u64, outcome: &[u8]) {
+        let too_large;
+        let outcome = if outcome.len() + protocol::REPLY_HEADER + 4 > self.max_frame {
+            too_large = oversize_outcome(outcome.len(), self.max_frame);
+            &too_large
+        } else {
+            outcome
+        };
+        let mut pending = self.lock();
+        let item_bytes = protocol::ITEM_LEN_BYTES + outcome.len();
+        let extends = pending.open.is_some_and(|open| {
+            open.first_seq + u64::from(open.count) == seq
+                && pending.buf.len() - open.at + item_bytes <= self.max_frame
+        });
+        if !extends {
+            pending.close_open();
+            let at = pending.buf.len();
+            pending.buf.resize(at + protocol::REPLY_HEADER, 0);
+            pending.open = Some(OpenFrame { at, first_seq: seq, count: 0 });
+        }
+        protocol::push_item(&mut pending.buf, outcome);
+        if let Some(open) = &mut pending.open {
+            open.count += 1;
+        }
+        if pending.writer_waiting {
+            self.wake.notify_one();
+        }
+    }
+
+    fn close(&self) {
+        self.lock().closed = true;
+        self.wake.notify_one();
+    }
+
+    /// The reply thread: writes whatever is queued, as soon as it is queued,
+    /// until closed. Exits the process if the pool stops listening.
+    fn write_to(&self, mut replies: File) -> File {
+        let mut writing = Vec::new();
+        loop {
+            {
+                let mut pending = self.lock();
+                while pending.buf.is_empty() && !pending.closed {
+                    pending.writer_waiting = true;
+                    pending = self.wake.wait(pending).unwrap_or_else(|e| e.into_inner());
+                }
+                pending.writer_waiting = false;
+                if pending.buf.is_empty() {
+                    return replies;
+                }
+                pending.close_open();
+                std::mem::swap(&mut pending.buf, &mut writing);
+            }
+            if replies.write_all(&writing).is_err() {
+                // The pool is gone: nobody wants the results.
+                std::process::exit(0);
+            }
+            writing.clear();
+        }
+    }
+}
+
+fn oversize_outcome(len: usize, max_frame: usize) -> Vec<u8> {
+    let message = format!("encode the output: {len} bytes is over the frame limit of {max_frame}");
+    let mut out = Vec::new();
+    protocol::encode(&Outcome::<()>::Codec(message), &mut out).expect("encoding into a Vec");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_round_trip() {
+        for memory_limit in [None, Some(1 << 30)] {
+            let config = WorkerConfig { parent: 42, max_frame_bytes: 1 << 20, memory_limit };
+            assert_eq!(WorkerConfig::from_env(&config.to_env()), Some(config));
+        }
+        assert_eq!(WorkerConfig::from_env("x,1,"), None);
+    }
+}
