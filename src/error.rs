@@ -95,7 +95,10 @@ pub enum Error {
 
     /// The pool shut down (it was dropped, or it broke) before this input
     /// finished.
-    #[error("input {index}: pool shut down before the task finished{}", reason_suffix(reason))]
+    #[error(
+        "input {index}: pool shut down before the task finished{}",
+        reason_suffix(reason)
+    )]
     PoolClosed {
         /// Position of the input.
         index: usize,

@@ -105,7 +105,11 @@ macro_rules! register {
             fn __buckshot_type_id() -> $crate::__private::TypeId {
                 $crate::__private::type_id_of_val(&$f)
             }
-            fn __buckshot_run(input: &[u8], output: &mut $crate::__private::Vec<u8>, scratch: &mut [u8]) {
+            fn __buckshot_run(
+                input: &[u8],
+                output: &mut $crate::__private::Vec<u8>,
+                scratch: &mut [u8],
+            ) {
                 $crate::__private::run_task($f, input, output, scratch)
             }
             $crate::__private::inventory::submit! {

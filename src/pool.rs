@@ -89,7 +89,11 @@ impl Pool {
     /// # Errors
     ///
     /// As for [`Pool::map`].
-    pub fn map_unordered<F, I, O, It>(&self, f: F, inputs: It) -> Result<UnorderedResults<It::IntoIter, O>, Error>
+    pub fn map_unordered<F, I, O, It>(
+        &self,
+        f: F,
+        inputs: It,
+    ) -> Result<UnorderedResults<It::IntoIter, O>, Error>
     where
         F: Fn(I) -> O + 'static,
         It: IntoIterator<Item = I>,
@@ -101,7 +105,11 @@ impl Pool {
 }
 
 fn task_position<F: 'static>(_: &F) -> Result<u32, Error> {
-    registry().position::<F>().ok_or_else(|| Error::NotRegistered { name: type_name::<F>().to_owned() })
+    registry()
+        .position::<F>()
+        .ok_or_else(|| Error::NotRegistered {
+            name: type_name::<F>().to_owned(),
+        })
 }
 
 /// Maps `f` over `inputs` on a new pool with default settings, which lives as
@@ -255,7 +263,11 @@ impl PoolBuilder {
     /// timeout, batch size or task quota, a tiny frame limit),
     /// [`Error::Spawn`] if a worker cannot be started.
     pub fn build(self) -> Result<Pool, Error> {
-        let invalid = |message: &str| Err(Error::Config { message: message.to_owned() });
+        let invalid = |message: &str| {
+            Err(Error::Config {
+                message: message.to_owned(),
+            })
+        };
         let processes = match self.processes {
             Some(processes) => processes,
             None => std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -286,6 +298,9 @@ impl PoolBuilder {
             batch_size: self.batch_size,
         };
         let (shared, thread) = scheduler::start(config)?;
-        Ok(Pool { shared, thread: Some(thread) })
+        Ok(Pool {
+            shared,
+            thread: Some(thread),
+        })
     }
 }

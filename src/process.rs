@@ -189,7 +189,11 @@ impl Process {
 impl Drop for Process {
     fn drop(&mut self) {
         if self.kill_and_reap(Duration::from_secs(5)).is_none() {
-            let _ = writeln!(io::stderr(), "buckshot: worker {} did not exit after SIGKILL", self.pid());
+            let _ = writeln!(
+                io::stderr(),
+                "buckshot: worker {} did not exit after SIGKILL",
+                self.pid()
+            );
         }
     }
 }

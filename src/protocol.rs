@@ -83,14 +83,43 @@ fn violation(message: impl Into<String>) -> ProtocolError {
     ProtocolError(message.into())
 }
 
+/// A CBOR encoding or decoding failure, with a plain message (ciborium's
+/// own `Display` prints its enum's `Debug` form).
+#[derive(Debug)]
+pub(crate) struct CodecError(String);
+
+impl std::fmt::Display for CodecError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for CodecError {}
+
 pub(crate) fn encode<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> Result<(), BoxError> {
-    ciborium::into_writer(value, out).map_err(Into::into)
+    use ciborium::ser::Error as E;
+    ciborium::into_writer(value, out).map_err(|e| {
+        let message = match e {
+            E::Io(e) => e.to_string(),
+            E::Value(message) => message,
+        };
+        CodecError(message).into()
+    })
 }
 
 /// Decodes one CBOR value. `scratch` is reused across calls: ciborium's
 /// plain `from_reader` allocates a fresh 4 KiB buffer every time.
 pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8], scratch: &mut [u8]) -> Result<T, BoxError> {
-    ciborium::de::from_reader_with_buffer(bytes, scratch).map_err(Into::into)
+    use ciborium::de::Error as E;
+    ciborium::de::from_reader_with_buffer(bytes, scratch).map_err(|e| {
+        let message = match e {
+            E::Io(_) => "truncated CBOR value".to_owned(),
+            E::Syntax(at) => format!("invalid CBOR at byte {at}"),
+            E::Semantic(_, message) => message,
+            E::RecursionLimitExceeded => "CBOR value nested too deeply".to_owned(),
+        };
+        CodecError(message).into()
+    })
 }
 
 fn put_u32(buf: &mut [u8], at: usize, value: u32) {
@@ -206,7 +235,11 @@ pub(crate) fn parse_reply(body: &[u8]) -> Result<(u64, u32, &[u8]), ProtocolErro
     if body.len() < REPLY_HEADER - LEN_BYTES {
         return Err(violation("truncated reply header"));
     }
-    Ok((get_u64(body, 1), get_u32(body, 9), &body[REPLY_HEADER - LEN_BYTES..]))
+    Ok((
+        get_u64(body, 1),
+        get_u32(body, 9),
+        &body[REPLY_HEADER - LEN_BYTES..],
+    ))
 }
 
 /// Writes the header of a REPLY frame at `at` in `buf`, for the `count`
@@ -304,7 +337,9 @@ fn check_len(len: u32, max: u32) -> Result<usize, ProtocolError> {
         return Err(violation("empty frame"));
     }
     if len > max {
-        return Err(violation(format!("frame of {len} bytes is over the limit of {max}")));
+        return Err(violation(format!(
+            "frame of {len} bytes is over the limit of {max}"
+        )));
     }
     Ok(len as usize)
 }
@@ -442,7 +477,10 @@ mod tests {
         let mut reader = FrameBuffer::default();
         reader.buf.extend_from_slice(&frame);
         let err = reader.next_frame(1 << 20).unwrap_err();
-        assert_eq!(err.0, "frame of 4294967295 bytes is over the limit of 1048576");
+        assert_eq!(
+            err.0,
+            "frame of 4294967295 bytes is over the limit of 1048576"
+        );
         assert!(reader.buf.capacity() < 1 << 20);
     }
 

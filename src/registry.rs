@@ -41,7 +41,9 @@ impl Task {
 
 impl std::fmt::Debug for Task {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Task").field("name", &(self.name)()).finish()
+        f.debug_struct("Task")
+            .field("name", &(self.name)())
+            .finish()
     }
 }
 
@@ -61,7 +63,10 @@ pub(crate) fn registry() -> &'static Registry {
         for task in &tasks {
             (task.name)().hash(&mut hasher);
         }
-        Registry { digest: hasher.finish(), tasks }
+        Registry {
+            digest: hasher.finish(),
+            tasks,
+        }
     })
 }
 
@@ -69,7 +74,10 @@ impl Registry {
     /// Position of the entry for the fn item of type `F`.
     pub(crate) fn position<F: 'static>(&self) -> Option<u32> {
         let wanted = TypeId::of::<F>();
-        let position = self.tasks.iter().position(|task| (task.type_id)() == wanted)?;
+        let position = self
+            .tasks
+            .iter()
+            .position(|task| (task.type_id)() == wanted)?;
         Some(u32::try_from(position).expect("fewer than 4 billion tasks"))
     }
 }

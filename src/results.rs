@@ -88,14 +88,19 @@ where
             None => 1,
             Some(per_item) => {
                 let items = CHUNK_TARGET.as_nanos() / per_item.as_nanos().max(1);
-                u32::try_from(items).unwrap_or(MAX_CHUNK_ITEMS).clamp(1, MAX_CHUNK_ITEMS)
+                u32::try_from(items)
+                    .unwrap_or(MAX_CHUNK_ITEMS)
+                    .clamp(1, MAX_CHUNK_ITEMS)
             }
         }
     }
 
     fn set(&mut self, index: usize, result: Result<O, Error>) {
         let slot = &mut self.window[index - self.base];
-        debug_assert!(matches!(slot, Slot::Waiting), "input {index} answered twice");
+        debug_assert!(
+            matches!(slot, Slot::Waiting),
+            "input {index} answered twice"
+        );
         *slot = Slot::Ready(result);
         if let Some(arrivals) = &mut self.arrivals {
             arrivals.push_back(index);
@@ -120,7 +125,7 @@ where
             self.next_input += 1;
             self.window.push_back(Slot::Waiting);
             let mut pushed = frame.push_with(|buf| protocol::encode(&input, buf));
-            if matches!(pushed, Ok(_) if frame.len() > max_frame) && frame.count() > 1 {
+            if pushed.is_ok() && frame.len() > max_frame && frame.count() > 1 {
                 // Too big to share a frame: send the rest first.
                 frame.pop(pushed.expect("checked"));
                 self.finish_chunk(&mut chunks, &mut frame, first);
@@ -130,7 +135,12 @@ where
             let failure = match pushed {
                 Ok(bytes) if frame.len() > max_frame => {
                     frame.pop(bytes);
-                    Some(format!("input encodes to {bytes} bytes, over the frame limit of {max_frame}").into())
+                    Some(
+                        format!(
+                            "input encodes to {bytes} bytes, over the frame limit of {max_frame}"
+                        )
+                        .into(),
+                    )
                 }
                 Ok(_) => None,
                 Err(e) => Some(e),
@@ -173,7 +183,13 @@ where
 
     fn close(&mut self, first_index: usize, count: u32, reason: &Option<String>) {
         for index in first_index..first_index + count as usize {
-            self.set(index, Err(Error::PoolClosed { index, reason: reason.clone() }));
+            self.set(
+                index,
+                Err(Error::PoolClosed {
+                    index,
+                    reason: reason.clone(),
+                }),
+            );
         }
     }
 
@@ -203,7 +219,13 @@ where
         for offset in 0..self.window.len() {
             if matches!(self.window[offset], Slot::Waiting) {
                 let index = self.base + offset;
-                self.set(index, Err(Error::PoolClosed { index, reason: reason.clone() }));
+                self.set(
+                    index,
+                    Err(Error::PoolClosed {
+                        index,
+                        reason: reason.clone(),
+                    }),
+                );
             }
         }
         self.owed = 0;
@@ -211,11 +233,18 @@ where
 
     fn on_delivery(&mut self, delivery: Delivery) {
         match delivery {
-            Delivery::Outcomes { first_index, count, items } => {
+            Delivery::Outcomes {
+                first_index,
+                count,
+                items,
+            } => {
                 for (index, item) in (first_index..).zip(Items::new(&items)) {
                     let result = match item {
                         Ok(item) => decode_outcome(index, item, &mut self.scratch),
-                        Err(e) => Err(Error::Protocol { index, message: e.0 }),
+                        Err(e) => Err(Error::Protocol {
+                            index,
+                            message: e.0,
+                        }),
                     };
                     self.set(index, result);
                 }
@@ -226,7 +255,11 @@ where
                 self.set(index, Err(error));
                 self.owed -= 1;
             }
-            Delivery::Closed { first_index, count, reason } => {
+            Delivery::Closed {
+                first_index,
+                count,
+                reason,
+            } => {
                 self.close(first_index, count, &reason);
                 self.owed -= count as usize;
             }
@@ -241,7 +274,9 @@ where
     fn next_ordered(&mut self) -> Option<Result<O, Error>> {
         loop {
             if matches!(self.window.front(), Some(Slot::Ready(_))) {
-                let Some(Slot::Ready(result)) = self.window.pop_front() else { unreachable!() };
+                let Some(Slot::Ready(result)) = self.window.pop_front() else {
+                    unreachable!()
+                };
                 self.base += 1;
                 return Some(result);
             }
@@ -261,7 +296,9 @@ where
         loop {
             if let Some(index) = self.arrivals.as_mut().and_then(VecDeque::pop_front) {
                 let slot = std::mem::replace(&mut self.window[index - self.base], Slot::Taken);
-                let Slot::Ready(result) = slot else { unreachable!("arrivals are ready") };
+                let Slot::Ready(result) = slot else {
+                    unreachable!("arrivals are ready")
+                };
                 while matches!(self.window.front(), Some(Slot::Taken)) {
                     self.window.pop_front();
                     self.base += 1;
@@ -285,7 +322,10 @@ where
             None => (pending, Some(pending)),
             Some(inputs) => {
                 let (low, high) = inputs.size_hint();
-                (pending + low, high.and_then(|high| high.checked_add(pending)))
+                (
+                    pending + low,
+                    high.and_then(|high| high.checked_add(pending)),
+                )
             }
         }
     }
@@ -299,7 +339,11 @@ impl<It, O> Drop for Feed<It, O> {
     }
 }
 
-fn decode_outcome<O: DeserializeOwned>(index: usize, item: &[u8], scratch: &mut [u8]) -> Result<O, Error> {
+fn decode_outcome<O: DeserializeOwned>(
+    index: usize,
+    item: &[u8],
+    scratch: &mut [u8],
+) -> Result<O, Error> {
     match protocol::decode::<Outcome<O>>(item, scratch) {
         Ok(Outcome::Ok(value)) => Ok(value),
         Ok(Outcome::Panicked(message)) => Err(Error::TaskPanicked { index, message }),
@@ -335,7 +379,10 @@ where
     O: DeserializeOwned,
 {
     pub(crate) fn new(pool: &Pool, task: u32, inputs: It) -> Result<Self, Error> {
-        Ok(Results { feed: Feed::new(pool, task, inputs, false)?, _output: PhantomData })
+        Ok(Results {
+            feed: Feed::new(pool, task, inputs, false)?,
+            _output: PhantomData,
+        })
     }
 
     /// Keeps `pool` alive as long as the results (for one-shot maps).
@@ -352,7 +399,10 @@ where
     O: DeserializeOwned,
 {
     pub(crate) fn new(pool: &Pool, task: u32, inputs: It) -> Result<Self, Error> {
-        Ok(UnorderedResults { feed: Feed::new(pool, task, inputs, true)?, _output: PhantomData })
+        Ok(UnorderedResults {
+            feed: Feed::new(pool, task, inputs, true)?,
+            _output: PhantomData,
+        })
     }
 }
 

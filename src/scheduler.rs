@@ -98,7 +98,8 @@ impl Chunk {
         if n == 0 {
             return (None, Some(self));
         }
-        let bytes = protocol::items_len(self.items(), n as usize).expect("chunks we built are well formed");
+        let bytes =
+            protocol::items_len(self.items(), n as usize).expect("chunks we built are well formed");
         let (head, tail) = self.items().split_at(bytes);
         let part = |first_index, count, items| Chunk {
             map: self.map,
@@ -119,11 +120,19 @@ impl Chunk {
 #[derive(Debug)]
 pub(crate) enum Delivery {
     /// Outcomes of inputs `first_index..first_index + count`, as items.
-    Outcomes { first_index: usize, count: u32, items: Vec<u8> },
+    Outcomes {
+        first_index: usize,
+        count: u32,
+        items: Vec<u8>,
+    },
     /// One input failed in the pool (timeout, death, protocol).
     Failed(Error),
     /// Inputs that will never run because the pool shut down.
-    Closed { first_index: usize, count: u32, reason: Option<String> },
+    Closed {
+        first_index: usize,
+        count: u32,
+        reason: Option<String>,
+    },
 }
 
 /// Measurements of one map, shared with its caller.
@@ -142,7 +151,9 @@ impl MapStats {
     }
 
     fn record(&self, per_item: Duration) {
-        let new = u64::try_from(per_item.as_nanos()).unwrap_or(u64::MAX).max(1);
+        let new = u64::try_from(per_item.as_nanos())
+            .unwrap_or(u64::MAX)
+            .max(1);
         let old = self.nanos_per_item.load(Ordering::Relaxed);
         let smoothed = if old == 0 { new } else { (old * 3 + new) / 4 };
         self.nanos_per_item.store(smoothed, Ordering::Relaxed);
@@ -222,14 +233,24 @@ impl Shared {
         let mut state = self.lock();
         match &state.phase {
             Phase::Open => {}
-            Phase::Broken(message) => return Err(Error::Startup { message: message.clone() }),
+            Phase::Broken(message) => {
+                return Err(Error::Startup {
+                    message: message.clone(),
+                });
+            }
             Phase::Closed => unreachable!("a closed pool has no handle to map with"),
         }
         let (tx, rx) = mpsc::channel();
         let stats = Arc::new(MapStats::default());
         let id = state.next_map;
         state.next_map += 1;
-        state.maps.insert(id, MapLink { tx, stats: Arc::clone(&stats) });
+        state.maps.insert(
+            id,
+            MapLink {
+                tx,
+                stats: Arc::clone(&stats),
+            },
+        );
         Ok((id, rx, stats))
     }
 
@@ -309,7 +330,9 @@ pub(crate) fn start(config: Config) -> Result<(Arc<Shared>, JoinHandle<()>), Err
         }
         Err(_) => {
             let _ = thread.join();
-            Err(Error::Startup { message: "the pool's thread panicked".into() })
+            Err(Error::Startup {
+                message: "the pool's thread panicked".into(),
+            })
         }
     }
 }
@@ -399,7 +422,10 @@ impl Slot {
     }
 
     fn estimated_backlog(&self) -> Duration {
-        self.inflight.iter().map(|inflight| inflight.estimate * (inflight.chunk.count - inflight.done)).sum()
+        self.inflight
+            .iter()
+            .map(|inflight| inflight.estimate * (inflight.chunk.count - inflight.done))
+            .sum()
     }
 
     fn takes_work(&self) -> bool {
@@ -479,7 +505,8 @@ impl Scheduler {
 
     fn spawn_initial(&mut self) -> Result<(), Error> {
         for _ in 0..self.shared.config.processes {
-            let process = Process::spawn(&self.worker_config).map_err(|source| Error::Spawn { source })?;
+            let process =
+                Process::spawn(&self.worker_config).map_err(|source| Error::Spawn { source })?;
             self.workers.push(Slot::new(process));
         }
         Ok(())
@@ -529,7 +556,11 @@ impl Scheduler {
             }
             let reason = Some(reason.clone());
             while let Some(chunk) = state.queue.pop_front() {
-                let delivery = Delivery::Closed { first_index: chunk.first_index, count: chunk.count, reason: reason.clone() };
+                let delivery = Delivery::Closed {
+                    first_index: chunk.first_index,
+                    count: chunk.count,
+                    reason: reason.clone(),
+                };
                 if let Some(link) = state.maps.get(&chunk.map) {
                     let _ = link.tx.send(delivery);
                 }
@@ -543,7 +574,12 @@ impl Scheduler {
         }
         for map in std::mem::take(&mut state.cancelled) {
             for slot in &mut self.workers {
-                if slot.inflight.front().is_some_and(|head| head.chunk.map == map) && slot.fate.is_none() {
+                if slot
+                    .inflight
+                    .front()
+                    .is_some_and(|head| head.chunk.map == map)
+                    && slot.fate.is_none()
+                {
                     slot.fate = Some(Fate::Cancelled);
                 }
             }
@@ -589,7 +625,14 @@ impl Scheduler {
             protocol::set_run_seq(&mut chunk.frame, slot.next_seq);
             let first_seq = slot.next_seq;
             slot.next_seq += u64::from(chunk.count);
-            slot.inflight.push_back(Inflight { chunk, first_seq, done: 0, written_at: None, estimate, stats });
+            slot.inflight.push_back(Inflight {
+                chunk,
+                first_seq,
+                done: 0,
+                written_at: None,
+                estimate,
+                stats,
+            });
         }
     }
 
@@ -602,14 +645,19 @@ impl Scheduler {
         let ready = self.workers.iter().any(|slot| slot.ready_at.is_some());
         if self.startup_failures >= STARTUP_FAILURE_LIMIT && !ready {
             let last = self.last_startup_failure.clone().unwrap_or_default();
-            self.break_pool(format!("{} workers in a row died before their handshake; last: {last}", self.startup_failures));
+            self.break_pool(format!(
+                "{} workers in a row died before their handshake; last: {last}",
+                self.startup_failures
+            ));
             return;
         }
         let now = Instant::now();
         if self.spawn_retry_at.is_some_and(|at| now < at) {
             return;
         }
-        while self.workers.iter().filter(|slot| slot.takes_work()).count() < self.shared.config.processes {
+        while self.workers.iter().filter(|slot| slot.takes_work()).count()
+            < self.shared.config.processes
+        {
             match Process::spawn(&self.worker_config) {
                 Ok(process) => {
                     self.workers.push(Slot::new(process));
@@ -621,7 +669,8 @@ impl Scheduler {
                     // give up if nothing else works either.
                     self.startup_failures += 1;
                     self.last_startup_failure = Some(format!("could not spawn: {e}"));
-                    self.spawn_delay = (self.spawn_delay * 2).clamp(Duration::from_millis(10), Duration::from_secs(1));
+                    self.spawn_delay = (self.spawn_delay * 2)
+                        .clamp(Duration::from_millis(10), Duration::from_secs(1));
                     self.spawn_retry_at = Some(now + self.spawn_delay);
                     return;
                 }
@@ -659,7 +708,16 @@ impl Scheduler {
     /// `sources` with what is ready.
     fn wait(&mut self, sources: &mut Vec<(Source, PollFlags)>) -> io::Result<()> {
         let timeout = self.shared.config.timeout;
-        let mut deadline = self.workers.iter().filter_map(|slot| slot.deadline(timeout)).min();
+        let mut deadline = self
+            .workers
+            .iter()
+            .filter_map(|slot| slot.deadline(timeout))
+            .min();
+        if self.workers.iter().any(|slot| slot.fate.is_some()) {
+            // A worker to bury (cancelled, or its pipe broke while writing):
+            // just look at what else is ready, then come back.
+            deadline = Some(Instant::now());
+        }
         if let Some(retry) = self.spawn_retry_at {
             deadline = Some(deadline.map_or(retry, |d| d.min(retry)));
         }
@@ -684,7 +742,10 @@ impl Scheduler {
             }
         }
         for (i, dying) in self.dying.iter().enumerate() {
-            fds.push(PollFd::from_borrowed_fd(dying.process.pidfd(), PollFlags::IN));
+            fds.push(PollFd::from_borrowed_fd(
+                dying.process.pidfd(),
+                PollFlags::IN,
+            ));
             owners.push(Source::Reap);
             if let Some(fd) = dying.process.stderr() {
                 fds.push(PollFd::from_borrowed_fd(fd, PollFlags::IN));
@@ -694,7 +755,8 @@ impl Scheduler {
         let timeout = deadline.map(|d| {
             let wait = d.saturating_duration_since(Instant::now());
             // Round up so that we wake after the deadline, not just before.
-            rustix::event::Timespec::try_from(wait + Duration::from_micros(50)).expect("deadline within range")
+            rustix::event::Timespec::try_from(wait + Duration::from_micros(50))
+                .expect("deadline within range")
         });
         loop {
             match rustix::event::poll(&mut fds, timeout.as_ref()) {
@@ -758,7 +820,9 @@ impl Scheduler {
             if slot.fate.is_some() {
                 return;
             }
-            let Some(fd) = slot.process.stdout() else { return };
+            let Some(fd) = slot.process.stdout() else {
+                return;
+            };
             match frames.fill(fd) {
                 Ok(0) => {
                     slot.process.close_stdout();
@@ -832,7 +896,9 @@ impl Scheduler {
         let mut seq = first_seq;
         while left > 0 {
             let Some(head) = slot.inflight.front_mut() else {
-                return Err(ProtocolError(format!("reply for item {seq}, which was never sent")));
+                return Err(ProtocolError(format!(
+                    "reply for item {seq}, which was never sent"
+                )));
             };
             if seq != head.first_seq + u64::from(head.done) || head.written_at.is_none() {
                 return Err(ProtocolError(format!(
@@ -853,7 +919,8 @@ impl Scheduler {
             seq += u64::from(n);
             left -= n;
             if let Some(started) = started {
-                head.stats.record(now.saturating_duration_since(started) / n);
+                head.stats
+                    .record(now.saturating_duration_since(started) / n);
             }
             if head.done == head.chunk.count {
                 slot.inflight.pop_front();
@@ -861,7 +928,9 @@ impl Scheduler {
             }
         }
         if !items.is_empty() {
-            return Err(ProtocolError("reply holds more items than its header says".into()));
+            return Err(ProtocolError(
+                "reply holds more items than its header says".into(),
+            ));
         }
         slot.last_reply_at = Some(now);
         Ok(())
@@ -870,8 +939,15 @@ impl Scheduler {
     fn check_deadlines(&mut self, now: Instant) {
         let timeout = self.shared.config.timeout;
         for slot in &mut self.workers {
-            if slot.deadline(timeout).is_some_and(|deadline| now >= deadline) {
-                slot.fate = Some(if slot.ready_at.is_none() { Fate::StartupTimeout } else { Fate::TimedOut });
+            if slot
+                .deadline(timeout)
+                .is_some_and(|deadline| now >= deadline)
+            {
+                slot.fate = Some(if slot.ready_at.is_none() {
+                    Fate::StartupTimeout
+                } else {
+                    Fate::TimedOut
+                });
             }
         }
     }
@@ -894,12 +970,18 @@ impl Scheduler {
         if !matches!(fate, Fate::Retired) {
             slot.process.kill();
         }
-        let mut dying = Dying { process: slot.process, victim: None, victim_map: 0, during_startup: false };
+        let mut dying = Dying {
+            process: slot.process,
+            victim: None,
+            victim_map: 0,
+            during_startup: false,
+        };
         let mut inflight = slot.inflight.into_iter();
         if slot.ready_at.is_none() || matches!(fate, Fate::PoolBroken) {
             // Nothing ran (or nothing will): what is left goes back.
             dying.during_startup = slot.ready_at.is_none() && !matches!(fate, Fate::PoolBroken);
-            self.requeue.extend(inflight.filter_map(|inflight| inflight.chunk.split(inflight.done).1));
+            self.requeue
+                .extend(inflight.filter_map(|inflight| inflight.chunk.split(inflight.done).1));
         } else if let Some(head) = inflight.next() {
             let (_, rest) = head.chunk.split(head.done);
             let (victim, rest) = rest.expect("an unfinished head has items left").split(1);
@@ -909,10 +991,12 @@ impl Scheduler {
             match fate {
                 Fate::TimedOut => {
                     let timeout = self.shared.config.timeout.expect("timeouts need a timeout");
-                    self.outbox.push((map, Delivery::Failed(Error::TaskTimeout { index, timeout })));
+                    self.outbox
+                        .push((map, Delivery::Failed(Error::TaskTimeout { index, timeout })));
                 }
                 Fate::Broke(message) => {
-                    self.outbox.push((map, Delivery::Failed(Error::Protocol { index, message })));
+                    self.outbox
+                        .push((map, Delivery::Failed(Error::Protocol { index, message })));
                 }
                 Fate::Cancelled => {}
                 Fate::Died | Fate::Retired | Fate::StartupTimeout | Fate::PoolBroken => {
@@ -952,11 +1036,28 @@ impl Scheduler {
         let stderr = dying.process.stderr_tail();
         if dying.during_startup {
             self.startup_failures += 1;
-            let line = stderr.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim().to_owned();
-            self.last_startup_failure = Some(if line.is_empty() { format!("{status}") } else { format!("{status}: {line}") });
+            let line = stderr
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("")
+                .trim()
+                .to_owned();
+            self.last_startup_failure = Some(if line.is_empty() {
+                format!("{status}")
+            } else {
+                format!("{status}: {line}")
+            });
         }
         if let Some(index) = dying.victim {
-            self.outbox.push((dying.victim_map, Delivery::Failed(Error::WorkerDied { index, status, stderr })));
+            self.outbox.push((
+                dying.victim_map,
+                Delivery::Failed(Error::WorkerDied {
+                    index,
+                    status,
+                    stderr,
+                }),
+            ));
         }
     }
 
@@ -980,14 +1081,22 @@ impl Scheduler {
         owed.extend(state.queue.drain(..));
         for chunk in owed {
             if let Some(link) = state.maps.get(&chunk.map) {
-                let delivery = Delivery::Closed { first_index: chunk.first_index, count: chunk.count, reason: reason.clone() };
+                let delivery = Delivery::Closed {
+                    first_index: chunk.first_index,
+                    count: chunk.count,
+                    reason: reason.clone(),
+                };
                 let _ = link.tx.send(delivery);
             }
         }
         for dying in &self.dying {
             if let Some(index) = dying.victim {
                 if let Some(link) = state.maps.get(&dying.victim_map) {
-                    let delivery = Delivery::Closed { first_index: index, count: 1, reason: reason.clone() };
+                    let delivery = Delivery::Closed {
+                        first_index: index,
+                        count: 1,
+                        reason: reason.clone(),
+                    };
                     let _ = link.tx.send(delivery);
                 }
             }
@@ -1067,7 +1176,11 @@ impl Slot {
 fn handshake_problem(hello: &Hello) -> Option<String> {
     let registry = registry();
     if hello.version != protocol::VERSION {
-        return Some(format!("worker speaks protocol {}, this process {}", hello.version, protocol::VERSION));
+        return Some(format!(
+            "worker speaks protocol {}, this process {}",
+            hello.version,
+            protocol::VERSION
+        ));
     }
     if hello.tasks == 0 && !registry.tasks.is_empty() {
         return Some(format!(

@@ -61,7 +61,11 @@ impl WorkerConfig {
             "" => None,
             m => Some(m.parse().ok()?),
         };
-        Some(WorkerConfig { parent, max_frame_bytes, memory_limit })
+        Some(WorkerConfig {
+            parent,
+            max_frame_bytes,
+            memory_limit,
+        })
     }
 }
 
@@ -96,14 +100,19 @@ fn serve(config: WorkerConfig) -> ! {
     if let Err(e) = rustix::process::set_parent_process_death_signal(Some(Signal::KILL)) {
         fatal_early(&format!("could not set its parent-death signal: {e}"));
     }
-    if rustix::process::getppid().map(Pid::as_raw_nonzero).map(|p| p.get() as u32)
+    if rustix::process::getppid()
+        .map(Pid::as_raw_nonzero)
+        .map(|p| p.get() as u32)
         != Some(config.parent)
     {
         // The pool's process died before the death signal was armed.
         std::process::exit(EXIT_FATAL);
     }
     if let Some(limit) = config.memory_limit {
-        let limit = Rlimit { current: Some(limit), maximum: Some(limit) };
+        let limit = Rlimit {
+            current: Some(limit),
+            maximum: Some(limit),
+        };
         if let Err(e) = rustix::process::setrlimit(Resource::As, limit) {
             fatal_early(&format!("could not apply the memory limit: {e}"));
         }
@@ -135,7 +144,9 @@ fn serve(config: WorkerConfig) -> ! {
     };
     let end = run_tasks(File::from(requests), &outbox, config.max_frame_bytes);
     outbox.close();
-    let mut replies = writer.join().unwrap_or_else(|_| std::process::exit(EXIT_FATAL));
+    let mut replies = writer
+        .join()
+        .unwrap_or_else(|_| std::process::exit(EXIT_FATAL));
     match end {
         Ok(()) => std::process::exit(0),
         Err(message) => {
@@ -189,7 +200,9 @@ fn run_tasks(requests: File, outbox: &Outbox, max_frame: u32) -> Result<(), Stri
             seen += 1;
         }
         if seen != count {
-            return Err(format!("run frame holds {seen} items, its header says {count}"));
+            return Err(format!(
+                "run frame holds {seen} items, its header says {count}"
+            ));
         }
     }
 }
@@ -264,7 +277,11 @@ impl Outbox {
             pending.close_open();
             let at = pending.buf.len();
             pending.buf.resize(at + protocol::REPLY_HEADER, 0);
-            pending.open = Some(OpenFrame { at, first_seq: seq, count: 0 });
+            pending.open = Some(OpenFrame {
+                at,
+                first_seq: seq,
+                count: 0,
+            });
         }
         protocol::push_item(&mut pending.buf, outcome);
         if let Some(open) = &mut pending.open {
@@ -321,7 +338,11 @@ mod tests {
     #[test]
     fn config_round_trip() {
         for memory_limit in [None, Some(1 << 30)] {
-            let config = WorkerConfig { parent: 42, max_frame_bytes: 1 << 20, memory_limit };
+            let config = WorkerConfig {
+                parent: 42,
+                max_frame_bytes: 1 << 20,
+                memory_limit,
+            };
             assert_eq!(WorkerConfig::from_env(&config.to_env()), Some(config));
         }
         assert_eq!(WorkerConfig::from_env("x,1,"), None);

@@ -1,0 +1,124 @@
+//! Helpers shared by the integration tests. Each test file is its own
+//! binary, hence its own worker executable; not every file uses every helper.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// Upper bound for anything a test waits on: generous for a loaded 2-core
+/// machine, and a loud failure rather than a hang.
+pub const BOUND: Duration = Duration::from_secs(60);
+
+/// Processes whose parent is this process, with their state letter
+/// (`Z` for a zombie).
+pub fn children() -> Vec<(u32, char)> {
+    let me = std::process::id();
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("read /proc").flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // The command name may hold spaces: parse after its closing paren.
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else {
+            continue;
+        };
+        let mut fields = rest.split_whitespace();
+        let state = fields.next().and_then(|s| s.chars().next()).unwrap_or('?');
+        let ppid: u32 = fields.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+        if ppid == me {
+            found.push((pid, state));
+        }
+    }
+    found
+}
+
+/// Whether a process with this pid exists (zombies included).
+pub fn alive(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Number of open file descriptors of this process.
+pub fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .expect("read /proc/self/fd")
+        .count()
+}
+
+/// A place where a task running in a worker can announce itself (its pid)
+/// to the test, so the test waits on that event instead of sleeping.
+pub struct Rendezvous {
+    listener: UnixListener,
+    path: PathBuf,
+}
+
+impl Rendezvous {
+    pub fn new() -> Rendezvous {
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let path =
+            std::env::temp_dir().join(format!("buckshot-test-{}-{n}.sock", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let listener = UnixListener::bind(&path).expect("bind rendezvous socket");
+        Rendezvous { listener, path }
+    }
+
+    pub fn path(&self) -> String {
+        self.path.to_string_lossy().into_owned()
+    }
+
+    /// Waits (at most [`BOUND`]) for one announcement and returns its pid.
+    pub fn wait(&self) -> u32 {
+        let listener = self.listener.try_clone().expect("clone listener");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().expect("accept");
+            let mut text = String::new();
+            stream.read_to_string(&mut text).expect("read announcement");
+            let _ = tx.send(text.trim().parse::<u32>().expect("a pid"));
+        });
+        rx.recv_timeout(BOUND)
+            .expect("no task announced itself in time")
+    }
+}
+
+impl Drop for Rendezvous {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Called inside a task: tells the test at `path` this worker's pid.
+pub fn announce(path: &str) {
+    let mut stream = UnixStream::connect(path).expect("connect to rendezvous");
+    write!(stream, "{}", std::process::id()).expect("announce");
+}
+
+/// Blocks the calling task forever (until its worker is killed).
+pub fn hang() -> ! {
+    loop {
+        std::thread::park();
+    }
+}
+
+/// Runs `f` on a thread and waits at most [`BOUND`] for it.
+pub fn within<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(BOUND)
+        .unwrap_or_else(|_| panic!("{what} did not finish within {BOUND:?}"))
+}
+
+pub fn kill9(pid: u32) {
+    // SAFETY: kill has no memory-safety preconditions.
+    let rc = unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+    assert_eq!(rc, 0, "kill -9 {pid}");
+}

@@ -1,0 +1,90 @@
+//! Workers that die (killed from outside, or by their task) fail the input
+//! they ran, and only that one; the map goes on with a fresh worker.
+
+mod common;
+
+use std::os::unix::process::ExitStatusExt;
+use std::time::Duration;
+
+use buckshot::{Error, Pool};
+
+fn hang_at_seven((x, rendezvous): (u64, String)) -> u64 {
+    if x == 7 {
+        common::announce(&rendezvous);
+        common::hang();
+    }
+    x
+}
+buckshot::register!(hang_at_seven);
+
+fn abort_at_three(x: u64) -> u64 {
+    if x == 3 {
+        eprintln!("about to abort on {x}");
+        std::process::abort();
+    }
+    x
+}
+buckshot::register!(abort_at_three);
+
+#[test]
+fn a_worker_killed_from_outside_fails_only_its_input() {
+    let rendezvous = common::Rendezvous::new();
+    // The timeout is only a safety net: the kill comes much sooner.
+    let pool = Pool::builder()
+        .processes(2)
+        .timeout(Duration::from_secs(120))
+        .build()
+        .unwrap();
+    let path = rendezvous.path();
+    let inputs: Vec<(u64, String)> = (0..30).map(|x| (x, path.clone())).collect();
+    let map =
+        std::thread::spawn(move || pool.map(hang_at_seven, inputs).unwrap().collect::<Vec<_>>());
+    let victim = rendezvous.wait();
+    common::kill9(victim);
+    let results = common::within("the map after a kill", move || map.join().unwrap());
+    assert_eq!(results.len(), 30);
+    for (x, result) in results.into_iter().enumerate() {
+        if x == 7 {
+            match result {
+                Err(Error::WorkerDied {
+                    index: 7, status, ..
+                }) => assert_eq!(status.signal(), Some(libc::SIGKILL)),
+                other => panic!("input 7: expected WorkerDied, got {other:?}"),
+            }
+        } else {
+            assert_eq!(result.unwrap(), x as u64);
+        }
+    }
+    assert!(!common::alive(victim), "the killed worker was not reaped");
+}
+
+#[test]
+fn abort_in_a_task_fails_only_its_input() {
+    let pool = Pool::new(2).unwrap();
+    let results: Vec<Result<u64, Error>> = common::within("map with an abort", move || {
+        pool.map(abort_at_three, 0..10u64).unwrap().collect()
+    });
+    for (x, result) in results.into_iter().enumerate() {
+        if x == 3 {
+            let Err(error @ Error::WorkerDied { .. }) = result else {
+                panic!("input 3: {result:?}")
+            };
+            let Error::WorkerDied { status, stderr, .. } = &error else {
+                unreachable!()
+            };
+            assert_eq!(status.signal(), Some(libc::SIGABRT));
+            assert!(
+                stderr.contains("about to abort on 3"),
+                "stderr tail: {stderr:?}"
+            );
+            assert!(
+                error
+                    .to_string()
+                    .starts_with("input 3: worker died (signal: 6 (SIGABRT)"),
+                "{error}"
+            );
+        } else {
+            assert_eq!(result.unwrap(), x as u64);
+        }
+    }
+}

@@ -1,0 +1,149 @@
+//! What users see when something is wrong: exact messages.
+
+use std::time::Duration;
+
+use buckshot::{Error, Pool};
+
+fn registered(x: u64) -> u64 {
+    x
+}
+buckshot::register!(registered);
+
+fn never_registered(x: u64) -> u64 {
+    x
+}
+
+fn config_error(builder: buckshot::PoolBuilder) -> String {
+    match builder.build() {
+        Err(e @ Error::Config { .. }) => e.to_string(),
+        other => panic!("expected a configuration error, got {other:?}"),
+    }
+}
+
+#[test]
+fn zero_processes_is_an_error() {
+    assert_eq!(
+        config_error(Pool::builder().processes(0)),
+        "invalid pool configuration: processes must be at least 1"
+    );
+    assert!(matches!(Pool::new(0), Err(Error::Config { .. })));
+}
+
+#[test]
+fn other_invalid_settings() {
+    assert_eq!(
+        config_error(Pool::builder().timeout(Duration::ZERO)),
+        "invalid pool configuration: timeout must be greater than zero"
+    );
+    assert_eq!(
+        config_error(Pool::builder().batch_size(0)),
+        "invalid pool configuration: batch_size must be at least 1"
+    );
+    assert_eq!(
+        config_error(Pool::builder().max_tasks_per_worker(0)),
+        "invalid pool configuration: max_tasks_per_worker must be at least 1"
+    );
+}
+
+#[test]
+fn unregistered_functions_are_named() {
+    let pool = Pool::new(1).unwrap();
+    let error = pool.map(never_registered, [1u64]).unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "task `errors::never_registered` is not registered (missing `buckshot::register!`?)"
+    );
+    assert!(matches!(&error, Error::NotRegistered { name } if name == "errors::never_registered"));
+    assert_eq!(error.index(), None);
+}
+
+#[test]
+fn closures_and_fn_pointers_cannot_be_registered() {
+    let pool = Pool::new(1).unwrap();
+    let closure = |x: u64| x + 1;
+    let Err(Error::NotRegistered { name }) = pool.map(closure, [1u64]) else {
+        panic!("a closure was accepted")
+    };
+    assert!(name.contains("{{closure}}"), "{name}");
+    let pointer: fn(u64) -> u64 = registered;
+    let Err(Error::NotRegistered { name }) = pool.map(pointer, [1u64]) else {
+        panic!("a fn pointer was accepted")
+    };
+    assert_eq!(name, "fn(u64) -> u64");
+}
+
+#[test]
+fn per_input_messages_start_with_the_index() {
+    let cases = [
+        (
+            Error::TaskTimeout {
+                index: 4,
+                timeout: Duration::from_millis(1500),
+            },
+            "input 4: timed out after 1.5s",
+        ),
+        (
+            Error::TaskPanicked {
+                index: 0,
+                message: "boom".into(),
+            },
+            "input 0: task panicked: boom",
+        ),
+        (
+            Error::Protocol {
+                index: 2,
+                message: "empty frame".into(),
+            },
+            "input 2: worker broke the protocol: empty frame",
+        ),
+        (
+            Error::PoolClosed {
+                index: 9,
+                reason: None,
+            },
+            "input 9: pool shut down before the task finished",
+        ),
+        (
+            Error::PoolClosed {
+                index: 9,
+                reason: Some("no workers".into()),
+            },
+            "input 9: pool shut down before the task finished (no workers)",
+        ),
+        (
+            Error::WorkerCodec {
+                index: 1,
+                message: "decode the input: bad".into(),
+            },
+            "input 1: worker could not decode the input: bad",
+        ),
+    ];
+    for (error, message) in cases {
+        assert_eq!(error.to_string(), message);
+        assert!(error.index().is_some());
+    }
+}
+
+#[test]
+fn worker_died_names_the_status_and_the_last_stderr_line() {
+    use std::os::unix::process::ExitStatusExt;
+    let error = Error::WorkerDied {
+        index: 3,
+        status: std::process::ExitStatus::from_raw(3 << 8),
+        stderr: "warming up\nmemory allocation of 1024 bytes failed\n\n".into(),
+    };
+    assert_eq!(
+        error.to_string(),
+        "input 3: worker died (exit status: 3): memory allocation of 1024 bytes failed"
+    );
+    assert!(error.is_worker_died() && !error.is_timeout() && !error.is_panic());
+    let quiet = Error::WorkerDied {
+        index: 0,
+        status: std::process::ExitStatus::from_raw(9),
+        stderr: String::new(),
+    };
+    assert_eq!(
+        quiet.to_string(),
+        "input 0: worker died (signal: 9 (SIGKILL))"
+    );
+}

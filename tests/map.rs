@@ -1,0 +1,185 @@
+//! The main path: results, order, laziness, many threads, prints.
+
+mod common;
+
+use std::collections::HashSet;
+
+use buckshot::{Error, Pool};
+
+fn square(x: u64) -> u64 {
+    x * x
+}
+buckshot::register!(square);
+
+fn pid_of(_: u64) -> u32 {
+    std::process::id()
+}
+buckshot::register!(pid_of);
+
+fn noisy(x: u64) -> u64 {
+    // A task's prints must not corrupt the reply stream.
+    println!("noise {x}");
+    print!("\u{0}\u{ff}partial frame bytes");
+    x + 1
+}
+buckshot::register!(noisy);
+
+fn harmonic(x: u64) -> f64 {
+    (1..=x).map(|d| 1.0 / d as f64).sum()
+}
+buckshot::register!(harmonic);
+
+#[test]
+fn ten_thousand_inputs_in_order_equal_serial() {
+    let pool = Pool::new(2).unwrap();
+    let results: Vec<f64> = pool
+        .map(harmonic, 0..10_000u64)
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let serial: Vec<f64> = (0..10_000u64).map(harmonic).collect();
+    assert_eq!(results, serial);
+}
+
+#[test]
+fn ten_thousand_inputs_unordered_equal_serial() {
+    let pool = Pool::new(3).unwrap();
+    let mut seen = vec![None; 10_000];
+    for (index, result) in pool.map_unordered(square, 0..10_000u64).unwrap() {
+        assert!(seen[index].is_none(), "input {index} answered twice");
+        seen[index] = Some(result.unwrap());
+    }
+    let expected: Vec<Option<u64>> = (0..10_000u64).map(|x| Some(x * x)).collect();
+    assert_eq!(seen, expected);
+}
+
+#[test]
+fn empty_input_yields_nothing() {
+    let pool = Pool::new(2).unwrap();
+    assert_eq!(pool.map(square, Vec::<u64>::new()).unwrap().count(), 0);
+    assert_eq!(
+        pool.map_unordered(square, std::iter::empty::<u64>())
+            .unwrap()
+            .count(),
+        0
+    );
+}
+
+#[test]
+fn more_inputs_than_processes_use_every_worker() {
+    let pool = Pool::new(3).unwrap();
+    let pids: HashSet<u32> = pool
+        .map(pid_of, 0..3000)
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert!(
+        !pids.contains(&std::process::id()),
+        "tasks ran in the parent"
+    );
+    assert!(!pids.is_empty() && pids.len() <= 3, "pids: {pids:?}");
+}
+
+#[test]
+fn endless_input_is_pulled_lazily() {
+    let pool = Pool::new(2).unwrap();
+    let first: Vec<u64> = common::within("take(10) of an endless map", move || {
+        pool.map(square, 0..u64::MAX)
+            .unwrap()
+            .take(10)
+            .map(Result::unwrap)
+            .collect()
+    });
+    assert_eq!(first, [0, 1, 4, 9, 16, 25, 36, 49, 64, 81]);
+}
+
+#[test]
+fn the_pool_is_reusable_and_survives_a_dropped_map() {
+    let pool = Pool::new(2).unwrap();
+    let mut results = pool.map(square, 0..100_000u64).unwrap();
+    assert_eq!(results.next().unwrap().unwrap(), 0);
+    drop(results);
+    for _ in 0..3 {
+        let sum: u64 = pool
+            .map(square, 0..1000u64)
+            .unwrap()
+            .map(Result::unwrap)
+            .sum();
+        assert_eq!(sum, (0..1000u64).map(square).sum());
+    }
+}
+
+#[test]
+fn prints_in_tasks_do_not_corrupt_results() {
+    let pool = Pool::new(2).unwrap();
+    let results: Vec<u64> = pool
+        .map(noisy, 0..200u64)
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(results, (1..201u64).collect::<Vec<_>>());
+}
+
+#[test]
+fn eight_threads_share_one_pool() {
+    let pool = Pool::new(2).unwrap();
+    std::thread::scope(|scope| {
+        for t in 0..8u64 {
+            let pool = &pool;
+            scope.spawn(move || {
+                let inputs = t * 1000..(t + 1) * 1000;
+                let results: Vec<u64> = pool
+                    .map(square, inputs.clone())
+                    .unwrap()
+                    .map(Result::unwrap)
+                    .collect();
+                assert_eq!(results, inputs.map(square).collect::<Vec<_>>());
+            });
+        }
+    });
+}
+
+#[test]
+fn eight_threads_with_their_own_pools() {
+    std::thread::scope(|scope| {
+        for t in 0..8u64 {
+            scope.spawn(move || {
+                let pool = Pool::new(2).unwrap();
+                let inputs = t * 1000..(t + 1) * 1000;
+                let results: Vec<u64> = pool
+                    .map(square, inputs.clone())
+                    .unwrap()
+                    .map(Result::unwrap)
+                    .collect();
+                assert_eq!(results, inputs.map(square).collect::<Vec<_>>());
+            });
+        }
+    });
+}
+
+#[test]
+fn one_shot_map_owns_its_pool() {
+    let squares: Vec<u64> = buckshot::map(square, 1..=4u64)
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(squares, [1, 4, 9, 16]);
+}
+
+#[test]
+fn pool_and_results_can_cross_threads() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    fn assert_send<T: Send>() {}
+    assert_send_sync::<Pool>();
+    assert_send::<buckshot::Results<std::ops::Range<u64>, u64>>();
+    assert_send::<buckshot::UnorderedResults<std::vec::IntoIter<u64>, u64>>();
+    assert_send_sync::<Error>();
+}
+
+#[test]
+fn results_report_their_size() {
+    let pool = Pool::new(1).unwrap();
+    let results = pool.map(square, 0..10u64).unwrap();
+    assert_eq!(results.size_hint(), (10, Some(10)));
+    assert_eq!(results.count(), 10);
+}

@@ -1,0 +1,34 @@
+//! A task that panics fails its input alone; the worker lives on.
+
+use buckshot::{Error, Pool};
+
+fn fragile(x: u64) -> (u64, u32) {
+    if x % 10 == 3 {
+        panic!("boom at {x}");
+    }
+    (x, std::process::id())
+}
+buckshot::register!(fragile);
+
+#[test]
+fn panics_fail_their_input_and_the_worker_lives_on() {
+    let pool = Pool::new(1).unwrap();
+    let mut pids = Vec::new();
+    for (x, result) in (0..40u64).zip(pool.map(fragile, 0..40u64).unwrap()) {
+        match result {
+            Ok((y, pid)) => {
+                assert_eq!(x, y);
+                pids.push(pid);
+            }
+            Err(Error::TaskPanicked { index, message }) => {
+                assert_eq!(index as u64, x);
+                assert_eq!(message, format!("boom at {x}"));
+                assert_eq!(x % 10, 3);
+            }
+            Err(e) => panic!("input {x}: {e}"),
+        }
+    }
+    assert_eq!(pids.len(), 36);
+    pids.dedup();
+    assert_eq!(pids.len(), 1, "the worker was replaced after a panic");
+}

@@ -1,0 +1,98 @@
+//! Timeouts: the input that runs too long fails, its worker is replaced,
+//! and the map goes on.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use buckshot::{Error, Pool};
+
+fn nap(ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    ms
+}
+buckshot::register!(nap);
+
+fn spin_forever(_: u64) -> u64 {
+    // Ignores every catchable signal; SIGKILL still wins.
+    // SAFETY: installing SIG_IGN runs no code of ours in a signal context.
+    unsafe {
+        for signal in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+            libc::signal(signal, libc::SIG_IGN);
+        }
+    }
+    let mut x = 0u64;
+    loop {
+        x = std::hint::black_box(x.wrapping_add(1));
+    }
+}
+buckshot::register!(spin_forever);
+
+#[test]
+fn a_task_past_its_timeout_fails_alone() {
+    let timeout = Duration::from_millis(200);
+    let pool = Pool::builder()
+        .processes(2)
+        .timeout(timeout)
+        .build()
+        .unwrap();
+    let inputs = vec![0, 1, 60_000, 2, 3, 4, 5, 6, 7, 8];
+    let started = Instant::now();
+    let results: Vec<Result<u64, Error>> = common::within("map with one hanging task", move || {
+        pool.map(nap, inputs).unwrap().collect()
+    });
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= timeout,
+        "finished in {elapsed:?}, before the timeout"
+    );
+    for (index, result) in results.into_iter().enumerate() {
+        if index == 2 {
+            match result {
+                Err(Error::TaskTimeout {
+                    index: 2,
+                    timeout: t,
+                }) => assert_eq!(t, timeout),
+                other => panic!("input 2: expected a timeout, got {other:?}"),
+            }
+        } else {
+            assert!(result.is_ok(), "input {index}: {result:?}");
+        }
+    }
+}
+
+#[test]
+fn a_task_that_ignores_signals_is_killed() {
+    let pool = Pool::builder()
+        .processes(1)
+        .timeout(Duration::from_millis(100))
+        .build()
+        .unwrap();
+    let results: Vec<Result<u64, Error>> = common::within("map of a spinning task", move || {
+        pool.map(spin_forever, [1, 2]).unwrap().collect()
+    });
+    assert_eq!(results.len(), 2);
+    for (index, result) in results.iter().enumerate() {
+        assert!(
+            matches!(result, Err(Error::TaskTimeout { index: i, .. }) if *i == index),
+            "{result:?}"
+        );
+    }
+}
+
+#[test]
+fn queued_inputs_do_not_spend_their_timeout_waiting() {
+    // One worker: each input waits behind the ones before it, far longer
+    // than the timeout in total, yet none of them times out.
+    let pool = Pool::builder()
+        .processes(1)
+        .timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let results: Vec<Result<u64, Error>> = common::within("map of queued tasks", move || {
+        pool.map(nap, vec![100; 8]).unwrap().collect()
+    });
+    for (index, result) in results.iter().enumerate() {
+        assert!(matches!(result, Ok(100)), "input {index}: {result:?}");
+    }
+}
