@@ -150,3 +150,8 @@ pub mod __private {
 fn buckshot_worker_entry() {
     worker::serve_if_worker();
 }
+
+// The README's examples compile and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

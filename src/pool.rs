@@ -197,6 +197,8 @@ pub struct PoolBuilder {
     max_tasks_per_worker: Option<u64>,
     /// Default: adaptive.
     batch_size: Option<u32>,
+    /// Default: forwarded (`None` means true).
+    forward_stderr: Option<bool>,
 }
 
 impl PoolBuilder {
@@ -255,6 +257,15 @@ impl PoolBuilder {
         self
     }
 
+    /// Whether what workers write to stderr (a task's `eprintln!`, and its
+    /// `println!`, which a worker sends to stderr) is copied to this
+    /// process's stderr. Either way the last few KiB are kept for
+    /// [`Error::WorkerDied`]. Default: true.
+    pub fn forward_stderr(mut self, forward: bool) -> Self {
+        self.forward_stderr = Some(forward);
+        self
+    }
+
     /// Starts the workers.
     ///
     /// # Errors
@@ -296,6 +307,7 @@ impl PoolBuilder {
             retries: self.retries,
             max_tasks_per_worker: self.max_tasks_per_worker,
             batch_size: self.batch_size,
+            forward_stderr: self.forward_stderr.unwrap_or(true),
         };
         let (shared, thread) = scheduler::start(config)?;
         Ok(Pool {

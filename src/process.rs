@@ -130,9 +130,10 @@ impl Process {
         self.stdout = None;
     }
 
-    /// Forwards what the worker wrote to stderr to our stderr and keeps the
-    /// tail. Returns `false` once the stream has ended.
-    pub(crate) fn pump_stderr(&mut self) -> bool {
+    /// Reads what the worker wrote to stderr, keeps the tail and, if
+    /// `forward`, copies it to our stderr. Returns `false` once the stream
+    /// has ended.
+    pub(crate) fn pump_stderr(&mut self, forward: bool) -> bool {
         let Some(fd) = &self.stderr else {
             return false;
         };
@@ -144,7 +145,9 @@ impl Process {
                     return false;
                 }
                 Ok(n) => {
-                    let _ = io::stderr().write_all(&buf[..n]);
+                    if forward {
+                        let _ = io::stderr().write_all(&buf[..n]);
+                    }
                     self.stderr_tail.extend_from_slice(&buf[..n]);
                     if self.stderr_tail.len() > 2 * STDERR_TAIL {
                         let cut = self.stderr_tail.len() - STDERR_TAIL;

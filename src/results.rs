@@ -135,12 +135,11 @@ where
             let failure = match pushed {
                 Ok(bytes) if frame.len() > max_frame => {
                     frame.pop(bytes);
-                    Some(
-                        format!(
-                            "input encodes to {bytes} bytes, over the frame limit of {max_frame}"
-                        )
-                        .into(),
-                    )
+                    let len = bytes - protocol::ITEM_LEN_BYTES;
+                    let message = format!(
+                        "input encodes to {len} bytes, over the frame limit of {max_frame}"
+                    );
+                    Some(message.into())
                 }
                 Ok(_) => None,
                 Err(e) => Some(e),

@@ -70,6 +70,7 @@ pub(crate) struct Config {
     pub retries: u32,
     pub max_tasks_per_worker: Option<u64>,
     pub batch_size: Option<u32>,
+    pub forward_stderr: bool,
 }
 
 /// A run of consecutive inputs of one map, encoded as one RUN frame.
@@ -88,6 +89,25 @@ pub(crate) struct Chunk {
 impl Chunk {
     fn items(&self) -> &[u8] {
         &self.frame[protocol::RUN_HEADER..]
+    }
+
+    /// One chunk per item.
+    fn singletons(self) -> Vec<Chunk> {
+        protocol::Items::new(self.items())
+            .enumerate()
+            .map(|(k, item)| Chunk {
+                map: self.map,
+                task: self.task,
+                first_index: self.first_index + k,
+                count: 1,
+                frame: RunFrame::from_items(
+                    self.task,
+                    1,
+                    &encode_item(item.expect("chunks we built are well formed")),
+                ),
+                attempts: self.attempts,
+            })
+            .collect()
     }
 
     /// Splits after `n` items: `(first n, rest)`.
@@ -114,6 +134,12 @@ impl Chunk {
             Some(part(self.first_index + n as usize, self.count - n, tail)),
         )
     }
+}
+
+fn encode_item(item: &[u8]) -> Vec<u8> {
+    let mut section = Vec::with_capacity(protocol::ITEM_LEN_BYTES + item.len());
+    protocol::push_item(&mut section, item);
+    section
 }
 
 /// What the loop sends to a map.
@@ -793,10 +819,14 @@ impl Scheduler {
                 }
             }
             Source::Stderr(i) => {
-                self.workers[i].process.pump_stderr();
+                self.workers[i]
+                    .process
+                    .pump_stderr(self.shared.config.forward_stderr);
             }
             Source::DyingStderr(i) => {
-                self.dying[i].process.pump_stderr();
+                self.dying[i]
+                    .process
+                    .pump_stderr(self.shared.config.forward_stderr);
             }
             // `reap_dying` tries every dying worker after each wake-up.
             Source::Reap => {}
@@ -983,37 +1013,48 @@ impl Scheduler {
             self.requeue
                 .extend(inflight.filter_map(|inflight| inflight.chunk.split(inflight.done).1));
         } else if let Some(head) = inflight.next() {
-            let (_, rest) = head.chunk.split(head.done);
-            let (victim, rest) = rest.expect("an unfinished head has items left").split(1);
-            let victim = victim.expect("one item");
-            let index = victim.first_index;
-            let map = victim.map;
-            match fate {
-                Fate::TimedOut => {
-                    let timeout = self.shared.config.timeout.expect("timeouts need a timeout");
-                    self.outbox
-                        .push((map, Delivery::Failed(Error::TaskTimeout { index, timeout })));
-                }
-                Fate::Broke(message) => {
-                    self.outbox
-                        .push((map, Delivery::Failed(Error::Protocol { index, message })));
-                }
-                Fate::Cancelled => {}
-                Fate::Died | Fate::Retired | Fate::StartupTimeout | Fate::PoolBroken => {
-                    if victim.attempts < self.shared.config.retries {
-                        let mut victim = victim;
-                        victim.attempts += 1;
-                        self.requeue.push(victim);
-                    } else {
-                        dying.victim = Some(index);
-                        dying.victim_map = map;
-                    }
-                }
+            let (_, unanswered) = head.chunk.split(head.done);
+            let unanswered = unanswered.expect("an unfinished head has items left");
+            if unanswered.count > 1 && !matches!(fate, Fate::Cancelled) {
+                // The worker answers a frame at its end, so any of these may
+                // have been running: run each alone to find out.
+                self.requeue.extend(unanswered.singletons());
+            } else {
+                let (victim, rest) = unanswered.split(1);
+                self.blame(victim.expect("one item"), fate, &mut dying);
+                self.requeue.extend(rest);
             }
-            self.requeue.extend(rest);
             self.requeue.extend(inflight.map(|inflight| inflight.chunk));
         }
         self.dying.push(dying);
+    }
+
+    /// Reports what happened to `victim`, the input its worker was running.
+    /// A death is reported once the exit status is known, if not retried.
+    fn blame(&mut self, victim: Chunk, fate: Fate, dying: &mut Dying) {
+        let (index, map) = (victim.first_index, victim.map);
+        match fate {
+            Fate::TimedOut => {
+                let timeout = self.shared.config.timeout.expect("timeouts need a timeout");
+                self.outbox
+                    .push((map, Delivery::Failed(Error::TaskTimeout { index, timeout })));
+            }
+            Fate::Broke(message) => {
+                self.outbox
+                    .push((map, Delivery::Failed(Error::Protocol { index, message })));
+            }
+            Fate::Cancelled => {}
+            Fate::Died | Fate::Retired | Fate::StartupTimeout | Fate::PoolBroken => {
+                if victim.attempts < self.shared.config.retries {
+                    let mut victim = victim;
+                    victim.attempts += 1;
+                    self.requeue.push(victim);
+                } else {
+                    dying.victim = Some(index);
+                    dying.victim_map = map;
+                }
+            }
+        }
     }
 
     /// Reaps the workers that have exited and reports their victims.
@@ -1027,7 +1068,7 @@ impl Scheduler {
             let mut dying = self.dying.swap_remove(i);
             // What it wrote last explains its death. Take what is there, but
             // do not wait for the end: a subprocess may hold the pipe open.
-            dying.process.pump_stderr();
+            dying.process.pump_stderr(self.shared.config.forward_stderr);
             self.on_reaped(dying, status);
         }
     }

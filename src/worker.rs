@@ -18,14 +18,15 @@
 //! - the memory limit, if any, is applied.
 //!
 //! Then a HELLO frame, and the loop: read a RUN frame, run its items in
-//! order, queue each outcome. A second thread writes the queued outcomes as
-//! soon as they exist, so the pool learns of every finished item even while
-//! the next one hangs; that is what lets it time out the right input.
+//! order, and write their outcomes before reading the next frame. That write
+//! is synchronous on purpose: if the next frame's task crashes or hangs, the
+//! pool already holds every earlier outcome, so it knows exactly which frame
+//! was running. (A frame of several inputs that crashes cannot be pinned on
+//! one of them; the pool re-runs those inputs one per frame.)
 
 use std::fs::File;
 use std::io::{BufReader, Write};
 use std::os::fd::OwnedFd;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use rustix::process::{Pid, Resource, Rlimit, Signal};
 
@@ -118,6 +119,8 @@ fn serve(config: WorkerConfig) -> ! {
         }
     }
 
+    // Last step of the set-up: the pool takes the handshake to mean that the
+    // worker is ready, and starts the clock of its first task.
     let mut replies = File::from(replies);
     let registry = registry();
     let hello = Hello {
@@ -134,20 +137,7 @@ fn serve(config: WorkerConfig) -> ! {
         std::process::exit(EXIT_FATAL);
     }
 
-    let outbox = Arc::new(Outbox::new(config.max_frame_bytes));
-    let writer = {
-        let outbox = Arc::clone(&outbox);
-        std::thread::Builder::new()
-            .name("buckshot-replies".into())
-            .spawn(move || outbox.write_to(replies))
-            .unwrap_or_else(|e| fatal_early(&format!("could not start its reply thread: {e}")))
-    };
-    let end = run_tasks(File::from(requests), &outbox, config.max_frame_bytes);
-    outbox.close();
-    let mut replies = writer
-        .join()
-        .unwrap_or_else(|_| std::process::exit(EXIT_FATAL));
-    match end {
+    match run_tasks(File::from(requests), &mut replies, config.max_frame_bytes) {
         Ok(()) => std::process::exit(0),
         Err(message) => {
             // Best effort: the pool treats a vanished worker the same way.
@@ -172,10 +162,11 @@ fn take_stdio() -> std::io::Result<(OwnedFd, OwnedFd)> {
 }
 
 /// Serves RUN frames until the stream ends (`Ok`) or breaks (`Err`).
-fn run_tasks(requests: File, outbox: &Outbox, max_frame: u32) -> Result<(), String> {
+fn run_tasks(requests: File, replies: &mut File, max_frame: u32) -> Result<(), String> {
     let registry = registry();
     let mut requests = BufReader::with_capacity(64 * 1024, requests);
     let mut body = Vec::new();
+    let mut reply = Reply::new(max_frame as usize);
     let mut output = Vec::new();
     let mut scratch = vec![0; 4096];
     loop {
@@ -196,7 +187,7 @@ fn run_tasks(requests: File, outbox: &Outbox, max_frame: u32) -> Result<(), Stri
             let item = item.map_err(|e| e.0)?;
             output.clear();
             (task.run)(item, &mut output, &mut scratch);
-            outbox.push(seq, &output);
+            reply.push(seq, &output, replies)?;
             seen += 1;
         }
         if seen != count {
@@ -204,123 +195,62 @@ fn run_tasks(requests: File, outbox: &Outbox, max_frame: u32) -> Result<(), Stri
                 "run frame holds {seen} items, its header says {count}"
             ));
         }
+        reply.flush(replies)?;
     }
 }
 
-/// Outcomes waiting to be written, shared by the task thread and the reply
-/// thread.
-struct Outbox {
-    pending: Mutex<Pending>,
-    wake: Condvar,
+/// REPLY frames being assembled.
+struct Reply {
+    buf: Vec<u8>,
+    first_seq: u64,
+    count: u32,
     max_frame: usize,
 }
 
-struct Pending {
-    /// Complete REPLY frames, then possibly one open frame at the end.
-    buf: Vec<u8>,
-    open: Option<OpenFrame>,
-    writer_waiting: bool,
-    closed: bool,
-}
-
-#[derive(Clone, Copy)]
-struct OpenFrame {
-    at: usize,
-    first_seq: u64,
-    count: u32,
-}
-
-impl Pending {
-    fn close_open(&mut self) {
-        if let Some(open) = self.open.take() {
-            protocol::write_reply_header(&mut self.buf, open.at, open.first_seq, open.count);
-        }
-    }
-}
-
-impl Outbox {
-    fn new(max_frame: u32) -> Outbox {
-        Outbox {
-            pending: Mutex::new(Pending {
-                buf: Vec::new(),
-                open: None,
-                writer_waiting: false,
-                closed: false,
-            }),
-            wake: Condvar::new(),
-            max_frame: max_frame as usize,
+impl Reply {
+    fn new(max_frame: usize) -> Reply {
+        Reply {
+            buf: vec![0; protocol::REPLY_HEADER],
+            first_seq: 0,
+            count: 0,
+            max_frame,
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, Pending> {
-        // Neither thread panics while holding the lock; if one did, the data
-        // is still a valid byte buffer.
-        self.pending.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Queues the outcome of item `seq`.
-    fn push(&self, seq: u64, outcome: &[u8]) {
+    /// Adds the outcome of item `seq`; flushes first if the frame would grow
+    /// past the limit.
+    fn push(&mut self, seq: u64, outcome: &[u8], replies: &mut File) -> Result<(), String> {
         let too_large;
-        let outcome = if outcome.len() + protocol::REPLY_HEADER + 4 > self.max_frame {
-            too_large = oversize_outcome(outcome.len(), self.max_frame);
-            &too_large
-        } else {
-            outcome
-        };
-        let mut pending = self.lock();
-        let item_bytes = protocol::ITEM_LEN_BYTES + outcome.len();
-        let extends = pending.open.is_some_and(|open| {
-            open.first_seq + u64::from(open.count) == seq
-                && pending.buf.len() - open.at + item_bytes <= self.max_frame
-        });
-        if !extends {
-            pending.close_open();
-            let at = pending.buf.len();
-            pending.buf.resize(at + protocol::REPLY_HEADER, 0);
-            pending.open = Some(OpenFrame {
-                at,
-                first_seq: seq,
-                count: 0,
-            });
+        let outcome =
+            if protocol::REPLY_HEADER + protocol::ITEM_LEN_BYTES + outcome.len() > self.max_frame {
+                too_large = oversize_outcome(outcome.len(), self.max_frame);
+                &too_large
+            } else {
+                outcome
+            };
+        if self.buf.len() + protocol::ITEM_LEN_BYTES + outcome.len() > self.max_frame {
+            self.flush(replies)?;
         }
-        protocol::push_item(&mut pending.buf, outcome);
-        if let Some(open) = &mut pending.open {
-            open.count += 1;
+        if self.count == 0 {
+            self.first_seq = seq;
         }
-        if pending.writer_waiting {
-            self.wake.notify_one();
-        }
+        protocol::push_item(&mut self.buf, outcome);
+        self.count += 1;
+        Ok(())
     }
 
-    fn close(&self) {
-        self.lock().closed = true;
-        self.wake.notify_one();
-    }
-
-    /// The reply thread: writes whatever is queued, as soon as it is queued,
-    /// until closed. Exits the process if the pool stops listening.
-    fn write_to(&self, mut replies: File) -> File {
-        let mut writing = Vec::new();
-        loop {
-            {
-                let mut pending = self.lock();
-                while pending.buf.is_empty() && !pending.closed {
-                    pending.writer_waiting = true;
-                    pending = self.wake.wait(pending).unwrap_or_else(|e| e.into_inner());
-                }
-                pending.writer_waiting = false;
-                if pending.buf.is_empty() {
-                    return replies;
-                }
-                pending.close_open();
-                std::mem::swap(&mut pending.buf, &mut writing);
-            }
-            if replies.write_all(&writing).is_err() {
-                // The pool is gone: nobody wants the results.
-                std::process::exit(0);
-            }
-            writing.clear();
+    fn flush(&mut self, replies: &mut File) -> Result<(), String> {
+        if self.count == 0 {
+            return Ok(());
         }
+        protocol::write_reply_header(&mut self.buf, 0, self.first_seq, self.count);
+        if replies.write_all(&self.buf).is_err() {
+            // The pool is gone: nobody wants the results.
+            std::process::exit(0);
+        }
+        self.buf.truncate(protocol::REPLY_HEADER);
+        self.count = 0;
+        Ok(())
     }
 }
 

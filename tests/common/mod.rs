@@ -122,3 +122,28 @@ pub fn kill9(pid: u32) {
     let rc = unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
     assert_eq!(rc, 0, "kill -9 {pid}");
 }
+
+/// Waits until `condition` holds, checking every millisecond, and fails
+/// loudly after [`BOUND`]. For conditions with no event to wait on (a pid
+/// disappearing from `/proc` once its parent reaps it).
+pub fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + BOUND;
+    while !condition() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: not within {BOUND:?}"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// File descriptors open in process `pid`, as numbers.
+pub fn fds_of(pid: u32) -> Vec<u32> {
+    let mut fds: Vec<u32> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("read /proc/PID/fd")
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_string_lossy().parse().ok())
+        .collect();
+    fds.sort();
+    fds
+}
