@@ -173,12 +173,28 @@ impl Error {
     }
 }
 
-/// `": <last non-empty line>"` of a worker's stderr, or nothing.
+/// `": <line>"` with the [`telling_line`] of a worker's stderr, or nothing.
 fn last_line(stderr: &str) -> String {
-    match stderr.lines().rev().find(|line| !line.trim().is_empty()) {
-        Some(line) => format!(": {}", line.trim()),
-        None => String::new(),
-    }
+    telling_line(stderr).map_or_else(String::new, |line| format!(": {line}"))
+}
+
+/// The last line of a worker's stderr that says what happened: blank lines
+/// and backtraces are skipped.
+pub(crate) fn telling_line(stderr: &str) -> Option<&str> {
+    let is_noise = |line: &str| {
+        line.is_empty()
+            || line.starts_with("note: ")
+            || line.starts_with("stack backtrace:")
+            || line.starts_with("at ")
+            || line
+                .split_once(':')
+                .is_some_and(|(n, _)| n.parse::<u32>().is_ok())
+    };
+    stderr
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|line| !is_noise(line))
 }
 
 fn reason_suffix(reason: &Option<String>) -> String {

@@ -104,6 +104,11 @@ impl Pool {
     }
 }
 
+// A panic elsewhere never leaves the pool half-updated: its state sits behind
+// a lock that tolerates poisoning, and its thread is joined only on drop.
+impl std::panic::UnwindSafe for Pool {}
+impl std::panic::RefUnwindSafe for Pool {}
+
 fn task_position<F: 'static>(_: &F) -> Result<u32, Error> {
     registry()
         .position::<F>()

@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 use rustix::event::{EventfdFlags, PollFd, PollFlags};
 use rustix::io::Errno;
 
-use crate::error::Error;
+use crate::error::{Error, telling_line};
 use crate::process::Process;
 use crate::protocol::{self, FrameBuffer, Hello, ProtocolError, RunFrame};
 use crate::registry::registry;
@@ -637,12 +637,11 @@ impl Scheduler {
             let slot = &mut self.workers[i];
             if let Some(quota) = quota {
                 let room = u32::try_from(quota - slot.assigned).unwrap_or(u32::MAX);
-                if let (Some(head), Some(rest)) = chunk.split(room) {
+                let (head, rest) = chunk.split(room);
+                if let Some(rest) = rest {
                     state.queue.push_front(rest);
-                    chunk = head;
-                } else {
-                    unreachable!("room is at least 1 for a worker that takes work");
                 }
+                chunk = head.expect("a worker that takes work has room for one more");
                 slot.assigned += u64::from(chunk.count);
                 if slot.assigned >= quota {
                     slot.retiring = true;
@@ -1077,17 +1076,9 @@ impl Scheduler {
         let stderr = dying.process.stderr_tail();
         if dying.during_startup {
             self.startup_failures += 1;
-            let line = stderr
-                .lines()
-                .rev()
-                .find(|l| !l.trim().is_empty())
-                .unwrap_or("")
-                .trim()
-                .to_owned();
-            self.last_startup_failure = Some(if line.is_empty() {
-                format!("{status}")
-            } else {
-                format!("{status}: {line}")
+            self.last_startup_failure = Some(match telling_line(&stderr) {
+                Some(line) => format!("{status}: {line}"),
+                None => status.to_string(),
             });
         }
         if let Some(index) = dying.victim {
@@ -1145,9 +1136,11 @@ impl Scheduler {
         state.phase = Phase::Closed;
         state.maps.clear();
         drop(state);
+        let forward = self.shared.config.forward_stderr;
         for slot in self.workers.drain(..) {
             let mut process = slot.process;
             process.kill_and_reap(REAP_BOUND);
+            process.pump_stderr(forward);
         }
         for mut dying in self.dying.drain(..) {
             dying.process.kill_and_reap(REAP_BOUND);

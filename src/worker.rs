@@ -196,6 +196,9 @@ fn run_tasks(requests: File, replies: &mut File, max_frame: u32) -> Result<(), S
             ));
         }
         reply.flush(replies)?;
+        // A task's unfinished `print!` line would be lost if the worker were
+        // killed later.
+        let _ = std::io::stdout().flush();
     }
 }
 

@@ -68,6 +68,18 @@ fn dropped_pools_leave_nothing_behind() {
     drop(pool);
     assert_clean("after a cancelled map", fds_before);
 
+    // A consumer that panics midway through a map.
+    let pool = Pool::new(2).unwrap();
+    let unwound = std::panic::catch_unwind(|| {
+        for (index, result) in pool.map(nap, [0, 0, 60_000, 60_000]).unwrap().enumerate() {
+            result.unwrap();
+            assert!(index < 1, "the consumer gives up");
+        }
+    });
+    assert!(unwound.is_err());
+    drop(pool);
+    assert_clean("after a panicking consumer", fds_before);
+
     // A pool dropped while another thread maps on it.
     let pool = std::sync::Arc::new(Pool::new(2).unwrap());
     let results = pool.map(nap, vec![0, 60_000, 60_000, 60_000, 0]).unwrap();

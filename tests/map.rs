@@ -111,7 +111,11 @@ fn the_pool_is_reusable_and_survives_a_dropped_map() {
 
 #[test]
 fn prints_in_tasks_do_not_corrupt_results() {
-    let pool = Pool::new(2).unwrap();
+    let pool = Pool::builder()
+        .processes(2)
+        .forward_stderr(false)
+        .build()
+        .unwrap();
     let results: Vec<u64> = pool
         .map(noisy, 0..200u64)
         .unwrap()

@@ -96,3 +96,37 @@ fn queued_inputs_do_not_spend_their_timeout_waiting() {
         assert!(matches!(result, Ok(100)), "input {index}: {result:?}");
     }
 }
+
+fn hang(_: u64) -> u64 {
+    loop {
+        std::thread::park();
+    }
+}
+buckshot::register!(hang);
+
+#[test]
+fn a_timeout_fires_no_earlier_than_it_should_and_not_much_later() {
+    let timeout = Duration::from_millis(100);
+    let pool = Pool::builder()
+        .processes(1)
+        .timeout(timeout)
+        .build()
+        .unwrap();
+    // A warm worker, so that start-up is not part of the measurement.
+    assert_eq!(pool.map(nap, [0]).unwrap().count(), 1);
+    for _ in 0..3 {
+        let started = Instant::now();
+        let mut results = pool.map(hang, [0]).unwrap();
+        let result = common::within("a hanging task", move || results.next().unwrap());
+        let elapsed = started.elapsed();
+        assert!(result.unwrap_err().is_timeout());
+        assert!(
+            elapsed >= timeout,
+            "timed out after {elapsed:?}, before {timeout:?}"
+        );
+        assert!(
+            elapsed < Duration::from_secs(1),
+            "timed out only after {elapsed:?}"
+        );
+    }
+}

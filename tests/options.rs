@@ -1,0 +1,165 @@
+//! Builder options that contain faults: retries, worker recycling and
+//! memory limits.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use buckshot::{Error, Pool};
+
+/// Aborts the first time it sees `x` (remembered in a file under `dir`),
+/// succeeds after that.
+fn crash_once((x, dir): (u64, String)) -> u64 {
+    let marker = PathBuf::from(dir).join(x.to_string());
+    if !marker.exists() {
+        std::fs::write(&marker, b"").unwrap();
+        std::process::abort();
+    }
+    x
+}
+buckshot::register!(crash_once);
+
+/// Counts its runs in a file under `dir`, then sleeps far past any timeout.
+fn count_and_hang((x, dir): (u64, String)) -> u64 {
+    let marker = PathBuf::from(dir).join(x.to_string());
+    let runs = std::fs::read_to_string(&marker).map_or(0, |s| s.len());
+    std::fs::write(&marker, "x".repeat(runs + 1)).unwrap();
+    common::hang()
+}
+buckshot::register!(count_and_hang);
+
+fn pid_of(_: u64) -> u32 {
+    std::process::id()
+}
+buckshot::register!(pid_of);
+
+fn allocate(bytes: usize) -> usize {
+    let block = vec![1u8; bytes];
+    std::hint::black_box(&block).len()
+}
+buckshot::register!(allocate);
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        let path = std::env::temp_dir().join(format!("buckshot-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).unwrap();
+        TempDir(path)
+    }
+
+    fn path(&self) -> String {
+        self.0.to_string_lossy().into_owned()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn retries_rerun_inputs_whose_worker_died() {
+    let dir = TempDir::new("retries");
+    let pool = Pool::builder().processes(2).retries(1).build().unwrap();
+    let inputs: Vec<(u64, String)> = (0..6).map(|x| (x, dir.path())).collect();
+    let results: Vec<u64> = pool
+        .map(crash_once, inputs)
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(results, [0, 1, 2, 3, 4, 5]);
+}
+
+#[test]
+fn without_retries_a_death_is_reported() {
+    let dir = TempDir::new("no-retries");
+    let pool = Pool::new(2).unwrap();
+    let inputs: Vec<(u64, String)> = (0..4).map(|x| (x, dir.path())).collect();
+    for (index, result) in pool.map(crash_once, inputs).unwrap().enumerate() {
+        assert!(
+            matches!(result, Err(Error::WorkerDied { index: i, .. }) if i == index),
+            "{result:?}"
+        );
+    }
+}
+
+#[test]
+fn timeouts_are_never_retried() {
+    let dir = TempDir::new("timeout-retries");
+    let pool = Pool::builder()
+        .processes(2)
+        .retries(3)
+        .timeout(Duration::from_millis(100))
+        .build()
+        .unwrap();
+    let inputs: Vec<(u64, String)> = (0..3).map(|x| (x, dir.path())).collect();
+    let results: Vec<_> = common::within("hanging map", move || {
+        pool.map(count_and_hang, inputs)
+            .unwrap()
+            .collect::<Vec<_>>()
+    });
+    for (index, result) in results.iter().enumerate() {
+        assert!(
+            matches!(result, Err(Error::TaskTimeout { index: i, .. }) if *i == index),
+            "{result:?}"
+        );
+        let runs = std::fs::read_to_string(dir.0.join(index.to_string())).unwrap();
+        assert_eq!(runs.len(), 1, "input {index} ran {} times", runs.len());
+    }
+}
+
+#[test]
+fn workers_are_recycled_after_their_quota() {
+    let pool = Pool::builder()
+        .processes(1)
+        .max_tasks_per_worker(5)
+        .build()
+        .unwrap();
+    let pids: Vec<u32> = pool
+        .map(pid_of, 0..50)
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let mut runs: HashMap<u32, usize> = HashMap::new();
+    for pid in &pids {
+        *runs.entry(*pid).or_default() += 1;
+    }
+    assert_eq!(runs.len(), 10, "runs per worker: {runs:?}");
+    assert!(runs.values().all(|&n| n == 5), "runs per worker: {runs:?}");
+    for chunk in pids.chunks(5) {
+        assert!(
+            chunk.iter().all(|pid| *pid == chunk[0]),
+            "one worker at a time: {pids:?}"
+        );
+    }
+}
+
+#[test]
+fn an_allocation_past_the_memory_limit_is_a_death_that_says_so() {
+    let pool = Pool::builder()
+        .processes(1)
+        .memory_limit(512 << 20)
+        .forward_stderr(false)
+        .build()
+        .unwrap();
+    let results: Vec<_> = pool
+        .map(allocate, [1 << 20, 2 << 30, 1 << 20])
+        .unwrap()
+        .collect();
+    assert_eq!(*results[0].as_ref().unwrap(), 1 << 20);
+    let message = results[1].as_ref().unwrap_err().to_string();
+    assert!(
+        message.starts_with("input 1: worker died (signal: 6 (SIGABRT)"),
+        "{message}"
+    );
+    assert!(
+        message.ends_with("memory allocation of 2147483648 bytes failed"),
+        "{message}"
+    );
+    assert_eq!(*results[2].as_ref().unwrap(), 1 << 20);
+}

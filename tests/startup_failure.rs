@@ -1,0 +1,67 @@
+//! Workers that die during start-up, every time: the pool gives up with a
+//! clear error instead of respawning forever. One test in this binary: the
+//! switch below breaks every worker this test process starts.
+
+mod common;
+
+use std::path::PathBuf;
+
+use buckshot::{Error, Pool};
+
+fn pid_of(_: u64) -> u32 {
+    std::process::id()
+}
+buckshot::register!(pid_of);
+
+/// The file whose existence makes this process's workers fail at start-up.
+fn switch(parent: u32) -> PathBuf {
+    std::env::temp_dir().join(format!("buckshot-break-workers-{parent}"))
+}
+
+// Runs before buckshot's worker hook, like a program's own static
+// initialiser that fails: in a worker of ours, while the switch is on, exit.
+#[ctor::ctor(unsafe)]
+fn fail_in_workers() {
+    let is_worker = std::env::var_os("__BUCKSHOT_WORKER").is_some();
+    if is_worker && switch(std::os::unix::process::parent_id()).exists() {
+        eprintln!("static initialiser failed");
+        std::process::exit(7);
+    }
+}
+
+#[test]
+fn a_pool_whose_workers_cannot_start_says_so() {
+    let switch = switch(std::process::id());
+    std::fs::write(&switch, b"").unwrap();
+    let pool = std::sync::Arc::new(
+        Pool::builder()
+            .processes(2)
+            .forward_stderr(false)
+            .build()
+            .unwrap(),
+    );
+    let first: Vec<_> = common::within("the first map", {
+        let pool = std::sync::Arc::clone(&pool);
+        move || pool.map(pid_of, 0..3).unwrap().collect::<Vec<_>>()
+    });
+    let expected = "5 workers in a row died before their handshake; last: exit status: 7: static initialiser failed";
+    for (index, result) in first.iter().enumerate() {
+        match result {
+            Err(Error::PoolClosed {
+                index: i,
+                reason: Some(reason),
+            }) => {
+                assert_eq!((*i, reason.as_str()), (index, expected));
+            }
+            other => panic!("input {index}: {other:?}"),
+        }
+    }
+    let error = pool.map(pid_of, [0]).unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        format!("workers fail to start: {expected}")
+    );
+    std::fs::remove_file(&switch).unwrap();
+    drop(pool);
+    assert_eq!(common::children(), [], "workers remain");
+}
