@@ -455,7 +455,7 @@ impl Slot {
     }
 
     fn takes_work(&self) -> bool {
-        !self.retiring && self.fate.is_none()
+        !self.retiring && self.fate.is_none() && self.process.stdin().is_some()
     }
 
     fn deadline(&self, timeout: Option<Duration>) -> Option<Instant> {
@@ -717,11 +717,7 @@ impl Scheduler {
         let now = Instant::now();
         for slot in &mut self.workers {
             if slot.fate.is_none() && slot.written < slot.inflight.len() {
-                if let Err(e) = slot.write(now) {
-                    if e.kind() != io::ErrorKind::WouldBlock {
-                        slot.fate = Some(Fate::Died);
-                    }
-                }
+                slot.write(now);
             }
             if slot.retiring && slot.written == slot.inflight.len() {
                 slot.process.close_stdin();
@@ -810,11 +806,7 @@ impl Scheduler {
             Source::Requests(i) => {
                 let slot = &mut self.workers[i];
                 if slot.fate.is_none() {
-                    if let Err(e) = slot.write(now) {
-                        if e.kind() != io::ErrorKind::WouldBlock {
-                            slot.fate = Some(Fate::Died);
-                        }
-                    }
+                    slot.write(now);
                 }
             }
             Source::Stderr(i) => {
@@ -1166,8 +1158,19 @@ impl Slot {
         }
     }
 
-    /// Writes as much of the unwritten frames as the pipe takes.
-    fn write(&mut self, now: Instant) -> io::Result<()> {
+    /// Writes as much of the unwritten frames as the pipe takes. If the
+    /// pipe is broken the worker is dying: its request pipe is closed, and
+    /// its death is handled when its reply stream ends, after the replies it
+    /// wrote before dying have been read.
+    fn write(&mut self, now: Instant) {
+        if let Err(e) = self.try_write(now) {
+            if e.kind() != io::ErrorKind::WouldBlock {
+                self.process.close_stdin();
+            }
+        }
+    }
+
+    fn try_write(&mut self, now: Instant) -> io::Result<()> {
         let Some(fd) = self.process.stdin() else {
             return Err(io::ErrorKind::BrokenPipe.into());
         };
