@@ -17,6 +17,9 @@ use rustix::fs::OFlags;
 
 use crate::worker::{WORKER_ENV, WorkerConfig};
 
+/// Capacity asked for the request and reply pipes (Linux's default is 64 KiB).
+const PIPE_BYTES: usize = 1 << 20;
+
 /// How much of a worker's stderr is kept for error messages.
 const STDERR_TAIL: usize = 4096;
 
@@ -86,6 +89,11 @@ impl Process {
         let stderr = process.child.stderr.take().expect("piped stderr");
         process.stdin = Some(nonblocking(stdin)?);
         process.stdout = Some(nonblocking(stdout)?);
+        for pipe in [&process.stdin, &process.stdout].into_iter().flatten() {
+            // Fewer round trips for large frames. Best effort: the system
+            // limit may be lower.
+            let _ = rustix::pipe::fcntl_setpipe_size(pipe, PIPE_BYTES);
+        }
         process.stderr = Some(nonblocking(stderr)?);
         Ok(process)
     }

@@ -59,14 +59,56 @@ pub(crate) struct Hello {
     pub digest: u64,
 }
 
-/// The result of one task, as a worker reports it.
-#[derive(Debug, Serialize, Deserialize)]
+/// The result of one task, as a worker reports it. On the wire: a tag
+/// byte, then the CBOR value for `Ok`, or a UTF-8 message otherwise (a
+/// CBOR enum would cost a map and a string compare per item).
+#[derive(Debug, PartialEq)]
 pub(crate) enum Outcome<T> {
     Ok(T),
     Panicked(String),
     /// The worker could not decode the input or encode the output; the text
     /// says which.
     Codec(String),
+}
+
+const OUTCOME_OK: u8 = 0;
+const OUTCOME_PANICKED: u8 = 1;
+const OUTCOME_CODEC: u8 = 2;
+
+/// Appends a successful outcome. On error, `out` may hold a partial value.
+pub(crate) fn encode_ok<T: Serialize + ?Sized>(
+    value: &T,
+    out: &mut Vec<u8>,
+) -> Result<(), BoxError> {
+    out.push(OUTCOME_OK);
+    encode(value, out)
+}
+
+/// Appends a failed outcome.
+pub(crate) fn encode_failure<T>(outcome: &Outcome<T>, out: &mut Vec<u8>) {
+    let (tag, message) = match outcome {
+        Outcome::Ok(_) => unreachable!("a failure"),
+        Outcome::Panicked(message) => (OUTCOME_PANICKED, message),
+        Outcome::Codec(message) => (OUTCOME_CODEC, message),
+    };
+    out.push(tag);
+    out.extend_from_slice(message.as_bytes());
+}
+
+pub(crate) fn decode_outcome<T: DeserializeOwned>(
+    item: &[u8],
+    scratch: &mut [u8],
+) -> Result<Outcome<T>, BoxError> {
+    let Some((&tag, rest)) = item.split_first() else {
+        return Err(CodecError("empty outcome".into()).into());
+    };
+    let message = || String::from_utf8_lossy(rest).into_owned();
+    match tag {
+        OUTCOME_OK => decode(rest, scratch).map(Outcome::Ok),
+        OUTCOME_PANICKED => Ok(Outcome::Panicked(message())),
+        OUTCOME_CODEC => Ok(Outcome::Codec(message())),
+        tag => Err(CodecError(format!("unknown outcome tag {tag}")).into()),
+    }
 }
 
 /// A protocol violation by the peer.
@@ -156,7 +198,13 @@ pub(crate) struct RunFrame {
 
 impl RunFrame {
     pub(crate) fn new(task: u32) -> RunFrame {
-        let mut buf = vec![0; RUN_HEADER];
+        RunFrame::with_capacity(task, 0)
+    }
+
+    /// A frame with room for `bytes` of items without reallocating.
+    pub(crate) fn with_capacity(task: u32, bytes: usize) -> RunFrame {
+        let mut buf = Vec::with_capacity(RUN_HEADER + bytes);
+        buf.resize(RUN_HEADER, 0);
         buf[LEN_BYTES] = RUN;
         put_u32(&mut buf, LEN_BYTES + 1, task);
         RunFrame { buf, count: 0 }
@@ -323,11 +371,18 @@ pub(crate) fn read_frame(reader: &mut impl Read, buf: &mut Vec<u8>, max: u32) ->
     let len = check_len(u32::from_le_bytes(len), max)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.0))?;
     buf.clear();
-    // `take` + `read_to_end` grows the buffer only as bytes arrive, so a lying
-    // length prefix cannot make us allocate more than was really sent.
-    let read = reader.take(len as u64).read_to_end(buf)?;
-    if read < len {
-        return Err(io::ErrorKind::UnexpectedEof.into());
+    buf.shrink_to(1 << 20);
+    // Grow with what really arrives, so that a lying length prefix cannot
+    // make us allocate much more than was sent; double from 64 KiB so that
+    // a large frame costs few reallocations.
+    while buf.len() < len {
+        let want = (len - buf.len()).min(buf.len().max(64 * 1024));
+        buf.reserve_exact(want);
+        let start = buf.len();
+        let read = reader.take(want as u64).read_to_end(buf)?;
+        if read == 0 || buf.len() < start + want {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
     }
     Ok(true)
 }
@@ -351,6 +406,9 @@ pub(crate) struct FrameBuffer {
     /// Start of the first unconsumed byte.
     start: usize,
 }
+
+/// Frames from this size on get a buffer of their own.
+const LARGE_FRAME: usize = 64 * 1024;
 
 /// Reads at most this much per call, so one chatty worker cannot starve the
 /// others.
@@ -396,6 +454,16 @@ impl FrameBuffer {
         let body = self.start + LEN_BYTES..self.start + LEN_BYTES + len;
         self.start = body.end;
         Ok(Some(body))
+    }
+
+    /// Hands over the whole buffer if `body` is a large frame that ends
+    /// it, so that the frame can move on without a copy.
+    pub(crate) fn take_if_large_and_last(&mut self, body: &Range<usize>) -> Option<Vec<u8>> {
+        if body.len() < LARGE_FRAME || body.end != self.buf.len() {
+            return None;
+        }
+        self.start = 0;
+        Some(std::mem::take(&mut self.buf))
     }
 
     pub(crate) fn get(&self, range: Range<usize>) -> &[u8] {
@@ -486,12 +554,12 @@ mod tests {
 
     #[test]
     fn lying_length_within_limit_reads_only_what_arrives() {
-        // Claims 1 MiB, sends 3 bytes: an error, and no 1 MiB buffer.
+        // Claims 1 MiB, sends 3 bytes: an error, and at most 64 KiB allocated.
         let frame = [0x00, 0x00, 0x10, 0x00, RUN, 0, 0];
         let mut body = Vec::new();
         let err = read_frame(&mut &frame[..], &mut body, 1 << 21).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
-        assert!(body.capacity() < 1 << 16);
+        assert!(body.capacity() <= 64 * 1024, "{}", body.capacity());
     }
 
     #[test]
@@ -522,13 +590,19 @@ mod tests {
     #[test]
     fn outcome_round_trip() {
         let mut buf = Vec::new();
-        encode(&Outcome::Ok(vec![1u8, 2]), &mut buf).unwrap();
-        let back: Outcome<Vec<u8>> = decode(&buf, &mut [0; 64]).unwrap();
-        assert!(matches!(back, Outcome::Ok(v) if v == [1, 2]));
-        buf.clear();
-        encode(&Outcome::<u8>::Panicked("boom".into()), &mut buf).unwrap();
-        let back: Outcome<u8> = decode(&buf, &mut [0; 64]).unwrap();
-        assert!(matches!(back, Outcome::Panicked(m) if m == "boom"));
+        encode_ok(&vec![1u8, 2], &mut buf).unwrap();
+        let back: Outcome<Vec<u8>> = decode_outcome(&buf, &mut [0; 64]).unwrap();
+        assert_eq!(back, Outcome::Ok(vec![1, 2]));
+        for failure in [
+            Outcome::Panicked("boom".to_owned()),
+            Outcome::Codec("bad".to_owned()),
+        ] {
+            buf.clear();
+            encode_failure(&failure, &mut buf);
+            assert_eq!(decode_outcome::<u8>(&buf, &mut [0; 64]).unwrap(), failure);
+        }
+        assert!(decode_outcome::<u8>(&[], &mut [0; 64]).is_err());
+        assert!(decode_outcome::<u8>(&[9, 1], &mut [0; 64]).is_err());
     }
 
     // A quick fuzz of everything that reads bytes from a peer: whatever
@@ -547,7 +621,7 @@ mod tests {
             };
             if let Ok(items) = items {
                 for item in Items::new(items).flatten() {
-                    let _ = decode::<Outcome<Vec<u64>>>(item, &mut [0; 64]);
+                    let _ = decode_outcome::<Vec<u64>>(item, &mut [0; 64]);
                 }
                 let _ = items_len(items, 3);
             }
@@ -580,7 +654,7 @@ mod tests {
                 while let Ok(true) = read_frame(&mut stream, &mut body, 1 << 30) {
                     parse_everything(&body);
                 }
-                prop_assert!(body.capacity() <= 4096 + bytes.len());
+                prop_assert!(body.capacity() <= 64 * 1024 + bytes.len());
             }
 
             #[test]

@@ -93,27 +93,22 @@ where
     let start = out.len();
     let input: I = match protocol::decode(input, scratch) {
         Ok(input) => input,
-        Err(e) => return encode_failure(Outcome::Codec(format!("decode the input: {e}")), out),
+        Err(e) => {
+            let failure = Outcome::<()>::Codec(format!("decode the input: {e}"));
+            return protocol::encode_failure(&failure, out);
+        }
     };
     let encoded = catch_unwind(AssertUnwindSafe(|| {
         let output = f(input);
-        protocol::encode(&Outcome::Ok(&output), out)
+        protocol::encode_ok(&output, out)
     }));
-    match encoded {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => {
-            out.truncate(start);
-            encode_failure(Outcome::Codec(format!("encode the output: {e}")), out);
-        }
-        Err(payload) => {
-            out.truncate(start);
-            encode_failure(Outcome::Panicked(panic_message(&*payload)), out);
-        }
-    }
-}
-
-fn encode_failure(outcome: Outcome<()>, out: &mut Vec<u8>) {
-    protocol::encode(&outcome, out).expect("encoding a string into a Vec cannot fail");
+    let failure = match encoded {
+        Ok(Ok(())) => return,
+        Ok(Err(e)) => Outcome::<()>::Codec(format!("encode the output: {e}")),
+        Err(payload) => Outcome::Panicked(panic_message(&*payload)),
+    };
+    out.truncate(start);
+    protocol::encode_failure(&failure, out);
 }
 
 fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {

@@ -37,7 +37,7 @@ struct Feed<It, O> {
     shared: Arc<Shared>,
     map: u64,
     task: u32,
-    rx: Receiver<Delivery>,
+    rx: Receiver<Vec<Delivery>>,
     stats: Arc<MapStats>,
     /// `None` once exhausted.
     inputs: Option<It>,
@@ -50,6 +50,8 @@ struct Feed<It, O> {
     /// Indices in the order their outcomes arrived (unordered maps only).
     arrivals: Option<VecDeque<usize>>,
     scratch: Vec<u8>,
+    /// Size of the last frame built, to size the next one.
+    frame_hint: usize,
     /// The pool of a one-shot [`map`](crate::map), dropped with the results.
     _pool: Option<Pool>,
 }
@@ -62,13 +64,13 @@ where
 {
     fn new(pool: &Pool, task: u32, inputs: It, unordered: bool) -> Result<Feed<It, O>, Error> {
         let shared = Arc::clone(pool.shared());
-        let (map, rx, stats) = shared.open_map()?;
+        let opened = shared.open_map()?;
         Ok(Feed {
             shared,
-            map,
+            map: opened.id,
             task,
-            rx,
-            stats,
+            rx: opened.deliveries,
+            stats: opened.stats,
             inputs: Some(inputs),
             next_input: 0,
             window: VecDeque::new(),
@@ -76,6 +78,7 @@ where
             owed: 0,
             arrivals: unordered.then(VecDeque::new),
             scratch: vec![0; 4096],
+            frame_hint: 0,
             _pool: None,
         })
     }
@@ -110,11 +113,20 @@ where
     /// Pulls inputs until the window is full or the inputs end, and hands
     /// them to the pool.
     fn fill(&mut self) {
+        if self.inputs.is_none() {
+            return;
+        }
         let chunk_items = self.chunk_items();
         let span = chunk_items as usize * self.shared.config.processes * 8 + 64;
+        let room = span.saturating_sub(self.next_input - self.base);
+        // Top up in whole chunks, not one input per result taken, unless the
+        // pool is about to run dry.
+        if room < (chunk_items as usize).max(span / 4) && self.owed > span / 2 {
+            return;
+        }
         let max_frame = self.shared.config.max_frame_bytes as usize;
         let mut chunks = Vec::new();
-        let mut frame = RunFrame::new(self.task);
+        let mut frame = RunFrame::with_capacity(self.task, self.frame_hint);
         let mut first = self.next_input;
         while self.next_input - self.base < span {
             let Some(input) = self.inputs.as_mut().and_then(Iterator::next) else {
@@ -165,11 +177,12 @@ where
         }
     }
 
-    fn finish_chunk(&self, chunks: &mut Vec<Chunk>, frame: &mut RunFrame, first_index: usize) {
+    fn finish_chunk(&mut self, chunks: &mut Vec<Chunk>, frame: &mut RunFrame, first_index: usize) {
         if frame.count() == 0 {
             return;
         }
-        let frame = std::mem::replace(frame, RunFrame::new(self.task));
+        self.frame_hint = frame.len();
+        let frame = std::mem::replace(frame, RunFrame::with_capacity(self.task, self.frame_hint));
         chunks.push(Chunk {
             map: self.map,
             task: self.task,
@@ -192,17 +205,20 @@ where
         }
     }
 
-    /// Waits for at least one delivery (if `block`), then takes all that
-    /// are there.
+    /// Waits for deliveries, then takes all that are there.
     fn receive(&mut self) {
         let first = match self.rx.recv() {
-            Ok(delivery) => delivery,
+            Ok(deliveries) => deliveries,
             Err(_) => return self.orphaned(),
         };
-        self.on_delivery(first);
+        first
+            .into_iter()
+            .for_each(|delivery| self.on_delivery(delivery));
         loop {
             match self.rx.try_recv() {
-                Ok(delivery) => self.on_delivery(delivery),
+                Ok(deliveries) => deliveries
+                    .into_iter()
+                    .for_each(|delivery| self.on_delivery(delivery)),
                 Err(TryRecvError::Empty) => return,
                 Err(TryRecvError::Disconnected) => return self.orphaned(),
             }
@@ -237,7 +253,7 @@ where
                 count,
                 items,
             } => {
-                for (index, item) in (first_index..).zip(Items::new(&items)) {
+                for (index, item) in (first_index..).zip(Items::new(items.as_slice())) {
                     let result = match item {
                         Ok(item) => decode_outcome(index, item, &mut self.scratch),
                         Err(e) => Err(Error::Protocol {
@@ -343,7 +359,7 @@ fn decode_outcome<O: DeserializeOwned>(
     item: &[u8],
     scratch: &mut [u8],
 ) -> Result<O, Error> {
-    match protocol::decode::<Outcome<O>>(item, scratch) {
+    match protocol::decode_outcome::<O>(item, scratch) {
         Ok(Outcome::Ok(value)) => Ok(value),
         Ok(Outcome::Panicked(message)) => Err(Error::TaskPanicked { index, message }),
         Ok(Outcome::Codec(message)) => Err(Error::WorkerCodec { index, message }),

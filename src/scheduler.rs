@@ -25,6 +25,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
+use std::ops::Range;
 use std::os::fd::OwnedFd;
 use std::process::ExitStatus;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -142,6 +143,23 @@ fn encode_item(item: &[u8]) -> Vec<u8> {
     section
 }
 
+/// Bytes of reply items: copied out of the read buffer when small, shared
+/// with no copy when a large frame had a buffer of its own.
+#[derive(Debug)]
+pub(crate) enum Payload {
+    Copied(Vec<u8>),
+    Shared(Arc<Vec<u8>>, Range<usize>),
+}
+
+impl Payload {
+    pub(crate) fn as_slice(&self) -> &[u8] {
+        match self {
+            Payload::Copied(bytes) => bytes,
+            Payload::Shared(buffer, range) => &buffer[range.clone()],
+        }
+    }
+}
+
 /// What the loop sends to a map.
 #[derive(Debug)]
 pub(crate) enum Delivery {
@@ -149,7 +167,7 @@ pub(crate) enum Delivery {
     Outcomes {
         first_index: usize,
         count: u32,
-        items: Vec<u8>,
+        items: Payload,
     },
     /// One input failed in the pool (timeout, death, protocol).
     Failed(Error),
@@ -187,8 +205,15 @@ impl MapStats {
 }
 
 struct MapLink {
-    tx: Sender<Delivery>,
+    tx: Sender<Vec<Delivery>>,
     stats: Arc<MapStats>,
+}
+
+/// A map's end of the pool: its id, the deliveries for it, its measurements.
+pub(crate) struct OpenedMap {
+    pub id: u64,
+    pub deliveries: mpsc::Receiver<Vec<Delivery>>,
+    pub stats: Arc<MapStats>,
 }
 
 /// Whether the pool takes work.
@@ -255,7 +280,7 @@ impl Shared {
     }
 
     /// Registers a map; its deliveries arrive on the returned receiver.
-    pub(crate) fn open_map(&self) -> Result<(u64, mpsc::Receiver<Delivery>, Arc<MapStats>), Error> {
+    pub(crate) fn open_map(&self) -> Result<OpenedMap, Error> {
         let mut state = self.lock();
         match &state.phase {
             Phase::Open => {}
@@ -277,7 +302,11 @@ impl Shared {
                 stats: Arc::clone(&stats),
             },
         );
-        Ok((id, rx, stats))
+        Ok(OpenedMap {
+            id,
+            deliveries: rx,
+            stats,
+        })
     }
 
     /// Queues chunks, or hands them back with the reason if the pool no
@@ -421,6 +450,8 @@ struct Slot {
     assigned: u64,
     /// No new work: it is being recycled.
     retiring: bool,
+    /// Estimated run time of its unanswered items.
+    backlog: Duration,
     fate: Option<Fate>,
 }
 
@@ -445,13 +476,6 @@ impl Slot {
             started = started.max(reply);
         }
         Some(started)
-    }
-
-    fn estimated_backlog(&self) -> Duration {
-        self.inflight
-            .iter()
-            .map(|inflight| inflight.estimate * (inflight.chunk.count - inflight.done))
-            .sum()
     }
 
     fn takes_work(&self) -> bool {
@@ -565,11 +589,7 @@ impl Scheduler {
     fn sync(&mut self) -> bool {
         let shared = Arc::clone(&self.shared);
         let mut state = shared.lock();
-        for (map, delivery) in self.outbox.drain(..) {
-            if let Some(link) = state.maps.get(&map) {
-                let _ = link.tx.send(delivery);
-            }
-        }
+        deliver(&state, &mut self.outbox);
         if state.shutdown {
             return false;
         }
@@ -588,7 +608,7 @@ impl Scheduler {
                     reason: reason.clone(),
                 };
                 if let Some(link) = state.maps.get(&chunk.map) {
-                    let _ = link.tx.send(delivery);
+                    let _ = link.tx.send(vec![delivery]);
                 }
             }
             return true;
@@ -629,7 +649,7 @@ impl Scheduler {
                 .iter()
                 .enumerate()
                 .filter(|(_, slot)| slot.takes_work() && slot.inflight.len() < MAX_INFLIGHT_FRAMES)
-                .map(|(i, slot)| (i, slot.estimated_backlog()))
+                .map(|(i, slot)| (i, slot.backlog))
                 .filter(|&(i, backlog)| self.workers[i].inflight.is_empty() || backlog < LOOKAHEAD)
                 .min_by_key(|&(_, backlog)| backlog);
             let Some((i, _)) = best else { break };
@@ -650,6 +670,7 @@ impl Scheduler {
             protocol::set_run_seq(&mut chunk.frame, slot.next_seq);
             let first_seq = slot.next_seq;
             slot.next_seq += u64::from(chunk.count);
+            slot.backlog += estimate * chunk.count;
             slot.inflight.push_back(Inflight {
                 chunk,
                 first_seq,
@@ -861,7 +882,15 @@ impl Scheduler {
             }
             loop {
                 let problem = match frames.next_frame(max_frame) {
-                    Ok(Some(body)) => self.on_frame(i, frames.get(body), now).err(),
+                    Ok(Some(body)) => match frames.take_if_large_and_last(&body) {
+                        // A large frame leaves in its own buffer, uncopied.
+                        Some(buffer) => {
+                            let buffer = Arc::new(buffer);
+                            let shared = Some((&buffer, body.start));
+                            self.on_frame(i, &buffer[body], shared, now).err()
+                        }
+                        None => self.on_frame(i, frames.get(body), None, now).err(),
+                    },
                     Ok(None) => break,
                     Err(e) => Some(e),
                 };
@@ -876,7 +905,15 @@ impl Scheduler {
         }
     }
 
-    fn on_frame(&mut self, i: usize, frame: &[u8], now: Instant) -> Result<(), ProtocolError> {
+    /// Handles one frame of worker `i`. `shared` is the frame's own buffer
+    /// and the frame's offset in it, when it has one.
+    fn on_frame(
+        &mut self,
+        i: usize,
+        frame: &[u8],
+        shared: Option<(&Arc<Vec<u8>>, usize)>,
+        now: Instant,
+    ) -> Result<(), ProtocolError> {
         let slot = &mut self.workers[i];
         match frame[0] {
             protocol::HELLO if slot.ready_at.is_none() => {
@@ -893,7 +930,9 @@ impl Scheduler {
             }
             protocol::REPLY if slot.ready_at.is_some() => {
                 let (first_seq, count, items) = protocol::parse_reply(frame)?;
-                self.on_reply(i, first_seq, count, items, now)
+                // Where the items start in the shared buffer, if any.
+                let shared = shared.map(|(buffer, at)| (buffer, at + frame.len() - items.len()));
+                self.on_reply(i, first_seq, count, items, shared, now)
             }
             protocol::FATAL => Err(ProtocolError(format!(
                 "worker gave up: {}",
@@ -909,6 +948,7 @@ impl Scheduler {
         first_seq: u64,
         count: u32,
         mut items: &[u8],
+        mut shared: Option<(&Arc<Vec<u8>>, usize)>,
         now: Instant,
     ) -> Result<(), ProtocolError> {
         let slot = &mut self.workers[i];
@@ -929,14 +969,23 @@ impl Scheduler {
             }
             let n = left.min(head.chunk.count - head.done);
             let bytes = protocol::items_len(items, n as usize)?;
+            let payload = match &mut shared {
+                Some((buffer, at)) => {
+                    let range = *at..*at + bytes;
+                    *at += bytes;
+                    Payload::Shared(Arc::clone(buffer), range)
+                }
+                None => Payload::Copied(items[..bytes].to_vec()),
+            };
             let delivery = Delivery::Outcomes {
                 first_index: head.chunk.first_index + head.done as usize,
                 count: n,
-                items: items[..bytes].to_vec(),
+                items: payload,
             };
             self.outbox.push((head.chunk.map, delivery));
             items = &items[bytes..];
             head.done += n;
+            slot.backlog = slot.backlog.saturating_sub(head.estimate * n);
             seq += u64::from(n);
             left -= n;
             if let Some(started) = started {
@@ -1088,11 +1137,7 @@ impl Scheduler {
     /// Kills every worker, fails every input still owed, reaps.
     fn shut_down(&mut self) {
         let mut state = self.shared.lock();
-        for (map, delivery) in self.outbox.drain(..) {
-            if let Some(link) = state.maps.get(&map) {
-                let _ = link.tx.send(delivery);
-            }
-        }
+        deliver(&state, &mut self.outbox);
         let reason = self.broken.clone();
         let mut owed: Vec<Chunk> = self.requeue.drain(..).collect();
         for slot in &mut self.workers {
@@ -1110,7 +1155,7 @@ impl Scheduler {
                     count: chunk.count,
                     reason: reason.clone(),
                 };
-                let _ = link.tx.send(delivery);
+                let _ = link.tx.send(vec![delivery]);
             }
         }
         for dying in &self.dying {
@@ -1121,7 +1166,7 @@ impl Scheduler {
                         count: 1,
                         reason: reason.clone(),
                     };
-                    let _ = link.tx.send(delivery);
+                    let _ = link.tx.send(vec![delivery]);
                 }
             }
         }
@@ -1154,6 +1199,7 @@ impl Slot {
             next_seq: 0,
             assigned: 0,
             retiring: false,
+            backlog: Duration::ZERO,
             fate: None,
         }
     }
@@ -1206,6 +1252,23 @@ impl Slot {
             }
         }
         Ok(())
+    }
+}
+
+/// Sends what the loop collected, one message per map.
+fn deliver(state: &State, outbox: &mut Vec<(u64, Delivery)>) {
+    let mut batches: Vec<(u64, Vec<Delivery>)> = Vec::new();
+    for (map, delivery) in outbox.drain(..) {
+        match batches.iter_mut().find(|(m, _)| *m == map) {
+            Some((_, batch)) => batch.push(delivery),
+            None => batches.push((map, vec![delivery])),
+        }
+    }
+    for (map, batch) in batches {
+        if let Some(link) = state.maps.get(&map) {
+            // A map whose caller is gone has no receiver: nothing to do.
+            let _ = link.tx.send(batch);
+        }
     }
 }
 

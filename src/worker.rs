@@ -167,7 +167,6 @@ fn run_tasks(requests: File, replies: &mut File, max_frame: u32) -> Result<(), S
     let mut requests = BufReader::with_capacity(64 * 1024, requests);
     let mut body = Vec::new();
     let mut reply = Reply::new(max_frame as usize);
-    let mut output = Vec::new();
     let mut scratch = vec![0; 4096];
     loop {
         match protocol::read_frame(&mut requests, &mut body, max_frame) {
@@ -185,9 +184,7 @@ fn run_tasks(requests: File, replies: &mut File, max_frame: u32) -> Result<(), S
         let mut seen = 0;
         for (seq, item) in (first_seq..).zip(protocol::Items::new(items)) {
             let item = item.map_err(|e| e.0)?;
-            output.clear();
-            (task.run)(item, &mut output, &mut scratch);
-            reply.push(seq, &output, replies)?;
+            reply.add(seq, replies, |out| (task.run)(item, out, &mut scratch));
             seen += 1;
         }
         if seen != count {
@@ -195,7 +192,7 @@ fn run_tasks(requests: File, replies: &mut File, max_frame: u32) -> Result<(), S
                 "run frame holds {seen} items, its header says {count}"
             ));
         }
-        reply.flush(replies)?;
+        reply.flush(replies);
         // A task's unfinished `print!` line would be lost if the worker were
         // killed later.
         let _ = std::io::stdout().flush();
@@ -220,31 +217,39 @@ impl Reply {
         }
     }
 
-    /// Adds the outcome of item `seq`; flushes first if the frame would grow
-    /// past the limit.
-    fn push(&mut self, seq: u64, outcome: &[u8], replies: &mut File) -> Result<(), String> {
-        let too_large;
-        let outcome =
-            if protocol::REPLY_HEADER + protocol::ITEM_LEN_BYTES + outcome.len() > self.max_frame {
-                too_large = oversize_outcome(outcome.len(), self.max_frame);
-                &too_large
-            } else {
-                outcome
-            };
-        if self.buf.len() + protocol::ITEM_LEN_BYTES + outcome.len() > self.max_frame {
-            self.flush(replies)?;
+    /// Adds the outcome of item `seq`, which `write` appends (straight into
+    /// the frame: outputs can be large). Sends the items before it first if
+    /// together they would pass the frame limit.
+    fn add(&mut self, seq: u64, replies: &mut File, write: impl FnOnce(&mut Vec<u8>)) {
+        let start = self.buf.len();
+        self.buf.extend_from_slice(&[0; protocol::ITEM_LEN_BYTES]);
+        write(&mut self.buf);
+        let len = self.buf.len() - start - protocol::ITEM_LEN_BYTES;
+        if protocol::REPLY_HEADER + protocol::ITEM_LEN_BYTES + len > self.max_frame {
+            self.buf.truncate(start + protocol::ITEM_LEN_BYTES);
+            let message = format!(
+                "encode the output: {len} bytes is over the frame limit of {}",
+                self.max_frame
+            );
+            protocol::encode_failure(&Outcome::<()>::Codec(message), &mut self.buf);
+        }
+        let len = self.buf.len() - start - protocol::ITEM_LEN_BYTES;
+        let len32 = u32::try_from(len).expect("outcome under the frame limit");
+        self.buf[start..start + protocol::ITEM_LEN_BYTES].copy_from_slice(&len32.to_le_bytes());
+        if self.buf.len() > self.max_frame {
+            let item = self.buf.split_off(start);
+            self.flush(replies);
+            self.buf.extend_from_slice(&item);
         }
         if self.count == 0 {
             self.first_seq = seq;
         }
-        protocol::push_item(&mut self.buf, outcome);
         self.count += 1;
-        Ok(())
     }
 
-    fn flush(&mut self, replies: &mut File) -> Result<(), String> {
+    fn flush(&mut self, replies: &mut File) {
         if self.count == 0 {
-            return Ok(());
+            return;
         }
         protocol::write_reply_header(&mut self.buf, 0, self.first_seq, self.count);
         if replies.write_all(&self.buf).is_err() {
@@ -252,16 +257,9 @@ impl Reply {
             std::process::exit(0);
         }
         self.buf.truncate(protocol::REPLY_HEADER);
+        self.buf.shrink_to(1 << 20);
         self.count = 0;
-        Ok(())
     }
-}
-
-fn oversize_outcome(len: usize, max_frame: usize) -> Vec<u8> {
-    let message = format!("encode the output: {len} bytes is over the frame limit of {max_frame}");
-    let mut out = Vec::new();
-    protocol::encode(&Outcome::<()>::Codec(message), &mut out).expect("encoding into a Vec");
-    out
 }
 
 #[cfg(test)]
