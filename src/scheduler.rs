@@ -27,6 +27,7 @@ use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::ops::Range;
 use std::os::fd::OwnedFd;
+use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Sender};
@@ -500,7 +501,10 @@ struct Dying {
     /// is known.
     victim: Option<usize>,
     victim_map: u64,
+    /// It died before its handshake, and not because the pool dropped it.
     during_startup: bool,
+    /// The pool killed it for taking too long to start.
+    slow_start: bool,
 }
 
 /// Whom a poll entry belongs to.
@@ -704,6 +708,23 @@ impl Scheduler {
         while self.workers.iter().filter(|slot| slot.takes_work()).count()
             < self.shared.config.processes
         {
+            if !ready {
+                // Start no more workers than could still fail before the
+                // limit, so that the pool gives up after exactly that many.
+                let starting = self
+                    .workers
+                    .iter()
+                    .filter(|slot| slot.fate.is_none())
+                    .count()
+                    + self
+                        .dying
+                        .iter()
+                        .filter(|dying| dying.during_startup)
+                        .count();
+                if self.startup_failures as usize + starting >= STARTUP_FAILURE_LIMIT as usize {
+                    return;
+                }
+            }
             match Process::spawn(&self.worker_config) {
                 Ok(process) => {
                     self.workers.push(Slot::new(process));
@@ -1045,11 +1066,14 @@ impl Scheduler {
             victim: None,
             victim_map: 0,
             during_startup: false,
+            slow_start: false,
         };
         let mut inflight = slot.inflight.into_iter();
         if slot.ready_at.is_none() || matches!(fate, Fate::PoolBroken) {
             // Nothing ran (or nothing will): what is left goes back.
-            dying.during_startup = slot.ready_at.is_none() && !matches!(fate, Fate::PoolBroken);
+            dying.during_startup = slot.ready_at.is_none()
+                && matches!(fate, Fate::Died | Fate::Broke(_) | Fate::StartupTimeout);
+            dying.slow_start = matches!(fate, Fate::StartupTimeout);
             self.requeue
                 .extend(inflight.filter_map(|inflight| inflight.chunk.split(inflight.done).1));
         } else if let Some(head) = inflight.next() {
@@ -1115,7 +1139,10 @@ impl Scheduler {
 
     fn on_reaped(&mut self, dying: Dying, status: ExitStatus) {
         let stderr = dying.process.stderr_tail();
-        if dying.during_startup {
+        // A SIGKILL from outside says nothing about whether workers can
+        // start; only a worker that failed by itself (or too slowly) counts.
+        let killed = status.signal() == Some(libc::SIGKILL) && !dying.slow_start;
+        if dying.during_startup && !killed {
             self.startup_failures += 1;
             self.last_startup_failure = Some(match telling_line(&stderr) {
                 Some(line) => format!("{status}: {line}"),

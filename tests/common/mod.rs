@@ -113,8 +113,11 @@ pub fn within<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'sta
     std::thread::spawn(move || {
         let _ = tx.send(f());
     });
-    rx.recv_timeout(BOUND)
-        .unwrap_or_else(|_| panic!("{what} did not finish within {BOUND:?}"))
+    match rx.recv_timeout(BOUND) {
+        Ok(value) => value,
+        Err(mpsc::RecvTimeoutError::Timeout) => panic!("{what} did not finish within {BOUND:?}"),
+        Err(mpsc::RecvTimeoutError::Disconnected) => panic!("{what} panicked"),
+    }
 }
 
 pub fn kill9(pid: u32) {
