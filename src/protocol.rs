@@ -7,7 +7,7 @@
 //! frame  = len:u32 kind:u8 body                       len = 1 + body length
 //! HELLO  worker -> pool  body = CBOR Hello            sent once, at start-up
 //! RUN    pool -> worker  body = task:u32 first_seq:u64 count:u32 items
-//! REPLY  worker -> pool  body = first_seq:u64 count:u32 items
+//! REPLY  worker -> pool  body = first_seq:u64 count:u32 busy_ns:u64 items
 //! FATAL  worker -> pool  body = UTF-8 message         the worker exits next
 //! items  = (len:u32 cbor)*                            one CBOR value each
 //! ```
@@ -43,8 +43,8 @@ pub(crate) const FATAL: u8 = 4;
 pub(crate) const LEN_BYTES: usize = 4;
 /// Length prefix, kind, task, first sequence number, count.
 pub(crate) const RUN_HEADER: usize = LEN_BYTES + 1 + 4 + 8 + 4;
-/// Length prefix, kind, first sequence number, count.
-pub(crate) const REPLY_HEADER: usize = LEN_BYTES + 1 + 8 + 4;
+/// Length prefix, kind, first sequence number, count, busy time.
+pub(crate) const REPLY_HEADER: usize = LEN_BYTES + 1 + 8 + 4 + 8;
 /// Length prefix of an item.
 pub(crate) const ITEM_LEN_BYTES: usize = 4;
 
@@ -278,26 +278,39 @@ pub(crate) fn parse_run(body: &[u8]) -> Result<(u32, u64, u32, &[u8]), ProtocolE
     Ok((task, first_seq, count, &body[RUN_HEADER - LEN_BYTES..]))
 }
 
-/// The header fields of a REPLY frame's body.
-pub(crate) fn parse_reply(body: &[u8]) -> Result<(u64, u32, &[u8]), ProtocolError> {
+/// The header of a REPLY frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ReplyHeader {
+    pub first_seq: u64,
+    pub count: u32,
+    /// Time the worker spent running these items, measured by the worker:
+    /// the pool learns run times from it (arrival times would mislead when
+    /// several replies arrive at once).
+    pub busy_nanos: u64,
+}
+
+/// The header and the items of a REPLY frame's body.
+pub(crate) fn parse_reply(body: &[u8]) -> Result<(ReplyHeader, &[u8]), ProtocolError> {
     if body.len() < REPLY_HEADER - LEN_BYTES {
         return Err(violation("truncated reply header"));
     }
-    Ok((
-        get_u64(body, 1),
-        get_u32(body, 9),
-        &body[REPLY_HEADER - LEN_BYTES..],
-    ))
+    let header = ReplyHeader {
+        first_seq: get_u64(body, 1),
+        count: get_u32(body, 9),
+        busy_nanos: get_u64(body, 13),
+    };
+    Ok((header, &body[REPLY_HEADER - LEN_BYTES..]))
 }
 
-/// Writes the header of a REPLY frame at `at` in `buf`, for the `count`
-/// items that follow it up to the end of `buf`.
-pub(crate) fn write_reply_header(buf: &mut [u8], at: usize, first_seq: u64, count: u32) {
+/// Writes the header of a REPLY frame at `at` in `buf`, for the items that
+/// follow it up to the end of `buf`.
+pub(crate) fn write_reply_header(buf: &mut [u8], at: usize, header: ReplyHeader) {
     let len = u32::try_from(buf.len() - at - LEN_BYTES).expect("frame under 4 GiB");
     put_u32(buf, at, len);
     buf[at + LEN_BYTES] = REPLY;
-    put_u64(buf, at + LEN_BYTES + 1, first_seq);
-    put_u32(buf, at + LEN_BYTES + 9, count);
+    put_u64(buf, at + LEN_BYTES + 1, header.first_seq);
+    put_u32(buf, at + LEN_BYTES + 9, header.count);
+    put_u64(buf, at + LEN_BYTES + 13, header.busy_nanos);
 }
 
 /// Appends one length-prefixed item.
@@ -370,8 +383,13 @@ pub(crate) fn read_frame(reader: &mut impl Read, buf: &mut Vec<u8>, max: u32) ->
     }
     let len = check_len(u32::from_le_bytes(len), max)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.0))?;
+    // Keep the buffer between frames of similar size (no page faults), but
+    // give memory back after an outsized one.
+    if buf.capacity() > (4 * len).max(1 << 20) {
+        buf.clear();
+        buf.shrink_to(len);
+    }
     buf.clear();
-    buf.shrink_to(1 << 20);
     // Grow with what really arrives, so that a lying length prefix cannot
     // make us allocate much more than was sent; double from 64 KiB so that
     // a large frame costs few reallocations.
@@ -513,12 +531,17 @@ mod tests {
         let at = buf.len();
         buf.resize(at + REPLY_HEADER, 0);
         push_item(&mut buf, b"xyz");
-        write_reply_header(&mut buf, at, 9, 1);
+        let header = ReplyHeader {
+            first_seq: 9,
+            count: 1,
+            busy_nanos: 77,
+        };
+        write_reply_header(&mut buf, at, header);
         let mut reader = FrameBuffer::default();
         reader.buf.extend_from_slice(&buf[at..]);
         let body = reader.next_frame(1024).unwrap().unwrap();
-        let (seq, count, items) = parse_reply(reader.get(body)).unwrap();
-        assert_eq!((seq, count), (9, 1));
+        let (back, items) = parse_reply(reader.get(body)).unwrap();
+        assert_eq!(back, header);
         assert_eq!(Items::new(items).next().unwrap().unwrap(), b"xyz");
         assert!(!reader.has_partial());
     }
@@ -616,7 +639,7 @@ mod tests {
         fn parse_everything(body: &[u8]) {
             let items = match body[0] {
                 RUN => parse_run(body).map(|(_, _, _, items)| items),
-                REPLY => parse_reply(body).map(|(_, _, items)| items),
+                REPLY => parse_reply(body).map(|(_, items)| items),
                 _ => Ok(&body[1..]),
             };
             if let Ok(items) = items {

@@ -23,8 +23,16 @@ use crate::scheduler::{Chunk, Delivery, MapStats, Shared};
 
 /// Work per chunk once run times are known: large enough to amortise a
 /// frame, small enough not to hold other inputs behind a slow one.
-const CHUNK_TARGET: Duration = Duration::from_micros(100);
-const MAX_CHUNK_ITEMS: u32 = 4096;
+const CHUNK_TARGET: Duration = Duration::from_millis(2);
+const MAX_CHUNK_ITEMS: u32 = 16 * 1024;
+/// A chunk also ends at this size.
+const CHUNK_BYTES: usize = 1 << 20;
+/// Chunks per process that a map keeps in the pool.
+const AHEAD_CHUNKS: usize = 4;
+/// Work per process that a map keeps pulled ahead of what it has yielded.
+const WINDOW_WORK: Duration = Duration::from_millis(40);
+/// Encoded inputs a map keeps pulled ahead, at most.
+const WINDOW_BYTES: usize = 64 << 20;
 
 enum Slot<O> {
     Waiting,
@@ -52,6 +60,10 @@ struct Feed<It, O> {
     scratch: Vec<u8>,
     /// Size of the last frame built, to size the next one.
     frame_hint: usize,
+    /// Average encoded size of an input in the last frame.
+    item_bytes: usize,
+    /// The chunk size aimed at by the last fill.
+    last_chunk_target: u32,
     /// The pool of a one-shot [`map`](crate::map), dropped with the results.
     _pool: Option<Pool>,
 }
@@ -79,6 +91,8 @@ where
             arrivals: unordered.then(VecDeque::new),
             scratch: vec![0; 4096],
             frame_hint: 0,
+            item_bytes: 0,
+            last_chunk_target: 0,
             _pool: None,
         })
     }
@@ -87,15 +101,48 @@ where
         if let Some(size) = self.shared.config.batch_size {
             return size;
         }
-        match self.stats.per_item() {
-            None => 1,
-            Some(per_item) => {
-                let items = CHUNK_TARGET.as_nanos() / per_item.as_nanos().max(1);
-                u32::try_from(items)
-                    .unwrap_or(MAX_CHUNK_ITEMS)
-                    .clamp(1, MAX_CHUNK_ITEMS)
-            }
+        let Some(per_item) = self.stats.per_item() else {
+            // Nothing measured yet: one input per frame, so that slow tasks
+            // spread over the workers from the start.
+            return 1;
+        };
+        let mut items = CHUNK_TARGET.as_nanos() / per_item.as_nanos().max(1);
+        // Towards the end of the inputs, smaller chunks, so that the workers
+        // finish together.
+        if let Some(inputs) = &self.inputs {
+            let remaining = inputs.size_hint().0 as u128;
+            items = items.min(remaining / (4 * self.shared.config.processes as u128));
         }
+        // Grow at most twofold per chunk: early inputs may be cheaper than
+        // later ones.
+        items = items.min(2 * u128::from(self.last_chunk_target) + 1);
+        u32::try_from(items)
+            .unwrap_or(MAX_CHUNK_ITEMS)
+            .clamp(1, MAX_CHUNK_ITEMS)
+    }
+
+    /// How far ahead a map pulls its inputs, in inputs: `span` beyond the
+    /// last one yielded, and `ahead` handed to the pool and not yet answered.
+    ///
+    /// `ahead` is a few chunks per worker: enough to keep them busy, little
+    /// enough that chunks are cut with fresh estimates of the run time (a map
+    /// whose inputs grow costlier would otherwise cut them all at once, from
+    /// the first, cheap inputs, and far too large). `span` is much larger: an ordered map yields
+    /// in order, so a slow input holds the window back, and fast workers
+    /// must not run dry behind it. Both are bounded in bytes.
+    fn limits(&self, chunk_items: u32) -> (usize, usize) {
+        let processes = self.shared.config.processes;
+        let per_chunk = (chunk_items as usize)
+            .min(CHUNK_BYTES / self.item_bytes.max(1))
+            .max(1);
+        let for_work = |work: Duration| match self.stats.per_item() {
+            Some(per_item) => (work.as_nanos() / per_item.as_nanos().max(1)) as usize * processes,
+            None => 0,
+        };
+        let by_bytes = WINDOW_BYTES / self.item_bytes.max(1);
+        let ahead = (per_chunk * processes * AHEAD_CHUNKS + 64).min(by_bytes);
+        let span = (for_work(WINDOW_WORK).max(per_chunk * processes * 8) + 64).min(by_bytes);
+        (span.max(ahead), ahead)
     }
 
     fn set(&mut self, index: usize, result: Result<O, Error>) {
@@ -117,18 +164,21 @@ where
             return;
         }
         let chunk_items = self.chunk_items();
-        let span = chunk_items as usize * self.shared.config.processes * 8 + 64;
-        let room = span.saturating_sub(self.next_input - self.base);
-        // Top up in whole chunks, not one input per result taken, unless the
-        // pool is about to run dry.
-        if room < (chunk_items as usize).max(span / 4) && self.owed > span / 2 {
+        let (span, ahead) = self.limits(chunk_items);
+        // Top up in bulk, when half of what the pool holds is done.
+        if self.owed >= ahead / 2 {
             return;
         }
         let max_frame = self.shared.config.max_frame_bytes as usize;
         let mut chunks = Vec::new();
         let mut frame = RunFrame::with_capacity(self.task, self.frame_hint);
         let mut first = self.next_input;
-        while self.next_input - self.base < span {
+        let pulled_before = self.next_input;
+        // Stops at a chunk boundary once enough is pulled, so that no chunk is
+        // cut short.
+        while self.next_input - self.base < span
+            && (self.owed + (self.next_input - pulled_before) < ahead || frame.count() > 0)
+        {
             let Some(input) = self.inputs.as_mut().and_then(Iterator::next) else {
                 self.inputs = None;
                 break;
@@ -160,12 +210,13 @@ where
                 self.finish_chunk(&mut chunks, &mut frame, first);
                 self.set(index, Err(Error::Encode { index, source }));
                 first = index + 1;
-            } else if frame.count() >= chunk_items {
+            } else if frame.count() >= chunk_items || frame.len() >= CHUNK_BYTES {
                 self.finish_chunk(&mut chunks, &mut frame, first);
                 first = index + 1;
             }
         }
         self.finish_chunk(&mut chunks, &mut frame, first);
+        self.last_chunk_target = chunk_items;
         let owed: usize = chunks.iter().map(|chunk| chunk.count as usize).sum();
         match self.shared.submit(chunks) {
             Ok(()) => self.owed += owed,
@@ -182,6 +233,7 @@ where
             return;
         }
         self.frame_hint = frame.len();
+        self.item_bytes = (frame.len() - protocol::RUN_HEADER) / frame.count() as usize;
         let frame = std::mem::replace(frame, RunFrame::with_capacity(self.task, self.frame_hint));
         chunks.push(Chunk {
             map: self.map,

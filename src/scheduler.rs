@@ -40,17 +40,18 @@ use rustix::io::Errno;
 
 use crate::error::{Error, telling_line};
 use crate::process::Process;
-use crate::protocol::{self, FrameBuffer, Hello, ProtocolError, RunFrame};
+use crate::protocol::{self, FrameBuffer, Hello, ProtocolError, ReplyHeader, RunFrame};
 use crate::registry::registry;
 use crate::worker::WorkerConfig;
 
-/// How much estimated work is kept queued in a worker beyond what it runs:
-/// enough to hide a round trip, little enough that the tail of a map is not
-/// stuck behind one worker.
-const LOOKAHEAD: Duration = Duration::from_micros(1000);
-/// Per-item estimate before anything has been measured: allows two items
-/// in flight per worker.
-const UNKNOWN_ESTIMATE: Duration = Duration::from_micros(400);
+/// A worker gets more work while its estimated backlog is below this: two
+/// chunks of a map's target size (results.rs), so that the next chunk is
+/// always there when one ends, and the tail of a map is not stuck behind one
+/// worker.
+const LOOKAHEAD: Duration = Duration::from_millis(4);
+/// Per-item estimate before anything has been measured: allows two inputs
+/// in flight per worker, so that slow tasks spread from the start.
+const UNKNOWN_ESTIMATE: Duration = Duration::from_millis(2);
 /// At most this many frames in flight per worker.
 const MAX_INFLIGHT_FRAMES: usize = 64;
 /// At most this many frames go into one `writev`.
@@ -200,7 +201,7 @@ impl MapStats {
             .unwrap_or(u64::MAX)
             .max(1);
         let old = self.nanos_per_item.load(Ordering::Relaxed);
-        let smoothed = if old == 0 { new } else { (old * 3 + new) / 4 };
+        let smoothed = if old == 0 { new } else { (old + new) / 2 };
         self.nanos_per_item.store(smoothed, Ordering::Relaxed);
     }
 }
@@ -950,10 +951,10 @@ impl Scheduler {
                 Ok(())
             }
             protocol::REPLY if slot.ready_at.is_some() => {
-                let (first_seq, count, items) = protocol::parse_reply(frame)?;
+                let (header, items) = protocol::parse_reply(frame)?;
                 // Where the items start in the shared buffer, if any.
                 let shared = shared.map(|(buffer, at)| (buffer, at + frame.len() - items.len()));
-                self.on_reply(i, first_seq, count, items, shared, now)
+                self.on_reply(i, header, items, shared, now)
             }
             protocol::FATAL => Err(ProtocolError(format!(
                 "worker gave up: {}",
@@ -966,16 +967,15 @@ impl Scheduler {
     fn on_reply(
         &mut self,
         i: usize,
-        first_seq: u64,
-        count: u32,
+        header: ReplyHeader,
         mut items: &[u8],
         mut shared: Option<(&Arc<Vec<u8>>, usize)>,
         now: Instant,
     ) -> Result<(), ProtocolError> {
         let slot = &mut self.workers[i];
-        let started = slot.head_started();
-        let mut left = count;
-        let mut seq = first_seq;
+        let mut left = header.count;
+        let mut seq = header.first_seq;
+        let per_item = Duration::from_nanos(header.busy_nanos) / header.count.max(1);
         while left > 0 {
             let Some(head) = slot.inflight.front_mut() else {
                 return Err(ProtocolError(format!(
@@ -1009,10 +1009,7 @@ impl Scheduler {
             slot.backlog = slot.backlog.saturating_sub(head.estimate * n);
             seq += u64::from(n);
             left -= n;
-            if let Some(started) = started {
-                head.stats
-                    .record(now.saturating_duration_since(started) / n);
-            }
+            head.stats.record(per_item);
             if head.done == head.chunk.count {
                 slot.inflight.pop_front();
                 slot.written -= 1;

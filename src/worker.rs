@@ -27,10 +27,11 @@
 use std::fs::File;
 use std::io::{BufReader, Write};
 use std::os::fd::OwnedFd;
+use std::time::Instant;
 
 use rustix::process::{Pid, Resource, Rlimit, Signal};
 
-use crate::protocol::{self, Hello, Outcome};
+use crate::protocol::{self, Hello, Outcome, ReplyHeader};
 use crate::registry::registry;
 
 /// Marks a worker process; its value is [`WorkerConfig`], encoded.
@@ -182,6 +183,7 @@ fn run_tasks(requests: File, replies: &mut File, max_frame: u32) -> Result<(), S
             return Err(format!("no task at position {task}"));
         };
         let mut seen = 0;
+        reply.busy_since = Instant::now();
         for (seq, item) in (first_seq..).zip(protocol::Items::new(items)) {
             let item = item.map_err(|e| e.0)?;
             reply.add(seq, replies, |out| (task.run)(item, out, &mut scratch));
@@ -204,6 +206,8 @@ struct Reply {
     buf: Vec<u8>,
     first_seq: u64,
     count: u32,
+    /// When the items of the frame being assembled started running.
+    busy_since: Instant,
     max_frame: usize,
 }
 
@@ -213,6 +217,7 @@ impl Reply {
             buf: vec![0; protocol::REPLY_HEADER],
             first_seq: 0,
             count: 0,
+            busy_since: Instant::now(),
             max_frame,
         }
     }
@@ -251,13 +256,25 @@ impl Reply {
         if self.count == 0 {
             return;
         }
-        protocol::write_reply_header(&mut self.buf, 0, self.first_seq, self.count);
+        let now = Instant::now();
+        let busy = now.duration_since(self.busy_since);
+        self.busy_since = now;
+        let header = ReplyHeader {
+            first_seq: self.first_seq,
+            count: self.count,
+            busy_nanos: u64::try_from(busy.as_nanos()).unwrap_or(u64::MAX),
+        };
+        protocol::write_reply_header(&mut self.buf, 0, header);
         if replies.write_all(&self.buf).is_err() {
             // The pool is gone: nobody wants the results.
             std::process::exit(0);
         }
+        // Keep the buffer for frames of similar size, not after an outsized one.
+        let used = self.buf.len();
         self.buf.truncate(protocol::REPLY_HEADER);
-        self.buf.shrink_to(1 << 20);
+        if self.buf.capacity() > (4 * used).max(1 << 20) {
+            self.buf.shrink_to(used);
+        }
         self.count = 0;
     }
 }
