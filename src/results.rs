@@ -214,9 +214,18 @@ where
                 self.finish_chunk(&mut chunks, &mut frame, first);
                 first = index + 1;
             }
+            // Large inputs go to the pool as soon as they are encoded, so
+            // that workers start while the next ones are being encoded.
+            if chunks.iter().map(|chunk| chunk.frame.len()).sum::<usize>() >= CHUNK_BYTES {
+                self.submit(std::mem::take(&mut chunks));
+            }
         }
         self.finish_chunk(&mut chunks, &mut frame, first);
         self.last_chunk_target = chunk_items;
+        self.submit(chunks);
+    }
+
+    fn submit(&mut self, chunks: Vec<Chunk>) {
         let owed: usize = chunks.iter().map(|chunk| chunk.count as usize).sum();
         match self.shared.submit(chunks) {
             Ok(()) => self.owed += owed,
