@@ -146,6 +146,12 @@ pub mod __private {
 // `.init_array`, which runs after those of the crates that depend on
 // buckshot (they are linked first). A priority, even `late`, runs it too
 // early, and the worker would see no tasks (the handshake catches that).
+//
+// SAFETY: the hook runs before Rust's runtime is set up. In a process that
+// is not a worker it returns at once. In a worker it touches only the
+// environment, file descriptors, signal dispositions and threads of its
+// own, catches the panic of every task, and ends with `exit`: it never
+// returns or unwinds into the code that called it.
 #[ctor::ctor(unsafe, naked)]
 fn buckshot_worker_entry() {
     worker::serve_if_worker();

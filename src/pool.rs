@@ -256,7 +256,12 @@ impl PoolBuilder {
     }
 
     /// Inputs sent to a worker per message. Default: adaptive, from one (for
-    /// slow tasks) up to thousands (for tiny ones).
+    /// slow tasks) up to thousands (for tiny ones), each message about 2 ms
+    /// of work and at most a quarter of the timeout.
+    ///
+    /// A worker answers a message as a whole, so with a timeout a message
+    /// counts as one task: if it runs past the timeout, its inputs are run
+    /// again, one per message, and only the one that times out alone fails.
     pub fn batch_size(mut self, inputs: u32) -> Self {
         self.batch_size = Some(inputs);
         self

@@ -131,8 +131,9 @@ impl Process {
     pub(crate) fn kill(&mut self) {
         if !self.killed {
             self.killed = true;
-            // The child is not reaped yet, so its pid cannot have been reused.
-            let _ = self.child.kill();
+            // Through the pidfd: it names this process even if it was reaped
+            // behind our back (SIGCHLD set to SIG_IGN) and its pid reused.
+            let _ = rustix::process::pidfd_send_signal(&self.pidfd, rustix::process::Signal::KILL);
         }
         self.stdin = None;
         self.stdout = None;

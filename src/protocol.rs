@@ -464,9 +464,11 @@ impl FrameBuffer {
         }
         let len = check_len(get_u32(available, 0), max)?;
         if available.len() < LEN_BYTES + len {
-            // Make room for the whole frame at once rather than doubling.
+            // Room for more of the frame, doubling with what has arrived: a
+            // lying length prefix costs no more than what was really sent.
             let missing = LEN_BYTES + len - available.len();
-            self.buf.reserve(missing);
+            self.buf
+                .reserve(missing.min(self.buf.len().max(LARGE_FRAME)));
             return Ok(None);
         }
         let body = self.start + LEN_BYTES..self.start + LEN_BYTES + len;

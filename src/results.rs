@@ -29,6 +29,10 @@ const MAX_CHUNK_ITEMS: u32 = 16 * 1024;
 const CHUNK_BYTES: usize = 1 << 20;
 /// Chunks per process that a map keeps in the pool.
 const AHEAD_CHUNKS: usize = 4;
+/// Tasks shorter than this are tiny...
+const TINY_TASK: Duration = Duration::from_micros(20);
+/// ...and a map keeps this many more of them per process in the pool.
+const TINY_TASK_FRAMES: usize = 512;
 /// Work per process that a map keeps pulled ahead of what it has yielded.
 const WINDOW_WORK: Duration = Duration::from_millis(40);
 /// Encoded inputs a map keeps pulled ahead, at most.
@@ -60,6 +64,8 @@ struct Feed<It, O> {
     scratch: Vec<u8>,
     /// Size of the last frame built, to size the next one.
     frame_hint: usize,
+    /// Slots in the window already yielded (unordered maps only).
+    taken: usize,
     /// Average encoded size of an input in the last frame.
     item_bytes: usize,
     /// The chunk size aimed at by the last fill.
@@ -91,6 +97,7 @@ where
             arrivals: unordered.then(VecDeque::new),
             scratch: vec![0; 4096],
             frame_hint: 0,
+            taken: 0,
             item_bytes: 0,
             last_chunk_target: 0,
             _pool: None,
@@ -106,11 +113,20 @@ where
             // spread over the workers from the start.
             return 1;
         };
-        let mut items = CHUNK_TARGET.as_nanos() / per_item.as_nanos().max(1);
+        // A frame runs as a whole against the timeout (the worker answers it
+        // at its end), so keep it well inside the timeout.
+        let target = match self.shared.config.timeout {
+            Some(timeout) => CHUNK_TARGET.min(timeout / 4),
+            None => CHUNK_TARGET,
+        };
+        let mut items = target.as_nanos() / per_item.as_nanos().max(1);
         // Towards the end of the inputs, smaller chunks, so that the workers
-        // finish together.
-        if let Some(inputs) = &self.inputs {
-            let remaining = inputs.size_hint().0 as u128;
+        // finish together (when the iterator knows how many are left).
+        let remaining = self
+            .inputs
+            .as_ref()
+            .map_or(0, |inputs| inputs.size_hint().0 as u128);
+        if remaining > 0 {
             items = items.min(remaining / (4 * self.shared.config.processes as u128));
         }
         // Grow at most twofold per chunk: early inputs may be cheaper than
@@ -140,7 +156,14 @@ where
             None => 0,
         };
         let by_bytes = WINDOW_BYTES / self.item_bytes.max(1);
-        let ahead = (per_chunk * processes * AHEAD_CHUNKS + 64).min(by_bytes);
+        // Tiny tasks sent one per frame need many frames queued to keep the
+        // workers busy between the pool's wake-ups.
+        let tiny = self
+            .stats
+            .per_item()
+            .is_some_and(|per_item| per_item < TINY_TASK);
+        let frames = if tiny { TINY_TASK_FRAMES } else { 16 };
+        let ahead = (per_chunk * processes * AHEAD_CHUNKS + frames * processes).min(by_bytes);
         let span = (for_work(WINDOW_WORK).max(per_chunk * processes * 8) + 64).min(by_bytes);
         (span.max(ahead), ahead)
     }
@@ -372,12 +395,14 @@ where
         loop {
             if let Some(index) = self.arrivals.as_mut().and_then(VecDeque::pop_front) {
                 let slot = std::mem::replace(&mut self.window[index - self.base], Slot::Taken);
+                self.taken += 1;
                 let Slot::Ready(result) = slot else {
                     unreachable!("arrivals are ready")
                 };
                 while matches!(self.window.front(), Some(Slot::Taken)) {
                     self.window.pop_front();
                     self.base += 1;
+                    self.taken -= 1;
                 }
                 return Some((index, result));
             }
@@ -393,7 +418,8 @@ where
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
-        let pending = self.next_input - self.base;
+        // Pulled and not yet yielded (an unordered map yields out of order).
+        let pending = self.next_input - self.base - self.taken;
         match &self.inputs {
             None => (pending, Some(pending)),
             Some(inputs) => {

@@ -53,7 +53,9 @@ const LOOKAHEAD: Duration = Duration::from_millis(4);
 /// in flight per worker, so that slow tasks spread from the start.
 const UNKNOWN_ESTIMATE: Duration = Duration::from_millis(2);
 /// At most this many frames in flight per worker.
-const MAX_INFLIGHT_FRAMES: usize = 64;
+const MAX_INFLIGHT_FRAMES: usize = 256;
+/// Deliveries sent in one go while replies keep coming.
+const DELIVERY_BATCH: usize = 16;
 /// At most this many frames go into one `writev`.
 const MAX_IOVECS: usize = 64;
 /// A worker that has not said hello by then is considered failed.
@@ -201,7 +203,7 @@ impl MapStats {
             .unwrap_or(u64::MAX)
             .max(1);
         let old = self.nanos_per_item.load(Ordering::Relaxed);
-        let smoothed = if old == 0 { new } else { (old + new) / 2 };
+        let smoothed = if old == 0 { new } else { old / 2 + new / 2 };
         self.nanos_per_item.store(smoothed, Ordering::Relaxed);
     }
 }
@@ -241,7 +243,6 @@ impl Phase {
 pub(crate) struct State {
     queue: VecDeque<Chunk>,
     maps: HashMap<u64, MapLink>,
-    cancelled: Vec<u64>,
     next_map: u64,
     shutdown: bool,
     phase: Phase,
@@ -333,7 +334,6 @@ impl Shared {
         let mut state = self.lock();
         if state.maps.remove(&map).is_some() {
             state.queue.retain(|chunk| chunk.map != map);
-            state.cancelled.push(map);
             drop(state);
             self.wake();
         }
@@ -354,7 +354,6 @@ pub(crate) fn start(config: Config) -> Result<(Arc<Shared>, JoinHandle<()>), Err
         state: Mutex::new(State {
             queue: VecDeque::new(),
             maps: HashMap::new(),
-            cancelled: Vec::new(),
             next_map: 0,
             shutdown: false,
             phase: Phase::Open,
@@ -491,7 +490,8 @@ impl Slot {
         if self.ready_at.is_none() {
             return Some(self.spawned_at + STARTUP_TIMEOUT);
         }
-        Some(self.head_started()? + timeout?)
+        // A timeout too large to add never fires.
+        self.head_started()?.checked_add(timeout?)
     }
 }
 
@@ -504,8 +504,12 @@ struct Dying {
     victim_map: u64,
     /// It died before its handshake, and not because the pool dropped it.
     during_startup: bool,
-    /// The pool killed it for taking too long to start.
-    slow_start: bool,
+    /// The pool killed it for a fault of its own (garbage on its reply
+    /// stream, too slow to start): a start-up failure even though it ends
+    /// by SIGKILL.
+    own_fault: bool,
+    /// What the pool saw go wrong, if it was not just an exit.
+    fault: Option<String>,
 }
 
 /// Whom a poll entry belongs to.
@@ -516,6 +520,7 @@ enum Source {
     Requests(usize),
     Stderr(usize),
     Reap,
+    Exited(usize),
     DyingStderr(usize),
 }
 
@@ -594,7 +599,11 @@ impl Scheduler {
     fn sync(&mut self) -> bool {
         let shared = Arc::clone(&self.shared);
         let mut state = shared.lock();
-        deliver(&state, &mut self.outbox);
+        // While replies keep coming, wake the maps' threads in batches; the
+        // rest goes out before the loop sleeps (`wait`).
+        if self.outbox.len() >= DELIVERY_BATCH {
+            deliver(&state, &mut self.outbox);
+        }
         if state.shutdown {
             return false;
         }
@@ -623,16 +632,15 @@ impl Scheduler {
                 state.queue.push_front(chunk);
             }
         }
-        for map in std::mem::take(&mut state.cancelled) {
-            for slot in &mut self.workers {
-                if slot
-                    .inflight
-                    .front()
-                    .is_some_and(|head| head.chunk.map == map)
-                    && slot.fate.is_none()
-                {
-                    slot.fate = Some(Fate::Cancelled);
-                }
+        // A worker whose current input belongs to a dropped map is killed,
+        // whenever that input came to the head of its queue.
+        for slot in &mut self.workers {
+            let head_dropped = slot
+                .inflight
+                .front()
+                .is_some_and(|head| !state.maps.contains_key(&head.chunk.map));
+            if head_dropped && slot.fate.is_none() {
+                slot.fate = Some(Fate::Cancelled);
             }
         }
         self.dispatch(&mut state);
@@ -804,6 +812,13 @@ impl Scheduler {
                 fds.push(PollFd::from_borrowed_fd(fd, PollFlags::IN));
                 owners.push(Source::Stderr(i));
             }
+            // Its end of stream normally tells of its death, but a child it
+            // forked may hold the reply pipe open.
+            fds.push(PollFd::from_borrowed_fd(
+                slot.process.pidfd(),
+                PollFlags::IN,
+            ));
+            owners.push(Source::Exited(i));
         }
         for (i, dying) in self.dying.iter().enumerate() {
             fds.push(PollFd::from_borrowed_fd(
@@ -822,13 +837,19 @@ impl Scheduler {
             rustix::event::Timespec::try_from(wait + Duration::from_micros(50))
                 .expect("deadline within range")
         });
-        loop {
-            match rustix::event::poll(&mut fds, timeout.as_ref()) {
-                Ok(_) => break,
-                Err(Errno::INTR) => continue,
-                Err(e) => return Err(e.into()),
+        // Look first; deliver what is pending before sleeping.
+        let zero = rustix::event::Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        let mut ready = poll_retrying(&mut fds, Some(&zero))?;
+        if ready == 0 && timeout != Some(zero) {
+            if !self.outbox.is_empty() {
+                deliver(&self.shared.lock(), &mut self.outbox);
             }
+            ready = poll_retrying(&mut fds, timeout.as_ref())?;
         }
+        let _ = ready;
         sources.clear();
         for (fd, &owner) in fds.iter().zip(&owners) {
             let revents = fd.revents();
@@ -845,7 +866,9 @@ impl Scheduler {
                 let mut buf = [0u8; 8];
                 let _ = rustix::io::read(&self.shared.wake, &mut buf);
             }
-            Source::Replies(i) => self.read_replies(i, now),
+            Source::Replies(i) => {
+                self.read_replies(i, now);
+            }
             Source::Requests(i) => {
                 let slot = &mut self.workers[i];
                 if slot.fate.is_none() {
@@ -864,42 +887,54 @@ impl Scheduler {
             }
             // `reap_dying` tries every dying worker after each wake-up.
             Source::Reap => {}
+            Source::Exited(i) => {
+                // Take the replies it wrote before it went, then bury it.
+                while self.read_replies(i, now) {}
+                let slot = &mut self.workers[i];
+                if slot.fate.is_none() {
+                    let clean = slot.inflight.is_empty() && slot.retiring;
+                    slot.fate = Some(if clean { Fate::Retired } else { Fate::Died });
+                }
+            }
         }
     }
 
-    fn read_replies(&mut self, i: usize, now: Instant) {
+    /// Reads and handles what worker `i` wrote. Returns whether more may be
+    /// waiting (it stops after a few reads, to be fair to the others).
+    fn read_replies(&mut self, i: usize, now: Instant) -> bool {
         // Taken out of the slot so that frames can be handled with `&mut self`
         // without copying them.
         let mut frames = std::mem::take(&mut self.workers[i].frames);
-        self.read_frames(i, &mut frames, now);
+        let more = self.read_frames(i, &mut frames, now);
         self.workers[i].frames = frames;
+        more
     }
 
-    fn read_frames(&mut self, i: usize, frames: &mut FrameBuffer, now: Instant) {
+    fn read_frames(&mut self, i: usize, frames: &mut FrameBuffer, now: Instant) -> bool {
         let max_frame = self.shared.config.max_frame_bytes;
         // A few reads per wake-up, so that one busy worker cannot starve the
         // others.
         for _ in 0..4 {
             let slot = &mut self.workers[i];
             if slot.fate.is_some() {
-                return;
+                return false;
             }
             let Some(fd) = slot.process.stdout() else {
-                return;
+                return false;
             };
             match frames.fill(fd) {
                 Ok(0) => {
                     slot.process.close_stdout();
                     let clean = slot.inflight.is_empty() && slot.retiring && !frames.has_partial();
                     slot.fate = Some(if clean { Fate::Retired } else { Fate::Died });
-                    return;
+                    return false;
                 }
                 Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(_) => {
                     slot.fate = Some(Fate::Died);
-                    return;
+                    return false;
                 }
             }
             loop {
@@ -918,13 +953,14 @@ impl Scheduler {
                 };
                 if let Some(problem) = problem {
                     self.workers[i].fate = Some(Fate::Broke(problem.0));
-                    return;
+                    return false;
                 }
                 if self.workers[i].fate.is_some() {
-                    return;
+                    return false;
                 }
             }
         }
+        true
     }
 
     /// Handles one frame of worker `i`. `shared` is the frame's own buffer
@@ -1063,14 +1099,20 @@ impl Scheduler {
             victim: None,
             victim_map: 0,
             during_startup: false,
-            slow_start: false,
+            own_fault: false,
+            fault: None,
         };
         let mut inflight = slot.inflight.into_iter();
         if slot.ready_at.is_none() || matches!(fate, Fate::PoolBroken) {
             // Nothing ran (or nothing will): what is left goes back.
             dying.during_startup = slot.ready_at.is_none()
                 && matches!(fate, Fate::Died | Fate::Broke(_) | Fate::StartupTimeout);
-            dying.slow_start = matches!(fate, Fate::StartupTimeout);
+            dying.own_fault = matches!(fate, Fate::Broke(_) | Fate::StartupTimeout);
+            dying.fault = match &fate {
+                Fate::Broke(message) => Some(format!("broke the protocol: {message}")),
+                Fate::StartupTimeout => Some(format!("no handshake within {STARTUP_TIMEOUT:?}")),
+                _ => None,
+            };
             self.requeue
                 .extend(inflight.filter_map(|inflight| inflight.chunk.split(inflight.done).1));
         } else if let Some(head) = inflight.next() {
@@ -1137,13 +1179,15 @@ impl Scheduler {
     fn on_reaped(&mut self, dying: Dying, status: ExitStatus) {
         let stderr = dying.process.stderr_tail();
         // A SIGKILL from outside says nothing about whether workers can
-        // start; only a worker that failed by itself (or too slowly) counts.
-        let killed = status.signal() == Some(libc::SIGKILL) && !dying.slow_start;
-        if dying.during_startup && !killed {
+        // start; a worker that failed by itself, or that the pool killed for
+        // a fault of its own, does.
+        let killed_from_outside = status.signal() == Some(libc::SIGKILL) && !dying.own_fault;
+        if dying.during_startup && !killed_from_outside {
             self.startup_failures += 1;
-            self.last_startup_failure = Some(match telling_line(&stderr) {
-                Some(line) => format!("{status}: {line}"),
-                None => status.to_string(),
+            self.last_startup_failure = Some(match (&dying.fault, telling_line(&stderr)) {
+                (Some(fault), _) => fault.clone(),
+                (None, Some(line)) => format!("{status}: {line}"),
+                (None, None) => status.to_string(),
             });
         }
         if let Some(index) = dying.victim {
@@ -1276,6 +1320,19 @@ impl Slot {
             }
         }
         Ok(())
+    }
+}
+
+fn poll_retrying(
+    fds: &mut [PollFd<'_>],
+    timeout: Option<&rustix::event::Timespec>,
+) -> io::Result<usize> {
+    loop {
+        match rustix::event::poll(fds, timeout) {
+            Ok(n) => return Ok(n),
+            Err(Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
     }
 }
 

@@ -77,8 +77,10 @@ pub(crate) fn serve_if_worker() {
     let Some(value) = std::env::var_os(WORKER_ENV) else {
         return;
     };
-    // SAFETY: this runs in a constructor before `main`, on the only thread of
-    // the process; no other code reads the environment concurrently.
+    // SAFETY: this runs in a constructor before `main`. Rust's runtime starts
+    // no thread before `main`, so unless another constructor of the program
+    // started one that reads the environment (none of ours does), nothing
+    // reads it concurrently.
     unsafe { std::env::remove_var(WORKER_ENV) };
     let Some(config) = value.to_str().and_then(WorkerConfig::from_env) else {
         fatal_early(&format!("bad {WORKER_ENV} value {value:?}"));

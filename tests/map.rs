@@ -124,21 +124,24 @@ fn prints_in_tasks_do_not_corrupt_results() {
     assert_eq!(results, (1..201u64).collect::<Vec<_>>());
 }
 
+/// Maps inputs `1000 t..1000 (t + 1)` and checks the squares.
+fn map_a_thousand_squares(pool: &Pool, t: u64) {
+    let inputs = t * 1000..(t + 1) * 1000;
+    let results: Vec<u64> = pool
+        .map(square, inputs.clone())
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(results, inputs.map(square).collect::<Vec<_>>());
+}
+
 #[test]
 fn eight_threads_share_one_pool() {
     let pool = Pool::new(2).unwrap();
     std::thread::scope(|scope| {
         for t in 0..8u64 {
             let pool = &pool;
-            scope.spawn(move || {
-                let inputs = t * 1000..(t + 1) * 1000;
-                let results: Vec<u64> = pool
-                    .map(square, inputs.clone())
-                    .unwrap()
-                    .map(Result::unwrap)
-                    .collect();
-                assert_eq!(results, inputs.map(square).collect::<Vec<_>>());
-            });
+            scope.spawn(move || map_a_thousand_squares(pool, t));
         }
     });
 }
@@ -147,16 +150,7 @@ fn eight_threads_share_one_pool() {
 fn eight_threads_with_their_own_pools() {
     std::thread::scope(|scope| {
         for t in 0..8u64 {
-            scope.spawn(move || {
-                let pool = Pool::new(2).unwrap();
-                let inputs = t * 1000..(t + 1) * 1000;
-                let results: Vec<u64> = pool
-                    .map(square, inputs.clone())
-                    .unwrap()
-                    .map(Result::unwrap)
-                    .collect();
-                assert_eq!(results, inputs.map(square).collect::<Vec<_>>());
-            });
+            scope.spawn(move || map_a_thousand_squares(&Pool::new(2).unwrap(), t));
         }
     });
 }

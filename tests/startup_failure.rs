@@ -19,13 +19,23 @@ fn switch(parent: u32) -> PathBuf {
 }
 
 // Runs before buckshot's worker hook, like a program's own static
-// initialiser that fails: in a worker of ours, while the switch is on, exit.
+// initialiser: in a worker of ours, while the switch is on, fail as the
+// switch says (exit, or print to stdout, which is still the reply pipe).
 #[ctor::ctor(unsafe)]
 fn fail_in_workers() {
     let is_worker = std::env::var_os("__BUCKSHOT_WORKER").is_some();
-    if is_worker && switch(std::os::unix::process::parent_id()).exists() {
-        eprintln!("static initialiser failed");
-        std::process::exit(7);
+    let how = std::fs::read_to_string(switch(std::os::unix::process::parent_id()));
+    match how.as_deref() {
+        Ok("exit") if is_worker => {
+            eprintln!("static initialiser failed");
+            std::process::exit(7);
+        }
+        Ok("print") if is_worker => {
+            use std::io::Write;
+            let _ = std::io::stdout().write_all(b"hello from a static initialiser\n");
+            let _ = std::io::stdout().flush();
+        }
+        _ => {}
     }
 }
 
@@ -33,9 +43,9 @@ fn fail_in_workers() {
 struct Switch(PathBuf);
 
 impl Switch {
-    fn on() -> Switch {
+    fn on(how: &str) -> Switch {
         let path = switch(std::process::id());
-        std::fs::write(&path, b"").unwrap();
+        std::fs::write(&path, how).unwrap();
         Switch(path)
     }
 }
@@ -46,9 +56,10 @@ impl Drop for Switch {
     }
 }
 
-#[test]
-fn a_pool_whose_workers_cannot_start_says_so() {
-    let switch = Switch::on();
+/// Maps on a pool whose workers all fail as `how` says, and checks that
+/// the pool gives up with `reason`.
+fn gives_up(how: &str, reason: &str) {
+    let switch = Switch::on(how);
     let pool = std::sync::Arc::new(
         Pool::builder()
             .processes(2)
@@ -56,7 +67,6 @@ fn a_pool_whose_workers_cannot_start_says_so() {
             .build()
             .unwrap(),
     );
-    let reason = "5 workers in a row died before their handshake; last: exit status: 7: static initialiser failed";
     // The pool may give up before or after the map starts: either the map
     // is refused, or each of its inputs fails with the reason.
     let first = common::within("the first map", {
@@ -92,4 +102,18 @@ fn a_pool_whose_workers_cannot_start_says_so() {
     drop(switch);
     drop(pool);
     assert_eq!(common::children(), [], "workers remain");
+}
+
+#[test]
+fn a_pool_whose_workers_cannot_start_says_so() {
+    gives_up(
+        "exit",
+        "5 workers in a row died before their handshake; last: exit status: 7: static initialiser failed",
+    );
+    // "hell" read as a length prefix: 1819043176 bytes.
+    gives_up(
+        "print",
+        "5 workers in a row died before their handshake; last: broke the protocol: \
+         frame of 1819043176 bytes is over the limit of 1073741824",
+    );
 }
