@@ -66,6 +66,8 @@ struct Feed<It, O> {
     frame_hint: usize,
     /// Slots in the window already yielded (unordered maps only).
     taken: usize,
+    /// A panic interrupted pulling inputs: the map ends.
+    poisoned: bool,
     /// Average encoded size of an input in the last frame.
     item_bytes: usize,
     /// The chunk size aimed at by the last fill.
@@ -98,6 +100,7 @@ where
             scratch: vec![0; 4096],
             frame_hint: 0,
             taken: 0,
+            poisoned: false,
             item_bytes: 0,
             last_chunk_target: 0,
             _pool: None,
@@ -192,6 +195,10 @@ where
         if self.owed >= ahead / 2 {
             return;
         }
+        // Cleared at the end: if the input iterator or an input's
+        // `Serialize` panics, inputs pulled so far were never handed to the
+        // pool, and the map cannot go on.
+        self.poisoned = true;
         let max_frame = self.shared.config.max_frame_bytes as usize;
         let mut chunks = Vec::new();
         let mut frame = RunFrame::with_capacity(self.task, self.frame_hint);
@@ -246,6 +253,7 @@ where
         self.finish_chunk(&mut chunks, &mut frame, first);
         self.last_chunk_target = chunk_items;
         self.submit(chunks);
+        self.poisoned = false;
     }
 
     fn submit(&mut self, chunks: Vec<Chunk>) {
@@ -371,6 +379,9 @@ where
 
     /// The next outcome in input order.
     fn next_ordered(&mut self) -> Option<Result<O, Error>> {
+        if self.poisoned {
+            return None;
+        }
         loop {
             if matches!(self.window.front(), Some(Slot::Ready(_))) {
                 let Some(Slot::Ready(result)) = self.window.pop_front() else {
@@ -392,6 +403,9 @@ where
 
     /// The next outcome to arrive, with its input's position.
     fn next_unordered(&mut self) -> Option<(usize, Result<O, Error>)> {
+        if self.poisoned {
+            return None;
+        }
         loop {
             if let Some(index) = self.arrivals.as_mut().and_then(VecDeque::pop_front) {
                 let slot = std::mem::replace(&mut self.window[index - self.base], Slot::Taken);

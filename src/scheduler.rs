@@ -616,14 +616,7 @@ impl Scheduler {
             }
             let reason = Some(reason.clone());
             while let Some(chunk) = state.queue.pop_front() {
-                let delivery = Delivery::Closed {
-                    first_index: chunk.first_index,
-                    count: chunk.count,
-                    reason: reason.clone(),
-                };
-                if let Some(link) = state.maps.get(&chunk.map) {
-                    let _ = link.tx.send(vec![delivery]);
-                }
+                close(&state, chunk.map, chunk.first_index, chunk.count, &reason);
             }
             return true;
         }
@@ -1217,25 +1210,11 @@ impl Scheduler {
         }
         owed.extend(state.queue.drain(..));
         for chunk in owed {
-            if let Some(link) = state.maps.get(&chunk.map) {
-                let delivery = Delivery::Closed {
-                    first_index: chunk.first_index,
-                    count: chunk.count,
-                    reason: reason.clone(),
-                };
-                let _ = link.tx.send(vec![delivery]);
-            }
+            close(&state, chunk.map, chunk.first_index, chunk.count, &reason);
         }
         for dying in &self.dying {
             if let Some(index) = dying.victim {
-                if let Some(link) = state.maps.get(&dying.victim_map) {
-                    let delivery = Delivery::Closed {
-                        first_index: index,
-                        count: 1,
-                        reason: reason.clone(),
-                    };
-                    let _ = link.tx.send(vec![delivery]);
-                }
+                close(&state, dying.victim_map, index, 1, &reason);
             }
         }
         state.phase = Phase::Closed;
@@ -1333,6 +1312,18 @@ fn poll_retrying(
             Err(Errno::INTR) => continue,
             Err(e) => return Err(e.into()),
         }
+    }
+}
+
+/// Tells a map that inputs `first_index..first_index + count` will never run.
+fn close(state: &State, map: u64, first_index: usize, count: u32, reason: &Option<String>) {
+    if let Some(link) = state.maps.get(&map) {
+        let reason = reason.clone();
+        let _ = link.tx.send(vec![Delivery::Closed {
+            first_index,
+            count,
+            reason,
+        }]);
     }
 }
 

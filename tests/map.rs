@@ -181,3 +181,27 @@ fn results_report_their_size() {
     assert_eq!(results.size_hint(), (10, Some(10)));
     assert_eq!(results.count(), 10);
 }
+
+#[test]
+fn a_panicking_input_iterator_ends_the_map() {
+    let pool = Pool::new(1).unwrap();
+    let inputs = (0..100u64).map(|x| {
+        if x == 5 {
+            panic!("input 5 cannot be made")
+        } else {
+            x
+        }
+    });
+    let mut results = pool.map(square, inputs).unwrap();
+    let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| results.next()));
+    assert!(unwound.is_err(), "the iterator's panic reaches the caller");
+    // Nothing left to wait for: the map ends rather than hang.
+    assert!(common::within("next() after a panic", move || results
+        .next()
+        .is_none()));
+    // And the pool goes on.
+    assert_eq!(
+        pool.map(square, [3u64]).unwrap().next().unwrap().unwrap(),
+        9
+    );
+}
