@@ -70,6 +70,8 @@ mod protocol;
 mod registry;
 mod results;
 mod scheduler;
+mod shared;
+mod slot;
 mod worker;
 
 pub use crate::error::Error;

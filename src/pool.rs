@@ -11,7 +11,8 @@ use serde::de::DeserializeOwned;
 use crate::error::Error;
 use crate::registry::registry;
 use crate::results::{Results, UnorderedResults};
-use crate::scheduler::{self, Config, Shared};
+use crate::scheduler;
+use crate::shared::{Config, Shared};
 
 /// Default limit on one frame, and so on one encoded input or output.
 const DEFAULT_MAX_FRAME_BYTES: u32 = 1 << 30;

@@ -19,7 +19,7 @@ use serde::de::DeserializeOwned;
 use crate::error::Error;
 use crate::pool::Pool;
 use crate::protocol::{self, Items, Outcome, RunFrame};
-use crate::scheduler::{Chunk, Delivery, MapStats, Shared};
+use crate::shared::{Chunk, Delivery, MapStats, Phase, Shared};
 
 /// Work per chunk once run times are known: large enough to amortise a
 /// frame, small enough not to hold other inputs behind a slow one.
@@ -38,7 +38,8 @@ const WINDOW_WORK: Duration = Duration::from_millis(40);
 /// Encoded inputs a map keeps pulled ahead, at most.
 const WINDOW_BYTES: usize = 64 << 20;
 
-enum Slot<O> {
+/// The answer for one input, in a map's window.
+enum Answer<O> {
     Waiting,
     Ready(Result<O, Error>),
     Taken,
@@ -55,7 +56,7 @@ struct Feed<It, O> {
     inputs: Option<It>,
     next_input: usize,
     /// Outcomes of inputs `base..next_input`.
-    window: VecDeque<Slot<O>>,
+    window: VecDeque<Answer<O>>,
     base: usize,
     /// Inputs handed to the pool and not yet answered.
     owed: usize,
@@ -64,7 +65,7 @@ struct Feed<It, O> {
     scratch: Vec<u8>,
     /// Size of the last frame built, to size the next one.
     frame_hint: usize,
-    /// Slots in the window already yielded (unordered maps only).
+    /// Answers in the window already yielded (unordered maps only).
     taken: usize,
     /// A panic interrupted pulling inputs: the map ends.
     poisoned: bool,
@@ -174,10 +175,10 @@ where
     fn set(&mut self, index: usize, result: Result<O, Error>) {
         let slot = &mut self.window[index - self.base];
         debug_assert!(
-            matches!(slot, Slot::Waiting),
+            matches!(slot, Answer::Waiting),
             "input {index} answered twice"
         );
-        *slot = Slot::Ready(result);
+        *slot = Answer::Ready(result);
         if let Some(arrivals) = &mut self.arrivals {
             arrivals.push_back(index);
         }
@@ -215,7 +216,7 @@ where
             };
             let index = self.next_input;
             self.next_input += 1;
-            self.window.push_back(Slot::Waiting);
+            self.window.push_back(Answer::Waiting);
             let mut pushed = frame.push_with(|buf| protocol::encode(&input, buf));
             if pushed.is_ok() && frame.len() > max_frame && frame.count() > 1 {
                 // Too big to share a frame: send the rest first.
@@ -320,11 +321,11 @@ where
     /// The pool's thread is gone without answering: fail what it owed.
     fn orphaned(&mut self) {
         let reason = match self.shared.lock().phase() {
-            crate::scheduler::Phase::Broken(reason) => Some(reason.clone()),
+            Phase::Broken(reason) => Some(reason.clone()),
             _ => None,
         };
         for offset in 0..self.window.len() {
-            if matches!(self.window[offset], Slot::Waiting) {
+            if matches!(self.window[offset], Answer::Waiting) {
                 let index = self.base + offset;
                 self.set(
                     index,
@@ -383,15 +384,15 @@ where
             return None;
         }
         loop {
-            if matches!(self.window.front(), Some(Slot::Ready(_))) {
-                let Some(Slot::Ready(result)) = self.window.pop_front() else {
+            if matches!(self.window.front(), Some(Answer::Ready(_))) {
+                let Some(Answer::Ready(result)) = self.window.pop_front() else {
                     unreachable!()
                 };
                 self.base += 1;
                 return Some(result);
             }
             self.fill();
-            if matches!(self.window.front(), Some(Slot::Ready(_))) {
+            if matches!(self.window.front(), Some(Answer::Ready(_))) {
                 continue;
             }
             if self.window.is_empty() && self.exhausted() {
@@ -408,12 +409,12 @@ where
         }
         loop {
             if let Some(index) = self.arrivals.as_mut().and_then(VecDeque::pop_front) {
-                let slot = std::mem::replace(&mut self.window[index - self.base], Slot::Taken);
+                let slot = std::mem::replace(&mut self.window[index - self.base], Answer::Taken);
                 self.taken += 1;
-                let Slot::Ready(result) = slot else {
+                let Answer::Ready(result) = slot else {
                     unreachable!("arrivals are ready")
                 };
-                while matches!(self.window.front(), Some(Slot::Taken)) {
+                while matches!(self.window.front(), Some(Answer::Taken)) {
                     self.window.pop_front();
                     self.base += 1;
                     self.taken -= 1;

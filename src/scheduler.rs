@@ -23,25 +23,23 @@
 //! the item it was running gets the error, the items queued behind it go back
 //! to the front of the queue, and a fresh worker is spawned.
 
-use std::collections::{HashMap, VecDeque};
 use std::io;
-use std::ops::Range;
-use std::os::fd::OwnedFd;
 use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, Sender};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
+use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use rustix::event::{EventfdFlags, PollFd, PollFlags};
+use rustix::event::{PollFd, PollFlags};
 use rustix::io::Errno;
 
 use crate::error::{Error, telling_line};
 use crate::process::Process;
-use crate::protocol::{self, FrameBuffer, Hello, ProtocolError, ReplyHeader, RunFrame};
+use crate::protocol::{self, FrameBuffer, Hello, ProtocolError, ReplyHeader};
 use crate::registry::registry;
+use crate::shared::{Chunk, Config, Delivery, Payload, Phase, Shared, State, close, deliver};
+use crate::slot::{Fate, Inflight, STARTUP_TIMEOUT, Slot};
 use crate::worker::WorkerConfig;
 
 /// A worker gets more work while its estimated backlog is below this: two
@@ -56,311 +54,15 @@ const UNKNOWN_ESTIMATE: Duration = Duration::from_millis(2);
 const MAX_INFLIGHT_FRAMES: usize = 256;
 /// Deliveries sent in one go while replies keep coming.
 const DELIVERY_BATCH: usize = 16;
-/// At most this many frames go into one `writev`.
-const MAX_IOVECS: usize = 64;
-/// A worker that has not said hello by then is considered failed.
-const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 /// Consecutive start-up failures after which the pool gives up.
 const STARTUP_FAILURE_LIMIT: u32 = 5;
 /// How long shutdown waits for a killed worker to be reaped.
 const REAP_BOUND: Duration = Duration::from_secs(5);
 
-/// The pool's settings, validated by the builder.
-#[derive(Debug, Clone)]
-pub(crate) struct Config {
-    pub processes: usize,
-    pub timeout: Option<Duration>,
-    pub max_frame_bytes: u32,
-    pub memory_limit: Option<u64>,
-    pub retries: u32,
-    pub max_tasks_per_worker: Option<u64>,
-    pub batch_size: Option<u32>,
-    pub forward_stderr: bool,
-}
-
-/// A run of consecutive inputs of one map, encoded as one RUN frame.
-#[derive(Debug)]
-pub(crate) struct Chunk {
-    pub map: u64,
-    pub task: u32,
-    pub first_index: usize,
-    pub count: u32,
-    /// A finished RUN frame; its sequence number is stamped on dispatch.
-    pub frame: Vec<u8>,
-    /// How many times these inputs were already given to a worker that died.
-    pub attempts: u32,
-}
-
-impl Chunk {
-    fn items(&self) -> &[u8] {
-        &self.frame[protocol::RUN_HEADER..]
-    }
-
-    /// One chunk per item.
-    fn singletons(self) -> Vec<Chunk> {
-        protocol::Items::new(self.items())
-            .enumerate()
-            .map(|(k, item)| Chunk {
-                map: self.map,
-                task: self.task,
-                first_index: self.first_index + k,
-                count: 1,
-                frame: RunFrame::from_items(
-                    self.task,
-                    1,
-                    &encode_item(item.expect("chunks we built are well formed")),
-                ),
-                attempts: self.attempts,
-            })
-            .collect()
-    }
-
-    /// Splits after `n` items: `(first n, rest)`.
-    fn split(self, n: u32) -> (Option<Chunk>, Option<Chunk>) {
-        if n >= self.count {
-            return (Some(self), None);
-        }
-        if n == 0 {
-            return (None, Some(self));
-        }
-        let bytes =
-            protocol::items_len(self.items(), n as usize).expect("chunks we built are well formed");
-        let (head, tail) = self.items().split_at(bytes);
-        let part = |first_index, count, items| Chunk {
-            map: self.map,
-            task: self.task,
-            first_index,
-            count,
-            frame: RunFrame::from_items(self.task, count, items),
-            attempts: self.attempts,
-        };
-        (
-            Some(part(self.first_index, n, head)),
-            Some(part(self.first_index + n as usize, self.count - n, tail)),
-        )
-    }
-}
-
-fn encode_item(item: &[u8]) -> Vec<u8> {
-    let mut section = Vec::with_capacity(protocol::ITEM_LEN_BYTES + item.len());
-    protocol::push_item(&mut section, item);
-    section
-}
-
-/// Bytes of reply items: copied out of the read buffer when small, shared
-/// with no copy when a large frame had a buffer of its own.
-#[derive(Debug)]
-pub(crate) enum Payload {
-    Copied(Vec<u8>),
-    Shared(Arc<Vec<u8>>, Range<usize>),
-}
-
-impl Payload {
-    pub(crate) fn as_slice(&self) -> &[u8] {
-        match self {
-            Payload::Copied(bytes) => bytes,
-            Payload::Shared(buffer, range) => &buffer[range.clone()],
-        }
-    }
-}
-
-/// What the loop sends to a map.
-#[derive(Debug)]
-pub(crate) enum Delivery {
-    /// Outcomes of inputs `first_index..first_index + count`, as items.
-    Outcomes {
-        first_index: usize,
-        count: u32,
-        items: Payload,
-    },
-    /// One input failed in the pool (timeout, death, protocol).
-    Failed(Error),
-    /// Inputs that will never run because the pool shut down.
-    Closed {
-        first_index: usize,
-        count: u32,
-        reason: Option<String>,
-    },
-}
-
-/// Measurements of one map, shared with its caller.
-#[derive(Debug, Default)]
-pub(crate) struct MapStats {
-    /// Smoothed run time of one item, in nanoseconds; 0 until measured.
-    nanos_per_item: AtomicU64,
-}
-
-impl MapStats {
-    pub(crate) fn per_item(&self) -> Option<Duration> {
-        match self.nanos_per_item.load(Ordering::Relaxed) {
-            0 => None,
-            nanos => Some(Duration::from_nanos(nanos)),
-        }
-    }
-
-    fn record(&self, per_item: Duration) {
-        let new = u64::try_from(per_item.as_nanos())
-            .unwrap_or(u64::MAX)
-            .max(1);
-        let old = self.nanos_per_item.load(Ordering::Relaxed);
-        let smoothed = if old == 0 { new } else { old / 2 + new / 2 };
-        self.nanos_per_item.store(smoothed, Ordering::Relaxed);
-    }
-}
-
-struct MapLink {
-    tx: Sender<Vec<Delivery>>,
-    stats: Arc<MapStats>,
-}
-
-/// A map's end of the pool: its id, the deliveries for it, its measurements.
-pub(crate) struct OpenedMap {
-    pub id: u64,
-    pub deliveries: mpsc::Receiver<Vec<Delivery>>,
-    pub stats: Arc<MapStats>,
-}
-
-/// Whether the pool takes work.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Phase {
-    Open,
-    /// Workers cannot start; the text says why.
-    Broken(String),
-    /// The pool was dropped.
-    Closed,
-}
-
-impl Phase {
-    fn reason(&self) -> Option<String> {
-        match self {
-            Phase::Broken(reason) => Some(reason.clone()),
-            _ => None,
-        }
-    }
-}
-
-/// What callers and the loop share.
-pub(crate) struct State {
-    queue: VecDeque<Chunk>,
-    maps: HashMap<u64, MapLink>,
-    next_map: u64,
-    shutdown: bool,
-    phase: Phase,
-}
-
-impl State {
-    pub(crate) fn phase(&self) -> &Phase {
-        &self.phase
-    }
-
-    pub(crate) fn queued(&self) -> usize {
-        self.queue.iter().map(|chunk| chunk.count as usize).sum()
-    }
-
-    pub(crate) fn maps(&self) -> usize {
-        self.maps.len()
-    }
-}
-
-/// The pool's shared half: the state behind a lock, and the loop's doorbell.
-pub(crate) struct Shared {
-    state: Mutex<State>,
-    wake: OwnedFd,
-    pub(crate) config: Config,
-}
-
-impl Shared {
-    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
-        // The state stays consistent between statements, so a panic elsewhere
-        // while holding the lock leaves it usable.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn wake(&self) {
-        // The counter cannot overflow in practice; EAGAIN would only mean
-        // the loop is already due to wake.
-        let _ = rustix::io::write(&self.wake, &1u64.to_ne_bytes());
-    }
-
-    /// Registers a map; its deliveries arrive on the returned receiver.
-    pub(crate) fn open_map(&self) -> Result<OpenedMap, Error> {
-        let mut state = self.lock();
-        match &state.phase {
-            Phase::Open => {}
-            Phase::Broken(message) => {
-                return Err(Error::Startup {
-                    message: message.clone(),
-                });
-            }
-            Phase::Closed => unreachable!("a closed pool has no handle to map with"),
-        }
-        let (tx, rx) = mpsc::channel();
-        let stats = Arc::new(MapStats::default());
-        let id = state.next_map;
-        state.next_map += 1;
-        state.maps.insert(
-            id,
-            MapLink {
-                tx,
-                stats: Arc::clone(&stats),
-            },
-        );
-        Ok(OpenedMap {
-            id,
-            deliveries: rx,
-            stats,
-        })
-    }
-
-    /// Queues chunks, or hands them back with the reason if the pool no
-    /// longer takes work.
-    pub(crate) fn submit(&self, chunks: Vec<Chunk>) -> Result<(), (Vec<Chunk>, Option<String>)> {
-        if chunks.is_empty() {
-            return Ok(());
-        }
-        let mut state = self.lock();
-        if state.phase != Phase::Open {
-            return Err((chunks, state.phase.reason()));
-        }
-        state.queue.extend(chunks);
-        drop(state);
-        self.wake();
-        Ok(())
-    }
-
-    /// Forgets a map: its queued inputs are dropped and workers running its
-    /// inputs are killed.
-    pub(crate) fn cancel_map(&self, map: u64) {
-        let mut state = self.lock();
-        if state.maps.remove(&map).is_some() {
-            state.queue.retain(|chunk| chunk.map != map);
-            drop(state);
-            self.wake();
-        }
-    }
-
-    fn close(&self) {
-        self.lock().shutdown = true;
-        self.wake();
-    }
-}
-
 /// Starts the pool's thread and its workers. Returns once every worker is
 /// spawned (not yet ready).
 pub(crate) fn start(config: Config) -> Result<(Arc<Shared>, JoinHandle<()>), Error> {
-    let wake = rustix::event::eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)
-        .map_err(|e| Error::Spawn { source: e.into() })?;
-    let shared = Arc::new(Shared {
-        state: Mutex::new(State {
-            queue: VecDeque::new(),
-            maps: HashMap::new(),
-            next_map: 0,
-            shutdown: false,
-            phase: Phase::Open,
-        }),
-        wake,
-        config,
-    });
+    let shared = Arc::new(Shared::new(config).map_err(|source| Error::Spawn { source })?);
     let (started_tx, started_rx) = mpsc::channel();
     let thread = {
         let shared = Arc::clone(&shared);
@@ -411,87 +113,6 @@ impl Drop for PanicGuard {
             state.maps.clear();
             state.queue.clear();
         }
-    }
-}
-
-/// Why a worker is being taken out of service.
-#[derive(Debug)]
-enum Fate {
-    /// Its reply stream ended or failed (usually: it died).
-    Died,
-    /// The item at its head ran past the timeout.
-    TimedOut,
-    /// It sent something that is not the protocol.
-    Broke(String),
-    /// The map of the item it runs was dropped.
-    Cancelled,
-    /// It reached its task quota and exited cleanly.
-    Retired,
-    /// It did not finish starting in time.
-    StartupTimeout,
-    /// The pool gave up on all workers.
-    PoolBroken,
-}
-
-/// A live worker, from the loop's side.
-struct Slot {
-    process: Process,
-    spawned_at: Instant,
-    frames: FrameBuffer,
-    /// When the handshake arrived.
-    ready_at: Option<Instant>,
-    last_reply_at: Option<Instant>,
-    inflight: VecDeque<Inflight>,
-    /// Number of inflight frames fully written.
-    written: usize,
-    /// Bytes of `inflight[written]` already written.
-    write_offset: usize,
-    next_seq: u64,
-    /// Items given to this worker so far.
-    assigned: u64,
-    /// No new work: it is being recycled.
-    retiring: bool,
-    /// Estimated run time of its unanswered items.
-    backlog: Duration,
-    fate: Option<Fate>,
-}
-
-struct Inflight {
-    chunk: Chunk,
-    first_seq: u64,
-    /// Items answered so far.
-    done: u32,
-    written_at: Option<Instant>,
-    /// Estimated run time of one item when dispatched.
-    estimate: Duration,
-    stats: Arc<MapStats>,
-}
-
-impl Slot {
-    /// When the item at the head started running, as far as we can tell
-    /// (never earlier than it really did).
-    fn head_started(&self) -> Option<Instant> {
-        let head = self.inflight.front()?;
-        let mut started = head.written_at?.max(self.ready_at?);
-        if let Some(reply) = self.last_reply_at {
-            started = started.max(reply);
-        }
-        Some(started)
-    }
-
-    fn takes_work(&self) -> bool {
-        !self.retiring && self.fate.is_none() && self.process.stdin().is_some()
-    }
-
-    fn deadline(&self, timeout: Option<Duration>) -> Option<Instant> {
-        if self.fate.is_some() {
-            return None;
-        }
-        if self.ready_at.is_none() {
-            return Some(self.spawned_at + STARTUP_TIMEOUT);
-        }
-        // A timeout too large to add never fires.
-        self.head_started()?.checked_add(timeout?)
     }
 }
 
@@ -788,7 +409,10 @@ impl Scheduler {
         }
         let mut fds = Vec::with_capacity(1 + 3 * self.workers.len() + 2 * self.dying.len());
         let mut owners = Vec::with_capacity(fds.capacity());
-        fds.push(PollFd::new(&self.shared.wake, PollFlags::IN));
+        fds.push(PollFd::from_borrowed_fd(
+            self.shared.doorbell(),
+            PollFlags::IN,
+        ));
         owners.push(Source::Wake);
         for (i, slot) in self.workers.iter().enumerate() {
             if let Some(fd) = slot.process.stdout() {
@@ -855,10 +479,7 @@ impl Scheduler {
 
     fn handle(&mut self, source: Source, now: Instant) {
         match source {
-            Source::Wake => {
-                let mut buf = [0u8; 8];
-                let _ = rustix::io::read(&self.shared.wake, &mut buf);
-            }
+            Source::Wake => self.shared.clear_doorbell(),
             Source::Replies(i) => {
                 self.read_replies(i, now);
             }
@@ -1232,76 +853,6 @@ impl Scheduler {
     }
 }
 
-impl Slot {
-    fn new(process: Process) -> Slot {
-        Slot {
-            process,
-            spawned_at: Instant::now(),
-            frames: FrameBuffer::default(),
-            ready_at: None,
-            last_reply_at: None,
-            inflight: VecDeque::new(),
-            written: 0,
-            write_offset: 0,
-            next_seq: 0,
-            assigned: 0,
-            retiring: false,
-            backlog: Duration::ZERO,
-            fate: None,
-        }
-    }
-
-    /// Writes as much of the unwritten frames as the pipe takes. If the
-    /// pipe is broken the worker is dying: its request pipe is closed, and
-    /// its death is handled when its reply stream ends, after the replies it
-    /// wrote before dying have been read.
-    fn write(&mut self, now: Instant) {
-        if let Err(e) = self.try_write(now) {
-            if e.kind() != io::ErrorKind::WouldBlock {
-                self.process.close_stdin();
-            }
-        }
-    }
-
-    fn try_write(&mut self, now: Instant) -> io::Result<()> {
-        let Some(fd) = self.process.stdin() else {
-            return Err(io::ErrorKind::BrokenPipe.into());
-        };
-        while self.written < self.inflight.len() {
-            let slices: Vec<io::IoSlice<'_>> = self
-                .inflight
-                .iter()
-                .skip(self.written)
-                .take(MAX_IOVECS)
-                .enumerate()
-                .map(|(k, inflight)| {
-                    let skip = if k == 0 { self.write_offset } else { 0 };
-                    io::IoSlice::new(&inflight.chunk.frame[skip..])
-                })
-                .collect();
-            let mut n = match rustix::io::writev(fd, &slices) {
-                Ok(n) => n,
-                Err(Errno::INTR) => continue,
-                Err(e) => return Err(e.into()),
-            };
-            while n > 0 {
-                let inflight = &mut self.inflight[self.written];
-                let left = inflight.chunk.frame.len() - self.write_offset;
-                if n >= left {
-                    n -= left;
-                    inflight.written_at = Some(now);
-                    self.written += 1;
-                    self.write_offset = 0;
-                } else {
-                    self.write_offset += n;
-                    n = 0;
-                }
-            }
-        }
-        Ok(())
-    }
-}
-
 fn poll_retrying(
     fds: &mut [PollFd<'_>],
     timeout: Option<&rustix::event::Timespec>,
@@ -1311,35 +862,6 @@ fn poll_retrying(
             Ok(n) => return Ok(n),
             Err(Errno::INTR) => continue,
             Err(e) => return Err(e.into()),
-        }
-    }
-}
-
-/// Tells a map that inputs `first_index..first_index + count` will never run.
-fn close(state: &State, map: u64, first_index: usize, count: u32, reason: &Option<String>) {
-    if let Some(link) = state.maps.get(&map) {
-        let reason = reason.clone();
-        let _ = link.tx.send(vec![Delivery::Closed {
-            first_index,
-            count,
-            reason,
-        }]);
-    }
-}
-
-/// Sends what the loop collected, one message per map.
-fn deliver(state: &State, outbox: &mut Vec<(u64, Delivery)>) {
-    let mut batches: Vec<(u64, Vec<Delivery>)> = Vec::new();
-    for (map, delivery) in outbox.drain(..) {
-        match batches.iter_mut().find(|(m, _)| *m == map) {
-            Some((_, batch)) => batch.push(delivery),
-            None => batches.push((map, vec![delivery])),
-        }
-    }
-    for (map, batch) in batches {
-        if let Some(link) = state.maps.get(&map) {
-            // A map whose caller is gone has no receiver: nothing to do.
-            let _ = link.tx.send(batch);
         }
     }
 }

@@ -1,0 +1,363 @@
+//! What the callers of a pool and its thread share: the queue of chunks, the
+//! maps and how to reach them, the doorbell, and the types that travel
+//! between them ([`Chunk`] one way, [`Delivery`] the other).
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::ops::Range;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Sender};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use rustix::event::EventfdFlags;
+
+use crate::error::Error;
+use crate::protocol::{self, RunFrame};
+
+/// The pool's settings, validated by the builder.
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    pub processes: usize,
+    pub timeout: Option<Duration>,
+    pub max_frame_bytes: u32,
+    pub memory_limit: Option<u64>,
+    pub retries: u32,
+    pub max_tasks_per_worker: Option<u64>,
+    pub batch_size: Option<u32>,
+    pub forward_stderr: bool,
+}
+
+/// A run of consecutive inputs of one map, encoded as one RUN frame.
+#[derive(Debug)]
+pub(crate) struct Chunk {
+    pub map: u64,
+    pub task: u32,
+    pub first_index: usize,
+    pub count: u32,
+    /// A finished RUN frame; its sequence number is stamped on dispatch.
+    pub frame: Vec<u8>,
+    /// How many times these inputs were already given to a worker that died.
+    pub attempts: u32,
+}
+
+impl Chunk {
+    fn items(&self) -> &[u8] {
+        &self.frame[protocol::RUN_HEADER..]
+    }
+
+    /// One chunk per item.
+    pub(crate) fn singletons(self) -> Vec<Chunk> {
+        protocol::Items::new(self.items())
+            .enumerate()
+            .map(|(k, item)| Chunk {
+                map: self.map,
+                task: self.task,
+                first_index: self.first_index + k,
+                count: 1,
+                frame: RunFrame::from_items(
+                    self.task,
+                    1,
+                    &encode_item(item.expect("chunks we built are well formed")),
+                ),
+                attempts: self.attempts,
+            })
+            .collect()
+    }
+
+    /// Splits after `n` items: `(first n, rest)`.
+    pub(crate) fn split(self, n: u32) -> (Option<Chunk>, Option<Chunk>) {
+        if n >= self.count {
+            return (Some(self), None);
+        }
+        if n == 0 {
+            return (None, Some(self));
+        }
+        let bytes =
+            protocol::items_len(self.items(), n as usize).expect("chunks we built are well formed");
+        let (head, tail) = self.items().split_at(bytes);
+        let part = |first_index, count, items| Chunk {
+            map: self.map,
+            task: self.task,
+            first_index,
+            count,
+            frame: RunFrame::from_items(self.task, count, items),
+            attempts: self.attempts,
+        };
+        (
+            Some(part(self.first_index, n, head)),
+            Some(part(self.first_index + n as usize, self.count - n, tail)),
+        )
+    }
+}
+
+fn encode_item(item: &[u8]) -> Vec<u8> {
+    let mut section = Vec::with_capacity(protocol::ITEM_LEN_BYTES + item.len());
+    protocol::push_item(&mut section, item);
+    section
+}
+
+/// Bytes of reply items: copied out of the read buffer when small, shared
+/// with no copy when a large frame had a buffer of its own.
+#[derive(Debug)]
+pub(crate) enum Payload {
+    Copied(Vec<u8>),
+    Shared(Arc<Vec<u8>>, Range<usize>),
+}
+
+impl Payload {
+    pub(crate) fn as_slice(&self) -> &[u8] {
+        match self {
+            Payload::Copied(bytes) => bytes,
+            Payload::Shared(buffer, range) => &buffer[range.clone()],
+        }
+    }
+}
+
+/// What the loop sends to a map.
+#[derive(Debug)]
+pub(crate) enum Delivery {
+    /// Outcomes of inputs `first_index..first_index + count`, as items.
+    Outcomes {
+        first_index: usize,
+        count: u32,
+        items: Payload,
+    },
+    /// One input failed in the pool (timeout, death, protocol).
+    Failed(Error),
+    /// Inputs that will never run because the pool shut down.
+    Closed {
+        first_index: usize,
+        count: u32,
+        reason: Option<String>,
+    },
+}
+
+/// Measurements of one map, shared with its caller.
+#[derive(Debug, Default)]
+pub(crate) struct MapStats {
+    /// Smoothed run time of one item, in nanoseconds; 0 until measured.
+    nanos_per_item: AtomicU64,
+}
+
+impl MapStats {
+    pub(crate) fn per_item(&self) -> Option<Duration> {
+        match self.nanos_per_item.load(Ordering::Relaxed) {
+            0 => None,
+            nanos => Some(Duration::from_nanos(nanos)),
+        }
+    }
+
+    pub(crate) fn record(&self, per_item: Duration) {
+        let new = u64::try_from(per_item.as_nanos())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        let old = self.nanos_per_item.load(Ordering::Relaxed);
+        let smoothed = if old == 0 { new } else { old / 2 + new / 2 };
+        self.nanos_per_item.store(smoothed, Ordering::Relaxed);
+    }
+}
+
+/// How the loop reaches a map.
+pub(crate) struct MapLink {
+    pub(crate) tx: Sender<Vec<Delivery>>,
+    pub(crate) stats: Arc<MapStats>,
+}
+
+/// A map's end of the pool: its id, the deliveries for it, its measurements.
+pub(crate) struct OpenedMap {
+    pub id: u64,
+    pub deliveries: mpsc::Receiver<Vec<Delivery>>,
+    pub stats: Arc<MapStats>,
+}
+
+/// Whether the pool takes work.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Phase {
+    Open,
+    /// Workers cannot start; the text says why.
+    Broken(String),
+    /// The pool was dropped.
+    Closed,
+}
+
+impl Phase {
+    pub(crate) fn reason(&self) -> Option<String> {
+        match self {
+            Phase::Broken(reason) => Some(reason.clone()),
+            _ => None,
+        }
+    }
+}
+
+/// What callers and the loop share.
+pub(crate) struct State {
+    /// Chunks waiting for a worker, oldest first.
+    pub(crate) queue: VecDeque<Chunk>,
+    /// The live maps, by id; a dropped map is removed.
+    pub(crate) maps: HashMap<u64, MapLink>,
+    next_map: u64,
+    /// The pool was dropped: the loop must stop.
+    pub(crate) shutdown: bool,
+    pub(crate) phase: Phase,
+}
+
+impl State {
+    pub(crate) fn phase(&self) -> &Phase {
+        &self.phase
+    }
+
+    pub(crate) fn queued(&self) -> usize {
+        self.queue.iter().map(|chunk| chunk.count as usize).sum()
+    }
+
+    pub(crate) fn maps(&self) -> usize {
+        self.maps.len()
+    }
+}
+
+/// The pool's shared half: the state behind a lock, and the loop's doorbell.
+pub(crate) struct Shared {
+    state: Mutex<State>,
+    wake: OwnedFd,
+    pub(crate) config: Config,
+}
+
+impl Shared {
+    pub(crate) fn new(config: Config) -> io::Result<Shared> {
+        let wake = rustix::event::eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)?;
+        let state = State {
+            queue: VecDeque::new(),
+            maps: HashMap::new(),
+            next_map: 0,
+            shutdown: false,
+            phase: Phase::Open,
+        };
+        Ok(Shared {
+            state: Mutex::new(state),
+            wake,
+            config,
+        })
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
+        // The state stays consistent between statements, so a panic elsewhere
+        // while holding the lock leaves it usable.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The doorbell the loop polls.
+    pub(crate) fn doorbell(&self) -> BorrowedFd<'_> {
+        self.wake.as_fd()
+    }
+
+    /// Called by the loop once it has woken up.
+    pub(crate) fn clear_doorbell(&self) {
+        let mut buf = [0u8; 8];
+        let _ = rustix::io::read(&self.wake, &mut buf);
+    }
+
+    fn wake(&self) {
+        // The counter cannot overflow in practice; EAGAIN would only mean
+        // the loop is already due to wake.
+        let _ = rustix::io::write(&self.wake, &1u64.to_ne_bytes());
+    }
+
+    /// Registers a map; its deliveries arrive on the returned receiver.
+    pub(crate) fn open_map(&self) -> Result<OpenedMap, Error> {
+        let mut state = self.lock();
+        match &state.phase {
+            Phase::Open => {}
+            Phase::Broken(message) => {
+                return Err(Error::Startup {
+                    message: message.clone(),
+                });
+            }
+            Phase::Closed => unreachable!("a closed pool has no handle to map with"),
+        }
+        let (tx, rx) = mpsc::channel();
+        let stats = Arc::new(MapStats::default());
+        let id = state.next_map;
+        state.next_map += 1;
+        state.maps.insert(
+            id,
+            MapLink {
+                tx,
+                stats: Arc::clone(&stats),
+            },
+        );
+        Ok(OpenedMap {
+            id,
+            deliveries: rx,
+            stats,
+        })
+    }
+
+    /// Queues chunks, or hands them back with the reason if the pool no
+    /// longer takes work.
+    pub(crate) fn submit(&self, chunks: Vec<Chunk>) -> Result<(), (Vec<Chunk>, Option<String>)> {
+        if chunks.is_empty() {
+            return Ok(());
+        }
+        let mut state = self.lock();
+        if state.phase != Phase::Open {
+            return Err((chunks, state.phase.reason()));
+        }
+        state.queue.extend(chunks);
+        drop(state);
+        self.wake();
+        Ok(())
+    }
+
+    /// Forgets a map: its queued inputs are dropped and workers running its
+    /// inputs are killed.
+    pub(crate) fn cancel_map(&self, map: u64) {
+        let mut state = self.lock();
+        if state.maps.remove(&map).is_some() {
+            state.queue.retain(|chunk| chunk.map != map);
+            drop(state);
+            self.wake();
+        }
+    }
+
+    pub(crate) fn close(&self) {
+        self.lock().shutdown = true;
+        self.wake();
+    }
+}
+
+/// Tells a map that inputs `first_index..first_index + count` will never run.
+pub(crate) fn close(
+    state: &State,
+    map: u64,
+    first_index: usize,
+    count: u32,
+    reason: &Option<String>,
+) {
+    if let Some(link) = state.maps.get(&map) {
+        let reason = reason.clone();
+        let _ = link.tx.send(vec![Delivery::Closed {
+            first_index,
+            count,
+            reason,
+        }]);
+    }
+}
+
+/// Sends what the loop collected, one message per map.
+pub(crate) fn deliver(state: &State, outbox: &mut Vec<(u64, Delivery)>) {
+    let mut batches: Vec<(u64, Vec<Delivery>)> = Vec::new();
+    for (map, delivery) in outbox.drain(..) {
+        match batches.iter_mut().find(|(m, _)| *m == map) {
+            Some((_, batch)) => batch.push(delivery),
+            None => batches.push((map, vec![delivery])),
+        }
+    }
+    for (map, batch) in batches {
+        if let Some(link) = state.maps.get(&map) {
+            // A map whose caller is gone has no receiver: nothing to do.
+            let _ = link.tx.send(batch);
+        }
+    }
+}
