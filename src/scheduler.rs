@@ -459,14 +459,13 @@ impl Scheduler {
             tv_sec: 0,
             tv_nsec: 0,
         };
-        let mut ready = poll_retrying(&mut fds, Some(&zero))?;
+        let ready = poll_retrying(&mut fds, Some(&zero))?;
         if ready == 0 && timeout != Some(zero) {
             if !self.outbox.is_empty() {
                 deliver(&self.shared.lock(), &mut self.outbox);
             }
-            ready = poll_retrying(&mut fds, timeout.as_ref())?;
+            poll_retrying(&mut fds, timeout.as_ref())?;
         }
-        let _ = ready;
         sources.clear();
         for (fd, &owner) in fds.iter().zip(&owners) {
             let revents = fd.revents();
