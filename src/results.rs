@@ -147,9 +147,10 @@ where
     /// `ahead` is a few chunks per worker: enough to keep them busy, little
     /// enough that chunks are cut with fresh estimates of the run time (a map
     /// whose inputs grow costlier would otherwise cut them all at once, from
-    /// the first, cheap inputs, and far too large). `span` is much larger: an ordered map yields
-    /// in order, so a slow input holds the window back, and fast workers
-    /// must not run dry behind it. Both are bounded in bytes.
+    /// the first, cheap inputs, and far too large). `span` is much larger:
+    /// an ordered map yields in order, so a slow input holds the window
+    /// back, and fast workers must not run dry behind it. Both are bounded
+    /// in bytes.
     fn limits(&self, chunk_items: u32) -> (usize, usize) {
         let processes = self.shared.config.processes;
         let per_chunk = (chunk_items as usize)
@@ -202,9 +203,11 @@ where
         self.poisoned = true;
         let max_frame = self.shared.config.max_frame_bytes as usize;
         let mut chunks = Vec::new();
-        let mut frame = RunFrame::with_capacity(self.task, self.frame_hint);
+        let mut frame = self.fresh_frame();
         let mut first = self.next_input;
         let pulled_before = self.next_input;
+        // Bytes of finished chunks not yet handed to the pool.
+        let mut pending = 0;
         // Stops at a chunk boundary once enough is pulled, so that no chunk is
         // cut short.
         while self.next_input - self.base < span
@@ -221,7 +224,8 @@ where
             if pushed.is_ok() && frame.len() > max_frame && frame.count() > 1 {
                 // Too big to share a frame: send the rest first.
                 frame.pop(pushed.expect("checked"));
-                self.finish_chunk(&mut chunks, &mut frame, first);
+                let done = std::mem::replace(&mut frame, self.fresh_frame());
+                pending += self.finish_chunk(&mut chunks, done, first);
                 first = index;
                 pushed = frame.push_with(|buf| protocol::encode(&input, buf));
             }
@@ -238,20 +242,23 @@ where
                 Err(e) => Some(e),
             };
             if let Some(source) = failure {
-                self.finish_chunk(&mut chunks, &mut frame, first);
+                let done = std::mem::replace(&mut frame, self.fresh_frame());
+                pending += self.finish_chunk(&mut chunks, done, first);
                 self.set(index, Err(Error::Encode { index, source }));
                 first = index + 1;
             } else if frame.count() >= chunk_items || frame.len() >= CHUNK_BYTES {
-                self.finish_chunk(&mut chunks, &mut frame, first);
+                let done = std::mem::replace(&mut frame, self.fresh_frame());
+                pending += self.finish_chunk(&mut chunks, done, first);
                 first = index + 1;
             }
             // Large inputs go to the pool as soon as they are encoded, so
             // that workers start while the next ones are being encoded.
-            if chunks.iter().map(|chunk| chunk.frame.len()).sum::<usize>() >= CHUNK_BYTES {
+            if pending >= CHUNK_BYTES {
                 self.submit(std::mem::take(&mut chunks));
+                pending = 0;
             }
         }
-        self.finish_chunk(&mut chunks, &mut frame, first);
+        self.finish_chunk(&mut chunks, frame, first);
         self.last_chunk_target = chunk_items;
         self.submit(chunks);
         self.poisoned = false;
@@ -269,21 +276,36 @@ where
         }
     }
 
-    fn finish_chunk(&mut self, chunks: &mut Vec<Chunk>, frame: &mut RunFrame, first_index: usize) {
+    /// A frame sized like the last one.
+    fn fresh_frame(&self) -> RunFrame {
+        RunFrame::with_capacity(self.task, self.frame_hint)
+    }
+
+    /// Turns `frame` into a chunk of inputs from `first_index` on, if it holds
+    /// any; returns its size in bytes.
+    fn finish_chunk(
+        &mut self,
+        chunks: &mut Vec<Chunk>,
+        frame: RunFrame,
+        first_index: usize,
+    ) -> usize {
         if frame.count() == 0 {
-            return;
+            return 0;
         }
         self.frame_hint = frame.len();
         self.item_bytes = (frame.len() - protocol::RUN_HEADER) / frame.count() as usize;
-        let frame = std::mem::replace(frame, RunFrame::with_capacity(self.task, self.frame_hint));
+        let count = frame.count();
+        let frame = frame.finish();
+        let bytes = frame.len();
         chunks.push(Chunk {
             map: self.map,
             task: self.task,
             first_index,
-            count: frame.count(),
-            frame: frame.finish(),
+            count,
+            frame,
             attempts: 0,
         });
+        bytes
     }
 
     fn close(&mut self, first_index: usize, count: u32, reason: &Option<String>) {

@@ -119,17 +119,14 @@ impl Drop for PanicGuard {
 /// A worker that was killed or exited, waiting to be reaped.
 struct Dying {
     process: Process,
-    /// The input it was running when it died: reported once the exit status
-    /// is known.
-    victim: Option<usize>,
-    victim_map: u64,
+    /// The map and index of the input it was running when it died:
+    /// reported once the exit status is known.
+    victim: Option<(u64, usize)>,
     /// It died before its handshake, and not because the pool dropped it.
     during_startup: bool,
-    /// The pool killed it for a fault of its own (garbage on its reply
-    /// stream, too slow to start): a start-up failure even though it ends
-    /// by SIGKILL.
-    own_fault: bool,
-    /// What the pool saw go wrong, if it was not just an exit.
+    /// Why the pool killed it, when it was for a fault of its own (garbage
+    /// on its reply stream, too slow to start): a start-up failure even
+    /// though it ends by SIGKILL.
     fault: Option<String>,
 }
 
@@ -505,8 +502,7 @@ impl Scheduler {
                 while self.read_replies(i, now) {}
                 let slot = &mut self.workers[i];
                 if slot.fate.is_none() {
-                    let clean = slot.inflight.is_empty() && slot.retiring;
-                    slot.fate = Some(if clean { Fate::Retired } else { Fate::Died });
+                    slot.fate = Some(slot.end(slot.frames.has_partial()));
                 }
             }
         }
@@ -538,8 +534,7 @@ impl Scheduler {
             match frames.fill(fd) {
                 Ok(0) => {
                     slot.process.close_stdout();
-                    let clean = slot.inflight.is_empty() && slot.retiring && !frames.has_partial();
-                    slot.fate = Some(if clean { Fate::Retired } else { Fate::Died });
+                    slot.fate = Some(slot.end(frames.has_partial()));
                     return false;
                 }
                 Ok(_) => {}
@@ -710,9 +705,7 @@ impl Scheduler {
         let mut dying = Dying {
             process: slot.process,
             victim: None,
-            victim_map: 0,
             during_startup: false,
-            own_fault: false,
             fault: None,
         };
         let mut inflight = slot.inflight.into_iter();
@@ -720,7 +713,6 @@ impl Scheduler {
             // Nothing ran (or nothing will): what is left goes back.
             dying.during_startup = slot.ready_at.is_none()
                 && matches!(fate, Fate::Died | Fate::Broke(_) | Fate::StartupTimeout);
-            dying.own_fault = matches!(fate, Fate::Broke(_) | Fate::StartupTimeout);
             dying.fault = match &fate {
                 Fate::Broke(message) => Some(format!("broke the protocol: {message}")),
                 Fate::StartupTimeout => Some(format!("no handshake within {STARTUP_TIMEOUT:?}")),
@@ -766,8 +758,7 @@ impl Scheduler {
                     victim.attempts += 1;
                     self.requeue.push(victim);
                 } else {
-                    dying.victim = Some(index);
-                    dying.victim_map = map;
+                    dying.victim = Some((map, index));
                 }
             }
         }
@@ -794,7 +785,7 @@ impl Scheduler {
         // A SIGKILL from outside says nothing about whether workers can
         // start; a worker that failed by itself, or that the pool killed for
         // a fault of its own, does.
-        let killed_from_outside = status.signal() == Some(libc::SIGKILL) && !dying.own_fault;
+        let killed_from_outside = status.signal() == Some(libc::SIGKILL) && dying.fault.is_none();
         if dying.during_startup && !killed_from_outside {
             self.startup_failures += 1;
             self.last_startup_failure = Some(match (&dying.fault, telling_line(&stderr)) {
@@ -803,9 +794,9 @@ impl Scheduler {
                 (None, None) => status.to_string(),
             });
         }
-        if let Some(index) = dying.victim {
+        if let Some((map, index)) = dying.victim {
             self.outbox.push((
-                dying.victim_map,
+                map,
                 Delivery::Failed(Error::WorkerDied {
                     index,
                     status,
@@ -833,8 +824,8 @@ impl Scheduler {
             close(&state, chunk.map, chunk.first_index, chunk.count, &reason);
         }
         for dying in &self.dying {
-            if let Some(index) = dying.victim {
-                close(&state, dying.victim_map, index, 1, &reason);
+            if let Some((map, index)) = dying.victim {
+                close(&state, map, index, 1, &reason);
             }
         }
         state.phase = Phase::Closed;

@@ -82,6 +82,16 @@ impl Slot {
         Some(started)
     }
 
+    /// How a worker whose process ended is taken out of service: retired if
+    /// it had reached its quota and answered everything, dead otherwise.
+    pub(crate) fn end(&self, partial_frame: bool) -> Fate {
+        if self.retiring && self.inflight.is_empty() && !partial_frame {
+            Fate::Retired
+        } else {
+            Fate::Died
+        }
+    }
+
     pub(crate) fn takes_work(&self) -> bool {
         !self.retiring && self.fate.is_none() && self.process.stdin().is_some()
     }
