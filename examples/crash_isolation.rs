@@ -21,9 +21,7 @@ fn main() -> Result<(), Error> {
     for (x, result) in (1..=6).zip(pool.map(square_or_abort, 1..=6u64)?) {
         match result {
             Ok(square) => println!("{x}^2 = {square}"),
-            Err(Error::WorkerDied { index, status, .. }) if x == 3 => {
-                println!("{x}^2: input {index} killed its worker ({status})")
-            }
+            Err(e @ Error::WorkerDied { .. }) if x == 3 => println!("{x}^2: {e}"),
             Err(e) => return Err(e), // any other failure is a bug
         }
     }

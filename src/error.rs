@@ -43,12 +43,18 @@ pub enum Error {
     /// The worker process running the task exited or was killed (abort,
     /// segfault, `exit`, `kill -9`, out of memory, ...). A fresh worker takes
     /// its place.
-    #[error("input {index}: worker died ({status}){}", last_line(stderr))]
+    #[error(
+        "input {index}: worker died ({}){}",
+        status_text(status),
+        last_line(stderr)
+    )]
     WorkerDied {
         /// Position of the input.
         index: usize,
-        /// How the worker ended.
-        status: ExitStatus,
+        /// How the worker ended: `None` if the program lets the kernel reap
+        /// its children (SIGCHLD set to `SIG_IGN`), which takes the status
+        /// away.
+        status: Option<ExitStatus>,
         /// The last few KiB the worker wrote to stderr.
         stderr: String,
     },
@@ -170,6 +176,14 @@ impl Error {
     /// Whether the worker running the task died.
     pub fn is_worker_died(&self) -> bool {
         matches!(self, Error::WorkerDied { .. })
+    }
+}
+
+/// How a worker ended, as the message says it.
+fn status_text(status: &Option<ExitStatus>) -> String {
+    match status {
+        Some(status) => status.to_string(),
+        None => "exit status unknown".to_owned(),
     }
 }
 

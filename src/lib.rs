@@ -64,6 +64,9 @@
 compile_error!("buckshot supports Linux only for now (it relies on pidfd and /proc/self/exe)");
 
 mod error;
+mod flow;
+mod handoff;
+mod launch;
 mod pool;
 mod process;
 mod protocol;
@@ -71,7 +74,7 @@ mod registry;
 mod results;
 mod scheduler;
 mod shared;
-mod slot;
+mod stderr;
 mod worker;
 
 pub use crate::error::Error;

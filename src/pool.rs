@@ -1,8 +1,6 @@
 //! [`Pool`], its builder, and the one-shot [`map`].
 
 use std::any::type_name;
-use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -11,8 +9,8 @@ use serde::de::DeserializeOwned;
 use crate::error::Error;
 use crate::registry::registry;
 use crate::results::{Results, UnorderedResults};
-use crate::scheduler;
-use crate::shared::{Config, Shared};
+use crate::scheduler::Running;
+use crate::shared::Config;
 
 /// Default limit on one frame, and so on one encoded input or output.
 const DEFAULT_MAX_FRAME_BYTES: u32 = 1 << 30;
@@ -27,8 +25,7 @@ const DEFAULT_MAX_FRAME_BYTES: u32 = 1 << 30;
 /// Dropping the pool kills and reaps every worker. Maps still running on
 /// other threads then yield [`Error::PoolClosed`] for their unfinished inputs.
 pub struct Pool {
-    shared: Arc<Shared>,
-    thread: Option<JoinHandle<()>>,
+    running: Running,
 }
 
 impl Pool {
@@ -49,16 +46,12 @@ impl Pool {
 
     /// The number of worker processes the pool keeps.
     pub fn processes(&self) -> usize {
-        self.shared.config.processes
+        self.running.shared().config.processes
     }
 
     /// The per-task timeout, if any.
     pub fn timeout(&self) -> Option<Duration> {
-        self.shared.config.timeout
-    }
-
-    pub(crate) fn shared(&self) -> &Arc<Shared> {
-        &self.shared
+        self.running.shared().config.timeout
     }
 
     /// Calls `f` on every input in a worker process and yields one result
@@ -81,7 +74,11 @@ impl Pool {
         I: Serialize,
         O: DeserializeOwned,
     {
-        Results::new(self, task_position(&f)?, inputs.into_iter())
+        Results::new(
+            self.running.shared(),
+            task_position(&f)?,
+            inputs.into_iter(),
+        )
     }
 
     /// Like [`Pool::map`], but yields each result as soon as it is ready,
@@ -101,7 +98,11 @@ impl Pool {
         I: Serialize,
         O: DeserializeOwned,
     {
-        UnorderedResults::new(self, task_position(&f)?, inputs.into_iter())
+        UnorderedResults::new(
+            self.running.shared(),
+            task_position(&f)?,
+            inputs.into_iter(),
+        )
     }
 }
 
@@ -147,28 +148,20 @@ where
 {
     let position = task_position(&f)?;
     let pool = Pool::builder().build()?;
-    Ok(Results::new(&pool, position, inputs.into_iter())?.owning(pool))
-}
-
-impl Drop for Pool {
-    /// Kills and reaps every worker; inputs still owed to live maps fail
-    /// with [`Error::PoolClosed`].
-    fn drop(&mut self) {
-        if let Some(thread) = self.thread.take() {
-            scheduler::stop(&self.shared, thread);
-        }
-    }
+    let results = Results::new(pool.running.shared(), position, inputs.into_iter())?;
+    Ok(results.owning(pool.running))
 }
 
 impl std::fmt::Debug for Pool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let state = self.shared.lock();
+        let shared = self.running.shared();
+        let state = shared.lock();
         f.debug_struct("Pool")
-            .field("processes", &self.shared.config.processes)
-            .field("timeout", &self.shared.config.timeout)
-            .field("maps", &state.maps())
+            .field("processes", &shared.config.processes)
+            .field("timeout", &shared.config.timeout)
+            .field("maps", &state.maps.len())
             .field("queued", &state.queued())
-            .field("phase", state.phase())
+            .field("phase", &state.phase)
             .finish()
     }
 }
@@ -320,10 +313,8 @@ impl PoolBuilder {
             batch_size: self.batch_size,
             forward_stderr: self.forward_stderr.unwrap_or(true),
         };
-        let (shared, thread) = scheduler::start(config)?;
         Ok(Pool {
-            shared,
-            thread: Some(thread),
+            running: Running::start(config)?,
         })
     }
 }

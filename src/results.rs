@@ -3,40 +3,22 @@
 //!
 //! Inputs are pulled on the caller's thread, only while fewer than a window
 //! of them are unanswered, so an endless input iterator is fine and memory
-//! stays bounded. Chunk size adapts to the measured run time of the map's
-//! items: one input per frame until something is known, then as many as fit
-//! in about [`CHUNK_TARGET`] of work.
+//! stays bounded. How many, and how they are cut into frames, is decided in
+//! [`crate::flow`].
 
 use std::collections::VecDeque;
 use std::marker::PhantomData;
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, TryRecvError};
-use std::time::Duration;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::error::Error;
-use crate::pool::Pool;
+use crate::flow::{self, CHUNK_BYTES, ChunkContext, SCRATCH_BYTES, Window};
 use crate::protocol::{self, Items, Outcome, RunFrame};
-use crate::shared::{Chunk, Delivery, MapStats, Phase, Shared};
-
-/// Work per chunk once run times are known: large enough to amortise a
-/// frame, small enough not to hold other inputs behind a slow one.
-const CHUNK_TARGET: Duration = Duration::from_millis(2);
-const MAX_CHUNK_ITEMS: u32 = 16 * 1024;
-/// A chunk also ends at this size.
-const CHUNK_BYTES: usize = 1 << 20;
-/// Chunks per process that a map keeps in the pool.
-const AHEAD_CHUNKS: usize = 4;
-/// Tasks shorter than this are tiny...
-const TINY_TASK: Duration = Duration::from_micros(20);
-/// ...and a map keeps this many more of them per process in the pool.
-const TINY_TASK_FRAMES: usize = 512;
-/// Work per process that a map keeps pulled ahead of what it has yielded.
-const WINDOW_WORK: Duration = Duration::from_millis(40);
-/// Encoded inputs a map keeps pulled ahead, at most.
-const WINDOW_BYTES: usize = 64 << 20;
+use crate::scheduler::Running;
+use crate::shared::{Chunk, Delivery, MapStats, Refused, Shared};
 
 /// The answer for one input, in a map's window.
 enum Answer<O> {
@@ -74,7 +56,7 @@ struct Feed<It, O> {
     /// The chunk size aimed at by the last fill.
     last_chunk_target: u32,
     /// The pool of a one-shot [`map`](crate::map), dropped with the results.
-    _pool: Option<Pool>,
+    _pool: Option<Running>,
 }
 
 impl<It, O> Feed<It, O>
@@ -83,8 +65,13 @@ where
     It::Item: Serialize,
     O: DeserializeOwned,
 {
-    fn new(pool: &Pool, task: u32, inputs: It, unordered: bool) -> Result<Feed<It, O>, Error> {
-        let shared = Arc::clone(pool.shared());
+    fn new(
+        shared: &Arc<Shared>,
+        task: u32,
+        inputs: It,
+        unordered: bool,
+    ) -> Result<Feed<It, O>, Error> {
+        let shared = Arc::clone(shared);
         let opened = shared.open_map()?;
         Ok(Feed {
             shared,
@@ -98,7 +85,7 @@ where
             base: 0,
             owed: 0,
             arrivals: unordered.then(VecDeque::new),
-            scratch: vec![0; 4096],
+            scratch: vec![0; SCRATCH_BYTES],
             frame_hint: 0,
             taken: 0,
             poisoned: false,
@@ -109,68 +96,27 @@ where
     }
 
     fn chunk_items(&self) -> u32 {
-        if let Some(size) = self.shared.config.batch_size {
-            return size;
-        }
-        let Some(per_item) = self.stats.per_item() else {
-            // Nothing measured yet: one input per frame, so that slow tasks
-            // spread over the workers from the start.
-            return 1;
-        };
-        // A frame runs as a whole against the timeout (the worker answers it
-        // at its end), so keep it well inside the timeout.
-        let target = match self.shared.config.timeout {
-            Some(timeout) => CHUNK_TARGET.min(timeout / 4),
-            None => CHUNK_TARGET,
-        };
-        let mut items = target.as_nanos() / per_item.as_nanos().max(1);
-        // Towards the end of the inputs, smaller chunks, so that the workers
-        // finish together (when the iterator knows how many are left).
         let remaining = self
             .inputs
             .as_ref()
-            .map_or(0, |inputs| inputs.size_hint().0 as u128);
-        if remaining > 0 {
-            items = items.min(remaining / (4 * self.shared.config.processes as u128));
-        }
-        // Grow at most twofold per chunk: early inputs may be cheaper than
-        // later ones.
-        items = items.min(2 * u128::from(self.last_chunk_target) + 1);
-        u32::try_from(items)
-            .unwrap_or(MAX_CHUNK_ITEMS)
-            .clamp(1, MAX_CHUNK_ITEMS)
+            .map_or(0, |inputs| inputs.size_hint().0);
+        flow::chunk_items(&ChunkContext {
+            batch_size: self.shared.config.batch_size,
+            per_item: self.stats.per_item(),
+            timeout: self.shared.config.timeout,
+            remaining,
+            processes: self.shared.config.processes,
+            last_target: self.last_chunk_target,
+        })
     }
 
-    /// How far ahead a map pulls its inputs, in inputs: `span` beyond the
-    /// last one yielded, and `ahead` handed to the pool and not yet answered.
-    ///
-    /// `ahead` is a few chunks per worker: enough to keep them busy, little
-    /// enough that chunks are cut with fresh estimates of the run time (a map
-    /// whose inputs grow costlier would otherwise cut them all at once, from
-    /// the first, cheap inputs, and far too large). `span` is much larger:
-    /// an ordered map yields in order, so a slow input holds the window
-    /// back, and fast workers must not run dry behind it. Both are bounded
-    /// in bytes.
-    fn limits(&self, chunk_items: u32) -> (usize, usize) {
-        let processes = self.shared.config.processes;
-        let per_chunk = (chunk_items as usize)
-            .min(CHUNK_BYTES / self.item_bytes.max(1))
-            .max(1);
-        let for_work = |work: Duration| match self.stats.per_item() {
-            Some(per_item) => (work.as_nanos() / per_item.as_nanos().max(1)) as usize * processes,
-            None => 0,
-        };
-        let by_bytes = WINDOW_BYTES / self.item_bytes.max(1);
-        // Tiny tasks sent one per frame need many frames queued to keep the
-        // workers busy between the pool's wake-ups.
-        let tiny = self
-            .stats
-            .per_item()
-            .is_some_and(|per_item| per_item < TINY_TASK);
-        let frames = if tiny { TINY_TASK_FRAMES } else { 16 };
-        let ahead = (per_chunk * processes * AHEAD_CHUNKS + frames * processes).min(by_bytes);
-        let span = (for_work(WINDOW_WORK).max(per_chunk * processes * 8) + 64).min(by_bytes);
-        (span.max(ahead), ahead)
+    fn window(&self, chunk_items: u32) -> Window {
+        flow::window(
+            chunk_items,
+            self.item_bytes,
+            self.stats.per_item(),
+            self.shared.config.processes,
+        )
     }
 
     fn set(&mut self, index: usize, result: Result<O, Error>) {
@@ -192,7 +138,7 @@ where
             return;
         }
         let chunk_items = self.chunk_items();
-        let (span, ahead) = self.limits(chunk_items);
+        let Window { span, ahead } = self.window(chunk_items);
         // Top up in bulk, when half of what the pool holds is done.
         if self.owed >= ahead / 2 {
             return;
@@ -268,9 +214,9 @@ where
         let owed: usize = chunks.iter().map(|chunk| chunk.count as usize).sum();
         match self.shared.submit(chunks) {
             Ok(()) => self.owed += owed,
-            Err((chunks, reason)) => {
+            Err(Refused { chunks, reason }) => {
                 for chunk in chunks {
-                    self.close(chunk.first_index, chunk.count, &reason);
+                    self.fail_closed(chunk.first_index, chunk.count, &reason);
                 }
             }
         }
@@ -293,7 +239,7 @@ where
             return 0;
         }
         self.frame_hint = frame.len();
-        self.item_bytes = (frame.len() - protocol::RUN_HEADER) / frame.count() as usize;
+        self.item_bytes = (frame.len() - protocol::RunHeader::SIZE) / frame.count() as usize;
         let count = frame.count();
         let frame = frame.finish();
         let bytes = frame.len();
@@ -308,7 +254,8 @@ where
         bytes
     }
 
-    fn close(&mut self, first_index: usize, count: u32, reason: &Option<String>) {
+    /// Fails inputs that will never run because the pool shut down.
+    fn fail_closed(&mut self, first_index: usize, count: u32, reason: &Option<String>) {
         for index in first_index..first_index + count as usize {
             self.set(
                 index,
@@ -342,10 +289,7 @@ where
 
     /// The pool's thread is gone without answering: fail what it owed.
     fn orphaned(&mut self) {
-        let reason = match self.shared.lock().phase() {
-            Phase::Broken(reason) => Some(reason.clone()),
-            _ => None,
-        };
+        let reason = self.shared.lock().phase.reason();
         for offset in 0..self.window.len() {
             if matches!(self.window[offset], Answer::Waiting) {
                 let index = self.base + offset;
@@ -390,7 +334,7 @@ where
                 count,
                 reason,
             } => {
-                self.close(first_index, count, &reason);
+                self.fail_closed(first_index, count, &reason);
                 self.owed -= count as usize;
             }
         }
@@ -491,7 +435,7 @@ fn decode_outcome<O: DeserializeOwned>(
     }
 }
 
-/// The outcomes of [`Pool::map`], one per input, in input order.
+/// The outcomes of [`Pool::map`](crate::Pool::map), one per input, in input order.
 ///
 /// Inputs are pulled from the input iterator as workers need them. Dropping
 /// this iterator before the end cancels the rest of the map: queued inputs
@@ -501,7 +445,7 @@ pub struct Results<It, O> {
     _output: PhantomData<fn() -> O>,
 }
 
-/// The outcomes of [`Pool::map_unordered`], one per input, as they finish,
+/// The outcomes of [`Pool::map_unordered`](crate::Pool::map_unordered), one per input, as they finish,
 /// each with its input's position.
 ///
 /// Dropping it before the end cancels the rest of the map, as for
@@ -517,15 +461,15 @@ where
     It::Item: Serialize,
     O: DeserializeOwned,
 {
-    pub(crate) fn new(pool: &Pool, task: u32, inputs: It) -> Result<Self, Error> {
+    pub(crate) fn new(shared: &Arc<Shared>, task: u32, inputs: It) -> Result<Self, Error> {
         Ok(Results {
-            feed: Feed::new(pool, task, inputs, false)?,
+            feed: Feed::new(shared, task, inputs, false)?,
             _output: PhantomData,
         })
     }
 
-    /// Keeps `pool` alive as long as the results (for one-shot maps).
-    pub(crate) fn owning(mut self, pool: Pool) -> Self {
+    /// Keeps `pool` running as long as the results (for one-shot maps).
+    pub(crate) fn owning(mut self, pool: Running) -> Self {
         self.feed._pool = Some(pool);
         self
     }
@@ -537,9 +481,9 @@ where
     It::Item: Serialize,
     O: DeserializeOwned,
 {
-    pub(crate) fn new(pool: &Pool, task: u32, inputs: It) -> Result<Self, Error> {
+    pub(crate) fn new(shared: &Arc<Shared>, task: u32, inputs: It) -> Result<Self, Error> {
         Ok(UnorderedResults {
-            feed: Feed::new(pool, task, inputs, true)?,
+            feed: Feed::new(shared, task, inputs, true)?,
             _output: PhantomData,
         })
     }

@@ -1,6 +1,7 @@
 //! What the callers of a pool and its thread share: the queue of chunks, the
-//! maps and how to reach them, the doorbell, and the types that travel
-//! between them ([`Chunk`] one way, [`Delivery`] the other).
+//! maps and how to reach them, the pool's phase, the doorbell, and the
+//! types that travel between them ([`Chunk`] one way, [`Delivery`] the
+//! other).
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -14,7 +15,7 @@ use std::time::Duration;
 use rustix::event::EventfdFlags;
 
 use crate::error::Error;
-use crate::protocol::{self, RunFrame};
+use crate::protocol::{self, Items, RunFrame};
 
 /// The pool's settings, validated by the builder.
 #[derive(Debug, Clone)]
@@ -38,30 +39,36 @@ pub(crate) struct Chunk {
     pub count: u32,
     /// A finished RUN frame; its sequence number is stamped on dispatch.
     pub frame: Vec<u8>,
-    /// How many times these inputs were already given to a worker that died.
+    /// How many times these inputs were already given to a worker that
+    /// died running them.
     pub attempts: u32,
 }
 
 impl Chunk {
     fn items(&self) -> &[u8] {
-        &self.frame[protocol::RUN_HEADER..]
+        protocol::run_items(&self.frame)
+    }
+
+    fn part(&self, first_index: usize, count: u32, items: &[u8]) -> Chunk {
+        Chunk {
+            map: self.map,
+            task: self.task,
+            first_index,
+            count,
+            frame: RunFrame::from_items(self.task, count, items),
+            attempts: self.attempts,
+        }
     }
 
     /// One chunk per item.
     pub(crate) fn singletons(self) -> Vec<Chunk> {
-        protocol::Items::new(self.items())
+        let mut section = Vec::new();
+        Items::new(self.items())
             .enumerate()
-            .map(|(k, item)| Chunk {
-                map: self.map,
-                task: self.task,
-                first_index: self.first_index + k,
-                count: 1,
-                frame: RunFrame::from_items(
-                    self.task,
-                    1,
-                    &encode_item(item.expect("chunks we built are well formed")),
-                ),
-                attempts: self.attempts,
+            .map(|(k, item)| {
+                section.clear();
+                protocol::push_item(&mut section, item.expect("chunks we built are well formed"));
+                self.part(self.first_index + k, 1, &section)
             })
             .collect()
     }
@@ -77,25 +84,11 @@ impl Chunk {
         let bytes =
             protocol::items_len(self.items(), n as usize).expect("chunks we built are well formed");
         let (head, tail) = self.items().split_at(bytes);
-        let part = |first_index, count, items| Chunk {
-            map: self.map,
-            task: self.task,
-            first_index,
-            count,
-            frame: RunFrame::from_items(self.task, count, items),
-            attempts: self.attempts,
-        };
         (
-            Some(part(self.first_index, n, head)),
-            Some(part(self.first_index + n as usize, self.count - n, tail)),
+            Some(self.part(self.first_index, n, head)),
+            Some(self.part(self.first_index + n as usize, self.count - n, tail)),
         )
     }
-}
-
-fn encode_item(item: &[u8]) -> Vec<u8> {
-    let mut section = Vec::with_capacity(protocol::ITEM_LEN_BYTES + item.len());
-    protocol::push_item(&mut section, item);
-    section
 }
 
 /// Bytes of reply items: copied out of the read buffer when small, shared
@@ -132,6 +125,29 @@ pub(crate) enum Delivery {
         count: u32,
         reason: Option<String>,
     },
+}
+
+/// Deliveries collected by the loop, each for a map, sent in batches.
+#[derive(Debug, Default)]
+pub(crate) struct Outbox(Vec<(u64, Delivery)>);
+
+impl Outbox {
+    pub(crate) fn push(&mut self, map: u64, delivery: Delivery) {
+        self.0.push((map, delivery));
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    #[cfg(test)]
+    pub(crate) fn deliveries(&self) -> &[(u64, Delivery)] {
+        &self.0
+    }
 }
 
 /// Measurements of one map, shared with its caller.
@@ -172,17 +188,23 @@ pub(crate) struct OpenedMap {
     pub stats: Arc<MapStats>,
 }
 
-/// Whether the pool takes work.
+/// Where the pool is in its life.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Phase {
+    /// It takes work.
     Open,
-    /// Workers cannot start; the text says why.
+    /// Workers cannot start; the text says why. New maps are refused, and
+    /// the inputs of running ones fail with the reason.
     Broken(String),
-    /// The pool was dropped.
+    /// It was dropped: its thread is killing the workers and failing what
+    /// is left.
+    Closing,
+    /// Its thread is gone.
     Closed,
 }
 
 impl Phase {
+    /// Why inputs that will not run do not, when it is not a plain drop.
     pub(crate) fn reason(&self) -> Option<String> {
         match self {
             Phase::Broken(reason) => Some(reason.clone()),
@@ -198,45 +220,75 @@ pub(crate) struct State {
     /// The live maps, by id; a dropped map is removed.
     pub(crate) maps: HashMap<u64, MapLink>,
     next_map: u64,
-    /// The pool was dropped: the loop must stop.
-    pub(crate) shutdown: bool,
     pub(crate) phase: Phase,
 }
 
 impl State {
-    pub(crate) fn phase(&self) -> &Phase {
-        &self.phase
-    }
-
     pub(crate) fn queued(&self) -> usize {
         self.queue.iter().map(|chunk| chunk.count as usize).sum()
     }
 
-    pub(crate) fn maps(&self) -> usize {
-        self.maps.len()
+    /// Tells a map that inputs `first_index..first_index + count` will
+    /// never run.
+    pub(crate) fn never_run(
+        &self,
+        map: u64,
+        first_index: usize,
+        count: u32,
+        reason: Option<String>,
+    ) {
+        if let Some(link) = self.maps.get(&map) {
+            let _ = link.tx.send(vec![Delivery::Closed {
+                first_index,
+                count,
+                reason,
+            }]);
+        }
     }
+
+    /// Sends what the loop collected, one message per map.
+    pub(crate) fn deliver(&self, outbox: &mut Outbox) {
+        let mut batches: Vec<(u64, Vec<Delivery>)> = Vec::new();
+        for (map, delivery) in outbox.0.drain(..) {
+            match batches.iter_mut().find(|(m, _)| *m == map) {
+                Some((_, batch)) => batch.push(delivery),
+                None => batches.push((map, vec![delivery])),
+            }
+        }
+        for (map, batch) in batches {
+            if let Some(link) = self.maps.get(&map) {
+                // A map whose caller is gone has no receiver: nothing to do.
+                let _ = link.tx.send(batch);
+            }
+        }
+    }
+}
+
+/// Chunks the pool did not take, and why.
+pub(crate) struct Refused {
+    pub chunks: Vec<Chunk>,
+    pub reason: Option<String>,
 }
 
 /// The pool's shared half: the state behind a lock, and the loop's doorbell.
 pub(crate) struct Shared {
     state: Mutex<State>,
-    wake: OwnedFd,
+    doorbell: OwnedFd,
     pub(crate) config: Config,
 }
 
 impl Shared {
     pub(crate) fn new(config: Config) -> io::Result<Shared> {
-        let wake = rustix::event::eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)?;
+        let doorbell = rustix::event::eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)?;
         let state = State {
             queue: VecDeque::new(),
             maps: HashMap::new(),
             next_map: 0,
-            shutdown: false,
             phase: Phase::Open,
         };
         Ok(Shared {
             state: Mutex::new(state),
-            wake,
+            doorbell,
             config,
         })
     }
@@ -249,19 +301,19 @@ impl Shared {
 
     /// The doorbell the loop polls.
     pub(crate) fn doorbell(&self) -> BorrowedFd<'_> {
-        self.wake.as_fd()
+        self.doorbell.as_fd()
     }
 
     /// Called by the loop once it has woken up.
     pub(crate) fn clear_doorbell(&self) {
         let mut buf = [0u8; 8];
-        let _ = rustix::io::read(&self.wake, &mut buf);
+        let _ = rustix::io::read(&self.doorbell, &mut buf);
     }
 
-    fn wake(&self) {
+    fn ring(&self) {
         // The counter cannot overflow in practice; EAGAIN would only mean
         // the loop is already due to wake.
-        let _ = rustix::io::write(&self.wake, &1u64.to_ne_bytes());
+        let _ = rustix::io::write(&self.doorbell, &1u64.to_ne_bytes());
     }
 
     /// Registers a map; its deliveries arrive on the returned receiver.
@@ -274,7 +326,9 @@ impl Shared {
                     message: message.clone(),
                 });
             }
-            Phase::Closed => unreachable!("a closed pool has no handle to map with"),
+            Phase::Closing | Phase::Closed => {
+                unreachable!("a dropped pool has no handle to map with")
+            }
         }
         let (tx, rx) = mpsc::channel();
         let stats = Arc::new(MapStats::default());
@@ -296,17 +350,18 @@ impl Shared {
 
     /// Queues chunks, or hands them back with the reason if the pool no
     /// longer takes work.
-    pub(crate) fn submit(&self, chunks: Vec<Chunk>) -> Result<(), (Vec<Chunk>, Option<String>)> {
+    pub(crate) fn submit(&self, chunks: Vec<Chunk>) -> Result<(), Refused> {
         if chunks.is_empty() {
             return Ok(());
         }
         let mut state = self.lock();
         if state.phase != Phase::Open {
-            return Err((chunks, state.phase.reason()));
+            let reason = state.phase.reason();
+            return Err(Refused { chunks, reason });
         }
         state.queue.extend(chunks);
         drop(state);
-        self.wake();
+        self.ring();
         Ok(())
     }
 
@@ -317,47 +372,69 @@ impl Shared {
         if state.maps.remove(&map).is_some() {
             state.queue.retain(|chunk| chunk.map != map);
             drop(state);
-            self.wake();
+            self.ring();
         }
     }
 
-    pub(crate) fn close(&self) {
-        self.lock().shutdown = true;
-        self.wake();
+    /// Asks the loop to shut down (the pool was dropped).
+    pub(crate) fn request_shutdown(&self) {
+        let mut state = self.lock();
+        if state.phase != Phase::Closed {
+            state.phase = Phase::Closing;
+        }
+        drop(state);
+        self.ring();
     }
 }
 
-/// Tells a map that inputs `first_index..first_index + count` will never run.
-pub(crate) fn close(
-    state: &State,
-    map: u64,
-    first_index: usize,
-    count: u32,
-    reason: &Option<String>,
-) {
-    if let Some(link) = state.maps.get(&map) {
-        let reason = reason.clone();
-        let _ = link.tx.send(vec![Delivery::Closed {
-            first_index,
-            count,
-            reason,
-        }]);
-    }
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// Sends what the loop collected, one message per map.
-pub(crate) fn deliver(state: &State, outbox: &mut Vec<(u64, Delivery)>) {
-    let mut batches: Vec<(u64, Vec<Delivery>)> = Vec::new();
-    for (map, delivery) in outbox.drain(..) {
-        match batches.iter_mut().find(|(m, _)| *m == map) {
-            Some((_, batch)) => batch.push(delivery),
-            None => batches.push((map, vec![delivery])),
+    fn chunk(values: &[u64]) -> Chunk {
+        let mut frame = RunFrame::new(3);
+        for value in values {
+            frame.push_with(|buf| protocol::encode(value, buf)).unwrap();
+        }
+        Chunk {
+            map: 1,
+            task: 3,
+            first_index: 10,
+            count: values.len() as u32,
+            frame: frame.finish(),
+            attempts: 2,
         }
     }
-    for (map, batch) in batches {
-        if let Some(link) = state.maps.get(&map) {
-            // A map whose caller is gone has no receiver: nothing to do.
-            let _ = link.tx.send(batch);
-        }
+
+    fn values(chunk: &Chunk) -> Vec<u64> {
+        Items::new(chunk.items())
+            .map(|item| protocol::decode(item.unwrap(), &mut [0; 64]).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn a_chunk_splits_into_its_parts() {
+        let (head, rest) = chunk(&[1, 2, 3]).split(1);
+        let (head, rest) = (head.unwrap(), rest.unwrap());
+        assert_eq!(
+            (head.first_index, head.count, values(&head)),
+            (10, 1, vec![1])
+        );
+        assert_eq!(
+            (rest.first_index, rest.count, values(&rest)),
+            (11, 2, vec![2, 3])
+        );
+        assert_eq!(rest.attempts, 2);
+        assert!(matches!(chunk(&[1]).split(0), (None, Some(_))));
+        assert!(matches!(chunk(&[1]).split(5), (Some(_), None)));
+    }
+
+    #[test]
+    fn a_chunk_splits_into_singletons() {
+        let singles = chunk(&[4, 5, 6]).singletons();
+        let got: Vec<(usize, Vec<u64>)> =
+            singles.iter().map(|c| (c.first_index, values(c))).collect();
+        assert_eq!(got, [(10, vec![4]), (11, vec![5]), (12, vec![6])]);
+        assert!(singles.iter().all(|c| c.count == 1 && c.attempts == 2));
     }
 }

@@ -6,6 +6,9 @@
 //! it serves tasks until its request stream ends, then exits.
 //!
 //! Set-up, in order, and why:
+//! - a privileged process (setuid, setgid, file capabilities: the kernel
+//!   sets `AT_SECURE`) refuses to serve: whoever started it chose the
+//!   variable, and would run registered code with privileges it lacks;
 //! - the hidden variables are removed, so that a task's own pools and
 //!   subprocesses are ordinary processes;
 //! - the request and reply streams move off fds 0 and 1 onto close-on-exec
@@ -14,7 +17,8 @@
 //!   swallow requests, and no subprocess keeps the pipes open;
 //! - SIGPIPE is ignored, as Rust's `main` would do;
 //! - the worker asks for SIGKILL when its parent (the pool's thread) ends, and
-//!   exits at once if that already happened;
+//!   exits at once if that already happened (when its parent is the pool's
+//!   process: a launcher may start it elsewhere);
 //! - the memory limit, if any, is applied.
 //!
 //! Then a HELLO frame, and the loop: read a RUN frame, run its items in
@@ -22,7 +26,9 @@
 //! is synchronous on purpose: if the next frame's task crashes or hangs, the
 //! pool already holds every earlier outcome, so it knows exactly which frame
 //! was running. (A frame of several inputs that crashes cannot be pinned on
-//! one of them; the pool re-runs those inputs one per frame.)
+//! one of them; the pool re-runs those inputs one per frame.) Requests are
+//! read through a buffer, which takes several queued frames out of the pipe
+//! at once: the pool counts a frame that left the pipe as started.
 
 use std::fs::File;
 use std::io::{BufReader, Write};
@@ -31,45 +37,14 @@ use std::time::Instant;
 
 use rustix::process::{Pid, Resource, Rlimit, Signal};
 
-use crate::protocol::{self, Hello, Outcome, ReplyHeader};
+use crate::flow::{KEEP_BUFFER, REQUEST_BUFFER, SCRATCH_BYTES};
+use crate::handoff::{WORKER_ENV, WorkerConfig};
+use crate::protocol::{self, Hello, Outcome, ReplyHeader, RunHeader};
 use crate::registry::registry;
 
-/// Marks a worker process; its value is [`WorkerConfig`], encoded.
-pub(crate) const WORKER_ENV: &str = "__BUCKSHOT_WORKER";
-
-/// Exit code of a worker that gave up on its parent or the protocol.
+/// Exit code of a worker that gave up on its parent or the protocol, or
+/// refused to serve.
 const EXIT_FATAL: i32 = 101;
-
-/// What a pool tells a worker at spawn time, through [`WORKER_ENV`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct WorkerConfig {
-    /// The process expected as parent: if it is gone already, so is the pool.
-    pub parent: u32,
-    pub max_frame_bytes: u32,
-    pub memory_limit: Option<u64>,
-}
-
-impl WorkerConfig {
-    pub(crate) fn to_env(self) -> String {
-        let memory = self.memory_limit.map_or(String::new(), |m| m.to_string());
-        format!("{},{},{}", self.parent, self.max_frame_bytes, memory)
-    }
-
-    fn from_env(value: &str) -> Option<WorkerConfig> {
-        let mut parts = value.split(',');
-        let parent = parts.next()?.parse().ok()?;
-        let max_frame_bytes = parts.next()?.parse().ok()?;
-        let memory_limit = match parts.next()? {
-            "" => None,
-            m => Some(m.parse().ok()?),
-        };
-        Some(WorkerConfig {
-            parent,
-            max_frame_bytes,
-            memory_limit,
-        })
-    }
-}
 
 /// Runs the worker loop if this process was started as a worker; otherwise
 /// returns at once.
@@ -77,6 +52,13 @@ pub(crate) fn serve_if_worker() {
     let Some(value) = std::env::var_os(WORKER_ENV) else {
         return;
     };
+    if is_privileged() {
+        eprintln!(
+            "buckshot: refusing to serve as a worker in a privileged process \
+             (setuid, setgid or file capabilities); {WORKER_ENV} is set by pools only"
+        );
+        std::process::exit(EXIT_FATAL);
+    }
     // SAFETY: this runs in a constructor before `main`. Rust's runtime starts
     // no thread before `main`, so unless another constructor of the program
     // started one that reads the environment (none of ours does), nothing
@@ -86,6 +68,14 @@ pub(crate) fn serve_if_worker() {
         fatal_early(&format!("bad {WORKER_ENV} value {value:?}"));
     };
     serve(config)
+}
+
+/// Whether the kernel started this process in secure mode: its effective
+/// ids or capabilities differ from those of whoever ran it.
+fn is_privileged() -> bool {
+    // SAFETY: getauxval reads the auxiliary vector the kernel gave this
+    // process; it has no preconditions and returns 0 for a missing entry.
+    unsafe { libc::getauxval(libc::AT_SECURE) != 0 }
 }
 
 fn fatal_early(message: &str) -> ! {
@@ -104,10 +94,12 @@ fn serve(config: WorkerConfig) -> ! {
     if let Err(e) = rustix::process::set_parent_process_death_signal(Some(Signal::KILL)) {
         fatal_early(&format!("could not set its parent-death signal: {e}"));
     }
-    if rustix::process::getppid()
+    let parent = rustix::process::getppid()
         .map(Pid::as_raw_nonzero)
-        .map(|p| p.get() as u32)
-        != Some(config.parent)
+        .map(|p| p.get() as u32);
+    if config
+        .parent
+        .is_some_and(|expected| parent != Some(expected))
     {
         // The pool's process died before the death signal was armed.
         std::process::exit(EXIT_FATAL);
@@ -167,10 +159,10 @@ fn take_stdio() -> std::io::Result<(OwnedFd, OwnedFd)> {
 /// Serves RUN frames until the stream ends (`Ok`) or breaks (`Err`).
 fn run_tasks(requests: File, replies: &mut File, max_frame: u32) -> Result<(), String> {
     let registry = registry();
-    let mut requests = BufReader::with_capacity(64 * 1024, requests);
+    let mut requests = BufReader::with_capacity(REQUEST_BUFFER, requests);
     let mut body = Vec::new();
     let mut reply = Reply::new(max_frame as usize);
-    let mut scratch = vec![0; 4096];
+    let mut scratch = vec![0; SCRATCH_BYTES];
     loop {
         match protocol::read_frame(&mut requests, &mut body, max_frame) {
             Ok(true) => {}
@@ -180,7 +172,12 @@ fn run_tasks(requests: File, replies: &mut File, max_frame: u32) -> Result<(), S
         if body[0] != protocol::RUN {
             return Err(format!("unexpected frame kind {}", body[0]));
         }
-        let (task, first_seq, count, items) = protocol::parse_run(&body).map_err(|e| e.0)?;
+        let (header, items) = RunHeader::parse(&body).map_err(|e| e.0)?;
+        let RunHeader {
+            task,
+            first_seq,
+            count,
+        } = header;
         let Some(task) = registry.tasks.get(task as usize) else {
             return Err(format!("no task at position {task}"));
         };
@@ -196,10 +193,12 @@ fn run_tasks(requests: File, replies: &mut File, max_frame: u32) -> Result<(), S
                 "run frame holds {seen} items, its header says {count}"
             ));
         }
-        reply.flush(replies);
         // A task's unfinished `print!` line would be lost if the worker were
-        // killed later.
+        // killed later. Flushed before the reply: a task that leaves the
+        // stdout lock held (a thread of its own still printing) leaves its
+        // worker stuck here, and it is the one that times out, not the next.
         let _ = std::io::stdout().flush();
+        reply.flush(replies);
     }
 }
 
@@ -216,7 +215,7 @@ struct Reply {
 impl Reply {
     fn new(max_frame: usize) -> Reply {
         Reply {
-            buf: vec![0; protocol::REPLY_HEADER],
+            buf: vec![0; ReplyHeader::SIZE],
             first_seq: 0,
             count: 0,
             busy_since: Instant::now(),
@@ -228,11 +227,10 @@ impl Reply {
     /// the frame: outputs can be large). Sends the items before it first if
     /// together they would pass the frame limit.
     fn add(&mut self, seq: u64, replies: &mut File, write: impl FnOnce(&mut Vec<u8>)) {
-        let start = self.buf.len();
-        self.buf.extend_from_slice(&[0; protocol::ITEM_LEN_BYTES]);
+        let start = protocol::begin_item(&mut self.buf);
         write(&mut self.buf);
         let len = self.buf.len() - start - protocol::ITEM_LEN_BYTES;
-        if protocol::REPLY_HEADER + protocol::ITEM_LEN_BYTES + len > self.max_frame {
+        if ReplyHeader::SIZE + protocol::ITEM_LEN_BYTES + len > self.max_frame {
             self.buf.truncate(start + protocol::ITEM_LEN_BYTES);
             let message = format!(
                 "encode the output: {len} bytes is over the frame limit of {}",
@@ -240,9 +238,7 @@ impl Reply {
             );
             protocol::encode_failure(&Outcome::<()>::Codec(message), &mut self.buf);
         }
-        let len = self.buf.len() - start - protocol::ITEM_LEN_BYTES;
-        let len32 = u32::try_from(len).expect("outcome under the frame limit");
-        self.buf[start..start + protocol::ITEM_LEN_BYTES].copy_from_slice(&len32.to_le_bytes());
+        protocol::end_item(&mut self.buf, start).expect("outcome under the frame limit");
         if self.buf.len() > self.max_frame {
             let item = self.buf.split_off(start);
             self.flush(replies);
@@ -266,35 +262,17 @@ impl Reply {
             count: self.count,
             busy_nanos: u64::try_from(busy.as_nanos()).unwrap_or(u64::MAX),
         };
-        protocol::write_reply_header(&mut self.buf, 0, header);
+        header.write(&mut self.buf, 0);
         if replies.write_all(&self.buf).is_err() {
             // The pool is gone: nobody wants the results.
             std::process::exit(0);
         }
         // Keep the buffer for frames of similar size, not after an outsized one.
         let used = self.buf.len();
-        self.buf.truncate(protocol::REPLY_HEADER);
-        if self.buf.capacity() > (4 * used).max(1 << 20) {
+        self.buf.truncate(ReplyHeader::SIZE);
+        if self.buf.capacity() > (4 * used).max(KEEP_BUFFER) {
             self.buf.shrink_to(used);
         }
         self.count = 0;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn config_round_trip() {
-        for memory_limit in [None, Some(1 << 30)] {
-            let config = WorkerConfig {
-                parent: 42,
-                max_frame_bytes: 1 << 20,
-                memory_limit,
-            };
-            assert_eq!(WorkerConfig::from_env(&config.to_env()), Some(config));
-        }
-        assert_eq!(WorkerConfig::from_env("x,1,"), None);
     }
 }

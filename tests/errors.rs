@@ -129,7 +129,7 @@ fn worker_died_names_the_status_and_the_last_stderr_line() {
     use std::os::unix::process::ExitStatusExt;
     let error = Error::WorkerDied {
         index: 3,
-        status: std::process::ExitStatus::from_raw(3 << 8),
+        status: Some(std::process::ExitStatus::from_raw(3 << 8)),
         stderr: "warming up\nmemory allocation of 1024 bytes failed\n\n".into(),
     };
     assert_eq!(
@@ -139,11 +139,20 @@ fn worker_died_names_the_status_and_the_last_stderr_line() {
     assert!(error.is_worker_died() && !error.is_timeout() && !error.is_panic());
     let quiet = Error::WorkerDied {
         index: 0,
-        status: std::process::ExitStatus::from_raw(9),
+        status: Some(std::process::ExitStatus::from_raw(9)),
         stderr: String::new(),
     };
     assert_eq!(
         quiet.to_string(),
         "input 0: worker died (signal: 9 (SIGKILL))"
+    );
+    let unknown = Error::WorkerDied {
+        index: 1,
+        status: None,
+        stderr: "bye\n".into(),
+    };
+    assert_eq!(
+        unknown.to_string(),
+        "input 1: worker died (exit status unknown): bye"
     );
 }

@@ -1,0 +1,297 @@
+//! Flow control: how inputs are cut into frames, how many are in flight,
+//! and every buffer size. All tuning lives here, as constants and pure
+//! functions, so that the trade-offs can be read and tested in one place.
+//!
+//! A map pulls inputs on its caller's thread and cuts them into chunks, one
+//! RUN frame each ([`chunk_items`]). Until anything is measured a chunk
+//! holds one input, so that slow tasks spread over the workers from the
+//! start; then as many as fit in about [`CHUNK_TARGET`] of work, growing at
+//! most twofold per chunk (early inputs may be cheaper than later ones) and
+//! shrinking towards the end of the inputs (guided self-scheduling), so
+//! that the workers finish together.
+//!
+//! A map keeps a bounded window of inputs pulled ([`window`]): `ahead`
+//! handed to the pool and unanswered (a few chunks per worker: enough to
+//! keep them busy, few enough that chunks are cut with fresh estimates), and
+//! `span` pulled beyond the last result yielded (much more: an ordered map
+//! yields in order, so one slow input holds the window back, and fast
+//! workers must not run dry behind it). Both are bounded in bytes.
+//!
+//! The pool's thread gives a worker more work while it has fewer than
+//! [`MAX_INFLIGHT_FRAMES`] frames and less than [`LOOKAHEAD`] of estimated
+//! work ([`wants_more`]): the next chunk is always there when one ends, and
+//! the tail of a map is not stuck behind one worker.
+
+use std::time::Duration;
+
+/// Work per chunk once run times are known: large enough to amortise a
+/// frame, small enough not to hold other inputs behind a slow one.
+pub(crate) const CHUNK_TARGET: Duration = Duration::from_millis(2);
+/// Most inputs in one chunk.
+pub(crate) const MAX_CHUNK_ITEMS: u32 = 16 * 1024;
+/// A chunk also ends at this size, and a map hands what it encoded to the
+/// pool once it holds this much (large inputs start while the next ones
+/// are being encoded).
+pub(crate) const CHUNK_BYTES: usize = 1 << 20;
+/// Chunks per process that a map keeps in the pool.
+const AHEAD_CHUNKS: usize = 4;
+/// Frames per process that a map keeps in the pool besides its chunks...
+const AHEAD_FRAMES: usize = 16;
+/// ...or this many for tasks shorter than [`TINY_TASK`]: tiny tasks sent one
+/// per frame need many frames queued to keep the workers busy between the
+/// pool's wake-ups.
+const TINY_TASK_FRAMES: usize = 512;
+const TINY_TASK: Duration = Duration::from_micros(20);
+/// Work per process that a map keeps pulled ahead of what it has yielded.
+const WINDOW_WORK: Duration = Duration::from_millis(40);
+/// Chunks per process that a map keeps pulled ahead of what it has yielded,
+/// at least, and inputs beyond that.
+const WINDOW_CHUNKS: usize = 8;
+const WINDOW_SLACK: usize = 64;
+/// Encoded inputs a map keeps pulled ahead, at most.
+const WINDOW_BYTES: usize = 64 << 20;
+
+/// A worker gets more work while its estimated backlog is below this: two
+/// chunks of [`CHUNK_TARGET`].
+pub(crate) const LOOKAHEAD: Duration = Duration::from_millis(4);
+/// Per-input estimate before anything has been measured: allows two inputs
+/// in flight per worker, so that slow tasks spread from the start.
+pub(crate) const UNKNOWN_ESTIMATE: Duration = Duration::from_millis(2);
+/// At most this many frames in flight per worker.
+pub(crate) const MAX_INFLIGHT_FRAMES: usize = 256;
+/// Deliveries sent to maps in one go while replies keep coming.
+pub(crate) const DELIVERY_BATCH: usize = 16;
+/// At most this many frames go into one `writev`.
+pub(crate) const MAX_IOVECS: usize = 64;
+
+/// Capacity asked for the request and reply pipes (Linux's default is
+/// 64 KiB; an unprivileged process may get up to 1 MiB).
+pub(crate) const PIPE_BYTES: usize = 1 << 20;
+/// Room for at least this much per read of a worker's replies.
+pub(crate) const READ_CHUNK: usize = 256 * 1024;
+/// Reads of one worker's replies per wake-up, so that one busy worker
+/// cannot starve the others.
+pub(crate) const READS_PER_WAKE: usize = 4;
+/// Frames from this size on get a buffer of their own (and leave the pool's
+/// thread without a copy); buffers for large frames grow from this size.
+pub(crate) const LARGE_FRAME: usize = 64 * 1024;
+/// What a worker may have written before it exited is at most a full
+/// pipe: after its exit, this much is read at most, whatever keeps coming
+/// (a forked child may hold the pipe).
+pub(crate) const DRAIN_AFTER_EXIT: usize = 2 * PIPE_BYTES;
+/// A frame buffer is kept between frames up to this size, or four times
+/// the last frame's, and shrunk after an outsized frame.
+pub(crate) const KEEP_BUFFER: usize = 1 << 20;
+/// The worker's read buffer on its request pipe: it takes queued frames
+/// in one read, at the price of the pool not seeing which of them it has
+/// taken (see `scheduler::books`).
+pub(crate) const REQUEST_BUFFER: usize = 64 * 1024;
+/// Scratch buffer of the CBOR decoder: bounds the piece in which a string
+/// is decoded, not the value.
+pub(crate) const SCRATCH_BYTES: usize = 4096;
+
+/// How much of a worker's stderr is kept for error messages.
+pub(crate) const STDERR_TAIL: usize = 4096;
+/// Bytes of one worker's stderr read per wake-up.
+pub(crate) const STDERR_READS: usize = 64 * 1024;
+/// A line of a worker's stderr is forwarded whole, unless it grows past this.
+pub(crate) const STDERR_LINE: usize = 8 * 1024;
+/// Worker stderr waiting to be written to ours, at most; beyond it, output
+/// is dropped (and the drop reported) rather than stall the pool.
+pub(crate) const STDERR_QUEUE: usize = 1 << 20;
+
+/// What a map knows when it cuts its next chunk.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ChunkContext {
+    /// The user's `batch_size`, which overrides everything.
+    pub batch_size: Option<u32>,
+    /// Measured run time of one input of this map.
+    pub per_item: Option<Duration>,
+    pub timeout: Option<Duration>,
+    /// Inputs left, as far as the input iterator knows (0 if it does not).
+    pub remaining: usize,
+    pub processes: usize,
+    /// The chunk size aimed at by the previous cut.
+    pub last_target: u32,
+}
+
+/// Inputs in the next chunk.
+pub(crate) fn chunk_items(c: &ChunkContext) -> u32 {
+    if let Some(size) = c.batch_size {
+        return size;
+    }
+    let Some(per_item) = c.per_item else {
+        return 1;
+    };
+    // A frame runs as a whole against the timeout (the worker answers it
+    // at its end), so keep it well inside the timeout.
+    let target = match c.timeout {
+        Some(timeout) => CHUNK_TARGET.min(timeout / 4),
+        None => CHUNK_TARGET,
+    };
+    let mut items = target.as_nanos() / per_item.as_nanos().max(1);
+    if c.remaining > 0 {
+        items = items.min(c.remaining as u128 / (4 * c.processes as u128));
+    }
+    items = items.min(2 * u128::from(c.last_target) + 1);
+    u32::try_from(items)
+        .unwrap_or(MAX_CHUNK_ITEMS)
+        .clamp(1, MAX_CHUNK_ITEMS)
+}
+
+/// How far ahead a map pulls its inputs, in inputs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Window {
+    /// Pulled beyond the last input yielded.
+    pub span: usize,
+    /// Handed to the pool and not yet answered.
+    pub ahead: usize,
+}
+
+/// The window of a map cutting chunks of `chunk_items` inputs of about
+/// `item_bytes` each (0 if unknown), whose inputs take `per_item`.
+pub(crate) fn window(
+    chunk_items: u32,
+    item_bytes: usize,
+    per_item: Option<Duration>,
+    processes: usize,
+) -> Window {
+    let item_bytes = item_bytes.max(1);
+    let per_chunk = (chunk_items as usize).min(CHUNK_BYTES / item_bytes).max(1);
+    let for_work = |work: Duration| match per_item {
+        Some(per_item) => (work.as_nanos() / per_item.as_nanos().max(1)) as usize * processes,
+        None => 0,
+    };
+    let by_bytes = WINDOW_BYTES / item_bytes;
+    let tiny = per_item.is_some_and(|per_item| per_item < TINY_TASK);
+    let frames = if tiny { TINY_TASK_FRAMES } else { AHEAD_FRAMES };
+    let ahead = (per_chunk * processes * AHEAD_CHUNKS + frames * processes).min(by_bytes);
+    let span = (for_work(WINDOW_WORK).max(per_chunk * processes * WINDOW_CHUNKS) + WINDOW_SLACK)
+        .min(by_bytes);
+    Window {
+        span: span.max(ahead),
+        ahead,
+    }
+}
+
+/// Whether a worker with `frames` frames in flight and `backlog` of
+/// estimated work gets another chunk.
+pub(crate) fn wants_more(frames: usize, backlog: Duration) -> bool {
+    frames == 0 || (frames < MAX_INFLIGHT_FRAMES && backlog < LOOKAHEAD)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn context() -> ChunkContext {
+        ChunkContext {
+            batch_size: None,
+            per_item: Some(Duration::from_micros(1)),
+            timeout: None,
+            remaining: 0,
+            processes: 2,
+            last_target: MAX_CHUNK_ITEMS,
+        }
+    }
+
+    #[test]
+    fn a_batch_size_overrides_everything() {
+        let c = ChunkContext {
+            batch_size: Some(7),
+            per_item: None,
+            ..context()
+        };
+        assert_eq!(chunk_items(&c), 7);
+    }
+
+    #[test]
+    fn one_input_per_chunk_until_measured() {
+        let c = ChunkContext {
+            per_item: None,
+            ..context()
+        };
+        assert_eq!(chunk_items(&c), 1);
+    }
+
+    #[test]
+    fn chunks_hold_the_target_work() {
+        // 2 ms of 1 us inputs.
+        assert_eq!(chunk_items(&context()), 2000);
+        // Slow inputs go one by one.
+        let slow = ChunkContext {
+            per_item: Some(Duration::from_millis(50)),
+            ..context()
+        };
+        assert_eq!(chunk_items(&slow), 1);
+        // Tiny ones stop at the cap.
+        let tiny = ChunkContext {
+            per_item: Some(Duration::from_nanos(1)),
+            ..context()
+        };
+        assert_eq!(chunk_items(&tiny), MAX_CHUNK_ITEMS);
+    }
+
+    #[test]
+    fn a_chunk_stays_well_inside_the_timeout() {
+        let c = ChunkContext {
+            timeout: Some(Duration::from_millis(4)),
+            ..context()
+        };
+        assert_eq!(chunk_items(&c), 1000);
+    }
+
+    #[test]
+    fn chunks_grow_at_most_twofold() {
+        let c = ChunkContext {
+            last_target: 10,
+            ..context()
+        };
+        assert_eq!(chunk_items(&c), 21);
+    }
+
+    #[test]
+    fn chunks_shrink_towards_the_end() {
+        let c = ChunkContext {
+            remaining: 800,
+            ..context()
+        };
+        // A quarter of what is left per process.
+        assert_eq!(chunk_items(&c), 100);
+        let last = ChunkContext {
+            remaining: 3,
+            ..context()
+        };
+        assert_eq!(chunk_items(&last), 1);
+    }
+
+    #[test]
+    fn the_window_keeps_chunks_ahead_for_every_process() {
+        let w = window(100, 8, Some(Duration::from_millis(1)), 2);
+        assert_eq!(w.ahead, 100 * 2 * AHEAD_CHUNKS + AHEAD_FRAMES * 2);
+        assert!(w.span >= w.ahead);
+        assert_eq!(w.span, 100 * 2 * WINDOW_CHUNKS + WINDOW_SLACK);
+        // Tiny tasks keep many more frames in the pool.
+        let tiny = window(1, 8, Some(Duration::from_micros(1)), 2);
+        assert_eq!(tiny.ahead, 2 * AHEAD_CHUNKS + TINY_TASK_FRAMES * 2);
+        // 40 ms of 1 us inputs per process are pulled ahead.
+        assert_eq!(tiny.span, 40_000 * 2 + WINDOW_SLACK);
+    }
+
+    #[test]
+    fn the_window_is_bounded_in_bytes() {
+        let w = window(1, 16 << 20, None, 8);
+        assert_eq!(w, Window { span: 4, ahead: 4 });
+        let w = window(MAX_CHUNK_ITEMS, 1 << 20, Some(Duration::from_nanos(1)), 2);
+        assert_eq!(w.ahead, WINDOW_BYTES >> 20);
+        assert_eq!(w.span, w.ahead);
+    }
+
+    #[test]
+    fn workers_take_work_while_their_backlog_is_short() {
+        assert!(wants_more(0, Duration::from_secs(60)));
+        assert!(wants_more(3, LOOKAHEAD - Duration::from_nanos(1)));
+        assert!(!wants_more(3, LOOKAHEAD));
+        assert!(!wants_more(MAX_INFLIGHT_FRAMES, Duration::ZERO));
+    }
+}

@@ -1,0 +1,44 @@
+//! Workers on this machine: this very binary, re-executed.
+//!
+//! `/proc/self/exe` still works if the file on disk was replaced or removed
+//! since the program started. Each worker leads a process group of its own,
+//! so that what a task starts (a `sleep`, a compiler, a forked child) is
+//! killed with the worker; only a subprocess that leaves the group on
+//! purpose (`setsid`, `setpgid`) escapes. A worker outside the terminal's
+//! foreground group gets no Ctrl-C of its own: it follows its parent
+//! (end of stdin, and the parent-death signal) instead.
+
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+
+use rustix::process::{Pid, Signal};
+
+use super::Launch;
+use crate::handoff::{WORKER_ENV, WorkerConfig};
+
+#[derive(Debug, Default)]
+pub(crate) struct Local;
+
+impl Launch for Local {
+    fn command(&self, config: &WorkerConfig) -> Command {
+        let mut command = Command::new("/proc/self/exe");
+        if let Some(arg0) = std::env::args_os().next() {
+            // So that `ps` shows the program's name rather than /proc/self/exe.
+            command.arg0(arg0);
+        }
+        command.env(WORKER_ENV, config.to_env()).process_group(0);
+        command
+    }
+
+    fn worker_is_child(&self) -> bool {
+        true
+    }
+
+    fn kill_rest(&self, local_pid: u32, _reported_pid: Option<u32>) {
+        // The worker leads its group, so the group's id is its pid, which
+        // stays ours until the worker is reaped. ESRCH: nothing left.
+        if let Some(group) = i32::try_from(local_pid).ok().and_then(Pid::from_raw) {
+            let _ = rustix::process::kill_process_group(group, Signal::KILL);
+        }
+    }
+}

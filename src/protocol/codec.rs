@@ -1,0 +1,131 @@
+//! CBOR values, and the outcome of one task as it travels back.
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::BoxError;
+
+/// The result of one task, as a worker reports it. On the wire: a tag
+/// byte, then the CBOR value for `Ok`, or a UTF-8 message otherwise (a
+/// CBOR enum would cost a map and a string compare per item).
+#[derive(Debug, PartialEq)]
+pub(crate) enum Outcome<T> {
+    Ok(T),
+    Panicked(String),
+    /// The worker could not decode the input or encode the output; the text
+    /// says which.
+    Codec(String),
+}
+
+const OUTCOME_OK: u8 = 0;
+const OUTCOME_PANICKED: u8 = 1;
+const OUTCOME_CODEC: u8 = 2;
+
+/// Appends a successful outcome. On error, `out` may hold a partial value.
+pub(crate) fn encode_ok<T: Serialize + ?Sized>(
+    value: &T,
+    out: &mut Vec<u8>,
+) -> Result<(), BoxError> {
+    out.push(OUTCOME_OK);
+    encode(value, out)
+}
+
+/// Appends a failed outcome.
+pub(crate) fn encode_failure<T>(outcome: &Outcome<T>, out: &mut Vec<u8>) {
+    let (tag, message) = match outcome {
+        Outcome::Ok(_) => unreachable!("a failure"),
+        Outcome::Panicked(message) => (OUTCOME_PANICKED, message),
+        Outcome::Codec(message) => (OUTCOME_CODEC, message),
+    };
+    out.push(tag);
+    out.extend_from_slice(message.as_bytes());
+}
+
+pub(crate) fn decode_outcome<T: DeserializeOwned>(
+    item: &[u8],
+    scratch: &mut [u8],
+) -> Result<Outcome<T>, BoxError> {
+    let Some((&tag, rest)) = item.split_first() else {
+        return Err(CodecError("empty outcome".into()).into());
+    };
+    let message = || String::from_utf8_lossy(rest).into_owned();
+    match tag {
+        OUTCOME_OK => decode(rest, scratch).map(Outcome::Ok),
+        OUTCOME_PANICKED => Ok(Outcome::Panicked(message())),
+        OUTCOME_CODEC => Ok(Outcome::Codec(message())),
+        tag => Err(CodecError(format!("unknown outcome tag {tag}")).into()),
+    }
+}
+
+/// A CBOR encoding or decoding failure, with a plain message (ciborium's
+/// own `Display` prints its enum's `Debug` form).
+#[derive(Debug)]
+pub(crate) struct CodecError(pub(crate) String);
+
+impl std::fmt::Display for CodecError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for CodecError {}
+
+pub(crate) fn encode<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> Result<(), BoxError> {
+    use ciborium::ser::Error as E;
+    ciborium::into_writer(value, out).map_err(|e| {
+        let message = match e {
+            E::Io(e) => e.to_string(),
+            E::Value(message) => message,
+        };
+        CodecError(message).into()
+    })
+}
+
+/// Decodes one CBOR value. `scratch` is reused across calls: ciborium's
+/// plain `from_reader` allocates a fresh buffer every time. Its size bounds
+/// the longest text or byte string decoded in one piece, not the value.
+pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8], scratch: &mut [u8]) -> Result<T, BoxError> {
+    use ciborium::de::Error as E;
+    ciborium::de::from_reader_with_buffer(bytes, scratch).map_err(|e| {
+        let message = match e {
+            E::Io(_) => "truncated CBOR value".to_owned(),
+            E::Syntax(at) => format!("invalid CBOR at byte {at}"),
+            E::Semantic(_, message) => message,
+            E::RecursionLimitExceeded => "CBOR value nested too deeply".to_owned(),
+        };
+        CodecError(message).into()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcome_round_trip() {
+        let mut scratch = [0; 64];
+        let mut buf = Vec::new();
+        encode_ok(&vec![1u8, 2], &mut buf).unwrap();
+        let back: Outcome<Vec<u8>> = decode_outcome(&buf, &mut scratch).unwrap();
+        assert_eq!(back, Outcome::Ok(vec![1, 2]));
+        for failure in [
+            Outcome::Panicked("boom".to_owned()),
+            Outcome::Codec("bad".to_owned()),
+        ] {
+            buf.clear();
+            encode_failure(&failure, &mut buf);
+            assert_eq!(decode_outcome::<u8>(&buf, &mut scratch).unwrap(), failure);
+        }
+        assert!(decode_outcome::<u8>(&[], &mut scratch).is_err());
+        assert!(decode_outcome::<u8>(&[9, 1], &mut scratch).is_err());
+    }
+
+    #[test]
+    fn decode_errors_read_plainly() {
+        let mut scratch = [0; 64];
+        let error = decode::<u64>(&[0x1b, 0], &mut scratch).unwrap_err();
+        assert_eq!(error.to_string(), "truncated CBOR value");
+        let error = decode::<u64>(&[0x61, b'x'], &mut scratch).unwrap_err();
+        assert!(error.to_string().contains("expected"), "{error}");
+    }
+}

@@ -1,0 +1,400 @@
+//! The layout of frames: kinds, fixed headers with named offsets, and the
+//! one writer of length-prefixed items.
+
+use serde::{Deserialize, Serialize};
+
+use super::ProtocolError;
+
+pub(crate) const HELLO: u8 = 1;
+pub(crate) const RUN: u8 = 2;
+pub(crate) const REPLY: u8 = 3;
+pub(crate) const FATAL: u8 = 4;
+
+/// Length prefix of a frame.
+pub(crate) const LEN_BYTES: usize = 4;
+/// Length prefix of an item.
+pub(crate) const ITEM_LEN_BYTES: usize = 4;
+/// Where a frame's kind byte is, in the frame (after its length prefix).
+const KIND_AT: usize = LEN_BYTES;
+
+/// What a worker announces before anything else.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Hello {
+    pub version: u32,
+    /// The worker's pid where it runs: what a launcher needs to kill it
+    /// when the local process is not the worker itself.
+    pub pid: u32,
+    /// Number of registered tasks the worker sees.
+    pub tasks: u32,
+    /// Digest of the registered task names, in registry order.
+    pub digest: u64,
+}
+
+fn put_u32(buf: &mut [u8], at: usize, value: u32) {
+    buf[at..at + 4].copy_from_slice(&value.to_le_bytes());
+}
+
+fn put_u64(buf: &mut [u8], at: usize, value: u64) {
+    buf[at..at + 8].copy_from_slice(&value.to_le_bytes());
+}
+
+pub(super) fn get_u32(buf: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(buf[at..at + 4].try_into().expect("4 bytes"))
+}
+
+fn get_u64(buf: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(buf[at..at + 8].try_into().expect("8 bytes"))
+}
+
+/// Appends a whole frame of `kind` with `body`.
+pub(crate) fn push_frame(out: &mut Vec<u8>, kind: u8, body: &[u8]) {
+    let len = u32::try_from(body.len() + 1).expect("frame body under 4 GiB");
+    out.extend_from_slice(&len.to_le_bytes());
+    out.push(kind);
+    out.extend_from_slice(body);
+}
+
+/// Writes the length prefix of the frame that starts at `at` in `buf` and
+/// runs to its end.
+fn seal_frame(buf: &mut [u8], at: usize) {
+    let len = u32::try_from(buf.len() - at - LEN_BYTES).expect("frame under 4 GiB");
+    put_u32(buf, at, len);
+}
+
+/// The header of a RUN frame. Offsets are from the start of the frame
+/// (its length prefix).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RunHeader {
+    pub task: u32,
+    pub first_seq: u64,
+    pub count: u32,
+}
+
+impl RunHeader {
+    const TASK_AT: usize = KIND_AT + 1;
+    const FIRST_SEQ_AT: usize = Self::TASK_AT + 4;
+    const COUNT_AT: usize = Self::FIRST_SEQ_AT + 8;
+    /// Bytes from the start of a RUN frame to its first item.
+    pub(crate) const SIZE: usize = Self::COUNT_AT + 4;
+
+    /// Stamps the first sequence number into a finished RUN frame: the pool
+    /// does it when it hands the frame to a worker.
+    pub(crate) fn stamp_first_seq(frame: &mut [u8], first_seq: u64) {
+        put_u64(frame, Self::FIRST_SEQ_AT, first_seq);
+    }
+
+    /// The header and the items of a RUN frame's body (the frame minus its
+    /// length prefix, as the readers return it).
+    pub(crate) fn parse(body: &[u8]) -> Result<(RunHeader, &[u8]), ProtocolError> {
+        let at = |offset: usize| offset - LEN_BYTES;
+        if body.len() < at(Self::SIZE) {
+            return Err(ProtocolError::new("truncated run header"));
+        }
+        let header = RunHeader {
+            task: get_u32(body, at(Self::TASK_AT)),
+            first_seq: get_u64(body, at(Self::FIRST_SEQ_AT)),
+            count: get_u32(body, at(Self::COUNT_AT)),
+        };
+        Ok((header, &body[at(Self::SIZE)..]))
+    }
+}
+
+/// The header of a REPLY frame. Offsets are from the start of the frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ReplyHeader {
+    pub first_seq: u64,
+    pub count: u32,
+    /// Time the worker spent running these items, measured by the worker:
+    /// the pool learns run times from it (arrival times would mislead when
+    /// several replies arrive at once).
+    pub busy_nanos: u64,
+}
+
+impl ReplyHeader {
+    const FIRST_SEQ_AT: usize = KIND_AT + 1;
+    const COUNT_AT: usize = Self::FIRST_SEQ_AT + 8;
+    const BUSY_AT: usize = Self::COUNT_AT + 4;
+    /// Bytes from the start of a REPLY frame to its first item.
+    pub(crate) const SIZE: usize = Self::BUSY_AT + 8;
+
+    /// Writes this header into the REPLY frame that starts at `at` in
+    /// `buf` (room reserved), for the items that follow it to the end of
+    /// `buf`.
+    pub(crate) fn write(&self, buf: &mut [u8], at: usize) {
+        seal_frame(buf, at);
+        buf[at + KIND_AT] = REPLY;
+        put_u64(buf, at + Self::FIRST_SEQ_AT, self.first_seq);
+        put_u32(buf, at + Self::COUNT_AT, self.count);
+        put_u64(buf, at + Self::BUSY_AT, self.busy_nanos);
+    }
+
+    /// The header and the items of a REPLY frame's body. A reply answers
+    /// at least one item: one that answers none could only serve to reset
+    /// the pool's clock.
+    pub(crate) fn parse(body: &[u8]) -> Result<(ReplyHeader, &[u8]), ProtocolError> {
+        let at = |offset: usize| offset - LEN_BYTES;
+        if body.len() < at(Self::SIZE) {
+            return Err(ProtocolError::new("truncated reply header"));
+        }
+        let header = ReplyHeader {
+            first_seq: get_u64(body, at(Self::FIRST_SEQ_AT)),
+            count: get_u32(body, at(Self::COUNT_AT)),
+            busy_nanos: get_u64(body, at(Self::BUSY_AT)),
+        };
+        if header.count == 0 {
+            return Err(ProtocolError::new("a reply that answers no input"));
+        }
+        Ok((header, &body[at(Self::SIZE)..]))
+    }
+}
+
+/// Starts an item at the end of `buf`: reserves its length prefix and
+/// returns where the item starts, for [`end_item`]. This pair is the one
+/// writer of length-prefixed items: the caller appends the item's bytes in
+/// between, straight into the frame.
+pub(crate) fn begin_item(buf: &mut Vec<u8>) -> usize {
+    let start = buf.len();
+    buf.extend_from_slice(&[0; ITEM_LEN_BYTES]);
+    start
+}
+
+/// Ends the item begun at `start`: writes its length prefix and returns
+/// the item's size with its prefix. An item over 4 GiB is removed and
+/// refused.
+pub(crate) fn end_item(buf: &mut Vec<u8>, start: usize) -> Result<usize, ProtocolError> {
+    let len = buf.len() - start - ITEM_LEN_BYTES;
+    let Ok(len32) = u32::try_from(len) else {
+        buf.truncate(start);
+        return Err(ProtocolError::new("item is larger than 4 GiB"));
+    };
+    put_u32(buf, start, len32);
+    Ok(len + ITEM_LEN_BYTES)
+}
+
+/// Appends one length-prefixed item.
+pub(crate) fn push_item(buf: &mut Vec<u8>, item: &[u8]) {
+    let start = begin_item(buf);
+    buf.extend_from_slice(item);
+    end_item(buf, start).expect("item under 4 GiB");
+}
+
+/// Builds a RUN frame item by item. The sequence number is stamped later,
+/// by whoever sends the frame to a worker ([`RunHeader::stamp_first_seq`]).
+#[derive(Debug)]
+pub(crate) struct RunFrame {
+    buf: Vec<u8>,
+    count: u32,
+}
+
+impl RunFrame {
+    #[cfg(test)]
+    pub(crate) fn new(task: u32) -> RunFrame {
+        RunFrame::with_capacity(task, 0)
+    }
+
+    /// A frame with room for `bytes` of items without reallocating.
+    pub(crate) fn with_capacity(task: u32, bytes: usize) -> RunFrame {
+        let mut buf = Vec::with_capacity(RunHeader::SIZE + bytes);
+        buf.resize(RunHeader::SIZE, 0);
+        buf[KIND_AT] = RUN;
+        put_u32(&mut buf, RunHeader::TASK_AT, task);
+        RunFrame { buf, count: 0 }
+    }
+
+    pub(crate) fn count(&self) -> u32 {
+        self.count
+    }
+
+    /// Size of the frame so far, in bytes.
+    pub(crate) fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Appends one item written by `write`. On error nothing is appended.
+    /// Returns the item's size with its prefix, for [`RunFrame::pop`].
+    pub(crate) fn push_with<E: From<ProtocolError>>(
+        &mut self,
+        write: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
+    ) -> Result<usize, E> {
+        let start = begin_item(&mut self.buf);
+        if let Err(e) = write(&mut self.buf) {
+            self.buf.truncate(start);
+            return Err(e);
+        }
+        let bytes = end_item(&mut self.buf, start)?;
+        self.count += 1;
+        Ok(bytes)
+    }
+
+    /// Removes the last item, of `bytes` bytes as returned by `push_with`.
+    pub(crate) fn pop(&mut self, bytes: usize) {
+        self.buf.truncate(self.buf.len() - bytes);
+        self.count -= 1;
+    }
+
+    /// A frame for `count` items already laid out as an item section.
+    pub(crate) fn from_items(task: u32, count: u32, items: &[u8]) -> Vec<u8> {
+        let mut frame = RunFrame::with_capacity(task, items.len());
+        frame.buf.extend_from_slice(items);
+        frame.count = count;
+        frame.finish()
+    }
+
+    pub(crate) fn finish(mut self) -> Vec<u8> {
+        seal_frame(&mut self.buf, 0);
+        put_u32(&mut self.buf, RunHeader::COUNT_AT, self.count);
+        self.buf
+    }
+}
+
+/// The item section of a finished RUN frame.
+pub(crate) fn run_items(frame: &[u8]) -> &[u8] {
+    &frame[RunHeader::SIZE..]
+}
+
+/// Iterates over the items of an item section, checking every length.
+pub(crate) struct Items<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Items<'a> {
+    pub(crate) fn new(section: &'a [u8]) -> Items<'a> {
+        Items { rest: section }
+    }
+}
+
+impl<'a> Iterator for Items<'a> {
+    type Item = Result<&'a [u8], ProtocolError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.rest.is_empty() {
+            return None;
+        }
+        if self.rest.len() < ITEM_LEN_BYTES {
+            self.rest = &[];
+            return Some(Err(ProtocolError::new("truncated item length")));
+        }
+        let len = get_u32(self.rest, 0) as usize;
+        let end = ITEM_LEN_BYTES + len;
+        if self.rest.len() < end {
+            self.rest = &[];
+            return Some(Err(ProtocolError::new(
+                "item runs past the end of its frame",
+            )));
+        }
+        let item = &self.rest[ITEM_LEN_BYTES..end];
+        self.rest = &self.rest[end..];
+        Some(Ok(item))
+    }
+}
+
+/// Byte length of the first `n` items of an item section.
+pub(crate) fn items_len(section: &[u8], n: usize) -> Result<usize, ProtocolError> {
+    let mut len = 0;
+    let mut items = Items::new(section);
+    for _ in 0..n {
+        match items.next() {
+            Some(item) => len += ITEM_LEN_BYTES + item?.len(),
+            None => return Err(ProtocolError::new("fewer items than the header says")),
+        }
+    }
+    Ok(len)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_header_round_trip() {
+        let mut frame = RunFrame::new(7);
+        frame
+            .push_with(|buf| {
+                buf.extend_from_slice(b"abc");
+                Ok::<_, ProtocolError>(())
+            })
+            .unwrap();
+        let mut frame = frame.finish();
+        RunHeader::stamp_first_seq(&mut frame, 42);
+        assert_eq!(get_u32(&frame, 0) as usize, frame.len() - LEN_BYTES);
+        let (header, items) = RunHeader::parse(&frame[LEN_BYTES..]).unwrap();
+        assert_eq!(
+            header,
+            RunHeader {
+                task: 7,
+                first_seq: 42,
+                count: 1
+            }
+        );
+        assert_eq!(items, run_items(&frame));
+        assert_eq!(Items::new(items).next().unwrap().unwrap(), b"abc");
+        assert!(RunHeader::parse(&frame[LEN_BYTES..RunHeader::SIZE - 1]).is_err());
+    }
+
+    #[test]
+    fn reply_header_round_trip() {
+        let mut buf = vec![0xAA; 3];
+        let at = buf.len();
+        buf.resize(at + ReplyHeader::SIZE, 0);
+        push_item(&mut buf, b"xyz");
+        let header = ReplyHeader {
+            first_seq: 9,
+            count: 1,
+            busy_nanos: 77,
+        };
+        header.write(&mut buf, at);
+        assert_eq!(buf[at + KIND_AT], REPLY);
+        let (back, items) = ReplyHeader::parse(&buf[at + LEN_BYTES..]).unwrap();
+        assert_eq!(back, header);
+        assert_eq!(Items::new(items).next().unwrap().unwrap(), b"xyz");
+    }
+
+    #[test]
+    fn a_reply_for_no_item_is_refused() {
+        let mut buf = vec![0; ReplyHeader::SIZE];
+        ReplyHeader {
+            first_seq: 0,
+            count: 0,
+            busy_nanos: 0,
+        }
+        .write(&mut buf, 0);
+        let error = ReplyHeader::parse(&buf[LEN_BYTES..]).unwrap_err();
+        assert_eq!(error.0, "a reply that answers no input");
+    }
+
+    #[test]
+    fn items_reject_bad_lengths() {
+        let mut section = Vec::new();
+        push_item(&mut section, b"ok");
+        section.extend_from_slice(&100u32.to_le_bytes());
+        section.push(1);
+        let mut items = Items::new(&section);
+        assert_eq!(items.next().unwrap().unwrap(), b"ok");
+        assert!(items.next().unwrap().is_err());
+        assert!(items.next().is_none());
+        assert!(Items::new(&[1, 2]).next().unwrap().is_err());
+        assert_eq!(items_len(&section, 1).unwrap(), ITEM_LEN_BYTES + 2);
+        assert!(items_len(&section, 2).is_err());
+    }
+
+    #[test]
+    fn a_failed_item_leaves_no_trace() {
+        let mut frame = RunFrame::new(1);
+        let before = frame.len();
+        let failed = frame.push_with(|buf| {
+            buf.extend_from_slice(b"half");
+            Err(ProtocolError::new("no"))
+        });
+        assert!(failed.is_err());
+        assert_eq!((frame.len(), frame.count()), (before, 0));
+        let bytes = frame
+            .push_with(|buf| {
+                buf.push(1);
+                Ok::<_, ProtocolError>(())
+            })
+            .unwrap();
+        assert_eq!(bytes, ITEM_LEN_BYTES + 1);
+        frame.pop(bytes);
+        assert_eq!((frame.len(), frame.count()), (before, 0));
+    }
+}

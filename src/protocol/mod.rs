@@ -1,0 +1,63 @@
+//! The wire format between a pool and its workers.
+//!
+//! Every message is a frame: a little-endian `u32` length, then that many
+//! bytes, the first of which is the frame's kind.
+//!
+//! ```text
+//! frame  = len:u32 kind:u8 body                       len = 1 + body length
+//! HELLO  worker -> pool  body = CBOR Hello            sent once, at start-up
+//! RUN    pool -> worker  body = task:u32 first_seq:u64 count:u32 items
+//! REPLY  worker -> pool  body = first_seq:u64 count:u32 busy_ns:u64 items
+//! FATAL  worker -> pool  body = UTF-8 message         the worker exits next
+//! items  = (len:u32 cbor)*                            one CBOR value each
+//! ```
+//!
+//! Sequence numbers count items, per worker, from 0: a RUN frame carries
+//! items `first_seq..first_seq + count`, and the worker answers every item, in
+//! order, in REPLY frames that may group them differently but answer at least
+//! one item each. A reply item is an [`Outcome`]. Headers are fixed-size
+//! binary so that the pool can stamp a sequence number into a frame built
+//! elsewhere, and items carry their own length so that a frame can be split
+//! between results or re-sent in part without knowing the CBOR types inside.
+//!
+//! Every length is checked against a limit before anything is allocated.
+//!
+//! - [`frame`]: the frame layout, the header structs and the item writer;
+//! - [`codec`]: CBOR values and outcomes;
+//! - [`read`]: reading frames, blocking (the worker) or not (the pool).
+
+mod codec;
+mod frame;
+mod read;
+
+pub(crate) use codec::{Outcome, decode, decode_outcome, encode, encode_failure, encode_ok};
+#[cfg(test)]
+pub(crate) use frame::LEN_BYTES;
+pub(crate) use frame::{
+    FATAL, HELLO, Hello, ITEM_LEN_BYTES, Items, REPLY, RUN, ReplyHeader, RunFrame, RunHeader,
+    begin_item, end_item, items_len, push_frame, push_item, run_items,
+};
+pub(crate) use read::{FrameBuffer, read_frame};
+
+/// Bumped whenever the format changes. A worker speaking another version is
+/// refused at the handshake.
+pub(crate) const VERSION: u32 = 1;
+
+/// A protocol violation by the peer. Both the frame parsers and the readers
+/// report it, so it lives here, where both import it from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ProtocolError(pub String);
+
+impl ProtocolError {
+    pub(crate) fn new(message: impl Into<String>) -> ProtocolError {
+        ProtocolError(message.into())
+    }
+}
+
+impl std::fmt::Display for ProtocolError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ProtocolError {}

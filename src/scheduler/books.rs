@@ -1,0 +1,562 @@
+//! A worker's books: the frames it was given, how far they are written and
+//! answered, its estimated backlog, and when its current input started.
+//! Plain data with no process behind it, so that every rule is tested here.
+//!
+//! Time: a worker runs its frames in order and answers each before it
+//! reads the next, so the frame at the head is the one running. It starts
+//! at the latest of its frame being written in full, the worker's handshake
+//! and the worker's last reply. Each of those is stamped with a time read
+//! after the event, so the estimate is never earlier than the true start and
+//! a timeout never fires early; time a frame spends queued does not count
+//! against it. (What the pool cannot see is the worker's own latency: the
+//! time it takes to be scheduled, read and decode the input counts as the
+//! task's.)
+//!
+//! A head frame that is only partly written cannot have started. If the
+//! worker stops taking its bytes for a whole timeout, it is stuck (a task
+//! left it unable to read), and the deadline says so; the frame itself is
+//! innocent ([`Books::head_unread`]).
+
+use std::collections::VecDeque;
+use std::io::IoSlice;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::flow::MAX_IOVECS;
+use crate::protocol::{self, ProtocolError, ReplyHeader, RunHeader};
+use crate::shared::{Chunk, Delivery, MapStats, Outbox, Payload};
+
+/// One frame given to the worker and not fully answered.
+struct Inflight {
+    chunk: Chunk,
+    first_seq: u64,
+    /// Items answered so far.
+    done: u32,
+    /// When its frame was written in full.
+    written_at: Option<Instant>,
+    /// Estimated run time of one item when it was dispatched.
+    estimate: Duration,
+    stats: Arc<MapStats>,
+}
+
+/// A worker's books.
+#[derive(Default)]
+pub(crate) struct Books {
+    /// Frames in the order given, the oldest (running) first.
+    inflight: VecDeque<Inflight>,
+    /// How many of them are written in full.
+    written: usize,
+    /// Bytes of `inflight[written]` already written.
+    write_offset: usize,
+    next_seq: u64,
+    /// Inputs given to this worker so far.
+    assigned: u64,
+    /// Estimated run time of its unanswered inputs.
+    backlog: Duration,
+    /// When its handshake arrived.
+    ready_at: Option<Instant>,
+    last_reply_at: Option<Instant>,
+    /// When bytes last went out to it.
+    last_write_at: Option<Instant>,
+}
+
+/// What a worker leaves unanswered when it goes.
+pub(crate) struct Unanswered {
+    /// The unanswered part of the frame it was running.
+    pub head: Option<Chunk>,
+    /// Frames behind it, which it never started.
+    pub rest: Vec<Chunk>,
+}
+
+impl Unanswered {
+    pub(crate) fn into_chunks(self) -> impl Iterator<Item = Chunk> {
+        self.head.into_iter().chain(self.rest)
+    }
+}
+
+impl Books {
+    pub(crate) fn is_ready(&self) -> bool {
+        self.ready_at.is_some()
+    }
+
+    /// The worker said hello at `now`.
+    pub(crate) fn ready(&mut self, now: Instant) {
+        self.ready_at = Some(now);
+    }
+
+    /// Frames given and not fully answered.
+    pub(crate) fn frames(&self) -> usize {
+        self.inflight.len()
+    }
+
+    pub(crate) fn backlog(&self) -> Duration {
+        self.backlog
+    }
+
+    pub(crate) fn assigned(&self) -> u64 {
+        self.assigned
+    }
+
+    pub(crate) fn all_written(&self) -> bool {
+        self.written == self.inflight.len()
+    }
+
+    /// The map of the frame it is running.
+    pub(crate) fn head_map(&self) -> Option<u64> {
+        self.inflight.front().map(|head| head.chunk.map)
+    }
+
+    /// Takes a chunk: stamps its sequence numbers into its frame and counts
+    /// its estimated work.
+    pub(crate) fn assign(&mut self, mut chunk: Chunk, estimate: Duration, stats: Arc<MapStats>) {
+        RunHeader::stamp_first_seq(&mut chunk.frame, self.next_seq);
+        let first_seq = self.next_seq;
+        self.next_seq += u64::from(chunk.count);
+        self.assigned += u64::from(chunk.count);
+        self.backlog += estimate * chunk.count;
+        self.inflight.push_back(Inflight {
+            chunk,
+            first_seq,
+            done: 0,
+            written_at: None,
+            estimate,
+            stats,
+        });
+    }
+
+    /// The bytes not yet written, as slices for one `writev`.
+    pub(crate) fn unwritten(&self) -> Vec<IoSlice<'_>> {
+        self.inflight
+            .iter()
+            .skip(self.written)
+            .take(MAX_IOVECS)
+            .enumerate()
+            .map(|(k, inflight)| {
+                let skip = if k == 0 { self.write_offset } else { 0 };
+                IoSlice::new(&inflight.chunk.frame[skip..])
+            })
+            .collect()
+    }
+
+    /// Books `n` more bytes written, at `now`, which must be read after the
+    /// write returned.
+    pub(crate) fn wrote(&mut self, mut n: usize, now: Instant) {
+        if n > 0 {
+            self.last_write_at = Some(now);
+        }
+        while n > 0 {
+            let inflight = &mut self.inflight[self.written];
+            let left = inflight.chunk.frame.len() - self.write_offset;
+            if n >= left {
+                n -= left;
+                inflight.written_at = Some(now);
+                self.written += 1;
+                self.write_offset = 0;
+            } else {
+                self.write_offset += n;
+                n = 0;
+            }
+        }
+    }
+
+    /// Books a REPLY frame that arrived at `now`: hands its outcomes to
+    /// `outbox`, uncopied when the frame has a buffer of its own (`shared`:
+    /// that buffer and where the items start in it).
+    pub(crate) fn answer(
+        &mut self,
+        header: ReplyHeader,
+        mut items: &[u8],
+        mut shared: Option<(&Arc<Vec<u8>>, usize)>,
+        now: Instant,
+        outbox: &mut Outbox,
+    ) -> Result<(), ProtocolError> {
+        let mut left = header.count;
+        let mut seq = header.first_seq;
+        let per_item = Duration::from_nanos(header.busy_nanos) / header.count.max(1);
+        while left > 0 {
+            let Some(head) = self.inflight.front_mut() else {
+                return Err(ProtocolError::new(format!(
+                    "reply for item {seq}, which was never sent"
+                )));
+            };
+            let expected = head.first_seq + u64::from(head.done);
+            if seq != expected {
+                return Err(ProtocolError::new(format!(
+                    "reply for item {seq}, expected {expected}"
+                )));
+            }
+            if head.written_at.is_none() {
+                return Err(ProtocolError::new(format!(
+                    "reply for item {seq}, whose frame is not written yet"
+                )));
+            }
+            let n = left.min(head.chunk.count - head.done);
+            let bytes = protocol::items_len(items, n as usize)?;
+            let payload = match &mut shared {
+                Some((buffer, at)) => {
+                    let range = *at..*at + bytes;
+                    *at += bytes;
+                    Payload::Shared(Arc::clone(buffer), range)
+                }
+                None => Payload::Copied(items[..bytes].to_vec()),
+            };
+            outbox.push(
+                head.chunk.map,
+                Delivery::Outcomes {
+                    first_index: head.chunk.first_index + head.done as usize,
+                    count: n,
+                    items: payload,
+                },
+            );
+            items = &items[bytes..];
+            head.done += n;
+            head.stats.record(per_item);
+            self.backlog = self.backlog.saturating_sub(head.estimate * n);
+            seq += u64::from(n);
+            left -= n;
+            if head.done == head.chunk.count {
+                self.inflight.pop_front();
+                self.written -= 1;
+            }
+        }
+        if !items.is_empty() {
+            return Err(ProtocolError::new(
+                "reply holds more items than its header says",
+            ));
+        }
+        self.last_reply_at = Some(now);
+        Ok(())
+    }
+
+    /// When the frame at the head started running, as far as we can tell
+    /// (never earlier than it did); `None` if it cannot have started.
+    pub(crate) fn head_started(&self) -> Option<Instant> {
+        let head = self.inflight.front()?;
+        let started = head.written_at?.max(self.ready_at?);
+        Some(
+            self.last_reply_at
+                .map_or(started, |reply| started.max(reply)),
+        )
+    }
+
+    /// When the head must be answered by: `timeout` after it started, or,
+    /// while its frame is partly written, `timeout` after the worker last
+    /// took any of its bytes. `None` if there is nothing to wait for.
+    pub(crate) fn deadline(&self, timeout: Option<Duration>) -> Option<Instant> {
+        let timeout = timeout?;
+        let start = match self.head_started() {
+            Some(started) => started,
+            None if self.written == 0 && self.write_offset > 0 => {
+                let progress = self.last_write_at?.max(self.ready_at?);
+                self.last_reply_at
+                    .map_or(progress, |reply| progress.max(reply))
+            }
+            None => return None,
+        };
+        // A timeout too large to add never fires.
+        start.checked_add(timeout)
+    }
+
+    /// Whether the worker cannot have read the whole frame at the head, so
+    /// that its inputs cannot have started: it is not written in full, or
+    /// some of its bytes are still in the request pipe (`unread`: the
+    /// bytes the worker has not read, when known).
+    pub(crate) fn head_unread(&self, unread: Option<u64>) -> bool {
+        let Some(head) = self.inflight.front() else {
+            return false;
+        };
+        if head.done > 0 {
+            return false;
+        }
+        if self.written == 0 {
+            return true;
+        }
+        let Some(unread) = unread else {
+            return false;
+        };
+        // The pipe holds the last `unread` bytes written; the head went in
+        // first.
+        let sent: usize = self
+            .inflight
+            .iter()
+            .take(self.written)
+            .map(|inflight| inflight.chunk.frame.len())
+            .sum::<usize>()
+            + self.write_offset;
+        unread > (sent - head.chunk.frame.len()) as u64
+    }
+
+    /// What is left unanswered.
+    pub(crate) fn into_unanswered(self) -> Unanswered {
+        let mut inflight = self.inflight.into_iter();
+        let head = inflight
+            .next()
+            .and_then(|head| head.chunk.split(head.done).1);
+        Unanswered {
+            head,
+            rest: inflight.map(|inflight| inflight.chunk).collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{Items, RunFrame, push_item};
+
+    const MS: Duration = Duration::from_millis(1);
+
+    fn chunk(map: u64, first_index: usize, count: u32) -> Chunk {
+        let mut frame = RunFrame::new(0);
+        for k in 0..count {
+            frame
+                .push_with(|buf| protocol::encode(&(first_index as u32 + k), buf))
+                .unwrap();
+        }
+        Chunk {
+            map,
+            task: 0,
+            first_index,
+            count,
+            frame: frame.finish(),
+            attempts: 0,
+        }
+    }
+
+    fn books_with(chunks: &[(u64, usize, u32)], now: Instant) -> Books {
+        let mut books = Books::default();
+        books.ready(now);
+        for &(map, first, count) in chunks {
+            books.assign(chunk(map, first, count), MS, Arc::default());
+        }
+        books
+    }
+
+    fn frame_len(books: &Books, k: usize) -> usize {
+        books.inflight[k].chunk.frame.len()
+    }
+
+    /// A reply for `count` items from `first_seq` on, each item `[7]`.
+    fn reply(first_seq: u64, count: u32) -> (ReplyHeader, Vec<u8>) {
+        let mut items = Vec::new();
+        for _ in 0..count {
+            push_item(&mut items, &[7]);
+        }
+        let header = ReplyHeader {
+            first_seq,
+            count,
+            busy_nanos: 1000 * u64::from(count),
+        };
+        (header, items)
+    }
+
+    fn answer(
+        books: &mut Books,
+        first_seq: u64,
+        count: u32,
+        now: Instant,
+    ) -> Result<Outbox, ProtocolError> {
+        let (header, items) = reply(first_seq, count);
+        let mut outbox = Outbox::default();
+        books.answer(header, &items, None, now, &mut outbox)?;
+        Ok(outbox)
+    }
+
+    #[test]
+    fn sequence_numbers_count_inputs_and_are_stamped() {
+        let books = books_with(&[(0, 0, 3), (0, 3, 2)], Instant::now());
+        let seqs: Vec<u64> = books.inflight.iter().map(|i| i.first_seq).collect();
+        assert_eq!(seqs, [0, 3]);
+        for inflight in &books.inflight {
+            let (header, _) =
+                RunHeader::parse(&inflight.chunk.frame[protocol::LEN_BYTES..]).unwrap();
+            assert_eq!(header.first_seq, inflight.first_seq);
+        }
+        assert_eq!((books.assigned(), books.frames()), (5, 2));
+        assert_eq!(books.backlog(), 5 * MS);
+    }
+
+    #[test]
+    fn partial_writes_are_booked_and_stamped_when_complete() {
+        let t0 = Instant::now();
+        let mut books = books_with(&[(0, 0, 1), (0, 1, 1)], t0);
+        let first = frame_len(&books, 0);
+        assert_eq!(books.unwritten().len(), 2);
+        books.wrote(first - 1, t0 + MS);
+        assert_eq!(books.inflight[0].written_at, None);
+        assert_eq!(books.unwritten()[0].len(), 1);
+        books.wrote(1 + 2, t0 + 2 * MS);
+        assert_eq!(books.inflight[0].written_at, Some(t0 + 2 * MS));
+        assert_eq!((books.written, books.write_offset), (1, 2));
+        assert!(!books.all_written());
+        let rest = books.unwritten()[0].len();
+        books.wrote(rest, t0 + 3 * MS);
+        assert!(books.all_written() && books.unwritten().is_empty());
+        assert_eq!(books.inflight[1].written_at, Some(t0 + 3 * MS));
+    }
+
+    #[test]
+    fn the_clock_starts_at_the_latest_of_write_handshake_and_last_reply() {
+        let t0 = Instant::now();
+        let timeout = Some(100 * MS);
+        let mut books = Books::default();
+        books.assign(chunk(0, 0, 1), MS, Arc::default());
+        books.assign(chunk(0, 1, 1), MS, Arc::default());
+        let both = frame_len(&books, 0) + frame_len(&books, 1);
+        // Written before the worker was ready: nothing runs yet.
+        books.wrote(both, t0 + MS);
+        assert_eq!(books.deadline(timeout), None);
+        books.ready(t0 + 5 * MS);
+        assert_eq!(books.deadline(timeout), Some(t0 + 105 * MS));
+        // The second input starts when the first is answered, not when
+        // it was written: queued time does not count.
+        answer(&mut books, 0, 1, t0 + 50 * MS).unwrap();
+        assert_eq!(books.head_started(), Some(t0 + 50 * MS));
+        assert_eq!(books.deadline(timeout), Some(t0 + 150 * MS));
+        assert_eq!(books.deadline(None), None);
+    }
+
+    #[test]
+    fn a_stamp_read_after_the_write_starts_the_clock() {
+        // The pool reads the clock after `writev` returns and books the
+        // write with it: the clock of a frame starts no earlier than its
+        // last byte went out, however long the write took.
+        let t0 = Instant::now();
+        let mut books = books_with(&[(0, 0, 1)], t0);
+        let before_write = t0 + MS;
+        let after_write = t0 + 30 * MS;
+        books.wrote(frame_len(&books, 0), after_write);
+        assert_eq!(books.head_started(), Some(after_write));
+        assert!(books.head_started() > Some(before_write));
+    }
+
+    #[test]
+    fn a_partly_written_head_times_out_when_the_worker_stops_reading() {
+        let t0 = Instant::now();
+        let timeout = Some(100 * MS);
+        let mut books = books_with(&[(0, 0, 1)], t0);
+        assert_eq!(books.deadline(timeout), None, "nothing written yet");
+        books.wrote(10, t0 + 2 * MS);
+        assert_eq!(books.head_started(), None);
+        assert_eq!(books.deadline(timeout), Some(t0 + 102 * MS));
+        // Progress pushes the deadline back.
+        books.wrote(10, t0 + 60 * MS);
+        assert_eq!(books.deadline(timeout), Some(t0 + 160 * MS));
+    }
+
+    #[test]
+    fn replies_hand_outcomes_to_their_maps() {
+        let t0 = Instant::now();
+        let mut books = books_with(&[(4, 10, 3), (5, 0, 1)], t0);
+        let all: usize = (0..2).map(|k| frame_len(&books, k)).sum();
+        books.wrote(all, t0);
+        // Two of the first frame's three, then the rest with the next frame.
+        let outbox = answer(&mut books, 0, 2, t0 + MS).unwrap();
+        assert_eq!(outbox.len(), 1);
+        assert_eq!(books.inflight[0].done, 2);
+        assert_eq!(books.backlog(), 2 * MS);
+        let outbox = answer(&mut books, 2, 2, t0 + 2 * MS).unwrap();
+        let got: Vec<(u64, usize, u32, usize)> = outbox
+            .deliveries()
+            .iter()
+            .map(|(map, delivery)| match delivery {
+                Delivery::Outcomes {
+                    first_index,
+                    count,
+                    items,
+                } => (
+                    *map,
+                    *first_index,
+                    *count,
+                    Items::new(items.as_slice()).count(),
+                ),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(got, [(4, 12, 1, 1), (5, 0, 1, 1)]);
+        assert_eq!((books.frames(), books.written), (0, 0));
+        assert_eq!(books.backlog(), Duration::ZERO);
+        assert_eq!(books.last_reply_at, Some(t0 + 2 * MS));
+    }
+
+    #[test]
+    fn replies_that_do_not_fit_are_protocol_errors() {
+        let t0 = Instant::now();
+        let mut books = books_with(&[(0, 0, 2)], t0);
+        let error = answer(&mut books, 0, 1, t0).map(|_| ()).unwrap_err();
+        assert_eq!(error.0, "reply for item 0, whose frame is not written yet");
+        let len = frame_len(&books, 0);
+        books.wrote(len, t0);
+        let error = answer(&mut books, 1, 1, t0).map(|_| ()).unwrap_err();
+        assert_eq!(error.0, "reply for item 1, expected 0");
+        let error = answer(&mut books, 0, 3, t0).map(|_| ()).unwrap_err();
+        assert_eq!(error.0, "reply for item 2, which was never sent");
+        let mut books = books_with(&[(0, 0, 1)], t0);
+        let len = frame_len(&books, 0);
+        books.wrote(len, t0);
+        let (header, mut items) = reply(0, 1);
+        push_item(&mut items, &[8]);
+        let error = books
+            .answer(header, &items, None, t0, &mut Outbox::default())
+            .unwrap_err();
+        assert_eq!(error.0, "reply holds more items than its header says");
+        let mut books = books_with(&[(0, 0, 1)], t0);
+        books.wrote(len, t0);
+        let (header, items) = reply(0, 1);
+        let error = books
+            .answer(header, &items[..2], None, t0, &mut Outbox::default())
+            .unwrap_err();
+        assert_eq!(error.0, "truncated item length");
+    }
+
+    #[test]
+    fn a_head_still_in_the_pipe_is_unread() {
+        let t0 = Instant::now();
+        let mut books = books_with(&[(0, 0, 1), (0, 1, 1)], t0);
+        let (first, second) = (frame_len(&books, 0), frame_len(&books, 1));
+        assert!(!Books::default().head_unread(Some(0)), "nothing in flight");
+        // Not written in full: unread whatever the pipe says.
+        books.wrote(first - 1, t0);
+        assert!(books.head_unread(None));
+        assert!(books.head_unread(Some(0)));
+        // Written in full, and a few bytes of the next one.
+        books.wrote(1 + 5, t0);
+        assert!(
+            books.head_unread(Some(6)),
+            "one byte of the head is in the pipe"
+        );
+        assert!(
+            !books.head_unread(Some(5)),
+            "the pipe holds only the next frame's bytes"
+        );
+        assert!(!books.head_unread(None), "unknown: it may have read it");
+        books.wrote(second - 5, t0);
+        assert!(books.head_unread(Some((second + 1) as u64)));
+        assert!(!books.head_unread(Some(second as u64)));
+        // Partly answered: it was read.
+        let mut books = books_with(&[(0, 0, 2)], t0);
+        let len = frame_len(&books, 0);
+        books.wrote(len, t0);
+        answer(&mut books, 0, 1, t0).unwrap();
+        assert!(!books.head_unread(Some(len as u64)));
+    }
+
+    #[test]
+    fn what_is_left_unanswered_goes_back_whole() {
+        let t0 = Instant::now();
+        let mut books = books_with(&[(0, 0, 3), (1, 0, 2)], t0);
+        let all: usize = (0..2).map(|k| frame_len(&books, k)).sum();
+        books.wrote(all, t0);
+        answer(&mut books, 0, 1, t0).unwrap();
+        let left = books.into_unanswered();
+        let head = left.head.as_ref().unwrap();
+        assert_eq!((head.map, head.first_index, head.count), (0, 1, 2));
+        let rest: Vec<(u64, usize, u32)> = left
+            .rest
+            .iter()
+            .map(|c| (c.map, c.first_index, c.count))
+            .collect();
+        assert_eq!(rest, [(1, 0, 2)]);
+        assert_eq!(left.into_chunks().count(), 2);
+    }
+}

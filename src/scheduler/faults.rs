@@ -1,0 +1,228 @@
+//! Workers taken out of service: what their inputs get, and reaping them.
+//!
+//! When a worker goes (it died, timed out, broke the protocol, its map was
+//! dropped, or it retired), its unanswered inputs are sorted:
+//! - a worker that never said hello ran nothing: all of it goes back;
+//! - the frame it was to run next, if the worker cannot have read it (not
+//!   written in full, or bytes of it still in the pipe), goes back without
+//!   blame and without spending a retry: it never started;
+//! - a frame of several inputs that was running goes back one input per
+//!   frame, since any of them may have been the culprit (the worker answers
+//!   a frame as a whole); only one that fails alone is reported;
+//! - a single input that was running gets the error: a timeout or protocol
+//!   error at once, a death (or a retry) once the exit status is known;
+//! - the frames behind it never started: they go back.
+//!
+//! A dead worker is reaped through its pidfd, after whatever its launcher
+//! kills besides it (its process group), while its pid is still ours.
+
+use std::os::unix::process::ExitStatusExt;
+use std::process::ExitStatus;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::handle::{Fate, Remains, STARTUP_TIMEOUT};
+use super::supply::Supply;
+use crate::error::{Error, telling_line};
+use crate::launch::Launch;
+use crate::process::{Process, REAP_BOUND};
+use crate::shared::{Chunk, Delivery, Outbox};
+
+/// What an input that was running when its worker went gets.
+#[derive(Debug, PartialEq, Eq)]
+enum Blame {
+    Timeout,
+    Protocol(String),
+    /// Reported (or retried) once the exit status is known.
+    Death,
+}
+
+impl Blame {
+    fn for_fate(fate: Fate) -> Blame {
+        match fate {
+            Fate::TimedOut => Blame::Timeout,
+            Fate::Broke(message) => Blame::Protocol(message),
+            _ => Blame::Death,
+        }
+    }
+}
+
+/// A worker that was killed or exited, waiting to be reaped.
+pub(crate) struct Dying {
+    process: Process,
+    launch: Arc<dyn Launch>,
+    reported_pid: Option<u32>,
+    /// The map and index of the input it was running when it died:
+    /// reported once the exit status is known.
+    victim: Option<(u64, usize)>,
+    /// It failed before its handshake: counts toward giving up. The text
+    /// says why the pool killed it, when that is the reason (it ends by
+    /// SIGKILL even though it failed by itself).
+    failed_starting: Option<Option<String>>,
+}
+
+impl Dying {
+    pub(crate) fn process_mut(&mut self) -> &mut Process {
+        &mut self.process
+    }
+
+    pub(crate) fn process(&self) -> &Process {
+        &self.process
+    }
+
+    /// Whether it failed before its handshake (and is not counted yet).
+    pub(crate) fn failed_starting(&self) -> bool {
+        self.failed_starting.is_some()
+    }
+
+    /// The input it was running, to be failed otherwise at shutdown.
+    pub(crate) fn take_victim(&mut self) -> Option<(u64, usize)> {
+        self.victim.take()
+    }
+}
+
+/// What burying a worker needs to know and where its inputs go.
+pub(crate) struct Burial<'a> {
+    pub timeout: Option<Duration>,
+    pub retries: u32,
+    pub outbox: &'a mut Outbox,
+    /// Chunks to put back at the front of the queue, in order.
+    pub requeue: &'a mut Vec<Chunk>,
+}
+
+impl Burial<'_> {
+    /// Sorts the inputs of a worker taken out of service and returns it, to
+    /// be reaped.
+    pub(crate) fn bury(&mut self, remains: Remains) -> Dying {
+        let Remains {
+            process,
+            launch,
+            reported_pid,
+            books,
+            fate,
+            head_unread,
+        } = remains;
+        let ready = books.is_ready();
+        let mut dying = Dying {
+            process,
+            launch,
+            reported_pid,
+            victim: None,
+            failed_starting: None,
+        };
+        let unanswered = books.into_unanswered();
+        if !ready || fate == Fate::PoolBroken {
+            // Nothing ran (or nothing will): what is left goes back.
+            if !ready {
+                dying.failed_starting = match &fate {
+                    Fate::Died => Some(None),
+                    Fate::Broke(message) => Some(Some(format!("broke the protocol: {message}"))),
+                    Fate::StartupTimeout => {
+                        Some(Some(format!("no handshake within {STARTUP_TIMEOUT:?}")))
+                    }
+                    _ => None,
+                };
+            }
+            self.requeue.extend(unanswered.into_chunks());
+            return dying;
+        }
+        if let Some(head) = unanswered.head {
+            if fate == Fate::Cancelled || head_unread {
+                // Its map is gone (and its chunks with it), or it never
+                // started.
+                self.requeue.push(head);
+            } else if head.count > 1 {
+                self.requeue.extend(head.singletons());
+            } else {
+                self.blame(head, Blame::for_fate(fate), &mut dying);
+            }
+        }
+        self.requeue.extend(unanswered.rest);
+        dying
+    }
+
+    /// Reports what happened to `victim`, the one input its worker was
+    /// running.
+    fn blame(&mut self, mut victim: Chunk, blame: Blame, dying: &mut Dying) {
+        let (index, map) = (victim.first_index, victim.map);
+        let error = match blame {
+            Blame::Timeout => Error::TaskTimeout {
+                index,
+                timeout: self.timeout.expect("timeouts need a timeout"),
+            },
+            Blame::Protocol(message) => Error::Protocol { index, message },
+            Blame::Death if victim.attempts < self.retries => {
+                victim.attempts += 1;
+                self.requeue.push(victim);
+                return;
+            }
+            Blame::Death => {
+                dying.victim = Some((map, index));
+                return;
+            }
+        };
+        self.outbox.push(map, Delivery::Failed(error));
+    }
+}
+
+/// Reaps `dying` if it has exited (never blocks): kills what its launcher
+/// knows of it first, then reports its victim and start-up failure.
+/// Returns whether it was reaped.
+pub(crate) fn try_reap(dying: &mut Dying, supply: &mut Supply, outbox: &mut Outbox) -> bool {
+    if dying.process.is_zombie() {
+        dying
+            .launch
+            .kill_rest(dying.process.pid(), dying.reported_pid);
+    }
+    let Some(status) = dying.process.try_reap() else {
+        return false;
+    };
+    // What it wrote last explains its death. Take what is there, but do not
+    // wait for the end: a subprocess may hold the pipe open.
+    let stderr = dying.process.stderr();
+    stderr.pump();
+    stderr.flush_line();
+    let stderr = stderr.tail();
+    if let Some(fault) = &dying.failed_starting {
+        // A SIGKILL from outside says nothing about whether workers can
+        // start; a worker that failed by itself, or that the pool killed for
+        // a fault of its own, does.
+        let killed_from_outside =
+            fault.is_none() && status.is_some_and(|s| s.signal() == Some(libc::SIGKILL));
+        if !killed_from_outside {
+            supply.died_starting(match (fault, status, telling_line(&stderr)) {
+                (Some(fault), _, _) => fault.clone(),
+                (None, status, Some(line)) => format!("{}: {line}", status_text(status)),
+                (None, status, None) => status_text(status),
+            });
+        }
+    }
+    if let Some((map, index)) = dying.victim.take() {
+        outbox.push(
+            map,
+            Delivery::Failed(Error::WorkerDied {
+                index,
+                status,
+                stderr,
+            }),
+        );
+    }
+    true
+}
+
+fn status_text(status: Option<ExitStatus>) -> String {
+    status.map_or_else(|| "no exit status".to_owned(), |s| s.to_string())
+}
+
+/// At shutdown: kills and reaps a dying worker, waiting at most
+/// [`REAP_BOUND`].
+pub(crate) fn reap_at_shutdown(mut dying: Dying) {
+    dying.process.kill();
+    dying
+        .launch
+        .kill_rest(dying.process.pid(), dying.reported_pid);
+    dying.process.kill_and_reap(REAP_BOUND);
+    let stderr = dying.process.stderr();
+    stderr.pump();
+    stderr.flush_line();
+}

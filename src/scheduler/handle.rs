@@ -1,0 +1,424 @@
+//! One live worker as the pool's thread sees it: its process, its books,
+//! the frames arriving from it, and why it is being taken out of service.
+//! Writing requests and reading replies happen here; what a reply means for
+//! the books is in [`Books`].
+
+use std::io;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rustix::io::Errno;
+
+use super::books::{Books, Unanswered};
+use crate::flow::{self, READS_PER_WAKE, SCRATCH_BYTES};
+use crate::launch::Launch;
+use crate::process::Process;
+use crate::protocol::{self, FrameBuffer, Hello, ProtocolError, ReplyHeader};
+use crate::registry::registry;
+use crate::shared::{Chunk, MapStats, Outbox};
+
+/// A worker that has not said hello by then is considered failed.
+pub(crate) const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why a worker is being taken out of service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Fate {
+    /// Its reply stream ended or failed (usually: it died).
+    Died,
+    /// The input at its head ran past the timeout, or it stopped reading
+    /// its requests for that long.
+    TimedOut,
+    /// It sent something that is not the protocol.
+    Broke(String),
+    /// The map of the input it runs was dropped.
+    Cancelled,
+    /// It reached its task quota and exited cleanly.
+    Retired,
+    /// It did not finish starting in time.
+    StartupTimeout,
+    /// The pool gave up on all workers.
+    PoolBroken,
+}
+
+/// What a worker's handshake told us.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Heard {
+    /// It is ready for work.
+    Ready,
+    /// It does not fit this process (another protocol or task table): no
+    /// worker will, so the pool gives up with this reason.
+    Mismatch(String),
+}
+
+/// A live worker.
+pub(crate) struct WorkerHandle {
+    process: Process,
+    launch: Arc<dyn Launch>,
+    books: Books,
+    frames: FrameBuffer,
+    spawned_at: Instant,
+    /// The pid it announced in its handshake (where it runs).
+    reported_pid: Option<u32>,
+    /// No new work: it is being recycled.
+    retiring: bool,
+    /// A write failed: it is dying. Its death is handled when its reply
+    /// stream ends, after the replies it wrote before dying are read.
+    requests_broken: bool,
+    fate: Option<Fate>,
+}
+
+/// What is left of a worker taken out of service.
+pub(crate) struct Remains {
+    pub process: Process,
+    pub launch: Arc<dyn Launch>,
+    pub reported_pid: Option<u32>,
+    pub books: Books,
+    pub fate: Fate,
+    /// The worker cannot have read the frame it was to run next.
+    pub head_unread: bool,
+}
+
+impl WorkerHandle {
+    pub(crate) fn new(process: Process, launch: Arc<dyn Launch>) -> WorkerHandle {
+        WorkerHandle {
+            process,
+            launch,
+            books: Books::default(),
+            frames: FrameBuffer::default(),
+            spawned_at: Instant::now(),
+            reported_pid: None,
+            retiring: false,
+            requests_broken: false,
+            fate: None,
+        }
+    }
+
+    pub(crate) fn process(&self) -> &Process {
+        &self.process
+    }
+
+    pub(crate) fn process_mut(&mut self) -> &mut Process {
+        &mut self.process
+    }
+
+    pub(crate) fn books(&self) -> &Books {
+        &self.books
+    }
+
+    pub(crate) fn fate(&self) -> Option<&Fate> {
+        self.fate.as_ref()
+    }
+
+    /// Decides its fate, unless one is decided already.
+    pub(crate) fn doom(&mut self, fate: Fate) {
+        if self.fate.is_none() {
+            self.fate = Some(fate);
+        }
+    }
+
+    /// Whether it is alive and may be given work.
+    pub(crate) fn takes_work(&self) -> bool {
+        !self.retiring
+            && self.fate.is_none()
+            && !self.requests_broken
+            && self.process.requests().is_some()
+    }
+
+    /// Whether it takes work and has room for more.
+    pub(crate) fn wants_more(&self) -> bool {
+        self.takes_work() && flow::wants_more(self.books.frames(), self.books.backlog())
+    }
+
+    /// Gives it a chunk of inputs whose estimated run time is `estimate`
+    /// each.
+    pub(crate) fn assign(&mut self, chunk: Chunk, estimate: Duration, stats: Arc<MapStats>) {
+        self.books.assign(chunk, estimate, stats);
+    }
+
+    /// It will take no more work once what it has is written.
+    pub(crate) fn retire(&mut self) {
+        self.retiring = true;
+    }
+
+    /// Whether it has frames to write and could take bytes now.
+    pub(crate) fn wants_to_write(&self) -> bool {
+        self.fate.is_none()
+            && !self.requests_broken
+            && !self.books.all_written()
+            && self.process.requests().is_some()
+    }
+
+    /// Writes as much of its unwritten frames as the pipe takes; closes the
+    /// request pipe of a retiring worker once everything is written.
+    pub(crate) fn write(&mut self) {
+        if self.wants_to_write() {
+            if let Err(e) = self.try_write() {
+                if e.kind() != io::ErrorKind::WouldBlock {
+                    self.requests_broken = true;
+                }
+            }
+        }
+        if self.retiring && self.books.all_written() {
+            self.process.close_requests();
+        }
+    }
+
+    fn try_write(&mut self) -> io::Result<()> {
+        let Some(fd) = self.process.requests() else {
+            return Ok(());
+        };
+        while !self.books.all_written() {
+            let written = rustix::io::writev(fd, &self.books.unwritten());
+            match written {
+                // The time is read after the write: a frame's clock must not
+                // start before its last byte is in the pipe.
+                Ok(n) => self.books.wrote(n, Instant::now()),
+                Err(Errno::INTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads and handles what it wrote: at most [`READS_PER_WAKE`] reads,
+    /// so that one chatty worker cannot starve the others. Returns the
+    /// bytes read (0 once nothing more is ready) and what its handshake
+    /// said, if it arrived.
+    pub(crate) fn read(
+        &mut self,
+        max_frame: u32,
+        now: Instant,
+        outbox: &mut Outbox,
+    ) -> (usize, Option<Heard>) {
+        let mut total = 0;
+        let mut heard = None;
+        for _ in 0..READS_PER_WAKE {
+            if self.fate.is_some() {
+                break;
+            }
+            let Some(fd) = self.process.replies() else {
+                break;
+            };
+            match self.frames.fill(fd) {
+                Ok(0) => {
+                    self.process.close_replies();
+                    self.doom(self.end());
+                    break;
+                }
+                Ok(n) => total += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return (0, heard),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => {
+                    self.doom(Fate::Died);
+                    break;
+                }
+            }
+            if let Err(problem) = self.take_frames(max_frame, now, outbox, &mut heard) {
+                self.doom(Fate::Broke(problem.0));
+            }
+        }
+        if self.fate.is_some() {
+            (0, heard)
+        } else {
+            (total, heard)
+        }
+    }
+
+    /// After its process exited: reads the replies it wrote before it went,
+    /// but at most what its pipe could hold (a forked child may keep
+    /// writing), then decides its fate.
+    pub(crate) fn read_remains(
+        &mut self,
+        max_frame: u32,
+        now: Instant,
+        outbox: &mut Outbox,
+    ) -> Option<Heard> {
+        let mut drained = 0;
+        let mut heard = None;
+        while drained < flow::DRAIN_AFTER_EXIT {
+            let (n, said) = self.read(max_frame, now, outbox);
+            heard = heard.or(said);
+            if n == 0 {
+                break;
+            }
+            drained += n;
+        }
+        self.doom(self.end());
+        heard
+    }
+
+    /// Handles every complete frame in the buffer.
+    fn take_frames(
+        &mut self,
+        max_frame: u32,
+        now: Instant,
+        outbox: &mut Outbox,
+        heard: &mut Option<Heard>,
+    ) -> Result<(), ProtocolError> {
+        let mut ear = Ear {
+            books: &mut self.books,
+            reported_pid: &mut self.reported_pid,
+            now,
+            outbox,
+            heard,
+        };
+        while let Some(body) = self.frames.next_frame(max_frame)? {
+            // A large frame leaves in its own buffer, uncopied.
+            match self.frames.take_if_large_and_last(&body) {
+                Some(buffer) => {
+                    let buffer = Arc::new(buffer);
+                    ear.take(&buffer[body.clone()], Some((&buffer, body.start)))?;
+                }
+                None => ear.take(self.frames.get(body), None)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// How a worker whose reply stream ended goes: retired if it had
+    /// reached its quota and answered everything, dead otherwise.
+    fn end(&self) -> Fate {
+        if self.retiring && self.books.frames() == 0 && !self.frames.has_partial() {
+            Fate::Retired
+        } else {
+            Fate::Died
+        }
+    }
+
+    /// When it must next show progress: its handshake while it starts, the
+    /// answer to its head input once it runs.
+    pub(crate) fn deadline(&self, timeout: Option<Duration>) -> Option<Instant> {
+        if self.fate.is_some() {
+            return None;
+        }
+        if !self.books.is_ready() {
+            return Some(self.spawned_at + STARTUP_TIMEOUT);
+        }
+        self.books.deadline(timeout)
+    }
+
+    /// Decides its fate if its deadline has passed at `now`.
+    pub(crate) fn check_deadline(&mut self, now: Instant, timeout: Option<Duration>) {
+        if self
+            .deadline(timeout)
+            .is_some_and(|deadline| now >= deadline)
+        {
+            let fate = if self.books.is_ready() {
+                Fate::TimedOut
+            } else {
+                Fate::StartupTimeout
+            };
+            self.doom(fate);
+        }
+    }
+
+    /// Kills it and everything its launcher knows of it (its process group,
+    /// for a local worker). It stays a zombie until reaped.
+    pub(crate) fn kill(&mut self) {
+        self.process.kill();
+        self.launch.kill_rest(self.process.pid(), self.reported_pid);
+    }
+
+    /// At shutdown: kills it, and returns its process (to be reaped) and
+    /// its unanswered inputs.
+    pub(crate) fn kill_for_shutdown(mut self) -> (Process, Unanswered) {
+        self.kill();
+        (self.process, self.books.into_unanswered())
+    }
+
+    /// Takes it out of service: kills it unless it retired by itself, and
+    /// says whether it can have read the frame it was to run.
+    pub(crate) fn take_out_of_service(mut self) -> Remains {
+        let fate = self
+            .fate
+            .take()
+            .expect("workers taken out of service have a fate");
+        // Asked before the kill closes the pipe.
+        let head_unread = self.books.head_unread(self.process.unread_requests());
+        if fate != Fate::Retired {
+            self.kill();
+        }
+        Remains {
+            process: self.process,
+            launch: self.launch,
+            reported_pid: self.reported_pid,
+            books: self.books,
+            fate,
+            head_unread,
+        }
+    }
+}
+
+/// What handles a worker's frames, borrowed from its handle while its
+/// frame buffer is read.
+struct Ear<'a> {
+    books: &'a mut Books,
+    reported_pid: &'a mut Option<u32>,
+    now: Instant,
+    outbox: &'a mut Outbox,
+    heard: &'a mut Option<Heard>,
+}
+
+impl Ear<'_> {
+    /// Handles one frame. `shared`: the frame's own buffer and the frame's
+    /// offset in it, when it has one.
+    fn take(
+        &mut self,
+        frame: &[u8],
+        shared: Option<(&Arc<Vec<u8>>, usize)>,
+    ) -> Result<(), ProtocolError> {
+        match frame[0] {
+            protocol::HELLO if !self.books.is_ready() => {
+                let hello: Hello = protocol::decode(&frame[1..], &mut [0; SCRATCH_BYTES])
+                    .map_err(|e| ProtocolError::new(format!("bad handshake: {e}")))?;
+                *self.reported_pid = Some(hello.pid);
+                *self.heard = Some(match handshake_problem(&hello) {
+                    Some(problem) => Heard::Mismatch(problem),
+                    None => {
+                        self.books.ready(self.now);
+                        Heard::Ready
+                    }
+                });
+                Ok(())
+            }
+            protocol::REPLY if self.books.is_ready() => {
+                let (header, items) = ReplyHeader::parse(frame)?;
+                // Where the items start in the shared buffer, if any.
+                let shared = shared.map(|(buffer, at)| (buffer, at + frame.len() - items.len()));
+                self.books
+                    .answer(header, items, shared, self.now, self.outbox)
+            }
+            protocol::FATAL => Err(ProtocolError::new(format!(
+                "worker gave up: {}",
+                String::from_utf8_lossy(&frame[1..])
+            ))),
+            kind => Err(ProtocolError::new(format!("unexpected frame kind {kind}"))),
+        }
+    }
+}
+
+/// Why a worker's handshake does not fit this process, if it does not.
+fn handshake_problem(hello: &Hello) -> Option<String> {
+    let registry = registry();
+    if hello.version != protocol::VERSION {
+        return Some(format!(
+            "worker speaks protocol {}, this process {}",
+            hello.version,
+            protocol::VERSION
+        ));
+    }
+    if hello.tasks == 0 && !registry.tasks.is_empty() {
+        return Some(format!(
+            "worker sees no registered tasks, this process sees {}: its start-up hook ran before the registrations",
+            registry.tasks.len()
+        ));
+    }
+    if hello.digest != registry.digest || hello.tasks as usize != registry.tasks.len() {
+        return Some(format!(
+            "worker sees {} registered tasks, this process {}, or under other names",
+            hello.tasks,
+            registry.tasks.len()
+        ));
+    }
+    None
+}

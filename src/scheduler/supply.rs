@@ -1,0 +1,227 @@
+//! Starting workers: the one place where a worker is spawned, and the
+//! accounting of start-up failures that makes a pool give up instead of
+//! respawning forever.
+//!
+//! A worker fails to start when it cannot be spawned (out of processes or
+//! descriptors), or dies, breaks the protocol or stays silent before its
+//! handshake. After [`STARTUP_FAILURE_LIMIT`] such failures in a row with
+//! no worker ready, the pool is broken: it says why and stops trying. A
+//! spawn error is retried after a delay that doubles up to a second, and
+//! the pool's thread sleeps until then; a broken pool sleeps for good.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::handle::WorkerHandle;
+use crate::handoff::WorkerConfig;
+use crate::launch::Launch;
+use crate::process::Process;
+
+/// Consecutive start-up failures after which the pool gives up.
+pub(crate) const STARTUP_FAILURE_LIMIT: u32 = 5;
+/// Delays before spawning again after a spawn error.
+const FIRST_RETRY: Duration = Duration::from_millis(10);
+const LAST_RETRY: Duration = Duration::from_secs(1);
+
+/// One failure to start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Failure {
+    /// The process could not be spawned.
+    Spawn(String),
+    /// It started, then failed before its handshake; the text says how.
+    Death(String),
+}
+
+/// Spawns workers and keeps count of the failures.
+#[derive(Debug)]
+pub(crate) struct Supply {
+    launch: Arc<dyn Launch>,
+    config: WorkerConfig,
+    forward_stderr: bool,
+    /// Start-up failures in a row, in order.
+    streak: Vec<Failure>,
+    /// When to spawn again after a spawn error.
+    retry_at: Option<Instant>,
+    delay: Duration,
+    /// The pool gave up: no more spawns.
+    stopped: bool,
+}
+
+impl Supply {
+    pub(crate) fn new(
+        launch: Arc<dyn Launch>,
+        mut config: WorkerConfig,
+        forward_stderr: bool,
+    ) -> Supply {
+        config.parent = launch.worker_is_child().then(std::process::id);
+        Supply {
+            launch,
+            config,
+            forward_stderr,
+            streak: Vec::new(),
+            retry_at: None,
+            delay: Duration::ZERO,
+            stopped: false,
+        }
+    }
+
+    /// Spawns one worker.
+    pub(crate) fn spawn(&self) -> std::io::Result<WorkerHandle> {
+        let process = Process::spawn(self.launch.command(&self.config), self.forward_stderr)?;
+        Ok(WorkerHandle::new(process, Arc::clone(&self.launch)))
+    }
+
+    /// Spawns a replacement worker if it is time to; a spawn error is
+    /// counted and retried later.
+    pub(crate) fn replace(&mut self, now: Instant) -> Option<WorkerHandle> {
+        if self.retry_at.is_some_and(|at| now < at) {
+            return None;
+        }
+        match self.spawn() {
+            Ok(worker) => {
+                self.delay = Duration::ZERO;
+                self.retry_at = None;
+                Some(worker)
+            }
+            Err(e) => {
+                self.streak.push(Failure::Spawn(e.to_string()));
+                self.delay = (self.delay * 2).clamp(FIRST_RETRY, LAST_RETRY);
+                self.retry_at = Some(now + self.delay);
+                None
+            }
+        }
+    }
+
+    /// When the pool's thread must wake up to spawn again, if it must.
+    pub(crate) fn retry_at(&self) -> Option<Instant> {
+        self.retry_at
+    }
+
+    /// A worker said hello: start-up works.
+    pub(crate) fn ready(&mut self) {
+        self.streak.clear();
+    }
+
+    /// A worker failed before its handshake; `how` says how.
+    pub(crate) fn died_starting(&mut self, how: String) {
+        self.streak.push(Failure::Death(how));
+    }
+
+    /// Whether `starting` more workers could still fail without reaching
+    /// the limit: start no more than that, so that the pool gives up after
+    /// exactly that many failures.
+    pub(crate) fn may_start(&self, starting: usize) -> bool {
+        self.streak.len() + starting < STARTUP_FAILURE_LIMIT as usize
+    }
+
+    /// Why the pool must give up, if it must (no worker is ready).
+    pub(crate) fn gave_up(&self) -> Option<String> {
+        if self.streak.len() < STARTUP_FAILURE_LIMIT as usize {
+            return None;
+        }
+        let n = self.streak.len();
+        let spawns = self
+            .streak
+            .iter()
+            .filter(|failure| matches!(failure, Failure::Spawn(_)))
+            .count();
+        let last = self.streak.last().expect("a failure");
+        Some(match (spawns, last) {
+            (s, Failure::Spawn(e)) if s == n => {
+                format!("{n} attempts in a row to spawn a worker failed; last: {e}")
+            }
+            (0, Failure::Death(how)) => {
+                format!("{n} workers in a row died before their handshake; last: {how}")
+            }
+            (_, Failure::Spawn(e)) => {
+                format!("{n} workers in a row failed to start; last: could not spawn: {e}")
+            }
+            (_, Failure::Death(how)) => {
+                format!("{n} workers in a row failed to start; last: {how}")
+            }
+        })
+    }
+
+    /// The pool gave up: no more spawns, and no more wake-ups for them.
+    pub(crate) fn stop(&mut self) {
+        self.stopped = true;
+        self.retry_at = None;
+    }
+
+    pub(crate) fn stopped(&self) -> bool {
+        self.stopped
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::launch::Local;
+
+    fn supply() -> Supply {
+        let config = WorkerConfig {
+            parent: None,
+            max_frame_bytes: 1 << 20,
+            memory_limit: None,
+        };
+        Supply::new(Arc::new(Local), config, false)
+    }
+
+    #[test]
+    fn local_workers_check_their_parent() {
+        assert_eq!(supply().config.parent, Some(std::process::id()));
+    }
+
+    #[test]
+    fn it_gives_up_after_the_limit_and_says_what_failed() {
+        let mut supply = supply();
+        for k in 0..STARTUP_FAILURE_LIMIT {
+            assert_eq!(supply.gave_up(), None);
+            assert!(supply.may_start(0));
+            supply.died_starting(format!("exit status: {k}"));
+        }
+        assert!(!supply.may_start(0));
+        assert_eq!(
+            supply.gave_up().unwrap(),
+            "5 workers in a row died before their handshake; last: exit status: 4"
+        );
+        supply.ready();
+        assert_eq!(supply.gave_up(), None, "a ready worker ends the streak");
+
+        for _ in 0..STARTUP_FAILURE_LIMIT {
+            supply.streak.push(Failure::Spawn("no fds".into()));
+        }
+        assert_eq!(
+            supply.gave_up().unwrap(),
+            "5 attempts in a row to spawn a worker failed; last: no fds"
+        );
+        supply.streak[0] = Failure::Death("exit status: 1".into());
+        assert_eq!(
+            supply.gave_up().unwrap(),
+            "5 workers in a row failed to start; last: could not spawn: no fds"
+        );
+        supply.streak.push(Failure::Death("signal 9".into()));
+        assert_eq!(
+            supply.gave_up().unwrap(),
+            "6 workers in a row failed to start; last: signal 9"
+        );
+    }
+
+    #[test]
+    fn no_more_starts_than_could_fail_before_the_limit() {
+        let mut supply = supply();
+        supply.died_starting("x".into());
+        supply.died_starting("x".into());
+        assert!(supply.may_start(2));
+        assert!(!supply.may_start(3));
+    }
+
+    #[test]
+    fn a_stopped_supply_sleeps() {
+        let mut supply = supply();
+        supply.retry_at = Some(Instant::now());
+        supply.stop();
+        assert_eq!(supply.retry_at(), None);
+        assert!(supply.stopped());
+    }
+}

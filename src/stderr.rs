@@ -1,0 +1,314 @@
+//! Workers' stderr: the tail kept for error messages, and the copy to this
+//! process's stderr, which must never block the pool's thread.
+//!
+//! The pool's thread reads each worker's stderr pipe without blocking,
+//! keeps its last few KiB, and hands complete lines to one forwarding
+//! thread per process, through a bounded queue. That thread alone writes to
+//! our stderr, and may block there as long as it likes: when our stderr is
+//! a pipe that nobody reads (a stalled log consumer, a full terminal), the
+//! queue fills up and further worker output is dropped and counted, and
+//! the forwarder says so with a marker line once it can write again. The
+//! pool's thread never waits for our stderr, so timeouts, results and
+//! shutdown go on. (Making fd 2 non-blocking instead would change it for
+//! the whole program.)
+//!
+//! Lines are forwarded whole, so that the output of workers writing at the
+//! same time is interleaved by line, not by pipe read.
+
+use std::collections::VecDeque;
+use std::io::{self, Write};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+use rustix::io::Errno;
+
+use crate::flow::{STDERR_LINE, STDERR_QUEUE, STDERR_READS, STDERR_TAIL};
+
+/// The read end of one worker's stderr.
+#[derive(Debug)]
+pub(crate) struct StderrPipe {
+    /// `None` after end of stream.
+    fd: Option<OwnedFd>,
+    forward: bool,
+    /// The last bytes read, at most twice [`STDERR_TAIL`].
+    tail: Vec<u8>,
+    /// The start of a line not yet forwarded.
+    line: Vec<u8>,
+}
+
+impl StderrPipe {
+    pub(crate) fn new(fd: OwnedFd, forward: bool) -> StderrPipe {
+        StderrPipe {
+            fd: Some(fd),
+            forward,
+            tail: Vec::new(),
+            line: Vec::new(),
+        }
+    }
+
+    /// The descriptor to poll, until the stream ends.
+    pub(crate) fn fd(&self) -> Option<BorrowedFd<'_>> {
+        self.fd.as_ref().map(AsFd::as_fd)
+    }
+
+    /// Reads what the worker wrote (at most [`STDERR_READS`] per call),
+    /// keeps the tail and forwards complete lines. Never blocks.
+    pub(crate) fn pump(&mut self) {
+        let mut buf = [0u8; 8192];
+        let mut read = 0;
+        while read < STDERR_READS {
+            let Some(fd) = &self.fd else { return };
+            match rustix::io::read(fd, &mut buf) {
+                Ok(0) => {
+                    self.fd = None;
+                    self.flush_line();
+                    return;
+                }
+                Ok(n) => {
+                    read += n;
+                    self.take(&buf[..n]);
+                }
+                Err(Errno::INTR) => {}
+                // EAGAIN: nothing more for now.
+                Err(_) => return,
+            }
+        }
+    }
+
+    fn take(&mut self, bytes: &[u8]) {
+        self.tail.extend_from_slice(bytes);
+        if self.tail.len() > 2 * STDERR_TAIL {
+            let cut = self.tail.len() - STDERR_TAIL;
+            self.tail.drain(..cut);
+        }
+        if !self.forward {
+            return;
+        }
+        self.line.extend_from_slice(bytes);
+        let whole = match self.line.iter().rposition(|&b| b == b'\n') {
+            Some(newline) => newline + 1,
+            None if self.line.len() > STDERR_LINE => self.line.len(),
+            None => return,
+        };
+        forwarder().push(&self.line[..whole]);
+        self.line.drain(..whole);
+    }
+
+    /// Forwards an unfinished last line, if any.
+    pub(crate) fn flush_line(&mut self) {
+        if self.forward && !self.line.is_empty() {
+            forwarder().push(&self.line);
+            self.line.clear();
+        }
+    }
+
+    /// The last few KiB the worker wrote.
+    pub(crate) fn tail(&self) -> String {
+        let start = self.tail.len().saturating_sub(STDERR_TAIL);
+        String::from_utf8_lossy(&self.tail[start..]).into_owned()
+    }
+}
+
+/// Waits until the worker output forwarded so far is written to our
+/// stderr, while the writing makes progress, and for at most
+/// [`FLUSH_BOUND`]. Called when a pool shuts down, so that what its workers
+/// wrote last is not lost when the program exits right after.
+pub(crate) fn flush_forwarded() {
+    if let Some(forwarder) = FORWARDER.get() {
+        forwarder.flush(FLUSH_BOUND);
+    }
+}
+
+/// The longest a pool's shutdown waits for its workers' output to be
+/// written...
+const FLUSH_BOUND: Duration = Duration::from_secs(1);
+/// ...and it stops waiting when nothing was written for this long: our
+/// stderr is stalled.
+const STALLED: Duration = Duration::from_millis(250);
+
+static FORWARDER: OnceLock<Forwarder> = OnceLock::new();
+
+fn forwarder() -> &'static Forwarder {
+    FORWARDER.get_or_init(Forwarder::start)
+}
+
+/// The one thread that writes workers' output to our stderr, and its queue.
+struct Forwarder {
+    queue: Mutex<Queue>,
+    /// Signalled when there is something to write, and when something was
+    /// written.
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct Queue {
+    pieces: VecDeque<Vec<u8>>,
+    bytes: usize,
+    /// Bytes dropped since the last marker.
+    dropped: u64,
+    /// Bytes ever queued and ever written (or failed to write), to know
+    /// when a flush is done.
+    queued_total: u64,
+    written_total: u64,
+    /// The thread could not be started: drop everything.
+    no_thread: bool,
+}
+
+impl Queue {
+    fn push(&mut self, bytes: Vec<u8>) {
+        self.queued_total += bytes.len() as u64;
+        self.bytes += bytes.len();
+        self.pieces.push_back(bytes);
+    }
+
+    /// Queues the marker for dropped output, if any was dropped.
+    fn push_marker(&mut self) {
+        if self.dropped > 0 {
+            let marker = format!(
+                "[buckshot: {} of worker stderr dropped]\n",
+                human_bytes(self.dropped)
+            );
+            self.dropped = 0;
+            self.push(marker.into_bytes());
+        }
+    }
+}
+
+impl Forwarder {
+    fn start() -> Forwarder {
+        let forwarder = Forwarder {
+            queue: Mutex::new(Queue::default()),
+            changed: Condvar::new(),
+        };
+        let started = std::thread::Builder::new()
+            .name("buckshot-stderr".into())
+            .spawn(forwarder_thread);
+        if started.is_err() {
+            forwarder.lock().no_thread = true;
+        }
+        forwarder
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues `bytes` if there is room, or counts them as dropped. Never
+    /// blocks for longer than the lock is held, which is never during a
+    /// write.
+    fn push(&self, bytes: &[u8]) {
+        let mut queue = self.lock();
+        if queue.no_thread || queue.bytes + bytes.len() > STDERR_QUEUE {
+            queue.dropped += bytes.len() as u64;
+            return;
+        }
+        queue.push_marker();
+        queue.push(bytes.to_vec());
+        drop(queue);
+        self.changed.notify_all();
+    }
+
+    fn flush(&self, bound: Duration) {
+        let deadline = Instant::now() + bound;
+        let mut queue = self.lock();
+        queue.push_marker();
+        self.changed.notify_all();
+        let target = queue.queued_total;
+        let mut last = (queue.written_total, Instant::now());
+        while queue.written_total < target && !queue.no_thread {
+            let now = Instant::now();
+            if queue.written_total != last.0 {
+                last = (queue.written_total, now);
+            }
+            let stalled_at = last.1 + STALLED;
+            if now >= deadline || now >= stalled_at {
+                return;
+            }
+            let wait = deadline.min(stalled_at) - now;
+            queue = self
+                .changed
+                .wait_timeout(queue, wait)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+}
+
+fn forwarder_thread() {
+    let forwarder = forwarder();
+    let mut queue = forwarder.lock();
+    loop {
+        let Some(piece) = queue.pieces.pop_front() else {
+            queue = forwarder
+                .changed
+                .wait(queue)
+                .unwrap_or_else(|e| e.into_inner());
+            continue;
+        };
+        drop(queue);
+        // Blocks as long as our stderr does; errors (a closed stderr) drop
+        // the piece.
+        let _ = io::stderr().lock().write_all(&piece);
+        queue = forwarder.lock();
+        queue.bytes -= piece.len();
+        queue.written_total += piece.len() as u64;
+        forwarder.changed.notify_all();
+    }
+}
+
+/// `512 bytes`, `3.4 KiB`, `1.2 MiB`.
+fn human_bytes(bytes: u64) -> String {
+    const KIB: f64 = 1024.0;
+    let b = bytes as f64;
+    if b < KIB {
+        format!("{bytes} bytes")
+    } else if b < KIB * KIB {
+        format!("{:.1} KiB", b / KIB)
+    } else {
+        format!("{:.1} MiB", b / (KIB * KIB))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_read_plainly() {
+        assert_eq!(human_bytes(512), "512 bytes");
+        assert_eq!(human_bytes(3482), "3.4 KiB");
+        assert_eq!(human_bytes(1_258_291), "1.2 MiB");
+    }
+
+    #[test]
+    fn a_full_queue_drops_and_then_says_so() {
+        let mut queue = Queue {
+            dropped: 2048,
+            ..Queue::default()
+        };
+        queue.push_marker();
+        assert_eq!(queue.dropped, 0);
+        let marker = queue.pieces.pop_front().unwrap();
+        assert_eq!(marker, b"[buckshot: 2.0 KiB of worker stderr dropped]\n");
+        queue.push_marker();
+        assert!(queue.pieces.is_empty(), "a marker only after a drop");
+    }
+
+    #[test]
+    fn the_tail_keeps_the_last_bytes() {
+        let (read, write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::NONBLOCK).unwrap();
+        let mut pipe = StderrPipe::new(read, false);
+        for _ in 0..4 {
+            rustix::io::write(&write, &[b'a'; STDERR_TAIL]).unwrap();
+            pipe.pump();
+        }
+        rustix::io::write(&write, b"last line\n").unwrap();
+        drop(write);
+        pipe.pump();
+        assert!(pipe.fd().is_none(), "end of stream seen");
+        let tail = pipe.tail();
+        assert_eq!(tail.len(), STDERR_TAIL);
+        assert!(tail.ends_with("aaaalast line\n"), "{tail:?}");
+    }
+}
