@@ -150,3 +150,49 @@ pub fn fds_of(pid: u32) -> Vec<u32> {
     fds.sort();
     fds
 }
+
+/// Like [`within`], with a bound of its own: for waits that should end far
+/// sooner than [`BOUND`], so that a regression fails fast.
+pub fn within_for<T: Send + 'static>(
+    what: &str,
+    bound: Duration,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    match rx.recv_timeout(bound) {
+        Ok(value) => value,
+        Err(mpsc::RecvTimeoutError::Timeout) => panic!("{what} did not finish within {bound:?}"),
+        Err(mpsc::RecvTimeoutError::Disconnected) => panic!("{what} panicked"),
+    }
+}
+
+/// Waits at most `bound` for process `pid` (not necessarily our child) to
+/// exit; `true` if it did (or was gone already).
+pub fn exits_within(pid: u32, bound: Duration) -> bool {
+    use rustix::event::{PollFd, PollFlags, Timespec};
+    let pid = rustix::process::Pid::from_raw(pid as i32).expect("a valid pid");
+    let pidfd = match rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()) {
+        Ok(pidfd) => pidfd,
+        Err(rustix::io::Errno::SRCH) => return true,
+        Err(e) => panic!("pidfd_open({pid:?}): {e}"),
+    };
+    let mut fds = [PollFd::new(&pidfd, PollFlags::IN)];
+    let timeout = Timespec::try_from(bound).expect("a small bound");
+    loop {
+        match rustix::event::poll(&mut fds, Some(&timeout)) {
+            Ok(n) => return n == 1,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => panic!("poll on a pidfd: {e}"),
+        }
+    }
+}
+
+/// Called inside a task: tells the test at `path` the pid `pid` (of a
+/// subprocess, say).
+pub fn announce_pid(path: &str, pid: u32) {
+    let mut stream = UnixStream::connect(path).expect("connect to rendezvous");
+    write!(stream, "{pid}").expect("announce");
+}

@@ -1,0 +1,113 @@
+//! A privileged copy of a program (setuid root here) must not serve tasks to
+//! whoever starts it with the worker variable: the caller would run
+//! registered code with privileges it does not have. Needs root to make the
+//! setuid copy; skipped with a message otherwise.
+
+mod common;
+
+use std::io::Read;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// A task that would read what only root may read.
+fn read_shadow(_: u64) -> usize {
+    std::fs::read("/etc/shadow").map_or(0, |bytes| bytes.len())
+}
+buckshot::register!(read_shadow);
+
+/// The uid and gid of `nobody`.
+const NOBODY: &str = "65534";
+
+/// A copy of this test binary in a fresh directory that `nobody` can reach,
+/// owned by root with `mode`.
+fn copy_of_this_binary(dir: &Path, name: &str, mode: u32) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::copy(std::env::current_exe().unwrap(), &path).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+    assert_eq!(std::fs::metadata(&path).unwrap().mode() & 0o7777, mode);
+    path
+}
+
+/// Starts `program` as `nobody` with the worker variable set, as a pool of
+/// this process would (this process as the expected parent), closes its
+/// requests at once, and returns what it wrote to its reply stream and its
+/// stderr.
+fn start_as_nobody_with_the_worker_variable(program: &Path) -> (Vec<u8>, String) {
+    let mut child = Command::new("setpriv")
+        .args([
+            &format!("--reuid={NOBODY}"),
+            &format!("--regid={NOBODY}"),
+            "--clear-groups",
+        ])
+        .arg(program)
+        .env(
+            "__BUCKSHOT_WORKER",
+            format!("{},1073741824,", std::process::id()),
+        )
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start setpriv");
+    drop(child.stdin.take());
+    let mut stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    common::within("the started copy", move || {
+        let mut replies = Vec::new();
+        stdout.read_to_end(&mut replies).unwrap();
+        let mut text = String::new();
+        stderr.read_to_string(&mut text).unwrap();
+        child.wait().unwrap();
+        (replies, text)
+    })
+}
+
+/// A directory that `nobody` can enter, on a file system that honours the
+/// setuid bit; `None` if there is none.
+fn shared_dir() -> Option<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("buckshot-privilege-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let stat = rustix::fs::statvfs(&dir).unwrap();
+    if stat.f_flag.contains(rustix::fs::StatVfsMountFlags::NOSUID) {
+        let _ = std::fs::remove_dir_all(&dir);
+        return None;
+    }
+    Some(dir)
+}
+
+#[test]
+fn a_setuid_copy_refuses_to_serve_tasks() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: making a setuid-root copy needs root (CI runs the tests as root)");
+        return;
+    }
+    let Some(dir) = shared_dir() else {
+        eprintln!("skipped: the temporary directory is on a nosuid file system");
+        return;
+    };
+    let plain = copy_of_this_binary(&dir, "plain", 0o755);
+    let setuid = copy_of_this_binary(&dir, "setuid", 0o4755);
+
+    // The control: the same binary without the setuid bit, started the same
+    // way, does serve (it says hello), so the refusal below is not an
+    // accident of how it was started.
+    let (replies, stderr) = start_as_nobody_with_the_worker_variable(&plain);
+    assert!(
+        replies.len() > 5 && replies[4] == 1,
+        "the plain copy did not say hello: {replies:?}, stderr: {stderr}"
+    );
+
+    let (replies, stderr) = start_as_nobody_with_the_worker_variable(&setuid);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(
+        replies, b"",
+        "the setuid copy served as a worker; stderr: {stderr}"
+    );
+    assert!(
+        stderr.contains("refusing to serve as a worker in a privileged process"),
+        "{stderr}"
+    );
+}
