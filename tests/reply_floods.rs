@@ -1,0 +1,196 @@
+//! What a thread of a task, or a child it forked, writes into the worker's
+//! reply pipe must not keep a hanging task alive or stall the pool: a reply
+//! that answers nothing is a protocol error, and what keeps coming after
+//! the worker died is read only up to what the worker could have written.
+
+mod common;
+
+use std::time::Duration;
+
+use buckshot::{Error, Pool};
+
+/// A REPLY frame (kind 3) for zero items: length 21, first sequence 0,
+/// count 0, busy time 0.
+fn empty_reply() -> Vec<u8> {
+    let mut frame = 21u32.to_le_bytes().to_vec();
+    frame.push(3);
+    frame.extend_from_slice(&[0; 20]);
+    frame
+}
+
+/// Writes an empty reply every 20 ms into every descriptor above 2 (one of
+/// them is the worker's reply pipe) until the process dies.
+fn keep_writing_empty_replies() -> ! {
+    let frame = empty_reply();
+    loop {
+        for fd in 3..64 {
+            // SAFETY: writing a byte buffer to a descriptor number; errors
+            // (not open, not writable) are ignored.
+            unsafe { libc::write(fd, frame.as_ptr().cast(), frame.len()) };
+        }
+        // SAFETY: usleep has no preconditions (and is safe after fork).
+        unsafe { libc::usleep(20_000) };
+    }
+}
+
+fn hang_with_a_writing_thread(x: u64) -> u64 {
+    if x == 1 {
+        std::thread::spawn(|| keep_writing_empty_replies());
+        common::hang();
+    }
+    x
+}
+buckshot::register!(hang_with_a_writing_thread);
+
+fn hang_with_a_writing_child((x, rendezvous): (u64, String)) -> u64 {
+    if x == 1 {
+        // SAFETY: the child calls only async-signal-safe functions (write,
+        // usleep) until it is killed.
+        let child = unsafe { libc::fork() };
+        assert!(child >= 0, "fork failed");
+        if child == 0 {
+            keep_writing_empty_replies();
+        }
+        common::announce_pid(&rendezvous, child as u32);
+        common::hang();
+    }
+    x
+}
+buckshot::register!(hang_with_a_writing_child);
+
+fn assert_protocol_error_at_one(results: &[Result<u64, Error>]) {
+    assert_eq!(results.len(), 3, "{results:?}");
+    assert_eq!(results[0].as_ref().ok(), Some(&0));
+    assert!(
+        matches!(&results[1], Err(Error::Protocol { index: 1, message }) if message == "a reply that answers no input"),
+        "{:?}",
+        results[1]
+    );
+    assert_eq!(results[2].as_ref().ok(), Some(&2));
+}
+
+#[test]
+fn empty_replies_from_a_thread_are_a_protocol_error() {
+    let pool = Pool::builder()
+        .processes(1)
+        .timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let results = common::within_for("the map", Duration::from_secs(10), move || {
+        pool.map(hang_with_a_writing_thread, 0..3)
+            .unwrap()
+            .collect::<Vec<_>>()
+    });
+    assert_protocol_error_at_one(&results);
+}
+
+#[test]
+fn empty_replies_from_a_forked_child_are_a_protocol_error() {
+    let rendezvous = common::Rendezvous::new();
+    let pool = Pool::builder()
+        .processes(1)
+        .timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let inputs: Vec<(u64, String)> = (0..3).map(|x| (x, rendezvous.path())).collect();
+    let map = std::thread::spawn(move || {
+        let results = pool
+            .map(hang_with_a_writing_child, inputs)
+            .unwrap()
+            .collect::<Vec<_>>();
+        (pool, results)
+    });
+    let child = rendezvous.wait();
+    let (pool, results) = common::within_for("the map", Duration::from_secs(10), move || {
+        map.join().unwrap()
+    });
+    assert_protocol_error_at_one(&results);
+    // The forked child was in the worker's process group: it went too.
+    assert!(
+        common::exits_within(child, Duration::from_secs(5)),
+        "the forked child outlived its worker"
+    );
+    drop(pool);
+}
+
+/// Forks a child that writes the start of a frame it never finishes, and
+/// keeps writing, into every descriptor above 2; then the worker aborts.
+fn abort_with_a_streaming_child((x, rendezvous): (u64, String)) -> u64 {
+    if x == 1 {
+        // SAFETY: as above: the child only writes until it is killed.
+        let child = unsafe { libc::fork() };
+        assert!(child >= 0, "fork failed");
+        if child == 0 {
+            let prefix = 1_000_000_000u32.to_le_bytes();
+            let zeros = [0u8; 64 * 1024];
+            for fd in 3..64 {
+                // SAFETY: writing a byte buffer to a descriptor number.
+                unsafe { libc::write(fd, prefix.as_ptr().cast(), prefix.len()) };
+            }
+            loop {
+                for fd in 3..64 {
+                    // SAFETY: as above.
+                    unsafe { libc::write(fd, zeros.as_ptr().cast(), zeros.len()) };
+                }
+            }
+        }
+        common::announce_pid(&rendezvous, child as u32);
+        std::process::abort();
+    }
+    x
+}
+buckshot::register!(abort_with_a_streaming_child);
+
+/// The peak resident memory of this process, in bytes.
+fn peak_rss() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse::<u64>()
+        .unwrap()
+        * 1024
+}
+
+#[test]
+fn a_stream_after_the_workers_death_is_not_read_to_its_end() {
+    let rendezvous = common::Rendezvous::new();
+    let pool = Pool::builder()
+        .processes(1)
+        .forward_stderr(false)
+        .build()
+        .unwrap();
+    let before = peak_rss();
+    let inputs: Vec<(u64, String)> = (0..3).map(|x| (x, rendezvous.path())).collect();
+    let map = std::thread::spawn(move || {
+        let results = pool
+            .map(abort_with_a_streaming_child, inputs)
+            .unwrap()
+            .collect::<Vec<_>>();
+        (pool, results)
+    });
+    let child = rendezvous.wait();
+    let (pool, results) = common::within_for("the map", Duration::from_secs(10), move || {
+        map.join().unwrap()
+    });
+    assert_eq!(results.len(), 3, "{results:?}");
+    assert_eq!(results[0].as_ref().ok(), Some(&0));
+    assert!(
+        matches!(&results[1], Err(Error::WorkerDied { index: 1, .. })),
+        "{:?}",
+        results[1]
+    );
+    assert_eq!(results[2].as_ref().ok(), Some(&2));
+    let grew = peak_rss().saturating_sub(before);
+    assert!(
+        grew < 64 << 20,
+        "the pool read {} MiB of what came after the death",
+        grew >> 20
+    );
+    assert!(
+        common::exits_within(child, Duration::from_secs(5)),
+        "the forked child outlived its worker"
+    );
+    drop(pool);
+}
