@@ -97,6 +97,37 @@ fn queued_inputs_do_not_spend_their_timeout_waiting() {
     }
 }
 
+/// Announces its worker's pid, then never returns.
+fn announce_and_hang(rendezvous: String) -> u64 {
+    common::announce(&rendezvous);
+    common::hang()
+}
+buckshot::register!(announce_and_hang);
+
+#[test]
+fn a_timed_out_worker_is_gone_while_the_pool_lives() {
+    let rendezvous = common::Rendezvous::new();
+    let pool = Pool::builder()
+        .processes(1)
+        .timeout(Duration::from_millis(100))
+        .build()
+        .unwrap();
+    let mut results = pool.map(announce_and_hang, [rendezvous.path()]).unwrap();
+    // Inputs are pulled as results are asked for.
+    let first = std::thread::spawn(move || results.next());
+    let worker = rendezvous.wait();
+    let result = common::within("a hanging task", move || first.join().unwrap());
+    assert!(
+        matches!(result, Some(Err(Error::TaskTimeout { index: 0, .. }))),
+        "{result:?}"
+    );
+    // The pool is still here: the timed-out worker must not wait for it to
+    // be dropped.
+    common::assert_worker_gone(worker, "timed out");
+    // And a replacement serves the next map.
+    assert!(matches!(pool.map(nap, [1]).unwrap().next(), Some(Ok(1))));
+}
+
 fn hang(_: u64) -> u64 {
     loop {
         std::thread::park();
