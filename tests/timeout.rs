@@ -46,6 +46,7 @@ fn a_task_past_its_timeout_fails_alone() {
         elapsed >= timeout,
         "finished in {elapsed:?}, before the timeout"
     );
+    assert_eq!(results.len(), 10, "one result per input: {results:?}");
     for (index, result) in results.into_iter().enumerate() {
         if index == 2 {
             match result {
@@ -71,7 +72,7 @@ fn a_task_that_ignores_signals_is_killed() {
     let results: Vec<Result<u64, Error>> = common::within("map of a spinning task", move || {
         pool.map(spin_forever, [1, 2]).unwrap().collect()
     });
-    assert_eq!(results.len(), 2);
+    assert_eq!(results.len(), 2, "one result per input: {results:?}");
     for (index, result) in results.iter().enumerate() {
         assert!(
             matches!(result, Err(Error::TaskTimeout { index: i, .. }) if *i == index),
