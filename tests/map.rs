@@ -11,11 +11,6 @@ fn square(x: u64) -> u64 {
 }
 buckshot::register!(square);
 
-fn pid_of(_: u64) -> u32 {
-    std::process::id()
-}
-buckshot::register!(pid_of);
-
 fn noisy(x: u64) -> u64 {
     // A task's prints must not corrupt the reply stream.
     println!("noise {x}");
@@ -65,11 +60,19 @@ fn empty_input_yields_nothing() {
     );
 }
 
+/// Takes a few milliseconds, so that no worker can run every input before
+/// the others are ready.
+fn slow_pid_of(_: u64) -> u32 {
+    std::thread::sleep(std::time::Duration::from_millis(4));
+    std::process::id()
+}
+buckshot::register!(slow_pid_of);
+
 #[test]
 fn more_inputs_than_processes_use_every_worker() {
     let pool = Pool::new(3).unwrap();
     let pids: HashSet<u32> = pool
-        .map(pid_of, 0..3000)
+        .map(slow_pid_of, 0..150)
         .unwrap()
         .map(Result::unwrap)
         .collect();
@@ -77,7 +80,8 @@ fn more_inputs_than_processes_use_every_worker() {
         !pids.contains(&std::process::id()),
         "tasks ran in the parent"
     );
-    assert!(!pids.is_empty() && pids.len() <= 3, "pids: {pids:?}");
+    // 600 ms of work: one worker alone would leave two idle.
+    assert_eq!(pids.len(), 3, "workers that ran inputs: {pids:?}");
 }
 
 #[test]
