@@ -1,6 +1,7 @@
 //! When the parent is killed with SIGKILL, its workers exit within a second,
-//! idle or busy. This binary runs twice: as the test, and (with the variable
-//! below set) as the parent that the test kills.
+//! idle or busy, and so do the workers of a pool that one of its tasks made
+//! (grand-workers). This binary runs twice: as the test, and (with the
+//! variable below set) as the parent that the test kills.
 
 mod common;
 
@@ -28,6 +29,18 @@ fn announce_and_hang(rendezvous: String) -> u32 {
 }
 buckshot::register!(announce_and_hang);
 
+/// Makes a pool of two inside a worker, whose tasks announce their
+/// grand-workers and hang; never returns.
+fn nest(rendezvous: String) -> u32 {
+    let pool = buckshot::Pool::new(2).expect("a pool inside a worker");
+    let _ = pool
+        .map(announce_and_hang, vec![rendezvous; 2])
+        .expect("nested map")
+        .count();
+    common::hang()
+}
+buckshot::register!(nest);
+
 /// What the parent's workers do once it has printed their pids.
 #[derive(Clone, Copy, Debug)]
 enum Load {
@@ -35,6 +48,9 @@ enum Load {
     Idle,
     /// Both hang in a task.
     Busy,
+    /// Both run a task that maps on a pool of its own, whose two workers
+    /// hang in a task.
+    Nested,
 }
 
 impl Load {
@@ -42,6 +58,7 @@ impl Load {
         match self {
             Load::Idle => "idle",
             Load::Busy => "busy",
+            Load::Nested => "nested",
         }
     }
 
@@ -49,6 +66,7 @@ impl Load {
         match name {
             "idle" => Load::Idle,
             "busy" => Load::Busy,
+            "nested" => Load::Nested,
             other => panic!("unknown load {other}"),
         }
     }
@@ -59,6 +77,7 @@ impl Load {
         match self {
             Load::Idle => 0,
             Load::Busy => 2,
+            Load::Nested => 4,
         }
     }
 }
@@ -82,6 +101,9 @@ fn parent(load: Load, rendezvous: String) {
                 .map(announce_and_hang, vec![rendezvous; 2])
                 .unwrap()
                 .count();
+        }
+        Load::Nested => {
+            let _ = pool.map(nest, vec![rendezvous; 2]).unwrap().count();
         }
     }
     common::hang();
@@ -148,10 +170,26 @@ fn workers_follow_their_parent(load: Load, test_name: &str, bound: Duration) {
     let announced: Vec<u32> = (0..load.announcements())
         .map(|_| rendezvous.wait())
         .collect();
-    assert!(
-        announced.iter().all(|pid| workers.contains(pid)),
-        "busy workers {announced:?} not among {workers:?}"
-    );
+    let grand_workers: Vec<u32> = match load {
+        Load::Nested => {
+            let mut distinct = announced.clone();
+            distinct.sort();
+            distinct.dedup();
+            assert_eq!(distinct.len(), 4, "grand-workers: {announced:?}");
+            assert!(
+                announced.iter().all(|pid| !workers.contains(pid)),
+                "grand-workers {announced:?} among the workers {workers:?}"
+            );
+            announced
+        }
+        _ => {
+            assert!(
+                announced.iter().all(|pid| workers.contains(pid)),
+                "busy workers {announced:?} not among {workers:?}"
+            );
+            Vec::new()
+        }
+    };
     parent.0.kill().unwrap();
     parent.0.wait().unwrap();
     let killed = Instant::now();
@@ -159,6 +197,7 @@ fn workers_follow_their_parent(load: Load, test_name: &str, bound: Duration) {
     let survivors: Vec<String> = workers
         .iter()
         .map(|pid| (pid, "worker"))
+        .chain(grand_workers.iter().map(|pid| (pid, "grand-worker")))
         .filter(|&(&pid, _)| !exits_by(pid, deadline))
         .map(|(&pid, what)| {
             // SAFETY: kill has no memory-safety preconditions.
@@ -193,6 +232,11 @@ fn main() {
         "workers_exit_when_their_parent_is_killed (2 busy)",
         second,
     );
+    workers_follow_their_parent(
+        Load::Nested,
+        "grand_workers_exit_when_the_parent_is_killed",
+        2 * second,
+    );
     println!();
-    println!("test result: ok. 2 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out");
+    println!("test result: ok. 3 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out");
 }
