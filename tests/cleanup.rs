@@ -18,6 +18,16 @@ fn nap(ms: u64) -> u32 {
 }
 buckshot::register!(nap);
 
+/// With a rendezvous, announces its worker's pid and never returns.
+fn announce_and_hang(rendezvous: Option<String>) -> u32 {
+    if let Some(path) = rendezvous {
+        common::announce(&path);
+        common::hang();
+    }
+    std::process::id()
+}
+buckshot::register!(announce_and_hang);
+
 fn assert_clean(what: &str, fds_before: usize) {
     assert_eq!(common::children(), [], "{what}: child processes remain");
     assert_eq!(
@@ -58,11 +68,21 @@ fn dropped_pools_leave_nothing_behind() {
     drop(pool);
     assert_clean("after timeouts", fds_before);
 
-    // A map dropped midway, with tasks still running.
+    // A map dropped midway, with tasks still running: the workers running
+    // them are killed at once, not when the pool goes.
     let pool = Pool::new(2).unwrap();
-    let mut results = pool.map(nap, [0, 60_000, 60_000, 60_000]).unwrap();
+    let rendezvous = common::Rendezvous::new();
+    let inputs = [None, Some(rendezvous.path()), Some(rendezvous.path())];
+    let inputs = inputs.into_iter().chain(std::iter::repeat_n(None, 3));
+    let mut results = pool.map(announce_and_hang, inputs).unwrap();
     assert!(results.next().unwrap().is_ok());
+    let busy = [rendezvous.wait(), rendezvous.wait()];
+    assert_ne!(busy[0], busy[1], "two hanging tasks in one worker");
+    drop(rendezvous);
     drop(results);
+    for pid in busy {
+        common::assert_worker_gone(pid, "running a task of a dropped map");
+    }
     // The pool still works after the cancelled map.
     assert_eq!(pool.map(nap, [0]).unwrap().count(), 1);
     drop(pool);

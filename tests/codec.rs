@@ -56,7 +56,14 @@ fn to_even(x: u64) -> Even {
 }
 buckshot::register!(to_even);
 
-fn check_only(results: Vec<Result<impl std::fmt::Debug, Error>>, bad: usize, message: &str) {
+/// Exactly `len` results, of which only input `bad` failed, with `message`.
+fn check_only(
+    results: Vec<Result<impl std::fmt::Debug, Error>>,
+    len: usize,
+    bad: usize,
+    message: &str,
+) {
+    assert_eq!(results.len(), len, "one result per input: {results:?}");
     for (index, result) in results.iter().enumerate() {
         match result {
             Err(error) if index == bad => assert_eq!(error.to_string(), message),
@@ -73,6 +80,7 @@ fn an_input_that_cannot_be_encoded_is_never_sent() {
         .map(echo_unlucky, (10..16).map(Unlucky))
         .unwrap()
         .collect();
+    assert_eq!(results.len(), 6, "one result per input: {results:?}");
     let Err(error) = &results[3] else {
         panic!("input 3: {:?}", results[3])
     };
@@ -98,6 +106,7 @@ fn an_input_the_worker_cannot_decode() {
         .collect();
     check_only(
         results,
+        3,
         1,
         "input 1: worker could not decode the input: 3 is odd",
     );
@@ -109,6 +118,7 @@ fn an_output_the_worker_cannot_encode() {
     let results: Vec<_> = pool.map(to_unlucky, 11..15u64).unwrap().collect();
     check_only(
         results,
+        4,
         2,
         "input 2: worker could not encode the output: 13 refuses to be encoded",
     );
@@ -118,6 +128,7 @@ fn an_output_the_worker_cannot_encode() {
 fn an_output_the_pool_cannot_decode() {
     let pool = Pool::new(1).unwrap();
     let results: Vec<_> = pool.map(to_even, [2u64, 4, 7, 8]).unwrap().collect();
+    assert_eq!(results.len(), 4, "one result per input: {results:?}");
     let messages: Vec<String> = results
         .iter()
         .map(|r| {

@@ -42,7 +42,7 @@ fn a_worker_killed_from_outside_fails_only_its_input() {
     let victim = rendezvous.wait();
     common::kill9(victim);
     let results = common::within("the map after a kill", move || map.join().unwrap());
-    assert_eq!(results.len(), 30);
+    assert_eq!(results.len(), 30, "one result per input: {results:?}");
     for (x, result) in results.into_iter().enumerate() {
         if x == 7 {
             match result {
@@ -64,6 +64,7 @@ fn abort_in_a_task_fails_only_its_input() {
     let results: Vec<Result<u64, Error>> = common::within("map with an abort", move || {
         pool.map(abort_at_three, 0..10u64).unwrap().collect()
     });
+    assert_eq!(results.len(), 10, "one result per input: {results:?}");
     for (x, result) in results.into_iter().enumerate() {
         if x == 3 {
             let Err(error @ Error::WorkerDied { .. }) = result else {

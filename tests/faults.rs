@@ -154,7 +154,15 @@ where
     common::within(what, move || results.collect())
 }
 
-fn assert_only_failure(results: &[Result<u64, Error>], bad: usize, check: impl Fn(&Error) -> bool) {
+/// Exactly `len` results; input `bad` failed as `check` expects, and every
+/// other input `x` yielded `x`.
+fn assert_only_failure(
+    results: &[Result<u64, Error>],
+    len: usize,
+    bad: usize,
+    check: impl Fn(&Error) -> bool,
+) {
+    assert_eq!(results.len(), len, "one result per input: {results:?}");
     for (index, result) in results.iter().enumerate() {
         match result {
             Ok(x) if index != bad => assert_eq!(*x, index as u64),
@@ -170,6 +178,7 @@ fn a_segfault_fails_its_input_with_the_signal() {
     let results = collect("segfault map", pool.map(segfault_at_two, 0..6u64).unwrap());
     assert_only_failure(
         &results,
+        6,
         2,
         |e| matches!(e, Error::WorkerDied { index: 2, status, .. } if status.and_then(|s| s.signal()) == Some(libc::SIGSEGV)),
     );
@@ -181,6 +190,7 @@ fn an_exit_fails_its_input_with_the_code() {
     let results = collect("exit map", pool.map(exit_at_two, 0..6u64).unwrap());
     assert_only_failure(
         &results,
+        6,
         2,
         |e| matches!(e, Error::WorkerDied { index: 2, status, .. } if status.and_then(|s| s.code()) == Some(3)),
     );
@@ -196,8 +206,11 @@ fn an_exit_fails_its_input_with_the_code() {
 #[test]
 fn garbage_on_the_reply_stream_is_a_protocol_error() {
     let pool = Pool::new(1).unwrap();
-    let results = collect("garbage map", pool.map(garbage_at_zero, [0u64]).unwrap());
-    assert_only_failure(&results, 0, |e| {
+    let results = collect(
+        "garbage map",
+        pool.map(garbage_at_zero, [0u64, 1, 2]).unwrap(),
+    );
+    assert_only_failure(&results, 3, 0, |e| {
         e.to_string()
             == "input 0: worker broke the protocol: frame of 4294967295 bytes is over the limit of 1073741824"
     });
@@ -221,6 +234,7 @@ fn a_truncated_frame_is_a_death() {
     );
     assert_only_failure(
         &results,
+        3,
         0,
         |e| matches!(e, Error::WorkerDied { index: 0, status, .. } if status.and_then(|s| s.code()) == Some(0)),
     );
@@ -316,6 +330,7 @@ fn a_worker_dies_promptly_even_if_its_subprocess_lives_on() {
     let sleeper: u32 = std::fs::read_to_string(&dir).unwrap().parse().unwrap();
     let _ = std::fs::remove_file(&dir);
     common::kill9(sleeper);
+    assert_eq!(results.len(), 1, "one result per input: {results:?}");
     assert!(
         matches!(&results[0], Err(Error::WorkerDied { status, .. }) if status.and_then(|s| s.signal()) == Some(libc::SIGABRT)),
         "{results:?}"
@@ -333,6 +348,7 @@ fn outputs_and_inputs_over_the_frame_limit_fail_alone() {
         "large outputs",
         pool.map(make_bytes, [10, 2 << 20, 20]).unwrap(),
     );
+    assert_eq!(results.len(), 3, "one result per input");
     assert_eq!(results[0].as_ref().unwrap().len(), 10);
     let message = results[1].as_ref().unwrap_err().to_string();
     assert!(
@@ -350,6 +366,7 @@ fn outputs_and_inputs_over_the_frame_limit_fail_alone() {
         pool.map(count_bytes, [vec![1; 5], vec![2; 2 << 20], vec![3; 7]])
             .unwrap(),
     );
+    assert_eq!(results.len(), 3, "one result per input: {results:?}");
     assert_eq!(*results[0].as_ref().unwrap(), 5);
     let Err(error) = &results[1] else {
         panic!("{:?}", results[1])
@@ -378,9 +395,9 @@ fn a_pool_outlives_the_thread_that_built_it() {
         "map after the builder thread ended",
         pool.map(exit_at_two, 0..6u64).unwrap(),
     );
-    assert_only_failure(&results, 2, |e| e.is_worker_died());
+    assert_only_failure(&results, 6, 2, |e| e.is_worker_died());
     let results = collect("second map", pool.map(exit_at_two, 0..6u64).unwrap());
-    assert_only_failure(&results, 2, |e| e.is_worker_died());
+    assert_only_failure(&results, 6, 2, |e| e.is_worker_died());
     let pids: Vec<u32> = pool
         .map(pid_of, 0..100)
         .unwrap()

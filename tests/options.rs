@@ -80,7 +80,11 @@ fn without_retries_a_death_is_reported() {
     let dir = TempDir::new("no-retries");
     let pool = Pool::new(2).unwrap();
     let inputs: Vec<(u64, String)> = (0..4).map(|x| (x, dir.path())).collect();
-    for (index, result) in pool.map(crash_once, inputs).unwrap().enumerate() {
+    let results: Vec<_> = common::within("map of crashing tasks", move || {
+        pool.map(crash_once, inputs).unwrap().collect::<Vec<_>>()
+    });
+    assert_eq!(results.len(), 4, "one result per input: {results:?}");
+    for (index, result) in results.into_iter().enumerate() {
         assert!(
             matches!(result, Err(Error::WorkerDied { index: i, .. }) if i == index),
             "{result:?}"
@@ -103,6 +107,7 @@ fn timeouts_are_never_retried() {
             .unwrap()
             .collect::<Vec<_>>()
     });
+    assert_eq!(results.len(), 3, "one result per input: {results:?}");
     for (index, result) in results.iter().enumerate() {
         assert!(
             matches!(result, Err(Error::TaskTimeout { index: i, .. }) if *i == index),
@@ -151,6 +156,7 @@ fn an_allocation_past_the_memory_limit_is_a_death_that_says_so() {
         .map(allocate, [1 << 20, 2 << 30, 1 << 20])
         .unwrap()
         .collect();
+    assert_eq!(results.len(), 3, "one result per input: {results:?}");
     assert_eq!(*results[0].as_ref().unwrap(), 1 << 20);
     let message = results[1].as_ref().unwrap_err().to_string();
     assert!(

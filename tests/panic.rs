@@ -13,8 +13,10 @@ buckshot::register!(fragile);
 #[test]
 fn panics_fail_their_input_and_the_worker_lives_on() {
     let pool = Pool::new(1).unwrap();
+    let results: Vec<_> = pool.map(fragile, 0..40u64).unwrap().collect();
+    assert_eq!(results.len(), 40, "one result per input: {results:?}");
     let mut pids = Vec::new();
-    for (x, result) in (0..40u64).zip(pool.map(fragile, 0..40u64).unwrap()) {
+    for (x, result) in (0..40u64).zip(results) {
         match result {
             Ok((y, pid)) => {
                 assert_eq!(x, y);

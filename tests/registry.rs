@@ -1,7 +1,7 @@
 //! Tasks are found wherever they are registered: another module, a library
 //! crate the binary depends on, under an imported name, or generic.
 
-use buckshot::Pool;
+use buckshot::{Error, Pool};
 use buckshot_testlib::{double, reverse};
 
 mod inner {
@@ -76,7 +76,15 @@ fn a_generic_task_is_registered_per_instantiation() {
         "task `registry::identity<u32>` is not registered (missing `buckshot::register!`?)"
     );
     // Registered in the library for i64 only.
-    assert!(pool.map(double::<i32>, [1i32]).is_err());
+    let error = pool.map(double::<i32>, [1i32]).unwrap_err();
+    assert!(
+        matches!(&error, Error::NotRegistered { name } if name == "buckshot_testlib::double<i32>"),
+        "expected NotRegistered for buckshot_testlib::double<i32>, got {error:?}"
+    );
+    assert_eq!(
+        error.to_string(),
+        "task `buckshot_testlib::double<i32>` is not registered (missing `buckshot::register!`?)"
+    );
 }
 
 #[test]

@@ -46,6 +46,7 @@ fn a_task_past_its_timeout_fails_alone() {
         elapsed >= timeout,
         "finished in {elapsed:?}, before the timeout"
     );
+    assert_eq!(results.len(), 10, "one result per input: {results:?}");
     for (index, result) in results.into_iter().enumerate() {
         if index == 2 {
             match result {
@@ -71,7 +72,7 @@ fn a_task_that_ignores_signals_is_killed() {
     let results: Vec<Result<u64, Error>> = common::within("map of a spinning task", move || {
         pool.map(spin_forever, [1, 2]).unwrap().collect()
     });
-    assert_eq!(results.len(), 2);
+    assert_eq!(results.len(), 2, "one result per input: {results:?}");
     for (index, result) in results.iter().enumerate() {
         assert!(
             matches!(result, Err(Error::TaskTimeout { index: i, .. }) if *i == index),
@@ -82,19 +83,63 @@ fn a_task_that_ignores_signals_is_killed() {
 
 #[test]
 fn queued_inputs_do_not_spend_their_timeout_waiting() {
-    // One worker: each input waits behind the ones before it, far longer
-    // than the timeout in total, yet none of them times out.
+    // One worker, one input per frame. The pool writes a frame while the
+    // one before it runs, so an input waits in the pipe about one task
+    // before it starts. Each task takes 2/3 of the timeout: counted from
+    // the write of its frame, an input would need about 4/3 of the timeout
+    // and fail; counted from its start, as it must be, it has a third of
+    // the timeout to spare.
+    let timeout = Duration::from_millis(150);
+    let task_ms = 100;
     let pool = Pool::builder()
         .processes(1)
-        .timeout(Duration::from_millis(300))
+        .batch_size(1)
+        .timeout(timeout)
         .build()
         .unwrap();
+    // A ready worker: the measurement is about queueing, not start-up.
+    assert!(matches!(pool.map(nap, [0]).unwrap().next(), Some(Ok(0))));
     let results: Vec<Result<u64, Error>> = common::within("map of queued tasks", move || {
-        pool.map(nap, vec![100; 8]).unwrap().collect()
+        pool.map(nap, vec![task_ms; 6]).unwrap().collect()
     });
+    assert_eq!(results.len(), 6, "one result per input: {results:?}");
     for (index, result) in results.iter().enumerate() {
-        assert!(matches!(result, Ok(100)), "input {index}: {result:?}");
+        assert!(
+            matches!(result, Ok(ms) if *ms == task_ms),
+            "input {index} ({task_ms} ms under a {timeout:?} timeout, queued behind {index}): {result:?}"
+        );
     }
+}
+
+/// Announces its worker's pid, then never returns.
+fn announce_and_hang(rendezvous: String) -> u64 {
+    common::announce(&rendezvous);
+    common::hang()
+}
+buckshot::register!(announce_and_hang);
+
+#[test]
+fn a_timed_out_worker_is_gone_while_the_pool_lives() {
+    let rendezvous = common::Rendezvous::new();
+    let pool = Pool::builder()
+        .processes(1)
+        .timeout(Duration::from_millis(100))
+        .build()
+        .unwrap();
+    let mut results = pool.map(announce_and_hang, [rendezvous.path()]).unwrap();
+    // Inputs are pulled as results are asked for.
+    let first = std::thread::spawn(move || results.next());
+    let worker = rendezvous.wait();
+    let result = common::within("a hanging task", move || first.join().unwrap());
+    assert!(
+        matches!(result, Some(Err(Error::TaskTimeout { index: 0, .. }))),
+        "{result:?}"
+    );
+    // The pool is still here: the timed-out worker must not wait for it to
+    // be dropped.
+    common::assert_worker_gone(worker, "timed out");
+    // And a replacement serves the next map.
+    assert!(matches!(pool.map(nap, [1]).unwrap().next(), Some(Ok(1))));
 }
 
 fn hang(_: u64) -> u64 {

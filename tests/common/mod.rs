@@ -129,15 +129,37 @@ pub fn kill9(pid: u32) {
 /// Waits until `condition` holds, checking every millisecond, and fails
 /// loudly after [`BOUND`]. For conditions with no event to wait on (a pid
 /// disappearing from `/proc` once its parent reaps it).
-pub fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = std::time::Instant::now() + BOUND;
+pub fn wait_until(what: &str, condition: impl FnMut() -> bool) {
+    wait_until_within(what, BOUND, condition);
+}
+
+/// [`wait_until`] with a bound of its own, for what must happen promptly
+/// (a slow leak must not pass for a loaded machine).
+pub fn wait_until_within(what: &str, bound: Duration, mut condition: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + bound;
     while !condition() {
         assert!(
             std::time::Instant::now() < deadline,
-            "{what}: not within {BOUND:?}"
+            "{what}: not within {bound:?}"
         );
         std::thread::sleep(Duration::from_millis(1));
     }
+}
+
+/// How long the pool may take to kill and reap a worker it gave up on
+/// (timed out, cancelled) while the pool lives on. It is a SIGKILL and a
+/// pidfd wake-up: milliseconds; far less than [`BOUND`], so that a worker
+/// left running until the pool is dropped cannot pass.
+pub const KILL_BOUND: Duration = Duration::from_secs(5);
+
+/// Waits (at most [`KILL_BOUND`]) until worker `pid`, a child of this
+/// process, is killed and reaped by its pool.
+pub fn assert_worker_gone(pid: u32, why: &str) {
+    wait_until_within(
+        &format!("worker {pid} ({why}) is killed and reaped while the pool lives"),
+        KILL_BOUND,
+        || !alive(pid),
+    );
 }
 
 /// File descriptors open in process `pid`, as numbers.
