@@ -93,10 +93,10 @@ impl Drop for Log {
 fn expected_error(error: &Error, bad: usize, fault: Fault, timeout: Option<Duration>) -> bool {
     match (fault, error) {
         (Fault::Abort, Error::WorkerDied { index, status, .. }) => {
-            *index == bad && status.signal() == Some(libc::SIGABRT)
+            *index == bad && status.and_then(|s| s.signal()) == Some(libc::SIGABRT)
         }
         (Fault::Exit, Error::WorkerDied { index, status, .. }) => {
-            *index == bad && status.code() == Some(EXIT_CODE)
+            *index == bad && status.and_then(|s| s.code()) == Some(EXIT_CODE)
         }
         (Fault::Hang, Error::TaskTimeout { index, timeout: t }) => {
             *index == bad && Some(*t) == timeout
