@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use rustix::io::Errno;
 
-use crate::flow::{STDERR_LINE, STDERR_QUEUE, STDERR_READS, STDERR_TAIL};
+use crate::flow::{STDERR_LINE, STDERR_QUEUE, STDERR_READ, STDERR_READS, STDERR_TAIL};
 
 /// The read end of one worker's stderr.
 #[derive(Debug)]
@@ -33,6 +33,10 @@ pub(crate) struct StderrPipe {
     forward: bool,
     /// The last bytes read, at most twice [`STDERR_TAIL`].
     tail: Vec<u8>,
+    /// Bytes read in all, and where the input now running began: its
+    /// worker's death is explained by what came after.
+    total: u64,
+    mark: u64,
     /// The start of a line not yet forwarded.
     line: Vec<u8>,
 }
@@ -43,6 +47,8 @@ impl StderrPipe {
             fd: Some(fd),
             forward,
             tail: Vec::new(),
+            total: 0,
+            mark: 0,
             line: Vec::new(),
         }
     }
@@ -55,7 +61,7 @@ impl StderrPipe {
     /// Reads what the worker wrote (at most [`STDERR_READS`] per call),
     /// keeps the tail and forwards complete lines. Never blocks.
     pub(crate) fn pump(&mut self) {
-        let mut buf = [0u8; 8192];
+        let mut buf = [0u8; STDERR_READ];
         let mut read = 0;
         while read < STDERR_READS {
             let Some(fd) = &self.fd else { return };
@@ -77,6 +83,7 @@ impl StderrPipe {
     }
 
     fn take(&mut self, bytes: &[u8]) {
+        self.total += bytes.len() as u64;
         self.tail.extend_from_slice(bytes);
         if self.tail.len() > 2 * STDERR_TAIL {
             let cut = self.tail.len() - STDERR_TAIL;
@@ -103,9 +110,24 @@ impl StderrPipe {
         }
     }
 
-    /// The last few KiB the worker wrote.
+    /// The worker answered an input: what was read so far belongs to
+    /// inputs that are done. What is still in the pipe may be from before
+    /// the answer or after it; it counts as after, so that the output of
+    /// an input that dies next is never lost (the loop reads replies before
+    /// stderr in each turn).
+    pub(crate) fn mark(&mut self) {
+        self.mark = self.total;
+    }
+
+    /// The last few KiB the worker wrote since the last [`mark`]: what the
+    /// input it was running wrote (a worker that says nothing before it
+    /// dies is not labelled with an earlier input's output).
+    ///
+    /// [`mark`]: StderrPipe::mark
     pub(crate) fn tail(&self) -> String {
-        let start = self.tail.len().saturating_sub(STDERR_TAIL);
+        let held_from = self.total - self.tail.len() as u64;
+        let since_mark = (self.mark.saturating_sub(held_from) as usize).min(self.tail.len());
+        let start = since_mark.max(self.tail.len().saturating_sub(STDERR_TAIL));
         String::from_utf8_lossy(&self.tail[start..]).into_owned()
     }
 }
@@ -310,5 +332,23 @@ mod tests {
         let tail = pipe.tail();
         assert_eq!(tail.len(), STDERR_TAIL);
         assert!(tail.ends_with("aaaalast line\n"), "{tail:?}");
+    }
+
+    #[test]
+    fn the_tail_starts_at_the_mark() {
+        let (read, write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::NONBLOCK).unwrap();
+        let mut pipe = StderrPipe::new(read, false);
+        rustix::io::write(&write, b"an earlier input's panic\n").unwrap();
+        pipe.pump();
+        pipe.mark();
+        assert_eq!(pipe.tail(), "");
+        rustix::io::write(&write, b"about to abort\n").unwrap();
+        pipe.pump();
+        assert_eq!(pipe.tail(), "about to abort\n");
+        for _ in 0..4 {
+            rustix::io::write(&write, &[b'a'; STDERR_TAIL]).unwrap();
+            pipe.pump();
+        }
+        assert_eq!(pipe.tail().len(), STDERR_TAIL, "at most the last few KiB");
     }
 }

@@ -89,3 +89,46 @@ fn abort_in_a_task_fails_only_its_input() {
         }
     }
 }
+
+/// Input 0 prints and waits until the pool has read it; input 1 aborts
+/// without a word.
+fn print_then_abort_silently(x: u64) -> u64 {
+    if x == 0 {
+        eprintln!("noise from input 0");
+        let stderr = std::io::stderr();
+        common::wait_until("the pool reads this worker's stderr", || {
+            rustix::io::ioctl_fionread(&stderr).unwrap() == 0
+        });
+    } else {
+        std::process::abort();
+    }
+    x
+}
+buckshot::register!(print_then_abort_silently);
+
+#[test]
+fn a_silent_death_is_not_explained_by_an_earlier_input() {
+    let pool = Pool::builder()
+        .processes(1)
+        .batch_size(1)
+        .forward_stderr(false)
+        .build()
+        .unwrap();
+    let results: Vec<Result<u64, Error>> = common::within("map with a silent abort", move || {
+        pool.map(print_then_abort_silently, 0..2u64)
+            .unwrap()
+            .collect()
+    });
+    assert_eq!(results.len(), 2, "one result per input: {results:?}");
+    assert_eq!(results[0].as_ref().ok(), Some(&0));
+    match &results[1] {
+        Err(error @ Error::WorkerDied { stderr, .. }) => {
+            assert_eq!(stderr, "", "{error}");
+            assert_eq!(
+                error.to_string(),
+                "input 1: worker died (signal: 6 (SIGABRT))"
+            );
+        }
+        other => panic!("input 1: {other:?}"),
+    }
+}

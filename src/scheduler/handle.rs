@@ -213,8 +213,12 @@ impl WorkerHandle {
                     break;
                 }
             }
+            let answered = outbox.len();
             if let Err(problem) = self.take_frames(max_frame, now, outbox, &mut heard) {
                 self.doom(Fate::Broke(problem.0));
+            }
+            if outbox.len() > answered {
+                self.process.stderr().mark();
             }
         }
         if self.fate.is_some() {
