@@ -92,8 +92,10 @@ pub(crate) const SCRATCH_BYTES: usize = 4096;
 
 /// How much of a worker's stderr is kept for error messages.
 pub(crate) const STDERR_TAIL: usize = 4096;
-/// Bytes of one worker's stderr read per wake-up.
+/// Bytes of one worker's stderr read per wake-up, in reads of
+/// [`STDERR_READ`].
 pub(crate) const STDERR_READS: usize = 64 * 1024;
+pub(crate) const STDERR_READ: usize = 8 * 1024;
 /// A line of a worker's stderr is forwarded whole, unless it grows past this.
 pub(crate) const STDERR_LINE: usize = 8 * 1024;
 /// Worker stderr waiting to be written to ours, at most; beyond it, output

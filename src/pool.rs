@@ -14,6 +14,8 @@ use crate::shared::Config;
 
 /// Default limit on one frame, and so on one encoded input or output.
 const DEFAULT_MAX_FRAME_BYTES: u32 = 1 << 30;
+/// The smallest frame limit allowed: room for the headers and a few values.
+const MIN_FRAME_BYTES: u32 = 1024;
 
 /// A pool of worker processes that run registered functions.
 ///
@@ -300,8 +302,10 @@ impl PoolBuilder {
             return invalid("max_tasks_per_worker must be at least 1");
         }
         let max_frame_bytes = self.max_frame_bytes.unwrap_or(DEFAULT_MAX_FRAME_BYTES);
-        if max_frame_bytes < 1024 {
-            return invalid("max_frame_bytes must be at least 1024");
+        if max_frame_bytes < MIN_FRAME_BYTES {
+            return invalid(&format!(
+                "max_frame_bytes must be at least {MIN_FRAME_BYTES}"
+            ));
         }
         let config = Config {
             processes,
