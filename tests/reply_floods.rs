@@ -44,14 +44,19 @@ buckshot::register!(hang_with_a_writing_thread);
 
 fn hang_with_a_writing_child((x, rendezvous): (u64, String)) -> u64 {
     if x == 1 {
-        // SAFETY: the child calls only async-signal-safe functions (write,
-        // usleep) until it is killed.
+        // The child starts writing once its pid is announced: the pool
+        // kills this worker at the first empty reply.
+        let (go_read, go_write) = rustix::pipe::pipe().unwrap();
+        // SAFETY: the child calls only async-signal-safe functions (read,
+        // write, usleep) until it is killed.
         let child = unsafe { libc::fork() };
         assert!(child >= 0, "fork failed");
         if child == 0 {
+            let _ = rustix::io::read(&go_read, &mut [0u8; 1]);
             keep_writing_empty_replies();
         }
         common::announce_pid(&rendezvous, child as u32);
+        rustix::io::write(&go_write, b"x").unwrap();
         common::hang();
     }
     x
