@@ -97,25 +97,32 @@ fn counted(pulled: &Arc<AtomicU64>) -> impl Iterator<Item = u64> + Send + 'stati
     })
 }
 
-#[test]
-fn endless_input_is_pulled_lazily() {
+/// Takes the first 10 results of `f` over an endless input; returns how
+/// many inputs the map pulled for them.
+fn pulled_for_ten(f: impl Fn(u64) -> u64 + Send + 'static) -> u64 {
     let pool = Pool::new(2).unwrap();
     let pulled = Arc::new(AtomicU64::new(0));
     let inputs = counted(&pulled);
     let first: Vec<u64> = common::within("take(10) of an endless map", move || {
-        pool.map(square, inputs)
+        pool.map(f, inputs)
             .unwrap()
             .take(10)
             .map(Result::unwrap)
             .collect()
     });
     assert_eq!(first, [0, 1, 4, 9, 16, 25, 36, 49, 64, 81]);
+    let pulled = pulled.load(Ordering::Relaxed);
+    assert!(pulled >= 10, "only {pulled} inputs pulled");
+    pulled
+}
+
+#[test]
+fn endless_input_is_pulled_lazily() {
     // The map pulls a window ahead of what it yields: for tiny tasks, a few
     // chunks and 512 frames per worker; 40 inputs before run times are
     // known, 1,000 to 2,200 after (measured, idle and under load). Pulling
     // eagerly shows.
-    let pulled = pulled.load(Ordering::Relaxed);
-    assert!(pulled >= 10, "only {pulled} inputs pulled");
+    let pulled = pulled_for_ten(square);
     assert!(pulled <= 10_000, "{pulled} inputs pulled for 10 results");
 }
 
@@ -127,22 +134,10 @@ buckshot::register!(slow_square);
 
 #[test]
 fn an_endless_map_of_slower_tasks_pulls_a_small_window() {
-    let pool = Pool::new(2).unwrap();
-    let pulled = Arc::new(AtomicU64::new(0));
-    let inputs = counted(&pulled);
-    let first: Vec<u64> = common::within("take(10) of an endless map", move || {
-        pool.map(slow_square, inputs)
-            .unwrap()
-            .take(10)
-            .map(Result::unwrap)
-            .collect()
-    });
-    assert_eq!(first, [0, 1, 4, 9, 16, 25, 36, 49, 64, 81]);
     // Tasks of a millisecond keep a window of a few chunks per worker: 40
     // inputs before run times are known, no more than a few dozen past the
     // last one yielded after. Ten times that window shows.
-    let pulled = pulled.load(Ordering::Relaxed);
-    assert!(pulled >= 10, "only {pulled} inputs pulled");
+    let pulled = pulled_for_ten(slow_square);
     assert!(pulled <= 200, "{pulled} inputs pulled for 10 results");
 }
 

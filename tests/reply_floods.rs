@@ -89,33 +89,42 @@ fn empty_replies_from_a_thread_are_a_protocol_error() {
     assert_protocol_error_at_one(&results);
 }
 
-#[test]
-fn empty_replies_from_a_forked_child_are_a_protocol_error() {
+/// Maps inputs 0 to 2 with `task` on a one-worker pool; the task forks a
+/// child and announces its pid. Returns the results and the child's pid,
+/// once the map is over and while the pool still lives.
+fn map_with_a_forked_child(
+    task: impl Fn((u64, String)) -> u64 + Send + 'static,
+    timeout: Option<Duration>,
+) -> (Vec<Result<u64, Error>>, u32) {
     let rendezvous = common::Rendezvous::new();
-    let pool = Pool::builder()
-        .processes(1)
-        .timeout(Duration::from_millis(300))
-        .build()
-        .unwrap();
+    let mut builder = Pool::builder().processes(1).forward_stderr(false);
+    if let Some(timeout) = timeout {
+        builder = builder.timeout(timeout);
+    }
+    let pool = builder.build().unwrap();
     let inputs: Vec<(u64, String)> = (0..3).map(|x| (x, rendezvous.path())).collect();
     let map = std::thread::spawn(move || {
-        let results = pool
-            .map(hang_with_a_writing_child, inputs)
-            .unwrap()
-            .collect::<Vec<_>>();
+        let results = pool.map(task, inputs).unwrap().collect::<Vec<_>>();
         (pool, results)
     });
     let child = rendezvous.wait();
     let (pool, results) = common::within_for("the map", Duration::from_secs(10), move || {
         map.join().unwrap()
     });
-    assert_protocol_error_at_one(&results);
     // The forked child was in the worker's process group: it went too.
     assert!(
         common::exits_within(child, Duration::from_secs(5)),
         "the forked child outlived its worker"
     );
     drop(pool);
+    (results, child)
+}
+
+#[test]
+fn empty_replies_from_a_forked_child_are_a_protocol_error() {
+    let (results, _) =
+        map_with_a_forked_child(hang_with_a_writing_child, Some(Duration::from_millis(300)));
+    assert_protocol_error_at_one(&results);
 }
 
 /// Forks a child that writes the start of a frame it never finishes, and
@@ -160,25 +169,8 @@ fn peak_rss() -> u64 {
 
 #[test]
 fn a_stream_after_the_workers_death_is_not_read_to_its_end() {
-    let rendezvous = common::Rendezvous::new();
-    let pool = Pool::builder()
-        .processes(1)
-        .forward_stderr(false)
-        .build()
-        .unwrap();
     let before = peak_rss();
-    let inputs: Vec<(u64, String)> = (0..3).map(|x| (x, rendezvous.path())).collect();
-    let map = std::thread::spawn(move || {
-        let results = pool
-            .map(abort_with_a_streaming_child, inputs)
-            .unwrap()
-            .collect::<Vec<_>>();
-        (pool, results)
-    });
-    let child = rendezvous.wait();
-    let (pool, results) = common::within_for("the map", Duration::from_secs(10), move || {
-        map.join().unwrap()
-    });
+    let (results, _) = map_with_a_forked_child(abort_with_a_streaming_child, None);
     assert_eq!(results.len(), 3, "{results:?}");
     assert_eq!(results[0].as_ref().ok(), Some(&0));
     assert!(
@@ -193,9 +185,4 @@ fn a_stream_after_the_workers_death_is_not_read_to_its_end() {
         "the pool read {} MiB of what came after the death",
         grew >> 20
     );
-    assert!(
-        common::exits_within(child, Duration::from_secs(5)),
-        "the forked child outlived its worker"
-    );
-    drop(pool);
 }

@@ -109,15 +109,7 @@ pub fn hang() -> ! {
 
 /// Runs `f` on a thread and waits at most [`BOUND`] for it.
 pub fn within<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(f());
-    });
-    match rx.recv_timeout(BOUND) {
-        Ok(value) => value,
-        Err(mpsc::RecvTimeoutError::Timeout) => panic!("{what} did not finish within {BOUND:?}"),
-        Err(mpsc::RecvTimeoutError::Disconnected) => panic!("{what} panicked"),
-    }
+    within_for(what, BOUND, f)
 }
 
 pub fn kill9(pid: u32) {
