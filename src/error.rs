@@ -199,6 +199,7 @@ pub(crate) fn telling_line(stderr: &str) -> Option<&str> {
         line.is_empty()
             || line.starts_with("note: ")
             || line.starts_with("stack backtrace:")
+            || line.starts_with("skipping backtrace printing")
             || line.starts_with("at ")
             || line
                 .split_once(':')

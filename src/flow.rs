@@ -1,6 +1,7 @@
 //! Flow control: how inputs are cut into frames, how many are in flight,
-//! and every buffer size. All tuning lives here, as constants and pure
-//! functions, so that the trade-offs can be read and tested in one place.
+//! every buffer size and every time bound. All tuning lives here, as
+//! constants and pure functions, so that the trade-offs can be read and
+//! tested in one place.
 //!
 //! A map pulls inputs on its caller's thread and cuts them into chunks, one
 //! RUN frame each ([`chunk_items`]). Until anything is measured a chunk
@@ -101,6 +102,32 @@ pub(crate) const STDERR_LINE: usize = 8 * 1024;
 /// Worker stderr waiting to be written to ours, at most; beyond it, output
 /// is dropped (and the drop reported) rather than stall the pool.
 pub(crate) const STDERR_QUEUE: usize = 1 << 20;
+
+/// A worker that has not said hello by then has failed to start.
+pub(crate) const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+/// Consecutive start-up failures after which the pool gives up.
+pub(crate) const STARTUP_FAILURE_LIMIT: u32 = 5;
+/// Delays before spawning again after a spawn error: the first, doubled
+/// up to the last.
+pub(crate) const FIRST_RETRY: Duration = Duration::from_millis(10);
+pub(crate) const LAST_RETRY: Duration = Duration::from_secs(1);
+/// How often an input may go back to the queue because its worker went
+/// before taking any of it; after that it is blamed as if it had run, so
+/// that no input goes round forever.
+pub(crate) const UNSTARTED_RETURNS: u32 = 3;
+/// How long a worker that retired (reached its task quota) may take to
+/// exit before it is killed: a task's leftover thread may hold it up.
+pub(crate) const RETIRE_GRACE: Duration = Duration::from_secs(2);
+/// How long reaping a killed worker may take before we give up on it: a
+/// process in uninterruptible sleep is released only when the kernel lets
+/// it go.
+pub(crate) const REAP_BOUND: Duration = Duration::from_secs(5);
+/// The longest a pool's shutdown waits for its workers' last output to be
+/// written to our stderr...
+pub(crate) const FLUSH_BOUND: Duration = Duration::from_secs(1);
+/// ...and it stops waiting when nothing was written for this long: our
+/// stderr is stalled.
+pub(crate) const STALLED: Duration = Duration::from_millis(250);
 
 /// What a map knows when it cuts its next chunk.
 #[derive(Debug, Clone, Copy)]

@@ -278,7 +278,9 @@ impl PoolBuilder {
     ///
     /// [`Error::Config`] for an invalid setting (no processes, a zero
     /// timeout, batch size or task quota, a tiny frame limit),
-    /// [`Error::Spawn`] if a worker cannot be started.
+    /// [`Error::Spawn`] if a worker cannot be started, [`Error::Startup`]
+    /// if this program runs with privileges (setuid, setgid, file
+    /// capabilities): its copies refuse to serve as workers.
     pub fn build(self) -> Result<Pool, Error> {
         let invalid = |message: &str| {
             Err(Error::Config {
@@ -306,6 +308,14 @@ impl PoolBuilder {
             return invalid(&format!(
                 "max_frame_bytes must be at least {MIN_FRAME_BYTES}"
             ));
+        }
+        if crate::worker::is_privileged() {
+            // Its copies would refuse to serve, one after the other.
+            return Err(Error::Startup {
+                message: "this program runs with privileges (setuid, setgid or file \
+                          capabilities), and its copies refuse to serve as workers"
+                    .to_owned(),
+            });
         }
         let config = Config {
             processes,

@@ -1,41 +1,57 @@
 //! The pool's handle on one worker process: its pipes, its pidfd, and how it
-//! is killed and reaped. It is given a [`Command`] (see [`crate::launch`])
-//! and does not care where the worker runs.
+//! is killed and reaped. A launcher ([`crate::launch`]) says how to start it
+//! and what to kill besides it; this does the rest, wherever it runs.
 //!
-//! Reaping goes through a pidfd (Linux 5.3+) polled by the pool's thread,
+//! Reaping goes through the pidfd (Linux 5.3+), polled by the pool's thread,
 //! never through a blocking `wait` or a SIGCHLD handler: buckshot lives inside
 //! other people's programs, so it installs no process-wide signal handler
 //! (`wait-timeout` would), and a worker that dies while idle is reaped as soon
-//! as it dies.
+//! as it dies. Waiting on the pidfd rather than the pid also means that a
+//! worker reaped behind our back (SIGCHLD set to `SIG_IGN`, a `waitpid(-1)`
+//! elsewhere in the program) is never confused with a process that reused
+//! its pid.
+//!
+//! The pool keeps a read end of each worker's request pipe besides the
+//! worker's: it counts the bytes the worker has not read yet, and a write to
+//! a worker that died fills the pipe instead of raising SIGPIPE, which a
+//! program that restored its default action would die of.
 
-use std::io::{self, Write};
+use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::Duration;
+use std::os::unix::process::ExitStatusExt;
+use std::process::{Child, ExitStatus, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use rustix::event::{PollFd, PollFlags};
+use rustix::event::{PollFd, PollFlags, Timespec};
 use rustix::fs::OFlags;
-use rustix::process::{PidfdFlags, Signal, WaitIdOptions};
+use rustix::io::Errno;
+use rustix::pipe::PipeFlags;
+use rustix::process::{PidfdFlags, Signal, WaitId, WaitIdOptions, WaitIdStatus};
 
-use crate::flow::PIPE_BYTES;
-use crate::stderr::StderrPipe;
-
-/// How long reaping a killed worker may take before we give up on it: a
-/// process in uninterruptible sleep is released only when the kernel lets
-/// it go.
-pub(crate) const REAP_BOUND: Duration = Duration::from_secs(5);
+use crate::flow::{PIPE_BYTES, REAP_BOUND};
+use crate::handoff::WorkerConfig;
+use crate::launch::Launch;
+use crate::stderr::{self, StderrPipe};
 
 /// One worker process, seen from the pool.
 #[derive(Debug)]
 pub(crate) struct Process {
     child: Child,
     pidfd: OwnedFd,
+    launch: Arc<dyn Launch>,
+    /// The pid the worker announced in its handshake (where it runs).
+    reported_pid: Option<u32>,
     /// Requests. `None` once closed (to retire the worker gracefully).
     requests: Option<OwnedFd>,
+    /// Our own read end of the request pipe; never read from.
+    requests_reader: OwnedFd,
     /// Replies. `None` after end of stream.
     replies: Option<OwnedFd>,
     stderr: StderrPipe,
     killed: bool,
+    /// Reaped, or given up on.
+    ended: bool,
 }
 
 fn nonblocking(fd: impl Into<OwnedFd>) -> io::Result<OwnedFd> {
@@ -45,14 +61,23 @@ fn nonblocking(fd: impl Into<OwnedFd>) -> io::Result<OwnedFd> {
 }
 
 impl Process {
-    /// Spawns `command` with its stdin, stdout and stderr piped to us.
-    /// `forward_stderr`: whether what it writes to stderr is copied to ours.
-    pub(crate) fn spawn(mut command: Command, forward_stderr: bool) -> io::Result<Process> {
-        let mut child = command
-            .stdin(Stdio::piped())
+    /// Starts a worker told `config` through `launch`, with its stdin,
+    /// stdout and stderr piped to us. `forward_stderr`: whether what it
+    /// writes to stderr is copied to ours.
+    pub(crate) fn spawn(
+        launch: Arc<dyn Launch>,
+        config: &WorkerConfig,
+        forward_stderr: bool,
+    ) -> io::Result<Process> {
+        let (requests_reader, requests) = rustix::pipe::pipe_with(PipeFlags::CLOEXEC)?;
+        let mut command = launch.command(config);
+        command
+            .stdin(Stdio::from(requests_reader.try_clone()?))
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()?;
+            .stderr(Stdio::piped());
+        let mut child = command.spawn()?;
+        // The command holds the worker's copy of the read end until dropped.
+        drop(command);
         let pid = rustix::process::Pid::from_child(&child);
         let pidfd = match rustix::process::pidfd_open(pid, PidfdFlags::empty()) {
             Ok(fd) => fd,
@@ -64,19 +89,24 @@ impl Process {
         };
         // Taken out of `Child` so that nothing in std closes or waits on them
         // behind our back.
-        let stdin = child.stdin.take().expect("piped stdin");
-        let stdout = child.stdout.take().expect("piped stdout");
+        let replies = child.stdout.take().expect("piped stdout");
         let stderr = child.stderr.take().expect("piped stderr");
+        // From here on, dropping the process kills and reaps it.
         let mut process = Process {
             child,
             pidfd,
+            launch,
+            reported_pid: None,
             requests: None,
+            requests_reader,
             replies: None,
-            stderr: StderrPipe::new(nonblocking(stderr)?, forward_stderr),
+            stderr: StderrPipe::new(stderr.into(), forward_stderr),
             killed: false,
+            ended: false,
         };
-        process.requests = Some(nonblocking(stdin)?);
-        process.replies = Some(nonblocking(stdout)?);
+        process.stderr.set_nonblocking()?;
+        process.requests = Some(nonblocking(requests)?);
+        process.replies = Some(nonblocking(replies)?);
         for pipe in [&process.requests, &process.replies].into_iter().flatten() {
             // Fewer round trips for large frames. Best effort: the system
             // limit may be lower.
@@ -87,6 +117,11 @@ impl Process {
 
     pub(crate) fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Records the pid the worker announced in its handshake.
+    pub(crate) fn set_reported_pid(&mut self, pid: u32) {
+        self.reported_pid = Some(pid);
     }
 
     pub(crate) fn requests(&self) -> Option<BorrowedFd<'_>> {
@@ -119,68 +154,107 @@ impl Process {
         self.replies = None;
     }
 
-    /// Bytes written to the request pipe that the worker has not read, if
-    /// the pipe is still open on our side.
+    /// Bytes written to the request pipe that the worker has not read.
     pub(crate) fn unread_requests(&self) -> Option<u64> {
-        rustix::io::ioctl_fionread(self.requests.as_ref()?).ok()
+        rustix::io::ioctl_fionread(&self.requests_reader).ok()
     }
 
-    /// Sends SIGKILL (once) and stops talking to it. The process stays a
-    /// zombie until reaped.
+    /// Whether the process is still ours: running, or exited and not
+    /// reaped, so that its pid (and its process group's id) cannot have
+    /// been reused.
+    fn is_ours(&self) -> bool {
+        !self.ended && self.peek().is_ok()
+    }
+
+    /// Its exit, if it exited, without reaping it; an error if it was
+    /// reaped already (by us or behind our back).
+    fn peek(&self) -> rustix::io::Result<Option<WaitIdStatus>> {
+        let options = WaitIdOptions::EXITED | WaitIdOptions::NOHANG | WaitIdOptions::NOWAIT;
+        rustix::process::waitid(WaitId::PidFd(self.pidfd.as_fd()), options)
+    }
+
+    /// Sends SIGKILL to it and to what its launcher knows of it (once), and
+    /// stops talking to it. It stays a zombie until reaped.
     pub(crate) fn kill(&mut self) {
         if !self.killed {
             self.killed = true;
             // Through the pidfd: it names this process even if it was reaped
-            // behind our back (SIGCHLD set to SIG_IGN) and its pid reused.
+            // behind our back and its pid reused.
             let _ = rustix::process::pidfd_send_signal(&self.pidfd, Signal::KILL);
+            if self.is_ours() {
+                self.launch.kill_rest(self.pid(), self.reported_pid);
+            }
         }
         self.requests = None;
         self.replies = None;
     }
 
-    /// Whether the process has exited and waits to be reaped (never
-    /// blocks). `false` also when it was reaped behind our back.
-    pub(crate) fn is_zombie(&self) -> bool {
-        let options = WaitIdOptions::EXITED | WaitIdOptions::NOHANG | WaitIdOptions::NOWAIT;
-        matches!(
-            rustix::process::waitid(rustix::process::WaitId::PidFd(self.pidfd.as_fd()), options),
-            Ok(Some(_))
-        )
-    }
-
-    /// Reaps the process if it has exited (never blocks). `Some(None)`: it
-    /// exited, but somebody else reaped it (a SIGCHLD set to SIG_IGN makes
-    /// the kernel do that), so there is no status to report.
+    /// Reaps the process if it has exited (never blocks), after killing what
+    /// its launcher knows of it (a worker that exited by itself may leave
+    /// subprocesses). `Some(None)`: it exited, but somebody else reaped it,
+    /// so there is no status to report.
     pub(crate) fn try_reap(&mut self) -> Option<Option<ExitStatus>> {
-        match self.child.try_wait() {
-            Ok(Some(status)) => Some(Some(status)),
-            Ok(None) => None,
-            Err(_) => Some(None),
+        if self.ended {
+            return Some(None);
         }
+        match self.peek() {
+            Ok(None) => return None,
+            Ok(Some(_)) => self.launch.kill_rest(self.pid(), self.reported_pid),
+            Err(_) => {
+                self.ended = true;
+                return Some(None);
+            }
+        }
+        let options = WaitIdOptions::EXITED | WaitIdOptions::NOHANG;
+        let reaped = rustix::process::waitid(WaitId::PidFd(self.pidfd.as_fd()), options);
+        self.ended = true;
+        Some(reaped.ok().flatten().map(|status| exit_status(&status)))
     }
 
-    /// Kills and reaps, waiting at most `bound` for the exit. `false` if it
-    /// would not go.
+    /// Kills and reaps, waiting at most `bound` for the exit. Returns
+    /// `false` if it would not go; it is not waited for again.
     pub(crate) fn kill_and_reap(&mut self, bound: Duration) -> bool {
         self.kill();
-        if self.try_reap().is_some() {
-            return true;
+        let deadline = Instant::now() + bound;
+        loop {
+            if self.try_reap().is_some() {
+                return true;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                self.ended = true;
+                return false;
+            }
+            let mut fds = [PollFd::new(&self.pidfd, PollFlags::IN)];
+            let timeout = Timespec::try_from(left).expect("a small bound");
+            match rustix::event::poll(&mut fds, Some(&timeout)) {
+                Ok(_) | Err(Errno::INTR) => {}
+                Err(_) => {
+                    self.ended = true;
+                    return false;
+                }
+            }
         }
-        let mut fds = [PollFd::new(&self.pidfd, PollFlags::IN)];
-        let timeout = rustix::event::Timespec::try_from(bound).expect("small duration");
-        let _ = rustix::event::poll(&mut fds, Some(&timeout));
-        self.try_reap().is_some()
     }
+}
+
+/// The status `wait` would have given.
+fn exit_status(status: &WaitIdStatus) -> ExitStatus {
+    if let Some(code) = status.exit_status() {
+        return ExitStatus::from_raw((code & 0xff) << 8);
+    }
+    let signal = status.terminating_signal().unwrap_or(0);
+    let core = if status.dumped() { 0x80 } else { 0 };
+    ExitStatus::from_raw(signal | core)
 }
 
 impl Drop for Process {
     fn drop(&mut self) {
-        if !self.kill_and_reap(REAP_BOUND) {
-            let _ = writeln!(
-                io::stderr(),
+        if !self.ended && !self.kill_and_reap(REAP_BOUND) {
+            stderr::report(&format!(
                 "buckshot: worker {} did not exit after SIGKILL",
                 self.pid()
-            );
+            ));
         }
     }
 }

@@ -15,7 +15,7 @@ use std::sync::OnceLock;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::protocol::{self, Outcome};
+use crate::protocol::{self, Hello, Outcome};
 
 /// One registered function. Built only by [`register!`](crate::register).
 #[doc(hidden)]
@@ -71,6 +71,32 @@ pub(crate) fn registry() -> &'static Registry {
 }
 
 impl Registry {
+    /// Why a worker's handshake does not fit this process, if it does not:
+    /// another protocol, or another task table.
+    pub(crate) fn mismatch(&self, hello: &Hello) -> Option<String> {
+        if hello.version != protocol::VERSION {
+            return Some(format!(
+                "worker speaks protocol {}, this process {}",
+                hello.version,
+                protocol::VERSION
+            ));
+        }
+        if hello.tasks == 0 && !self.tasks.is_empty() {
+            return Some(format!(
+                "worker sees no registered tasks, this process sees {}: its start-up hook ran before the registrations",
+                self.tasks.len()
+            ));
+        }
+        if hello.digest != self.digest || hello.tasks as usize != self.tasks.len() {
+            return Some(format!(
+                "worker sees {} registered tasks, this process {}, or under other names",
+                hello.tasks,
+                self.tasks.len()
+            ));
+        }
+        None
+    }
+
     /// Position of the entry for the fn item of type `F`.
     pub(crate) fn position<F: 'static>(&self) -> Option<u32> {
         let wanted = TypeId::of::<F>();

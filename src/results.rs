@@ -250,6 +250,7 @@ where
             count,
             frame,
             attempts: 0,
+            returns: 0,
         });
         bytes
     }

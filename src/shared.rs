@@ -42,6 +42,9 @@ pub(crate) struct Chunk {
     /// How many times these inputs were already given to a worker that
     /// died running them.
     pub attempts: u32,
+    /// How many times they came back from a worker that went before taking
+    /// any of them.
+    pub returns: u32,
 }
 
 impl Chunk {
@@ -57,6 +60,7 @@ impl Chunk {
             count,
             frame: RunFrame::from_items(self.task, count, items),
             attempts: self.attempts,
+            returns: self.returns,
         }
     }
 
@@ -403,6 +407,7 @@ mod tests {
             count: values.len() as u32,
             frame: frame.finish(),
             attempts: 2,
+            returns: 1,
         }
     }
 

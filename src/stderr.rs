@@ -23,7 +23,9 @@ use std::time::{Duration, Instant};
 
 use rustix::io::Errno;
 
-use crate::flow::{STDERR_LINE, STDERR_QUEUE, STDERR_READ, STDERR_READS, STDERR_TAIL};
+use crate::flow::{
+    FLUSH_BOUND, STALLED, STDERR_LINE, STDERR_QUEUE, STDERR_READ, STDERR_READS, STDERR_TAIL,
+};
 
 /// The read end of one worker's stderr.
 #[derive(Debug)]
@@ -53,13 +55,22 @@ impl StderrPipe {
         }
     }
 
+    pub(crate) fn set_nonblocking(&self) -> std::io::Result<()> {
+        if let Some(fd) = &self.fd {
+            rustix::fs::fcntl_setfl(fd, rustix::fs::OFlags::NONBLOCK)?;
+        }
+        Ok(())
+    }
+
     /// The descriptor to poll, until the stream ends.
     pub(crate) fn fd(&self) -> Option<BorrowedFd<'_>> {
         self.fd.as_ref().map(AsFd::as_fd)
     }
 
     /// Reads what the worker wrote (at most [`STDERR_READS`] per call),
-    /// keeps the tail and forwards complete lines. Never blocks.
+    /// keeps the tail and forwards complete lines, and the start of a line
+    /// once the worker pauses (a progress bar redrawn with `\r` shows as
+    /// it is drawn). Never blocks.
     pub(crate) fn pump(&mut self) {
         let mut buf = [0u8; STDERR_READ];
         let mut read = 0;
@@ -77,7 +88,10 @@ impl StderrPipe {
                 }
                 Err(Errno::INTR) => {}
                 // EAGAIN: nothing more for now.
-                Err(_) => return,
+                Err(_) => {
+                    self.flush_line();
+                    return;
+                }
             }
         }
     }
@@ -132,6 +146,12 @@ impl StderrPipe {
     }
 }
 
+/// Writes a line of our own to stderr through the forwarder: never blocks
+/// (and is dropped, and counted, if our stderr is stalled).
+pub(crate) fn report(line: &str) {
+    forwarder().push(format!("{line}\n").as_bytes());
+}
+
 /// Waits until the worker output forwarded so far is written to our
 /// stderr, while the writing makes progress, and for at most
 /// [`FLUSH_BOUND`]. Called when a pool shuts down, so that what its workers
@@ -141,13 +161,6 @@ pub(crate) fn flush_forwarded() {
         forwarder.flush(FLUSH_BOUND);
     }
 }
-
-/// The longest a pool's shutdown waits for its workers' output to be
-/// written...
-const FLUSH_BOUND: Duration = Duration::from_secs(1);
-/// ...and it stops waiting when nothing was written for this long: our
-/// stderr is stalled.
-const STALLED: Duration = Duration::from_millis(250);
 
 static FORWARDER: OnceLock<Forwarder> = OnceLock::new();
 

@@ -16,9 +16,10 @@
 //!   prints, reads stdin or starts a subprocess can neither corrupt frames nor
 //!   swallow requests, and no subprocess keeps the pipes open;
 //! - SIGPIPE is ignored, as Rust's `main` would do;
-//! - the worker asks for SIGKILL when its parent (the pool's thread) ends, and
-//!   exits at once if that already happened (when its parent is the pool's
-//!   process: a launcher may start it elsewhere);
+//! - the worker asks for a signal when its parent (the pool's thread) ends,
+//!   whose handler kills its whole process group (itself and what its tasks
+//!   started), and exits at once if that already happened (when its parent
+//!   is the pool's process: a launcher may start it elsewhere);
 //! - the memory limit, if any, is applied.
 //!
 //! Then a HELLO frame, and the loop: read a RUN frame, run its items in
@@ -35,7 +36,7 @@ use std::io::{BufReader, Write};
 use std::os::fd::OwnedFd;
 use std::time::Instant;
 
-use rustix::process::{Pid, Resource, Rlimit, Signal};
+use rustix::process::{Pid, Resource, Rlimit};
 
 use crate::flow::{KEEP_BUFFER, REQUEST_BUFFER, SCRATCH_BYTES};
 use crate::handoff::{WORKER_ENV, WorkerConfig};
@@ -71,8 +72,9 @@ pub(crate) fn serve_if_worker() {
 }
 
 /// Whether the kernel started this process in secure mode: its effective
-/// ids or capabilities differ from those of whoever ran it.
-fn is_privileged() -> bool {
+/// ids or capabilities differ from those of whoever ran it. Its copies
+/// would refuse to serve.
+pub(crate) fn is_privileged() -> bool {
     // SAFETY: getauxval reads the auxiliary vector the kernel gave this
     // process; it has no preconditions and returns 0 for a missing entry.
     unsafe { libc::getauxval(libc::AT_SECURE) != 0 }
@@ -91,7 +93,7 @@ fn serve(config: WorkerConfig) -> ! {
     // SAFETY: `signal` with SIG_IGN installs no handler code; ignoring SIGPIPE
     // makes writes to a closed pipe fail with EPIPE instead of killing us.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
-    if let Err(e) = rustix::process::set_parent_process_death_signal(Some(Signal::KILL)) {
+    if let Err(e) = arm_parent_death() {
         fatal_early(&format!("could not set its parent-death signal: {e}"));
     }
     let parent = rustix::process::getppid()
@@ -142,6 +144,42 @@ fn serve(config: WorkerConfig) -> ! {
             fatal_early(&message)
         }
     }
+}
+
+/// Signals the end of the worker's parent (the pool's thread): a signal of
+/// the real-time range, whose handler kills the worker's whole process
+/// group with SIGKILL, when the worker leads one (local workers do), so that
+/// what its tasks started goes too when the program dies or is interrupted;
+/// otherwise SIGKILL for the worker alone. (A task that handles that signal,
+/// or blocks it in every thread, keeps its worker alive until its request
+/// stream ends; none should.)
+fn arm_parent_death() -> std::io::Result<()> {
+    let leads_its_group = rustix::process::getpgrp() == rustix::process::getpid();
+    let signal = if leads_its_group {
+        let signal = libc::SIGRTMAX();
+        // SAFETY: a zeroed sigaction is a valid "no flags, empty mask"
+        // value; the handler only calls `kill`, which is async-signal-safe.
+        unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = kill_own_group as extern "C" fn(libc::c_int) as usize;
+            if libc::sigaction(signal, &action, std::ptr::null_mut()) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+        signal
+    } else {
+        libc::SIGKILL
+    };
+    // SAFETY: PR_SET_PDEATHSIG takes a signal number and touches no memory.
+    if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, signal as libc::c_ulong) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+extern "C" fn kill_own_group(_: libc::c_int) {
+    // SAFETY: kill is async-signal-safe; 0 names the caller's process group.
+    unsafe { libc::kill(0, libc::SIGKILL) };
 }
 
 /// Moves the request and reply pipes off fds 0 and 1 (close-on-exec, so that

@@ -146,6 +146,17 @@ fn worker_died_names_the_status_and_the_last_stderr_line() {
         quiet.to_string(),
         "input 0: worker died (signal: 9 (SIGKILL))"
     );
+    let backtrace_refused = Error::WorkerDied {
+        index: 2,
+        status: Some(std::process::ExitStatus::from_raw(6)),
+        stderr: "memory allocation of 8 bytes failed\n\
+                 skipping backtrace printing to avoid potential recursion\n"
+            .into(),
+    };
+    assert_eq!(
+        backtrace_refused.to_string(),
+        "input 2: worker died (signal: 6 (SIGABRT)): memory allocation of 8 bytes failed"
+    );
     let unknown = Error::WorkerDied {
         index: 1,
         status: None,

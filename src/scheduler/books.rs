@@ -14,8 +14,9 @@
 //!
 //! A head frame that is only partly written cannot have started. If the
 //! worker stops taking its bytes for a whole timeout, it is stuck (a task
-//! left it unable to read), and the deadline says so; the frame itself is
-//! innocent ([`Books::head_unread`]).
+//! left it unable to read), and the deadline says so. A frame of which the
+//! worker took nothing is innocent of whatever happened to it
+//! ([`Books::head_untouched`]).
 
 use std::collections::VecDeque;
 use std::io::IoSlice;
@@ -257,25 +258,20 @@ impl Books {
         start.checked_add(timeout)
     }
 
-    /// Whether the worker cannot have read the whole frame at the head, so
-    /// that its inputs cannot have started: it is not written in full, or
-    /// some of its bytes are still in the request pipe (`unread`: the
-    /// bytes the worker has not read, when known).
-    pub(crate) fn head_unread(&self, unread: Option<u64>) -> bool {
+    /// Whether the worker took none of the frame at its head, so that its
+    /// inputs cannot have started: every byte written from the head on is
+    /// still in the request pipe (`unread`: the bytes the worker has not
+    /// read, when known). A worker that took some of it was reading it, and
+    /// may have died of it (a frame too large for its memory limit).
+    pub(crate) fn head_untouched(&self, unread: Option<u64>) -> bool {
         let Some(head) = self.inflight.front() else {
             return false;
         };
         if head.done > 0 {
             return false;
         }
-        if self.written == 0 {
-            return true;
-        }
-        let Some(unread) = unread else {
-            return false;
-        };
-        // The pipe holds the last `unread` bytes written; the head went in
-        // first.
+        // Frames before the head were answered, so read in full: the pipe
+        // holds nothing but bytes from the head on.
         let sent: usize = self
             .inflight
             .iter()
@@ -283,7 +279,7 @@ impl Books {
             .map(|inflight| inflight.chunk.frame.len())
             .sum::<usize>()
             + self.write_offset;
-        unread > (sent - head.chunk.frame.len()) as u64
+        sent == 0 || unread == Some(sent as u64)
     }
 
     /// What is left unanswered.
@@ -320,6 +316,7 @@ mod tests {
             count,
             frame: frame.finish(),
             attempts: 0,
+            returns: 0,
         }
     }
 
@@ -510,35 +507,43 @@ mod tests {
     }
 
     #[test]
-    fn a_head_still_in_the_pipe_is_unread() {
+    fn a_head_the_worker_took_nothing_of_is_untouched() {
         let t0 = Instant::now();
         let mut books = books_with(&[(0, 0, 1), (0, 1, 1)], t0);
         let (first, second) = (frame_len(&books, 0), frame_len(&books, 1));
-        assert!(!Books::default().head_unread(Some(0)), "nothing in flight");
-        // Not written in full: unread whatever the pipe says.
+        assert!(
+            !Books::default().head_untouched(Some(0)),
+            "nothing in flight"
+        );
+        assert!(books.head_untouched(None), "nothing written yet");
+        // Partly written, all of it in the pipe.
         books.wrote(first - 1, t0);
-        assert!(books.head_unread(None));
-        assert!(books.head_unread(Some(0)));
+        assert!(books.head_untouched(Some((first - 1) as u64)));
+        assert!(
+            !books.head_untouched(Some((first - 2) as u64)),
+            "it took a byte"
+        );
+        assert!(
+            !books.head_untouched(None),
+            "unknown: it may have read some"
+        );
         // Written in full, and a few bytes of the next one.
         books.wrote(1 + 5, t0);
+        assert!(books.head_untouched(Some((first + 5) as u64)));
+        assert!(!books.head_untouched(Some((first + 4) as u64)));
         assert!(
-            books.head_unread(Some(6)),
-            "one byte of the head is in the pipe"
+            !books.head_untouched(Some(5)),
+            "only the next frame is left"
         );
-        assert!(
-            !books.head_unread(Some(5)),
-            "the pipe holds only the next frame's bytes"
-        );
-        assert!(!books.head_unread(None), "unknown: it may have read it");
         books.wrote(second - 5, t0);
-        assert!(books.head_unread(Some((second + 1) as u64)));
-        assert!(!books.head_unread(Some(second as u64)));
+        assert!(books.head_untouched(Some((first + second) as u64)));
+        assert!(!books.head_untouched(Some(second as u64)));
         // Partly answered: it was read.
         let mut books = books_with(&[(0, 0, 2)], t0);
         let len = frame_len(&books, 0);
         books.wrote(len, t0);
         answer(&mut books, 0, 1, t0).unwrap();
-        assert!(!books.head_unread(Some(len as u64)));
+        assert!(!books.head_untouched(Some(len as u64)));
     }
 
     #[test]

@@ -3,9 +3,10 @@
 //! When a worker goes (it died, timed out, broke the protocol, its map was
 //! dropped, or it retired), its unanswered inputs are sorted:
 //! - a worker that never said hello ran nothing: all of it goes back;
-//! - the frame it was to run next, if the worker cannot have read it (not
-//!   written in full, or bytes of it still in the pipe), goes back without
-//!   blame and without spending a retry: it never started;
+//! - the frame it was to run next, if the worker took none of it (all of
+//!   it still in the pipe, or not written at all), goes back without blame
+//!   and without spending a retry: it never started. At most
+//!   [`UNSTARTED_RETURNS`] times, so that nothing goes round forever;
 //! - a frame of several inputs that was running goes back one input per
 //!   frame, since any of them may have been the culprit (the worker answers
 //!   a frame as a whole); only one that fails alone is reported;
@@ -14,18 +15,18 @@
 //! - the frames behind it never started: they go back.
 //!
 //! A dead worker is reaped through its pidfd, after whatever its launcher
-//! kills besides it (its process group), while its pid is still ours.
+//! kills besides it (its process group), while its pid is still ours. A
+//! worker that retired gets [`RETIRE_GRACE`] to exit before it is killed.
 
 use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
-use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use super::handle::{Fate, Remains, STARTUP_TIMEOUT};
+use super::handle::{Fate, Remains};
 use super::supply::Supply;
 use crate::error::{Error, telling_line};
-use crate::launch::Launch;
-use crate::process::{Process, REAP_BOUND};
+use crate::flow::{REAP_BOUND, RETIRE_GRACE, STARTUP_TIMEOUT, UNSTARTED_RETURNS};
+use crate::process::Process;
 use crate::shared::{Chunk, Delivery, Outbox};
 
 /// What an input that was running when its worker went gets.
@@ -50,8 +51,8 @@ impl Blame {
 /// A worker that was killed or exited, waiting to be reaped.
 pub(crate) struct Dying {
     process: Process,
-    launch: Arc<dyn Launch>,
-    reported_pid: Option<u32>,
+    /// When to kill it if it has not exited by itself (it retired).
+    kill_at: Option<Instant>,
     /// The map and index of the input it was running when it died:
     /// reported once the exit status is known.
     victim: Option<(u64, usize)>,
@@ -79,6 +80,11 @@ impl Dying {
     pub(crate) fn take_victim(&mut self) -> Option<(u64, usize)> {
         self.victim.take()
     }
+
+    /// When it must be killed, if it is still waited for.
+    pub(crate) fn kill_at(&self) -> Option<Instant> {
+        self.kill_at
+    }
 }
 
 /// What burying a worker needs to know and where its inputs go.
@@ -96,17 +102,14 @@ impl Burial<'_> {
     pub(crate) fn bury(&mut self, remains: Remains) -> Dying {
         let Remains {
             process,
-            launch,
-            reported_pid,
             books,
             fate,
-            head_unread,
+            head_untouched,
         } = remains;
         let ready = books.is_ready();
         let mut dying = Dying {
             process,
-            launch,
-            reported_pid,
+            kill_at: (fate == Fate::Retired).then(|| Instant::now() + RETIRE_GRACE),
             victim: None,
             failed_starting: None,
         };
@@ -126,10 +129,13 @@ impl Burial<'_> {
             self.requeue.extend(unanswered.into_chunks());
             return dying;
         }
-        if let Some(head) = unanswered.head {
-            if fate == Fate::Cancelled || head_unread {
-                // Its map is gone (and its chunks with it), or it never
-                // started.
+        if let Some(mut head) = unanswered.head {
+            if fate == Fate::Cancelled {
+                // Its map is gone, and its chunks with it.
+                self.requeue.push(head);
+            } else if head_untouched && head.returns < UNSTARTED_RETURNS {
+                // It never started.
+                head.returns += 1;
                 self.requeue.push(head);
             } else if head.count > 1 {
                 self.requeue.extend(head.singletons());
@@ -165,14 +171,18 @@ impl Burial<'_> {
     }
 }
 
-/// Reaps `dying` if it has exited (never blocks): kills what its launcher
-/// knows of it first, then reports its victim and start-up failure.
+/// Reaps `dying` if it has exited (never blocks), and reports its victim
+/// and start-up failure; kills it first if its grace ran out at `now`.
 /// Returns whether it was reaped.
-pub(crate) fn try_reap(dying: &mut Dying, supply: &mut Supply, outbox: &mut Outbox) -> bool {
-    if dying.process.is_zombie() {
-        dying
-            .launch
-            .kill_rest(dying.process.pid(), dying.reported_pid);
+pub(crate) fn try_reap(
+    dying: &mut Dying,
+    now: Instant,
+    supply: &mut Supply,
+    outbox: &mut Outbox,
+) -> bool {
+    if dying.kill_at.is_some_and(|at| now >= at) {
+        dying.kill_at = None;
+        dying.process.kill();
     }
     let Some(status) = dying.process.try_reap() else {
         return false;
@@ -217,10 +227,6 @@ fn status_text(status: Option<ExitStatus>) -> String {
 /// At shutdown: kills and reaps a dying worker, waiting at most
 /// [`REAP_BOUND`].
 pub(crate) fn reap_at_shutdown(mut dying: Dying) {
-    dying.process.kill();
-    dying
-        .launch
-        .kill_rest(dying.process.pid(), dying.reported_pid);
     dying.process.kill_and_reap(REAP_BOUND);
     let stderr = dying.process.stderr();
     stderr.pump();

@@ -10,15 +10,11 @@ use std::time::{Duration, Instant};
 use rustix::io::Errno;
 
 use super::books::{Books, Unanswered};
-use crate::flow::{self, READS_PER_WAKE, SCRATCH_BYTES};
-use crate::launch::Launch;
+use crate::flow::{self, READS_PER_WAKE, SCRATCH_BYTES, STARTUP_TIMEOUT};
 use crate::process::Process;
 use crate::protocol::{self, FrameBuffer, Hello, ProtocolError, ReplyHeader};
 use crate::registry::registry;
 use crate::shared::{Chunk, MapStats, Outbox};
-
-/// A worker that has not said hello by then is considered failed.
-pub(crate) const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Why a worker is being taken out of service.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,7 +28,8 @@ pub(crate) enum Fate {
     Broke(String),
     /// The map of the input it runs was dropped.
     Cancelled,
-    /// It reached its task quota and exited cleanly.
+    /// It reached its task quota and answered everything: it exits by
+    /// itself, or is killed after a grace period.
     Retired,
     /// It did not finish starting in time.
     StartupTimeout,
@@ -53,42 +50,31 @@ pub(crate) enum Heard {
 /// A live worker.
 pub(crate) struct WorkerHandle {
     process: Process,
-    launch: Arc<dyn Launch>,
     books: Books,
     frames: FrameBuffer,
     spawned_at: Instant,
-    /// The pid it announced in its handshake (where it runs).
-    reported_pid: Option<u32>,
     /// No new work: it is being recycled.
     retiring: bool,
-    /// A write failed: it is dying. Its death is handled when its reply
-    /// stream ends, after the replies it wrote before dying are read.
-    requests_broken: bool,
     fate: Option<Fate>,
 }
 
 /// What is left of a worker taken out of service.
 pub(crate) struct Remains {
     pub process: Process,
-    pub launch: Arc<dyn Launch>,
-    pub reported_pid: Option<u32>,
     pub books: Books,
     pub fate: Fate,
-    /// The worker cannot have read the frame it was to run next.
-    pub head_unread: bool,
+    /// The worker took none of the frame it was to run next.
+    pub head_untouched: bool,
 }
 
 impl WorkerHandle {
-    pub(crate) fn new(process: Process, launch: Arc<dyn Launch>) -> WorkerHandle {
+    pub(crate) fn new(process: Process) -> WorkerHandle {
         WorkerHandle {
             process,
-            launch,
             books: Books::default(),
             frames: FrameBuffer::default(),
             spawned_at: Instant::now(),
-            reported_pid: None,
             retiring: false,
-            requests_broken: false,
             fate: None,
         }
     }
@@ -118,10 +104,7 @@ impl WorkerHandle {
 
     /// Whether it is alive and may be given work.
     pub(crate) fn takes_work(&self) -> bool {
-        !self.retiring
-            && self.fate.is_none()
-            && !self.requests_broken
-            && self.process.requests().is_some()
+        !self.retiring && self.fate.is_none() && self.process.requests().is_some()
     }
 
     /// Whether it takes work and has room for more.
@@ -142,24 +125,33 @@ impl WorkerHandle {
 
     /// Whether it has frames to write and could take bytes now.
     pub(crate) fn wants_to_write(&self) -> bool {
-        self.fate.is_none()
-            && !self.requests_broken
-            && !self.books.all_written()
-            && self.process.requests().is_some()
+        self.fate.is_none() && !self.books.all_written() && self.process.requests().is_some()
     }
 
     /// Writes as much of its unwritten frames as the pipe takes; closes the
-    /// request pipe of a retiring worker once everything is written.
+    /// request pipe of a retiring worker once everything is written. A
+    /// write that fails for another reason than a full pipe closes it too:
+    /// the worker is gone, and its reply stream will say so once the
+    /// replies it wrote before are read.
     pub(crate) fn write(&mut self) {
         if self.wants_to_write() {
             if let Err(e) = self.try_write() {
                 if e.kind() != io::ErrorKind::WouldBlock {
-                    self.requests_broken = true;
+                    self.process.close_requests();
                 }
             }
         }
         if self.retiring && self.books.all_written() {
             self.process.close_requests();
+        }
+        self.retire_if_done();
+    }
+
+    /// A retiring worker that has answered everything is done: from here
+    /// on it has a grace period to exit.
+    fn retire_if_done(&mut self) {
+        if self.retiring && self.books.frames() == 0 && self.process.requests().is_none() {
+            self.doom(Fate::Retired);
         }
     }
 
@@ -182,14 +174,8 @@ impl WorkerHandle {
 
     /// Reads and handles what it wrote: at most [`READS_PER_WAKE`] reads,
     /// so that one chatty worker cannot starve the others. Returns the
-    /// bytes read (0 once nothing more is ready) and what its handshake
-    /// said, if it arrived.
-    pub(crate) fn read(
-        &mut self,
-        max_frame: u32,
-        now: Instant,
-        outbox: &mut Outbox,
-    ) -> (usize, Option<Heard>) {
+    /// bytes read and what its handshake said, if it arrived.
+    pub(crate) fn read(&mut self, max_frame: u32, outbox: &mut Outbox) -> (usize, Option<Heard>) {
         let mut total = 0;
         let mut heard = None;
         for _ in 0..READS_PER_WAKE {
@@ -206,41 +192,36 @@ impl WorkerHandle {
                     break;
                 }
                 Ok(n) => total += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return (0, heard),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(_) => {
                     self.doom(Fate::Died);
                     break;
                 }
             }
+            // Read after the bytes arrived: a reply or hello stamped with it
+            // is never stamped early.
+            let now = Instant::now();
             let answered = outbox.len();
             if let Err(problem) = self.take_frames(max_frame, now, outbox, &mut heard) {
                 self.doom(Fate::Broke(problem.0));
             }
             if outbox.len() > answered {
                 self.process.stderr().mark();
+                self.retire_if_done();
             }
         }
-        if self.fate.is_some() {
-            (0, heard)
-        } else {
-            (total, heard)
-        }
+        (total, heard)
     }
 
     /// After its process exited: reads the replies it wrote before it went,
     /// but at most what its pipe could hold (a forked child may keep
     /// writing), then decides its fate.
-    pub(crate) fn read_remains(
-        &mut self,
-        max_frame: u32,
-        now: Instant,
-        outbox: &mut Outbox,
-    ) -> Option<Heard> {
+    pub(crate) fn read_remains(&mut self, max_frame: u32, outbox: &mut Outbox) -> Option<Heard> {
         let mut drained = 0;
         let mut heard = None;
         while drained < flow::DRAIN_AFTER_EXIT {
-            let (n, said) = self.read(max_frame, now, outbox);
+            let (n, said) = self.read(max_frame, outbox);
             heard = heard.or(said);
             if n == 0 {
                 break;
@@ -261,7 +242,7 @@ impl WorkerHandle {
     ) -> Result<(), ProtocolError> {
         let mut ear = Ear {
             books: &mut self.books,
-            reported_pid: &mut self.reported_pid,
+            process: &mut self.process,
             now,
             outbox,
             heard,
@@ -316,39 +297,30 @@ impl WorkerHandle {
         }
     }
 
-    /// Kills it and everything its launcher knows of it (its process group,
-    /// for a local worker). It stays a zombie until reaped.
-    pub(crate) fn kill(&mut self) {
-        self.process.kill();
-        self.launch.kill_rest(self.process.pid(), self.reported_pid);
-    }
-
     /// At shutdown: kills it, and returns its process (to be reaped) and
     /// its unanswered inputs.
     pub(crate) fn kill_for_shutdown(mut self) -> (Process, Unanswered) {
-        self.kill();
+        self.process.kill();
         (self.process, self.books.into_unanswered())
     }
 
     /// Takes it out of service: kills it unless it retired by itself, and
-    /// says whether it can have read the frame it was to run.
+    /// says whether it took any of the frame it was to run.
     pub(crate) fn take_out_of_service(mut self) -> Remains {
         let fate = self
             .fate
             .take()
             .expect("workers taken out of service have a fate");
-        // Asked before the kill closes the pipe.
-        let head_unread = self.books.head_unread(self.process.unread_requests());
+        // Asked before the kill, while the worker cannot take more.
+        let head_untouched = self.books.head_untouched(self.process.unread_requests());
         if fate != Fate::Retired {
-            self.kill();
+            self.process.kill();
         }
         Remains {
             process: self.process,
-            launch: self.launch,
-            reported_pid: self.reported_pid,
             books: self.books,
             fate,
-            head_unread,
+            head_untouched,
         }
     }
 }
@@ -357,7 +329,7 @@ impl WorkerHandle {
 /// frame buffer is read.
 struct Ear<'a> {
     books: &'a mut Books,
-    reported_pid: &'a mut Option<u32>,
+    process: &'a mut Process,
     now: Instant,
     outbox: &'a mut Outbox,
     heard: &'a mut Option<Heard>,
@@ -375,8 +347,8 @@ impl Ear<'_> {
             protocol::HELLO if !self.books.is_ready() => {
                 let hello: Hello = protocol::decode(&frame[1..], &mut [0; SCRATCH_BYTES])
                     .map_err(|e| ProtocolError::new(format!("bad handshake: {e}")))?;
-                *self.reported_pid = Some(hello.pid);
-                *self.heard = Some(match handshake_problem(&hello) {
+                self.process.set_reported_pid(hello.pid);
+                *self.heard = Some(match registry().mismatch(&hello) {
                     Some(problem) => Heard::Mismatch(problem),
                     None => {
                         self.books.ready(self.now);
@@ -399,30 +371,4 @@ impl Ear<'_> {
             kind => Err(ProtocolError::new(format!("unexpected frame kind {kind}"))),
         }
     }
-}
-
-/// Why a worker's handshake does not fit this process, if it does not.
-fn handshake_problem(hello: &Hello) -> Option<String> {
-    let registry = registry();
-    if hello.version != protocol::VERSION {
-        return Some(format!(
-            "worker speaks protocol {}, this process {}",
-            hello.version,
-            protocol::VERSION
-        ));
-    }
-    if hello.tasks == 0 && !registry.tasks.is_empty() {
-        return Some(format!(
-            "worker sees no registered tasks, this process sees {}: its start-up hook ran before the registrations",
-            registry.tasks.len()
-        ));
-    }
-    if hello.digest != registry.digest || hello.tasks as usize != registry.tasks.len() {
-        return Some(format!(
-            "worker sees {} registered tasks, this process {}, or under other names",
-            hello.tasks,
-            registry.tasks.len()
-        ));
-    }
-    None
 }

@@ -39,10 +39,9 @@ use self::handle::{Fate, Heard, WorkerHandle};
 use self::poll::Source;
 use self::supply::Supply;
 use crate::error::Error;
-use crate::flow::{DELIVERY_BATCH, UNKNOWN_ESTIMATE};
+use crate::flow::{DELIVERY_BATCH, REAP_BOUND, UNKNOWN_ESTIMATE};
 use crate::handoff::WorkerConfig;
 use crate::launch::Local;
-use crate::process::REAP_BOUND;
 use crate::shared::{Chunk, Config, Outbox, Phase, Shared, State};
 
 /// A running pool: its shared state and its thread, which stops when this
@@ -178,7 +177,8 @@ impl Scheduler {
             for worker in &mut self.workers {
                 worker.write();
             }
-            let deadline = poll::nearest_deadline(&self.workers, timeout, self.supply.retry_at());
+            let deadline =
+                poll::nearest_deadline(&self.workers, &self.dying, timeout, self.supply.retry_at());
             let (shared, outbox) = (&self.shared, &mut self.outbox);
             let deliver_before_sleep = || {
                 if !outbox.is_empty() {
@@ -196,16 +196,15 @@ impl Scheduler {
             if waited.is_err() {
                 break;
             }
-            let now = Instant::now();
             for source in std::mem::take(&mut self.ready) {
-                self.handle(source, now);
+                self.handle(source);
             }
             let now = Instant::now();
             for worker in &mut self.workers {
                 worker.check_deadline(now, timeout);
             }
             self.bury_fated();
-            self.reap_dying();
+            self.reap_dying(now);
         }
         self.shut_down();
     }
@@ -335,12 +334,12 @@ impl Scheduler {
         }
     }
 
-    fn handle(&mut self, source: Source, now: Instant) {
+    fn handle(&mut self, source: Source) {
         let max_frame = self.shared.config.max_frame_bytes;
         match source {
             Source::Doorbell => self.shared.clear_doorbell(),
             Source::Replies(i) => {
-                let (_, heard) = self.workers[i].read(max_frame, now, &mut self.outbox);
+                let (_, heard) = self.workers[i].read(max_frame, &mut self.outbox);
                 self.hear(heard);
             }
             Source::Requests(i) => self.workers[i].write(),
@@ -349,7 +348,7 @@ impl Scheduler {
             // `reap_dying` tries every dying worker after each wake-up.
             Source::Reap => {}
             Source::Exited(i) => {
-                let heard = self.workers[i].read_remains(max_frame, now, &mut self.outbox);
+                let heard = self.workers[i].read_remains(max_frame, &mut self.outbox);
                 self.hear(heard);
             }
         }
@@ -384,10 +383,10 @@ impl Scheduler {
     }
 
     /// Reaps the workers that have exited and reports their victims.
-    fn reap_dying(&mut self) {
+    fn reap_dying(&mut self, now: Instant) {
         let mut i = 0;
         while i < self.dying.len() {
-            if faults::try_reap(&mut self.dying[i], &mut self.supply, &mut self.outbox) {
+            if faults::try_reap(&mut self.dying[i], now, &mut self.supply, &mut self.outbox) {
                 self.dying.swap_remove(i);
             } else {
                 i += 1;

@@ -29,9 +29,11 @@ pub(crate) enum Source {
 }
 
 /// The nearest time the loop must wake up at, if any: now if a worker
-/// awaits burial, else the earliest deadline of a worker or spawn retry.
+/// awaits burial, else the earliest deadline of a worker, of a retired
+/// worker's exit, or of a spawn retry.
 pub(crate) fn nearest_deadline(
     workers: &[WorkerHandle],
+    dying: &[Dying],
     timeout: Option<Duration>,
     retry_at: Option<Instant>,
 ) -> Option<Instant> {
@@ -43,6 +45,7 @@ pub(crate) fn nearest_deadline(
     workers
         .iter()
         .filter_map(|worker| worker.deadline(timeout))
+        .chain(dying.iter().filter_map(Dying::kill_at))
         .chain(retry_at)
         .min()
 }
@@ -91,10 +94,12 @@ pub(crate) fn wait(
         tv_sec: 0,
         tv_nsec: 0,
     };
-    let sleep = deadline.map(|d| {
-        let wait = d.saturating_duration_since(Instant::now());
+    let sleep = deadline.map(|d| match d.checked_duration_since(Instant::now()) {
         // Round up so that we wake after the deadline, not just before.
-        Timespec::try_from(wait + Duration::from_micros(50)).expect("deadline within range")
+        Some(wait) if !wait.is_zero() => {
+            Timespec::try_from(wait + Duration::from_micros(50)).expect("deadline within range")
+        }
+        _ => zero,
     });
     if poll_retrying(&mut fds, Some(&zero))? == 0 && sleep != Some(zero) {
         before_sleep();

@@ -13,15 +13,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::handle::WorkerHandle;
+use crate::flow::{FIRST_RETRY, LAST_RETRY, STARTUP_FAILURE_LIMIT};
 use crate::handoff::WorkerConfig;
 use crate::launch::Launch;
 use crate::process::Process;
-
-/// Consecutive start-up failures after which the pool gives up.
-pub(crate) const STARTUP_FAILURE_LIMIT: u32 = 5;
-/// Delays before spawning again after a spawn error.
-const FIRST_RETRY: Duration = Duration::from_millis(10);
-const LAST_RETRY: Duration = Duration::from_secs(1);
 
 /// One failure to start.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,8 +33,11 @@ pub(crate) struct Supply {
     launch: Arc<dyn Launch>,
     config: WorkerConfig,
     forward_stderr: bool,
-    /// Start-up failures in a row, in order.
-    streak: Vec<Failure>,
+    /// Start-up failures in a row, how many of them were spawn errors, and
+    /// the last one.
+    streak: u32,
+    spawn_errors: u32,
+    last: Option<Failure>,
     /// When to spawn again after a spawn error.
     retry_at: Option<Instant>,
     delay: Duration,
@@ -58,7 +56,9 @@ impl Supply {
             launch,
             config,
             forward_stderr,
-            streak: Vec::new(),
+            streak: 0,
+            spawn_errors: 0,
+            last: None,
             retry_at: None,
             delay: Duration::ZERO,
             stopped: false,
@@ -67,8 +67,8 @@ impl Supply {
 
     /// Spawns one worker.
     pub(crate) fn spawn(&self) -> std::io::Result<WorkerHandle> {
-        let process = Process::spawn(self.launch.command(&self.config), self.forward_stderr)?;
-        Ok(WorkerHandle::new(process, Arc::clone(&self.launch)))
+        let process = Process::spawn(Arc::clone(&self.launch), &self.config, self.forward_stderr)?;
+        Ok(WorkerHandle::new(process))
     }
 
     /// Spawns a replacement worker if it is time to; a spawn error is
@@ -84,12 +84,20 @@ impl Supply {
                 Some(worker)
             }
             Err(e) => {
-                self.streak.push(Failure::Spawn(e.to_string()));
+                self.failed(Failure::Spawn(e.to_string()));
                 self.delay = (self.delay * 2).clamp(FIRST_RETRY, LAST_RETRY);
                 self.retry_at = Some(now + self.delay);
                 None
             }
         }
+    }
+
+    fn failed(&mut self, failure: Failure) {
+        self.streak += 1;
+        if matches!(failure, Failure::Spawn(_)) {
+            self.spawn_errors += 1;
+        }
+        self.last = Some(failure);
     }
 
     /// When the pool's thread must wake up to spawn again, if it must.
@@ -99,46 +107,40 @@ impl Supply {
 
     /// A worker said hello: start-up works.
     pub(crate) fn ready(&mut self) {
-        self.streak.clear();
+        self.streak = 0;
+        self.spawn_errors = 0;
+        self.last = None;
     }
 
     /// A worker failed before its handshake; `how` says how.
     pub(crate) fn died_starting(&mut self, how: String) {
-        self.streak.push(Failure::Death(how));
+        self.failed(Failure::Death(how));
     }
 
     /// Whether `starting` more workers could still fail without reaching
     /// the limit: start no more than that, so that the pool gives up after
     /// exactly that many failures.
     pub(crate) fn may_start(&self, starting: usize) -> bool {
-        self.streak.len() + starting < STARTUP_FAILURE_LIMIT as usize
+        self.streak as usize + starting < STARTUP_FAILURE_LIMIT as usize
     }
 
     /// Why the pool must give up, if it must (no worker is ready).
     pub(crate) fn gave_up(&self) -> Option<String> {
-        if self.streak.len() < STARTUP_FAILURE_LIMIT as usize {
+        if self.streak < STARTUP_FAILURE_LIMIT {
             return None;
         }
-        let n = self.streak.len();
-        let spawns = self
-            .streak
-            .iter()
-            .filter(|failure| matches!(failure, Failure::Spawn(_)))
-            .count();
-        let last = self.streak.last().expect("a failure");
-        Some(match (spawns, last) {
-            (s, Failure::Spawn(e)) if s == n => {
+        let n = self.streak;
+        Some(match self.last.as_ref().expect("a failure") {
+            Failure::Spawn(e) if self.spawn_errors == n => {
                 format!("{n} attempts in a row to spawn a worker failed; last: {e}")
             }
-            (0, Failure::Death(how)) => {
+            Failure::Death(how) if self.spawn_errors == 0 => {
                 format!("{n} workers in a row died before their handshake; last: {how}")
             }
-            (_, Failure::Spawn(e)) => {
+            Failure::Spawn(e) => {
                 format!("{n} workers in a row failed to start; last: could not spawn: {e}")
             }
-            (_, Failure::Death(how)) => {
-                format!("{n} workers in a row failed to start; last: {how}")
-            }
+            Failure::Death(how) => format!("{n} workers in a row failed to start; last: {how}"),
         })
     }
 
@@ -189,21 +191,25 @@ mod tests {
         assert_eq!(supply.gave_up(), None, "a ready worker ends the streak");
 
         for _ in 0..STARTUP_FAILURE_LIMIT {
-            supply.streak.push(Failure::Spawn("no fds".into()));
+            supply.failed(Failure::Spawn("no fds".into()));
         }
         assert_eq!(
             supply.gave_up().unwrap(),
             "5 attempts in a row to spawn a worker failed; last: no fds"
         );
-        supply.streak[0] = Failure::Death("exit status: 1".into());
-        assert_eq!(
-            supply.gave_up().unwrap(),
-            "5 workers in a row failed to start; last: could not spawn: no fds"
-        );
-        supply.streak.push(Failure::Death("signal 9".into()));
+        supply.died_starting("signal 9".into());
         assert_eq!(
             supply.gave_up().unwrap(),
             "6 workers in a row failed to start; last: signal 9"
+        );
+        supply.ready();
+        supply.died_starting("exit status: 1".into());
+        for _ in 1..STARTUP_FAILURE_LIMIT {
+            supply.failed(Failure::Spawn("no fds".into()));
+        }
+        assert_eq!(
+            supply.gave_up().unwrap(),
+            "5 workers in a row failed to start; last: could not spawn: no fds"
         );
     }
 
