@@ -169,3 +169,62 @@ fn an_allocation_past_the_memory_limit_is_a_death_that_says_so() {
     );
     assert_eq!(*results[2].as_ref().unwrap(), 1 << 20);
 }
+
+fn byte_count(bytes: serde_bytes::ByteBuf) -> usize {
+    bytes.len()
+}
+buckshot::register!(byte_count);
+
+#[test]
+fn an_input_too_large_for_the_memory_limit_fails_instead_of_going_round() {
+    // The worker dies while it reads the input: the input is to blame, not
+    // sent again and again to fresh workers.
+    let pool = Pool::builder()
+        .processes(1)
+        .memory_limit(128 << 20)
+        .forward_stderr(false)
+        .build()
+        .unwrap();
+    let input = serde_bytes::ByteBuf::from(vec![7u8; 200 << 20]);
+    let results: Vec<_> = common::within("a map of one large input", move || {
+        pool.map(byte_count, [input]).unwrap().collect::<Vec<_>>()
+    });
+    assert_eq!(results.len(), 1, "one result per input: {results:?}");
+    let message = results[0].as_ref().unwrap_err().to_string();
+    assert!(
+        message.starts_with("input 0: worker died (signal: 6 (SIGABRT))")
+            && message.contains("memory allocation of"),
+        "{message}"
+    );
+}
+
+/// Returns this worker's pid, and makes its exit hang (in an `atexit`
+/// handler), as a task's leftover state might.
+fn pid_then_hang_at_exit(_: u64) -> u32 {
+    extern "C" fn hang() {
+        loop {
+            std::thread::park();
+        }
+    }
+    // SAFETY: registers a handler that takes no arguments.
+    assert_eq!(unsafe { libc::atexit(hang) }, 0);
+    std::process::id()
+}
+buckshot::register!(pid_then_hang_at_exit);
+
+#[test]
+fn a_recycled_worker_that_does_not_exit_is_killed() {
+    let pool = Pool::builder()
+        .processes(1)
+        .max_tasks_per_worker(1)
+        .build()
+        .unwrap();
+    let pids: Vec<u32> = pool
+        .map(pid_then_hang_at_exit, 0..2)
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_ne!(pids[0], pids[1], "a fresh worker for each input");
+    // The pool lives on, idle: the stuck worker must still go.
+    common::assert_worker_gone(pids[0], "recycled, stuck in its exit");
+}
