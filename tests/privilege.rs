@@ -1,7 +1,9 @@
 //! A privileged copy of a program (setuid root here) must not serve tasks to
 //! whoever starts it with the worker variable: the caller would run
-//! registered code with privileges it does not have. Needs root to make the
-//! setuid copy; skipped with a message otherwise.
+//! registered code with privileges it does not have. And a privileged
+//! program that builds a pool is told at once that its workers would
+//! refuse. Needs root to make the setuid copy; skipped with a message
+//! otherwise.
 
 mod common;
 
@@ -63,6 +65,21 @@ fn start_as_nobody_with_the_worker_variable(program: &Path) -> (Vec<u8>, String)
     })
 }
 
+/// Set in the setuid copy started by the test below: there, this test
+/// builds a pool and prints the outcome.
+const BUILD_ENV: &str = "BUCKSHOT_TEST_BUILD_WHEN_PRIVILEGED";
+
+#[test]
+fn building_a_pool_when_privileged() {
+    if std::env::var_os(BUILD_ENV).is_none() {
+        return; // Only meaningful in the setuid copy.
+    }
+    match buckshot::Pool::new(1) {
+        Ok(_) => println!("RESULT: a pool was built"),
+        Err(e) => println!("RESULT: {e}"),
+    }
+}
+
 /// A directory that `nobody` can enter, on a file system that honours the
 /// setuid bit; `None` if there is none.
 fn shared_dir() -> Option<PathBuf> {
@@ -101,7 +118,6 @@ fn a_setuid_copy_refuses_to_serve_tasks() {
     );
 
     let (replies, stderr) = start_as_nobody_with_the_worker_variable(&setuid);
-    let _ = std::fs::remove_dir_all(&dir);
     assert_eq!(
         replies, b"",
         "the setuid copy served as a worker; stderr: {stderr}"
@@ -109,5 +125,27 @@ fn a_setuid_copy_refuses_to_serve_tasks() {
     assert!(
         stderr.contains("refusing to serve as a worker in a privileged process"),
         "{stderr}"
+    );
+
+    // The same copy, as a program that builds a pool.
+    let output = Command::new("setpriv")
+        .args([
+            &format!("--reuid={NOBODY}"),
+            &format!("--regid={NOBODY}"),
+            "--clear-groups",
+        ])
+        .arg(&setuid)
+        .args(["--exact", "building_a_pool_when_privileged", "--nocapture"])
+        .env(BUILD_ENV, "1")
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains(
+            "RESULT: workers fail to start: this program runs with privileges \
+             (setuid, setgid or file capabilities), and its copies refuse to serve as workers"
+        ),
+        "{stdout}"
     );
 }
