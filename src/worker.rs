@@ -135,7 +135,7 @@ fn serve(config: WorkerConfig) -> ! {
     }
 
     match run_tasks(File::from(requests), &mut replies, config.max_frame_bytes) {
-        Ok(()) => std::process::exit(0),
+        Ok(()) => end_with_group(),
         Err(message) => {
             // Best effort: the pool treats a vanished worker the same way.
             let mut frame = Vec::new();
@@ -175,6 +175,18 @@ fn arm_parent_death() -> std::io::Result<()> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// The request stream ended: the pool retired this worker, or the pool's
+/// process is gone (its pipes close before its parent-death signal is
+/// sent, so this can come first). Either way, what its tasks started goes
+/// with it: a worker that leads its process group kills it.
+fn end_with_group() -> ! {
+    if rustix::process::getpgrp() == rustix::process::getpid() {
+        let _ = std::io::stdout().flush();
+        kill_own_group(0);
+    }
+    std::process::exit(0)
 }
 
 extern "C" fn kill_own_group(_: libc::c_int) {
