@@ -27,17 +27,12 @@ fn exit_at_two(x: u64) -> u64 {
 }
 buckshot::register!(exit_at_two);
 
-/// Writes a 4 GiB length prefix and garbage into every pipe it can write to
-/// besides stdout and stderr: that is the worker's reply stream.
+/// Writes a 4 GiB length prefix and garbage into the worker's reply stream.
 fn garbage_at_zero(x: u64) -> u64 {
     if x == 0 {
-        for fd in common::fds_of(std::process::id())
-            .into_iter()
-            .filter(|&fd| fd > 2)
-        {
-            // SAFETY: writing a byte buffer to a raw fd; failures are ignored.
-            unsafe { libc::write(fd as i32, b"\xff\xff\xff\xffgarbage".as_ptr().cast(), 11) };
-        }
+        let fd = common::reply_fd();
+        // SAFETY: writing a byte buffer to a raw fd.
+        unsafe { libc::write(fd, b"\xff\xff\xff\xffgarbage".as_ptr().cast(), 11) };
     }
     x
 }
@@ -46,13 +41,9 @@ buckshot::register!(garbage_at_zero);
 /// Writes the start of a frame and exits before the rest.
 fn truncated_frame_at_zero(x: u64) -> u64 {
     if x == 0 {
-        for fd in common::fds_of(std::process::id())
-            .into_iter()
-            .filter(|&fd| fd > 2)
-        {
-            // SAFETY: as above.
-            unsafe { libc::write(fd as i32, [0x40, 0, 0, 0, 3, 0].as_ptr().cast(), 6) };
-        }
+        let fd = common::reply_fd();
+        // SAFETY: as above.
+        unsafe { libc::write(fd, [0x40, 0, 0, 0, 3, 0].as_ptr().cast(), 6) };
         // SAFETY: _exit skips the worker's own shutdown, as a crash would.
         unsafe { libc::_exit(0) };
     }

@@ -18,16 +18,13 @@ fn empty_reply() -> Vec<u8> {
     frame
 }
 
-/// Writes an empty reply every 20 ms into every descriptor above 2 (one of
-/// them is the worker's reply pipe) until the process dies.
-fn keep_writing_empty_replies() -> ! {
+/// Writes an empty reply every 20 ms into `fd` (the worker's reply pipe)
+/// until the process dies.
+fn keep_writing_empty_replies(fd: i32) -> ! {
     let frame = empty_reply();
     loop {
-        for fd in 3..64 {
-            // SAFETY: writing a byte buffer to a descriptor number; errors
-            // (not open, not writable) are ignored.
-            unsafe { libc::write(fd, frame.as_ptr().cast(), frame.len()) };
-        }
+        // SAFETY: writing a byte buffer to a descriptor; errors are ignored.
+        unsafe { libc::write(fd, frame.as_ptr().cast(), frame.len()) };
         // SAFETY: usleep has no preconditions (and is safe after fork).
         unsafe { libc::usleep(20_000) };
     }
@@ -35,7 +32,8 @@ fn keep_writing_empty_replies() -> ! {
 
 fn hang_with_a_writing_thread(x: u64) -> u64 {
     if x == 1 {
-        std::thread::spawn(|| keep_writing_empty_replies());
+        let fd = common::reply_fd();
+        std::thread::spawn(move || keep_writing_empty_replies(fd));
         common::hang();
     }
     x
@@ -44,6 +42,7 @@ buckshot::register!(hang_with_a_writing_thread);
 
 fn hang_with_a_writing_child((x, rendezvous): (u64, String)) -> u64 {
     if x == 1 {
+        let fd = common::reply_fd();
         // The child starts writing once its pid is announced: the pool
         // kills this worker at the first empty reply.
         let (go_read, go_write) = rustix::pipe::pipe().unwrap();
@@ -53,7 +52,7 @@ fn hang_with_a_writing_child((x, rendezvous): (u64, String)) -> u64 {
         assert!(child >= 0, "fork failed");
         if child == 0 {
             let _ = rustix::io::read(&go_read, &mut [0u8; 1]);
-            keep_writing_empty_replies();
+            keep_writing_empty_replies(fd);
         }
         common::announce_pid(&rendezvous, child as u32);
         rustix::io::write(&go_write, b"x").unwrap();
@@ -132,24 +131,21 @@ fn empty_replies_from_a_forked_child_are_a_protocol_error() {
 }
 
 /// Forks a child that writes the start of a frame it never finishes, and
-/// keeps writing, into every descriptor above 2; then the worker aborts.
+/// keeps writing, into the worker's reply pipe; then the worker aborts.
 fn abort_with_a_streaming_child((x, rendezvous): (u64, String)) -> u64 {
     if x == 1 {
+        let fd = common::reply_fd();
         // SAFETY: as above: the child only writes until it is killed.
         let child = unsafe { libc::fork() };
         assert!(child >= 0, "fork failed");
         if child == 0 {
             let prefix = 1_000_000_000u32.to_le_bytes();
             let zeros = [0u8; 64 * 1024];
-            for fd in 3..64 {
-                // SAFETY: writing a byte buffer to a descriptor number.
-                unsafe { libc::write(fd, prefix.as_ptr().cast(), prefix.len()) };
-            }
+            // SAFETY: writing byte buffers to a descriptor.
+            unsafe { libc::write(fd, prefix.as_ptr().cast(), prefix.len()) };
             loop {
-                for fd in 3..64 {
-                    // SAFETY: as above.
-                    unsafe { libc::write(fd, zeros.as_ptr().cast(), zeros.len()) };
-                }
+                // SAFETY: as above.
+                unsafe { libc::write(fd, zeros.as_ptr().cast(), zeros.len()) };
             }
         }
         common::announce_pid(&rendezvous, child as u32);

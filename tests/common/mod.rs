@@ -210,3 +210,26 @@ pub fn announce_pid(path: &str, pid: u32) {
     let mut stream = UnixStream::connect(path).expect("connect to rendezvous");
     write!(stream, "{pid}").expect("announce");
 }
+
+/// Called inside a task: the worker's reply pipe, the one pipe it holds
+/// open for writing and close-on-exec (descriptors a test process inherited
+/// are not close-on-exec, and some of them must not be written to).
+pub fn reply_fd() -> i32 {
+    let me = std::process::id();
+    for fd in fds_of(me).into_iter().filter(|&fd| fd > 2) {
+        let link = std::fs::read_link(format!("/proc/{me}/fd/{fd}")).unwrap_or_default();
+        let info = std::fs::read_to_string(format!("/proc/{me}/fdinfo/{fd}")).unwrap_or_default();
+        let flags = info
+            .lines()
+            .find_map(|line| line.strip_prefix("flags:"))
+            .and_then(|flags| i32::from_str_radix(flags.trim(), 8).ok())
+            .unwrap_or(0);
+        if link.to_string_lossy().starts_with("pipe:")
+            && flags & libc::O_ACCMODE == libc::O_WRONLY
+            && flags & libc::O_CLOEXEC != 0
+        {
+            return fd as i32;
+        }
+    }
+    panic!("worker {me} has no reply pipe")
+}
