@@ -159,12 +159,18 @@ fn arm_parent_death() -> std::io::Result<()> {
         let signal = libc::SIGRTMAX();
         // SAFETY: a zeroed sigaction is a valid "no flags, empty mask"
         // value; the handler only calls `kill`, which is async-signal-safe.
+        // The signal is unblocked too: a mask is inherited through exec,
+        // and threads that tasks start inherit this thread's.
         unsafe {
             let mut action: libc::sigaction = std::mem::zeroed();
             action.sa_sigaction = kill_own_group as extern "C" fn(libc::c_int) as usize;
             if libc::sigaction(signal, &action, std::ptr::null_mut()) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, signal);
+            libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
         }
         signal
     } else {

@@ -24,6 +24,10 @@ buckshot::register!(start_sleeper);
 /// The program: one worker starts a sleeper; prints both pids, then waits
 /// to be interrupted.
 fn host() {
+    // As a program started from a terminal: Ctrl-C ends it. (A test run in
+    // the background of a shell inherits SIGINT ignored.)
+    // SAFETY: setting a disposition to its default runs no code of ours.
+    unsafe { libc::signal(libc::SIGINT, libc::SIG_DFL) };
     let pool = buckshot::Pool::new(1).unwrap();
     let (sleeper, worker) = pool
         .map(start_sleeper, [0u64])
@@ -69,7 +73,11 @@ fn interrupted_with(signal: i32, name: &str) {
     let started = Instant::now();
     // SAFETY: kill has no memory-safety preconditions.
     assert_eq!(unsafe { libc::kill(-(host.0.id() as i32), signal) }, 0);
-    host.0.wait().unwrap();
+    let pid = host.0.id();
+    assert!(
+        common::exits_within(pid, common::BOUND),
+        "the program did not end on {name}"
+    );
     for (pid, what) in pids.iter().zip(["the task's sleeper", "the worker"]) {
         let gone = common::exits_within(*pid, Duration::from_secs(2));
         if !gone {
