@@ -24,7 +24,18 @@ fn switch(parent: u32) -> PathBuf {
 #[ctor::ctor(unsafe)]
 fn fail_in_workers() {
     let is_worker = std::env::var_os("__BUCKSHOT_WORKER").is_some();
-    let how = std::fs::read_to_string(switch(std::os::unix::process::parent_id()));
+    let switch = switch(std::os::unix::process::parent_id());
+    let how = std::fs::read_to_string(&switch);
+    if is_worker && how.is_ok() {
+        // Counts the workers started while the switch is on.
+        use std::io::Write;
+        let mut started = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(started(&switch))
+            .unwrap();
+        writeln!(started, "{}", std::process::id()).unwrap();
+    }
     match how.as_deref() {
         Ok("exit") if is_worker => {
             eprintln!("static initialiser failed");
@@ -39,20 +50,35 @@ fn fail_in_workers() {
     }
 }
 
+/// The file in which failing workers write their pids.
+fn started(switch: &std::path::Path) -> PathBuf {
+    switch.with_extension("started")
+}
+
 /// Turns the switch on for as long as it lives, even if the test panics.
 struct Switch(PathBuf);
 
 impl Switch {
     fn on(how: &str) -> Switch {
         let path = switch(std::process::id());
+        let _ = std::fs::remove_file(started(&path));
         std::fs::write(&path, how).unwrap();
         Switch(path)
+    }
+
+    /// How many workers were started while it was on.
+    fn workers_started(&self) -> usize {
+        std::fs::read_to_string(started(&self.0))
+            .unwrap_or_default()
+            .lines()
+            .count()
     }
 }
 
 impl Drop for Switch {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);
+        let _ = std::fs::remove_file(started(&self.0));
     }
 }
 
@@ -62,7 +88,7 @@ fn gives_up(how: &str, reason: &str) {
     let switch = Switch::on(how);
     let pool = std::sync::Arc::new(
         Pool::builder()
-            .processes(2)
+            .processes(4)
             .forward_stderr(false)
             .build()
             .unwrap(),
@@ -99,8 +125,11 @@ fn gives_up(how: &str, reason: &str) {
         error.to_string(),
         format!("workers fail to start: {reason}")
     );
-    drop(switch);
     drop(pool);
+    // Four at first, then one replacement: no more start than could fail
+    // before the limit.
+    assert_eq!(switch.workers_started(), 5, "workers started");
+    drop(switch);
     assert_eq!(common::children(), [], "workers remain");
 }
 
