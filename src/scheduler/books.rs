@@ -439,6 +439,13 @@ mod tests {
         // Progress pushes the deadline back.
         books.wrote(10, t0 + 60 * MS);
         assert_eq!(books.deadline(timeout), Some(t0 + 160 * MS));
+        // Once it is answered, a next frame not written yet has no deadline,
+        // whatever was written before it.
+        let rest = frame_len(&books, 0) - 20;
+        books.wrote(rest, t0 + 70 * MS);
+        answer(&mut books, 0, 1, t0 + 80 * MS).unwrap();
+        books.assign(chunk(0, 1, 1), MS, Arc::default());
+        assert_eq!(books.deadline(timeout), None);
     }
 
     #[test]
@@ -474,6 +481,60 @@ mod tests {
         assert_eq!((books.frames(), books.written), (0, 0));
         assert_eq!(books.backlog(), Duration::ZERO);
         assert_eq!(books.last_reply_at, Some(t0 + 2 * MS));
+    }
+
+    #[test]
+    fn replies_measure_the_run_time_of_one_input() {
+        let t0 = Instant::now();
+        let stats = Arc::new(MapStats::default());
+        let mut books = Books::default();
+        books.ready(t0);
+        books.assign(chunk(0, 0, 4), MS, Arc::clone(&stats));
+        let len = frame_len(&books, 0);
+        books.wrote(len, t0);
+        // 4 inputs in 4 us of work, by the worker's clock.
+        answer(&mut books, 0, 4, t0).unwrap();
+        assert_eq!(stats.per_item(), Some(Duration::from_micros(1)));
+    }
+
+    #[test]
+    fn replies_in_a_buffer_of_their_own_are_not_copied() {
+        let t0 = Instant::now();
+        let mut books = books_with(&[(0, 0, 1), (1, 0, 1)], t0);
+        let all = frame_len(&books, 0) + frame_len(&books, 1);
+        books.wrote(all, t0);
+        let mut items = Vec::new();
+        push_item(&mut items, b"first");
+        push_item(&mut items, b"second!");
+        let mut buffer = b"header..".to_vec();
+        let at = buffer.len();
+        buffer.extend_from_slice(&items);
+        let buffer = Arc::new(buffer);
+        let header = ReplyHeader {
+            first_seq: 0,
+            count: 2,
+            busy_nanos: 2,
+        };
+        let mut outbox = Outbox::default();
+        books
+            .answer(header, &items, Some((&buffer, at)), t0, &mut outbox)
+            .unwrap();
+        let got: Vec<Vec<u8>> = outbox
+            .deliveries()
+            .iter()
+            .map(|(_, delivery)| match delivery {
+                Delivery::Outcomes {
+                    items: payload @ Payload::Shared(..),
+                    ..
+                } => Items::new(payload.as_slice())
+                    .next()
+                    .unwrap()
+                    .unwrap()
+                    .to_vec(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(got, [b"first".to_vec(), b"second!".to_vec()]);
     }
 
     #[test]

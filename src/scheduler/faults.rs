@@ -232,3 +232,72 @@ pub(crate) fn reap_at_shutdown(mut dying: Dying) {
     stderr.pump();
     stderr.flush_line();
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::process::CommandExt;
+    use std::process::Command;
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::handoff::WorkerConfig;
+    use crate::launch::{Launch, Local};
+
+    /// Starts `sleep 60` in a process group of its own, as a worker that
+    /// does not exit by itself.
+    #[derive(Debug)]
+    struct Sleeper;
+
+    impl Launch for Sleeper {
+        fn command(&self, _: &WorkerConfig) -> Command {
+            let mut command = Command::new("sleep");
+            command.arg("60").process_group(0);
+            command
+        }
+
+        fn worker_is_child(&self) -> bool {
+            true
+        }
+
+        fn kill_rest(&self, local_pid: u32, reported_pid: Option<u32>) {
+            Local.kill_rest(local_pid, reported_pid);
+        }
+    }
+
+    #[test]
+    fn a_retired_worker_that_does_not_exit_is_killed_after_its_grace() {
+        let config = WorkerConfig {
+            parent: None,
+            max_frame_bytes: 1 << 20,
+            memory_limit: None,
+        };
+        let process = Process::spawn(Arc::new(Sleeper), &config, false).unwrap();
+        let pid = process.pid();
+        let now = Instant::now();
+        let mut dying = Dying {
+            process,
+            kill_at: Some(now + RETIRE_GRACE),
+            victim: None,
+            failed_starting: None,
+        };
+        let mut supply = Supply::new(Arc::new(Local), config, false);
+        let mut outbox = Outbox::default();
+        // Within its grace, it is left alone.
+        assert!(!try_reap(&mut dying, now, &mut supply, &mut outbox));
+        assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
+        // After it, it is killed, then reaped once it has exited.
+        let later = now + RETIRE_GRACE;
+        if !try_reap(&mut dying, later, &mut supply, &mut outbox) {
+            let pidfd = dying.process.pidfd();
+            let mut fds = [rustix::event::PollFd::new(
+                &pidfd,
+                rustix::event::PollFlags::IN,
+            )];
+            let bound = rustix::event::Timespec::try_from(REAP_BOUND).unwrap();
+            assert_eq!(rustix::event::poll(&mut fds, Some(&bound)).unwrap(), 1);
+            assert!(try_reap(&mut dying, later, &mut supply, &mut outbox));
+        }
+        assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists());
+        assert!(outbox.is_empty(), "a retired worker has no victim");
+    }
+}
