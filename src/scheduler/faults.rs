@@ -264,14 +264,164 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_retired_worker_that_does_not_exit_is_killed_after_its_grace() {
-        let config = WorkerConfig {
+    const MS: Duration = Duration::from_millis(1);
+
+    fn config() -> WorkerConfig {
+        WorkerConfig {
             parent: None,
             max_frame_bytes: 1 << 20,
             memory_limit: None,
+        }
+    }
+
+    fn chunk(first_index: usize, count: u32, returns: u32) -> Chunk {
+        let mut frame = crate::protocol::RunFrame::new(0);
+        for k in 0..count {
+            frame
+                .push_with(|buf| crate::protocol::encode(&k, buf))
+                .unwrap();
+        }
+        Chunk {
+            map: 7,
+            task: 0,
+            first_index,
+            count,
+            frame: frame.finish(),
+            attempts: 0,
+            returns,
+        }
+    }
+
+    /// A worker (a real `sleep`) taken out of service with `fate`, which was
+    /// given `chunks`, all written.
+    fn remains(fate: Fate, ready: bool, chunks: Vec<Chunk>, head_untouched: bool) -> Remains {
+        let now = Instant::now();
+        let mut books = super::super::books::Books::default();
+        if ready {
+            books.ready(now);
+        }
+        let bytes: usize = chunks.iter().map(|c| c.frame.len()).sum();
+        for chunk in chunks {
+            books.assign(chunk, MS, Arc::default());
+        }
+        books.wrote(bytes, now);
+        Remains {
+            process: Process::spawn(Arc::new(Sleeper), &config(), false).unwrap(),
+            books,
+            fate,
+            head_untouched,
+        }
+    }
+
+    /// Buries `remains`; returns the dying worker, what went back to the
+    /// queue and what was reported.
+    fn bury(remains: Remains, retries: u32) -> (Dying, Vec<Chunk>, Outbox) {
+        let (mut outbox, mut requeue) = (Outbox::default(), Vec::new());
+        let mut burial = Burial {
+            timeout: Some(100 * MS),
+            retries,
+            outbox: &mut outbox,
+            requeue: &mut requeue,
         };
-        let process = Process::spawn(Arc::new(Sleeper), &config, false).unwrap();
+        let dying = burial.bury(remains);
+        (dying, requeue, outbox)
+    }
+
+    fn placed(chunks: &[Chunk]) -> Vec<(usize, u32)> {
+        chunks.iter().map(|c| (c.first_index, c.count)).collect()
+    }
+
+    #[test]
+    fn an_untouched_input_goes_back_a_few_times_then_is_blamed() {
+        for returns in 0..=UNSTARTED_RETURNS {
+            let remains = remains(Fate::Died, true, vec![chunk(3, 1, returns)], true);
+            let (dying, requeue, outbox) = bury(remains, 0);
+            assert!(outbox.is_empty());
+            if returns < UNSTARTED_RETURNS {
+                assert_eq!(dying.victim, None);
+                assert_eq!(requeue.len(), 1);
+                assert_eq!((requeue[0].returns, requeue[0].attempts), (returns + 1, 0));
+            } else {
+                assert_eq!(dying.victim, Some((7, 3)), "after {returns} returns");
+                assert!(requeue.is_empty());
+            }
+        }
+    }
+
+    #[test]
+    fn a_running_input_gets_the_error_and_the_rest_goes_back() {
+        let running = || vec![chunk(0, 1, 0), chunk(1, 2, 0)];
+        let (_, requeue, outbox) = bury(remains(Fate::TimedOut, true, running(), false), 0);
+        assert_eq!(placed(&requeue), [(1, 2)]);
+        assert!(matches!(
+            outbox.deliveries(),
+            [(7, Delivery::Failed(Error::TaskTimeout { index: 0, .. }))]
+        ));
+        let broke = Fate::Broke("garbage".into());
+        let (_, _, outbox) = bury(remains(broke, true, running(), false), 0);
+        assert!(matches!(
+            outbox.deliveries(),
+            [(7, Delivery::Failed(Error::Protocol { index: 0, message }))] if message == "garbage"
+        ));
+        // A death is reported once the status is known, or retried.
+        let (dying, requeue, outbox) = bury(remains(Fate::Died, true, running(), false), 0);
+        assert_eq!((dying.victim, outbox.len()), (Some((7, 0)), 0));
+        assert_eq!(placed(&requeue), [(1, 2)]);
+        let (dying, requeue, _) = bury(remains(Fate::Died, true, running(), false), 1);
+        assert_eq!(dying.victim, None);
+        assert_eq!(placed(&requeue), [(0, 1), (1, 2)]);
+        assert_eq!((requeue[0].attempts, requeue[1].attempts), (1, 0));
+    }
+
+    #[test]
+    fn a_running_batch_goes_back_one_input_at_a_time() {
+        let (dying, requeue, outbox) =
+            bury(remains(Fate::Died, true, vec![chunk(0, 3, 0)], false), 0);
+        assert_eq!(placed(&requeue), [(0, 1), (1, 1), (2, 1)]);
+        assert_eq!((dying.victim, outbox.len()), (None, 0));
+        // A cancelled worker's inputs go back whole; their map is gone.
+        let (_, requeue, outbox) = bury(
+            remains(Fate::Cancelled, true, vec![chunk(0, 3, 0)], false),
+            0,
+        );
+        assert_eq!((placed(&requeue), outbox.len()), (vec![(0, 3)], 0));
+    }
+
+    #[test]
+    fn a_worker_that_never_said_hello_ran_nothing() {
+        let cases = [
+            (Fate::Died, Some(None)),
+            (
+                Fate::Broke("noise".into()),
+                Some(Some("broke the protocol: noise".to_owned())),
+            ),
+            (
+                Fate::StartupTimeout,
+                Some(Some(format!("no handshake within {STARTUP_TIMEOUT:?}"))),
+            ),
+            (Fate::PoolBroken, None),
+        ];
+        for (fate, failed_starting) in cases {
+            let (dying, requeue, outbox) =
+                bury(remains(fate, false, vec![chunk(0, 2, 0)], false), 0);
+            assert_eq!(dying.failed_starting, failed_starting);
+            assert_eq!((placed(&requeue), outbox.len()), (vec![(0, 2)], 0));
+        }
+    }
+
+    #[test]
+    fn a_retired_worker_gets_a_grace_and_no_other() {
+        let before = Instant::now();
+        let (dying, _, _) = bury(remains(Fate::Retired, true, Vec::new(), false), 0);
+        let kill_at = dying.kill_at.expect("a grace");
+        assert!(kill_at >= before + RETIRE_GRACE && kill_at <= Instant::now() + RETIRE_GRACE);
+        let (dying, _, _) = bury(remains(Fate::Died, true, Vec::new(), false), 0);
+        assert_eq!(dying.kill_at, None);
+    }
+
+    #[test]
+    fn a_retired_worker_that_does_not_exit_is_killed_after_its_grace() {
+        let process = Process::spawn(Arc::new(Sleeper), &config(), false).unwrap();
         let pid = process.pid();
         let now = Instant::now();
         let mut dying = Dying {
@@ -280,7 +430,7 @@ mod tests {
             victim: None,
             failed_starting: None,
         };
-        let mut supply = Supply::new(Arc::new(Local), config, false);
+        let mut supply = Supply::new(Arc::new(Local), config(), false);
         let mut outbox = Outbox::default();
         // Within its grace, it is left alone.
         assert!(!try_reap(&mut dying, now, &mut supply, &mut outbox));
