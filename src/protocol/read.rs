@@ -130,7 +130,8 @@ impl FrameBuffer {
     }
 
     /// Whether bytes of an incomplete frame are waiting.
-    pub(crate) fn has_partial(&self) -> bool {
+    #[cfg(test)]
+    fn has_partial(&self) -> bool {
         self.start < self.buf.len()
     }
 

@@ -188,7 +188,7 @@ impl WorkerHandle {
             match self.frames.fill(fd) {
                 Ok(0) => {
                     self.process.close_replies();
-                    self.doom(self.end());
+                    self.end();
                     break;
                 }
                 Ok(n) => total += n,
@@ -228,7 +228,7 @@ impl WorkerHandle {
             }
             drained += n;
         }
-        self.doom(self.end());
+        self.end();
         heard
     }
 
@@ -260,14 +260,12 @@ impl WorkerHandle {
         Ok(())
     }
 
-    /// How a worker whose reply stream ended goes: retired if it had
-    /// reached its quota and answered everything, dead otherwise.
-    fn end(&self) -> Fate {
-        if self.retiring && self.books.frames() == 0 && !self.frames.has_partial() {
-            Fate::Retired
-        } else {
-            Fate::Died
-        }
+    /// Its reply stream ended, or its process did: retired if it had
+    /// reached its quota and answered everything (already decided, then),
+    /// dead otherwise.
+    fn end(&mut self) {
+        self.retire_if_done();
+        self.doom(Fate::Died);
     }
 
     /// When it must next show progress: its handshake while it starts, the

@@ -222,6 +222,51 @@ mod tests {
         assert!(!supply.may_start(3));
     }
 
+    /// A launcher whose program does not exist: every spawn fails.
+    #[derive(Debug)]
+    struct Missing;
+
+    impl Launch for Missing {
+        fn command(&self, _: &WorkerConfig) -> std::process::Command {
+            std::process::Command::new("/nonexistent/buckshot-worker")
+        }
+
+        fn worker_is_child(&self) -> bool {
+            true
+        }
+
+        fn kill_rest(&self, _: u32, _: Option<u32>) {}
+    }
+
+    #[test]
+    fn spawn_errors_are_retried_after_a_doubling_delay() {
+        let config = supply().config;
+        let mut supply = Supply::new(Arc::new(Missing), config, false);
+        let t0 = Instant::now();
+        assert!(supply.replace(t0).is_none());
+        assert_eq!((supply.streak, supply.spawn_errors), (1, 1));
+        assert_eq!(supply.retry_at(), Some(t0 + FIRST_RETRY));
+        // Not before the delay...
+        assert!(supply.replace(t0 + FIRST_RETRY / 2).is_none());
+        assert_eq!(supply.streak, 1, "no attempt before the delay");
+        // ...then again, with twice the delay.
+        let t1 = t0 + FIRST_RETRY;
+        assert!(supply.replace(t1).is_none());
+        assert_eq!(supply.streak, 2);
+        assert_eq!(supply.retry_at(), Some(t1 + 2 * FIRST_RETRY));
+        // Up to the last.
+        for _ in 0..10 {
+            let at = supply.retry_at().unwrap();
+            assert!(supply.replace(at).is_none());
+        }
+        let at = supply.retry_at().unwrap();
+        assert!(supply.replace(at).is_none());
+        assert_eq!(supply.retry_at(), Some(at + LAST_RETRY));
+        assert!(supply.gave_up().unwrap().starts_with(
+            "13 attempts in a row to spawn a worker failed; last: No such file or directory"
+        ));
+    }
+
     #[test]
     fn a_stopped_supply_sleeps() {
         let mut supply = supply();
