@@ -3,7 +3,8 @@
 //!
 //! A constructor in `lib.rs` calls [`serve_if_worker`] before `main` (and
 //! before a test harness). In a process started by a pool it never returns:
-//! it serves tasks until its request stream ends, then exits.
+//! it serves tasks until its request stream ends, then exits, taking what
+//! its tasks started along (it kills its own process group).
 //!
 //! Set-up, in order, and why:
 //! - a privileged process (setuid, setgid, file capabilities: the kernel
