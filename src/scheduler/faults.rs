@@ -432,9 +432,22 @@ mod tests {
         };
         let mut supply = Supply::new(Arc::new(Local), config(), false);
         let mut outbox = Outbox::default();
-        // Within its grace, it is left alone.
+        // Within its grace, it is left alone: it does not exit (the bound
+        // is how long a SIGKILL would take to show, at most).
         assert!(!try_reap(&mut dying, now, &mut supply, &mut outbox));
-        assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
+        {
+            let pidfd = dying.process.pidfd();
+            let mut fds = [rustix::event::PollFd::new(
+                &pidfd,
+                rustix::event::PollFlags::IN,
+            )];
+            let bound = rustix::event::Timespec::try_from(100 * MS).unwrap();
+            assert_eq!(
+                rustix::event::poll(&mut fds, Some(&bound)).unwrap(),
+                0,
+                "killed within its grace"
+            );
+        }
         // After it, it is killed, then reaped once it has exited.
         let later = now + RETIRE_GRACE;
         if !try_reap(&mut dying, later, &mut supply, &mut outbox) {
