@@ -101,6 +101,10 @@ fn a_setuid_copy_refuses_to_serve_tasks() {
         eprintln!("skipped: making a setuid-root copy needs root (CI runs the tests as root)");
         return;
     }
+    if Command::new("setpriv").arg("--version").output().is_err() {
+        eprintln!("skipped: setpriv (util-linux) is not installed");
+        return;
+    }
     let Some(dir) = shared_dir() else {
         eprintln!("skipped: the temporary directory is on a nosuid file system");
         return;
