@@ -64,21 +64,12 @@ fn state_of(pid: u32) -> char {
 /// Bytes waiting in worker `pid`'s request pipe: the pipe it holds open
 /// for reading besides fds 0 to 2.
 fn unread_requests(pid: u32) -> u64 {
-    for fd in common::fds_of(pid).into_iter().filter(|&fd| fd > 2) {
-        let link = std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).unwrap_or_default();
-        let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).unwrap_or_default();
-        let flags = info
-            .lines()
-            .find_map(|line| line.strip_prefix("flags:"))
-            .and_then(|flags| i32::from_str_radix(flags.trim(), 8).ok())
-            .unwrap_or(-1);
-        if link.to_string_lossy().starts_with("pipe:") && flags & libc::O_ACCMODE == libc::O_RDONLY
-        {
-            let pipe = std::fs::File::open(format!("/proc/{pid}/fd/{fd}")).unwrap();
-            return rustix::io::ioctl_fionread(&pipe).unwrap();
-        }
-    }
-    panic!("worker {pid} has no request pipe")
+    let (fd, _) = common::pipes_of(pid)
+        .into_iter()
+        .find(|&(_, flags)| flags & libc::O_ACCMODE == libc::O_RDONLY)
+        .unwrap_or_else(|| panic!("worker {pid} has no request pipe"));
+    let pipe = std::fs::File::open(format!("/proc/{pid}/fd/{fd}")).unwrap();
+    rustix::io::ioctl_fionread(&pipe).unwrap()
 }
 
 /// On a one-worker pool: stops the worker while it waits for a request,

@@ -211,25 +211,39 @@ pub fn announce_pid(path: &str, pid: u32) {
     write!(stream, "{pid}").expect("announce");
 }
 
+/// The descriptors above 2 of process `pid` that are pipes, with the flags
+/// they were opened with.
+pub fn pipes_of(pid: u32) -> Vec<(u32, i32)> {
+    fds_of(pid)
+        .into_iter()
+        .filter(|&fd| fd > 2)
+        .filter(|fd| {
+            std::fs::read_link(format!("/proc/{pid}/fd/{fd}"))
+                .is_ok_and(|link| link.to_string_lossy().starts_with("pipe:"))
+        })
+        .map(|fd| {
+            let info =
+                std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).unwrap_or_default();
+            let flags = info
+                .lines()
+                .find_map(|line| line.strip_prefix("flags:"))
+                .and_then(|flags| i32::from_str_radix(flags.trim(), 8).ok())
+                .unwrap_or(0);
+            (fd, flags)
+        })
+        .collect()
+}
+
 /// Called inside a task: the worker's reply pipe, the one pipe it holds
 /// open for writing and close-on-exec (descriptors a test process inherited
 /// are not close-on-exec, and some of them must not be written to).
 pub fn reply_fd() -> i32 {
     let me = std::process::id();
-    for fd in fds_of(me).into_iter().filter(|&fd| fd > 2) {
-        let link = std::fs::read_link(format!("/proc/{me}/fd/{fd}")).unwrap_or_default();
-        let info = std::fs::read_to_string(format!("/proc/{me}/fdinfo/{fd}")).unwrap_or_default();
-        let flags = info
-            .lines()
-            .find_map(|line| line.strip_prefix("flags:"))
-            .and_then(|flags| i32::from_str_radix(flags.trim(), 8).ok())
-            .unwrap_or(0);
-        if link.to_string_lossy().starts_with("pipe:")
-            && flags & libc::O_ACCMODE == libc::O_WRONLY
-            && flags & libc::O_CLOEXEC != 0
-        {
-            return fd as i32;
-        }
-    }
-    panic!("worker {me} has no reply pipe")
+    pipes_of(me)
+        .into_iter()
+        .find(|&(_, flags)| {
+            flags & libc::O_ACCMODE == libc::O_WRONLY && flags & libc::O_CLOEXEC != 0
+        })
+        .map(|(fd, _)| fd as i32)
+        .unwrap_or_else(|| panic!("worker {me} has no reply pipe"))
 }
