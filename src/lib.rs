@@ -32,17 +32,19 @@
 //! # Tasks
 //!
 //! A task is any named `fn(I) -> O` whose input and output are `serde`
-//! types (they travel as CBOR). [`register!`] declares it, at module level,
-//! in any module or crate of the program; nothing has to run first. Closures
-//! and fn pointers cannot be registered: mapping one yields
-//! [`Error::NotRegistered`].
+//! types (they travel as CBOR), or a function of up to four arguments,
+//! whose input is the tuple of them (see [`Task`]). [`register!`] declares
+//! it, at module level, in any module or crate of the program; nothing has
+//! to run first. Closures and fn pointers cannot be registered: mapping one
+//! yields [`Error::NotRegistered`].
 //!
 //! # Maps
 //!
 //! [`Pool::map`] yields results in input order, [`Pool::map_unordered`] as
-//! they finish; [`map`] is a one-shot map on a fresh pool. Inputs are pulled
-//! lazily and a bounded number are in the pool at a time. Every input yields
-//! exactly one result: a value, or an [`Error`] that names its index.
+//! they finish; [`map`] is a one-shot map on a fresh pool, and [`Pool::call`]
+//! runs a single input. Inputs are pulled lazily and a bounded number are in
+//! the pool at a time. Every input yields exactly one result: a value, or an
+//! [`Error`] that names its index.
 //!
 //! # How it works
 //!
@@ -75,17 +77,19 @@ mod results;
 mod scheduler;
 mod shared;
 mod stderr;
+mod task;
 mod worker;
 
 pub use crate::error::Error;
 pub use crate::pool::{Pool, PoolBuilder, map};
 pub use crate::results::{Results, UnorderedResults};
+pub use crate::task::{Args, Task};
 
 /// Registers a function as a task that pools can run.
 ///
 /// Write it at module level, next to the function, in any module or crate
-/// linked into the program. The function takes one input and returns one
-/// output, both `serde` types:
+/// linked into the program. The function takes one to four arguments and
+/// returns one output, all `serde` types (see [`Task`]):
 ///
 /// ```
 /// #[derive(serde::Serialize, serde::Deserialize)]
@@ -115,10 +119,10 @@ macro_rules! register {
                 output: &mut $crate::__private::Vec<u8>,
                 scratch: &mut [u8],
             ) {
-                $crate::__private::run_task($f, input, output, scratch)
+                $crate::__private::run_task(&$f, input, output, scratch)
             }
             $crate::__private::inventory::submit! {
-                $crate::__private::Task::new(__buckshot_name, __buckshot_type_id, __buckshot_run)
+                $crate::__private::Entry::new(__buckshot_name, __buckshot_type_id, __buckshot_run)
             }
         };
     };
@@ -127,7 +131,7 @@ macro_rules! register {
 // Not public API.
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::registry::Task;
+    pub use crate::registry::Entry;
     pub use inventory;
     pub use std::any::{TypeId, type_name_of_val};
     pub use std::vec::Vec;
@@ -136,11 +140,9 @@ pub mod __private {
         TypeId::of::<T>()
     }
 
-    pub fn run_task<F, I, O>(f: F, input: &[u8], output: &mut Vec<u8>, scratch: &mut [u8])
+    pub fn run_task<F, M>(f: &F, input: &[u8], output: &mut Vec<u8>, scratch: &mut [u8])
     where
-        F: Fn(I) -> O,
-        I: serde::de::DeserializeOwned,
-        O: serde::Serialize,
+        F: crate::Task<M>,
     {
         crate::registry::run_task(f, input, output, scratch)
     }

@@ -3,14 +3,12 @@
 use std::any::type_name;
 use std::time::Duration;
 
-use serde::Serialize;
-use serde::de::DeserializeOwned;
-
 use crate::error::Error;
 use crate::registry::registry;
 use crate::results::{Results, UnorderedResults};
 use crate::scheduler::Running;
 use crate::shared::Config;
+use crate::task::Task;
 
 /// Default limit on one frame, and so on one encoded input or output.
 const DEFAULT_MAX_FRAME_BYTES: u32 = 1 << 30;
@@ -60,21 +58,21 @@ impl Pool {
     /// per input, in input order.
     ///
     /// `f` must be a function registered with [`register!`](crate::register).
-    /// Inputs are pulled lazily as workers need them, and only a bounded
-    /// number are buffered, so `inputs` may be endless. A task that panics,
-    /// times out or kills its worker yields an error for its input alone.
+    /// A function of several arguments takes the tuple of them as its input
+    /// (see [`Task`]). Inputs are pulled lazily as workers need them, and
+    /// only a bounded number are buffered, so `inputs` may be endless. A
+    /// task that panics, times out or kills its worker yields an error for
+    /// its input alone.
     ///
     /// # Errors
     ///
     /// [`Error::NotRegistered`] if `f` was not registered (closures and fn
     /// pointers cannot be), [`Error::Startup`] if the pool's workers cannot
     /// start.
-    pub fn map<F, I, O, It>(&self, f: F, inputs: It) -> Result<Results<It::IntoIter, O>, Error>
+    pub fn map<F, M, It>(&self, f: F, inputs: It) -> Result<Results<It::IntoIter, F::Output>, Error>
     where
-        F: Fn(I) -> O + 'static,
-        It: IntoIterator<Item = I>,
-        I: Serialize,
-        O: DeserializeOwned,
+        F: Task<M>,
+        It: IntoIterator<Item = F::Input>,
     {
         Results::new(
             self.running.shared(),
@@ -89,22 +87,50 @@ impl Pool {
     /// # Errors
     ///
     /// As for [`Pool::map`].
-    pub fn map_unordered<F, I, O, It>(
+    pub fn map_unordered<F, M, It>(
         &self,
         f: F,
         inputs: It,
-    ) -> Result<UnorderedResults<It::IntoIter, O>, Error>
+    ) -> Result<UnorderedResults<It::IntoIter, F::Output>, Error>
     where
-        F: Fn(I) -> O + 'static,
-        It: IntoIterator<Item = I>,
-        I: Serialize,
-        O: DeserializeOwned,
+        F: Task<M>,
+        It: IntoIterator<Item = F::Input>,
     {
         UnorderedResults::new(
             self.running.shared(),
             task_position(&f)?,
             inputs.into_iter(),
         )
+    }
+
+    /// Calls `f` on one input in a worker process, as a map of that one
+    /// input would: a task that panics, times out or kills its worker
+    /// yields an error (with index 0), and the pool goes on. Many threads
+    /// may call on one pool at once.
+    ///
+    /// ```
+    /// fn add(a: u64, b: u64) -> u64 {
+    ///     a + b
+    /// }
+    /// buckshot::register!(add);
+    ///
+    /// # fn main() -> Result<(), buckshot::Error> {
+    /// let pool = buckshot::Pool::new(1)?;
+    /// assert_eq!(pool.call(add, (2, 3))?, 5);
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As for [`Pool::map`], and the input's own error if it failed.
+    pub fn call<F, M>(&self, f: F, input: F::Input) -> Result<F::Output, Error>
+    where
+        F: Task<M>,
+    {
+        self.map(f, std::iter::once(input))?
+            .next()
+            .expect("a map of one input yields one result")
     }
 }
 
@@ -141,12 +167,10 @@ fn task_position<F: 'static>(_: &F) -> Result<u32, Error> {
 ///
 /// As for [`Pool::map`], and [`Error::Spawn`] if the workers cannot be
 /// started.
-pub fn map<F, I, O, It>(f: F, inputs: It) -> Result<Results<It::IntoIter, O>, Error>
+pub fn map<F, M, It>(f: F, inputs: It) -> Result<Results<It::IntoIter, F::Output>, Error>
 where
-    F: Fn(I) -> O + 'static,
-    It: IntoIterator<Item = I>,
-    I: Serialize,
-    O: DeserializeOwned,
+    F: Task<M>,
+    It: IntoIterator<Item = F::Input>,
 {
     let position = task_position(&f)?;
     let pool = Pool::builder().build()?;

@@ -1,6 +1,6 @@
 //! The table of registered tasks.
 //!
-//! [`register!`](crate::register) submits one [`Task`] per function to
+//! [`register!`](crate::register) submits one [`Entry`] per function to
 //! `inventory`. The pool finds a function's entry by the `TypeId` of its fn
 //! item (exact, whatever the path it was named by) and tells the worker the
 //! entry's position in the table. Parent and worker are the same binary, so
@@ -12,14 +12,12 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::OnceLock;
 
-use serde::Serialize;
-use serde::de::DeserializeOwned;
-
 use crate::protocol::{self, Hello, Outcome};
+use crate::task::Task;
 
 /// One registered function. Built only by [`register!`](crate::register).
 #[doc(hidden)]
-pub struct Task {
+pub struct Entry {
     /// The fn item's type name, for messages.
     pub(crate) name: fn() -> &'static str,
     /// The fn item's `TypeId`, to find the entry from `Pool::map(f, ..)`.
@@ -28,37 +26,37 @@ pub struct Task {
     pub(crate) run: fn(&[u8], &mut Vec<u8>, &mut [u8]),
 }
 
-impl Task {
+impl Entry {
     #[doc(hidden)]
     pub const fn new(
         name: fn() -> &'static str,
         type_id: fn() -> TypeId,
         run: fn(&[u8], &mut Vec<u8>, &mut [u8]),
-    ) -> Task {
-        Task { name, type_id, run }
+    ) -> Entry {
+        Entry { name, type_id, run }
     }
 }
 
-impl std::fmt::Debug for Task {
+impl std::fmt::Debug for Entry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Task")
+        f.debug_struct("Entry")
             .field("name", &(self.name)())
             .finish()
     }
 }
 
-inventory::collect!(Task);
+inventory::collect!(Entry);
 
 /// The registered tasks, in a fixed order, with a digest of their names.
 pub(crate) struct Registry {
-    pub(crate) tasks: Vec<&'static Task>,
+    pub(crate) tasks: Vec<&'static Entry>,
     pub(crate) digest: u64,
 }
 
 pub(crate) fn registry() -> &'static Registry {
     static REGISTRY: OnceLock<Registry> = OnceLock::new();
     REGISTRY.get_or_init(|| {
-        let tasks: Vec<&'static Task> = inventory::iter::<Task>.into_iter().collect();
+        let tasks: Vec<&'static Entry> = inventory::iter::<Entry>.into_iter().collect();
         let mut hasher = DefaultHasher::new();
         for task in &tasks {
             (task.name)().hash(&mut hasher);
@@ -110,14 +108,12 @@ impl Registry {
 
 /// The body of every registered task's `run`: decode, call, encode, with
 /// panics caught and codec failures reported as outcomes.
-pub(crate) fn run_task<F, I, O>(f: F, input: &[u8], out: &mut Vec<u8>, scratch: &mut [u8])
+pub(crate) fn run_task<F, M>(f: &F, input: &[u8], out: &mut Vec<u8>, scratch: &mut [u8])
 where
-    F: Fn(I) -> O,
-    I: DeserializeOwned,
-    O: Serialize,
+    F: Task<M>,
 {
     let start = out.len();
-    let input: I = match protocol::decode(input, scratch) {
+    let input: F::Input = match protocol::decode(input, scratch) {
         Ok(input) => input,
         Err(e) => {
             let failure = Outcome::<()>::Codec(format!("decode the input: {e}"));
@@ -125,7 +121,7 @@ where
         }
     };
     let encoded = catch_unwind(AssertUnwindSafe(|| {
-        let output = f(input);
+        let output = f.call_with(input);
         protocol::encode_ok(&output, out)
     }));
     let failure = match encoded {

@@ -524,6 +524,23 @@ where
     }
 }
 
+// Exact when the inputs are, so that progress bars know their length.
+impl<It, O> ExactSizeIterator for Results<It, O>
+where
+    It: ExactSizeIterator,
+    It::Item: Serialize,
+    O: DeserializeOwned,
+{
+}
+
+impl<It, O> ExactSizeIterator for UnorderedResults<It, O>
+where
+    It: ExactSizeIterator,
+    It::Item: Serialize,
+    O: DeserializeOwned,
+{
+}
+
 impl<It, O> std::fmt::Debug for Results<It, O> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         self.feed.debug("Results", f)

@@ -1,0 +1,125 @@
+//! The shapes a task can have.
+//!
+//! A task is a function of one to four arguments. [`Task`] is implemented
+//! for every function of those shapes, with a marker type that tells the
+//! shapes apart (the way axum tells its handlers apart): `fn(A) -> O` is a
+//! `Task<Args<(A,)>>` whose input is `A`, and `fn(A, B) -> O` a
+//! `Task<Args<(A, B)>>` whose input is the tuple `(A, B)`. The marker is
+//! inferred: [`register!`](crate::register) and [`Pool::map`](crate::Pool::map)
+//! take any of them without annotations.
+//!
+//! A one-argument task whose argument is a tuple stays a one-argument task:
+//! `fn f(p: (i64, i64))` takes inputs of type `(i64, i64)`, like
+//! `fn g(a: i64, b: i64)`, and both are called with the same inputs.
+
+use std::marker::PhantomData;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// A function that pools can run, of any of the shapes buckshot supports.
+///
+/// Implemented for every `Fn(A) -> O`, `Fn(A, B) -> O`, `Fn(A, B, C) -> O`
+/// and `Fn(A, B, C, D) -> O` whose arguments and output are `serde` types;
+/// not meant to be implemented by hand. `Marker` tells the shapes apart and
+/// is always inferred.
+///
+/// ```
+/// fn scale(x: f64, by: f64) -> f64 {
+///     x * by
+/// }
+/// buckshot::register!(scale);
+///
+/// # fn main() -> Result<(), buckshot::Error> {
+/// let pool = buckshot::Pool::new(1)?;
+/// // A task of several arguments takes the tuple of them as its input.
+/// let scaled: Vec<f64> = pool
+///     .map(scale, [(1.0, 2.0), (3.0, 4.0)])?
+///     .collect::<Result<_, _>>()?;
+/// assert_eq!(scaled, [2.0, 12.0]);
+/// # Ok(())
+/// # }
+/// ```
+pub trait Task<Marker>: 'static {
+    /// What one call takes: the argument, or the tuple of the arguments.
+    type Input: Serialize + DeserializeOwned;
+    /// What one call returns.
+    type Output: Serialize + DeserializeOwned;
+
+    /// Calls the function with `input` spread over its arguments.
+    #[doc(hidden)]
+    fn call_with(&self, input: Self::Input) -> Self::Output;
+}
+
+/// The marker of a task whose arguments are the types of the tuple `T`:
+/// `Args<(A,)>` for `fn(A) -> O`, `Args<(A, B)>` for `fn(A, B) -> O`, and so
+/// on. Never built; it only tells [`Task`]'s shapes apart.
+pub struct Args<T>(PhantomData<fn() -> T>);
+
+impl<T> std::fmt::Debug for Args<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Args")
+    }
+}
+
+/// Implements [`Task`] for functions of the given arguments.
+macro_rules! task_of_arity {
+    ($input:ty => $($arg:ident),+) => {
+        impl<F, $($arg,)+ O> Task<Args<($($arg,)+)>> for F
+        where
+            F: Fn($($arg),+) -> O + 'static,
+            $($arg: Serialize + DeserializeOwned,)+
+            O: Serialize + DeserializeOwned,
+        {
+            type Input = $input;
+            type Output = O;
+
+            #[allow(non_snake_case)]
+            fn call_with(&self, input: Self::Input) -> O {
+                let ($($arg,)+) = task_of_arity!(@spread input; $($arg),+);
+                self($($arg),+)
+            }
+        }
+    };
+    // A one-argument task takes its argument as it is, not in a tuple.
+    (@spread $input:ident; $a:ident) => { ($input,) };
+    (@spread $input:ident; $($arg:ident),+) => { $input };
+}
+
+task_of_arity!(A => A);
+task_of_arity!((A, B) => A, B);
+task_of_arity!((A, B, C) => A, B, C);
+task_of_arity!((A, B, C, D) => A, B, C, D);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn one(x: u64) -> u64 {
+        x + 1
+    }
+
+    fn pair(p: (i64, i64)) -> i64 {
+        p.0 - p.1
+    }
+
+    fn two(a: i64, b: i64) -> i64 {
+        a - b
+    }
+
+    fn four(a: u8, b: u16, c: u32, d: String) -> String {
+        format!("{a}{b}{c}{d}")
+    }
+
+    fn call<F: Task<M>, M>(f: F, input: F::Input) -> F::Output {
+        f.call_with(input)
+    }
+
+    #[test]
+    fn every_shape_is_called_with_its_input() {
+        assert_eq!(call(one, 1), 2);
+        assert_eq!(call(pair, (5, 3)), 2);
+        assert_eq!(call(two, (5, 3)), 2);
+        assert_eq!(call(four, (1, 2, 3, "4".into())), "1234");
+    }
+}
