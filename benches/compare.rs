@@ -122,10 +122,9 @@ fn time<T>(f: impl FnOnce() -> T) -> (T, Duration) {
     (out, start.elapsed())
 }
 
-fn buckshot_rate<F, O>(pool: &Pool, f: F, inputs: &[u64]) -> f64
+fn buckshot_rate<F, M>(pool: &Pool, f: F, inputs: &[u64]) -> f64
 where
-    F: Fn(u64) -> O + Copy + 'static,
-    O: serde::de::DeserializeOwned,
+    F: buckshot::Task<M, Input = u64> + Copy,
 {
     // Warm up: workers started, chunk size learnt.
     let _ = pool
