@@ -124,7 +124,7 @@ fn time<T>(f: impl FnOnce() -> T) -> (T, Duration) {
 
 fn buckshot_rate<F, M>(pool: &Pool, f: F, inputs: &[u64]) -> f64
 where
-    F: buckshot::Task<M, Input = u64> + Copy,
+    F: buckshot::PlainTask<M, Input = u64> + Copy,
 {
     // Warm up: workers started, chunk size learnt.
     let _ = pool

@@ -135,6 +135,14 @@ pub enum Error {
         message: String,
     },
 
+    /// The context given to [`Pool::with_context`](crate::Pool::with_context)
+    /// could not be encoded, or encodes to more than the pool's frame limit.
+    #[error("could not encode the context: {message}")]
+    Context {
+        /// What failed.
+        message: String,
+    },
+
     /// The pool's configuration is invalid.
     #[error("invalid pool configuration: {message}")]
     Config {
@@ -157,6 +165,7 @@ impl Error {
             | Error::Decode { index, .. }
             | Error::PoolClosed { index, .. } => Some(*index),
             Error::NotRegistered { .. }
+            | Error::Context { .. }
             | Error::Spawn { .. }
             | Error::Startup { .. }
             | Error::Config { .. } => None,

@@ -65,6 +65,7 @@
 #[cfg(not(target_os = "linux"))]
 compile_error!("buckshot supports Linux only for now (it relies on pidfd and /proc/self/exe)");
 
+mod context;
 mod error;
 mod flow;
 mod handoff;
@@ -80,10 +81,11 @@ mod stderr;
 mod task;
 mod worker;
 
+pub use crate::context::WithContext;
 pub use crate::error::Error;
 pub use crate::pool::{Pool, PoolBuilder, map};
 pub use crate::results::{Results, UnorderedResults};
-pub use crate::task::{Args, Task};
+pub use crate::task::{Args, ContextArgs, PlainTask, Task};
 
 /// Registers a function as a task that pools can run.
 ///
@@ -115,11 +117,12 @@ macro_rules! register {
                 $crate::__private::type_id_of_val(&$f)
             }
             fn __buckshot_run(
+                context: ::core::option::Option<&mut $crate::__private::ContextSlot>,
                 input: &[u8],
                 output: &mut $crate::__private::Vec<u8>,
                 scratch: &mut [u8],
             ) {
-                $crate::__private::run_task(&$f, input, output, scratch)
+                $crate::__private::run_task(&$f, context, input, output, scratch)
             }
             $crate::__private::inventory::submit! {
                 $crate::__private::Entry::new(__buckshot_name, __buckshot_type_id, __buckshot_run)
@@ -131,7 +134,7 @@ macro_rules! register {
 // Not public API.
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::registry::Entry;
+    pub use crate::registry::{ContextSlot, Entry};
     pub use inventory;
     pub use std::any::{TypeId, type_name_of_val};
     pub use std::vec::Vec;
@@ -140,11 +143,16 @@ pub mod __private {
         TypeId::of::<T>()
     }
 
-    pub fn run_task<F, M>(f: &F, input: &[u8], output: &mut Vec<u8>, scratch: &mut [u8])
-    where
+    pub fn run_task<F, M>(
+        f: &F,
+        context: Option<&mut ContextSlot>,
+        input: &[u8],
+        output: &mut Vec<u8>,
+        scratch: &mut [u8],
+    ) where
         F: crate::Task<M>,
     {
-        crate::registry::run_task(f, input, output, scratch)
+        crate::registry::run_task(f, context, input, output, scratch)
     }
 }
 

@@ -7,8 +7,8 @@ use crate::error::Error;
 use crate::registry::registry;
 use crate::results::{Results, UnorderedResults};
 use crate::scheduler::Running;
-use crate::shared::Config;
-use crate::task::Task;
+use crate::shared::{Config, MapTask};
+use crate::task::PlainTask;
 
 /// Default limit on one frame, and so on one encoded input or output.
 const DEFAULT_MAX_FRAME_BYTES: u32 = 1 << 30;
@@ -54,12 +54,20 @@ impl Pool {
         self.running.shared().config.timeout
     }
 
+    pub(crate) fn running(&self) -> &Running {
+        &self.running
+    }
+
+    pub(crate) fn max_frame_bytes(&self) -> u32 {
+        self.running.shared().config.max_frame_bytes
+    }
+
     /// Calls `f` on every input in a worker process and yields one result
     /// per input, in input order.
     ///
     /// `f` must be a function registered with [`register!`](crate::register).
     /// A function of several arguments takes the tuple of them as its input
-    /// (see [`Task`]). Inputs are pulled lazily as workers need them, and
+    /// (see [`Task`](crate::Task)). Inputs are pulled lazily as workers need them, and
     /// only a bounded number are buffered, so `inputs` may be endless. A
     /// task that panics, times out or kills its worker yields an error for
     /// its input alone.
@@ -71,12 +79,12 @@ impl Pool {
     /// start.
     pub fn map<F, M, It>(&self, f: F, inputs: It) -> Result<Results<It::IntoIter, F::Output>, Error>
     where
-        F: Task<M>,
+        F: PlainTask<M>,
         It: IntoIterator<Item = F::Input>,
     {
         Results::new(
             self.running.shared(),
-            task_position(&f)?,
+            MapTask::plain(task_position(&f)?),
             inputs.into_iter(),
         )
     }
@@ -93,12 +101,12 @@ impl Pool {
         inputs: It,
     ) -> Result<UnorderedResults<It::IntoIter, F::Output>, Error>
     where
-        F: Task<M>,
+        F: PlainTask<M>,
         It: IntoIterator<Item = F::Input>,
     {
         UnorderedResults::new(
             self.running.shared(),
-            task_position(&f)?,
+            MapTask::plain(task_position(&f)?),
             inputs.into_iter(),
         )
     }
@@ -126,7 +134,7 @@ impl Pool {
     /// As for [`Pool::map`], and the input's own error if it failed.
     pub fn call<F, M>(&self, f: F, input: F::Input) -> Result<F::Output, Error>
     where
-        F: Task<M>,
+        F: PlainTask<M>,
     {
         self.map(f, std::iter::once(input))?
             .next()
@@ -139,7 +147,7 @@ impl Pool {
 impl std::panic::UnwindSafe for Pool {}
 impl std::panic::RefUnwindSafe for Pool {}
 
-fn task_position<F: 'static>(_: &F) -> Result<u32, Error> {
+pub(crate) fn task_position<F: 'static>(_: &F) -> Result<u32, Error> {
     registry()
         .position::<F>()
         .ok_or_else(|| Error::NotRegistered {
@@ -169,12 +177,16 @@ fn task_position<F: 'static>(_: &F) -> Result<u32, Error> {
 /// started.
 pub fn map<F, M, It>(f: F, inputs: It) -> Result<Results<It::IntoIter, F::Output>, Error>
 where
-    F: Task<M>,
+    F: PlainTask<M>,
     It: IntoIterator<Item = F::Input>,
 {
     let position = task_position(&f)?;
     let pool = Pool::builder().build()?;
-    let results = Results::new(pool.running.shared(), position, inputs.into_iter())?;
+    let results = Results::new(
+        pool.running.shared(),
+        MapTask::plain(position),
+        inputs.into_iter(),
+    )?;
     Ok(results.owning(pool.running))
 }
 

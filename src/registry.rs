@@ -7,10 +7,12 @@
 //! they see the same table in the same order; the handshake compares a digest
 //! of it to be sure.
 
-use std::any::TypeId;
+use std::any::{Any, TypeId, type_name};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::OnceLock;
+
+use serde::de::DeserializeOwned;
 
 use crate::protocol::{self, Hello, Outcome};
 use crate::task::Task;
@@ -22,18 +24,62 @@ pub struct Entry {
     pub(crate) name: fn() -> &'static str,
     /// The fn item's `TypeId`, to find the entry from `Pool::map(f, ..)`.
     pub(crate) type_id: fn() -> TypeId,
-    /// Decodes one input, runs the function, appends the encoded [`Outcome`].
-    pub(crate) run: fn(&[u8], &mut Vec<u8>, &mut [u8]),
+    /// Decodes one input, runs the function (with its context, if it reads
+    /// one), appends the encoded [`Outcome`].
+    pub(crate) run: RunFn,
 }
+
+/// The signature of an entry's `run`.
+#[doc(hidden)]
+pub type RunFn = fn(Option<&mut ContextSlot>, &[u8], &mut Vec<u8>, &mut [u8]);
 
 impl Entry {
     #[doc(hidden)]
-    pub const fn new(
-        name: fn() -> &'static str,
-        type_id: fn() -> TypeId,
-        run: fn(&[u8], &mut Vec<u8>, &mut [u8]),
-    ) -> Entry {
+    pub const fn new(name: fn() -> &'static str, type_id: fn() -> TypeId, run: RunFn) -> Entry {
         Entry { name, type_id, run }
+    }
+}
+
+/// A context as a worker holds it: its encoded value until a task first
+/// reads it, the value after that. Decoded once, whatever the number of
+/// inputs that read it.
+#[doc(hidden)]
+pub struct ContextSlot {
+    encoded: Vec<u8>,
+    value: Option<Box<dyn Any + Send>>,
+}
+
+impl ContextSlot {
+    pub(crate) fn new(encoded: Vec<u8>) -> ContextSlot {
+        ContextSlot {
+            encoded,
+            value: None,
+        }
+    }
+
+    /// The value, decoded as a `C` the first time.
+    fn get<C: DeserializeOwned + Send + 'static>(
+        &mut self,
+        scratch: &mut [u8],
+    ) -> Result<&C, String> {
+        if self.value.is_none() {
+            let value: C = protocol::decode(&self.encoded, scratch).map_err(|e| e.to_string())?;
+            self.value = Some(Box::new(value));
+            self.encoded = Vec::new();
+        }
+        self.value
+            .as_ref()
+            .and_then(|value| value.downcast_ref::<C>())
+            .ok_or_else(|| format!("a context of another type than {}", type_name::<C>()))
+    }
+}
+
+impl std::fmt::Debug for ContextSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ContextSlot")
+            .field("encoded", &self.encoded.len())
+            .field("decoded", &self.value.is_some())
+            .finish()
     }
 }
 
@@ -108,20 +154,34 @@ impl Registry {
 
 /// The body of every registered task's `run`: decode, call, encode, with
 /// panics caught and codec failures reported as outcomes.
-pub(crate) fn run_task<F, M>(f: &F, input: &[u8], out: &mut Vec<u8>, scratch: &mut [u8])
-where
+pub(crate) fn run_task<F, M>(
+    f: &F,
+    context: Option<&mut ContextSlot>,
+    input: &[u8],
+    out: &mut Vec<u8>,
+    scratch: &mut [u8],
+) where
     F: Task<M>,
 {
     let start = out.len();
+    let fail = |out: &mut Vec<u8>, message: String| {
+        protocol::encode_failure(&Outcome::<()>::Codec(message), out)
+    };
+    let context: &F::Context = match (&() as &dyn Any).downcast_ref() {
+        // A plain task reads no context.
+        Some(unit) => unit,
+        None => match context.map(|slot| slot.get::<F::Context>(scratch)) {
+            Some(Ok(context)) => context,
+            Some(Err(e)) => return fail(out, format!("decode the context: {e}")),
+            None => return fail(out, "read a context: none was sent".to_owned()),
+        },
+    };
     let input: F::Input = match protocol::decode(input, scratch) {
         Ok(input) => input,
-        Err(e) => {
-            let failure = Outcome::<()>::Codec(format!("decode the input: {e}"));
-            return protocol::encode_failure(&failure, out);
-        }
+        Err(e) => return fail(out, format!("decode the input: {e}")),
     };
     let encoded = catch_unwind(AssertUnwindSafe(|| {
-        let output = f.call_with(input);
+        let output = f.call_with(context, input);
         protocol::encode_ok(&output, out)
     }));
     let failure = match encoded {

@@ -18,7 +18,7 @@ use crate::error::Error;
 use crate::flow::{self, CHUNK_BYTES, ChunkContext, SCRATCH_BYTES, Window};
 use crate::protocol::{self, Items, Outcome, RunFrame};
 use crate::scheduler::Running;
-use crate::shared::{Chunk, Delivery, MapStats, Refused, Shared};
+use crate::shared::{Chunk, Delivery, MapStats, MapTask, Refused, Shared};
 
 /// The answer for one input, in a map's window.
 enum Answer<O> {
@@ -32,6 +32,8 @@ struct Feed<It, O> {
     shared: Arc<Shared>,
     map: u64,
     task: u32,
+    /// The context its task reads, 0 for none.
+    context: u64,
     rx: Receiver<Vec<Delivery>>,
     stats: Arc<MapStats>,
     /// `None` once exhausted.
@@ -67,16 +69,18 @@ where
 {
     fn new(
         shared: &Arc<Shared>,
-        task: u32,
+        task: MapTask,
         inputs: It,
         unordered: bool,
     ) -> Result<Feed<It, O>, Error> {
         let shared = Arc::clone(shared);
-        let opened = shared.open_map()?;
+        let context = task.context_id();
+        let opened = shared.open_map(task.context)?;
         Ok(Feed {
             shared,
             map: opened.id,
-            task,
+            task: task.position,
+            context,
             rx: opened.deliveries,
             stats: opened.stats,
             inputs: Some(inputs),
@@ -224,7 +228,7 @@ where
 
     /// A frame sized like the last one.
     fn fresh_frame(&self) -> RunFrame {
-        RunFrame::with_capacity(self.task, self.frame_hint)
+        RunFrame::with_capacity(self.task, self.context, self.frame_hint)
     }
 
     /// Turns `frame` into a chunk of inputs from `first_index` on, if it holds
@@ -246,6 +250,7 @@ where
         chunks.push(Chunk {
             map: self.map,
             task: self.task,
+            context: self.context,
             first_index,
             count,
             frame,
@@ -462,7 +467,7 @@ where
     It::Item: Serialize,
     O: DeserializeOwned,
 {
-    pub(crate) fn new(shared: &Arc<Shared>, task: u32, inputs: It) -> Result<Self, Error> {
+    pub(crate) fn new(shared: &Arc<Shared>, task: MapTask, inputs: It) -> Result<Self, Error> {
         Ok(Results {
             feed: Feed::new(shared, task, inputs, false)?,
             _output: PhantomData,
@@ -482,7 +487,7 @@ where
     It::Item: Serialize,
     O: DeserializeOwned,
 {
-    pub(crate) fn new(shared: &Arc<Shared>, task: u32, inputs: It) -> Result<Self, Error> {
+    pub(crate) fn new(shared: &Arc<Shared>, task: MapTask, inputs: It) -> Result<Self, Error> {
         Ok(UnorderedResults {
             feed: Feed::new(shared, task, inputs, true)?,
             _output: PhantomData,

@@ -9,7 +9,7 @@ use std::ops::Range;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Sender};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use rustix::event::EventfdFlags;
@@ -35,6 +35,8 @@ pub(crate) struct Config {
 pub(crate) struct Chunk {
     pub map: u64,
     pub task: u32,
+    /// The context its task reads, 0 for none.
+    pub context: u64,
     pub first_index: usize,
     pub count: u32,
     /// A finished RUN frame; its sequence number is stamped on dispatch.
@@ -56,9 +58,10 @@ impl Chunk {
         Chunk {
             map: self.map,
             task: self.task,
+            context: self.context,
             first_index,
             count,
-            frame: RunFrame::from_items(self.task, count, items),
+            frame: RunFrame::from_items(self.task, self.context, count, items),
             attempts: self.attempts,
             returns: self.returns,
         }
@@ -179,10 +182,42 @@ impl MapStats {
     }
 }
 
+/// A context that maps share, encoded once as a CONTEXT frame. Workers
+/// keep it while it is alive: while its handle or a map of it is.
+#[derive(Debug)]
+pub(crate) struct SharedContext {
+    pub id: u64,
+    pub frame: Arc<Vec<u8>>,
+}
+
+/// What a map runs: a registered task, by position, and the context it
+/// reads, if any.
+#[derive(Debug, Clone)]
+pub(crate) struct MapTask {
+    pub position: u32,
+    pub context: Option<Arc<SharedContext>>,
+}
+
+impl MapTask {
+    pub(crate) fn plain(position: u32) -> MapTask {
+        MapTask {
+            position,
+            context: None,
+        }
+    }
+
+    /// The id its RUN frames carry, 0 for none.
+    pub(crate) fn context_id(&self) -> u64 {
+        self.context.as_ref().map_or(0, |context| context.id)
+    }
+}
+
 /// How the loop reaches a map.
 pub(crate) struct MapLink {
     pub(crate) tx: Sender<Vec<Delivery>>,
     pub(crate) stats: Arc<MapStats>,
+    /// The context its task reads, if any.
+    pub(crate) context: Option<Arc<SharedContext>>,
 }
 
 /// A map's end of the pool: its id, the deliveries for it, its measurements.
@@ -224,12 +259,29 @@ pub(crate) struct State {
     /// The live maps, by id; a dropped map is removed.
     pub(crate) maps: HashMap<u64, MapLink>,
     next_map: u64,
+    /// The contexts ever made, by id; one nobody holds any more is dead.
+    pub(crate) contexts: HashMap<u64, Weak<SharedContext>>,
+    next_context: u64,
     pub(crate) phase: Phase,
 }
 
 impl State {
     pub(crate) fn queued(&self) -> usize {
         self.queue.iter().map(|chunk| chunk.count as usize).sum()
+    }
+
+    /// Takes the contexts that nobody holds any more: workers may forget
+    /// them.
+    pub(crate) fn take_dead_contexts(&mut self) -> Vec<u64> {
+        let mut dead = Vec::new();
+        self.contexts.retain(|&id, context| {
+            let alive = context.strong_count() > 0;
+            if !alive {
+                dead.push(id);
+            }
+            alive
+        });
+        dead
     }
 
     /// Tells a map that inputs `first_index..first_index + count` will
@@ -288,6 +340,8 @@ impl Shared {
             queue: VecDeque::new(),
             maps: HashMap::new(),
             next_map: 0,
+            contexts: HashMap::new(),
+            next_context: 1,
             phase: Phase::Open,
         };
         Ok(Shared {
@@ -320,8 +374,28 @@ impl Shared {
         let _ = rustix::io::write(&self.doorbell, &1u64.to_ne_bytes());
     }
 
-    /// Registers a map; its deliveries arrive on the returned receiver.
-    pub(crate) fn open_map(&self) -> Result<OpenedMap, Error> {
+    /// Makes a context: `write` appends its CBOR value (outside the lock).
+    pub(crate) fn new_context<E>(
+        &self,
+        write: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
+    ) -> Result<Arc<SharedContext>, E> {
+        let id = {
+            let mut state = self.lock();
+            state.next_context += 1;
+            state.next_context - 1
+        };
+        let frame = protocol::context_frame(id, write)?;
+        let context = Arc::new(SharedContext {
+            id,
+            frame: Arc::new(frame),
+        });
+        self.lock().contexts.insert(id, Arc::downgrade(&context));
+        Ok(context)
+    }
+
+    /// Registers a map whose task reads `context`, if any; its deliveries
+    /// arrive on the returned receiver.
+    pub(crate) fn open_map(&self, context: Option<Arc<SharedContext>>) -> Result<OpenedMap, Error> {
         let mut state = self.lock();
         match &state.phase {
             Phase::Open => {}
@@ -343,6 +417,7 @@ impl Shared {
             MapLink {
                 tx,
                 stats: Arc::clone(&stats),
+                context,
             },
         );
         Ok(OpenedMap {
@@ -403,6 +478,7 @@ mod tests {
         Chunk {
             map: 1,
             task: 3,
+            context: 0,
             first_index: 10,
             count: values.len() as u32,
             frame: frame.finish(),

@@ -11,6 +11,12 @@
 //! A one-argument task whose argument is a tuple stays a one-argument task:
 //! `fn f(p: (i64, i64))` takes inputs of type `(i64, i64)`, like
 //! `fn g(a: i64, b: i64)`, and both are called with the same inputs.
+//!
+//! A task whose first argument is a reference, `fn(&C, A) -> O`, reads a
+//! context: data sent once to each worker rather than with every input
+//! ([`Pool::with_context`](crate::Pool::with_context)). It is a
+//! `Task<ContextArgs<C, (A,)>>` whose input is `A`. (A plain task cannot
+//! take a reference: its arguments are decoded into owned values.)
 
 use std::marker::PhantomData;
 
@@ -45,10 +51,13 @@ pub trait Task<Marker>: 'static {
     type Input: Serialize + DeserializeOwned;
     /// What one call returns.
     type Output: Serialize + DeserializeOwned;
+    /// What the task reads besides its input: `()` for a plain task, `C`
+    /// for one whose first argument is `&C`.
+    type Context: Serialize + DeserializeOwned + Send + 'static;
 
     /// Calls the function with `input` spread over its arguments.
     #[doc(hidden)]
-    fn call_with(&self, input: Self::Input) -> Self::Output;
+    fn call_with(&self, context: &Self::Context, input: Self::Input) -> Self::Output;
 }
 
 /// The marker of a task whose arguments are the types of the tuple `T`:
@@ -59,6 +68,17 @@ pub struct Args<T>(PhantomData<fn() -> T>);
 impl<T> std::fmt::Debug for Args<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Args")
+    }
+}
+
+/// The marker of a task that reads a context of type `C` (its first
+/// argument, `&C`) besides arguments of the types of the tuple `T`. Never
+/// built; it only tells [`Task`]'s shapes apart.
+pub struct ContextArgs<C, T>(PhantomData<fn() -> (C, T)>);
+
+impl<C, T> std::fmt::Debug for ContextArgs<C, T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ContextArgs")
     }
 }
 
@@ -73,11 +93,30 @@ macro_rules! task_of_arity {
         {
             type Input = $input;
             type Output = O;
+            type Context = ();
 
             #[allow(non_snake_case)]
-            fn call_with(&self, input: Self::Input) -> O {
+            fn call_with(&self, _: &(), input: Self::Input) -> O {
                 let ($($arg,)+) = task_of_arity!(@spread input; $($arg),+);
                 self($($arg),+)
+            }
+        }
+
+        impl<F, Ctx, $($arg,)+ O> Task<ContextArgs<Ctx, ($($arg,)+)>> for F
+        where
+            F: Fn(&Ctx, $($arg),+) -> O + 'static,
+            Ctx: Serialize + DeserializeOwned + Send + 'static,
+            $($arg: Serialize + DeserializeOwned,)+
+            O: Serialize + DeserializeOwned,
+        {
+            type Input = $input;
+            type Output = O;
+            type Context = Ctx;
+
+            #[allow(non_snake_case)]
+            fn call_with(&self, context: &Ctx, input: Self::Input) -> O {
+                let ($($arg,)+) = task_of_arity!(@spread input; $($arg),+);
+                self(context, $($arg),+)
             }
         }
     };
@@ -90,6 +129,12 @@ task_of_arity!(A => A);
 task_of_arity!((A, B) => A, B);
 task_of_arity!((A, B, C) => A, B, C);
 task_of_arity!((A, B, C, D) => A, B, C, D);
+
+/// A task that reads no context: what [`Pool::map`](crate::Pool::map) and
+/// its siblings take.
+pub trait PlainTask<Marker>: Task<Marker, Context = ()> {}
+
+impl<F, M> PlainTask<M> for F where F: Task<M, Context = ()> {}
 
 #[cfg(test)]
 mod tests {
@@ -111,8 +156,23 @@ mod tests {
         format!("{a}{b}{c}{d}")
     }
 
-    fn call<F: Task<M>, M>(f: F, input: F::Input) -> F::Output {
-        f.call_with(input)
+    fn call<F: Task<M, Context = ()>, M>(f: F, input: F::Input) -> F::Output {
+        f.call_with(&(), input)
+    }
+
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct Table(Vec<u32>);
+
+    fn with_table(table: &Table, index: usize) -> u32 {
+        table.0[index]
+    }
+
+    fn with_table_2(table: &Table, a: usize, b: usize) -> u32 {
+        table.0[a] + table.0[b]
+    }
+
+    fn call_in<F: Task<M>, M>(f: F, context: &F::Context, input: F::Input) -> F::Output {
+        f.call_with(context, input)
     }
 
     #[test]
@@ -121,5 +181,12 @@ mod tests {
         assert_eq!(call(pair, (5, 3)), 2);
         assert_eq!(call(two, (5, 3)), 2);
         assert_eq!(call(four, (1, 2, 3, "4".into())), "1234");
+    }
+
+    #[test]
+    fn a_reference_first_reads_the_context() {
+        let table = Table(vec![10, 20, 30]);
+        assert_eq!(call_in(with_table, &table, 2), 30);
+        assert_eq!(call_in(with_table_2, &table, (0, 1)), 30);
     }
 }

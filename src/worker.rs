@@ -32,6 +32,7 @@
 //! read through a buffer, which takes several queued frames out of the pipe
 //! at once: the pool counts a frame that left the pipe as started.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufReader, Write};
 use std::os::fd::OwnedFd;
@@ -42,7 +43,7 @@ use rustix::process::{Pid, Resource, Rlimit};
 use crate::flow::{KEEP_BUFFER, REQUEST_BUFFER, SCRATCH_BYTES};
 use crate::handoff::{WORKER_ENV, WorkerConfig};
 use crate::protocol::{self, Hello, Outcome, ReplyHeader, RunHeader};
-use crate::registry::registry;
+use crate::registry::{ContextSlot, registry};
 
 /// Exit code of a worker that gave up on its parent or the protocol, or
 /// refused to serve.
@@ -213,36 +214,61 @@ fn take_stdio() -> std::io::Result<(OwnedFd, OwnedFd)> {
     Ok((requests, replies))
 }
 
-/// Serves RUN frames until the stream ends (`Ok`) or breaks (`Err`).
+/// Serves RUN frames until the stream ends (`Ok`) or breaks (`Err`), and
+/// keeps the contexts that CONTEXT frames bring until FORGET frames drop
+/// them.
 fn run_tasks(requests: File, replies: &mut File, max_frame: u32) -> Result<(), String> {
     let registry = registry();
     let mut requests = BufReader::with_capacity(REQUEST_BUFFER, requests);
     let mut body = Vec::new();
     let mut reply = Reply::new(max_frame as usize);
     let mut scratch = vec![0; SCRATCH_BYTES];
+    let mut contexts: HashMap<u64, ContextSlot> = HashMap::new();
     loop {
         match protocol::read_frame(&mut requests, &mut body, max_frame) {
             Ok(true) => {}
             Ok(false) => return Ok(()),
             Err(e) => return Err(format!("could not read a request: {e}")),
         }
-        if body[0] != protocol::RUN {
-            return Err(format!("unexpected frame kind {}", body[0]));
+        match body[0] {
+            protocol::RUN => {}
+            protocol::CONTEXT => {
+                let (id, value) = protocol::parse_context(&body).map_err(|e| e.0)?;
+                contexts.insert(id, ContextSlot::new(value.to_vec()));
+                continue;
+            }
+            protocol::FORGET => {
+                let (id, _) = protocol::parse_context(&body).map_err(|e| e.0)?;
+                contexts.remove(&id);
+                continue;
+            }
+            kind => return Err(format!("unexpected frame kind {kind}")),
         }
         let (header, items) = RunHeader::parse(&body).map_err(|e| e.0)?;
         let RunHeader {
             task,
+            context,
             first_seq,
             count,
         } = header;
         let Some(task) = registry.tasks.get(task as usize) else {
             return Err(format!("no task at position {task}"));
         };
+        let mut context = match context {
+            0 => None,
+            id => Some(
+                contexts
+                    .get_mut(&id)
+                    .ok_or_else(|| format!("context {id} was never sent"))?,
+            ),
+        };
         let mut seen = 0;
         reply.busy_since = Instant::now();
         for (seq, item) in (first_seq..).zip(protocol::Items::new(items)) {
             let item = item.map_err(|e| e.0)?;
-            reply.add(seq, replies, |out| (task.run)(item, out, &mut scratch));
+            reply.add(seq, replies, |out| {
+                (task.run)(context.as_deref_mut(), item, out, &mut scratch)
+            });
             seen += 1;
         }
         if seen != count {

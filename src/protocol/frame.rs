@@ -9,6 +9,8 @@ pub(crate) const HELLO: u8 = 1;
 pub(crate) const RUN: u8 = 2;
 pub(crate) const REPLY: u8 = 3;
 pub(crate) const FATAL: u8 = 4;
+pub(crate) const CONTEXT: u8 = 5;
+pub(crate) const FORGET: u8 = 6;
 
 /// Length prefix of a frame.
 pub(crate) const LEN_BYTES: usize = 4;
@@ -66,13 +68,16 @@ fn seal_frame(buf: &mut [u8], at: usize) {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct RunHeader {
     pub task: u32,
+    /// The context its items read, 0 for none.
+    pub context: u64,
     pub first_seq: u64,
     pub count: u32,
 }
 
 impl RunHeader {
     const TASK_AT: usize = KIND_AT + 1;
-    const FIRST_SEQ_AT: usize = Self::TASK_AT + 4;
+    const CONTEXT_AT: usize = Self::TASK_AT + 4;
+    const FIRST_SEQ_AT: usize = Self::CONTEXT_AT + 8;
     const COUNT_AT: usize = Self::FIRST_SEQ_AT + 8;
     /// Bytes from the start of a RUN frame to its first item.
     pub(crate) const SIZE: usize = Self::COUNT_AT + 4;
@@ -92,6 +97,7 @@ impl RunHeader {
         }
         let header = RunHeader {
             task: get_u32(body, at(Self::TASK_AT)),
+            context: get_u64(body, at(Self::CONTEXT_AT)),
             first_seq: get_u64(body, at(Self::FIRST_SEQ_AT)),
             count: get_u32(body, at(Self::COUNT_AT)),
         };
@@ -189,15 +195,17 @@ pub(crate) struct RunFrame {
 impl RunFrame {
     #[cfg(test)]
     pub(crate) fn new(task: u32) -> RunFrame {
-        RunFrame::with_capacity(task, 0)
+        RunFrame::with_capacity(task, 0, 0)
     }
 
-    /// A frame with room for `bytes` of items without reallocating.
-    pub(crate) fn with_capacity(task: u32, bytes: usize) -> RunFrame {
+    /// A frame for `task` reading `context` (0 for none), with room for
+    /// `bytes` of items without reallocating.
+    pub(crate) fn with_capacity(task: u32, context: u64, bytes: usize) -> RunFrame {
         let mut buf = Vec::with_capacity(RunHeader::SIZE + bytes);
         buf.resize(RunHeader::SIZE, 0);
         buf[KIND_AT] = RUN;
         put_u32(&mut buf, RunHeader::TASK_AT, task);
+        put_u64(&mut buf, RunHeader::CONTEXT_AT, context);
         RunFrame { buf, count: 0 }
     }
 
@@ -233,8 +241,8 @@ impl RunFrame {
     }
 
     /// A frame for `count` items already laid out as an item section.
-    pub(crate) fn from_items(task: u32, count: u32, items: &[u8]) -> Vec<u8> {
-        let mut frame = RunFrame::with_capacity(task, items.len());
+    pub(crate) fn from_items(task: u32, context: u64, count: u32, items: &[u8]) -> Vec<u8> {
+        let mut frame = RunFrame::with_capacity(task, context, items.len());
         frame.buf.extend_from_slice(items);
         frame.count = count;
         frame.finish()
@@ -245,6 +253,47 @@ impl RunFrame {
         put_u32(&mut self.buf, RunHeader::COUNT_AT, self.count);
         self.buf
     }
+}
+
+/// Where a CONTEXT or FORGET frame's context id is, in the frame.
+const CONTEXT_ID_AT: usize = KIND_AT + 1;
+/// Bytes from the start of a CONTEXT frame to its value.
+const CONTEXT_HEADER: usize = CONTEXT_ID_AT + 8;
+
+/// A CONTEXT frame: context `id`, whose CBOR value `write` appends.
+pub(crate) fn context_frame<E>(
+    id: u64,
+    write: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
+) -> Result<Vec<u8>, E> {
+    let mut frame = vec![0; CONTEXT_HEADER];
+    frame[KIND_AT] = CONTEXT;
+    put_u64(&mut frame, CONTEXT_ID_AT, id);
+    write(&mut frame)?;
+    seal_frame(&mut frame, 0);
+    Ok(frame)
+}
+
+/// A FORGET frame: the worker may drop context `id`.
+pub(crate) fn forget_frame(id: u64) -> Vec<u8> {
+    let mut frame = vec![0; CONTEXT_HEADER];
+    frame[KIND_AT] = FORGET;
+    put_u64(&mut frame, CONTEXT_ID_AT, id);
+    seal_frame(&mut frame, 0);
+    frame
+}
+
+/// The context id of a CONTEXT or FORGET frame's body, and what follows
+/// it (the CBOR value of a CONTEXT frame).
+pub(crate) fn parse_context(body: &[u8]) -> Result<(u64, &[u8]), ProtocolError> {
+    let at = |offset: usize| offset - LEN_BYTES;
+    if body.len() < at(CONTEXT_HEADER) {
+        return Err(ProtocolError::new("truncated context header"));
+    }
+    let id = get_u64(body, at(CONTEXT_ID_AT));
+    if id == 0 {
+        return Err(ProtocolError::new("context 0 is none"));
+    }
+    Ok((id, &body[at(CONTEXT_HEADER)..]))
 }
 
 /// The item section of a finished RUN frame.
@@ -322,6 +371,7 @@ mod tests {
             header,
             RunHeader {
                 task: 7,
+                context: 0,
                 first_seq: 42,
                 count: 1
             }
@@ -360,6 +410,29 @@ mod tests {
         .write(&mut buf, 0);
         let error = ReplyHeader::parse(&buf[LEN_BYTES..]).unwrap_err();
         assert_eq!(error.0, "a reply that answers no input");
+    }
+
+    #[test]
+    fn context_frames_round_trip() {
+        let frame = context_frame(9, |buf| {
+            buf.extend_from_slice(b"table");
+            Ok::<_, ProtocolError>(())
+        })
+        .unwrap();
+        assert_eq!(get_u32(&frame, 0) as usize, frame.len() - LEN_BYTES);
+        assert_eq!(frame[KIND_AT], CONTEXT);
+        assert_eq!(
+            parse_context(&frame[LEN_BYTES..]).unwrap(),
+            (9, &b"table"[..])
+        );
+        let forget = forget_frame(9);
+        assert_eq!(forget[KIND_AT], FORGET);
+        assert_eq!(parse_context(&forget[LEN_BYTES..]).unwrap(), (9, &b""[..]));
+        assert!(parse_context(&forget[LEN_BYTES..forget.len() - 1]).is_err());
+        let zero = forget_frame(0);
+        assert!(parse_context(&zero[LEN_BYTES..]).is_err());
+        let run = RunFrame::with_capacity(1, 9, 0).finish();
+        assert_eq!(RunHeader::parse(&run[LEN_BYTES..]).unwrap().0.context, 9);
     }
 
     #[test]

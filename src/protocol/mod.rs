@@ -6,11 +6,17 @@
 //! ```text
 //! frame  = len:u32 kind:u8 body                       len = 1 + body length
 //! HELLO  worker -> pool  body = CBOR Hello            sent once, at start-up
-//! RUN    pool -> worker  body = task:u32 first_seq:u64 count:u32 items
+//! RUN    pool -> worker  body = task:u32 context:u64 first_seq:u64 count:u32 items
 //! REPLY  worker -> pool  body = first_seq:u64 count:u32 busy_ns:u64 items
 //! FATAL  worker -> pool  body = UTF-8 message         the worker exits next
+//! CONTEXT pool -> worker body = id:u64 cbor           before the first RUN that reads it
+//! FORGET pool -> worker  body = id:u64                no RUN will read it again
 //! items  = (len:u32 cbor)*                            one CBOR value each
 //! ```
+//!
+//! A RUN frame's context is 0 when its task reads none. A worker keeps a
+//! context's value from the CONTEXT frame to the FORGET frame; CONTEXT and
+//! FORGET frames are not answered.
 //!
 //! Sequence numbers count items, per worker, from 0: a RUN frame carries
 //! items `first_seq..first_seq + count`, and the worker answers every item, in
@@ -34,14 +40,15 @@ pub(crate) use codec::{Outcome, decode, decode_outcome, encode, encode_failure, 
 #[cfg(test)]
 pub(crate) use frame::LEN_BYTES;
 pub(crate) use frame::{
-    FATAL, HELLO, Hello, ITEM_LEN_BYTES, Items, REPLY, RUN, ReplyHeader, RunFrame, RunHeader,
-    begin_item, end_item, items_len, push_frame, push_item, run_items,
+    CONTEXT, FATAL, FORGET, HELLO, Hello, ITEM_LEN_BYTES, Items, REPLY, RUN, ReplyHeader, RunFrame,
+    RunHeader, begin_item, context_frame, end_item, forget_frame, items_len, parse_context,
+    push_frame, push_item, run_items,
 };
 pub(crate) use read::{FrameBuffer, read_frame};
 
 /// Bumped whenever the format changes. A worker speaking another version is
 /// refused at the handshake.
-pub(crate) const VERSION: u32 = 1;
+pub(crate) const VERSION: u32 = 2;
 
 /// A protocol violation by the peer. Both the frame parsers and the readers
 /// report it, so it lives here, where both import it from.

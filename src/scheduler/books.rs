@@ -29,6 +29,9 @@ use crate::shared::{Chunk, Delivery, MapStats, Outbox, Payload};
 
 /// One frame given to the worker and not fully answered.
 struct Inflight {
+    /// Frames that go before it and are not answered: the CONTEXT frame
+    /// its task reads, and FORGET frames, if the worker needs them.
+    prefix: Option<Arc<Vec<u8>>>,
     chunk: Chunk,
     first_seq: u64,
     /// Items answered so far.
@@ -38,6 +41,13 @@ struct Inflight {
     /// Estimated run time of one item when it was dispatched.
     estimate: Duration,
     stats: Arc<MapStats>,
+}
+
+impl Inflight {
+    /// Bytes to write for it, prefix included.
+    fn len(&self) -> usize {
+        self.prefix.as_ref().map_or(0, |prefix| prefix.len()) + self.chunk.frame.len()
+    }
 }
 
 /// A worker's books.
@@ -107,15 +117,22 @@ impl Books {
         self.inflight.front().map(|head| head.chunk.map)
     }
 
-    /// Takes a chunk: stamps its sequence numbers into its frame and counts
-    /// its estimated work.
-    pub(crate) fn assign(&mut self, mut chunk: Chunk, estimate: Duration, stats: Arc<MapStats>) {
+    /// Takes a chunk, with `prefix` to write before it: stamps its sequence
+    /// numbers into its frame and counts its estimated work.
+    pub(crate) fn assign(
+        &mut self,
+        prefix: Option<Arc<Vec<u8>>>,
+        mut chunk: Chunk,
+        estimate: Duration,
+        stats: Arc<MapStats>,
+    ) {
         RunHeader::stamp_first_seq(&mut chunk.frame, self.next_seq);
         let first_seq = self.next_seq;
         self.next_seq += u64::from(chunk.count);
         self.assigned += u64::from(chunk.count);
         self.backlog += estimate * chunk.count;
         self.inflight.push_back(Inflight {
+            prefix,
             chunk,
             first_seq,
             done: 0,
@@ -127,16 +144,23 @@ impl Books {
 
     /// The bytes not yet written, as slices for one `writev`.
     pub(crate) fn unwritten(&self) -> Vec<IoSlice<'_>> {
-        self.inflight
-            .iter()
-            .skip(self.written)
-            .take(MAX_IOVECS)
-            .enumerate()
-            .map(|(k, inflight)| {
-                let skip = if k == 0 { self.write_offset } else { 0 };
-                IoSlice::new(&inflight.chunk.frame[skip..])
-            })
-            .collect()
+        let mut slices = Vec::new();
+        for (k, inflight) in self.inflight.iter().skip(self.written).enumerate() {
+            let mut skip = if k == 0 { self.write_offset } else { 0 };
+            if let Some(prefix) = &inflight.prefix {
+                if skip < prefix.len() {
+                    slices.push(IoSlice::new(&prefix[skip..]));
+                    skip = 0;
+                } else {
+                    skip -= prefix.len();
+                }
+            }
+            slices.push(IoSlice::new(&inflight.chunk.frame[skip..]));
+            if slices.len() >= MAX_IOVECS {
+                break;
+            }
+        }
+        slices
     }
 
     /// Books `n` more bytes written, at `now`, which must be read after the
@@ -147,7 +171,7 @@ impl Books {
         }
         while n > 0 {
             let inflight = &mut self.inflight[self.written];
-            let left = inflight.chunk.frame.len() - self.write_offset;
+            let left = inflight.len() - self.write_offset;
             if n >= left {
                 n -= left;
                 inflight.written_at = Some(now);
@@ -276,7 +300,7 @@ impl Books {
             .inflight
             .iter()
             .take(self.written)
-            .map(|inflight| inflight.chunk.frame.len())
+            .map(Inflight::len)
             .sum::<usize>()
             + self.write_offset;
         sent == 0 || unread == Some(sent as u64)
@@ -312,6 +336,7 @@ mod tests {
         Chunk {
             map,
             task: 0,
+            context: 0,
             first_index,
             count,
             frame: frame.finish(),
@@ -324,13 +349,13 @@ mod tests {
         let mut books = Books::default();
         books.ready(now);
         for &(map, first, count) in chunks {
-            books.assign(chunk(map, first, count), MS, Arc::default());
+            books.assign(None, chunk(map, first, count), MS, Arc::default());
         }
         books
     }
 
     fn frame_len(books: &Books, k: usize) -> usize {
-        books.inflight[k].chunk.frame.len()
+        books.inflight[k].len()
     }
 
     /// A reply for `count` items from `first_seq` on, each item `[7]`.
@@ -393,12 +418,41 @@ mod tests {
     }
 
     #[test]
+    fn a_prefix_goes_out_before_its_frame_and_counts_with_it() {
+        let t0 = Instant::now();
+        let mut books = Books::default();
+        books.ready(t0);
+        let prefix = Arc::new(vec![9u8; 10]);
+        books.assign(
+            Some(Arc::clone(&prefix)),
+            chunk(0, 0, 1),
+            MS,
+            Arc::default(),
+        );
+        let frame = books.inflight[0].chunk.frame.len();
+        assert_eq!(frame_len(&books, 0), 10 + frame);
+        let lens: Vec<usize> = books.unwritten().iter().map(|s| s.len()).collect();
+        assert_eq!(lens, [10, frame]);
+        books.wrote(4, t0);
+        let lens: Vec<usize> = books.unwritten().iter().map(|s| s.len()).collect();
+        assert_eq!(lens, [6, frame]);
+        books.wrote(8, t0);
+        let lens: Vec<usize> = books.unwritten().iter().map(|s| s.len()).collect();
+        assert_eq!(lens, [frame - 2]);
+        // Nothing of it taken by the worker: still untouched.
+        assert!(books.head_untouched(Some(12)));
+        assert!(!books.head_untouched(Some(11)));
+        books.wrote(frame - 2, t0 + MS);
+        assert_eq!(books.head_started(), Some(t0 + MS));
+    }
+
+    #[test]
     fn the_clock_starts_at_the_latest_of_write_handshake_and_last_reply() {
         let t0 = Instant::now();
         let timeout = Some(100 * MS);
         let mut books = Books::default();
-        books.assign(chunk(0, 0, 1), MS, Arc::default());
-        books.assign(chunk(0, 1, 1), MS, Arc::default());
+        books.assign(None, chunk(0, 0, 1), MS, Arc::default());
+        books.assign(None, chunk(0, 1, 1), MS, Arc::default());
         let both = frame_len(&books, 0) + frame_len(&books, 1);
         // Written before the worker was ready: nothing runs yet.
         books.wrote(both, t0 + MS);
@@ -444,7 +498,7 @@ mod tests {
         let rest = frame_len(&books, 0) - 20;
         books.wrote(rest, t0 + 70 * MS);
         answer(&mut books, 0, 1, t0 + 80 * MS).unwrap();
-        books.assign(chunk(0, 1, 1), MS, Arc::default());
+        books.assign(None, chunk(0, 1, 1), MS, Arc::default());
         assert_eq!(books.deadline(timeout), None);
     }
 
@@ -489,7 +543,7 @@ mod tests {
         let stats = Arc::new(MapStats::default());
         let mut books = Books::default();
         books.ready(t0);
-        books.assign(chunk(0, 0, 4), MS, Arc::clone(&stats));
+        books.assign(None, chunk(0, 0, 4), MS, Arc::clone(&stats));
         let len = frame_len(&books, 0);
         books.wrote(len, t0);
         // 4 inputs in 4 us of work, by the worker's clock.

@@ -284,6 +284,7 @@ mod tests {
         Chunk {
             map: 7,
             task: 0,
+            context: 0,
             first_index,
             count,
             frame: frame.finish(),
@@ -302,7 +303,7 @@ mod tests {
         }
         let bytes: usize = chunks.iter().map(|c| c.frame.len()).sum();
         for chunk in chunks {
-            books.assign(chunk, MS, Arc::default());
+            books.assign(None, chunk, MS, Arc::default());
         }
         books.wrote(bytes, now);
         Remains {

@@ -3,6 +3,7 @@
 //! Writing requests and reading replies happen here; what a reply means for
 //! the books is in [`Books`].
 
+use std::collections::HashSet;
 use std::io;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,7 +15,7 @@ use crate::flow::{self, READS_PER_WAKE, SCRATCH_BYTES, STARTUP_TIMEOUT};
 use crate::process::Process;
 use crate::protocol::{self, FrameBuffer, Hello, ProtocolError, ReplyHeader};
 use crate::registry::registry;
-use crate::shared::{Chunk, MapStats, Outbox};
+use crate::shared::{Chunk, MapStats, Outbox, SharedContext};
 
 /// Why a worker is being taken out of service.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,6 +54,10 @@ pub(crate) struct WorkerHandle {
     books: Books,
     frames: FrameBuffer,
     spawned_at: Instant,
+    /// The contexts it was sent (or will be, with a frame in flight).
+    contexts: HashSet<u64>,
+    /// Contexts it may drop: told with the next frame it gets.
+    forgets: Vec<u64>,
     /// No new work: it is being recycled.
     retiring: bool,
     fate: Option<Fate>,
@@ -74,6 +79,8 @@ impl WorkerHandle {
             books: Books::default(),
             frames: FrameBuffer::default(),
             spawned_at: Instant::now(),
+            contexts: HashSet::new(),
+            forgets: Vec::new(),
             retiring: false,
             fate: None,
         }
@@ -113,9 +120,40 @@ impl WorkerHandle {
     }
 
     /// Gives it a chunk of inputs whose estimated run time is `estimate`
-    /// each.
-    pub(crate) fn assign(&mut self, chunk: Chunk, estimate: Duration, stats: Arc<MapStats>) {
-        self.books.assign(chunk, estimate, stats);
+    /// each, and whose task reads `context`: sent first, if the worker does
+    /// not have it yet, with the contexts it may forget.
+    pub(crate) fn assign(
+        &mut self,
+        chunk: Chunk,
+        context: Option<&SharedContext>,
+        estimate: Duration,
+        stats: Arc<MapStats>,
+    ) {
+        let send = context.filter(|context| self.contexts.insert(context.id));
+        let prefix = match (self.forgets.is_empty(), send) {
+            (true, None) => None,
+            // The context's frame as it is, shared with every worker.
+            (true, Some(context)) => Some(Arc::clone(&context.frame)),
+            (false, send) => {
+                let mut frames = Vec::new();
+                for id in self.forgets.drain(..) {
+                    frames.extend_from_slice(&protocol::forget_frame(id));
+                }
+                if let Some(context) = send {
+                    frames.extend_from_slice(&context.frame);
+                }
+                Some(Arc::new(frames))
+            }
+        };
+        self.books.assign(prefix, chunk, estimate, stats);
+    }
+
+    /// No map reads context `id` any more: if it was sent this worker, the
+    /// worker may drop it.
+    pub(crate) fn forget(&mut self, id: u64) {
+        if self.contexts.remove(&id) {
+            self.forgets.push(id);
+        }
     }
 
     /// It will take no more work once what it has is written.

@@ -284,6 +284,12 @@ impl Scheduler {
             }
             Phase::Closing | Phase::Closed => return false,
         }
+        // Workers may drop the contexts that no map or handle holds.
+        for id in state.take_dead_contexts() {
+            for worker in &mut self.workers {
+                worker.forget(id);
+            }
+        }
         // A worker whose current input belongs to a dropped map is killed,
         // whenever that input came to the head of its queue.
         for worker in &mut self.workers {
@@ -309,6 +315,7 @@ impl Scheduler {
             };
             let estimate = link.stats.per_item().unwrap_or(UNKNOWN_ESTIMATE);
             let stats = Arc::clone(&link.stats);
+            let context = link.context.clone();
             let Some(worker) = self
                 .workers
                 .iter_mut()
@@ -330,7 +337,7 @@ impl Scheduler {
                     worker.retire();
                 }
             }
-            worker.assign(chunk, estimate, stats);
+            worker.assign(chunk, context.as_deref(), estimate, stats);
         }
     }
 

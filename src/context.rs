@@ -1,0 +1,199 @@
+//! Contexts: data that a pool sends once to each worker that needs it,
+//! rather than with every input.
+//!
+//! [`Pool::with_context`] encodes the value once. A map of it sends the
+//! encoded value to a worker before the first input that worker runs for
+//! it, and never again to that worker (a replacement for a worker that
+//! died gets it again). The worker decodes it once, the first time a task
+//! reads it, and keeps it while the [`WithContext`] handle or a map of it
+//! lives; after that, it drops it with the next input it gets (an idle
+//! worker keeps it until then, or until it exits).
+
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::error::Error;
+use crate::pool::{Pool, task_position};
+use crate::results::{Results, UnorderedResults};
+use crate::shared::{MapTask, SharedContext};
+use crate::task::Task;
+
+/// A pool with a context: maps of tasks whose first argument is `&C` read
+/// this value, sent once to each worker that runs them.
+///
+/// Made by [`Pool::with_context`]. Any number of maps may use one handle,
+/// one after the other or at the same time, and maps with different
+/// contexts may run on one pool at once; workers keep the value for all of
+/// them while the handle or any of its maps lives.
+///
+/// A task keeps expensive state per worker (an index built from the
+/// context, say) in a `static OnceLock`, built by the first input a worker
+/// runs:
+///
+/// ```
+/// use std::collections::HashMap;
+/// use std::sync::OnceLock;
+///
+/// #[derive(serde::Serialize, serde::Deserialize)]
+/// struct Words(Vec<String>);
+///
+/// fn lookup(words: &Words, word: String) -> Option<usize> {
+///     // Built once per worker from the context, on first use.
+///     static INDEX: OnceLock<HashMap<String, usize>> = OnceLock::new();
+///     let index = INDEX.get_or_init(|| {
+///         words.0.iter().enumerate().map(|(i, w)| (w.clone(), i)).collect()
+///     });
+///     index.get(&word).copied()
+/// }
+/// buckshot::register!(lookup);
+///
+/// # fn main() -> Result<(), buckshot::Error> {
+/// let pool = buckshot::Pool::new(2)?;
+/// let words = Words(["apple", "pear", "plum"].map(String::from).to_vec());
+/// let ctx = pool.with_context(&words);
+/// let found: Vec<Option<usize>> = ctx
+///     .map(lookup, ["plum".to_string(), "fig".to_string()])?
+///     .collect::<Result<_, _>>()?;
+/// assert_eq!(found, [Some(2), None]);
+/// # Ok(())
+/// # }
+/// ```
+///
+/// (Such a `static` outlives the context: a worker that later runs the same
+/// task with another context must not reuse it. Key it by something in the
+/// context when that can happen.)
+pub struct WithContext<'a, C> {
+    pool: &'a Pool,
+    /// The encoded context, or why it could not be encoded.
+    context: Result<Arc<SharedContext>, String>,
+    _value: PhantomData<fn(&C)>,
+}
+
+impl Pool {
+    /// This pool with a context: `context` is encoded once, and sent once to
+    /// each worker that runs a task of a map of the returned handle, whose
+    /// first argument is `&C`.
+    ///
+    /// ```
+    /// #[derive(serde::Serialize, serde::Deserialize)]
+    /// struct Rates {
+    ///     tax: f64,
+    /// }
+    ///
+    /// fn with_tax(rates: &Rates, price: f64) -> f64 {
+    ///     price * (1.0 + rates.tax)
+    /// }
+    /// buckshot::register!(with_tax);
+    ///
+    /// # fn main() -> Result<(), buckshot::Error> {
+    /// let pool = buckshot::Pool::new(2)?;
+    /// let ctx = pool.with_context(&Rates { tax: 0.25 });
+    /// assert_eq!(ctx.call(with_tax, 8.0)?, 10.0);
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// A context that cannot be encoded, or encodes to more than the pool's
+    /// frame limit, makes every map of the handle fail with
+    /// [`Error::Context`].
+    pub fn with_context<C: Serialize>(&self, context: &C) -> WithContext<'_, C> {
+        let max = self.max_frame_bytes() as usize;
+        let encoded = self
+            .running()
+            .shared()
+            .new_context(|buf| crate::protocol::encode(context, buf).map_err(|e| e.to_string()))
+            .and_then(|context| {
+                if context.frame.len() > max {
+                    Err(format!(
+                        "it encodes to {} bytes, over the frame limit of {max}",
+                        context.frame.len()
+                    ))
+                } else {
+                    Ok(context)
+                }
+            });
+        WithContext {
+            pool: self,
+            context: encoded,
+            _value: PhantomData,
+        }
+    }
+}
+
+impl<C> WithContext<'_, C> {
+    fn task<F: 'static>(&self, f: &F) -> Result<MapTask, Error> {
+        let context = self.context.as_ref().map_err(|message| Error::Context {
+            message: message.clone(),
+        })?;
+        Ok(MapTask {
+            position: task_position(f)?,
+            context: Some(Arc::clone(context)),
+        })
+    }
+
+    /// Like [`Pool::map`], for a task that reads this context.
+    ///
+    /// # Errors
+    ///
+    /// As for [`Pool::map`], and [`Error::Context`] if the context could
+    /// not be encoded.
+    pub fn map<F, M, It>(&self, f: F, inputs: It) -> Result<Results<It::IntoIter, F::Output>, Error>
+    where
+        F: Task<M, Context = C>,
+        It: IntoIterator<Item = F::Input>,
+    {
+        Results::new(
+            self.pool.running().shared(),
+            self.task(&f)?,
+            inputs.into_iter(),
+        )
+    }
+
+    /// Like [`Pool::map_unordered`], for a task that reads this context.
+    ///
+    /// # Errors
+    ///
+    /// As for [`WithContext::map`].
+    pub fn map_unordered<F, M, It>(
+        &self,
+        f: F,
+        inputs: It,
+    ) -> Result<UnorderedResults<It::IntoIter, F::Output>, Error>
+    where
+        F: Task<M, Context = C>,
+        It: IntoIterator<Item = F::Input>,
+    {
+        UnorderedResults::new(
+            self.pool.running().shared(),
+            self.task(&f)?,
+            inputs.into_iter(),
+        )
+    }
+
+    /// Like [`Pool::call`], for a task that reads this context.
+    ///
+    /// # Errors
+    ///
+    /// As for [`WithContext::map`], and the input's own error if it failed.
+    pub fn call<F, M>(&self, f: F, input: F::Input) -> Result<F::Output, Error>
+    where
+        F: Task<M, Context = C>,
+    {
+        self.map(f, std::iter::once(input))?
+            .next()
+            .expect("a map of one input yields one result")
+    }
+}
+
+impl<C> std::fmt::Debug for WithContext<'_, C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut debug = f.debug_struct("WithContext");
+        match &self.context {
+            Ok(context) => debug.field("bytes", &context.frame.len()),
+            Err(message) => debug.field("error", message),
+        };
+        debug.finish()
+    }
+}

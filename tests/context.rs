@@ -1,0 +1,243 @@
+//! Contexts: data sent once to each worker that needs it, decoded there
+//! once, kept while its handle or maps live, sent again to a replacement,
+//! dropped when nobody needs it.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use buckshot::{Error, Pool};
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// A table that notes, in files under its `log` directory, each time a
+/// worker decodes or drops it (a process other than `parent`).
+#[derive(Serialize)]
+struct Table {
+    log: String,
+    parent: u32,
+    rows: Vec<u32>,
+}
+
+impl<'de> Deserialize<'de> for Table {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Table, D::Error> {
+        #[derive(Deserialize)]
+        struct Raw {
+            log: String,
+            parent: u32,
+            rows: Vec<u32>,
+        }
+        let raw = Raw::deserialize(deserializer)?;
+        note(&raw.log, "decoded");
+        Ok(Table {
+            log: raw.log,
+            parent: raw.parent,
+            rows: raw.rows,
+        })
+    }
+}
+
+impl Drop for Table {
+    fn drop(&mut self) {
+        if std::process::id() != self.parent {
+            note(&self.log, "dropped");
+        }
+    }
+}
+
+/// Appends this process's pid to the file `what` under `dir`.
+fn note(dir: &str, what: &str) {
+    use std::io::Write;
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(Path::new(dir).join(what))
+        .unwrap();
+    writeln!(file, "{}", std::process::id()).unwrap();
+}
+
+/// The pids noted in `what` under `dir`.
+fn noted(dir: &Path, what: &str) -> Vec<u32> {
+    std::fs::read_to_string(dir.join(what))
+        .unwrap_or_default()
+        .lines()
+        .map(|pid| pid.parse().unwrap())
+        .collect()
+}
+
+fn row(table: &Table, index: usize) -> u32 {
+    table.rows[index]
+}
+buckshot::register!(row);
+
+fn row_sum(table: &Table, a: usize, b: usize) -> u32 {
+    table.rows[a] + table.rows[b]
+}
+buckshot::register!(row_sum);
+
+fn row_or_abort(table: &Table, index: usize) -> u32 {
+    if index == 3 {
+        std::process::abort();
+    }
+    table.rows[index]
+}
+buckshot::register!(row_or_abort);
+
+fn plain(x: u32) -> u32 {
+    x
+}
+buckshot::register!(plain);
+
+struct LogDir(PathBuf);
+
+impl LogDir {
+    fn new(name: &str) -> LogDir {
+        let dir =
+            std::env::temp_dir().join(format!("buckshot-context-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        LogDir(dir)
+    }
+
+    fn table(&self, rows: u32) -> Table {
+        Table {
+            log: self.0.to_string_lossy().into_owned(),
+            parent: std::process::id(),
+            rows: (0..rows).map(|r| r * 10).collect(),
+        }
+    }
+}
+
+impl Drop for LogDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn a_context_is_decoded_once_per_worker_whatever_the_inputs() {
+    let log = LogDir::new("once");
+    let pool = Pool::new(2).unwrap();
+    let table = log.table(100);
+    let ctx = pool.with_context(&table);
+    let out: Vec<u32> = ctx
+        .map(row, (0..4000).map(|i| i % 100))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(out.len(), 4000);
+    assert!(
+        out.iter()
+            .enumerate()
+            .all(|(i, &x)| x == (i % 100) as u32 * 10)
+    );
+    let mut unordered: Vec<u32> = ctx
+        .map_unordered(row_sum, (0..50).map(|i| (i, i + 1)))
+        .unwrap()
+        .map(|(_, result)| result.unwrap())
+        .collect();
+    unordered.sort();
+    assert_eq!(unordered[0], 10);
+    assert_eq!(ctx.call(row, 7).unwrap(), 70);
+    let decoded = noted(&log.0, "decoded");
+    let mut workers = decoded.clone();
+    workers.sort();
+    workers.dedup();
+    assert_eq!(
+        decoded.len(),
+        workers.len(),
+        "decoded twice in a worker: {decoded:?}"
+    );
+    assert!(decoded.len() <= 2, "decoded by {decoded:?}");
+}
+
+#[test]
+fn maps_with_different_contexts_run_at_once() {
+    let log = LogDir::new("two");
+    let pool = Pool::new(2).unwrap();
+    let mut small = log.table(0);
+    small.rows = vec![1, 2, 3];
+    let large = log.table(1000);
+    let (a, b) = (pool.with_context(&small), pool.with_context(&large));
+    let mut first = a.map(row, (0..3000).map(|i| i % 3)).unwrap();
+    let mut second = b.map(row, (0..3000).map(|i| i % 1000)).unwrap();
+    for i in 0..3000 {
+        assert_eq!(first.next().unwrap().unwrap(), (i % 3) as u32 + 1);
+        assert_eq!(second.next().unwrap().unwrap(), (i % 1000) as u32 * 10);
+    }
+}
+
+#[test]
+fn a_replacement_worker_gets_the_context_again() {
+    let log = LogDir::new("replace");
+    let pool = Pool::builder()
+        .processes(1)
+        .forward_stderr(false)
+        .build()
+        .unwrap();
+    let table = log.table(10);
+    let ctx = pool.with_context(&table);
+    let results: Vec<Result<u32, Error>> = ctx.map(row_or_abort, 0..8).unwrap().collect();
+    assert_eq!(results.len(), 8);
+    for (index, result) in results.iter().enumerate() {
+        match result {
+            Err(Error::WorkerDied { index: 3, .. }) if index == 3 => {}
+            Ok(x) => assert_eq!(*x, index as u32 * 10),
+            other => panic!("input {index}: {other:?}"),
+        }
+    }
+    let decoded = noted(&log.0, "decoded");
+    assert_eq!(
+        decoded.len(),
+        2,
+        "the first worker and its replacement: {decoded:?}"
+    );
+    assert_ne!(decoded[0], decoded[1]);
+}
+
+#[test]
+fn a_context_nobody_holds_is_dropped_with_the_next_input() {
+    let log = LogDir::new("forget");
+    let pool = Pool::new(1).unwrap();
+    let table = log.table(10);
+    let ctx = pool.with_context(&table);
+    assert_eq!(ctx.call(row, 2).unwrap(), 20);
+    assert_eq!(
+        noted(&log.0, "dropped"),
+        [],
+        "dropped while its handle lives"
+    );
+    drop(ctx);
+    // The worker learns it with the next frame it gets.
+    assert_eq!(pool.call(plain, 1).unwrap(), 1);
+    let decoded = noted(&log.0, "decoded");
+    common::wait_until_within(
+        "the worker drops the context",
+        std::time::Duration::from_secs(10),
+        || noted(&log.0, "dropped") == decoded,
+    );
+}
+
+#[test]
+fn a_context_over_the_frame_limit_is_an_error() {
+    let log = LogDir::new("limit");
+    let pool = Pool::builder()
+        .processes(1)
+        .max_frame_bytes(4096)
+        .build()
+        .unwrap();
+    let table = log.table(10_000);
+    let ctx = pool.with_context(&table);
+    let error = ctx.call(row, 1).unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .starts_with("could not encode the context: it encodes to "),
+        "{error}"
+    );
+    assert!(
+        error.to_string().ends_with("over the frame limit of 4096"),
+        "{error}"
+    );
+    // The pool is fine.
+    assert_eq!(pool.call(plain, 5).unwrap(), 5);
+}
