@@ -4,7 +4,8 @@
 //! is shared and noisy.
 //!
 //! `cargo bench` runs every section; `cargo bench -- NAME...` runs some
-//! (tiny, sizes, uneven, startup, payload, streaming, isolation). With
+//! (tiny, sizes, uneven, startup, payload, streaming, isolation; and
+//! context, which is only run when named, for it takes minutes). With
 //! `--csv PATH` the task-size sweep is also written as CSV for the chart.
 
 use std::time::{Duration, Instant};
@@ -93,6 +94,10 @@ fn main() {
     }
     if wanted("isolation") {
         isolation();
+    }
+    // A minute or two: only when asked for by name.
+    if only.iter().any(|o| o.as_str() == "context") {
+        context();
     }
 }
 
@@ -441,5 +446,51 @@ fn isolation() {
         format!("{:.1} MiB", worker as f64 / (1 << 20) as f64),
         worker as f64 / parent as f64,
         "parent RSS",
+    );
+}
+
+fn table_byte(table: &ByteBuf, i: u64) -> u8 {
+    table[i as usize % table.len()]
+}
+buckshot::register!(table_byte);
+
+fn table_byte_inline(table: ByteBuf, i: u64) -> u8 {
+    table[i as usize % table.len()]
+}
+buckshot::register!(table_byte_inline);
+
+/// A 32 MiB table read by 4,000 inputs: sent once per worker in a context,
+/// against the same map with the table in every input.
+fn context() {
+    const INPUTS: u64 = 4000;
+    let table = ByteBuf::from((0..32usize << 20).map(|i| i as u8).collect::<Vec<u8>>());
+    let expected: u64 = (0..INPUTS).map(|i| u64::from(table[i as usize % table.len()])).sum();
+    let pool = Pool::new(PROCESSES).unwrap();
+    let (sum, with_context) = time(|| {
+        let ctx = pool.with_context(&table);
+        ctx.map(table_byte, 0..INPUTS)
+            .unwrap()
+            .map(|r| u64::from(r.unwrap()))
+            .sum::<u64>()
+    });
+    assert_eq!(sum, expected);
+    let (sum, inline) = time(|| {
+        pool.map(table_byte_inline, (0..INPUTS).map(|i| (table.clone(), i)))
+            .unwrap()
+            .map(|r| u64::from(r.unwrap()))
+            .sum::<u64>()
+    });
+    assert_eq!(sum, expected);
+    row(
+        "32 MiB context, 4,000 inputs",
+        format!("{with_context:.2?}"),
+        inline.as_secs_f64() / with_context.as_secs_f64(),
+        "the table in every input",
+    );
+    row(
+        "32 MiB table in every input, 4,000 inputs",
+        format!("{inline:.2?}"),
+        1.0,
+        "the table in every input",
     );
 }
