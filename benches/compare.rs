@@ -464,7 +464,9 @@ buckshot::register!(table_byte_inline);
 fn context() {
     const INPUTS: u64 = 4000;
     let table = ByteBuf::from((0..32usize << 20).map(|i| i as u8).collect::<Vec<u8>>());
-    let expected: u64 = (0..INPUTS).map(|i| u64::from(table[i as usize % table.len()])).sum();
+    let expected: u64 = (0..INPUTS)
+        .map(|i| u64::from(table[i as usize % table.len()]))
+        .sum();
     let pool = Pool::new(PROCESSES).unwrap();
     let (sum, with_context) = time(|| {
         let ctx = pool.with_context(&table);

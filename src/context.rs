@@ -18,6 +18,7 @@ use crate::error::Error;
 use crate::pool::{Pool, task_position};
 use crate::results::{Results, UnorderedResults};
 use crate::shared::{MapTask, SharedContext};
+use crate::stream::{CallFuture, MapStream};
 use crate::task::Task;
 
 /// A pool with a context: maps of tasks whose first argument is `&C` read
@@ -184,6 +185,35 @@ impl<C> WithContext<'_, C> {
         self.map(f, std::iter::once(input))?
             .next()
             .expect("a map of one input yields one result")
+    }
+
+    /// Like [`Pool::map_stream`], for a task that reads this context.
+    ///
+    /// # Errors
+    ///
+    /// As for [`WithContext::map`].
+    pub fn map_stream<F, M, It>(
+        &self,
+        f: F,
+        inputs: It,
+    ) -> Result<MapStream<It::IntoIter, F::Output>, Error>
+    where
+        F: Task<M, Context = C>,
+        It: IntoIterator<Item = F::Input>,
+    {
+        MapStream::new(
+            self.pool.running().shared(),
+            self.task(&f)?,
+            inputs.into_iter(),
+        )
+    }
+
+    /// Like [`Pool::call_async`], for a task that reads this context.
+    pub fn call_async<F, M>(&self, f: F, input: F::Input) -> CallFuture<F::Input, F::Output>
+    where
+        F: Task<M, Context = C>,
+    {
+        CallFuture::new(self.pool.running().shared(), self.task(&f), input)
     }
 }
 

@@ -50,7 +50,7 @@ const WINDOW_WORK: Duration = Duration::from_millis(40);
 const WINDOW_CHUNKS: usize = 8;
 const WINDOW_SLACK: usize = 64;
 /// Encoded inputs a map keeps pulled ahead, at most.
-const WINDOW_BYTES: usize = 64 << 20;
+pub(crate) const WINDOW_BYTES: usize = 64 << 20;
 
 /// A worker gets more work while its estimated backlog is below this: two
 /// chunks of [`CHUNK_TARGET`].
@@ -191,7 +191,8 @@ pub(crate) fn window(
         Some(per_item) => (work.as_nanos() / per_item.as_nanos().max(1)) as usize * processes,
         None => 0,
     };
-    let by_bytes = WINDOW_BYTES / item_bytes;
+    // At least one input, however large, or the map would stall.
+    let by_bytes = (WINDOW_BYTES / item_bytes).max(1);
     let tiny = per_item.is_some_and(|per_item| per_item < TINY_TASK);
     let frames = if tiny { TINY_TASK_FRAMES } else { AHEAD_FRAMES };
     let ahead = (per_chunk * processes * AHEAD_CHUNKS + frames * processes).min(by_bytes);
@@ -212,6 +213,14 @@ pub(crate) fn wants_more(frames: usize, backlog: Duration) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn inputs_larger_than_the_window_still_go_one_at_a_time() {
+        for item_bytes in [WINDOW_BYTES / 2 + 1, WINDOW_BYTES, 4 * WINDOW_BYTES] {
+            let window = window(1, item_bytes, Some(Duration::from_millis(10)), 2);
+            assert_eq!(window, Window { span: 1, ahead: 1 }, "{item_bytes} bytes");
+        }
+    }
 
     fn context() -> ChunkContext {
         ChunkContext {

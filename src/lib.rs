@@ -78,6 +78,7 @@ mod results;
 mod scheduler;
 mod shared;
 mod stderr;
+mod stream;
 mod task;
 mod worker;
 
@@ -85,6 +86,7 @@ pub use crate::context::WithContext;
 pub use crate::error::Error;
 pub use crate::pool::{Pool, PoolBuilder, map};
 pub use crate::results::{Results, UnorderedResults};
+pub use crate::stream::{CallFuture, MapStream};
 pub use crate::task::{Args, ContextArgs, PlainTask, Task};
 
 /// Registers a function as a task that pools can run.

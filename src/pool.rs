@@ -8,6 +8,7 @@ use crate::registry::registry;
 use crate::results::{Results, UnorderedResults};
 use crate::scheduler::Running;
 use crate::shared::{Config, MapTask};
+use crate::stream::{CallFuture, MapStream};
 use crate::task::PlainTask;
 
 /// Default limit on one frame, and so on one encoded input or output.
@@ -139,6 +140,84 @@ impl Pool {
         self.map(f, std::iter::once(input))?
             .next()
             .expect("a map of one input yields one result")
+    }
+
+    /// Like [`Pool::map`], as a [`Stream`](futures_core::Stream): polling it
+    /// never blocks the thread, so an async runtime keeps running its other
+    /// tasks while the map runs in workers. Any executor will do.
+    ///
+    /// ```
+    /// use futures::StreamExt;
+    ///
+    /// fn square(x: u64) -> u64 {
+    ///     x * x
+    /// }
+    /// buckshot::register!(square);
+    ///
+    /// # fn main() -> Result<(), buckshot::Error> {
+    /// let pool = buckshot::Pool::new(2)?;
+    /// let squares = futures::executor::block_on(async {
+    ///     let stream = pool.map_stream(square, 1..=4)?;
+    ///     stream.collect::<Vec<_>>().await.into_iter().collect::<Result<Vec<u64>, _>>()
+    /// })?;
+    /// assert_eq!(squares, [1, 4, 9, 16]);
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// Dropping the stream cancels the rest of the map, as dropping
+    /// [`Results`] does. It owns what it needs, so it may outlive this
+    /// borrow (be moved into a spawned task); if the pool is dropped first,
+    /// the inputs it did not answer fail with [`Error::PoolClosed`].
+    ///
+    /// # Errors
+    ///
+    /// As for [`Pool::map`].
+    pub fn map_stream<F, M, It>(
+        &self,
+        f: F,
+        inputs: It,
+    ) -> Result<MapStream<It::IntoIter, F::Output>, Error>
+    where
+        F: PlainTask<M>,
+        It: IntoIterator<Item = F::Input>,
+    {
+        MapStream::new(
+            self.running.shared(),
+            MapTask::plain(task_position(&f)?),
+            inputs.into_iter(),
+        )
+    }
+
+    /// Like [`Pool::call`], as a [`Future`](std::future::Future) that never
+    /// blocks the thread polling it. Dropping it before it is ready cancels
+    /// the call (the worker running it is killed and replaced).
+    ///
+    /// ```
+    /// fn add(a: u64, b: u64) -> u64 {
+    ///     a + b
+    /// }
+    /// buckshot::register!(add);
+    ///
+    /// # fn main() -> Result<(), buckshot::Error> {
+    /// let pool = buckshot::Pool::new(1)?;
+    /// let sum = futures::executor::block_on(pool.call_async(add, (2, 3)))?;
+    /// assert_eq!(sum, 5);
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// The future resolves to an error where [`Pool::call`] would return
+    /// one.
+    pub fn call_async<F, M>(&self, f: F, input: F::Input) -> CallFuture<F::Input, F::Output>
+    where
+        F: PlainTask<M>,
+    {
+        CallFuture::new(
+            self.running.shared(),
+            task_position(&f).map(MapTask::plain),
+            input,
+        )
     }
 }
 

@@ -10,15 +10,24 @@ use std::collections::VecDeque;
 use std::marker::PhantomData;
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, TryRecvError};
+use std::task::{Context, Poll};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::error::Error;
-use crate::flow::{self, CHUNK_BYTES, ChunkContext, SCRATCH_BYTES, Window};
+use crate::flow::{self, CHUNK_BYTES, ChunkContext, SCRATCH_BYTES, WINDOW_BYTES, Window};
 use crate::protocol::{self, Items, Outcome, RunFrame};
 use crate::scheduler::Running;
-use crate::shared::{Chunk, Delivery, MapStats, MapTask, Refused, Shared};
+use crate::shared::{Chunk, Delivery, MapStats, MapTask, Refused, Shared, WakerSlot};
+
+/// How a caller waits for outcomes.
+pub(crate) enum Wait<'a, 'b> {
+    /// Blocks its thread (the iterators).
+    Block,
+    /// Registers the task's waker and returns pending (the async calls).
+    Poll(&'a mut Context<'b>),
+}
 
 /// The answer for one input, in a map's window.
 enum Answer<O> {
@@ -28,13 +37,14 @@ enum Answer<O> {
 }
 
 /// The state of one map on the caller's side.
-struct Feed<It, O> {
+pub(crate) struct Feed<It, O> {
     shared: Arc<Shared>,
     map: u64,
     task: u32,
     /// The context its task reads, 0 for none.
     context: u64,
     rx: Receiver<Vec<Delivery>>,
+    waker: Arc<WakerSlot>,
     stats: Arc<MapStats>,
     /// `None` once exhausted.
     inputs: Option<It>,
@@ -67,7 +77,7 @@ where
     It::Item: Serialize,
     O: DeserializeOwned,
 {
-    fn new(
+    pub(crate) fn new(
         shared: &Arc<Shared>,
         task: MapTask,
         inputs: It,
@@ -82,6 +92,7 @@ where
             task: task.position,
             context,
             rx: opened.deliveries,
+            waker: opened.waker,
             stats: opened.stats,
             inputs: Some(inputs),
             next_input: 0,
@@ -143,8 +154,9 @@ where
         }
         let chunk_items = self.chunk_items();
         let Window { span, ahead } = self.window(chunk_items);
-        // Top up in bulk, when half of what the pool holds is done.
-        if self.owed >= ahead / 2 {
+        // Top up in bulk, when half of what the pool holds is done (and
+        // at once when it holds nothing).
+        if self.owed > 0 && self.owed >= ahead / 2 {
             return;
         }
         // Cleared at the end: if the input iterator or an input's
@@ -158,10 +170,14 @@ where
         let pulled_before = self.next_input;
         // Bytes of finished chunks not yet handed to the pool.
         let mut pending = 0;
+        // Bytes encoded by this fill: the window counts inputs, sized by
+        // the inputs before, and the first fill knows no sizes yet.
+        let mut encoded = 0;
         // Stops at a chunk boundary once enough is pulled, so that no chunk is
         // cut short.
         while self.next_input - self.base < span
             && (self.owed + (self.next_input - pulled_before) < ahead || frame.count() > 0)
+            && encoded < WINDOW_BYTES
         {
             let Some(input) = self.inputs.as_mut().and_then(Iterator::next) else {
                 self.inputs = None;
@@ -205,6 +221,7 @@ where
             // that workers start while the next ones are being encoded.
             if pending >= CHUNK_BYTES {
                 self.submit(std::mem::take(&mut chunks));
+                encoded += pending;
                 pending = 0;
             }
         }
@@ -273,23 +290,52 @@ where
         }
     }
 
-    /// Waits for deliveries, then takes all that are there.
-    fn receive(&mut self) {
-        let first = match self.rx.recv() {
-            Ok(deliveries) => deliveries,
-            Err(_) => return self.orphaned(),
-        };
-        first
-            .into_iter()
-            .for_each(|delivery| self.on_delivery(delivery));
+    /// Waits for deliveries as `wait` says, then takes all that are there.
+    fn receive(&mut self, wait: &mut Wait<'_, '_>) -> Poll<()> {
+        match wait {
+            Wait::Block => match self.rx.recv() {
+                Ok(deliveries) => self.on_deliveries(deliveries),
+                Err(_) => {
+                    self.orphaned();
+                    return Poll::Ready(());
+                }
+            },
+            Wait::Poll(cx) => {
+                if self.take_arrived() == Poll::Pending {
+                    // Registered before looking again, so that a delivery
+                    // sent in between wakes the task.
+                    self.waker.register(cx.waker());
+                    return self.take_arrived();
+                }
+                return Poll::Ready(());
+            }
+        }
+        let _ = self.take_arrived();
+        Poll::Ready(())
+    }
+
+    /// Takes the deliveries that are there; pending if there were none.
+    fn take_arrived(&mut self) -> Poll<()> {
+        let mut any = false;
         loop {
             match self.rx.try_recv() {
-                Ok(deliveries) => deliveries
-                    .into_iter()
-                    .for_each(|delivery| self.on_delivery(delivery)),
-                Err(TryRecvError::Empty) => return,
-                Err(TryRecvError::Disconnected) => return self.orphaned(),
+                Ok(deliveries) => {
+                    self.on_deliveries(deliveries);
+                    any = true;
+                }
+                Err(TryRecvError::Empty) if !any => return Poll::Pending,
+                Err(TryRecvError::Empty) => return Poll::Ready(()),
+                Err(TryRecvError::Disconnected) => {
+                    self.orphaned();
+                    return Poll::Ready(());
+                }
             }
+        }
+    }
+
+    fn on_deliveries(&mut self, deliveries: Vec<Delivery>) {
+        for delivery in deliveries {
+            self.on_delivery(delivery);
         }
     }
 
@@ -351,9 +397,12 @@ where
     }
 
     /// The next outcome in input order.
-    fn next_ordered(&mut self) -> Option<Result<O, Error>> {
+    pub(crate) fn poll_ordered(
+        &mut self,
+        wait: &mut Wait<'_, '_>,
+    ) -> Poll<Option<Result<O, Error>>> {
         if self.poisoned {
-            return None;
+            return Poll::Ready(None);
         }
         loop {
             if matches!(self.window.front(), Some(Answer::Ready(_))) {
@@ -361,23 +410,28 @@ where
                     unreachable!()
                 };
                 self.base += 1;
-                return Some(result);
+                return Poll::Ready(Some(result));
             }
             self.fill();
             if matches!(self.window.front(), Some(Answer::Ready(_))) {
                 continue;
             }
             if self.window.is_empty() && self.exhausted() {
-                return None;
+                return Poll::Ready(None);
             }
-            self.receive();
+            if self.receive(wait).is_pending() {
+                return Poll::Pending;
+            }
         }
     }
 
     /// The next outcome to arrive, with its input's position.
-    fn next_unordered(&mut self) -> Option<(usize, Result<O, Error>)> {
+    fn poll_unordered(
+        &mut self,
+        wait: &mut Wait<'_, '_>,
+    ) -> Poll<Option<(usize, Result<O, Error>)>> {
         if self.poisoned {
-            return None;
+            return Poll::Ready(None);
         }
         loop {
             if let Some(index) = self.arrivals.as_mut().and_then(VecDeque::pop_front) {
@@ -391,20 +445,22 @@ where
                     self.base += 1;
                     self.taken -= 1;
                 }
-                return Some((index, result));
+                return Poll::Ready(Some((index, result)));
             }
             self.fill();
             if self.arrivals.as_ref().is_some_and(|a| !a.is_empty()) {
                 continue;
             }
             if self.exhausted() {
-                return None;
+                return Poll::Ready(None);
             }
-            self.receive();
+            if self.receive(wait).is_pending() {
+                return Poll::Pending;
+            }
         }
     }
 
-    fn size_hint(&self) -> (usize, Option<usize>) {
+    pub(crate) fn size_hint(&self) -> (usize, Option<usize>) {
         // Pulled and not yet yielded (an unordered map yields out of order).
         let pending = self.next_input - self.base - self.taken;
         match &self.inputs {
@@ -425,6 +481,14 @@ impl<It, O> Drop for Feed<It, O> {
         // Unfinished work of this map is dropped, and workers running it are
         // killed: nothing keeps running for results nobody will read.
         self.shared.cancel_map(self.map);
+    }
+}
+
+/// The value of a poll that was allowed to block.
+fn blocking<T>(poll: Poll<T>) -> T {
+    match poll {
+        Poll::Ready(value) => value,
+        Poll::Pending => unreachable!("a blocking wait is never pending"),
     }
 }
 
@@ -504,7 +568,7 @@ where
     type Item = Result<O, Error>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        self.feed.next_ordered()
+        blocking(self.feed.poll_ordered(&mut Wait::Block))
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
@@ -521,7 +585,7 @@ where
     type Item = (usize, Result<O, Error>);
 
     fn next(&mut self) -> Option<Self::Item> {
-        self.feed.next_unordered()
+        blocking(self.feed.poll_unordered(&mut Wait::Block))
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
@@ -559,7 +623,7 @@ impl<It, O> std::fmt::Debug for UnorderedResults<It, O> {
 }
 
 impl<It, O> Feed<It, O> {
-    fn debug(&self, name: &str, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+    pub(crate) fn debug(&self, name: &str, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct(name)
             .field("pulled", &self.next_input)
             .field("yielded_below", &self.base)

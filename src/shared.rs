@@ -9,7 +9,8 @@ use std::ops::Range;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Sender};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::task::Waker;
 use std::time::Duration;
 
 use rustix::event::EventfdFlags;
@@ -212,9 +213,57 @@ impl MapTask {
     }
 }
 
+/// Where an async caller waiting for a map's deliveries left its waker.
+#[derive(Default)]
+pub(crate) struct WakerSlot(Mutex<Option<Waker>>);
+
+impl WakerSlot {
+    /// Wakes `waker` when the next deliveries (or the end) come.
+    pub(crate) fn register(&self, waker: &Waker) {
+        let mut slot = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        match &mut *slot {
+            Some(old) if old.will_wake(waker) => {}
+            _ => *slot = Some(waker.clone()),
+        }
+    }
+
+    fn wake(&self) {
+        let waker = self.0.lock().unwrap_or_else(PoisonError::into_inner).take();
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+}
+
+/// The loop's end of a map's deliveries: sending wakes an async caller.
+pub(crate) struct Mailbox {
+    /// Taken when the map is dropped, so the receiver sees the end.
+    tx: Option<Sender<Vec<Delivery>>>,
+    waker: Arc<WakerSlot>,
+}
+
+impl Mailbox {
+    /// Sends a batch; a map whose caller is gone has no receiver, and
+    /// nothing needs doing.
+    pub(crate) fn send(&self, batch: Vec<Delivery>) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(batch);
+        }
+        self.waker.wake();
+    }
+}
+
+impl Drop for Mailbox {
+    fn drop(&mut self) {
+        // Disconnect first, so that the woken caller sees the end.
+        drop(self.tx.take());
+        self.waker.wake();
+    }
+}
+
 /// How the loop reaches a map.
 pub(crate) struct MapLink {
-    pub(crate) tx: Sender<Vec<Delivery>>,
+    pub(crate) tx: Mailbox,
     pub(crate) stats: Arc<MapStats>,
     /// The context its task reads, if any.
     pub(crate) context: Option<Arc<SharedContext>>,
@@ -224,6 +273,7 @@ pub(crate) struct MapLink {
 pub(crate) struct OpenedMap {
     pub id: u64,
     pub deliveries: mpsc::Receiver<Vec<Delivery>>,
+    pub waker: Arc<WakerSlot>,
     pub stats: Arc<MapStats>,
 }
 
@@ -294,7 +344,7 @@ impl State {
         reason: Option<String>,
     ) {
         if let Some(link) = self.maps.get(&map) {
-            let _ = link.tx.send(vec![Delivery::Closed {
+            link.tx.send(vec![Delivery::Closed {
                 first_index,
                 count,
                 reason,
@@ -313,8 +363,7 @@ impl State {
         }
         for (map, batch) in batches {
             if let Some(link) = self.maps.get(&map) {
-                // A map whose caller is gone has no receiver: nothing to do.
-                let _ = link.tx.send(batch);
+                link.tx.send(batch);
             }
         }
     }
@@ -409,13 +458,17 @@ impl Shared {
             }
         }
         let (tx, rx) = mpsc::channel();
+        let waker = Arc::new(WakerSlot::default());
         let stats = Arc::new(MapStats::default());
         let id = state.next_map;
         state.next_map += 1;
         state.maps.insert(
             id,
             MapLink {
-                tx,
+                tx: Mailbox {
+                    tx: Some(tx),
+                    waker: Arc::clone(&waker),
+                },
                 stats: Arc::clone(&stats),
                 context,
             },
@@ -423,6 +476,7 @@ impl Shared {
         Ok(OpenedMap {
             id,
             deliveries: rx,
+            waker,
             stats,
         })
     }

@@ -176,6 +176,42 @@ fn byte_count(bytes: serde_bytes::ByteBuf) -> usize {
 buckshot::register!(byte_count);
 
 #[test]
+fn inputs_larger_than_half_the_window_all_run() {
+    // Over 32 MiB, one input fills the map's window (64 MiB) alone; over
+    // 64 MiB it exceeds it. Neither may stall the map.
+    let pool = Pool::new(2).unwrap();
+    let sizes = [33 << 20, 1, 65 << 20, 33 << 20, 33 << 20, 1, 33 << 20];
+    let counts: Vec<usize> = common::within("a map of large inputs", move || {
+        pool.map(
+            byte_count,
+            sizes.map(|size| serde_bytes::ByteBuf::from(vec![1u8; size])),
+        )
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+    });
+    assert_eq!(counts, sizes);
+}
+
+#[test]
+fn large_inputs_are_pulled_a_window_of_bytes_at_a_time() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static PULLED: AtomicUsize = AtomicUsize::new(0);
+    let pool = Pool::new(2).unwrap();
+    let inputs = (0..40).map(|_| {
+        PULLED.fetch_add(1, Ordering::Relaxed);
+        serde_bytes::ByteBuf::from(vec![1u8; 20 << 20])
+    });
+    common::within("the first of 40 large inputs", move || {
+        let mut results = pool.map(byte_count, inputs).unwrap();
+        assert_eq!(results.next().unwrap().unwrap(), 20 << 20);
+    });
+    // 64 MiB of them, and what the first answer let through.
+    let pulled = PULLED.load(Ordering::Relaxed);
+    assert!(pulled <= 6, "{pulled} inputs of 20 MiB pulled");
+}
+
+#[test]
 fn an_input_too_large_for_the_memory_limit_fails_instead_of_going_round() {
     // The worker dies while it reads the input: the input is to blame, not
     // sent again and again to fresh workers.
