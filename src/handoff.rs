@@ -2,8 +2,8 @@
 //! sides import, and the only one outside the wire protocol.
 //!
 //! The worker variable marks a worker and carries its [`WorkerConfig`] as
-//! one short text, `parent,max_frame_bytes,memory_limit`, with empty fields
-//! for what is not set. A launcher that starts workers elsewhere passes the
+//! one short text, `parent,max_frame_bytes,memory_limit,log_level,backtraces`,
+//! with empty fields for what is not set. A launcher that starts workers elsewhere passes the
 //! same text on the remote command line.
 
 /// Marks a worker process; its value is a [`WorkerConfig`], encoded. The
@@ -20,16 +20,23 @@ pub(crate) struct WorkerConfig {
     pub parent: Option<u32>,
     pub max_frame_bytes: u32,
     pub memory_limit: Option<u64>,
+    /// The most verbose level of events to send the pool: 0 is none, 1
+    /// error ... 5 trace.
+    pub log_level: u8,
+    /// Whether a panic's report carries a backtrace.
+    pub backtraces: bool,
 }
 
 impl WorkerConfig {
     pub(crate) fn to_env(self) -> String {
         let optional = |value: Option<u64>| value.map_or(String::new(), |v| v.to_string());
         format!(
-            "{},{},{}",
+            "{},{},{},{},{}",
             optional(self.parent.map(u64::from)),
             self.max_frame_bytes,
-            optional(self.memory_limit)
+            optional(self.memory_limit),
+            self.log_level,
+            u8::from(self.backtraces)
         )
     }
 
@@ -44,6 +51,12 @@ impl WorkerConfig {
             "" => None,
             m => Some(m.parse().ok()?),
         };
+        let log_level = parts.next()?.parse().ok().filter(|&level| level <= 5)?;
+        let backtraces = match parts.next()? {
+            "0" => false,
+            "1" => true,
+            _ => return None,
+        };
         if parts.next().is_some() {
             return None;
         }
@@ -51,6 +64,8 @@ impl WorkerConfig {
             parent,
             max_frame_bytes,
             memory_limit,
+            log_level,
+            backtraces,
         })
     }
 }
@@ -63,19 +78,31 @@ mod tests {
     fn config_round_trip() {
         for parent in [None, Some(42)] {
             for memory_limit in [None, Some(1 << 30)] {
-                let config = WorkerConfig {
-                    parent,
-                    max_frame_bytes: 1 << 20,
-                    memory_limit,
-                };
-                assert_eq!(WorkerConfig::from_env(&config.to_env()), Some(config));
+                for (log_level, backtraces) in [(0, false), (5, true)] {
+                    let config = WorkerConfig {
+                        parent,
+                        max_frame_bytes: 1 << 20,
+                        memory_limit,
+                        log_level,
+                        backtraces,
+                    };
+                    assert_eq!(WorkerConfig::from_env(&config.to_env()), Some(config));
+                }
             }
         }
         assert_eq!(
-            WorkerConfig::from_env("7,1024,").map(|c| c.parent),
-            Some(Some(7))
+            WorkerConfig::from_env("7,1024,,3,0").map(|c| (c.parent, c.log_level)),
+            Some((Some(7), 3))
         );
-        for bad in ["x,1,", "1,,", "1,2", "1,2,3,4", ""] {
+        for bad in [
+            "x,1,,0,0",
+            "1,,,0,0",
+            "1,2,,6,0",
+            "1,2,,0,2",
+            "1,2,3",
+            "1,2,3,4,0,0",
+            "",
+        ] {
             assert_eq!(WorkerConfig::from_env(bad), None, "{bad:?}");
         }
     }

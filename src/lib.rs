@@ -70,6 +70,7 @@ mod error;
 mod flow;
 mod handoff;
 mod launch;
+mod logs;
 mod pool;
 mod process;
 mod protocol;

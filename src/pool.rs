@@ -441,6 +441,8 @@ impl PoolBuilder {
             max_tasks_per_worker: self.max_tasks_per_worker,
             batch_size: self.batch_size,
             forward_stderr: self.forward_stderr.unwrap_or(true),
+            dispatch: tracing::dispatcher::get_default(tracing::Dispatch::clone),
+            backtraces: std::env::var_os("RUST_BACKTRACE").is_some_and(|value| value != "0"),
         };
         Ok(Pool {
             running: Running::start(config)?,

@@ -119,6 +119,12 @@ impl Process {
         self.child.id()
     }
 
+    /// The worker's pid as it knows it: what its handshake said, else the
+    /// pid of the process the pool started.
+    pub(crate) fn worker_pid(&self) -> u32 {
+        self.reported_pid.unwrap_or_else(|| self.pid())
+    }
+
     /// Records the pid the worker announced in its handshake.
     pub(crate) fn set_reported_pid(&mut self, pid: u32) {
         self.reported_pid = Some(pid);

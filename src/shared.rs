@@ -29,6 +29,11 @@ pub(crate) struct Config {
     pub max_tasks_per_worker: Option<u64>,
     pub batch_size: Option<u32>,
     pub forward_stderr: bool,
+    /// The subscriber of the thread that built the pool.
+    pub dispatch: tracing::Dispatch,
+    /// Whether panics carry a backtrace: the builder's process asked for
+    /// them (`RUST_BACKTRACE`).
+    pub backtraces: bool,
 }
 
 /// A run of consecutive inputs of one map, encoded as one RUN frame.

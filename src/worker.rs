@@ -36,12 +36,14 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufReader, Write};
 use std::os::fd::OwnedFd;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
 use rustix::process::{Pid, Resource, Rlimit};
 
 use crate::flow::{KEEP_BUFFER, REQUEST_BUFFER, SCRATCH_BYTES};
 use crate::handoff::{WORKER_ENV, WorkerConfig};
+use crate::logs;
 use crate::protocol::{self, Hello, Outcome, ReplyHeader, RunHeader};
 use crate::registry::{ContextSlot, registry};
 
@@ -136,13 +138,21 @@ fn serve(config: WorkerConfig) -> ! {
         std::process::exit(EXIT_FATAL);
     }
 
-    match run_tasks(File::from(requests), &mut replies, config.max_frame_bytes) {
+    // Shared with the subscriber that sends tasks' events, which any
+    // thread may emit.
+    let replies = Arc::new(Mutex::new(replies));
+    logs::capture::install(
+        logs::filter_from_number(config.log_level),
+        Arc::clone(&replies),
+    );
+
+    match run_tasks(File::from(requests), &replies, config.max_frame_bytes) {
         Ok(()) => end_with_group(),
         Err(message) => {
             // Best effort: the pool treats a vanished worker the same way.
             let mut frame = Vec::new();
             protocol::push_frame(&mut frame, protocol::FATAL, message.as_bytes());
-            let _ = replies.write_all(&frame);
+            let _ = lock(&replies).write_all(&frame);
             fatal_early(&message)
         }
     }
@@ -217,7 +227,7 @@ fn take_stdio() -> std::io::Result<(OwnedFd, OwnedFd)> {
 /// Serves RUN frames until the stream ends (`Ok`) or breaks (`Err`), and
 /// keeps the contexts that CONTEXT frames bring until FORGET frames drop
 /// them.
-fn run_tasks(requests: File, replies: &mut File, max_frame: u32) -> Result<(), String> {
+fn run_tasks(requests: File, replies: &Mutex<File>, max_frame: u32) -> Result<(), String> {
     let registry = registry();
     let mut requests = BufReader::with_capacity(REQUEST_BUFFER, requests);
     let mut body = Vec::new();
@@ -266,11 +276,13 @@ fn run_tasks(requests: File, replies: &mut File, max_frame: u32) -> Result<(), S
         reply.busy_since = Instant::now();
         for (seq, item) in (first_seq..).zip(protocol::Items::new(items)) {
             let item = item.map_err(|e| e.0)?;
+            logs::capture::set_running(Some(seq));
             reply.add(seq, replies, |out| {
                 (task.run)(context.as_deref_mut(), item, out, &mut scratch)
             });
             seen += 1;
         }
+        logs::capture::set_running(None);
         if seen != count {
             return Err(format!(
                 "run frame holds {seen} items, its header says {count}"
@@ -283,6 +295,13 @@ fn run_tasks(requests: File, replies: &mut File, max_frame: u32) -> Result<(), S
         let _ = std::io::stdout().flush();
         reply.flush(replies);
     }
+}
+
+/// The reply stream, whole frames at a time.
+fn lock(replies: &Mutex<File>) -> MutexGuard<'_, File> {
+    // Nothing is left half-done under the lock but a write, which the
+    // pool would see as a broken frame anyway.
+    replies.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// REPLY frames being assembled.
@@ -309,7 +328,7 @@ impl Reply {
     /// Adds the outcome of item `seq`, which `write` appends (straight into
     /// the frame: outputs can be large). Sends the items before it first if
     /// together they would pass the frame limit.
-    fn add(&mut self, seq: u64, replies: &mut File, write: impl FnOnce(&mut Vec<u8>)) {
+    fn add(&mut self, seq: u64, replies: &Mutex<File>, write: impl FnOnce(&mut Vec<u8>)) {
         let start = protocol::begin_item(&mut self.buf);
         write(&mut self.buf);
         let len = self.buf.len() - start - protocol::ITEM_LEN_BYTES;
@@ -333,7 +352,7 @@ impl Reply {
         self.count += 1;
     }
 
-    fn flush(&mut self, replies: &mut File) {
+    fn flush(&mut self, replies: &Mutex<File>) {
         if self.count == 0 {
             return;
         }
@@ -346,7 +365,7 @@ impl Reply {
             busy_nanos: u64::try_from(busy.as_nanos()).unwrap_or(u64::MAX),
         };
         header.write(&mut self.buf, 0);
-        if replies.write_all(&self.buf).is_err() {
+        if lock(replies).write_all(&self.buf).is_err() {
             // The pool is gone: nobody wants the results.
             std::process::exit(0);
         }

@@ -11,6 +11,7 @@ pub(crate) const REPLY: u8 = 3;
 pub(crate) const FATAL: u8 = 4;
 pub(crate) const CONTEXT: u8 = 5;
 pub(crate) const FORGET: u8 = 6;
+pub(crate) const LOG: u8 = 7;
 
 /// Length prefix of a frame.
 pub(crate) const LEN_BYTES: usize = 4;

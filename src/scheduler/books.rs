@@ -112,6 +112,15 @@ impl Books {
         self.written == self.inflight.len()
     }
 
+    /// The input that item `seq` is, by its index in its map.
+    pub(crate) fn index_of(&self, seq: u64) -> Option<usize> {
+        self.inflight.iter().find_map(|inflight| {
+            let offset = seq.checked_sub(inflight.first_seq)?;
+            (offset < u64::from(inflight.chunk.count))
+                .then(|| inflight.chunk.first_index + offset as usize)
+        })
+    }
+
     /// The map of the frame it is running.
     pub(crate) fn head_map(&self) -> Option<u64> {
         self.inflight.front().map(|head| head.chunk.map)

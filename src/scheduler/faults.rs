@@ -107,6 +107,18 @@ impl Burial<'_> {
             head_untouched,
         } = remains;
         let ready = books.is_ready();
+        let worker = process.worker_pid();
+        match &fate {
+            Fate::TimedOut => tracing::debug!(worker, "worker timed out: killed"),
+            Fate::Died => tracing::debug!(worker, "worker died"),
+            Fate::Broke(problem) => {
+                tracing::debug!(worker, problem, "worker broke the protocol: killed")
+            }
+            Fate::Cancelled => tracing::debug!(worker, "worker's map was dropped: killed"),
+            Fate::Retired => tracing::debug!(worker, "worker retired"),
+            Fate::StartupTimeout => tracing::debug!(worker, "worker did not start in time: killed"),
+            Fate::PoolBroken => tracing::debug!(worker, "pool gave up: worker killed"),
+        }
         let mut dying = Dying {
             process,
             kill_at: (fate == Fate::Retired).then(|| Instant::now() + RETIRE_GRACE),
@@ -187,6 +199,11 @@ pub(crate) fn try_reap(
     let Some(status) = dying.process.try_reap() else {
         return false;
     };
+    tracing::debug!(
+        worker = dying.process.worker_pid(),
+        status = %status_text(status),
+        "worker exited"
+    );
     // What it wrote last explains its death. Take what is there, but do not
     // wait for the end: a subprocess may hold the pipe open.
     let stderr = dying.process.stderr();
@@ -271,6 +288,8 @@ mod tests {
             parent: None,
             max_frame_bytes: 1 << 20,
             memory_limit: None,
+            log_level: 0,
+            backtraces: false,
         }
     }
 

@@ -12,6 +12,7 @@ use rustix::io::Errno;
 
 use super::books::{Books, Unanswered};
 use crate::flow::{self, READS_PER_WAKE, SCRATCH_BYTES, STARTUP_TIMEOUT};
+use crate::logs::{self, LogRecord};
 use crate::process::Process;
 use crate::protocol::{self, FrameBuffer, Hello, ProtocolError, ReplyHeader};
 use crate::registry::registry;
@@ -399,6 +400,13 @@ impl Ear<'_> {
                 let shared = shared.map(|(buffer, at)| (buffer, at + frame.len() - items.len()));
                 self.books
                     .answer(header, items, shared, self.now, self.outbox)
+            }
+            protocol::LOG if self.books.is_ready() => {
+                let record: LogRecord = protocol::decode(&frame[1..], &mut [0; SCRATCH_BYTES])
+                    .map_err(|e| ProtocolError::new(format!("bad log record: {e}")))?;
+                let input = record.seq.and_then(|seq| self.books.index_of(seq));
+                logs::replay::replay(record, self.process.worker_pid(), input);
+                Ok(())
             }
             protocol::FATAL => Err(ProtocolError::new(format!(
                 "worker gave up: {}",

@@ -63,6 +63,10 @@ impl Running {
             std::thread::Builder::new()
                 .name("buckshot-pool".into())
                 .spawn(move || {
+                    // Life-cycle events and workers' events go to the
+                    // subscriber of the pool's creator.
+                    let dispatch = shared.config.dispatch.clone();
+                    let _dispatch = tracing::dispatcher::set_default(&dispatch);
                     let _guard = PanicGuard(Arc::clone(&shared));
                     let mut scheduler = Scheduler::new(shared);
                     let started = scheduler.spawn_initial();
@@ -143,6 +147,8 @@ impl Scheduler {
             parent: None,
             max_frame_bytes: config.max_frame_bytes,
             memory_limit: config.memory_limit,
+            log_level: crate::logs::worker_level(&config.dispatch),
+            backtraces: config.backtraces,
         };
         let supply = Supply::new(Arc::new(Local), worker_config, config.forward_stderr);
         Scheduler {
@@ -162,6 +168,7 @@ impl Scheduler {
                 .supply
                 .spawn()
                 .map_err(|source| Error::Spawn { source })?;
+            tracing::debug!(worker = worker.process().pid(), "worker spawned");
             self.workers.push(worker);
         }
         Ok(())

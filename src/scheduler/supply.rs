@@ -79,11 +79,13 @@ impl Supply {
         }
         match self.spawn() {
             Ok(worker) => {
+                tracing::debug!(worker = worker.process().pid(), "worker respawned");
                 self.delay = Duration::ZERO;
                 self.retry_at = None;
                 Some(worker)
             }
             Err(e) => {
+                tracing::debug!(error = %e, "could not spawn a worker");
                 self.failed(Failure::Spawn(e.to_string()));
                 self.delay = (self.delay * 2).clamp(FIRST_RETRY, LAST_RETRY);
                 self.retry_at = Some(now + self.delay);
@@ -165,6 +167,8 @@ mod tests {
             parent: None,
             max_frame_bytes: 1 << 20,
             memory_limit: None,
+            log_level: 0,
+            backtraces: false,
         };
         Supply::new(Arc::new(Local), config, false)
     }

@@ -1,0 +1,242 @@
+//! The worker's half: a subscriber that sends events to the pool.
+//!
+//! Events of any thread of the worker go out as LOG frames on the reply
+//! stream, each written whole under the lock that REPLY frames take too, so
+//! frames never interleave. Spans are not forwarded (an event inside one
+//! arrives without it).
+
+use std::fmt;
+use std::fs::File;
+use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use tracing::field::{Field, Visit};
+use tracing::level_filters::LevelFilter;
+use tracing::span::{Attributes, Id, Record};
+use tracing::subscriber::Interest;
+use tracing::{Event, Metadata, Subscriber};
+
+use super::{LogRecord, LogValue, level_number};
+use crate::protocol;
+
+/// No item is running.
+const IDLE: u64 = u64::MAX;
+
+/// The sequence number of the item the worker is running, [`IDLE`] between
+/// items. Events of other threads are tagged with it too.
+static RUNNING: AtomicU64 = AtomicU64::new(IDLE);
+
+/// Marks item `seq` as running, or none.
+pub(crate) fn set_running(seq: Option<u64>) {
+    RUNNING.store(seq.unwrap_or(IDLE), Ordering::Relaxed);
+}
+
+/// Sends this worker's events at `max` and above to the pool, through
+/// `replies`; `log` records too. Does nothing for [`LevelFilter::OFF`].
+pub(crate) fn install(max: LevelFilter, replies: Arc<Mutex<File>>) {
+    if max == LevelFilter::OFF {
+        return;
+    }
+    let subscriber = Capture { max, replies };
+    // A worker runs no `main`, so nothing else set a global subscriber,
+    // unless a constructor did: then that one stays.
+    if tracing::subscriber::set_global_default(subscriber).is_ok() {
+        let _ = tracing_log::LogTracer::builder()
+            .with_max_level(level_to_log(max))
+            .init();
+    }
+}
+
+fn level_to_log(max: LevelFilter) -> tracing_log::log::LevelFilter {
+    use tracing_log::log::LevelFilter as Log;
+    match max.into_level() {
+        None => Log::Off,
+        Some(tracing::Level::ERROR) => Log::Error,
+        Some(tracing::Level::WARN) => Log::Warn,
+        Some(tracing::Level::INFO) => Log::Info,
+        Some(tracing::Level::DEBUG) => Log::Debug,
+        Some(tracing::Level::TRACE) => Log::Trace,
+    }
+}
+
+struct Capture {
+    max: LevelFilter,
+    replies: Arc<Mutex<File>>,
+}
+
+impl Subscriber for Capture {
+    fn register_callsite(&self, metadata: &'static Metadata<'static>) -> Interest {
+        if self.enabled(metadata) {
+            Interest::always()
+        } else {
+            Interest::never()
+        }
+    }
+
+    fn enabled(&self, metadata: &Metadata<'_>) -> bool {
+        metadata.is_event() && self.max >= *metadata.level()
+    }
+
+    fn max_level_hint(&self) -> Option<LevelFilter> {
+        Some(self.max)
+    }
+
+    fn new_span(&self, _: &Attributes<'_>) -> Id {
+        Id::from_u64(1)
+    }
+
+    fn record(&self, _: &Id, _: &Record<'_>) {}
+
+    fn record_follows_from(&self, _: &Id, _: &Id) {}
+
+    fn event(&self, event: &Event<'_>) {
+        let record = to_record(event, RUNNING.load(Ordering::Relaxed));
+        let mut body = Vec::new();
+        if protocol::encode(&record, &mut body).is_err() {
+            return;
+        }
+        let mut frame = Vec::with_capacity(body.len() + 8);
+        protocol::push_frame(&mut frame, protocol::LOG, &body);
+        let mut replies = self.replies.lock().unwrap_or_else(PoisonError::into_inner);
+        // A failed write means the pool is gone; the worker finds out at
+        // its next reply.
+        let _ = replies.write_all(&frame);
+    }
+
+    fn enter(&self, _: &Id) {}
+
+    fn exit(&self, _: &Id) {}
+}
+
+/// The record of `event`, which ran while item `running` did.
+fn to_record(event: &Event<'_>, running: u64) -> LogRecord {
+    // `log` records arrive with their origin in fields of their own.
+    let mut fields = Fields::default();
+    event.record(&mut fields);
+    let metadata = event.metadata();
+    let owned = |s: Option<&str>| s.map(str::to_owned);
+    LogRecord {
+        seq: (running != IDLE).then_some(running),
+        level: level_number(*metadata.level()),
+        target: fields
+            .log_target
+            .take()
+            .unwrap_or_else(|| metadata.target().to_owned()),
+        module: fields
+            .log_module
+            .take()
+            .or_else(|| owned(metadata.module_path())),
+        file: fields.log_file.take().or_else(|| owned(metadata.file())),
+        line: fields.log_line.take().or(metadata.line()),
+        fields: fields.values,
+    }
+}
+
+#[derive(Default)]
+struct Fields {
+    values: Vec<(String, LogValue)>,
+    log_target: Option<String>,
+    log_module: Option<String>,
+    log_file: Option<String>,
+    log_line: Option<u32>,
+}
+
+impl Fields {
+    fn push(&mut self, field: &Field, value: LogValue) {
+        match (field.name(), value) {
+            ("log.target", LogValue::Str(s)) => self.log_target = Some(s),
+            ("log.module_path", LogValue::Str(s)) => self.log_module = Some(s),
+            ("log.file", LogValue::Str(s)) => self.log_file = Some(s),
+            ("log.line", LogValue::U64(n)) => self.log_line = u32::try_from(n).ok(),
+            (name, value) => self.values.push((name.to_owned(), value)),
+        }
+    }
+}
+
+impl Visit for Fields {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.push(field, LogValue::Str(value.to_owned()));
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.push(field, LogValue::I64(value));
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.push(field, LogValue::U64(value));
+    }
+
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.push(field, LogValue::F64(value));
+    }
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.push(field, LogValue::Bool(value));
+    }
+
+    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
+        self.push(field, LogValue::Text(value.to_string()));
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        self.push(field, LogValue::Text(format!("{value:?}")));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Records the events it sees, as a worker would send them.
+    struct Recorder(Mutex<Vec<LogRecord>>);
+
+    impl Subscriber for &'static Recorder {
+        fn enabled(&self, _: &Metadata<'_>) -> bool {
+            true
+        }
+        fn new_span(&self, _: &Attributes<'_>) -> Id {
+            Id::from_u64(1)
+        }
+        fn record(&self, _: &Id, _: &Record<'_>) {}
+        fn record_follows_from(&self, _: &Id, _: &Id) {}
+        fn event(&self, event: &Event<'_>) {
+            self.0.lock().unwrap().push(to_record(event, 7));
+        }
+        fn enter(&self, _: &Id) {}
+        fn exit(&self, _: &Id) {}
+    }
+
+    #[test]
+    fn an_event_keeps_its_level_target_place_and_typed_fields() {
+        let recorder: &'static Recorder = Box::leak(Box::new(Recorder(Mutex::new(Vec::new()))));
+        tracing::subscriber::with_default(recorder, || {
+            tracing::warn!(target: "app::parse", rows = 3u64, delta = -2i64, ok = true,
+                ratio = 0.5, name = "x", shown = ?vec![1, 2], "parsed {} rows", 3);
+        });
+        let records = recorder.0.lock().unwrap();
+        let record = &records[0];
+        assert_eq!(record.seq, Some(7));
+        assert_eq!(record.level, 2);
+        assert_eq!(record.target, "app::parse");
+        assert_eq!(record.file.as_deref(), Some(file!()));
+        assert!(record.line.is_some());
+        let field = |name: &str| {
+            record
+                .fields
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.clone())
+        };
+        assert_eq!(
+            field("message"),
+            Some(LogValue::Text("parsed 3 rows".into()))
+        );
+        assert_eq!(field("rows"), Some(LogValue::U64(3)));
+        assert_eq!(field("delta"), Some(LogValue::I64(-2)));
+        assert_eq!(field("ok"), Some(LogValue::Bool(true)));
+        assert_eq!(field("ratio"), Some(LogValue::F64(0.5)));
+        assert_eq!(field("name"), Some(LogValue::Str("x".into())));
+        assert_eq!(field("shown"), Some(LogValue::Text("[1, 2]".into())));
+    }
+}

@@ -1,0 +1,117 @@
+//! Logs from workers: `tracing` events (and `log` records) that tasks emit
+//! in a worker reach the parent's subscriber.
+//!
+//! A pool notes its creator's subscriber and the most verbose level that
+//! subscriber may want, and tells its workers that level. With no
+//! subscriber the level is "off": a worker installs nothing, and its
+//! events are not even formatted.
+//!
+//! - [`capture`], in the worker: a subscriber that encodes each enabled
+//!   event as a [`LogRecord`] and writes it as a LOG frame on the reply
+//!   stream, tagged with the item that was running;
+//! - [`replay`], in the pool's thread: re-emits the record to the noted
+//!   subscriber at its level, with its target, place and fields, plus the
+//!   fields `input` (the input's index) and `worker` (the worker's pid).
+
+pub(crate) mod capture;
+pub(crate) mod replay;
+
+use serde::{Deserialize, Serialize};
+use tracing::Level;
+use tracing::level_filters::LevelFilter;
+
+/// One event, as it travels from a worker to its pool.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct LogRecord {
+    /// The sequence number of the item that was running, if any.
+    pub seq: Option<u64>,
+    /// 1 (error) to 5 (trace).
+    pub level: u8,
+    pub target: String,
+    pub module: Option<String>,
+    pub file: Option<String>,
+    pub line: Option<u32>,
+    /// The event's fields, `message` included, in order.
+    pub fields: Vec<(String, LogValue)>,
+}
+
+/// A field's value, typed as the event recorded it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) enum LogValue {
+    Str(String),
+    I64(i64),
+    U64(u64),
+    F64(f64),
+    Bool(bool),
+    /// A value recorded with `Debug` or `Display`, already formatted.
+    Text(String),
+}
+
+/// A level filter as a number: 0 is off, 1 error ... 5 trace.
+pub(crate) fn filter_number(filter: LevelFilter) -> u8 {
+    match filter.into_level() {
+        None => 0,
+        Some(level) => level_number(level),
+    }
+}
+
+pub(crate) fn filter_from_number(n: u8) -> LevelFilter {
+    level_from_number(n).map_or(LevelFilter::OFF, LevelFilter::from_level)
+}
+
+pub(crate) fn level_number(level: Level) -> u8 {
+    match level {
+        Level::ERROR => 1,
+        Level::WARN => 2,
+        Level::INFO => 3,
+        Level::DEBUG => 4,
+        Level::TRACE => 5,
+    }
+}
+
+pub(crate) fn level_from_number(n: u8) -> Option<Level> {
+    Some(match n {
+        1 => Level::ERROR,
+        2 => Level::WARN,
+        3 => Level::INFO,
+        4 => Level::DEBUG,
+        5 => Level::TRACE,
+        _ => return None,
+    })
+}
+
+/// The level to tell workers of a pool whose creator's subscriber is
+/// `dispatch`: none without one, else the most verbose level any
+/// subscriber of the process may want.
+pub(crate) fn worker_level(dispatch: &tracing::Dispatch) -> u8 {
+    if dispatch.is::<tracing_core::subscriber::NoSubscriber>() {
+        return 0;
+    }
+    filter_number(LevelFilter::current())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn levels_round_trip_as_numbers() {
+        for filter in [
+            LevelFilter::OFF,
+            LevelFilter::ERROR,
+            LevelFilter::WARN,
+            LevelFilter::INFO,
+            LevelFilter::DEBUG,
+            LevelFilter::TRACE,
+        ] {
+            assert_eq!(filter_from_number(filter_number(filter)), filter);
+        }
+        assert_eq!(level_from_number(0), None);
+        assert_eq!(level_from_number(6), None);
+    }
+
+    #[test]
+    fn no_subscriber_means_off() {
+        assert_eq!(worker_level(&tracing::Dispatch::none()), 0);
+    }
+}

@@ -1,0 +1,104 @@
+//! The pool's own life-cycle events: spawn, death, timeout, exit and
+//! respawn of workers are `tracing` events at debug level, with the
+//! worker's pid. (A binary of its own: it enables debug, which would change
+//! what workers of other tests send.)
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use buckshot::{Error, Pool};
+use tracing::Subscriber;
+use tracing_subscriber::layer::{Context, SubscriberExt};
+use tracing_subscriber::{EnvFilter, Layer};
+
+/// An event's message and the worker it names.
+type Seen = (String, Option<u64>);
+
+/// Keeps what every event said.
+#[derive(Clone, Default)]
+struct Recorder(Arc<Mutex<Vec<Seen>>>);
+
+#[derive(Default)]
+struct Fields {
+    message: String,
+    worker: Option<u64>,
+}
+
+impl tracing::field::Visit for Fields {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            self.message = format!("{value:?}");
+        }
+    }
+    fn record_u64(&mut self, field: &tracing::field::Field, value: u64) {
+        if field.name() == "worker" {
+            self.worker = Some(value);
+        }
+    }
+}
+
+impl<S: Subscriber> Layer<S> for Recorder {
+    fn on_event(&self, event: &tracing::Event<'_>, _: Context<'_, S>) {
+        let mut fields = Fields::default();
+        event.record(&mut fields);
+        self.0.lock().unwrap().push((fields.message, fields.worker));
+    }
+}
+
+fn fate(x: u64) -> u32 {
+    match x {
+        1 => std::process::abort(),
+        2 => common::hang(),
+        _ => std::process::id(),
+    }
+}
+buckshot::register!(fate);
+
+#[test]
+fn workers_lives_are_debug_events() {
+    let recorder = Recorder::default();
+    let subscriber = tracing_subscriber::registry()
+        .with(EnvFilter::new("buckshot=debug"))
+        .with(recorder.clone());
+    let (first, results) = tracing::subscriber::with_default(subscriber, || {
+        let pool = Pool::builder()
+            .processes(1)
+            .timeout(Duration::from_millis(500))
+            .forward_stderr(false)
+            .build()
+            .unwrap();
+        common::within("the map", move || {
+            let first = pool.call(fate, 0).unwrap();
+            let results: Vec<_> = pool.map(fate, [1, 2, 0]).unwrap().collect();
+            (first, results)
+        })
+    });
+    assert!(matches!(results[0], Err(Error::WorkerDied { .. })));
+    assert!(matches!(results[1], Err(Error::TaskTimeout { .. })));
+    let last = *results[2].as_ref().unwrap();
+    let seen = recorder.0.lock().unwrap().clone();
+    let about = |message: &str| -> Vec<u64> {
+        seen.iter()
+            .filter(|(m, _)| m == message)
+            .map(|(_, worker)| worker.expect("events name their worker"))
+            .collect()
+    };
+    let first = u64::from(first);
+    assert_eq!(about("worker spawned"), [first], "{seen:#?}");
+    assert_eq!(about("worker died"), [first], "{seen:#?}");
+    let respawned = about("worker respawned");
+    assert_eq!(respawned.len(), 2, "{seen:#?}");
+    assert_eq!(
+        about("worker timed out: killed"),
+        [respawned[0]],
+        "{seen:#?}"
+    );
+    assert_eq!(respawned[1], u64::from(last));
+    let exited = about("worker exited");
+    assert!(
+        exited.contains(&first) && exited.contains(&respawned[0]),
+        "{seen:#?}"
+    );
+}
