@@ -71,6 +71,7 @@ mod flow;
 mod handoff;
 mod launch;
 mod logs;
+mod panics;
 mod pool;
 mod process;
 mod protocol;
@@ -84,7 +85,7 @@ mod task;
 mod worker;
 
 pub use crate::context::WithContext;
-pub use crate::error::Error;
+pub use crate::error::{Error, PanicLocation};
 pub use crate::pool::{Pool, PoolBuilder, map};
 pub use crate::results::{Results, UnorderedResults};
 pub use crate::stream::{CallFuture, MapStream};

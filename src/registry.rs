@@ -9,11 +9,11 @@
 
 use std::any::{Any, TypeId, type_name};
 use std::hash::{DefaultHasher, Hash, Hasher};
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::OnceLock;
 
 use serde::de::DeserializeOwned;
 
+use crate::panics;
 use crate::protocol::{self, Hello, Outcome};
 use crate::task::Task;
 
@@ -180,25 +180,15 @@ pub(crate) fn run_task<F, M>(
         Ok(input) => input,
         Err(e) => return fail(out, format!("decode the input: {e}")),
     };
-    let encoded = catch_unwind(AssertUnwindSafe(|| {
+    let encoded = panics::catch(|| {
         let output = f.call_with(context, input);
         protocol::encode_ok(&output, out)
-    }));
+    });
     let failure = match encoded {
         Ok(Ok(())) => return,
         Ok(Err(e)) => Outcome::<()>::Codec(format!("encode the output: {e}")),
-        Err(payload) => Outcome::Panicked(panic_message(&*payload)),
+        Err(report) => Outcome::Panicked(report),
     };
     out.truncate(start);
     protocol::encode_failure(&failure, out);
-}
-
-fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    if let Some(message) = payload.downcast_ref::<&str>() {
-        (*message).to_owned()
-    } else if let Some(message) = payload.downcast_ref::<String>() {
-        message.clone()
-    } else {
-        "non-string panic payload".to_owned()
-    }
 }

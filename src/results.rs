@@ -499,7 +499,12 @@ fn decode_outcome<O: DeserializeOwned>(
 ) -> Result<O, Error> {
     match protocol::decode_outcome::<O>(item, scratch) {
         Ok(Outcome::Ok(value)) => Ok(value),
-        Ok(Outcome::Panicked(message)) => Err(Error::TaskPanicked { index, message }),
+        Ok(Outcome::Panicked(report)) => Err(Error::TaskPanicked {
+            index,
+            message: report.message,
+            location: report.location,
+            backtrace: report.backtrace,
+        }),
         Ok(Outcome::Codec(message)) => Err(Error::WorkerCodec { index, message }),
         Err(source) => Err(Error::Decode { index, source }),
     }

@@ -21,7 +21,10 @@
 //!   whose handler kills its whole process group (itself and what its tasks
 //!   started), and exits at once if that already happened (when its parent
 //!   is the pool's process: a launcher may start it elsewhere);
-//! - the memory limit, if any, is applied.
+//! - the memory limit, if any, is applied;
+//! - after the handshake: the subscriber that sends tasks' events to the
+//!   pool (if it wants them), and the panic hook that notes where a task
+//!   panicked.
 //!
 //! Then a HELLO frame, and the loop: read a RUN frame, run its items in
 //! order, and write their outcomes before reading the next frame. That write
@@ -44,6 +47,7 @@ use rustix::process::{Pid, Resource, Rlimit};
 use crate::flow::{KEEP_BUFFER, REQUEST_BUFFER, SCRATCH_BYTES};
 use crate::handoff::{WORKER_ENV, WorkerConfig};
 use crate::logs;
+use crate::panics;
 use crate::protocol::{self, Hello, Outcome, ReplyHeader, RunHeader};
 use crate::registry::{ContextSlot, registry};
 
@@ -145,6 +149,7 @@ fn serve(config: WorkerConfig) -> ! {
         logs::filter_from_number(config.log_level),
         Arc::clone(&replies),
     );
+    panics::install_hook(config.backtraces);
 
     match run_tasks(File::from(requests), &replies, config.max_frame_bytes) {
         Ok(()) => end_with_group(),

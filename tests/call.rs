@@ -34,7 +34,7 @@ fn a_call_fails_alone_and_the_pool_goes_on() {
         assert_eq!(pool.call(checked, 4).unwrap(), 40);
         assert!(matches!(
             pool.call(checked, 1),
-            Err(Error::TaskPanicked { index: 0, message }) if message == "one is not allowed"
+            Err(Error::TaskPanicked { index: 0, message, .. }) if message == "one is not allowed"
         ));
         assert!(matches!(
             pool.call(checked, 2),

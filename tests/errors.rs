@@ -86,8 +86,23 @@ fn per_input_messages_start_with_the_index() {
             Error::TaskPanicked {
                 index: 0,
                 message: "boom".into(),
+                location: None,
+                backtrace: None,
             },
             "input 0: task panicked: boom",
+        ),
+        (
+            Error::TaskPanicked {
+                index: 3,
+                message: "boom".into(),
+                location: Some(buckshot::PanicLocation {
+                    file: "src/parse.rs".into(),
+                    line: 12,
+                    column: 5,
+                }),
+                backtrace: Some("0: parse".into()),
+            },
+            "input 3: task panicked at src/parse.rs:12:5: boom",
         ),
         (
             Error::Protocol {

@@ -22,9 +22,19 @@ fn panics_fail_their_input_and_the_worker_lives_on() {
                 assert_eq!(x, y);
                 pids.push(pid);
             }
-            Err(Error::TaskPanicked { index, message }) => {
+            Err(Error::TaskPanicked {
+                index,
+                message,
+                location,
+                ..
+            }) => {
                 assert_eq!(index as u64, x);
                 assert_eq!(message, format!("boom at {x}"));
+                let location = location.expect("a panic says where");
+                assert_eq!(
+                    (location.file.as_str(), location.line, location.column),
+                    ("tests/panic.rs", 7, 9)
+                );
                 assert_eq!(x % 10, 3);
             }
             Err(e) => panic!("input {x}: {e}"),

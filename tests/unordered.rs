@@ -54,7 +54,12 @@ fn each_fault_fails_its_own_index_once() {
     for (index, result) in seen.into_iter().enumerate() {
         let result = result.expect("every index seen once");
         match (index as u64, &result) {
-            (PANICS, Err(Error::TaskPanicked { index: i, message })) => {
+            (
+                PANICS,
+                Err(Error::TaskPanicked {
+                    index: i, message, ..
+                }),
+            ) => {
                 assert_eq!((*i, message.as_str()), (index, "boom at 1000"));
             }
             (

@@ -4,6 +4,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::error::BoxError;
+use crate::panics::PanicReport;
 
 /// The result of one task, as a worker reports it. On the wire: a tag
 /// byte, then the CBOR value for `Ok`, or a UTF-8 message otherwise (a
@@ -11,7 +12,7 @@ use crate::error::BoxError;
 #[derive(Debug, PartialEq)]
 pub(crate) enum Outcome<T> {
     Ok(T),
-    Panicked(String),
+    Panicked(PanicReport),
     /// The worker could not decode the input or encode the output; the text
     /// says which.
     Codec(String),
@@ -32,13 +33,17 @@ pub(crate) fn encode_ok<T: Serialize + ?Sized>(
 
 /// Appends a failed outcome.
 pub(crate) fn encode_failure<T>(outcome: &Outcome<T>, out: &mut Vec<u8>) {
-    let (tag, message) = match outcome {
+    match outcome {
         Outcome::Ok(_) => unreachable!("a failure"),
-        Outcome::Panicked(message) => (OUTCOME_PANICKED, message),
-        Outcome::Codec(message) => (OUTCOME_CODEC, message),
-    };
-    out.push(tag);
-    out.extend_from_slice(message.as_bytes());
+        Outcome::Panicked(report) => {
+            out.push(OUTCOME_PANICKED);
+            encode(report, out).expect("a panic report encodes");
+        }
+        Outcome::Codec(message) => {
+            out.push(OUTCOME_CODEC);
+            out.extend_from_slice(message.as_bytes());
+        }
+    }
 }
 
 pub(crate) fn decode_outcome<T: DeserializeOwned>(
@@ -51,7 +56,7 @@ pub(crate) fn decode_outcome<T: DeserializeOwned>(
     let message = || String::from_utf8_lossy(rest).into_owned();
     match tag {
         OUTCOME_OK => decode(rest, scratch).map(Outcome::Ok),
-        OUTCOME_PANICKED => Ok(Outcome::Panicked(message())),
+        OUTCOME_PANICKED => decode(rest, scratch).map(Outcome::Panicked),
         OUTCOME_CODEC => Ok(Outcome::Codec(message())),
         tag => Err(CodecError(format!("unknown outcome tag {tag}")).into()),
     }
@@ -109,7 +114,15 @@ mod tests {
         let back: Outcome<Vec<u8>> = decode_outcome(&buf, &mut scratch).unwrap();
         assert_eq!(back, Outcome::Ok(vec![1, 2]));
         for failure in [
-            Outcome::Panicked("boom".to_owned()),
+            Outcome::Panicked(PanicReport {
+                message: "boom".to_owned(),
+                location: Some(crate::PanicLocation {
+                    file: "src/x.rs".to_owned(),
+                    line: 3,
+                    column: 9,
+                }),
+                backtrace: None,
+            }),
             Outcome::Codec("bad".to_owned()),
         ] {
             buf.clear();
