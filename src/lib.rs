@@ -46,6 +46,20 @@
 //! the pool at a time. Every input yields exactly one result: a value, or an
 //! [`Error`] that names its index.
 //!
+//! # Contexts, async, logs, panics
+//!
+//! - [`Pool::with_context`] sends data that every input needs once to each
+//!   worker, for tasks whose first argument is a reference to it.
+//! - [`Pool::map_stream`] and [`Pool::call_async`] are the async forms of a
+//!   map and a call: a [`Stream`](futures_core::Stream) and a
+//!   [`Future`](std::future::Future) that never block the polling thread,
+//!   for any runtime; dropping one cancels its inputs.
+//! - `tracing` events (and `log` records) that tasks emit in workers reach
+//!   the subscriber of the thread that built the pool, with the fields
+//!   `input` and `worker`; the pool logs its workers' lives at debug level.
+//! - [`Error::TaskPanicked`] says where the task panicked, with the
+//!   worker's backtrace when the program runs with `RUST_BACKTRACE` set.
+//!
 //! # How it works
 //!
 //! - A pool starts workers by re-executing its own binary (`/proc/self/exe`)
