@@ -52,7 +52,7 @@
 //!   worker, for tasks whose first argument is a reference to it.
 //! - [`Pool::map_stream`] and [`Pool::call_async`] are the async forms of a
 //!   map and a call: a [`Stream`](futures_core::Stream) and a
-//!   [`Future`](std::future::Future) that never block the polling thread,
+//!   [`Future`] that never block the polling thread,
 //!   for any runtime; dropping one cancels its inputs.
 //! - `tracing` events (and `log` records) that tasks emit in workers reach
 //!   the subscriber of the thread that built the pool, with the fields
