@@ -8,8 +8,10 @@
 //! Rust prints them.
 
 use std::backtrace::Backtrace;
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::OnceLock;
+use std::thread::ThreadId;
 
 use serde::{Deserialize, Serialize};
 
@@ -23,20 +25,25 @@ pub(crate) struct PanicReport {
     pub backtrace: Option<String>,
 }
 
+/// The thread that runs tasks: the one that installed the hook.
+static TASK_THREAD: OnceLock<ThreadId> = OnceLock::new();
+
 thread_local! {
-    /// Whether this thread is running a task under [`catch`].
-    static IN_TASK: Cell<bool> = const { Cell::new(false) };
-    /// What the hook noted of this thread's last panic in a task.
+    /// What the hook noted of the last panic on the task thread. Read only
+    /// after a caught panic, so the success path of a task touches nothing
+    /// (a panic a task catches itself leaves a note that the next panic
+    /// overwrites before it is read).
     static NOTED: RefCell<Option<(Option<PanicLocation>, Option<String>)>> =
         const { RefCell::new(None) };
 }
 
-/// Installs the worker's panic hook; `backtraces`: whether reports carry
-/// one.
+/// Installs the worker's panic hook, on the thread that will run tasks;
+/// `backtraces`: whether reports carry one.
 pub(crate) fn install_hook(backtraces: bool) {
+    let _ = TASK_THREAD.set(std::thread::current().id());
     let default = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
-        if !IN_TASK.with(Cell::get) {
+        if TASK_THREAD.get() != Some(&std::thread::current().id()) {
             return default(info);
         }
         let location = info.location().map(|location| PanicLocation {
@@ -61,11 +68,7 @@ pub(crate) fn install_hook(backtraces: bool) {
 
 /// Runs a task, catching its panic.
 pub(crate) fn catch<R>(task: impl FnOnce() -> R) -> Result<R, PanicReport> {
-    IN_TASK.with(|in_task| in_task.set(true));
-    NOTED.with(|noted| noted.borrow_mut().take());
-    let result = catch_unwind(AssertUnwindSafe(task));
-    IN_TASK.with(|in_task| in_task.set(false));
-    result.map_err(|payload| {
+    catch_unwind(AssertUnwindSafe(task)).map_err(|payload| {
         let (location, backtrace) = NOTED
             .with(|noted| noted.borrow_mut().take())
             .unwrap_or((None, None));

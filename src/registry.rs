@@ -187,7 +187,7 @@ pub(crate) fn run_task<F, M>(
     let failure = match encoded {
         Ok(Ok(())) => return,
         Ok(Err(e)) => Outcome::<()>::Codec(format!("encode the output: {e}")),
-        Err(report) => Outcome::Panicked(report),
+        Err(report) => Outcome::Panicked(Box::new(report)),
     };
     out.truncate(start);
     protocol::encode_failure(&failure, out);

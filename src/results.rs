@@ -17,6 +17,7 @@ use serde::de::DeserializeOwned;
 
 use crate::error::Error;
 use crate::flow::{self, CHUNK_BYTES, ChunkContext, SCRATCH_BYTES, WINDOW_BYTES, Window};
+use crate::panics::PanicReport;
 use crate::protocol::{self, Items, Outcome, RunFrame};
 use crate::scheduler::Running;
 use crate::shared::{Chunk, Delivery, MapStats, MapTask, Refused, Shared, WakerSlot};
@@ -499,12 +500,19 @@ fn decode_outcome<O: DeserializeOwned>(
 ) -> Result<O, Error> {
     match protocol::decode_outcome::<O>(item, scratch) {
         Ok(Outcome::Ok(value)) => Ok(value),
-        Ok(Outcome::Panicked(report)) => Err(Error::TaskPanicked {
-            index,
-            message: report.message,
-            location: report.location,
-            backtrace: report.backtrace,
-        }),
+        Ok(Outcome::Panicked(report)) => {
+            let PanicReport {
+                message,
+                location,
+                backtrace,
+            } = *report;
+            Err(Error::TaskPanicked {
+                index,
+                message,
+                location,
+                backtrace,
+            })
+        }
         Ok(Outcome::Codec(message)) => Err(Error::WorkerCodec { index, message }),
         Err(source) => Err(Error::Decode { index, source }),
     }

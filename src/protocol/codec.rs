@@ -12,7 +12,8 @@ use crate::panics::PanicReport;
 #[derive(Debug, PartialEq)]
 pub(crate) enum Outcome<T> {
     Ok(T),
-    Panicked(PanicReport),
+    /// Boxed: outcomes are decoded by the million, and most are `Ok`.
+    Panicked(Box<PanicReport>),
     /// The worker could not decode the input or encode the output; the text
     /// says which.
     Codec(String),
@@ -56,7 +57,7 @@ pub(crate) fn decode_outcome<T: DeserializeOwned>(
     let message = || String::from_utf8_lossy(rest).into_owned();
     match tag {
         OUTCOME_OK => decode(rest, scratch).map(Outcome::Ok),
-        OUTCOME_PANICKED => decode(rest, scratch).map(Outcome::Panicked),
+        OUTCOME_PANICKED => decode(rest, scratch).map(|report| Outcome::Panicked(Box::new(report))),
         OUTCOME_CODEC => Ok(Outcome::Codec(message())),
         tag => Err(CodecError(format!("unknown outcome tag {tag}")).into()),
     }
@@ -114,7 +115,7 @@ mod tests {
         let back: Outcome<Vec<u8>> = decode_outcome(&buf, &mut scratch).unwrap();
         assert_eq!(back, Outcome::Ok(vec![1, 2]));
         for failure in [
-            Outcome::Panicked(PanicReport {
+            Outcome::Panicked(Box::new(PanicReport {
                 message: "boom".to_owned(),
                 location: Some(crate::PanicLocation {
                     file: "src/x.rs".to_owned(),
@@ -122,7 +123,7 @@ mod tests {
                     column: 9,
                 }),
                 backtrace: None,
-            }),
+            })),
             Outcome::Codec("bad".to_owned()),
         ] {
             buf.clear();
