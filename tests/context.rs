@@ -52,7 +52,10 @@ fn note(dir: &str, what: &str) {
         .append(true)
         .open(Path::new(dir).join(what))
         .unwrap();
-    writeln!(file, "{}", std::process::id()).unwrap();
+    // One write per line: with O_APPEND it lands whole, whatever other
+    // workers append at the same time (`writeln!` may write in pieces).
+    file.write_all(format!("{}\n", std::process::id()).as_bytes())
+        .unwrap();
 }
 
 /// The pids noted in `what` under `dir`.
