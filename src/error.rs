@@ -38,7 +38,9 @@ pub enum Error {
         index: usize,
         /// The panic message.
         message: String,
-        /// Where the task panicked, if known.
+        /// Where the task panicked, if known (not if the task replaced
+        /// the worker's panic hook, or re-raised a payload with
+        /// `resume_unwind`).
         location: Option<PanicLocation>,
         /// The worker's backtrace at the panic, as text: only when the
         /// pool's process runs with `RUST_BACKTRACE` set (and not `0`), for

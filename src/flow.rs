@@ -62,6 +62,9 @@ pub(crate) const UNKNOWN_ESTIMATE: Duration = Duration::from_millis(2);
 pub(crate) const MAX_INFLIGHT_FRAMES: usize = 256;
 /// Deliveries sent to maps in one go while replies keep coming.
 pub(crate) const DELIVERY_BATCH: usize = 16;
+/// ... or once the oldest of them waited this long (a worker that floods
+/// the loop with logs keeps it from sleeping).
+pub(crate) const DELIVERY_DELAY: Duration = Duration::from_millis(1);
 /// At most this many frames go into one `writev`.
 pub(crate) const MAX_IOVECS: usize = 64;
 

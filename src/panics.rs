@@ -9,6 +9,7 @@
 
 use std::backtrace::Backtrace;
 use std::cell::RefCell;
+use std::io::Write;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::OnceLock;
 use std::thread::ThreadId;
@@ -30,11 +31,11 @@ static TASK_THREAD: OnceLock<ThreadId> = OnceLock::new();
 
 thread_local! {
     /// What the hook noted of the last panic on the task thread. Read only
-    /// after a caught panic, so the success path of a task touches nothing
-    /// (a panic a task catches itself leaves a note that the next panic
-    /// overwrites before it is read).
-    static NOTED: RefCell<Option<(Option<PanicLocation>, Option<String>)>> =
-        const { RefCell::new(None) };
+    /// after a caught panic, so the success path of a task touches nothing.
+    /// A panic that a task catches itself leaves a note behind, which the
+    /// next panic overwrites; a payload re-raised with `resume_unwind`
+    /// calls no hook, and is told apart by its message.
+    static NOTED: RefCell<Option<PanicReport>> = const { RefCell::new(None) };
 }
 
 /// Installs the worker's panic hook, on the thread that will run tasks;
@@ -52,30 +53,38 @@ pub(crate) fn install_hook(backtraces: bool) {
             column: location.column(),
         });
         let backtrace = backtraces.then(|| Backtrace::force_capture().to_string());
-        // What Rust prints, but the backtrace: that goes with the error.
+        let message = message(info.payload());
+        // What Rust prints, but the backtrace: that goes with the error. A
+        // write error is ignored: a panic in the hook would abort.
         let thread = std::thread::current();
         let place = location
             .as_ref()
             .map_or_else(|| "an unknown place".to_owned(), ToString::to_string);
-        eprintln!(
-            "thread '{}' panicked at {place}:\n{}",
+        let _ = writeln!(
+            std::io::stderr(),
+            "thread '{}' panicked at {place}:\n{message}",
             thread.name().unwrap_or("<unnamed>"),
-            message(info.payload())
         );
-        NOTED.with(|noted| *noted.borrow_mut() = Some((location, backtrace)));
+        let report = PanicReport {
+            message,
+            location,
+            backtrace,
+        };
+        NOTED.with(|noted| *noted.borrow_mut() = Some(report));
     }));
 }
 
 /// Runs a task, catching its panic.
 pub(crate) fn catch<R>(task: impl FnOnce() -> R) -> Result<R, PanicReport> {
     catch_unwind(AssertUnwindSafe(task)).map_err(|payload| {
-        let (location, backtrace) = NOTED
-            .with(|noted| noted.borrow_mut().take())
-            .unwrap_or((None, None));
-        PanicReport {
-            message: message(&*payload),
-            location,
-            backtrace,
+        let message = message(&*payload);
+        match NOTED.with(|noted| noted.borrow_mut().take()) {
+            Some(report) if report.message == message => report,
+            _ => PanicReport {
+                message,
+                location: None,
+                backtrace: None,
+            },
         }
     })
 }

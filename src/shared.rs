@@ -11,11 +11,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::task::Waker;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rustix::event::EventfdFlags;
 
 use crate::error::Error;
+use crate::flow::{DELIVERY_BATCH, DELIVERY_DELAY};
 use crate::protocol::{self, Items, RunFrame};
 
 /// The pool's settings, validated by the builder.
@@ -142,11 +143,23 @@ pub(crate) enum Delivery {
 
 /// Deliveries collected by the loop, each for a map, sent in batches.
 #[derive(Debug, Default)]
-pub(crate) struct Outbox(Vec<(u64, Delivery)>);
+pub(crate) struct Outbox(Vec<(u64, Delivery)>, Option<Instant>);
 
 impl Outbox {
     pub(crate) fn push(&mut self, map: u64, delivery: Delivery) {
+        if self.0.is_empty() {
+            self.1 = Some(Instant::now());
+        }
         self.0.push((map, delivery));
+    }
+
+    /// Whether it is time to send what it holds while the loop is busy: a
+    /// batch is full, or its oldest delivery has waited long enough.
+    pub(crate) fn due(&self) -> bool {
+        self.0.len() >= DELIVERY_BATCH
+            || self
+                .1
+                .is_some_and(|since| since.elapsed() >= DELIVERY_DELAY)
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -232,37 +245,34 @@ impl WakerSlot {
         }
     }
 
-    fn wake(&self) {
-        let waker = self.0.lock().unwrap_or_else(PoisonError::into_inner).take();
-        if let Some(waker) = waker {
-            waker.wake();
-        }
+    /// The waker left, to be woken once the pool's lock is released.
+    fn take(&self) -> Option<Waker> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).take()
     }
 }
 
-/// The loop's end of a map's deliveries: sending wakes an async caller.
+/// The loop's end of a map's deliveries. Sending and closing hand back
+/// the waker of an async caller waiting for them, which is woken once the
+/// pool's lock is released (an executor may poll from `wake`, and polling
+/// takes the lock).
 pub(crate) struct Mailbox {
-    /// Taken when the map is dropped, so the receiver sees the end.
-    tx: Option<Sender<Vec<Delivery>>>,
+    tx: Sender<Vec<Delivery>>,
     waker: Arc<WakerSlot>,
 }
 
 impl Mailbox {
     /// Sends a batch; a map whose caller is gone has no receiver, and
     /// nothing needs doing.
-    pub(crate) fn send(&self, batch: Vec<Delivery>) {
-        if let Some(tx) = &self.tx {
-            let _ = tx.send(batch);
-        }
-        self.waker.wake();
+    fn send(&self, batch: Vec<Delivery>) -> Option<Waker> {
+        let _ = self.tx.send(batch);
+        self.waker.take()
     }
-}
 
-impl Drop for Mailbox {
-    fn drop(&mut self) {
-        // Disconnect first, so that the woken caller sees the end.
-        drop(self.tx.take());
-        self.waker.wake();
+    /// Drops the sender, so that the receiver sees the end.
+    fn close(self) -> Option<Waker> {
+        let waker = Arc::clone(&self.waker);
+        drop(self);
+        waker.take()
     }
 }
 
@@ -318,9 +328,18 @@ pub(crate) struct State {
     pub(crate) contexts: HashMap<u64, Weak<SharedContext>>,
     next_context: u64,
     pub(crate) phase: Phase,
+    /// Async callers to wake once the lock is released.
+    wakes: Vec<Waker>,
 }
 
 impl State {
+    /// Ends every map: their receivers see the end of their deliveries.
+    pub(crate) fn close_maps(&mut self) {
+        for (_, link) in self.maps.drain() {
+            self.wakes.extend(link.tx.close());
+        }
+    }
+
     pub(crate) fn queued(&self) -> usize {
         self.queue.iter().map(|chunk| chunk.count as usize).sum()
     }
@@ -342,24 +361,26 @@ impl State {
     /// Tells a map that inputs `first_index..first_index + count` will
     /// never run.
     pub(crate) fn never_run(
-        &self,
+        &mut self,
         map: u64,
         first_index: usize,
         count: u32,
         reason: Option<String>,
     ) {
         if let Some(link) = self.maps.get(&map) {
-            link.tx.send(vec![Delivery::Closed {
+            let waker = link.tx.send(vec![Delivery::Closed {
                 first_index,
                 count,
                 reason,
             }]);
+            self.wakes.extend(waker);
         }
     }
 
     /// Sends what the loop collected, one message per map.
-    pub(crate) fn deliver(&self, outbox: &mut Outbox) {
+    pub(crate) fn deliver(&mut self, outbox: &mut Outbox) {
         let mut batches: Vec<(u64, Vec<Delivery>)> = Vec::new();
+        outbox.1 = None;
         for (map, delivery) in outbox.0.drain(..) {
             match batches.iter_mut().find(|(m, _)| *m == map) {
                 Some((_, batch)) => batch.push(delivery),
@@ -368,8 +389,40 @@ impl State {
         }
         for (map, batch) in batches {
             if let Some(link) = self.maps.get(&map) {
-                link.tx.send(batch);
+                let waker = link.tx.send(batch);
+                self.wakes.extend(waker);
             }
+        }
+    }
+}
+
+/// The pool's state, locked; unlocking wakes the async callers whose
+/// deliveries came meanwhile.
+pub(crate) struct Locked<'a>(Option<MutexGuard<'a, State>>);
+
+impl std::ops::Deref for Locked<'_> {
+    type Target = State;
+
+    fn deref(&self) -> &State {
+        self.0.as_ref().expect("locked until dropped")
+    }
+}
+
+impl std::ops::DerefMut for Locked<'_> {
+    fn deref_mut(&mut self) -> &mut State {
+        self.0.as_mut().expect("locked until dropped")
+    }
+}
+
+impl Drop for Locked<'_> {
+    fn drop(&mut self) {
+        let wakes = self
+            .0
+            .as_mut()
+            .map(|state| std::mem::take(&mut state.wakes));
+        self.0 = None;
+        for waker in wakes.into_iter().flatten() {
+            waker.wake();
         }
     }
 }
@@ -397,6 +450,7 @@ impl Shared {
             contexts: HashMap::new(),
             next_context: 1,
             phase: Phase::Open,
+            wakes: Vec::new(),
         };
         Ok(Shared {
             state: Mutex::new(state),
@@ -405,10 +459,10 @@ impl Shared {
         })
     }
 
-    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
+    pub(crate) fn lock(&self) -> Locked<'_> {
         // The state stays consistent between statements, so a panic elsewhere
         // while holding the lock leaves it usable.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        Locked(Some(self.state.lock().unwrap_or_else(|e| e.into_inner())))
     }
 
     /// The doorbell the loop polls.
@@ -471,7 +525,7 @@ impl Shared {
             id,
             MapLink {
                 tx: Mailbox {
-                    tx: Some(tx),
+                    tx,
                     waker: Arc::clone(&waker),
                 },
                 stats: Arc::clone(&stats),

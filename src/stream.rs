@@ -29,7 +29,10 @@ use crate::shared::{MapTask, Shared};
 /// killed and replaced.
 ///
 /// The input iterator is still an ordinary iterator, pulled on the polling
-/// thread as workers need inputs: it should not block.
+/// thread as workers need inputs: it should not block. A poll also encodes
+/// the inputs it pulls and decodes the outputs that arrived, as an
+/// iterator's `next` does: with large inputs that is real work on the
+/// polling thread (at most 64 MiB of encoded inputs per poll).
 #[must_use = "a stream does nothing unless polled"]
 pub struct MapStream<It, O> {
     feed: Feed<It, O>,

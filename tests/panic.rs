@@ -44,3 +44,30 @@ fn panics_fail_their_input_and_the_worker_lives_on() {
     pids.dedup();
     assert_eq!(pids.len(), 1, "the worker was replaced after a panic");
 }
+
+fn caught_then_resumed(x: u64) -> u64 {
+    // A panic the task catches itself, then another payload re-raised
+    // without a hook call: the report must not borrow the first one's
+    // place.
+    let _ = std::panic::catch_unwind(|| panic!("caught inside"));
+    if x == 1 {
+        std::panic::resume_unwind(Box::new("resumed"));
+    }
+    x
+}
+buckshot::register!(caught_then_resumed);
+
+#[test]
+fn a_resumed_payload_is_not_given_an_earlier_panics_place() {
+    let pool = Pool::new(1).unwrap();
+    match pool.call(caught_then_resumed, 1) {
+        Err(Error::TaskPanicked {
+            message, location, ..
+        }) => {
+            assert_eq!(message, "resumed");
+            assert_eq!(location, None, "no hook ran for this payload");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(pool.call(caught_then_resumed, 2).unwrap(), 2);
+}

@@ -165,6 +165,7 @@ fn threads_of_a_task_and_log_records_are_forwarded_too() {
     let threaded = with(&seen, "message", "from a thread of the task");
     assert_eq!(threaded.len(), 1, "{seen:#?}");
     assert_eq!(threaded[0].fields["x"], "7");
+    assert_eq!(threaded[0].fields["input"], "0");
     let legacy = with(&seen, "message", "a log record for 8");
     assert_eq!(legacy.len(), 1, "{seen:#?}");
     assert_eq!(legacy[0].target, "worker_logs::legacy");
@@ -174,7 +175,18 @@ fn threads_of_a_task_and_log_records_are_forwarded_too() {
 
 #[test]
 fn with_no_subscriber_workers_format_nothing() {
-    // Built outside any subscriber: its workers get level "off".
+    // Another thread keeps an info subscriber alive meanwhile: the pool is
+    // built outside any subscriber, so its workers get level "off" anyway.
+    let (hold, held) = std::sync::mpsc::channel::<()>();
+    let (ready, is_ready) = std::sync::mpsc::channel();
+    let other = std::thread::spawn(move || {
+        let subscriber = tracing_subscriber::registry().with(EnvFilter::new("info"));
+        tracing::subscriber::with_default(subscriber, || {
+            ready.send(()).unwrap();
+            let _ = held.recv();
+        });
+    });
+    is_ready.recv().unwrap();
     let pool = Pool::new(1).unwrap();
     let results = common::within("the map", move || {
         pool.map(quiet, 0..20).unwrap().collect::<Vec<_>>()
@@ -183,6 +195,8 @@ fn with_no_subscriber_workers_format_nothing() {
     for result in results {
         result.expect("no event was formatted");
     }
+    drop(hold);
+    other.join().unwrap();
 }
 
 #[test]
@@ -201,12 +215,252 @@ fn events_below_the_level_are_not_formatted_in_workers() {
     for result in results {
         result.expect("no event was formatted");
     }
-    assert!(seen.is_empty(), "{seen:#?}");
+    assert_eq!(seen.len(), 20, "only the warnings: {seen:#?}");
+    assert!(seen.iter().all(|event| event.level == Level::WARN));
 }
 
 fn quiet_at_debug(x: u64) -> u64 {
+    tracing::warn!("kept");
     tracing::debug!("{}", Bomb);
     tracing::trace!("{}", Bomb);
     x
 }
 buckshot::register!(quiet_at_debug);
+
+fn huge_field(bytes: usize) -> usize {
+    tracing::info!(blob = %"x".repeat(bytes), "a huge field");
+    bytes
+}
+buckshot::register!(huge_field);
+
+#[test]
+fn a_huge_field_is_cut_and_costs_the_input_nothing() {
+    let (results, seen) = recording("info", || {
+        let pool = Pool::builder()
+            .processes(1)
+            .max_frame_bytes(1 << 20)
+            .build()
+            .unwrap();
+        common::within("the map", move || {
+            pool.map(huge_field, [2 << 20, 10])
+                .unwrap()
+                .collect::<Vec<_>>()
+        })
+    });
+    assert_eq!(results[0].as_ref().unwrap(), &(2 << 20), "{results:?}");
+    assert_eq!(results[1].as_ref().unwrap(), &10);
+    let huge = with(&seen, "input", "0");
+    assert_eq!(huge.len(), 1, "{seen:#?}");
+    let blob = &huge[0].fields["blob"];
+    assert!(blob.len() < 8192, "{} bytes", blob.len());
+    assert!(
+        blob.ends_with(&format!("... [{} bytes cut]", (2 << 20) - 4096)),
+        "{}",
+        &blob[4000..]
+    );
+}
+
+fn from_many_threads(threads: u64) -> u64 {
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            std::thread::spawn(move || {
+                for k in 0..200u64 {
+                    // Over PIPE_BUF: a frame written in pieces would
+                    // interleave with others.
+                    tracing::info!(t, k, pad = %"p".repeat(3000), more = %"q".repeat(3000), "burst");
+                }
+            })
+        })
+        .collect();
+    for handle in handles {
+        handle.join().unwrap();
+    }
+    threads
+}
+buckshot::register!(from_many_threads);
+
+/// How many events the pool said it dropped, in its warnings.
+fn dropped(seen: &[Seen]) -> usize {
+    seen.iter()
+        .filter_map(|event| event.fields.get("message"))
+        .filter_map(|message| message.strip_prefix("[buckshot: "))
+        .filter_map(|rest| rest.split(' ').next()?.parse::<usize>().ok())
+        .sum()
+}
+
+#[test]
+fn events_from_many_threads_never_break_the_stream() {
+    let (results, seen) = recording("info", || {
+        let pool = Pool::new(1).unwrap();
+        common::within("the map", move || {
+            pool.map(from_many_threads, [8, 8])
+                .unwrap()
+                .collect::<Vec<_>>()
+        })
+    });
+    for result in &results {
+        assert_eq!(result.as_ref().unwrap(), &8, "{results:?}");
+    }
+    let bursts = with(&seen, "message", "burst");
+    for event in &bursts {
+        assert_eq!(event.fields["pad"], "p".repeat(3000));
+        assert_eq!(event.fields["more"], "q".repeat(3000));
+    }
+    assert_eq!(
+        bursts.len() + dropped(&seen),
+        2 * 8 * 200,
+        "every event arrived or was counted"
+    );
+}
+
+fn forks_and_logs(x: u64) -> u64 {
+    // SAFETY: the child only logs (through the worker's subscriber, which
+    // must stay silent in it) and exits without unwinding.
+    let child = unsafe { libc::fork() };
+    for k in 0..100u64 {
+        tracing::info!(k, pad = %"f".repeat(3000), "around a fork");
+    }
+    if child == 0 {
+        // SAFETY: _exit ends the child without running the parent's exit
+        // handlers.
+        unsafe { libc::_exit(0) };
+    }
+    let mut status = 0;
+    // SAFETY: waits for the child forked above.
+    unsafe { libc::waitpid(child, &mut status, 0) };
+    x
+}
+buckshot::register!(forks_and_logs);
+
+#[test]
+fn a_forked_child_sends_nothing() {
+    let (results, seen) = recording("info", || {
+        let pool = Pool::new(1).unwrap();
+        common::within("the map", move || {
+            pool.map(forks_and_logs, [1, 2, 3])
+                .unwrap()
+                .collect::<Vec<_>>()
+        })
+    });
+    for (x, result) in (1..).zip(&results) {
+        assert_eq!(result.as_ref().unwrap(), &x, "{results:?}");
+    }
+    let around = with(&seen, "message", "around a fork");
+    assert_eq!(
+        around.len() + dropped(&seen),
+        300,
+        "the parent's events only"
+    );
+}
+
+/// A layer whose writer stalls on events of one target until released.
+struct Stalling(Arc<(Mutex<bool>, std::sync::Condvar)>);
+
+impl<S: Subscriber> Layer<S> for Stalling {
+    fn on_event(&self, event: &tracing::Event<'_>, _: Context<'_, S>) {
+        if event.metadata().target() == "worker_logs::stall" {
+            let (released, changed) = &*self.0;
+            let mut released = released.lock().unwrap();
+            while !*released {
+                released = changed.wait(released).unwrap();
+            }
+        }
+    }
+}
+
+fn stall_logs(n: u64) -> u64 {
+    for k in 0..n {
+        tracing::info!(target: "worker_logs::stall", k, "into a stalled subscriber");
+    }
+    n
+}
+buckshot::register!(stall_logs);
+
+fn square(x: u64) -> u64 {
+    x * x
+}
+buckshot::register!(square);
+
+#[test]
+fn a_stalled_subscriber_holds_up_no_map() {
+    let gate = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
+    let subscriber = tracing_subscriber::registry()
+        .with(EnvFilter::new("info"))
+        .with(Stalling(Arc::clone(&gate)));
+    let pool = tracing::subscriber::with_default(subscriber, || {
+        Pool::builder()
+            .processes(2)
+            .timeout(std::time::Duration::from_millis(300))
+            .build()
+            .unwrap()
+    });
+    let pool = common::within_for(
+        "maps while the subscriber stalls",
+        std::time::Duration::from_secs(20),
+        move || {
+            assert_eq!(pool.call(stall_logs, 10_000).unwrap(), 10_000);
+            assert_eq!(pool.call(square, 7).unwrap(), 49);
+            assert!(matches!(pool.call(stall_logs, 1).map(|_| ()), Ok(())));
+            pool
+        },
+    );
+    // Dropping the pool waits for the stalled subscriber a moment, not
+    // for ever.
+    common::within_for(
+        "dropping the pool",
+        std::time::Duration::from_secs(10),
+        move || drop(pool),
+    );
+    let (released, changed) = &*gate;
+    *released.lock().unwrap() = true;
+    changed.notify_all();
+}
+
+fn flood_until(stop: String) -> u64 {
+    let mut k = 0u64;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !std::path::Path::new(&stop).exists() && std::time::Instant::now() < deadline {
+        tracing::info!(target: "worker_logs::flood", k, "flooding");
+        k += 1;
+    }
+    k
+}
+buckshot::register!(flood_until);
+
+fn announce_then_flood(paths: (String, String)) -> u64 {
+    common::announce(&paths.0);
+    flood_until(paths.1)
+}
+buckshot::register!(announce_then_flood);
+
+#[test]
+fn a_worker_flooding_logs_does_not_hold_back_other_results() {
+    let stop = std::env::temp_dir().join(format!("buckshot-flood-{}", std::process::id()));
+    let _ = std::fs::remove_file(&stop);
+    let stop_path = stop.to_string_lossy().into_owned();
+    let rendezvous = common::Rendezvous::new();
+    let (flooded, _) = recording("info,worker_logs::flood=off", || {
+        let pool = Arc::new(Pool::new(2).unwrap());
+        let flooding = {
+            let pool = Arc::clone(&pool);
+            let paths = (rendezvous.path(), stop_path.clone());
+            std::thread::spawn(move || pool.call(announce_then_flood, paths))
+        };
+        rendezvous.wait();
+        // The other worker answers promptly, flood or not.
+        let answers = {
+            let pool = Arc::clone(&pool);
+            common::within_for(
+                "calls during a log flood",
+                std::time::Duration::from_secs(5),
+                move || (0..20).map(|x| pool.call(square, x).unwrap()).sum::<u64>(),
+            )
+        };
+        assert_eq!(answers, (0..20).map(|x| x * x).sum::<u64>());
+        std::fs::write(&stop, b"").unwrap();
+        let flooded = flooding.join().unwrap();
+        let _ = std::fs::remove_file(&stop);
+        flooded
+    });
+    assert!(flooded.unwrap() > 0);
+}

@@ -2,8 +2,10 @@
 //!
 //! Events of any thread of the worker go out as LOG frames on the reply
 //! stream, each written whole under the lock that REPLY frames take too, so
-//! frames never interleave. Spans are not forwarded (an event inside one
-//! arrives without it).
+//! frames never interleave. A child that a task forks inherits the
+//! subscriber but sends nothing: it would share the stream. A value longer
+//! than [`MAX_VALUE_BYTES`] is cut, so that a record stays small. Spans are
+//! not forwarded (an event inside one arrives without it).
 
 use std::fmt;
 use std::fs::File;
@@ -22,6 +24,8 @@ use crate::protocol;
 
 /// No item is running.
 const IDLE: u64 = u64::MAX;
+/// Bytes of a field's text that travel, at most.
+pub(crate) const MAX_VALUE_BYTES: usize = 4096;
 
 /// The sequence number of the item the worker is running, [`IDLE`] between
 /// items. Events of other threads are tagged with it too.
@@ -38,7 +42,11 @@ pub(crate) fn install(max: LevelFilter, replies: Arc<Mutex<File>>) {
     if max == LevelFilter::OFF {
         return;
     }
-    let subscriber = Capture { max, replies };
+    let subscriber = Capture {
+        max,
+        replies,
+        pid: rustix::process::getpid(),
+    };
     // A worker runs no `main`, so nothing else set a global subscriber,
     // unless a constructor did: then that one stays.
     if tracing::subscriber::set_global_default(subscriber).is_ok() {
@@ -63,6 +71,8 @@ fn level_to_log(max: LevelFilter) -> tracing_log::log::LevelFilter {
 struct Capture {
     max: LevelFilter,
     replies: Arc<Mutex<File>>,
+    /// The worker's pid: a forked child has another.
+    pid: rustix::process::Pid,
 }
 
 impl Subscriber for Capture {
@@ -91,7 +101,11 @@ impl Subscriber for Capture {
     fn record_follows_from(&self, _: &Id, _: &Id) {}
 
     fn event(&self, event: &Event<'_>) {
-        let record = to_record(event, RUNNING.load(Ordering::Relaxed));
+        if rustix::process::getpid() != self.pid {
+            return;
+        }
+        let running = RUNNING.load(Ordering::Relaxed);
+        let record = to_record(event, (running != IDLE).then_some(running));
         let mut body = Vec::new();
         if protocol::encode(&record, &mut body).is_err() {
             return;
@@ -109,15 +123,15 @@ impl Subscriber for Capture {
     fn exit(&self, _: &Id) {}
 }
 
-/// The record of `event`, which ran while item `running` did.
-fn to_record(event: &Event<'_>, running: u64) -> LogRecord {
+/// The record of `event`, which came while item `running` ran, if any.
+pub(super) fn to_record(event: &Event<'_>, running: Option<u64>) -> LogRecord {
     // `log` records arrive with their origin in fields of their own.
     let mut fields = Fields::default();
     event.record(&mut fields);
     let metadata = event.metadata();
     let owned = |s: Option<&str>| s.map(str::to_owned);
     LogRecord {
-        seq: (running != IDLE).then_some(running),
+        seq: running,
         level: level_number(*metadata.level()),
         target: fields
             .log_target
@@ -144,6 +158,11 @@ struct Fields {
 
 impl Fields {
     fn push(&mut self, field: &Field, value: LogValue) {
+        let value = match value {
+            LogValue::Str(s) => LogValue::Str(cut(s)),
+            LogValue::Text(s) => LogValue::Text(cut(s)),
+            value => value,
+        };
         match (field.name(), value) {
             ("log.target", LogValue::Str(s)) => self.log_target = Some(s),
             ("log.module_path", LogValue::Str(s)) => self.log_module = Some(s),
@@ -152,6 +171,21 @@ impl Fields {
             (name, value) => self.values.push((name.to_owned(), value)),
         }
     }
+}
+
+/// `text`, cut to [`MAX_VALUE_BYTES`] with a note of how much went.
+fn cut(mut text: String) -> String {
+    if text.len() <= MAX_VALUE_BYTES {
+        return text;
+    }
+    let mut end = MAX_VALUE_BYTES;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let cut = text.len() - end;
+    text.truncate(end);
+    text.push_str(&format!("... [{cut} bytes cut]"));
+    text
 }
 
 impl Visit for Fields {
@@ -201,7 +235,7 @@ mod tests {
         fn record(&self, _: &Id, _: &Record<'_>) {}
         fn record_follows_from(&self, _: &Id, _: &Id) {}
         fn event(&self, event: &Event<'_>) {
-            self.0.lock().unwrap().push(to_record(event, 7));
+            self.0.lock().unwrap().push(to_record(event, Some(7)));
         }
         fn enter(&self, _: &Id) {}
         fn exit(&self, _: &Id) {}

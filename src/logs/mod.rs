@@ -9,11 +9,15 @@
 //! - [`capture`], in the worker: a subscriber that encodes each enabled
 //!   event as a [`LogRecord`] and writes it as a LOG frame on the reply
 //!   stream, tagged with the item that was running;
-//! - [`replay`], in the pool's thread: re-emits the record to the noted
-//!   subscriber at its level, with its target, place and fields, plus the
-//!   fields `input` (the input's index) and `worker` (the worker's pid).
+//! - [`forward`], in the pool's thread: hands records, and the pool's own
+//!   events, to a thread that re-emits them to the noted subscriber,
+//!   through a bounded queue;
+//! - [`replay`], in that thread: re-emits a record at its level, with its
+//!   target, place and fields, plus the fields `input` (the input's index)
+//!   and `worker` (the worker's pid).
 
 pub(crate) mod capture;
+pub(crate) mod forward;
 pub(crate) mod replay;
 
 use serde::{Deserialize, Serialize};

@@ -24,12 +24,15 @@ use super::{LogRecord, LogValue, level_from_number};
 const MAX_CALLSITES: usize = 4096;
 /// Fields of a forwarded event, `input` and `worker` included, at most.
 const MAX_FIELDS: usize = 32;
+/// Bytes of a target, module or file name that gets a callsite of its own.
+const MAX_NAME_BYTES: usize = 256;
 /// The target of events folded into one callsite.
 const FOLDED_TARGET: &str = "buckshot::worker";
 
-/// Re-emits `record`, from worker `worker` while it ran input `input`, to
-/// the current subscriber (the pool's thread runs with its creator's).
-pub(crate) fn replay(record: LogRecord, worker: u32, input: Option<usize>) {
+/// Re-emits `record` to the current subscriber, with the fields `input`
+/// and `worker` when they are known and the record has no field of that
+/// name already (in a nested pool, the innermost pool's values stay).
+pub(crate) fn replay(record: LogRecord, worker: Option<u32>, input: Option<usize>) {
     let Some(level) = level_from_number(record.level) else {
         return;
     };
@@ -37,14 +40,9 @@ pub(crate) fn replay(record: LogRecord, worker: u32, input: Option<usize>) {
     if tracing::level_filters::LevelFilter::current() < level {
         return;
     }
-    let record = if record.fields.len() + 2 > MAX_FIELDS {
-        folded(record)
-    } else {
-        record
-    };
+    let (callsite, record) = callsite_for(level, record);
+    let metadata = callsite.metadata();
     tracing::dispatcher::get_default(|dispatch| {
-        let callsite = callsite_for(level, &record);
-        let metadata = callsite.metadata();
         if !dispatch.enabled(metadata) {
             return;
         }
@@ -57,23 +55,25 @@ pub(crate) fn replay(record: LogRecord, worker: u32, input: Option<usize>) {
             })
             .collect();
         let input = input.map(|index| index as u64);
-        let worker = u64::from(worker);
-        let fields = metadata.fields();
-        let mut names = fields.iter();
+        let worker = worker.map(u64::from);
         let mut values: Vec<(Field, Option<&dyn Value>)> = Vec::new();
-        for ((_, value), text) in record.fields.iter().zip(&texts) {
-            let value: &dyn Value = match value {
-                LogValue::Str(s) => s,
-                LogValue::I64(n) => n,
-                LogValue::U64(n) => n,
-                LogValue::F64(x) => x,
-                LogValue::Bool(b) => b,
-                LogValue::Text(_) => text.as_ref().expect("made for every text"),
+        for field in metadata.fields() {
+            let value: Option<&dyn Value> = match record.fields.get(values.len()) {
+                Some((_, value)) => Some(match value {
+                    LogValue::Str(s) => s,
+                    LogValue::I64(n) => n,
+                    LogValue::U64(n) => n,
+                    LogValue::F64(x) => x,
+                    LogValue::Bool(b) => b,
+                    LogValue::Text(_) => match &texts[values.len()] {
+                        Some(text) => text,
+                        None => return,
+                    },
+                }),
+                None if field.name() == "input" => input.as_ref().map(|i| i as &dyn Value),
+                None => worker.as_ref().map(|w| w as &dyn Value),
             };
-            values.push((names.next().expect("a name per field"), Some(value)));
-        }
-        for value in [input.as_ref().map(|i| i as &dyn Value), Some(&worker)] {
-            values.push((names.next().expect("input and worker"), value));
+            values.push((field, value));
         }
         dispatch_with(dispatch, metadata, &values);
     });
@@ -88,7 +88,9 @@ fn dispatch_with(
 ) {
     // `value_set` takes an array: pad it with a field and no value, which
     // a visitor never sees.
-    let padding = &values.last().expect("at least input and worker").0;
+    let Some((padding, _)) = values.last() else {
+        return dispatch.event(&Event::new(metadata, &metadata.fields().value_set(&[])));
+    };
     let array: [(&Field, Option<&dyn Value>); MAX_FIELDS] =
         std::array::from_fn(|k| match values.get(k) {
             Some((field, value)) => (field, *value),
@@ -140,6 +142,42 @@ struct Shape {
     names: Vec<String>,
 }
 
+impl Shape {
+    fn of(level: Level, record: &LogRecord) -> Shape {
+        Shape {
+            level,
+            target: record.target.clone(),
+            module: record.module.clone(),
+            file: record.file.clone(),
+            line: record.line,
+            names: record.fields.iter().map(|(name, _)| name.clone()).collect(),
+        }
+    }
+
+    /// Whether it deserves a callsite of its own: a few fields, short
+    /// names.
+    fn is_modest(&self) -> bool {
+        let short = |s: &str| s.len() <= MAX_NAME_BYTES;
+        self.names.len() + 2 <= MAX_FIELDS
+            && short(&self.target)
+            && self.module.as_deref().is_none_or(short)
+            && self.file.as_deref().is_none_or(short)
+            && self
+                .names
+                .iter()
+                .all(|name| name.len() <= MAX_NAME_BYTES / 4)
+    }
+
+    /// Whether it is the shape of a folded event.
+    fn is_folded(&self) -> bool {
+        self.target == FOLDED_TARGET
+            && self.module.is_none()
+            && self.file.is_none()
+            && self.line.is_none()
+            && self.names == ["message"]
+    }
+}
+
 /// A callsite made at run time, for one shape of forwarded event.
 struct Forwarded {
     metadata: OnceLock<Metadata<'static>>,
@@ -153,53 +191,62 @@ impl Callsite for Forwarded {
     }
 }
 
-/// The callsite of `record`'s shape at `level`, made if new.
-fn callsite_for(level: Level, record: &LogRecord) -> &'static Forwarded {
+/// The callsite for `record` at `level`, made if new, and the record as it
+/// fits that callsite: folded if its shape is outsized, or new once
+/// [`MAX_CALLSITES`] are made.
+fn callsite_for(level: Level, record: LogRecord) -> (&'static Forwarded, LogRecord) {
     static CALLSITES: OnceLock<Mutex<HashMap<Shape, &'static Forwarded>>> = OnceLock::new();
-    let shape = Shape {
-        level,
-        target: record.target.clone(),
-        module: record.module.clone(),
-        file: record.file.clone(),
-        line: record.line,
-        names: record.fields.iter().map(|(name, _)| name.clone()).collect(),
-    };
+    let mut record = record;
+    let mut shape = Shape::of(level, &record);
+    if !shape.is_modest() || (shape.target == FOLDED_TARGET && !shape.is_folded()) {
+        record = folded(record);
+        shape = Shape::of(level, &record);
+    }
     let mut callsites = CALLSITES
         .get_or_init(Default::default)
         .lock()
         .unwrap_or_else(PoisonError::into_inner);
     if let Some(callsite) = callsites.get(&shape) {
-        return callsite;
+        return (callsite, record);
     }
-    if callsites.len() >= MAX_CALLSITES && record.target != FOLDED_TARGET {
-        drop(callsites);
-        return callsite_for(level, &folded(record.clone()));
+    if callsites.len() >= MAX_CALLSITES && !shape.is_folded() {
+        record = folded(record);
+        shape = Shape::of(level, &record);
+        if let Some(callsite) = callsites.get(&shape) {
+            return (callsite, record);
+        }
     }
     let callsite = make(&shape);
     callsites.insert(shape, callsite);
-    callsite
+    (callsite, record)
 }
 
-/// Makes and registers a callsite for `shape`. Its strings live as long as
-/// the process: metadata is `'static`, and shapes are bounded.
+/// Makes and registers a callsite for `shape`, with the fields `input` and
+/// `worker` after its own unless it has them. Its strings live as long as
+/// the process: metadata is `'static`, and shapes are bounded in number
+/// and size.
 fn make(shape: &Shape) -> &'static Forwarded {
     let leak = |s: &str| -> &'static str { Box::leak(s.to_owned().into_boxed_str()) };
     let mut names: Vec<&'static str> = shape.names.iter().map(|name| leak(name)).collect();
-    names.extend(["input", "worker"]);
+    for ours in ["input", "worker"] {
+        if !shape.names.iter().any(|name| name == ours) {
+            names.push(ours);
+        }
+    }
     let names: &'static [&'static str] = Box::leak(names.into_boxed_slice());
     let callsite: &'static Forwarded = Box::leak(Box::new(Forwarded {
         metadata: OnceLock::new(),
     }));
-    let place = match (&shape.file, shape.line) {
-        (Some(file), Some(line)) => format!("{file}:{line}"),
-        (Some(file), None) => file.clone(),
-        _ => shape.target.clone(),
+    let file = shape.file.as_deref().map(leak);
+    let name = match (file, shape.line) {
+        (Some(file), Some(line)) => leak(&format!("event {file}:{line}")),
+        _ => "event (from a worker)",
     };
     let metadata = Metadata::new(
-        leak(&format!("event {place} (worker)")),
+        name,
         leak(&shape.target),
         shape.level,
-        shape.file.as_deref().map(leak),
+        file,
         shape.line,
         shape.module.as_deref().map(leak),
         FieldSet::new(names, tracing_core::identify_callsite!(callsite)),
@@ -208,4 +255,75 @@ fn make(shape: &Shape) -> &'static Forwarded {
     let _ = callsite.metadata.set(metadata);
     tracing::callsite::register(callsite);
     callsite
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(target: &str, names: &[&str]) -> LogRecord {
+        LogRecord {
+            seq: None,
+            level: 3,
+            target: target.to_owned(),
+            module: None,
+            file: Some("src/a.rs".to_owned()),
+            line: Some(1),
+            fields: names
+                .iter()
+                .map(|name| (name.to_string(), LogValue::U64(1)))
+                .collect(),
+        }
+    }
+
+    fn names(callsite: &Forwarded) -> Vec<&'static str> {
+        callsite
+            .metadata()
+            .fields()
+            .iter()
+            .map(|f| f.name())
+            .collect()
+    }
+
+    #[test]
+    fn the_fields_of_a_callsite_fit_its_record_however_many_shapes() {
+        // Past the cap, records fold, with their fields in the message.
+        for n in 0..MAX_CALLSITES + 10 {
+            let (callsite, record) = callsite_for(
+                Level::INFO,
+                record(&format!("app::t{n}"), &["message", "x", "y"]),
+            );
+            let names = names(callsite);
+            assert!(names.len() >= record.fields.len(), "{names:?}");
+            for ((name, _), field) in record.fields.iter().zip(&names) {
+                assert_eq!(name, field);
+            }
+        }
+        let (callsite, record) = callsite_for(Level::INFO, record("app::late", &["message", "x"]));
+        assert_eq!(names(callsite), ["message", "input", "worker"]);
+        assert_eq!(callsite.metadata().target(), FOLDED_TARGET);
+        assert_eq!(record.fields.len(), 1);
+    }
+
+    #[test]
+    fn outsized_and_impostor_shapes_fold() {
+        let many: Vec<String> = (0..40).map(|k| format!("f{k}")).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        let long_target = "t".repeat(MAX_NAME_BYTES + 1);
+        for record in [
+            record("app", &many),
+            record(&long_target, &["message"]),
+            record(FOLDED_TARGET, &["message", "x"]),
+        ] {
+            let (callsite, folded) = callsite_for(Level::WARN, record);
+            assert_eq!(callsite.metadata().target(), FOLDED_TARGET);
+            assert_eq!(folded.fields.len(), 1);
+        }
+    }
+
+    #[test]
+    fn fields_named_like_ours_are_not_doubled() {
+        let (callsite, _) = callsite_for(Level::INFO, record("app::own", &["input", "message"]));
+        assert_eq!(names(callsite), ["input", "message", "worker"]);
+    }
 }

@@ -427,6 +427,18 @@ mod tests {
     }
 
     #[test]
+    fn a_sequence_number_names_its_input() {
+        let mut books = Books::default();
+        books.assign(None, chunk(0, 10, 3), Duration::ZERO, Arc::default());
+        books.assign(None, chunk(0, 40, 2), Duration::ZERO, Arc::default());
+        let found: Vec<Option<usize>> = (0..6).map(|seq| books.index_of(seq)).collect();
+        assert_eq!(
+            found,
+            [Some(10), Some(11), Some(12), Some(40), Some(41), None]
+        );
+    }
+
+    #[test]
     fn a_prefix_goes_out_before_its_frame_and_counts_with_it() {
         let t0 = Instant::now();
         let mut books = Books::default();

@@ -405,7 +405,7 @@ impl Ear<'_> {
                 let record: LogRecord = protocol::decode(&frame[1..], &mut [0; SCRATCH_BYTES])
                     .map_err(|e| ProtocolError::new(format!("bad log record: {e}")))?;
                 let input = record.seq.and_then(|seq| self.books.index_of(seq));
-                logs::replay::replay(record, self.process.worker_pid(), input);
+                logs::forward::from_worker(record, self.process.worker_pid(), input);
                 Ok(())
             }
             protocol::FATAL => Err(ProtocolError::new(format!(

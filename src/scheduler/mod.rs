@@ -39,9 +39,10 @@ use self::handle::{Fate, Heard, WorkerHandle};
 use self::poll::Source;
 use self::supply::Supply;
 use crate::error::Error;
-use crate::flow::{DELIVERY_BATCH, REAP_BOUND, UNKNOWN_ESTIMATE};
+use crate::flow::{REAP_BOUND, UNKNOWN_ESTIMATE};
 use crate::handoff::WorkerConfig;
 use crate::launch::Local;
+use crate::logs;
 use crate::shared::{Chunk, Config, Outbox, Phase, Shared, State};
 
 /// A running pool: its shared state and its thread, which stops when this
@@ -64,9 +65,11 @@ impl Running {
                 .name("buckshot-pool".into())
                 .spawn(move || {
                     // Life-cycle events and workers' events go to the
-                    // subscriber of the pool's creator.
-                    let dispatch = shared.config.dispatch.clone();
-                    let _dispatch = tracing::dispatcher::set_default(&dispatch);
+                    // subscriber of the pool's creator, through a queue.
+                    let level = logs::worker_level(&shared.config.dispatch);
+                    let forwarder =
+                        logs::forward::PoolSubscriber::start(shared.config.dispatch.clone(), level);
+                    let _dispatch = forwarder.as_ref().map(tracing::dispatcher::set_default);
                     let _guard = PanicGuard(Arc::clone(&shared));
                     let mut scheduler = Scheduler::new(shared);
                     let started = scheduler.spawn_initial();
@@ -121,7 +124,7 @@ impl Drop for PanicGuard {
         if std::thread::panicking() {
             let mut state = self.0.lock();
             state.phase = Phase::Broken("internal error: the pool's thread panicked".into());
-            state.maps.clear();
+            state.close_maps();
             state.queue.clear();
         }
     }
@@ -267,7 +270,7 @@ impl Scheduler {
         let mut state = shared.lock();
         // While replies keep coming, wake the maps' threads in batches; the
         // rest goes out before the loop sleeps.
-        if self.outbox.len() >= DELIVERY_BATCH {
+        if self.outbox.due() {
             state.deliver(&mut self.outbox);
         }
         for chunk in self.requeue.drain(..).rev() {
@@ -431,7 +434,7 @@ impl Scheduler {
             }
         }
         state.phase = Phase::Closed;
-        state.maps.clear();
+        state.close_maps();
         drop(state);
         for mut process in processes {
             process.kill_and_reap(REAP_BOUND);

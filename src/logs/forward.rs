@@ -1,0 +1,168 @@
+//! The pool's end: events reach the creator's subscriber from a thread of
+//! their own, behind a bounded queue, so that a slow or stalled subscriber
+//! never holds up the pool's thread (timeouts, deliveries, respawns).
+//!
+//! The pool's thread runs with a [`PoolSubscriber`] as its default: its own
+//! life-cycle events (`tracing::debug!` in the scheduler) and the records
+//! workers send both go into the queue. When the queue is full, events are
+//! dropped and counted, and a warning says how many once there is room.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tracing::level_filters::LevelFilter;
+use tracing::span::{Attributes, Id, Record};
+use tracing::subscriber::Interest;
+use tracing::{Dispatch, Event, Metadata, Subscriber};
+
+use super::capture::to_record;
+use super::replay::replay;
+use super::{LogRecord, LogValue, filter_from_number};
+
+/// Events waiting for the creator's subscriber, at most.
+const QUEUE: usize = 256;
+/// How long a pool's shutdown waits for the queue to drain, at most.
+const DRAIN_BOUND: Duration = Duration::from_secs(1);
+
+struct Job {
+    record: LogRecord,
+    worker: Option<u32>,
+    input: Option<usize>,
+}
+
+/// The default subscriber of a pool's thread.
+pub(crate) struct PoolSubscriber {
+    max: LevelFilter,
+    queue: SyncSender<Job>,
+    dropped: Arc<AtomicU64>,
+    /// Says when the forwarding thread is done.
+    done: Mutex<Receiver<()>>,
+}
+
+impl PoolSubscriber {
+    /// Starts the thread that re-emits events to `dispatch`, for events at
+    /// `level` (1 error ... 5 trace) and above; `None` for level 0 or if no
+    /// thread can start (then nothing is forwarded).
+    pub(crate) fn start(dispatch: Dispatch, level: u8) -> Option<Dispatch> {
+        let max = filter_from_number(level);
+        if max == LevelFilter::OFF {
+            return None;
+        }
+        let (queue, jobs) = mpsc::sync_channel::<Job>(QUEUE);
+        let (done_tx, done) = mpsc::channel();
+        let dropped = Arc::new(AtomicU64::new(0));
+        let lost = Arc::clone(&dropped);
+        std::thread::Builder::new()
+            .name("buckshot-logs".into())
+            .spawn(move || {
+                tracing::dispatcher::with_default(&dispatch, || {
+                    for job in jobs {
+                        report_dropped(&lost);
+                        replay(job.record, job.worker, job.input);
+                    }
+                    report_dropped(&lost);
+                });
+                let _ = done_tx.send(());
+            })
+            .ok()?;
+        Some(Dispatch::new(PoolSubscriber {
+            max,
+            queue,
+            dropped,
+            done: Mutex::new(done),
+        }))
+    }
+
+    fn send(&self, job: Job) {
+        if let Err(TrySendError::Full(_)) = self.queue.try_send(job) {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Hands a worker's record to the pool's forwarder, if the current thread
+/// is a pool's and forwards events.
+pub(crate) fn from_worker(record: LogRecord, worker: u32, input: Option<usize>) {
+    let mut job = Some(Job {
+        record,
+        worker: Some(worker),
+        input,
+    });
+    tracing::dispatcher::get_default(|dispatch| {
+        if let (Some(pool), Some(job)) = (dispatch.downcast_ref::<PoolSubscriber>(), job.take()) {
+            pool.send(job);
+        }
+    });
+}
+
+/// Says, once there is room again, how many events were dropped.
+fn report_dropped(dropped: &AtomicU64) {
+    let lost = dropped.swap(0, Ordering::Relaxed);
+    if lost > 0 {
+        let message =
+            format!("[buckshot: {lost} worker log events dropped: the subscriber was too slow]");
+        let record = LogRecord {
+            seq: None,
+            level: super::level_number(tracing::Level::WARN),
+            target: "buckshot::logs".to_owned(),
+            module: None,
+            file: None,
+            line: None,
+            fields: vec![("message".to_owned(), LogValue::Text(message))],
+        };
+        replay(record, None, None);
+    }
+}
+
+impl Drop for PoolSubscriber {
+    fn drop(&mut self) {
+        // The queue closes with this; give the thread a moment to write
+        // what is queued, but never wait on a stalled subscriber for long.
+        let (closed, _) = mpsc::sync_channel(0);
+        drop(std::mem::replace(&mut self.queue, closed));
+        let done = self.done.lock().unwrap_or_else(PoisonError::into_inner);
+        let _ = done.recv_timeout(DRAIN_BOUND);
+    }
+}
+
+impl Subscriber for PoolSubscriber {
+    fn register_callsite(&self, metadata: &'static Metadata<'static>) -> Interest {
+        if self.enabled(metadata) {
+            Interest::always()
+        } else {
+            Interest::never()
+        }
+    }
+
+    fn enabled(&self, metadata: &Metadata<'_>) -> bool {
+        metadata.is_event() && self.max >= *metadata.level()
+    }
+
+    fn max_level_hint(&self) -> Option<LevelFilter> {
+        Some(self.max)
+    }
+
+    fn new_span(&self, _: &Attributes<'_>) -> Id {
+        Id::from_u64(1)
+    }
+
+    fn record(&self, _: &Id, _: &Record<'_>) {}
+
+    fn record_follows_from(&self, _: &Id, _: &Id) {}
+
+    fn event(&self, event: &Event<'_>) {
+        let mut record = to_record(event, None);
+        record.seq = None;
+        self.send(Job {
+            record,
+            worker: None,
+            input: None,
+        });
+    }
+
+    fn enter(&self, _: &Id) {}
+
+    fn exit(&self, _: &Id) {}
+}
