@@ -30,10 +30,12 @@ pub(crate) enum Wait<'a, 'b> {
     Poll(&'a mut Context<'b>),
 }
 
-/// The answer for one input, in a map's window.
+/// The answer for one input, in a map's window. Errors are boxed in it:
+/// the window holds thousands of answers, nearly all `Ok`, and moves each
+/// twice.
 enum Answer<O> {
     Waiting,
-    Ready(Result<O, Error>),
+    Ready(Result<O, Box<Error>>),
     Taken,
 }
 
@@ -141,7 +143,7 @@ where
             matches!(slot, Answer::Waiting),
             "input {index} answered twice"
         );
-        *slot = Answer::Ready(result);
+        *slot = Answer::Ready(result.map_err(Box::new));
         if let Some(arrivals) = &mut self.arrivals {
             arrivals.push_back(index);
         }
@@ -411,7 +413,7 @@ where
                     unreachable!()
                 };
                 self.base += 1;
-                return Poll::Ready(Some(result));
+                return Poll::Ready(Some(result.map_err(|e| *e)));
             }
             self.fill();
             if matches!(self.window.front(), Some(Answer::Ready(_))) {
@@ -446,7 +448,7 @@ where
                     self.base += 1;
                     self.taken -= 1;
                 }
-                return Poll::Ready(Some((index, result)));
+                return Poll::Ready(Some((index, result.map_err(|e| *e))));
             }
             self.fill();
             if self.arrivals.as_ref().is_some_and(|a| !a.is_empty()) {
