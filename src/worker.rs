@@ -150,6 +150,9 @@ fn serve(config: WorkerConfig) -> ! {
         Arc::clone(&replies),
     );
     panics::install_hook(config.backtraces);
+    if let Err(e) = watch_requests(&requests) {
+        fatal_early(&format!("could not watch its request stream: {e}"));
+    }
 
     match run_tasks(File::from(requests), &replies, config.max_frame_bytes) {
         Ok(()) => end_with_group(),
@@ -197,6 +200,42 @@ fn arm_parent_death() -> std::io::Result<()> {
     if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, signal as libc::c_ulong) } != 0 {
         return Err(std::io::Error::last_os_error());
     }
+    Ok(())
+}
+
+/// Ends the worker, even in the middle of a task, once nobody can write to
+/// its request stream: the pool killed or dropped it, or the connection to
+/// a remote pool is gone. (A retiring worker is sent a RETIRE frame
+/// instead, and its stream stays open until it exits.) Without this, a
+/// remote worker whose relay (`ssh`) was killed would run its task to the
+/// end.
+fn watch_requests(requests: &OwnedFd) -> std::io::Result<()> {
+    let watched = rustix::io::fcntl_dupfd_cloexec(requests, 3)?;
+    std::thread::Builder::new()
+        .name("buckshot-watchdog".into())
+        .spawn(move || {
+            // No events asked for: a pipe with no writer left reports a
+            // hang-up, a socket an error or hang-up, whatever is unread.
+            let mut fds = [rustix::event::PollFd::new(
+                &watched,
+                rustix::event::PollFlags::empty(),
+            )];
+            loop {
+                match rustix::event::poll(&mut fds, None) {
+                    Ok(0) | Err(rustix::io::Errno::INTR) => continue,
+                    Ok(_) => break,
+                    // Cannot watch: the main thread still ends at the end
+                    // of the stream, between tasks.
+                    Err(_) => return,
+                }
+            }
+            let _ = std::io::stderr().flush();
+            if rustix::process::getpgrp() == rustix::process::getpid() {
+                kill_own_group(0);
+            }
+            // SAFETY: kill has no memory-safety preconditions.
+            unsafe { libc::kill(std::process::id() as libc::pid_t, libc::SIGKILL) };
+        })?;
     Ok(())
 }
 
@@ -257,6 +296,8 @@ fn run_tasks(requests: File, replies: &Mutex<File>, max_frame: u32) -> Result<()
                 contexts.remove(&id);
                 continue;
             }
+            // Everything before it is answered: the worker is done.
+            protocol::RETIRE => return Ok(()),
             kind => return Err(format!("unexpected frame kind {kind}")),
         }
         let (header, items) = RunHeader::parse(&body).map_err(|e| e.0)?;

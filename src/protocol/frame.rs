@@ -12,6 +12,9 @@ pub(crate) const FATAL: u8 = 4;
 pub(crate) const CONTEXT: u8 = 5;
 pub(crate) const FORGET: u8 = 6;
 pub(crate) const LOG: u8 = 7;
+pub(crate) const RETIRE: u8 = 8;
+/// The whole RETIRE frame: it has no body.
+pub(crate) const RETIRE_FRAME: [u8; 5] = [1, 0, 0, 0, RETIRE];
 
 /// Length prefix of a frame.
 pub(crate) const LEN_BYTES: usize = 4;

@@ -12,6 +12,7 @@
 //! CONTEXT pool -> worker body = id:u64 cbor           before the first RUN that reads it
 //! FORGET pool -> worker  body = id:u64                no RUN will read it again
 //! LOG    worker -> pool  body = CBOR LogRecord        an event a task emitted
+//! RETIRE pool -> worker  body = (none)                after its last RUN: exit once done
 //! items  = (len:u32 cbor)*                            one CBOR value each
 //! ```
 //!
@@ -41,15 +42,15 @@ pub(crate) use codec::{Outcome, decode, decode_outcome, encode, encode_failure, 
 #[cfg(test)]
 pub(crate) use frame::LEN_BYTES;
 pub(crate) use frame::{
-    CONTEXT, FATAL, FORGET, HELLO, Hello, ITEM_LEN_BYTES, Items, LOG, REPLY, RUN, ReplyHeader,
-    RunFrame, RunHeader, begin_item, context_frame, end_item, forget_frame, items_len,
-    parse_context, push_frame, push_item, run_items,
+    CONTEXT, FATAL, FORGET, HELLO, Hello, ITEM_LEN_BYTES, Items, LOG, REPLY, RETIRE, RETIRE_FRAME,
+    RUN, ReplyHeader, RunFrame, RunHeader, begin_item, context_frame, end_item, forget_frame,
+    items_len, parse_context, push_frame, push_item, run_items,
 };
 pub(crate) use read::{FrameBuffer, read_frame};
 
 /// Bumped whenever the format changes. A worker speaking another version is
 /// refused at the handshake.
-pub(crate) const VERSION: u32 = 3;
+pub(crate) const VERSION: u32 = 4;
 
 /// A protocol violation by the peer. Both the frame parsers and the readers
 /// report it, so it lives here, where both import it from.

@@ -61,6 +61,8 @@ pub(crate) struct WorkerHandle {
     forgets: Vec<u64>,
     /// No new work: it is being recycled.
     retiring: bool,
+    /// Bytes of the RETIRE frame written, after its last frame.
+    retire_written: usize,
     fate: Option<Fate>,
 }
 
@@ -83,6 +85,7 @@ impl WorkerHandle {
             contexts: HashSet::new(),
             forgets: Vec::new(),
             retiring: false,
+            retire_written: 0,
             fate: None,
         }
     }
@@ -164,12 +167,20 @@ impl WorkerHandle {
 
     /// Whether it has frames to write and could take bytes now.
     pub(crate) fn wants_to_write(&self) -> bool {
-        self.fate.is_none() && !self.books.all_written() && self.process.requests().is_some()
+        self.fate.is_none() && self.process.requests().is_some() && !self.all_written()
     }
 
-    /// Writes as much of its unwritten frames as the pipe takes; closes the
-    /// request pipe of a retiring worker once everything is written. A
-    /// write that fails for another reason than a full pipe closes it too:
+    /// Whether every frame it is to get is written, the RETIRE frame of a
+    /// retiring worker included.
+    fn all_written(&self) -> bool {
+        self.books.all_written()
+            && (!self.retiring || self.retire_written == protocol::RETIRE_FRAME.len())
+    }
+
+    /// Writes as much of its unwritten frames as the pipe takes, then the
+    /// RETIRE frame of a retiring worker. (Its request stream stays open:
+    /// a worker whose stream closes exits at once, even mid-task.) A write
+    /// that fails for another reason than a full pipe closes the stream:
     /// the worker is gone, and its reply stream will say so once the
     /// replies it wrote before are read.
     pub(crate) fn write(&mut self) {
@@ -180,21 +191,32 @@ impl WorkerHandle {
                 }
             }
         }
-        if self.retiring && self.books.all_written() {
-            self.process.close_requests();
-        }
         self.retire_if_done();
     }
 
     /// A retiring worker that has answered everything is done: from here
     /// on it has a grace period to exit.
     fn retire_if_done(&mut self) {
-        if self.retiring && self.books.frames() == 0 && self.process.requests().is_none() {
+        if self.retiring && self.books.frames() == 0 && self.all_written() {
             self.doom(Fate::Retired);
         }
     }
 
     fn try_write(&mut self) -> io::Result<()> {
+        self.try_write_frames()?;
+        if let (true, Some(fd)) = (self.retiring, self.process.requests()) {
+            while self.retire_written < protocol::RETIRE_FRAME.len() {
+                match rustix::io::write(fd, &protocol::RETIRE_FRAME[self.retire_written..]) {
+                    Ok(n) => self.retire_written += n,
+                    Err(Errno::INTR) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn try_write_frames(&mut self) -> io::Result<()> {
         let Some(fd) = self.process.requests() else {
             return Ok(());
         };
@@ -349,7 +371,10 @@ impl WorkerHandle {
             .take()
             .expect("workers taken out of service have a fate");
         // Asked before the kill, while the worker cannot take more.
-        let head_untouched = self.books.head_untouched(self.process.unread_requests());
+        // The RETIRE frame, if written, is in the pipe after every frame.
+        let unread = self.process.unread_requests();
+        let unread = unread.map(|n| n.saturating_sub(self.retire_written as u64));
+        let head_untouched = self.books.head_untouched(unread);
         if fate != Fate::Retired {
             self.process.kill();
         }
