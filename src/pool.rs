@@ -4,6 +4,7 @@ use std::any::type_name;
 use std::time::Duration;
 
 use crate::error::Error;
+use crate::launch::Launcher;
 use crate::registry::registry;
 use crate::results::{Results, UnorderedResults};
 use crate::scheduler::Running;
@@ -299,8 +300,11 @@ impl std::fmt::Debug for Pool {
 /// ```
 #[derive(Debug, Clone, Default)]
 pub struct PoolBuilder {
-    /// Default: the available parallelism.
+    /// Local workers. Default: the available parallelism, unless other
+    /// launchers are given.
     processes: Option<usize>,
+    /// Workers of other launchers, in the order given.
+    launched: Vec<(Launcher, usize)>,
     /// Default: none.
     timeout: Option<Duration>,
     /// Default: 1 GiB.
@@ -318,9 +322,22 @@ pub struct PoolBuilder {
 }
 
 impl PoolBuilder {
-    /// Number of worker processes. Default: [`std::thread::available_parallelism`].
+    /// Number of worker processes on this machine: the shorthand for
+    /// [`workers`](PoolBuilder::workers)`(Launcher::local(), processes)`.
+    /// Default: [`std::thread::available_parallelism`], or none if
+    /// `workers` was given.
     pub fn processes(mut self, processes: usize) -> Self {
         self.processes = Some(processes);
+        self
+    }
+
+    /// Adds `count` workers started by `launcher`; call it as often as
+    /// needed to mix launchers in one pool. Every worker takes inputs of
+    /// every map; a worker that dies is replaced through its own launcher,
+    /// and a launcher whose workers keep failing to start is given up
+    /// while the others go on.
+    pub fn workers(mut self, launcher: impl Into<Launcher>, count: usize) -> Self {
+        self.launched.push((launcher.into(), count));
         self
     }
 
@@ -402,11 +419,18 @@ impl PoolBuilder {
                 message: message.to_owned(),
             })
         };
-        let processes = match self.processes {
-            Some(processes) => processes,
-            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        let local = match (self.processes, self.launched.is_empty()) {
+            (Some(processes), _) => processes,
+            (None, true) => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            (None, false) => 0,
         };
-        if processes == 0 {
+        let mut groups = Vec::new();
+        if local > 0 || self.launched.is_empty() {
+            groups.push((Launcher::local(), local));
+        }
+        groups.extend(self.launched.iter().cloned());
+        let processes: usize = groups.iter().map(|(_, count)| count).sum();
+        if processes == 0 || groups.iter().any(|(_, count)| *count == 0) {
             return invalid("processes must be at least 1");
         }
         if self.timeout == Some(Duration::ZERO) {
@@ -434,6 +458,7 @@ impl PoolBuilder {
         }
         let config = Config {
             processes,
+            groups,
             timeout: self.timeout,
             max_frame_bytes,
             memory_limit: self.memory_limit,

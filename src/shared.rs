@@ -17,12 +17,15 @@ use rustix::event::EventfdFlags;
 
 use crate::error::Error;
 use crate::flow::{DELIVERY_BATCH, DELIVERY_DELAY};
+use crate::launch::Launcher;
 use crate::protocol::{self, Items, RunFrame};
 
 /// The pool's settings, validated by the builder.
 #[derive(Debug, Clone)]
 pub(crate) struct Config {
+    /// Workers in all, and how many each launcher starts.
     pub processes: usize,
+    pub groups: Vec<(Launcher, usize)>,
     pub timeout: Option<Duration>,
     pub max_frame_bytes: u32,
     pub memory_limit: Option<u64>,

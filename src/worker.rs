@@ -17,7 +17,8 @@
 //!   prints, reads stdin or starts a subprocess can neither corrupt frames nor
 //!   swallow requests, and no subprocess keeps the pipes open;
 //! - SIGPIPE is ignored, as Rust's `main` would do;
-//! - the worker asks for a signal when its parent (the pool's thread) ends,
+//! - a worker that is the pool's child asks for a signal when its parent
+//!   (the pool's thread) ends,
 //!   whose handler kills its whole process group (itself and what its tasks
 //!   started), and exits at once if that already happened (when its parent
 //!   is the pool's process: a launcher may start it elsewhere);
@@ -101,8 +102,13 @@ fn serve(config: WorkerConfig) -> ! {
     // SAFETY: `signal` with SIG_IGN installs no handler code; ignoring SIGPIPE
     // makes writes to a closed pipe fail with EPIPE instead of killing us.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
-    if let Err(e) = arm_parent_death() {
-        fatal_early(&format!("could not set its parent-death signal: {e}"));
+    // Only a child of the pool's process: the parent of a worker started
+    // through a launcher (sshd, slurmstepd, a relay) says nothing about the
+    // pool, which the watchdog on the request stream follows instead.
+    if config.parent.is_some() {
+        if let Err(e) = arm_parent_death() {
+            fatal_early(&format!("could not set its parent-death signal: {e}"));
+        }
     }
     let parent = rustix::process::getppid()
         .map(Pid::as_raw_nonzero)

@@ -7,15 +7,91 @@
 //! local process when the pool ends a worker ([`Launch::kill_rest`]).
 //!
 //! Launchers, one file each:
-//! - [`Local`]: this very binary, re-executed on this machine.
+//! - [`Local`]: this very binary, re-executed on this machine;
+//! - [`command::Prefixed`]: through any command prefix.
+//!
+//! [`Launcher`] is the public face: what a user passes to
+//! [`PoolBuilder::workers`](crate::PoolBuilder::workers).
 
+mod command;
 mod local;
 
+use std::ffi::OsString;
 use std::process::Command;
+use std::sync::Arc;
 
 use crate::handoff::WorkerConfig;
 
 pub(crate) use local::Local;
+
+/// Where and how a pool starts workers: given with a number of workers to
+/// [`PoolBuilder::workers`](crate::PoolBuilder::workers), as often as
+/// needed to mix them.
+///
+/// ```
+/// use buckshot::{Launcher, Pool};
+///
+/// fn double(x: u64) -> u64 {
+///     x * 2
+/// }
+/// buckshot::register!(double);
+///
+/// # fn main() -> Result<(), buckshot::Error> {
+/// // Two workers here, and one started through `nice`.
+/// let pool = Pool::builder()
+///     .workers(Launcher::local(), 2)
+///     .workers(Launcher::command(["nice", "-n", "5"]), 1)
+///     .build()?;
+/// let doubled: Vec<u64> = pool.map(double, 0..100)?.collect::<Result<_, _>>()?;
+/// assert_eq!(doubled, (0..100).map(|x| x * 2).collect::<Vec<_>>());
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Launcher {
+    launch: Arc<dyn Launch>,
+}
+
+impl Launcher {
+    /// Workers on this machine: this binary, re-executed. What
+    /// [`PoolBuilder::processes`](crate::PoolBuilder::processes) starts.
+    pub fn local() -> Launcher {
+        Launcher {
+            launch: Arc::new(Local),
+        }
+    }
+
+    /// Workers started through a command prefix that runs what follows it
+    /// with its stdin and stdout connected, such as
+    /// `["docker", "exec", "-i", "box"]`. What follows is
+    /// `env __BUCKSHOT_WORKER=... BINARY`, where `BINARY` is this program's
+    /// path on this machine: the prefix must reach the same binary there.
+    ///
+    /// # Panics
+    ///
+    /// If `prefix` is empty.
+    pub fn command<I, S>(prefix: I) -> Launcher
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<OsString>,
+    {
+        let prefix: Vec<OsString> = prefix.into_iter().map(Into::into).collect();
+        assert!(!prefix.is_empty(), "a command launcher needs a program");
+        Launcher {
+            launch: Arc::new(command::Prefixed { prefix }),
+        }
+    }
+
+    pub(crate) fn launch(&self) -> Arc<dyn Launch> {
+        Arc::clone(&self.launch)
+    }
+}
+
+impl std::fmt::Debug for Launcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.launch.fmt(f)
+    }
+}
 
 /// A way to start workers.
 pub(crate) trait Launch: Send + Sync + std::fmt::Debug {

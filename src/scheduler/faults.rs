@@ -51,6 +51,8 @@ impl Blame {
 /// A worker that was killed or exited, waiting to be reaped.
 pub(crate) struct Dying {
     process: Process,
+    /// The launcher that started it, by position in the pool's.
+    group: usize,
     /// When to kill it if it has not exited by itself (it retired).
     kill_at: Option<Instant>,
     /// The map and index of the input it was running when it died:
@@ -69,6 +71,10 @@ impl Dying {
 
     pub(crate) fn process(&self) -> &Process {
         &self.process
+    }
+
+    pub(crate) fn group(&self) -> usize {
+        self.group
     }
 
     /// Whether it failed before its handshake (and is not counted yet).
@@ -102,6 +108,7 @@ impl Burial<'_> {
     pub(crate) fn bury(&mut self, remains: Remains) -> Dying {
         let Remains {
             process,
+            group,
             books,
             fate,
             head_untouched,
@@ -121,6 +128,7 @@ impl Burial<'_> {
         }
         let mut dying = Dying {
             process,
+            group,
             kill_at: (fate == Fate::Retired).then(|| Instant::now() + RETIRE_GRACE),
             victim: None,
             failed_starting: None,
@@ -327,6 +335,7 @@ mod tests {
         books.wrote(bytes, now);
         Remains {
             process: Process::spawn(Arc::new(Sleeper), &config(), false).unwrap(),
+            group: 0,
             books,
             fate,
             head_untouched,
@@ -446,11 +455,12 @@ mod tests {
         let now = Instant::now();
         let mut dying = Dying {
             process,
+            group: 0,
             kill_at: Some(now + RETIRE_GRACE),
             victim: None,
             failed_starting: None,
         };
-        let mut supply = Supply::new(Arc::new(Local), config(), false);
+        let mut supply = Supply::new(Arc::new(Local), config(), false, 0, 1);
         let mut outbox = Outbox::default();
         // Within its grace, it is left alone: it does not exit (the bound
         // is how long a SIGKILL would take to show, at most).

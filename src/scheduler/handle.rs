@@ -64,11 +64,14 @@ pub(crate) struct WorkerHandle {
     /// Bytes of the RETIRE frame written, after its last frame.
     retire_written: usize,
     fate: Option<Fate>,
+    /// The launcher that started it, by position in the pool's.
+    group: usize,
 }
 
 /// What is left of a worker taken out of service.
 pub(crate) struct Remains {
     pub process: Process,
+    pub group: usize,
     pub books: Books,
     pub fate: Fate,
     /// The worker took none of the frame it was to run next.
@@ -76,7 +79,7 @@ pub(crate) struct Remains {
 }
 
 impl WorkerHandle {
-    pub(crate) fn new(process: Process) -> WorkerHandle {
+    pub(crate) fn new(process: Process, group: usize) -> WorkerHandle {
         WorkerHandle {
             process,
             books: Books::default(),
@@ -87,7 +90,13 @@ impl WorkerHandle {
             retiring: false,
             retire_written: 0,
             fate: None,
+            group,
         }
+    }
+
+    /// The launcher that started it, by position in the pool's.
+    pub(crate) fn group(&self) -> usize {
+        self.group
     }
 
     pub(crate) fn process(&self) -> &Process {
@@ -380,6 +389,7 @@ impl WorkerHandle {
         }
         Remains {
             process: self.process,
+            group: self.group,
             books: self.books,
             fate,
             head_untouched,

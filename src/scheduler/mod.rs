@@ -41,7 +41,6 @@ use self::supply::Supply;
 use crate::error::Error;
 use crate::flow::{REAP_BOUND, UNKNOWN_ESTIMATE};
 use crate::handoff::WorkerConfig;
-use crate::launch::Local;
 use crate::logs;
 use crate::shared::{Chunk, Config, Outbox, Phase, Shared, State};
 
@@ -132,7 +131,8 @@ impl Drop for PanicGuard {
 
 struct Scheduler {
     shared: Arc<Shared>,
-    supply: Supply,
+    /// One per launcher, in the order the pool was given them.
+    supplies: Vec<Supply>,
     workers: Vec<WorkerHandle>,
     dying: Vec<Dying>,
     /// Deliveries to send at the next sync.
@@ -153,10 +153,23 @@ impl Scheduler {
             log_level: crate::logs::worker_level(&config.dispatch),
             backtraces: config.backtraces,
         };
-        let supply = Supply::new(Arc::new(Local), worker_config, config.forward_stderr);
+        let supplies = config
+            .groups
+            .iter()
+            .enumerate()
+            .map(|(group, (launcher, count))| {
+                Supply::new(
+                    launcher.launch(),
+                    worker_config,
+                    config.forward_stderr,
+                    group,
+                    *count,
+                )
+            })
+            .collect();
         Scheduler {
             shared,
-            supply,
+            supplies,
             workers: Vec::new(),
             dying: Vec::new(),
             outbox: Outbox::default(),
@@ -166,13 +179,12 @@ impl Scheduler {
     }
 
     fn spawn_initial(&mut self) -> Result<(), Error> {
-        for _ in 0..self.shared.config.processes {
-            let worker = self
-                .supply
-                .spawn()
-                .map_err(|source| Error::Spawn { source })?;
-            tracing::debug!(worker = worker.process().pid(), "worker spawned");
-            self.workers.push(worker);
+        for supply in &self.supplies {
+            for _ in 0..supply.target() {
+                let worker = supply.spawn().map_err(|source| Error::Spawn { source })?;
+                tracing::debug!(worker = worker.process().pid(), "worker spawned");
+                self.workers.push(worker);
+            }
         }
         Ok(())
     }
@@ -188,7 +200,7 @@ impl Scheduler {
                 worker.write();
             }
             let deadline =
-                poll::nearest_deadline(&self.workers, &self.dying, timeout, self.supply.retry_at());
+                poll::nearest_deadline(&self.workers, &self.dying, timeout, self.retry_at());
             let (shared, outbox) = (&self.shared, &mut self.outbox);
             let deliver_before_sleep = || {
                 if !outbox.is_empty() {
@@ -219,30 +231,75 @@ impl Scheduler {
         self.shut_down();
     }
 
-    /// Keeps `processes` workers that take work, unless start-up keeps
-    /// failing.
+    /// When a launcher must spawn again after a spawn error, if one must.
+    fn retry_at(&self) -> Option<Instant> {
+        self.supplies.iter().filter_map(Supply::retry_at).min()
+    }
+
+    /// Keeps each launcher's number of workers that take work, unless its
+    /// start-up keeps failing: then it is given up, and the pool with it
+    /// when it was the last.
     fn replenish(&mut self) {
-        if self.supply.stopped() {
+        if self.supplies.iter().all(Supply::stopped) {
             return;
         }
-        let ready = self.workers.iter().any(|worker| worker.books().is_ready());
+        for group in 0..self.supplies.len() {
+            self.replenish_group(group);
+        }
+        if self.supplies.iter().all(Supply::stopped) {
+            let alone = self.supplies.len() == 1;
+            let reasons: Vec<String> = self
+                .supplies
+                .iter()
+                .filter_map(|supply| supply.reason(alone))
+                .collect();
+            self.break_pool(reasons.join("; "));
+        }
+    }
+
+    fn replenish_group(&mut self, group: usize) {
+        if self.supplies[group].stopped() {
+            return;
+        }
+        let ours = |worker: &&WorkerHandle| worker.group() == group;
+        let ready = self
+            .workers
+            .iter()
+            .filter(ours)
+            .any(|w| w.books().is_ready());
         if !ready {
-            if let Some(reason) = self.supply.gave_up() {
-                self.break_pool(reason);
+            if let Some(reason) = self.supplies[group].gave_up() {
+                tracing::warn!(launcher = ?self.supplies[group], reason, "workers keep failing to start: launcher given up");
+                self.supplies[group].stop(Some(reason));
                 return;
             }
         }
         let now = Instant::now();
-        while self.workers.iter().filter(|w| w.takes_work()).count() < self.shared.config.processes
+        while self
+            .workers
+            .iter()
+            .filter(ours)
+            .filter(|w| w.takes_work())
+            .count()
+            < self.supplies[group].target()
         {
             if !ready {
-                let starting = self.workers.iter().filter(|w| w.fate().is_none()).count()
-                    + self.dying.iter().filter(|d| d.failed_starting()).count();
-                if !self.supply.may_start(starting) {
+                let starting = self
+                    .workers
+                    .iter()
+                    .filter(ours)
+                    .filter(|w| w.fate().is_none())
+                    .count()
+                    + self
+                        .dying
+                        .iter()
+                        .filter(|d| d.group() == group && d.failed_starting())
+                        .count();
+                if !self.supplies[group].may_start(starting) {
                     return;
                 }
             }
-            match self.supply.replace(now) {
+            match self.supplies[group].replace(now) {
                 Some(worker) => self.workers.push(worker),
                 None => return,
             }
@@ -255,7 +312,9 @@ impl Scheduler {
         for worker in &mut self.workers {
             worker.doom(Fate::PoolBroken);
         }
-        self.supply.stop();
+        for supply in &mut self.supplies {
+            supply.stop(None);
+        }
         let mut state = self.shared.lock();
         if state.phase == Phase::Open {
             state.phase = Phase::Broken(reason);
@@ -357,7 +416,7 @@ impl Scheduler {
             Source::Doorbell => self.shared.clear_doorbell(),
             Source::Replies(i) => {
                 let (_, heard) = self.workers[i].read(max_frame, &mut self.outbox);
-                self.hear(heard);
+                self.hear(heard, self.workers[i].group());
             }
             Source::Requests(i) => self.workers[i].write(),
             Source::Stderr(i) => self.workers[i].process_mut().stderr().pump(),
@@ -366,14 +425,14 @@ impl Scheduler {
             Source::Reap => {}
             Source::Exited(i) => {
                 let heard = self.workers[i].read_remains(max_frame, &mut self.outbox);
-                self.hear(heard);
+                self.hear(heard, self.workers[i].group());
             }
         }
     }
 
-    fn hear(&mut self, heard: Option<Heard>) {
+    fn hear(&mut self, heard: Option<Heard>, group: usize) {
         match heard {
-            Some(Heard::Ready) => self.supply.ready(),
+            Some(Heard::Ready) => self.supplies[group].ready(),
             // Every worker would say the same: no point retrying.
             Some(Heard::Mismatch(problem)) => self.break_pool(problem),
             None => {}
@@ -403,7 +462,8 @@ impl Scheduler {
     fn reap_dying(&mut self, now: Instant) {
         let mut i = 0;
         while i < self.dying.len() {
-            if faults::try_reap(&mut self.dying[i], now, &mut self.supply, &mut self.outbox) {
+            let supply = &mut self.supplies[self.dying[i].group()];
+            if faults::try_reap(&mut self.dying[i], now, supply, &mut self.outbox) {
                 self.dying.swap_remove(i);
             } else {
                 i += 1;

@@ -27,12 +27,18 @@ enum Failure {
     Death(String),
 }
 
-/// Spawns workers and keeps count of the failures.
+/// Spawns the workers of one launcher and keeps count of their failures.
 #[derive(Debug)]
 pub(crate) struct Supply {
     launch: Arc<dyn Launch>,
     config: WorkerConfig,
     forward_stderr: bool,
+    /// Its position among the pool's launchers.
+    group: usize,
+    /// How many workers it keeps.
+    target: usize,
+    /// Why it was given up, if it was.
+    reason: Option<String>,
     /// Start-up failures in a row, how many of them were spawn errors, and
     /// the last one.
     streak: u32,
@@ -50,12 +56,17 @@ impl Supply {
         launch: Arc<dyn Launch>,
         mut config: WorkerConfig,
         forward_stderr: bool,
+        group: usize,
+        target: usize,
     ) -> Supply {
         config.parent = launch.worker_is_child().then(std::process::id);
         Supply {
             launch,
             config,
             forward_stderr,
+            group,
+            target,
+            reason: None,
             streak: 0,
             spawn_errors: 0,
             last: None,
@@ -68,7 +79,7 @@ impl Supply {
     /// Spawns one worker.
     pub(crate) fn spawn(&self) -> std::io::Result<WorkerHandle> {
         let process = Process::spawn(Arc::clone(&self.launch), &self.config, self.forward_stderr)?;
-        Ok(WorkerHandle::new(process))
+        Ok(WorkerHandle::new(process, self.group))
     }
 
     /// Spawns a replacement worker if it is time to; a spawn error is
@@ -146,10 +157,27 @@ impl Supply {
         })
     }
 
-    /// The pool gave up: no more spawns, and no more wake-ups for them.
-    pub(crate) fn stop(&mut self) {
+    /// The pool gave up on it: no more spawns, and no more wake-ups for
+    /// them. `reason`: why, if it was this launcher's own failures.
+    pub(crate) fn stop(&mut self, reason: Option<String>) {
         self.stopped = true;
         self.retry_at = None;
+        self.reason = self.reason.take().or(reason);
+    }
+
+    /// Why it was given up, with its launcher when the pool has others.
+    pub(crate) fn reason(&self, alone: bool) -> Option<String> {
+        let reason = self.reason.as_ref()?;
+        Some(if alone {
+            reason.clone()
+        } else {
+            format!("{:?}: {reason}", self.launch)
+        })
+    }
+
+    /// How many workers it keeps.
+    pub(crate) fn target(&self) -> usize {
+        self.target
     }
 
     pub(crate) fn stopped(&self) -> bool {
@@ -170,7 +198,7 @@ mod tests {
             log_level: 0,
             backtraces: false,
         };
-        Supply::new(Arc::new(Local), config, false)
+        Supply::new(Arc::new(Local), config, false, 0, 1)
     }
 
     #[test]
@@ -245,7 +273,7 @@ mod tests {
     #[test]
     fn spawn_errors_are_retried_after_a_doubling_delay() {
         let config = supply().config;
-        let mut supply = Supply::new(Arc::new(Missing), config, false);
+        let mut supply = Supply::new(Arc::new(Missing), config, false, 0, 1);
         let t0 = Instant::now();
         assert!(supply.replace(t0).is_none());
         assert_eq!((supply.streak, supply.spawn_errors), (1, 1));
@@ -275,7 +303,7 @@ mod tests {
     fn a_stopped_supply_sleeps() {
         let mut supply = supply();
         supply.retry_at = Some(Instant::now());
-        supply.stop();
+        supply.stop(None);
         assert_eq!(supply.retry_at(), None);
         assert!(supply.stopped());
     }

@@ -1,0 +1,55 @@
+//! Workers started through any command prefix: `docker exec -i box`,
+//! `nsenter ...`, a wrapper script. The prefix must run what follows it
+//! with its stdin and stdout connected to ours; what follows is
+//! `env __BUCKSHOT_WORKER=... /path/of/this/binary`, the path as this
+//! machine knows it.
+//!
+//! The worker's parent is whatever the prefix makes it, so it does not
+//! check that its parent is the pool's process; it ends with its request
+//! stream instead. The prefix runs in a process group of its own, killed
+//! with the worker: what it started on this machine goes too.
+
+use std::ffi::OsString;
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+
+use rustix::process::{Pid, Signal};
+
+use super::Launch;
+use crate::handoff::{WORKER_ENV, WorkerConfig};
+
+#[derive(Debug)]
+pub(crate) struct Prefixed {
+    /// The prefix, at least one word.
+    pub(crate) prefix: Vec<OsString>,
+}
+
+/// This binary's path, for a command that runs it by name.
+pub(crate) fn this_binary() -> OsString {
+    std::env::current_exe()
+        .map(OsString::from)
+        .unwrap_or_else(|_| OsString::from("/proc/self/exe"))
+}
+
+impl Launch for Prefixed {
+    fn command(&self, config: &WorkerConfig) -> Command {
+        let mut command = Command::new(&self.prefix[0]);
+        command
+            .args(&self.prefix[1..])
+            .arg("env")
+            .arg(format!("{WORKER_ENV}={}", config.to_env()))
+            .arg(this_binary())
+            .process_group(0);
+        command
+    }
+
+    fn worker_is_child(&self) -> bool {
+        false
+    }
+
+    fn kill_rest(&self, local_pid: u32, _reported_pid: Option<u32>) {
+        if let Some(group) = i32::try_from(local_pid).ok().and_then(Pid::from_raw) {
+            let _ = rustix::process::kill_process_group(group, Signal::KILL);
+        }
+    }
+}

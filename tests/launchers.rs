@@ -1,0 +1,147 @@
+//! Launchers: workers started through a command prefix, mixed with local
+//! ones in one pool; a worker out of the pool's reach (its own session,
+//! like a remote one) ends with its request stream; a launcher that cannot
+//! start workers is given up while the others go on.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use buckshot::{Error, Launcher, Pool};
+
+fn tagged(x: u64) -> (u64, u32) {
+    (x * 3, std::process::id())
+}
+buckshot::register!(tagged);
+
+fn announce_and_hang(path: String) -> u64 {
+    common::announce(&path);
+    common::hang()
+}
+buckshot::register!(announce_and_hang);
+
+/// A prefix that puts the worker in a session of its own: the pool's
+/// kill of the local process group cannot reach it, as it cannot reach a
+/// remote worker.
+fn own_session() -> Launcher {
+    Launcher::command(["setsid", "--wait"])
+}
+
+#[test]
+fn a_mixed_pool_runs_one_map_in_order() {
+    let pool = Pool::builder()
+        .workers(Launcher::local(), 1)
+        .workers(Launcher::command(["nice", "-n", "5"]), 1)
+        .workers(own_session(), 1)
+        .build()
+        .unwrap();
+    assert_eq!(pool.processes(), 3);
+    let results: Vec<(u64, u32)> = common::within("the mixed map", move || {
+        pool.map(tagged, 0..3000u64)
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    });
+    let outputs: Vec<u64> = results.iter().map(|(y, _)| *y).collect();
+    assert_eq!(outputs, (0..3000u64).map(|x| x * 3).collect::<Vec<_>>());
+    let workers: HashSet<u32> = results.iter().map(|(_, pid)| *pid).collect();
+    assert_eq!(
+        workers.len(),
+        3,
+        "every launcher's worker served: {workers:?}"
+    );
+}
+
+#[test]
+fn a_worker_out_of_reach_ends_with_its_request_stream() {
+    // On a timeout the pool kills the local `setsid`, which the worker
+    // outlives; the worker must end because its request stream closed,
+    // even though its task never returns.
+    let pool = Pool::builder()
+        .workers(own_session(), 1)
+        .timeout(Duration::from_millis(300))
+        .forward_stderr(false)
+        .build()
+        .unwrap();
+    let rendezvous = common::Rendezvous::new();
+    let path = rendezvous.path();
+    let waiting = std::thread::spawn(move || {
+        let result = pool.call(announce_and_hang, path);
+        (result, pool)
+    });
+    let pid = rendezvous.wait();
+    assert!(
+        common::exits_within(pid, common::KILL_BOUND),
+        "worker {pid} still runs after its timeout"
+    );
+    let (result, pool) = waiting.join().unwrap();
+    assert!(
+        matches!(result, Err(Error::TaskTimeout { .. })),
+        "{result:?}"
+    );
+    drop(pool);
+}
+
+#[test]
+fn a_worker_out_of_reach_ends_when_its_map_is_dropped() {
+    use futures::StreamExt;
+    let pool = Pool::builder()
+        .workers(own_session(), 1)
+        .forward_stderr(false)
+        .build()
+        .unwrap();
+    let rendezvous = common::Rendezvous::new();
+    let mut stream = pool
+        .map_stream(announce_and_hang, vec![rendezvous.path()])
+        .unwrap();
+    let first = futures::executor::block_on(futures::future::poll_fn(|cx| {
+        std::task::Poll::Ready(stream.poll_next_unpin(cx))
+    }));
+    assert!(first.is_pending());
+    let pid = rendezvous.wait();
+    drop(stream);
+    assert!(
+        common::exits_within(pid, common::KILL_BOUND),
+        "worker {pid} still runs after its map was dropped"
+    );
+    drop(pool);
+}
+
+#[test]
+fn a_launcher_that_cannot_start_workers_is_given_up_and_the_rest_go_on() {
+    let pool = Pool::builder()
+        .workers(Launcher::local(), 1)
+        .workers(Launcher::command(["false"]), 1)
+        .forward_stderr(false)
+        .build()
+        .unwrap();
+    let results: Vec<(u64, u32)> = common::within("the map", move || {
+        let results = pool
+            .map(tagged, 0..500u64)
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        // Still usable after the launcher was given up.
+        assert_eq!(pool.call(tagged, 7).unwrap().0, 21);
+        results
+    });
+    assert_eq!(results.len(), 500);
+    let workers: HashSet<u32> = results.iter().map(|(_, pid)| *pid).collect();
+    assert_eq!(workers.len(), 1, "only the local worker served");
+}
+
+#[test]
+fn a_pool_whose_only_launcher_fails_says_which() {
+    let pool = Pool::builder()
+        .workers(Launcher::command(["false"]), 2)
+        .forward_stderr(false)
+        .build()
+        .unwrap();
+    let result = common::within("the map", move || pool.call(tagged, 1));
+    let message = result.unwrap_err().to_string();
+    assert!(
+        message.contains("workers in a row died before their handshake"),
+        "{message}"
+    );
+}
