@@ -456,6 +456,12 @@ impl PoolBuilder {
                     .to_owned(),
             });
         }
+        for (launcher, _) in &groups {
+            launcher
+                .launch()
+                .prepare()
+                .map_err(|message| Error::Startup { message })?;
+        }
         let config = Config {
             processes,
             groups,

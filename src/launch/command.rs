@@ -47,6 +47,11 @@ impl Launch for Prefixed {
         false
     }
 
+    fn describe(&self) -> Option<String> {
+        let words: Vec<_> = self.prefix.iter().map(|w| w.to_string_lossy()).collect();
+        Some(words.join(" "))
+    }
+
     fn kill_rest(&self, local_pid: u32, _reported_pid: Option<u32>) {
         if let Some(group) = i32::try_from(local_pid).ok().and_then(Pid::from_raw) {
             let _ = rustix::process::kill_process_group(group, Signal::KILL);

@@ -15,6 +15,7 @@
 
 mod command;
 mod local;
+mod ssh;
 
 use std::ffi::OsString;
 use std::process::Command;
@@ -23,6 +24,7 @@ use std::sync::Arc;
 use crate::handoff::WorkerConfig;
 
 pub(crate) use local::Local;
+pub use ssh::Ssh;
 
 /// Where and how a pool starts workers: given with a number of workers to
 /// [`PoolBuilder::workers`](crate::PoolBuilder::workers), as often as
@@ -85,6 +87,12 @@ impl Launcher {
     pub(crate) fn launch(&self) -> Arc<dyn Launch> {
         Arc::clone(&self.launch)
     }
+
+    fn from_launch(launch: impl Launch + 'static) -> Launcher {
+        Launcher {
+            launch: Arc::new(launch),
+        }
+    }
 }
 
 impl std::fmt::Debug for Launcher {
@@ -109,4 +117,16 @@ pub(crate) trait Launch: Send + Sync + std::fmt::Debug {
     /// its handshake, if it got that far). Called before the local process
     /// is reaped, so that its pid cannot have been reused.
     fn kill_rest(&self, local_pid: u32, reported_pid: Option<u32>);
+
+    /// Gets ready to start workers, before the first (ships the binary to
+    /// a host, say); why not, if it cannot. Runs on the thread building
+    /// the pool.
+    fn prepare(&self) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// Where its workers run, for messages; `None` for this machine.
+    fn describe(&self) -> Option<String> {
+        None
+    }
 }

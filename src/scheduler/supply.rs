@@ -165,13 +165,14 @@ impl Supply {
         self.reason = self.reason.take().or(reason);
     }
 
-    /// Why it was given up, with its launcher when the pool has others.
+    /// Why it was given up, with where its workers run when that is not
+    /// this machine, or when the pool has other launchers.
     pub(crate) fn reason(&self, alone: bool) -> Option<String> {
         let reason = self.reason.as_ref()?;
-        Some(if alone {
-            reason.clone()
-        } else {
-            format!("{:?}: {reason}", self.launch)
+        Some(match self.launch.describe() {
+            Some(place) => format!("{place}: {reason}"),
+            None if alone => reason.clone(),
+            None => format!("this machine: {reason}"),
         })
     }
 

@@ -1,0 +1,233 @@
+//! Workers over ssh, against a private sshd on 127.0.0.1 (the tests say
+//! they are skipped where openssh-server is not installed): results equal
+//! to serial, the binary shipped once per content hash, timeouts and drops
+//! that leave nothing running on the host, a killed worker or session that
+//! fails its input alone, an unreachable host named at start-up.
+//!
+//! The tests share the host's binary cache, and one of them empties it:
+//! they run one at a time.
+
+mod common;
+#[path = "common/sshd.rs"]
+mod sshd;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use buckshot::{Error, Launcher, Pool};
+use tracing_subscriber::layer::{Context, SubscriberExt};
+
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn square(x: u64) -> u64 {
+    x * x
+}
+buckshot::register!(square);
+
+/// Announces its worker's pid and a subprocess's, then hangs.
+fn announce_and_hang(path: String) -> u64 {
+    // Never waited for: the task hangs until its worker is killed, and
+    // the subprocess must go with it.
+    #[allow(clippy::zombie_processes)]
+    let child = std::process::Command::new("sleep")
+        .arg("1000")
+        .spawn()
+        .unwrap();
+    common::announce_pid(&path, child.id());
+    common::announce(&path);
+    common::hang()
+}
+buckshot::register!(announce_and_hang);
+
+fn hang_at_zero(x: (u64, String)) -> u64 {
+    if x.0 == 0 {
+        common::announce(&x.1);
+        common::hang();
+    }
+    x.0
+}
+buckshot::register!(hang_at_zero);
+
+fn serialised() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// How long a remote worker may outlive its timeout or its drop.
+const GONE_BOUND: Duration = Duration::from_secs(1);
+
+#[test]
+fn ten_thousand_inputs_over_ssh_equal_serial() {
+    let _one = serialised();
+    let Some(sshd) = sshd::Sshd::start() else {
+        return;
+    };
+    let pool = Pool::builder().workers(sshd.launcher(), 2).build().unwrap();
+    let squares: Vec<u64> = common::within("the map over ssh", move || {
+        pool.map(square, 0..10_000u64)
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    });
+    assert_eq!(squares, (0..10_000u64).map(|x| x * x).collect::<Vec<_>>());
+}
+
+/// Counts the "binary shipped" events.
+#[derive(Clone, Default)]
+struct Shipments(Arc<Mutex<usize>>);
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Shipments {
+    fn on_event(&self, event: &tracing::Event<'_>, _: Context<'_, S>) {
+        let mut message = String::new();
+        struct Visit<'a>(&'a mut String);
+        impl tracing::field::Visit for Visit<'_> {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                if field.name() == "message" {
+                    *self.0 = format!("{value:?}");
+                }
+            }
+        }
+        event.record(&mut Visit(&mut message));
+        if message == "binary shipped" {
+            *self.0.lock().unwrap() += 1;
+        }
+    }
+}
+
+#[test]
+fn the_binary_is_shipped_once_per_content() {
+    let _one = serialised();
+    let Some(sshd) = sshd::Sshd::start() else {
+        return;
+    };
+    let home = std::env::var("HOME").unwrap();
+    let _ = std::fs::remove_dir_all(format!("{home}/.cache/buckshot"));
+    let shipments = Shipments::default();
+    let subscriber = tracing_subscriber::registry().with(shipments.clone());
+    tracing::subscriber::with_default(subscriber, || {
+        for expected in [1, 1] {
+            let pool = Pool::builder().workers(sshd.launcher(), 1).build().unwrap();
+            assert_eq!(pool.call(square, 9).unwrap(), 81);
+            assert_eq!(*shipments.0.lock().unwrap(), expected, "shipped again");
+        }
+    });
+}
+
+#[test]
+fn a_timeout_or_a_drop_leaves_nothing_on_the_host() {
+    let _one = serialised();
+    let Some(sshd) = sshd::Sshd::start() else {
+        return;
+    };
+    let pool = Pool::builder()
+        .workers(sshd.launcher(), 1)
+        .timeout(Duration::from_millis(500))
+        .forward_stderr(false)
+        .build()
+        .unwrap();
+    let rendezvous = common::Rendezvous::new();
+    let path = rendezvous.path();
+    let call = std::thread::spawn(move || (pool.call(announce_and_hang, path), pool));
+    let (subprocess, worker) = (rendezvous.wait(), rendezvous.wait());
+    let (result, pool) = call.join().unwrap();
+    assert!(
+        matches!(result, Err(Error::TaskTimeout { .. })),
+        "{result:?}"
+    );
+    for pid in [worker, subprocess] {
+        assert!(
+            common::exits_within(pid, GONE_BOUND),
+            "process {pid} still runs on the host after the timeout"
+        );
+    }
+    // A drop: the worker running the dropped map's input goes too.
+    let rendezvous = common::Rendezvous::new();
+    let mut stream = pool
+        .map_stream(announce_and_hang, vec![rendezvous.path()])
+        .unwrap();
+    let first = futures::executor::block_on(futures::future::poll_fn(|cx| {
+        std::task::Poll::Ready(futures::StreamExt::poll_next_unpin(&mut stream, cx))
+    }));
+    assert!(first.is_pending());
+    let (subprocess, worker) = (rendezvous.wait(), rendezvous.wait());
+    drop(stream);
+    for pid in [worker, subprocess] {
+        assert!(
+            common::exits_within(pid, GONE_BOUND),
+            "process {pid} still runs on the host after the drop"
+        );
+    }
+    drop(pool);
+}
+
+/// The parent of process `pid`.
+fn parent_of(pid: u32) -> u32 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+    after_name.split(' ').nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn a_killed_worker_or_session_fails_its_input_alone() {
+    let _one = serialised();
+    let Some(sshd) = sshd::Sshd::start() else {
+        return;
+    };
+    for kill_the_session in [false, true] {
+        let pool = Pool::builder()
+            .workers(sshd.launcher(), 2)
+            .forward_stderr(false)
+            .build()
+            .unwrap();
+        let rendezvous = common::Rendezvous::new();
+        let inputs: Vec<(u64, String)> = (0..200).map(|x| (x, rendezvous.path())).collect();
+        let map =
+            std::thread::spawn(move || pool.map(hang_at_zero, inputs).unwrap().collect::<Vec<_>>());
+        let worker = rendezvous.wait();
+        // The worker itself, or the sshd process serving its session.
+        let victim = if kill_the_session {
+            parent_of(worker)
+        } else {
+            worker
+        };
+        common::kill9(victim);
+        let results = common::within("the rest of the map", move || map.join().unwrap());
+        assert_eq!(results.len(), 200);
+        assert!(
+            matches!(results[0], Err(Error::WorkerDied { index: 0, .. })),
+            "{:?}",
+            results[0]
+        );
+        for (x, result) in results.iter().enumerate().skip(1) {
+            assert_eq!(*result.as_ref().unwrap(), x as u64);
+        }
+        assert!(
+            common::exits_within(worker, GONE_BOUND),
+            "worker {worker} lingers"
+        );
+    }
+}
+
+#[test]
+fn an_unreachable_host_is_a_startup_error_that_names_it() {
+    let _one = serialised();
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let result = Pool::builder()
+        .workers(
+            Launcher::ssh("nobody@127.0.0.1")
+                .port(closed)
+                .ssh_config("/dev/null")
+                .ssh_option("ConnectTimeout", "5"),
+            1,
+        )
+        .build();
+    match result {
+        Err(Error::Startup { message }) => {
+            assert!(message.starts_with("ssh nobody@127.0.0.1: "), "{message}");
+            assert!(message.contains("refused"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
