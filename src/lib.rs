@@ -100,7 +100,7 @@ mod worker;
 
 pub use crate::context::WithContext;
 pub use crate::error::{Error, PanicLocation};
-pub use crate::launch::{Launcher, Ssh};
+pub use crate::launch::{Launcher, Srun, Ssh};
 pub use crate::pool::{Pool, PoolBuilder, map};
 pub use crate::results::{Results, UnorderedResults};
 pub use crate::stream::{CallFuture, MapStream};

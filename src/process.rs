@@ -31,7 +31,7 @@ use rustix::process::{PidfdFlags, Signal, WaitId, WaitIdOptions, WaitIdStatus};
 
 use crate::flow::{PIPE_BYTES, REAP_BOUND};
 use crate::handoff::WorkerConfig;
-use crate::launch::Launch;
+use crate::launch::{Launch, Reported};
 use crate::stderr::{self, StderrPipe};
 
 /// One worker process, seen from the pool.
@@ -41,7 +41,7 @@ pub(crate) struct Process {
     pidfd: OwnedFd,
     launch: Arc<dyn Launch>,
     /// The pid the worker announced in its handshake (where it runs).
-    reported_pid: Option<u32>,
+    reported: Option<Reported>,
     /// Requests. `None` once closed (to retire the worker gracefully).
     requests: Option<OwnedFd>,
     /// Our own read end of the request pipe; never read from.
@@ -96,7 +96,7 @@ impl Process {
             child,
             pidfd,
             launch,
-            reported_pid: None,
+            reported: None,
             requests: None,
             requests_reader,
             replies: None,
@@ -122,12 +122,12 @@ impl Process {
     /// The worker's pid as it knows it: what its handshake said, else the
     /// pid of the process the pool started.
     pub(crate) fn worker_pid(&self) -> u32 {
-        self.reported_pid.unwrap_or_else(|| self.pid())
+        self.reported.as_ref().map_or_else(|| self.pid(), |r| r.pid)
     }
 
     /// Records the pid the worker announced in its handshake.
-    pub(crate) fn set_reported_pid(&mut self, pid: u32) {
-        self.reported_pid = Some(pid);
+    pub(crate) fn set_reported(&mut self, reported: Reported) {
+        self.reported = Some(reported);
     }
 
     pub(crate) fn requests(&self) -> Option<BorrowedFd<'_>> {
@@ -188,7 +188,7 @@ impl Process {
             // behind our back and its pid reused.
             let _ = rustix::process::pidfd_send_signal(&self.pidfd, Signal::KILL);
             if self.is_ours() {
-                self.launch.kill_rest(self.pid(), self.reported_pid);
+                self.launch.kill_rest(self.pid(), self.reported.as_ref());
             }
         }
         self.requests = None;
@@ -205,7 +205,7 @@ impl Process {
         }
         match self.peek() {
             Ok(None) => return None,
-            Ok(Some(_)) => self.launch.kill_rest(self.pid(), self.reported_pid),
+            Ok(Some(_)) => self.launch.kill_rest(self.pid(), self.reported.as_ref()),
             Err(_) => {
                 self.ended = true;
                 return Some(None);

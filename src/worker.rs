@@ -80,6 +80,13 @@ pub(crate) fn serve_if_worker() {
     serve(config)
 }
 
+/// The Slurm job step this process runs as, `JOB.STEP`, if it does.
+fn slurm_step() -> Option<String> {
+    let job = std::env::var("SLURM_JOB_ID").ok()?;
+    let step = std::env::var("SLURM_STEP_ID").ok()?;
+    Some(format!("{job}.{step}"))
+}
+
 /// Whether the kernel started this process in secure mode: its effective
 /// ids or capabilities differ from those of whoever ran it. Its copies
 /// would refuse to serve.
@@ -139,6 +146,7 @@ fn serve(config: WorkerConfig) -> ! {
         pid: std::process::id(),
         tasks: u32::try_from(registry.tasks.len()).expect("fewer than 4 billion tasks"),
         digest: registry.digest,
+        step: slurm_step(),
     };
     let mut body = Vec::new();
     protocol::encode(&hello, &mut body).expect("encoding into a Vec cannot fail");

@@ -15,7 +15,7 @@ use std::process::Command;
 
 use rustix::process::{Pid, Signal};
 
-use super::Launch;
+use super::{Launch, Reported};
 use crate::handoff::{WORKER_ENV, WorkerConfig};
 
 #[derive(Debug)]
@@ -52,7 +52,7 @@ impl Launch for Prefixed {
         Some(words.join(" "))
     }
 
-    fn kill_rest(&self, local_pid: u32, _reported_pid: Option<u32>) {
+    fn kill_rest(&self, local_pid: u32, _reported: Option<&Reported>) {
         if let Some(group) = i32::try_from(local_pid).ok().and_then(Pid::from_raw) {
             let _ = rustix::process::kill_process_group(group, Signal::KILL);
         }

@@ -13,7 +13,7 @@ use std::process::Command;
 
 use rustix::process::{Pid, Signal};
 
-use super::Launch;
+use super::{Launch, Reported};
 use crate::handoff::{WORKER_ENV, WorkerConfig};
 
 #[derive(Debug, Default)]
@@ -34,7 +34,7 @@ impl Launch for Local {
         true
     }
 
-    fn kill_rest(&self, local_pid: u32, _reported_pid: Option<u32>) {
+    fn kill_rest(&self, local_pid: u32, _reported: Option<&Reported>) {
         // The worker leads its group, so the group's id is its pid, which
         // stays ours until the worker is reaped. ESRCH: nothing left.
         if let Some(group) = i32::try_from(local_pid).ok().and_then(Pid::from_raw) {

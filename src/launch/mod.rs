@@ -8,13 +8,16 @@
 //!
 //! Launchers, one file each:
 //! - [`Local`]: this very binary, re-executed on this machine;
-//! - [`command::Prefixed`]: through any command prefix.
+//! - [`command::Prefixed`]: through any command prefix;
+//! - [`Ssh`]: on other hosts, through `ssh`;
+//! - [`Srun`]: as Slurm job steps, through `srun`.
 //!
 //! [`Launcher`] is the public face: what a user passes to
 //! [`PoolBuilder::workers`](crate::PoolBuilder::workers).
 
 mod command;
 mod local;
+mod srun;
 mod ssh;
 
 use std::ffi::OsString;
@@ -24,6 +27,7 @@ use std::sync::Arc;
 use crate::handoff::WorkerConfig;
 
 pub(crate) use local::Local;
+pub use srun::Srun;
 pub use ssh::Ssh;
 
 /// Where and how a pool starts workers: given with a number of workers to
@@ -101,6 +105,16 @@ impl std::fmt::Debug for Launcher {
     }
 }
 
+/// What a worker said of itself in its handshake: where to find it when
+/// the local process only relays to it.
+#[derive(Debug, Clone)]
+pub(crate) struct Reported {
+    /// Its pid where it runs.
+    pub pid: u32,
+    /// The Slurm job step it runs as, if it does.
+    pub step: Option<String>,
+}
+
 /// A way to start workers.
 pub(crate) trait Launch: Send + Sync + std::fmt::Debug {
     /// The command that starts one worker told `config`. The caller pipes
@@ -116,7 +130,7 @@ pub(crate) trait Launch: Send + Sync + std::fmt::Debug {
     /// process only relays to it (`reported_pid` is the pid it announced in
     /// its handshake, if it got that far). Called before the local process
     /// is reaped, so that its pid cannot have been reused.
-    fn kill_rest(&self, local_pid: u32, reported_pid: Option<u32>);
+    fn kill_rest(&self, local_pid: u32, reported: Option<&Reported>);
 
     /// Gets ready to start workers, before the first (ships the binary to
     /// a host, say); why not, if it cannot. Runs on the thread building

@@ -26,7 +26,7 @@ use rustix::process::{Pid, Signal};
 use sha2::{Digest, Sha256};
 
 use super::command::this_binary;
-use super::{Launch, Launcher};
+use super::{Launch, Launcher, Reported};
 use crate::handoff::{WORKER_ENV, WorkerConfig};
 
 /// Workers on a host reached with `ssh`: made by [`Launcher::ssh`], set
@@ -263,14 +263,14 @@ impl Launch for SshLaunch {
         false
     }
 
-    fn kill_rest(&self, local_pid: u32, reported_pid: Option<u32>) {
+    fn kill_rest(&self, local_pid: u32, reported: Option<&Reported>) {
         if let Some(group) = i32::try_from(local_pid).ok().and_then(Pid::from_raw) {
             let _ = rustix::process::kill_process_group(group, Signal::KILL);
         }
         // The remote worker, and what its task started: killed on the host,
         // from a thread of its own, so that the pool never waits on the
         // network.
-        if let Some(pid) = reported_pid {
+        if let Some(pid) = reported.map(|r| r.pid) {
             let mut kill = self.ssh.ssh();
             kill.arg(format!(
                 "kill -9 -- -{pid} 2>/dev/null || kill -9 {pid} 2>/dev/null; true"

@@ -34,6 +34,9 @@ pub(crate) struct Hello {
     pub tasks: u32,
     /// Digest of the registered task names, in registry order.
     pub digest: u64,
+    /// The Slurm job step it runs as (`JOB.STEP`), if it does.
+    #[serde(default)]
+    pub step: Option<String>,
 }
 
 fn put_u32(buf: &mut [u8], at: usize, value: u32) {

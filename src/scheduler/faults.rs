@@ -284,8 +284,8 @@ mod tests {
             true
         }
 
-        fn kill_rest(&self, local_pid: u32, reported_pid: Option<u32>) {
-            Local.kill_rest(local_pid, reported_pid);
+        fn kill_rest(&self, local_pid: u32, reported: Option<&crate::launch::Reported>) {
+            Local.kill_rest(local_pid, reported);
         }
     }
 

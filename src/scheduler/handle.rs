@@ -12,6 +12,7 @@ use rustix::io::Errno;
 
 use super::books::{Books, Unanswered};
 use crate::flow::{self, READS_PER_WAKE, SCRATCH_BYTES, STARTUP_TIMEOUT};
+use crate::launch::Reported;
 use crate::logs::{self, LogRecord};
 use crate::process::Process;
 use crate::protocol::{self, FrameBuffer, Hello, ProtocolError, ReplyHeader};
@@ -419,7 +420,10 @@ impl Ear<'_> {
             protocol::HELLO if !self.books.is_ready() => {
                 let hello: Hello = protocol::decode(&frame[1..], &mut [0; SCRATCH_BYTES])
                     .map_err(|e| ProtocolError::new(format!("bad handshake: {e}")))?;
-                self.process.set_reported_pid(hello.pid);
+                self.process.set_reported(Reported {
+                    pid: hello.pid,
+                    step: hello.step.clone(),
+                });
                 *self.heard = Some(match registry().mismatch(&hello) {
                     Some(problem) => Heard::Mismatch(problem),
                     None => {

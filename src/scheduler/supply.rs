@@ -268,7 +268,7 @@ mod tests {
             true
         }
 
-        fn kill_rest(&self, _: u32, _: Option<u32>) {}
+        fn kill_rest(&self, _: u32, _: Option<&crate::launch::Reported>) {}
     }
 
     #[test]
