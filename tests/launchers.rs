@@ -145,3 +145,49 @@ fn a_pool_whose_only_launcher_fails_says_which() {
         "{message}"
     );
 }
+
+/// Another test program of this crate, built beside this one: it has
+/// other tasks registered.
+fn another_program() -> Option<std::path::PathBuf> {
+    let me = std::env::current_exe().ok()?;
+    // The newest build of it: older ones may speak an older protocol.
+    std::fs::read_dir(me.parent()?)
+        .ok()?
+        .flatten()
+        .map(|entry| entry.path())
+        .filter(|path| {
+            let name = path.file_name().unwrap_or_default().to_string_lossy();
+            name.starts_with("errors-") && path.extension().is_none()
+        })
+        .max_by_key(|path| path.metadata().and_then(|m| m.modified()).ok())
+}
+
+#[test]
+fn a_launcher_that_runs_another_program_is_refused_by_name() {
+    let Some(other) = another_program() else {
+        eprintln!("skipped: the errors test program is not built beside this one");
+        return;
+    };
+    // The prefix is followed by `env VAR=... THIS_BINARY`: run the other
+    // program with the same variable instead.
+    let script = format!("exec env \"$2\" '{}'", other.display());
+    let odd = || Launcher::command(["sh", "-c", script.as_str(), "sh"]);
+    // Beside local workers, it is given up and the map completes.
+    let pool = Pool::builder()
+        .workers(Launcher::local(), 1)
+        .workers(odd(), 1)
+        .forward_stderr(false)
+        .build()
+        .unwrap();
+    let results = common::within("the map", move || {
+        pool.map(tagged, 0..300u64).unwrap().collect::<Vec<_>>()
+    });
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    // Alone, the pool says which launcher and why.
+    let pool = Pool::builder().workers(odd(), 1).build().unwrap();
+    let message = common::within("the call", move || pool.call(tagged, 1))
+        .unwrap_err()
+        .to_string();
+    assert!(message.contains("sh -c exec env"), "{message}");
+    assert!(message.contains("registered tasks"), "{message}");
+}

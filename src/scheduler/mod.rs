@@ -133,6 +133,8 @@ struct Scheduler {
     shared: Arc<Shared>,
     /// One per launcher, in the order the pool was given them.
     supplies: Vec<Supply>,
+    /// The pool gave up.
+    broken: bool,
     workers: Vec<WorkerHandle>,
     dying: Vec<Dying>,
     /// Deliveries to send at the next sync.
@@ -170,6 +172,7 @@ impl Scheduler {
         Scheduler {
             shared,
             supplies,
+            broken: false,
             workers: Vec::new(),
             dying: Vec::new(),
             outbox: Outbox::default(),
@@ -240,7 +243,7 @@ impl Scheduler {
     /// start-up keeps failing: then it is given up, and the pool with it
     /// when it was the last.
     fn replenish(&mut self) {
-        if self.supplies.iter().all(Supply::stopped) {
+        if self.broken {
             return;
         }
         for group in 0..self.supplies.len() {
@@ -309,6 +312,7 @@ impl Scheduler {
     /// Gives up on the pool: every worker goes, every input still owed
     /// fails with `reason`, new maps are refused.
     fn break_pool(&mut self, reason: String) {
+        self.broken = true;
         for worker in &mut self.workers {
             worker.doom(Fate::PoolBroken);
         }
@@ -433,8 +437,16 @@ impl Scheduler {
     fn hear(&mut self, heard: Option<Heard>, group: usize) {
         match heard {
             Some(Heard::Ready) => self.supplies[group].ready(),
-            // Every worker would say the same: no point retrying.
-            Some(Heard::Mismatch(problem)) => self.break_pool(problem),
+            // Every worker of that launcher would say the same: no point
+            // retrying it. Its workers go, their inputs to the others.
+            Some(Heard::Mismatch(problem)) => {
+                for worker in &mut self.workers {
+                    if worker.group() == group {
+                        worker.doom(Fate::PoolBroken);
+                    }
+                }
+                self.supplies[group].stop(Some(problem));
+            }
             None => {}
         }
     }
