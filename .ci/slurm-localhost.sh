@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Starts a single-node Slurm on this machine for the srun launcher's tests:
-# slurmctld and slurmd as root, auth/none, state under /var/tmp/buckshot-slurm,
+# slurmctld and slurmd as root, auth/none (so: for a throwaway test machine
+# only; the daemons listen on 127.0.0.1 alone), state under /var/tmp/buckshot-slurm,
 # the configuration in /etc/slurm/slurm.conf (written only if there is none, or
 # if it is ours). Idempotent: does nothing if the node already answers.
 # Usage: slurm-localhost.sh start | stop
@@ -31,6 +32,7 @@ H=$(hostname -s)
 cat > "$CONF" <<CFG
 $MARK
 ClusterName=buckshot
+CommunicationParameters=NoCtldInAddrAny,NoInAddrAny
 SlurmctldHost=$H(127.0.0.1)
 SlurmUser=root
 SlurmctldPort=16817

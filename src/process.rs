@@ -205,7 +205,10 @@ impl Process {
         }
         match self.peek() {
             Ok(None) => return None,
-            Ok(Some(_)) => self.launch.kill_rest(self.pid(), self.reported.as_ref()),
+            // What a worker that exited by itself left here; on its host it
+            // killed its own group. (A killed one had this done already.)
+            Ok(Some(_)) if !self.killed => self.launch.kill_rest(self.pid(), None),
+            Ok(Some(_)) => {}
             Err(_) => {
                 self.ended = true;
                 return Some(None);

@@ -106,6 +106,11 @@ fn serve(config: WorkerConfig) -> ! {
         Ok(fds) => fds,
         Err(e) => fatal_early(&format!("could not set up its pipes: {e}")),
     };
+    if config.parent.is_none() {
+        if let Err(e) = interpose_stderr() {
+            fatal_early(&format!("could not set up its stderr: {e}"));
+        }
+    }
     // SAFETY: `signal` with SIG_IGN installs no handler code; ignoring SIGPIPE
     // makes writes to a closed pipe fail with EPIPE instead of killing us.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
@@ -280,6 +285,27 @@ fn take_stdio() -> std::io::Result<(OwnedFd, OwnedFd)> {
     rustix::stdio::dup2_stdin(&null)?;
     rustix::stdio::dup2_stdout(rustix::stdio::stderr())?;
     Ok((requests, replies))
+}
+
+/// For a worker started through a launcher: points fds 1 and 2 at a pipe
+/// that a thread copies to the real stderr. sshd and slurmstepd keep a
+/// session open while any process holds its stderr, so a subprocess of a
+/// task that outlived a crashed worker would keep its relay (`ssh`,
+/// `srun`) from ending, and the pool from noticing the death. Through the
+/// pipe, the session's stderr dies with the worker.
+fn interpose_stderr() -> std::io::Result<()> {
+    let (read, write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+    let real = rustix::io::fcntl_dupfd_cloexec(rustix::stdio::stderr(), 3)?;
+    rustix::stdio::dup2_stderr(&write)?;
+    rustix::stdio::dup2_stdout(&write)?;
+    drop(write);
+    std::thread::Builder::new()
+        .name("buckshot-stderr".into())
+        .spawn(move || {
+            let (mut read, mut real) = (File::from(read), File::from(real));
+            let _ = std::io::copy(&mut read, &mut real);
+        })?;
+    Ok(())
 }
 
 /// Serves RUN frames until the stream ends (`Ok`) or breaks (`Err`), and

@@ -93,14 +93,23 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Shipments {
     }
 }
 
+/// The name of this binary's copy in the cache: its SHA-256, 32 hex digits.
+fn this_binary_hash() -> String {
+    use sha2::Digest;
+    let bytes = std::fs::read("/proc/self/exe").unwrap();
+    let digest = sha2::Sha256::digest(&bytes);
+    digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+}
+
 #[test]
 fn the_binary_is_shipped_once_per_content() {
     let _one = serialised();
     let Some(sshd) = sshd::Sshd::start() else {
         return;
     };
+    // This binary's copy only: the cache is the user's.
     let home = std::env::var("HOME").unwrap();
-    let _ = std::fs::remove_dir_all(format!("{home}/.cache/buckshot"));
+    let _ = std::fs::remove_file(format!("{home}/.cache/buckshot/{}", this_binary_hash()));
     let shipments = Shipments::default();
     let subscriber = tracing_subscriber::registry().with(shipments.clone());
     tracing::subscriber::with_default(subscriber, || {
@@ -205,6 +214,47 @@ fn a_killed_worker_or_session_fails_its_input_alone() {
             "worker {worker} lingers"
         );
     }
+}
+
+/// Starts a subprocess that keeps the worker's stderr, announces it, and
+/// takes the worker down.
+fn crash_leaving_a_subprocess(path: String) -> u64 {
+    #[allow(clippy::zombie_processes)]
+    let child = std::process::Command::new("sleep")
+        .arg("1000")
+        .spawn()
+        .unwrap();
+    common::announce_pid(&path, child.id());
+    std::process::abort()
+}
+buckshot::register!(crash_leaving_a_subprocess);
+
+#[test]
+fn a_crash_is_noticed_though_a_subprocess_holds_stderr() {
+    // sshd keeps a session open while any process holds its stderr: the
+    // worker must not hand the session's stderr to its tasks.
+    let _one = serialised();
+    let Some(sshd) = sshd::Sshd::start() else {
+        return;
+    };
+    let pool = Pool::builder()
+        .workers(sshd.launcher(), 1)
+        .forward_stderr(false)
+        .build()
+        .unwrap();
+    let rendezvous = common::Rendezvous::new();
+    let path = rendezvous.path();
+    let call = std::thread::spawn(move || pool.call(crash_leaving_a_subprocess, path));
+    let subprocess = rendezvous.wait();
+    let result = common::within("the crashed call", move || call.join().unwrap());
+    assert!(
+        matches!(result, Err(Error::WorkerDied { index: 0, .. })),
+        "{result:?}"
+    );
+    assert!(
+        common::exits_within(subprocess, GONE_BOUND),
+        "the crashed worker's subprocess {subprocess} still runs"
+    );
 }
 
 #[test]

@@ -139,6 +139,12 @@ pub(crate) trait Launch: Send + Sync + std::fmt::Debug {
         Ok(())
     }
 
+    /// How many of its workers may be starting at once: sshd drops
+    /// connections that come faster than it takes them (`MaxStartups`).
+    fn max_starting(&self) -> usize {
+        usize::MAX
+    }
+
     /// Where its workers run, for messages; `None` for this machine.
     fn describe(&self) -> Option<String> {
         None

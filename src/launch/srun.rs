@@ -64,8 +64,17 @@ impl From<Srun> for Launcher {
 
 impl Launch for Srun {
     fn command(&self, config: &WorkerConfig) -> Command {
-        let mut command = Command::new("srun");
+        // Named after this process and srun's own pid (`sh` execs srun),
+        // so that the pool can cancel the job srun makes even before the
+        // worker says which step it is.
+        let mut command = Command::new("sh");
         command
+            .arg("-c")
+            .arg(format!(
+                "exec srun --job-name={}-$$ \"$@\"",
+                job_name_prefix()
+            ))
+            .arg("sh")
             .args(["-N1", "-n1", "--quiet", "--unbuffered"])
             .args(&self.args)
             .arg("env")
@@ -83,26 +92,34 @@ impl Launch for Srun {
         if let Some(group) = i32::try_from(local_pid).ok().and_then(Pid::from_raw) {
             let _ = rustix::process::kill_process_group(group, Signal::KILL);
         }
+        let mut cancels: Vec<Vec<String>> = Vec::new();
+        // The job srun made for this worker, if it made one: by its name,
+        // which no allocation of the user's has.
+        cancels.push(vec![format!("--name={}-{local_pid}", job_name_prefix())]);
         // A killed srun does not always end its step (measured here: the
         // task ran on, its input held open by slurmstepd): cancel the step
         // the worker said it runs as, from a thread of its own.
-        if let Some(step) = reported.and_then(|r| r.step.as_deref()) {
-            let target = cancel_target(step, std::env::var("SLURM_JOB_ID").ok().as_deref());
-            let _ = std::thread::Builder::new()
-                .name("buckshot-scancel".into())
-                .spawn(move || {
-                    // Its processes at once, then the step or job itself.
-                    for signal in [Some("--signal=KILL"), None] {
-                        let _ = Command::new("scancel")
-                            .args(signal)
-                            .arg(&target)
-                            .stdin(Stdio::null())
-                            .stdout(Stdio::null())
-                            .stderr(Stdio::null())
-                            .status();
-                    }
-                });
+        // The step, inside an allocation: its processes at once, then the
+        // step itself; never the allocation.
+        if let Some(step) = reported
+            .and_then(|r| r.step.as_deref())
+            .filter(|s| is_step_id(s))
+        {
+            cancels.push(vec!["--signal=KILL".to_owned(), step.to_owned()]);
+            cancels.push(vec![step.to_owned()]);
         }
+        let _ = std::thread::Builder::new()
+            .name("buckshot-scancel".into())
+            .spawn(move || {
+                for args in cancels {
+                    let _ = Command::new("scancel")
+                        .args(&args)
+                        .stdin(Stdio::null())
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::null())
+                        .status();
+                }
+            });
     }
 
     fn describe(&self) -> Option<String> {
@@ -110,14 +127,20 @@ impl Launch for Srun {
     }
 }
 
-/// What to cancel for a worker that ran as `step` (`JOB.STEP`): the step,
-/// inside the pool's own allocation (`ours`); otherwise the whole job,
-/// which its `srun` made for it alone and which would outlive the step.
-fn cancel_target(step: &str, ours: Option<&str>) -> String {
-    let job = step.split('.').next().unwrap_or(step);
-    match ours {
-        Some(ours) if ours == job => step.to_owned(),
-        _ => job.to_owned(),
+/// The start of the job names of this process's srun workers.
+fn job_name_prefix() -> String {
+    format!("buckshot-{}", std::process::id())
+}
+
+/// Whether `step` is a step id, `JOB.STEP` in digits, and nothing a
+/// worker could smuggle into `scancel`'s arguments.
+fn is_step_id(step: &str) -> bool {
+    match step.split_once('.') {
+        Some((job, step)) => {
+            let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+            digits(job) && digits(step)
+        }
+        None => false,
     }
 }
 
@@ -126,9 +149,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_step_of_our_allocation_is_cancelled_alone() {
-        assert_eq!(cancel_target("42.3", Some("42")), "42.3");
-        assert_eq!(cancel_target("42.0", None), "42");
-        assert_eq!(cancel_target("42.0", Some("7")), "42");
+    fn only_step_ids_reach_scancel() {
+        assert!(is_step_id("42.3"));
+        for bad in [
+            "42",
+            "42.",
+            ".3",
+            "-1.2",
+            "42.3 --all",
+            "--user=root",
+            "4a.1",
+        ] {
+            assert!(!is_step_id(bad), "{bad}");
+        }
     }
 }

@@ -25,7 +25,6 @@ use std::sync::OnceLock;
 use rustix::process::{Pid, Signal};
 use sha2::{Digest, Sha256};
 
-use super::command::this_binary;
 use super::{Launch, Launcher, Reported};
 use crate::handoff::{WORKER_ENV, WorkerConfig};
 
@@ -107,7 +106,9 @@ impl Ssh {
 
     /// Runs the program at `path` on the host instead of shipping this one
     /// (a shared file system, or a copy installed there). It must be the
-    /// same build: the handshake refuses another.
+    /// same build: the handshake refuses another protocol or task table,
+    /// but cannot tell apart two builds with the same tasks. The host is
+    /// then first contacted by the workers, not by `build()`.
     pub fn remote_program(mut self, path: impl Into<String>) -> Self {
         self.remote_program = Some(path.into());
         self
@@ -182,22 +183,28 @@ impl SshLaunch {
     /// Ships this binary to the host unless a copy of the same content is
     /// there; returns the remote program.
     fn ship(&self) -> Result<String, String> {
-        let (hash, path) = binary_hash().map_err(|e| format!("could not read this binary: {e}"))?;
+        let (hash, size) = binary_hash().map_err(|e| format!("could not read this binary: {e}"))?;
         let program = format!("{REMOTE_CACHE}/{hash}");
-        let present = self.run(&format!("test -x {program}"), Stdio::null())?;
+        let present = self.run(&sh(&format!("test -x {program}")), Stdio::null())?;
         match present.status.code() {
             Some(0) => return Ok(program),
             Some(1) => {}
             _ => return Err(self.failure(&present)),
         }
-        let binary =
-            std::fs::File::open(path).map_err(|e| format!("could not read this binary: {e}"))?;
-        // Written under a temporary name, then renamed: a pool starting
+        // The bytes hashed: `/proc/self/exe` is the running binary even if
+        // the file at its path was rebuilt since.
+        let binary = std::fs::File::open("/proc/self/exe")
+            .map_err(|e| format!("could not read this binary: {e}"))?;
+        // Written under a temporary name, checked (a cut connection ends
+        // `cat` as well as a finished upload), then renamed: a pool starting
         // at the same time never runs half a binary.
         let script = format!(
-            "mkdir -p {REMOTE_CACHE} && t={program}.tmp.$$ && cat > \"$t\" && chmod 755 \"$t\" && mv -f \"$t\" {program}"
+            "mkdir -p {REMOTE_CACHE} && t={program}.tmp.$$ && cat > \"$t\" \
+             && [ \"$(wc -c < \"$t\")\" -eq {size} ] \
+             && {{ ! command -v sha256sum >/dev/null || [ \"$(sha256sum < \"$t\" | cut -c1-32)\" = {hash} ]; }} \
+             && chmod 755 \"$t\" && mv -f \"$t\" {program} || {{ rm -f \"$t\"; exit 1; }}"
         );
-        let shipped = self.run(&script, Stdio::from(binary))?;
+        let shipped = self.run(&sh(&script), Stdio::from(binary))?;
         if !shipped.status.success() {
             return Err(self.failure(&shipped));
         }
@@ -206,12 +213,12 @@ impl SshLaunch {
     }
 }
 
-/// The hash of this binary's content, with its path: read once.
-fn binary_hash() -> std::io::Result<(String, PathBuf)> {
-    static HASH: OnceLock<Result<(String, PathBuf), String>> = OnceLock::new();
+/// The hash of the running binary's content, and its size: read once.
+fn binary_hash() -> std::io::Result<(String, u64)> {
+    static HASH: OnceLock<Result<(String, u64), String>> = OnceLock::new();
     HASH.get_or_init(|| {
-        let path = PathBuf::from(this_binary());
-        let mut file = std::fs::File::open(&path).map_err(|e| e.to_string())?;
+        let mut file = std::fs::File::open("/proc/self/exe").map_err(|e| e.to_string())?;
+        let mut size = 0u64;
         let mut hasher = Sha256::new();
         let mut buf = vec![0; 1 << 20];
         loop {
@@ -220,13 +227,20 @@ fn binary_hash() -> std::io::Result<(String, PathBuf)> {
                 break;
             }
             hasher.update(&buf[..n]);
+            size += n as u64;
         }
         let digest = hasher.finalize();
         let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
-        Ok((hex, path))
+        Ok((hex, size))
     })
     .clone()
     .map_err(std::io::Error::other)
+}
+
+/// A command line that runs `script` with `sh`, whatever the login shell
+/// of the remote user (csh, fish).
+fn sh(script: &str) -> String {
+    format!("sh -c {}", shell_quote(script))
 }
 
 /// `word`, quoted for a POSIX shell: nothing in it is interpreted.
@@ -269,15 +283,15 @@ impl Launch for SshLaunch {
         }
         // The remote worker, and what its task started: killed on the host,
         // from a thread of its own, so that the pool never waits on the
-        // network.
-        if let Some(pid) = reported.map(|r| r.pid) {
+        // network. Its group only (the remote shell made it a group
+        // leader): a plain pid could be reused by then. `kill -s KILL --`
+        // works in dash too.
+        if let Some(pid) = reported.map(|r| r.pid).filter(|&pid| pid > 1) {
             let mut kill = self.ssh.ssh();
-            kill.arg(format!(
-                "kill -9 -- -{pid} 2>/dev/null || kill -9 {pid} 2>/dev/null; true"
-            ))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
+            kill.arg(sh(&format!("kill -s KILL -- -{pid} 2>/dev/null; true")))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
             let _ = std::thread::Builder::new()
                 .name("buckshot-ssh-kill".into())
                 .spawn(move || {
@@ -288,6 +302,11 @@ impl Launch for SshLaunch {
 
     fn describe(&self) -> Option<String> {
         Some(format!("ssh {}", self.ssh.destination))
+    }
+
+    fn max_starting(&self) -> usize {
+        // Under sshd's default MaxStartups (10 unauthenticated).
+        8
     }
 }
 

@@ -128,7 +128,9 @@ impl WorkerHandle {
         !self.retiring && self.fate.is_none() && self.process.requests().is_some()
     }
 
-    /// Whether it takes work and has room for more.
+    /// Whether it takes work and has room for more. Not before its
+    /// handshake: a program that turns out to be another one must not run
+    /// our inputs with its own tasks.
     pub(crate) fn wants_more(&self) -> bool {
         self.takes_work() && flow::wants_more(self.books.frames(), self.books.backlog())
     }

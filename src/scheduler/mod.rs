@@ -183,7 +183,8 @@ impl Scheduler {
 
     fn spawn_initial(&mut self) -> Result<(), Error> {
         for supply in &self.supplies {
-            for _ in 0..supply.target() {
+            // The rest start as these say hello (see `replenish_group`).
+            for _ in 0..supply.target().min(supply.max_starting()) {
                 let worker = supply.spawn().map_err(|source| Error::Spawn { source })?;
                 tracing::debug!(worker = worker.process().pid(), "worker spawned");
                 self.workers.push(worker);
@@ -286,6 +287,12 @@ impl Scheduler {
             .count()
             < self.supplies[group].target()
         {
+            let starting = |w: &&WorkerHandle| w.fate().is_none() && !w.books().is_ready();
+            if self.workers.iter().filter(ours).filter(starting).count()
+                >= self.supplies[group].max_starting()
+            {
+                return;
+            }
             if !ready {
                 let starting = self
                     .workers

@@ -181,6 +181,11 @@ impl Supply {
         self.target
     }
 
+    /// How many of its workers may be starting at once.
+    pub(crate) fn max_starting(&self) -> usize {
+        self.launch.max_starting()
+    }
+
     pub(crate) fn stopped(&self) -> bool {
         self.stopped
     }
