@@ -191,3 +191,50 @@ fn a_launcher_that_runs_another_program_is_refused_by_name() {
     assert!(message.contains("sh -c exec env"), "{message}");
     assert!(message.contains("registered tasks"), "{message}");
 }
+
+fn abort_at(x: u64) -> u64 {
+    if x == 13 {
+        std::process::abort();
+    }
+    x
+}
+buckshot::register!(abort_at);
+
+#[test]
+fn replacements_that_keep_failing_are_started_ever_more_slowly() {
+    // Two workers start; every start after those fails. With one worker
+    // still ready, the launcher is never given up: its failing
+    // replacements must back off, not spin.
+    let dir = std::env::temp_dir().join(format!("buckshot-backoff-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let script = format!(
+        "echo start >> '{d}/starts'; n=$(wc -l < '{d}/starts'); [ \"$n\" -le 2 ] || exit 1; exec \"$@\"",
+        d = dir.display()
+    );
+    let pool = Pool::builder()
+        .workers(Launcher::command(["sh", "-c", script.as_str(), "sh"]), 2)
+        .forward_stderr(false)
+        .build()
+        .unwrap();
+    let results = common::within("the map", move || {
+        let results: Vec<_> = pool.map(abort_at, 0..20u64).unwrap().collect();
+        // A window in which replacements keep failing.
+        std::thread::sleep(Duration::from_secs(2));
+        drop(pool);
+        results
+    });
+    assert!(
+        matches!(results[13], Err(Error::WorkerDied { .. })),
+        "{:?}",
+        results[13]
+    );
+    let starts = std::fs::read_to_string(dir.join("starts"))
+        .unwrap()
+        .lines()
+        .count();
+    let _ = std::fs::remove_dir_all(&dir);
+    // Doubling from 10 ms: about 8 attempts in 2 s; a tight loop makes
+    // hundreds.
+    assert!(starts < 20, "{starts} starts");
+}

@@ -91,15 +91,13 @@ impl Supply {
         match self.spawn() {
             Ok(worker) => {
                 tracing::debug!(worker = worker.process().pid(), "worker respawned");
-                self.delay = Duration::ZERO;
                 self.retry_at = None;
                 Some(worker)
             }
             Err(e) => {
                 tracing::debug!(error = %e, "could not spawn a worker");
                 self.failed(Failure::Spawn(e.to_string()));
-                self.delay = (self.delay * 2).clamp(FIRST_RETRY, LAST_RETRY);
-                self.retry_at = Some(now + self.delay);
+                self.back_off(now);
                 None
             }
         }
@@ -123,11 +121,22 @@ impl Supply {
         self.streak = 0;
         self.spawn_errors = 0;
         self.last = None;
+        self.delay = Duration::ZERO;
     }
 
     /// A worker failed before its handshake; `how` says how.
     pub(crate) fn died_starting(&mut self, how: String) {
         self.failed(Failure::Death(how));
+        // The next start waits too, doubling, until a worker says hello:
+        // a launcher that starts one good worker and then only failing
+        // ones must not spawn in a tight loop (a flood of ssh logins or
+        // Slurm jobs).
+        self.back_off(Instant::now());
+    }
+
+    fn back_off(&mut self, now: Instant) {
+        self.delay = (self.delay * 2).clamp(FIRST_RETRY, LAST_RETRY);
+        self.retry_at = Some(now + self.delay);
     }
 
     /// Whether `starting` more workers could still fail without reaching
