@@ -13,9 +13,7 @@ use std::ffi::OsString;
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 
-use rustix::process::{Pid, Signal};
-
-use super::{Launch, Reported};
+use super::{Launch, Reported, kill_group};
 use crate::handoff::{WORKER_ENV, WorkerConfig};
 
 #[derive(Debug)]
@@ -31,15 +29,21 @@ pub(crate) fn this_binary() -> OsString {
         .unwrap_or_else(|_| OsString::from("/proc/self/exe"))
 }
 
+/// Ends a command that runs what follows it with `env __BUCKSHOT_WORKER=...
+/// BINARY`, and makes it a process group leader.
+pub(crate) fn run_worker_after(command: &mut Command, config: &WorkerConfig) {
+    command
+        .arg("env")
+        .arg(format!("{WORKER_ENV}={}", config.to_env()))
+        .arg(this_binary())
+        .process_group(0);
+}
+
 impl Launch for Prefixed {
     fn command(&self, config: &WorkerConfig) -> Command {
         let mut command = Command::new(&self.prefix[0]);
-        command
-            .args(&self.prefix[1..])
-            .arg("env")
-            .arg(format!("{WORKER_ENV}={}", config.to_env()))
-            .arg(this_binary())
-            .process_group(0);
+        command.args(&self.prefix[1..]);
+        run_worker_after(&mut command, config);
         command
     }
 
@@ -53,8 +57,6 @@ impl Launch for Prefixed {
     }
 
     fn kill_rest(&self, local_pid: u32, _reported: Option<&Reported>) {
-        if let Some(group) = i32::try_from(local_pid).ok().and_then(Pid::from_raw) {
-            let _ = rustix::process::kill_process_group(group, Signal::KILL);
-        }
+        kill_group(local_pid);
     }
 }

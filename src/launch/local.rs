@@ -11,9 +11,7 @@
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 
-use rustix::process::{Pid, Signal};
-
-use super::{Launch, Reported};
+use super::{Launch, Reported, kill_group};
 use crate::handoff::{WORKER_ENV, WorkerConfig};
 
 #[derive(Debug, Default)]
@@ -35,10 +33,7 @@ impl Launch for Local {
     }
 
     fn kill_rest(&self, local_pid: u32, _reported: Option<&Reported>) {
-        // The worker leads its group, so the group's id is its pid, which
-        // stays ours until the worker is reaped. ESRCH: nothing left.
-        if let Some(group) = i32::try_from(local_pid).ok().and_then(Pid::from_raw) {
-            let _ = rustix::process::kill_process_group(group, Signal::KILL);
-        }
+        // The worker leads its group.
+        kill_group(local_pid);
     }
 }

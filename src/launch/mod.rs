@@ -21,8 +21,10 @@ mod srun;
 mod ssh;
 
 use std::ffi::OsString;
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::sync::Arc;
+
+use rustix::process::{Pid, Signal};
 
 use crate::handoff::WorkerConfig;
 
@@ -103,6 +105,32 @@ impl std::fmt::Debug for Launcher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         self.launch.fmt(f)
     }
+}
+
+/// Kills the process group that the local process `leader` leads (every
+/// launcher starts its command as a group leader). The leader is not yet
+/// reaped, so the group's id cannot have been reused. ESRCH: nothing left.
+pub(crate) fn kill_group(leader: u32) {
+    if let Some(group) = i32::try_from(leader).ok().and_then(Pid::from_raw) {
+        let _ = rustix::process::kill_process_group(group, Signal::KILL);
+    }
+}
+
+/// Runs `commands` one after the other on a thread of their own, with no
+/// input or output: the pool's thread never waits on the network or on
+/// Slurm.
+pub(crate) fn run_detached(name: &str, commands: Vec<Command>) {
+    let _ = std::thread::Builder::new()
+        .name(name.to_owned())
+        .spawn(move || {
+            for mut command in commands {
+                let _ = command
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status();
+            }
+        });
 }
 
 /// What a worker said of itself in its handshake: where to find it when

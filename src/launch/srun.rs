@@ -12,14 +12,11 @@
 //! watchdog ends it as soon as its request stream closes.
 
 use std::ffi::OsString;
-use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
-use rustix::process::{Pid, Signal};
-
-use super::command::this_binary;
-use super::{Launch, Launcher, Reported};
-use crate::handoff::{WORKER_ENV, WorkerConfig};
+use super::command::run_worker_after;
+use super::{Launch, Launcher, Reported, kill_group, run_detached};
+use crate::handoff::WorkerConfig;
 
 /// Workers as Slurm job steps: made by [`Launcher::srun`], given to
 /// [`PoolBuilder::workers`](crate::PoolBuilder::workers).
@@ -76,11 +73,8 @@ impl Launch for Srun {
             ))
             .arg("sh")
             .args(["-N1", "-n1", "--quiet", "--unbuffered"])
-            .args(&self.args)
-            .arg("env")
-            .arg(format!("{WORKER_ENV}={}", config.to_env()))
-            .arg(this_binary())
-            .process_group(0);
+            .args(&self.args);
+        run_worker_after(&mut command, config);
         command
     }
 
@@ -89,9 +83,7 @@ impl Launch for Srun {
     }
 
     fn kill_rest(&self, local_pid: u32, reported: Option<&Reported>) {
-        if let Some(group) = i32::try_from(local_pid).ok().and_then(Pid::from_raw) {
-            let _ = rustix::process::kill_process_group(group, Signal::KILL);
-        }
+        kill_group(local_pid);
         let mut cancels: Vec<Vec<String>> = Vec::new();
         // The job srun made for this worker, if it made one: by its name,
         // which no allocation of the user's has.
@@ -108,18 +100,15 @@ impl Launch for Srun {
             cancels.push(vec!["--signal=KILL".to_owned(), step.to_owned()]);
             cancels.push(vec![step.to_owned()]);
         }
-        let _ = std::thread::Builder::new()
-            .name("buckshot-scancel".into())
-            .spawn(move || {
-                for args in cancels {
-                    let _ = Command::new("scancel")
-                        .args(&args)
-                        .stdin(Stdio::null())
-                        .stdout(Stdio::null())
-                        .stderr(Stdio::null())
-                        .status();
-                }
-            });
+        let commands = cancels
+            .into_iter()
+            .map(|args| {
+                let mut cancel = Command::new("scancel");
+                cancel.args(args);
+                cancel
+            })
+            .collect();
+        run_detached("buckshot-scancel", commands);
     }
 
     fn describe(&self) -> Option<String> {

@@ -22,10 +22,9 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 
-use rustix::process::{Pid, Signal};
 use sha2::{Digest, Sha256};
 
-use super::{Launch, Launcher, Reported};
+use super::{Launch, Launcher, Reported, kill_group, run_detached};
 use crate::handoff::{WORKER_ENV, WorkerConfig};
 
 /// Workers on a host reached with `ssh`: made by [`Launcher::ssh`], set
@@ -278,9 +277,7 @@ impl Launch for SshLaunch {
     }
 
     fn kill_rest(&self, local_pid: u32, reported: Option<&Reported>) {
-        if let Some(group) = i32::try_from(local_pid).ok().and_then(Pid::from_raw) {
-            let _ = rustix::process::kill_process_group(group, Signal::KILL);
-        }
+        kill_group(local_pid);
         // The remote worker, and what its task started: killed on the host,
         // from a thread of its own, so that the pool never waits on the
         // network. Its group only (the remote shell made it a group
@@ -288,15 +285,8 @@ impl Launch for SshLaunch {
         // works in dash too.
         if let Some(pid) = reported.map(|r| r.pid).filter(|&pid| pid > 1) {
             let mut kill = self.ssh.ssh();
-            kill.arg(sh(&format!("kill -s KILL -- -{pid} 2>/dev/null; true")))
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null());
-            let _ = std::thread::Builder::new()
-                .name("buckshot-ssh-kill".into())
-                .spawn(move || {
-                    let _ = kill.status();
-                });
+            kill.arg(sh(&format!("kill -s KILL -- -{pid} 2>/dev/null; true")));
+            run_detached("buckshot-ssh-kill", vec![kill]);
         }
     }
 
