@@ -13,13 +13,11 @@ use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
+use tracing::Event;
 use tracing::field::{Field, Visit};
 use tracing::level_filters::LevelFilter;
-use tracing::span::{Attributes, Id, Record};
-use tracing::subscriber::Interest;
-use tracing::{Event, Metadata, Subscriber};
 
-use super::{LogRecord, LogValue, level_number};
+use super::{EventSink, Events, LogRecord, LogValue, level_number};
 use crate::protocol;
 
 /// No item is running.
@@ -42,10 +40,12 @@ pub(crate) fn install(max: LevelFilter, replies: Arc<Mutex<File>>) {
     if max == LevelFilter::OFF {
         return;
     }
-    let subscriber = Capture {
+    let subscriber = Events {
         max,
-        replies,
-        pid: rustix::process::getpid(),
+        sink: Capture {
+            replies,
+            pid: rustix::process::getpid(),
+        },
     };
     // A worker runs no `main`, so nothing else set a global subscriber,
     // unless a constructor did: then that one stays.
@@ -69,38 +69,13 @@ fn level_to_log(max: LevelFilter) -> tracing_log::log::LevelFilter {
 }
 
 struct Capture {
-    max: LevelFilter,
     replies: Arc<Mutex<File>>,
     /// The worker's pid: a forked child has another.
     pid: rustix::process::Pid,
 }
 
-impl Subscriber for Capture {
-    fn register_callsite(&self, metadata: &'static Metadata<'static>) -> Interest {
-        if self.enabled(metadata) {
-            Interest::always()
-        } else {
-            Interest::never()
-        }
-    }
-
-    fn enabled(&self, metadata: &Metadata<'_>) -> bool {
-        metadata.is_event() && self.max >= *metadata.level()
-    }
-
-    fn max_level_hint(&self) -> Option<LevelFilter> {
-        Some(self.max)
-    }
-
-    fn new_span(&self, _: &Attributes<'_>) -> Id {
-        Id::from_u64(1)
-    }
-
-    fn record(&self, _: &Id, _: &Record<'_>) {}
-
-    fn record_follows_from(&self, _: &Id, _: &Id) {}
-
-    fn event(&self, event: &Event<'_>) {
+impl EventSink for Capture {
+    fn take(&self, event: &Event<'_>) {
         if rustix::process::getpid() != self.pid {
             return;
         }
@@ -117,10 +92,6 @@ impl Subscriber for Capture {
         // its next reply.
         let _ = replies.write_all(&frame);
     }
-
-    fn enter(&self, _: &Id) {}
-
-    fn exit(&self, _: &Id) {}
 }
 
 /// The record of `event`, which came while item `running` ran, if any.
@@ -221,6 +192,8 @@ impl Visit for Fields {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tracing::span::{Attributes, Id, Record};
+    use tracing::{Metadata, Subscriber};
 
     /// Records the events it sees, as a worker would send them.
     struct Recorder(Mutex<Vec<LogRecord>>);

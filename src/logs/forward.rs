@@ -2,7 +2,7 @@
 //! their own, behind a bounded queue, so that a slow or stalled subscriber
 //! never holds up the pool's thread (timeouts, deliveries, respawns).
 //!
-//! The pool's thread runs with a [`PoolSubscriber`] as its default: its own
+//! The pool's thread runs with a subscriber whose sink is a [`PoolQueue`]: its own
 //! life-cycle events (`tracing::debug!` in the scheduler) and the records
 //! workers send both go into the queue. When the queue is full, events are
 //! dropped and counted, and a warning says how many once there is room.
@@ -13,13 +13,11 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tracing::level_filters::LevelFilter;
-use tracing::span::{Attributes, Id, Record};
-use tracing::subscriber::Interest;
-use tracing::{Dispatch, Event, Metadata, Subscriber};
+use tracing::{Dispatch, Event};
 
 use super::capture::to_record;
 use super::replay::replay;
-use super::{LogRecord, LogValue, filter_from_number};
+use super::{EventSink, Events, LogRecord, LogValue, filter_from_number};
 
 /// Events waiting for the creator's subscriber, at most.
 const QUEUE: usize = 256;
@@ -33,15 +31,16 @@ struct Job {
 }
 
 /// The default subscriber of a pool's thread.
-pub(crate) struct PoolSubscriber {
-    max: LevelFilter,
+/// The sink of a pool's thread's subscriber: the queue to the thread
+/// that re-emits events.
+pub(crate) struct PoolQueue {
     queue: SyncSender<Job>,
     dropped: Arc<AtomicU64>,
     /// Says when the forwarding thread is done.
     done: Mutex<Receiver<()>>,
 }
 
-impl PoolSubscriber {
+impl PoolQueue {
     /// Starts the thread that re-emits events to `dispatch`, for events at
     /// `level` (1 error ... 5 trace) and above; `None` for level 0 or if no
     /// thread can start (then nothing is forwarded).
@@ -67,11 +66,13 @@ impl PoolSubscriber {
                 let _ = done_tx.send(());
             })
             .ok()?;
-        Some(Dispatch::new(PoolSubscriber {
+        Some(Dispatch::new(Events {
             max,
-            queue,
-            dropped,
-            done: Mutex::new(done),
+            sink: PoolQueue {
+                queue,
+                dropped,
+                done: Mutex::new(done),
+            },
         }))
     }
 
@@ -91,8 +92,9 @@ pub(crate) fn from_worker(record: LogRecord, worker: u32, input: Option<usize>) 
         input,
     });
     tracing::dispatcher::get_default(|dispatch| {
-        if let (Some(pool), Some(job)) = (dispatch.downcast_ref::<PoolSubscriber>(), job.take()) {
-            pool.send(job);
+        if let (Some(pool), Some(job)) = (dispatch.downcast_ref::<Events<PoolQueue>>(), job.take())
+        {
+            pool.sink.send(job);
         }
     });
 }
@@ -116,7 +118,7 @@ fn report_dropped(dropped: &AtomicU64) {
     }
 }
 
-impl Drop for PoolSubscriber {
+impl Drop for PoolQueue {
     fn drop(&mut self) {
         // The queue closes with this; give the thread a moment to write
         // what is queued, but never wait on a stalled subscriber for long.
@@ -127,32 +129,8 @@ impl Drop for PoolSubscriber {
     }
 }
 
-impl Subscriber for PoolSubscriber {
-    fn register_callsite(&self, metadata: &'static Metadata<'static>) -> Interest {
-        if self.enabled(metadata) {
-            Interest::always()
-        } else {
-            Interest::never()
-        }
-    }
-
-    fn enabled(&self, metadata: &Metadata<'_>) -> bool {
-        metadata.is_event() && self.max >= *metadata.level()
-    }
-
-    fn max_level_hint(&self) -> Option<LevelFilter> {
-        Some(self.max)
-    }
-
-    fn new_span(&self, _: &Attributes<'_>) -> Id {
-        Id::from_u64(1)
-    }
-
-    fn record(&self, _: &Id, _: &Record<'_>) {}
-
-    fn record_follows_from(&self, _: &Id, _: &Id) {}
-
-    fn event(&self, event: &Event<'_>) {
+impl EventSink for PoolQueue {
+    fn take(&self, event: &Event<'_>) {
         let mut record = to_record(event, None);
         record.seq = None;
         self.send(Job {
@@ -161,8 +139,4 @@ impl Subscriber for PoolSubscriber {
             input: None,
         });
     }
-
-    fn enter(&self, _: &Id) {}
-
-    fn exit(&self, _: &Id) {}
 }

@@ -21,8 +21,10 @@ pub(crate) mod forward;
 pub(crate) mod replay;
 
 use serde::{Deserialize, Serialize};
-use tracing::Level;
 use tracing::level_filters::LevelFilter;
+use tracing::span::{Attributes, Id, Record};
+use tracing::subscriber::Interest;
+use tracing::{Event, Level, Metadata, Subscriber};
 
 /// One event, as it travels from a worker to its pool.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -49,6 +51,53 @@ pub(crate) enum LogValue {
     Bool(bool),
     /// A value recorded with `Debug` or `Display`, already formatted.
     Text(String),
+}
+
+/// Where a subscriber of [`Events`] hands each event.
+pub(crate) trait EventSink: Send + Sync + 'static {
+    fn take(&self, event: &Event<'_>);
+}
+
+/// A subscriber that passes every event at `max` and above to its sink,
+/// and ignores spans: what a worker sends the pool, and what a pool's
+/// thread queues for its creator's subscriber.
+pub(crate) struct Events<S> {
+    pub max: LevelFilter,
+    pub sink: S,
+}
+
+impl<S: EventSink> Subscriber for Events<S> {
+    fn register_callsite(&self, metadata: &'static Metadata<'static>) -> Interest {
+        if self.enabled(metadata) {
+            Interest::always()
+        } else {
+            Interest::never()
+        }
+    }
+
+    fn enabled(&self, metadata: &Metadata<'_>) -> bool {
+        metadata.is_event() && self.max >= *metadata.level()
+    }
+
+    fn max_level_hint(&self) -> Option<LevelFilter> {
+        Some(self.max)
+    }
+
+    fn new_span(&self, _: &Attributes<'_>) -> Id {
+        Id::from_u64(1)
+    }
+
+    fn record(&self, _: &Id, _: &Record<'_>) {}
+
+    fn record_follows_from(&self, _: &Id, _: &Id) {}
+
+    fn event(&self, event: &Event<'_>) {
+        self.sink.take(event);
+    }
+
+    fn enter(&self, _: &Id) {}
+
+    fn exit(&self, _: &Id) {}
 }
 
 /// A level filter as a number: 0 is off, 1 error ... 5 trace.

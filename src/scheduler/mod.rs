@@ -67,7 +67,7 @@ impl Running {
                     // subscriber of the pool's creator, through a queue.
                     let level = logs::worker_level(&shared.config.dispatch);
                     let forwarder =
-                        logs::forward::PoolSubscriber::start(shared.config.dispatch.clone(), level);
+                        logs::forward::PoolQueue::start(shared.config.dispatch.clone(), level);
                     let _dispatch = forwarder.as_ref().map(tracing::dispatcher::set_default);
                     let _guard = PanicGuard(Arc::clone(&shared));
                     let mut scheduler = Scheduler::new(shared);
