@@ -80,6 +80,7 @@
 compile_error!("buckshot supports Linux only for now (it relies on pidfd and /proc/self/exe)");
 
 mod context;
+mod delivery;
 mod error;
 mod flow;
 mod handoff;

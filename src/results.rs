@@ -15,12 +15,13 @@ use std::task::{Context, Poll};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::delivery::{Delivery, WakerSlot};
 use crate::error::Error;
 use crate::flow::{self, CHUNK_BYTES, ChunkContext, SCRATCH_BYTES, WINDOW_BYTES, Window};
 use crate::panics::PanicReport;
 use crate::protocol::{self, Items, Outcome, RunFrame};
 use crate::scheduler::Running;
-use crate::shared::{Chunk, Delivery, MapStats, MapTask, Refused, Shared, WakerSlot};
+use crate::shared::{Chunk, MapStats, MapTask, Refused, Shared};
 
 /// How a caller waits for outcomes.
 pub(crate) enum Wait<'a, 'b> {

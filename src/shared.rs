@@ -1,22 +1,21 @@
 //! What the callers of a pool and its thread share: the queue of chunks, the
 //! maps and how to reach them, the pool's phase, the doorbell, and the
-//! types that travel between them ([`Chunk`] one way, [`Delivery`] the
-//! other).
+//! types that travel between them ([`Chunk`] one way; the other way is
+//! [`crate::delivery`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
-use std::ops::Range;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, Sender};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::Waker;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rustix::event::EventfdFlags;
 
+use crate::delivery::{Delivery, Mailbox, Outbox, WakerSlot};
 use crate::error::Error;
-use crate::flow::{DELIVERY_BATCH, DELIVERY_DELAY};
 use crate::launch::Launcher;
 use crate::protocol::{self, Items, RunFrame};
 
@@ -108,77 +107,6 @@ impl Chunk {
     }
 }
 
-/// Bytes of reply items: copied out of the read buffer when small, shared
-/// with no copy when a large frame had a buffer of its own.
-#[derive(Debug)]
-pub(crate) enum Payload {
-    Copied(Vec<u8>),
-    Shared(Arc<Vec<u8>>, Range<usize>),
-}
-
-impl Payload {
-    pub(crate) fn as_slice(&self) -> &[u8] {
-        match self {
-            Payload::Copied(bytes) => bytes,
-            Payload::Shared(buffer, range) => &buffer[range.clone()],
-        }
-    }
-}
-
-/// What the loop sends to a map.
-#[derive(Debug)]
-pub(crate) enum Delivery {
-    /// Outcomes of inputs `first_index..first_index + count`, as items.
-    Outcomes {
-        first_index: usize,
-        count: u32,
-        items: Payload,
-    },
-    /// One input failed in the pool (timeout, death, protocol).
-    Failed(Error),
-    /// Inputs that will never run because the pool shut down.
-    Closed {
-        first_index: usize,
-        count: u32,
-        reason: Option<String>,
-    },
-}
-
-/// Deliveries collected by the loop, each for a map, sent in batches.
-#[derive(Debug, Default)]
-pub(crate) struct Outbox(Vec<(u64, Delivery)>, Option<Instant>);
-
-impl Outbox {
-    pub(crate) fn push(&mut self, map: u64, delivery: Delivery) {
-        if self.0.is_empty() {
-            self.1 = Some(Instant::now());
-        }
-        self.0.push((map, delivery));
-    }
-
-    /// Whether it is time to send what it holds while the loop is busy: a
-    /// batch is full, or its oldest delivery has waited long enough.
-    pub(crate) fn due(&self) -> bool {
-        self.0.len() >= DELIVERY_BATCH
-            || self
-                .1
-                .is_some_and(|since| since.elapsed() >= DELIVERY_DELAY)
-    }
-
-    pub(crate) fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    pub(crate) fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
-    #[cfg(test)]
-    pub(crate) fn deliveries(&self) -> &[(u64, Delivery)] {
-        &self.0
-    }
-}
-
 /// Measurements of one map, shared with its caller.
 #[derive(Debug, Default)]
 pub(crate) struct MapStats {
@@ -231,51 +159,6 @@ impl MapTask {
     /// The id its RUN frames carry, 0 for none.
     pub(crate) fn context_id(&self) -> u64 {
         self.context.as_ref().map_or(0, |context| context.id)
-    }
-}
-
-/// Where an async caller waiting for a map's deliveries left its waker.
-#[derive(Default)]
-pub(crate) struct WakerSlot(Mutex<Option<Waker>>);
-
-impl WakerSlot {
-    /// Wakes `waker` when the next deliveries (or the end) come.
-    pub(crate) fn register(&self, waker: &Waker) {
-        let mut slot = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        match &mut *slot {
-            Some(old) if old.will_wake(waker) => {}
-            _ => *slot = Some(waker.clone()),
-        }
-    }
-
-    /// The waker left, to be woken once the pool's lock is released.
-    fn take(&self) -> Option<Waker> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner).take()
-    }
-}
-
-/// The loop's end of a map's deliveries. Sending and closing hand back
-/// the waker of an async caller waiting for them, which is woken once the
-/// pool's lock is released (an executor may poll from `wake`, and polling
-/// takes the lock).
-pub(crate) struct Mailbox {
-    tx: Sender<Vec<Delivery>>,
-    waker: Arc<WakerSlot>,
-}
-
-impl Mailbox {
-    /// Sends a batch; a map whose caller is gone has no receiver, and
-    /// nothing needs doing.
-    fn send(&self, batch: Vec<Delivery>) -> Option<Waker> {
-        let _ = self.tx.send(batch);
-        self.waker.take()
-    }
-
-    /// Drops the sender, so that the receiver sees the end.
-    fn close(self) -> Option<Waker> {
-        let waker = Arc::clone(&self.waker);
-        drop(self);
-        waker.take()
     }
 }
 
@@ -383,8 +266,7 @@ impl State {
     /// Sends what the loop collected, one message per map.
     pub(crate) fn deliver(&mut self, outbox: &mut Outbox) {
         let mut batches: Vec<(u64, Vec<Delivery>)> = Vec::new();
-        outbox.1 = None;
-        for (map, delivery) in outbox.0.drain(..) {
+        for (map, delivery) in outbox.drain() {
             match batches.iter_mut().find(|(m, _)| *m == map) {
                 Some((_, batch)) => batch.push(delivery),
                 None => batches.push((map, vec![delivery])),
@@ -527,10 +409,7 @@ impl Shared {
         state.maps.insert(
             id,
             MapLink {
-                tx: Mailbox {
-                    tx,
-                    waker: Arc::clone(&waker),
-                },
+                tx: Mailbox::new(tx, Arc::clone(&waker)),
                 stats: Arc::clone(&stats),
                 context,
             },

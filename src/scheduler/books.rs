@@ -23,9 +23,10 @@ use std::io::IoSlice;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::delivery::{Delivery, Outbox, Payload};
 use crate::flow::MAX_IOVECS;
 use crate::protocol::{self, ProtocolError, ReplyHeader, RunHeader};
-use crate::shared::{Chunk, Delivery, MapStats, Outbox, Payload};
+use crate::shared::{Chunk, MapStats};
 
 /// One frame given to the worker and not fully answered.
 struct Inflight {

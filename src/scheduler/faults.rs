@@ -24,10 +24,11 @@ use std::time::{Duration, Instant};
 
 use super::handle::{Fate, Remains};
 use super::supply::Supply;
+use crate::delivery::{Delivery, Outbox};
 use crate::error::{Error, telling_line};
 use crate::flow::{REAP_BOUND, RETIRE_GRACE, STARTUP_TIMEOUT, UNSTARTED_RETURNS};
 use crate::process::Process;
-use crate::shared::{Chunk, Delivery, Outbox};
+use crate::shared::Chunk;
 
 /// What an input that was running when its worker went gets.
 #[derive(Debug, PartialEq, Eq)]

@@ -11,13 +11,14 @@ use std::time::{Duration, Instant};
 use rustix::io::Errno;
 
 use super::books::{Books, Unanswered};
+use crate::delivery::Outbox;
 use crate::flow::{self, READS_PER_WAKE, SCRATCH_BYTES, STARTUP_TIMEOUT};
 use crate::launch::Reported;
 use crate::logs::{self, LogRecord};
 use crate::process::Process;
 use crate::protocol::{self, FrameBuffer, Hello, ProtocolError, ReplyHeader};
 use crate::registry::registry;
-use crate::shared::{Chunk, MapStats, Outbox, SharedContext};
+use crate::shared::{Chunk, MapStats, SharedContext};
 
 /// Why a worker is being taken out of service.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -38,11 +38,12 @@ use self::faults::{Burial, Dying};
 use self::handle::{Fate, Heard, WorkerHandle};
 use self::poll::Source;
 use self::supply::Supply;
+use crate::delivery::Outbox;
 use crate::error::Error;
 use crate::flow::{REAP_BOUND, UNKNOWN_ESTIMATE};
 use crate::handoff::WorkerConfig;
 use crate::logs;
-use crate::shared::{Chunk, Config, Outbox, Phase, Shared, State};
+use crate::shared::{Chunk, Config, Phase, Shared, State};
 
 /// A running pool: its shared state and its thread, which stops when this
 /// is dropped. [`Pool`](crate::Pool) holds one, and so does the iterator of
