@@ -82,6 +82,7 @@ compile_error!("buckshot supports Linux only for now (it relies on pidfd and /pr
 mod context;
 mod delivery;
 mod error;
+mod feed;
 mod flow;
 mod handoff;
 mod launch;

@@ -16,7 +16,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::error::Error;
-use crate::results::{Feed, Wait};
+use crate::feed::{Feed, Wait};
 use crate::shared::{MapTask, Shared};
 
 /// The outcomes of [`Pool::map_stream`](crate::Pool::map_stream), one per
