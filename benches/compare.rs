@@ -1,13 +1,19 @@
 //! Throughput, start-up, payload and memory of buckshot, side by side with
-//! serial code, rayon and procspawn, measured in one run. Every figure comes
-//! with its ratio to a baseline measured in the same run, because the machine
-//! is shared and noisy.
+//! serial code, rayon, procspawn, Python's `multiprocessing` and the floor
+//! (plain `std::process::Command` spawns), measured in one run. Every figure
+//! comes with its ratio to a baseline measured in the same run, on the same
+//! workload with the same number of processes (2), because the machine is
+//! shared and noisy.
 //!
 //! `cargo bench` runs every section; `cargo bench -- NAME...` runs some
-//! (tiny, sizes, uneven, startup, payload, streaming, isolation; and
-//! context, which is only run when named, for it takes minutes). With
-//! `--csv PATH` the task-size sweep is also written as CSV for the chart.
+//! (tiny, sizes, uneven, startup, fresh, wide, payload, streaming,
+//! isolation; and context, which is only run when named, for it takes
+//! minutes). With `--csv PATH` the task-size sweep is also written as CSV
+//! for the chart.
 
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use buckshot::Pool;
@@ -15,21 +21,42 @@ use serde_bytes::ByteBuf;
 
 const PROCESSES: usize = 2;
 
+/// Set in the floor's children: they answer one byte and exit.
+const FLOOR_ENV: &str = "BUCKSHOT_BENCH_FLOOR";
+
 fn identity(x: u64) -> u64 {
     x
 }
 buckshot::register!(identity);
 
-/// Spins for about `nanos` nanoseconds: a task of a chosen size.
-fn spin(nanos: u64) -> u64 {
-    let start = Instant::now();
-    let mut n = 0u64;
-    while start.elapsed().as_nanos() < u128::from(nanos) {
-        n = std::hint::black_box(n + 1);
+/// A fixed amount of CPU work: `loops` rounds of a multiply-add that the
+/// compiler cannot skip. Unlike spinning against the clock, time spent
+/// descheduled is not counted as work.
+fn work(loops: u64) -> u64 {
+    let mut x = loops;
+    for _ in 0..loops {
+        x = std::hint::black_box(
+            x.wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407),
+        );
     }
-    n
+    x
 }
-buckshot::register!(spin);
+buckshot::register!(work);
+
+/// Loops of [`work`] per microsecond on one core of this machine: the
+/// fastest of five calibration runs (the least disturbed).
+fn loops_per_micro() -> u64 {
+    static LOOPS: OnceLock<u64> = OnceLock::new();
+    *LOOPS.get_or_init(|| {
+        let loops = 20_000_000;
+        let fastest = (0..5)
+            .map(|_| time(|| work(std::hint::black_box(loops))).1)
+            .min()
+            .unwrap();
+        (loops as f64 / (fastest.as_secs_f64() * 1e6)).round() as u64
+    })
+}
 
 /// Cost grows with `x`: the uneven workload.
 fn harmonic(x: u64) -> f64 {
@@ -41,6 +68,18 @@ fn echo_bytes(bytes: ByteBuf) -> ByteBuf {
     bytes
 }
 buckshot::register!(echo_bytes);
+
+/// A large input in, a number out.
+fn byte_count(bytes: ByteBuf) -> u64 {
+    bytes.len() as u64
+}
+buckshot::register!(byte_count);
+
+/// A number in, a large output back.
+fn bytes_of_len(len: u64) -> ByteBuf {
+    ByteBuf::from(vec![7u8; len as usize])
+}
+buckshot::register!(bytes_of_len);
 
 /// Resident memory of the calling process, in bytes.
 fn rss_of_self(_: u64) -> u64 {
@@ -55,6 +94,12 @@ fn status_kib(field: &str) -> u64 {
 }
 
 fn main() {
+    if std::env::var_os(FLOOR_ENV).is_some() {
+        // The floor's child: the least a worker could do.
+        std::process::exit(i32::from(
+            std::io::Write::write_all(&mut std::io::stdout(), b"x").is_err(),
+        ));
+    }
     procspawn::init();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let csv = args
@@ -71,7 +116,7 @@ fn main() {
         num_cores()
     );
     println!(
-        "{:<44} {:>14} {:>10}  baseline",
+        "{:<48} {:>14} {:>10}  baseline",
         "measurement", "value", "ratio"
     );
     if wanted("tiny") {
@@ -80,20 +125,20 @@ fn main() {
     if wanted("sizes") {
         sizes(csv.as_deref());
     }
-    if wanted("uneven") {
-        uneven();
-    }
-    if wanted("startup") {
-        startup();
-    }
-    if wanted("payload") {
-        payload();
-    }
-    if wanted("streaming") {
-        streaming();
-    }
-    if wanted("isolation") {
-        isolation();
+    let sections: [(&str, fn()); 8] = [
+        ("uneven", uneven),
+        ("startup", startup),
+        ("fresh", fresh),
+        ("wide", wide),
+        ("payload", payload),
+        ("codec", codec),
+        ("streaming", streaming),
+        ("isolation", isolation),
+    ];
+    for (name, section) in sections {
+        if wanted(name) {
+            section();
+        }
     }
     // A minute or two: only when asked for by name.
     if only.iter().any(|o| o.as_str() == "context") {
@@ -106,7 +151,7 @@ fn num_cores() -> usize {
 }
 
 fn row(what: &str, value: String, ratio: f64, baseline: &str) {
-    println!("{what:<44} {value:>14} {ratio:>9.2}x  {baseline}");
+    println!("{what:<48} {value:>14} {ratio:>9.2}x  {baseline}");
 }
 
 fn per_sec(n: usize, elapsed: Duration) -> f64 {
@@ -116,8 +161,10 @@ fn per_sec(n: usize, elapsed: Duration) -> f64 {
 fn millions(rate: f64) -> String {
     if rate >= 1e6 {
         format!("{:.2}M/s", rate / 1e6)
-    } else {
+    } else if rate >= 1e4 {
         format!("{:.1}k/s", rate / 1e3)
+    } else {
+        format!("{rate:.0}/s")
     }
 }
 
@@ -127,55 +174,101 @@ fn time<T>(f: impl FnOnce() -> T) -> (T, Duration) {
     (out, start.elapsed())
 }
 
+fn median(mut times: Vec<Duration>) -> Duration {
+    times.sort();
+    times[times.len() / 2]
+}
+
+/// Tasks per second of one map over `inputs`, whose outputs are collected
+/// (as Python's `Pool.map` does), after a warm-up map of up to 10,000 of
+/// them (workers started, their code paged in; chunk sizes are learnt per
+/// map, so the warm-up teaches the timed map nothing).
 fn buckshot_rate<F, M>(pool: &Pool, f: F, inputs: &[u64]) -> f64
 where
     F: buckshot::PlainTask<M, Input = u64> + Copy,
 {
-    // Warm up: workers started, chunk size learnt.
     let _ = pool
         .map(f, inputs.iter().copied().take(10_000))
         .unwrap()
         .count();
-    let (count, elapsed) = time(|| {
+    let (outputs, elapsed) = time(|| {
         pool.map(f, inputs.iter().copied())
             .unwrap()
             .map(Result::unwrap)
-            .count()
+            .collect::<Vec<_>>()
     });
-    assert_eq!(count, inputs.len());
-    per_sec(count, elapsed)
+    assert_eq!(outputs.len(), inputs.len());
+    per_sec(inputs.len(), elapsed)
 }
 
+/// The same for rayon, with the same warm-up.
+fn rayon_rate(threads: &rayon::ThreadPool, f: fn(u64) -> u64, inputs: &[u64]) -> f64 {
+    use rayon::prelude::*;
+    let warm_up = &inputs[..inputs.len().min(10_000)];
+    let _ = threads.install(|| warm_up.par_iter().map(|&x| f(x)).collect::<Vec<_>>());
+    let (outputs, elapsed) =
+        time(|| threads.install(|| inputs.par_iter().map(|&x| f(x)).collect::<Vec<_>>()));
+    assert_eq!(outputs.len(), inputs.len());
+    per_sec(inputs.len(), elapsed)
+}
+
+/// The same for procspawn, after a warm-up of 200 tasks.
 fn procspawn_rate(inputs: &[u64], work: fn(u64) -> u64) -> f64 {
     let pool = procspawn::Pool::new(PROCESSES).unwrap();
-    let (count, elapsed) = time(|| {
+    let run = |inputs: &[u64]| {
         // Submitted in waves: procspawn runs out of file descriptors with
         // thousands of handles queued.
-        let mut count = 0;
+        let mut outputs = Vec::with_capacity(inputs.len());
         for wave in inputs.chunks(1000) {
             let handles: Vec<_> = wave.iter().map(|&x| pool.spawn(x, work)).collect();
-            for handle in handles {
-                handle.join().unwrap();
-                count += 1;
-            }
+            outputs.extend(handles.into_iter().map(|handle| handle.join().unwrap()));
         }
-        count
-    });
+        outputs
+    };
+    let _ = run(&inputs[..inputs.len().min(200)]);
+    let (outputs, elapsed) = time(|| run(inputs));
+    assert_eq!(outputs.len(), inputs.len());
     pool.shutdown();
-    per_sec(count, elapsed)
+    per_sec(inputs.len(), elapsed)
+}
+
+/// Runs a Python snippet that prints one number; says why when it cannot.
+fn python(script: &str) -> Result<f64, String> {
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .output()
+        .map_err(|e| format!("python3 did not start: {e}"))?;
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        return Err(format!(
+            "python3 failed ({}): {}",
+            out.status,
+            stderr.lines().last().unwrap_or("")
+        ));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.trim()
+        .parse()
+        .map_err(|_| format!("python3 printed {:?}, not a number", text.trim()))
+}
+
+fn python_missing(what: &str, why: &str) {
+    println!("{what:<48} {:>14} {:>10}  {why}", "-", "-");
 }
 
 fn tiny() {
     const N: usize = 1_000_000;
+    const PROCSPAWN_N: usize = 20_000;
     let inputs: Vec<u64> = (0..N as u64).collect();
-    let (sum, elapsed) = time(|| {
+    let (outputs, elapsed) = time(|| {
         inputs
             .iter()
             .map(|&x| std::hint::black_box(identity(x)))
-            .sum::<u64>()
+            .collect::<Vec<_>>()
     });
     let serial = per_sec(N, elapsed);
-    assert_eq!(sum, inputs.iter().sum::<u64>());
+    assert_eq!(outputs, inputs);
 
     let pool = Pool::new(PROCESSES).unwrap();
     let default = buckshot_rate(&pool, identity, &inputs);
@@ -185,94 +278,91 @@ fn tiny() {
         .build()
         .unwrap();
     let single = buckshot_rate(&single, identity, &inputs);
-    let procspawn = procspawn_rate(&inputs[..5_000], identity);
-    let python = python_pool_rate();
+    let few = &inputs[..PROCSPAWN_N];
+    let ours_few = buckshot_rate(&pool, identity, few);
+    let procspawn = procspawn_rate(few, identity);
+    // Python's default chunksize for 1,000,000 inputs on 2 processes is
+    // ceil(1,000,000 / (4 x 2)) = 125,000.
+    let python = python(
+        "import multiprocessing as mp, time\n\
+         def f(x): return x\n\
+         if __name__ == '__main__':\n\
+         \x20   with mp.Pool(2) as p:\n\
+         \x20       p.map(f, range(10000))\n\
+         \x20       t = time.perf_counter(); r = p.map(f, range(1000000)); d = time.perf_counter() - t\n\
+         \x20       assert len(r) == 1000000\n\
+         \x20   print(len(r) / d)\n",
+    );
 
     row(
-        "tiny tasks: serial, in process",
+        "tiny tasks (1M): serial, in process",
         millions(serial),
         1.0,
         "serial",
     );
-    row(
-        "tiny tasks: buckshot, default",
-        millions(default),
-        default / procspawn,
-        "procspawn",
-    );
-    row(
-        "tiny tasks: buckshot, batch_size(1)",
-        millions(single),
-        single / procspawn,
-        "procspawn",
-    );
-    row(
-        "tiny tasks: procspawn pool (5,000 tasks)",
-        millions(procspawn),
-        1.0,
-        "procspawn",
-    );
-    if let Some(python) = python {
-        row(
-            "tiny tasks: Python Pool.map, default chunks",
-            millions(python),
-            python / procspawn,
-            "procspawn",
-        );
-        row(
-            "tiny tasks: buckshot default / Python",
-            millions(default),
-            default / python,
-            "Python Pool.map",
-        );
+    match python {
+        Ok(python) => {
+            row(
+                "tiny tasks (1M): Python Pool.map, chunksize 125k",
+                millions(python),
+                1.0,
+                "Python Pool.map",
+            );
+            row(
+                "tiny tasks (1M): buckshot, default",
+                millions(default),
+                default / python,
+                "Python Pool.map",
+            );
+        }
+        Err(why) => {
+            python_missing("tiny tasks (1M): Python Pool.map", &why);
+            row(
+                "tiny tasks (1M): buckshot, default",
+                millions(default),
+                default / serial,
+                "serial",
+            );
+        }
     }
-}
-
-/// Python's `multiprocessing.Pool.map` on the same identity workload, if
-/// `python3` is there.
-fn python_pool_rate() -> Option<f64> {
-    let script = "import multiprocessing as mp, time\n\
-                  def f(x): return x\n\
-                  if __name__ == '__main__':\n\
-                  \x20   with mp.Pool(2) as p:\n\
-                  \x20       p.map(f, range(10000))\n\
-                  \x20       t = time.perf_counter(); r = p.map(f, range(1000000)); d = time.perf_counter() - t\n\
-                  \x20   print(len(r) / d)\n";
-    let out = std::process::Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .output()
-        .ok()?;
-    String::from_utf8(out.stdout).ok()?.trim().parse().ok()
+    row(
+        "tiny tasks (1M): buckshot, batch_size(1)",
+        millions(single),
+        single / default,
+        "buckshot, default",
+    );
+    row(
+        "tiny tasks (20k): procspawn",
+        millions(procspawn),
+        procspawn / ours_few,
+        "buckshot, same 20k",
+    );
 }
 
 /// Throughput against task size, for the chart: buckshot, procspawn and
-/// rayon on the same spinning tasks.
+/// rayon on the same tasks of fixed CPU work.
 fn sizes(csv: Option<&str>) {
     let pool = Pool::new(PROCESSES).unwrap();
     let threads = rayon::ThreadPoolBuilder::new()
         .num_threads(PROCESSES)
         .build()
         .unwrap();
+    let loops = loops_per_micro();
     let mut lines = vec!["task_us,buckshot,procspawn,rayon".to_owned()];
     for micros in [1u64, 10, 100, 1000] {
         let n = (400_000 / micros).clamp(200, 100_000) as usize;
-        let inputs = vec![micros * 1000; n];
-        let buckshot = buckshot_rate(&pool, spin, &inputs);
-        let procspawn = procspawn_rate(&inputs[..n.min(3000)], spin);
-        let (_, elapsed) = time(|| {
-            use rayon::prelude::*;
-            threads.install(|| inputs.par_iter().map(|&x| spin(x)).count())
-        });
-        let rayon = per_sec(n, elapsed);
+        let inputs = vec![micros * loops; n];
+        let buckshot = buckshot_rate(&pool, work, &inputs);
+        let procspawn = procspawn_rate(&inputs[..n.min(3000)], work);
+        let rayon = rayon_rate(&threads, work, &inputs);
         row(
-            &format!("{micros} us tasks: buckshot"),
+            &format!("{micros} us tasks ({n}): buckshot"),
             millions(buckshot),
             buckshot / rayon,
             "rayon",
         );
         row(
-            &format!("{micros} us tasks: procspawn"),
+            &format!("{micros} us tasks ({}): procspawn", n.min(3000)),
             millions(procspawn),
             procspawn / rayon,
             "rayon",
@@ -293,7 +383,7 @@ fn uneven() {
 
     let (serial, serial_time) = time(|| inputs.iter().map(|&x| harmonic(x)).collect::<Vec<_>>());
     let pool = Pool::new(PROCESSES).unwrap();
-    let _ = pool.map(harmonic, [1u64]).unwrap().count();
+    let _ = pool.map(harmonic, [1u64, 2]).unwrap().count();
     let (ours, ours_time) = time(|| {
         pool.map(harmonic, inputs.iter().copied())
             .unwrap()
@@ -305,6 +395,10 @@ fn uneven() {
         .num_threads(PROCESSES)
         .build()
         .unwrap();
+    let _ = threads.install(|| {
+        use rayon::prelude::*;
+        [1u64, 2].par_iter().map(|&x| harmonic(x)).count()
+    });
     let (theirs, rayon_time) = time(|| {
         use rayon::prelude::*;
         threads.install(|| inputs.par_iter().map(|&x| harmonic(x)).collect::<Vec<_>>())
@@ -313,19 +407,19 @@ fn uneven() {
     let speedup = serial_time.as_secs_f64() / ours_time.as_secs_f64();
     let rayon = serial_time.as_secs_f64() / rayon_time.as_secs_f64();
     row(
-        &format!("uneven harmonic, {n} tasks: serial"),
+        &format!("uneven harmonic ({n}): serial"),
         format!("{serial_time:.2?}"),
         1.0,
         "serial",
     );
     row(
-        "uneven harmonic: buckshot speed-up",
+        "uneven harmonic: buckshot",
         format!("{ours_time:.2?}"),
         speedup,
         "serial",
     );
     row(
-        "uneven harmonic: rayon speed-up",
+        "uneven harmonic: rayon",
         format!("{rayon_time:.2?}"),
         rayon,
         "serial",
@@ -338,18 +432,51 @@ fn uneven() {
     );
 }
 
-fn median(mut times: Vec<Duration>) -> Duration {
-    times.sort();
-    times[times.len() / 2]
+/// Spawns a copy of this binary as the floor's child and waits for its
+/// one byte; returns the child to reap.
+fn floor_child() -> std::process::Child {
+    Command::new(std::env::current_exe().unwrap())
+        .env(FLOOR_ENV, "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn floor_answer(child: &mut std::process::Child) {
+    let mut byte = [0u8];
+    child
+        .stdout
+        .as_mut()
+        .unwrap()
+        .read_exact(&mut byte)
+        .unwrap();
+    assert_eq!(&byte, b"x");
+}
+
+/// The floor of start-up: two copies of this binary spawned with
+/// `std::process::Command`, one byte read back from each.
+fn floor_startup() -> Duration {
+    let start = Instant::now();
+    let mut children: Vec<_> = (0..PROCESSES).map(|_| floor_child()).collect();
+    for child in &mut children {
+        floor_answer(child);
+    }
+    let elapsed = start.elapsed();
+    for mut child in children {
+        child.wait().unwrap();
+    }
+    elapsed
 }
 
 /// From creating a pool to holding the first result; the pool is dropped
 /// after the clock stops.
 fn startup() {
     const RUNS: usize = 50;
-    let mut ours = Vec::new();
-    let mut theirs = Vec::new();
+    let (mut ours, mut floor, mut theirs) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..RUNS {
+        floor.push(floor_startup());
+
         let start = Instant::now();
         let pool = Pool::new(PROCESSES).unwrap();
         let one = pool.map(identity, [1u64]).unwrap().next().unwrap().unwrap();
@@ -364,47 +491,236 @@ fn startup() {
         assert_eq!(one, 1);
         pool.shutdown();
     }
-    let (ours, theirs) = (median(ours), median(theirs));
-    let ratio = ours.as_secs_f64() / theirs.as_secs_f64();
+    let python = python(
+        "import multiprocessing as mp, statistics, time\n\
+         def f(x): return x\n\
+         if __name__ == '__main__':\n\
+         \x20   times = []\n\
+         \x20   for _ in range(50):\n\
+         \x20       t = time.perf_counter()\n\
+         \x20       with mp.Pool(2) as p:\n\
+         \x20           p.apply(f, (1,))\n\
+         \x20           times.append(time.perf_counter() - t)\n\
+         \x20   print(statistics.median(times))\n",
+    );
+    let floor = median(floor);
+    let ratio = |d: Duration| d.as_secs_f64() / floor.as_secs_f64();
+    let label = "floor (Command, 1 byte each)";
+    row(
+        "start-up, median of 50: floor (2 x Command)",
+        format!("{floor:.2?}"),
+        1.0,
+        label,
+    );
+    let ours = median(ours);
     row(
         "start-up to first result: buckshot",
         format!("{ours:.2?}"),
-        ratio,
-        "procspawn",
+        ratio(ours),
+        label,
     );
+    let theirs = median(theirs);
     row(
         "start-up to first result: procspawn",
         format!("{theirs:.2?}"),
+        ratio(theirs),
+        label,
+    );
+    match python {
+        Ok(seconds) => {
+            let python = Duration::from_secs_f64(seconds);
+            row(
+                "start-up to first result: Python Pool",
+                format!("{python:.2?}"),
+                ratio(python),
+                label,
+            );
+        }
+        Err(why) => python_missing("start-up to first result: Python Pool", &why),
+    }
+}
+
+/// A fresh process for every input (`max_tasks_per_worker(1)`), against
+/// the floor: two threads, each spawning copies of this binary one after
+/// another and reading one byte back from each.
+fn fresh() {
+    const N: usize = 2000;
+    let (_, floor) = time(|| {
+        std::thread::scope(|scope| {
+            for _ in 0..PROCESSES {
+                scope.spawn(|| {
+                    for _ in 0..N / PROCESSES {
+                        let mut child = floor_child();
+                        floor_answer(&mut child);
+                        child.wait().unwrap();
+                    }
+                });
+            }
+        });
+    });
+    let floor = per_sec(N, floor);
+    let pool = Pool::builder()
+        .processes(PROCESSES)
+        .max_tasks_per_worker(1)
+        .build()
+        .unwrap();
+    let _ = pool.map(identity, 0..PROCESSES as u64).unwrap().count();
+    let inputs: Vec<u64> = (0..N as u64).collect();
+    let (outputs, elapsed) = time(|| {
+        pool.map(identity, inputs.iter().copied())
+            .unwrap()
+            .map(Result::unwrap)
+            .collect::<Vec<_>>()
+    });
+    assert_eq!(outputs, inputs);
+    let ours = per_sec(N, elapsed);
+    let label = "floor (Command, 1 byte each)";
+    row(
+        "fresh process per input (2k): floor",
+        millions(floor),
         1.0,
-        "procspawn",
+        label,
+    );
+    row(
+        "fresh process per input (2k): buckshot",
+        millions(ours),
+        ours / floor,
+        label,
     );
 }
 
+/// Tiny tasks on wide pools (more processes than cores, as a pool of
+/// remote workers would be), against 2 processes in the same run.
+fn wide() {
+    const N: usize = 1_000_000;
+    let inputs: Vec<u64> = (0..N as u64).collect();
+    let narrow = Pool::new(PROCESSES).unwrap();
+    let narrow = buckshot_rate(&narrow, identity, &inputs);
+    row(
+        "tiny tasks (1M), 2 processes",
+        millions(narrow),
+        1.0,
+        "2 processes",
+    );
+    for processes in [64, 256] {
+        let (pool, started) = time(|| Pool::new(processes).unwrap());
+        // Every worker up and answering before the clock starts.
+        let _ = pool
+            .map(identity, 0..(processes * 64) as u64)
+            .unwrap()
+            .count();
+        let rate = buckshot_rate(&pool, identity, &inputs);
+        row(
+            &format!("tiny tasks (1M), {processes} processes"),
+            millions(rate),
+            rate / narrow,
+            "2 processes",
+        );
+        row(
+            &format!("Pool::new({processes}) returns"),
+            format!("{started:.2?}"),
+            started.as_secs_f64() / processes as f64 * 1e3,
+            "ms per worker",
+        );
+    }
+}
+
+/// Large byte strings to a worker, back from one, and both, with 2
+/// processes; against a copy of the same bytes into a fresh buffer (what
+/// the receiving side has to do at least).
 fn payload() {
-    let pool = Pool::new(1).unwrap();
+    let pool = Pool::new(PROCESSES).unwrap();
     for (label, size) in [("1 MiB", 1usize << 20), ("64 MiB", 64 << 20)] {
         let bytes = ByteBuf::from(vec![7u8; size]);
-        let rounds = (256 << 20) / size;
+        let rounds = (512 << 20) / size;
         let (_, copy) = time(|| {
             for _ in 0..rounds {
-                std::hint::black_box(bytes.clone());
+                std::hint::black_box(std::hint::black_box(&bytes[..]).to_vec());
             }
         });
+        let copy_rate = (size * rounds) as f64 / copy.as_secs_f64();
+        let rate = |elapsed: Duration| (size * rounds) as f64 / elapsed.as_secs_f64();
+        let report = |what: &str, elapsed: Duration| {
+            row(
+                &format!("payload {label}, {what}"),
+                format!("{:.2} GB/s", rate(elapsed) / 1e9),
+                rate(elapsed) / copy_rate,
+                "copy into a fresh buffer",
+            );
+        };
+        row(
+            &format!("payload {label}, copy into a fresh buffer"),
+            format!("{:.2} GB/s", copy_rate / 1e9),
+            1.0,
+            "copy into a fresh buffer",
+        );
+        // Warm-up: both workers up.
+        let _ = pool
+            .map(byte_count, vec![bytes.clone(); 2])
+            .unwrap()
+            .count();
         // Inputs are made before the clock starts: copying them is the
         // caller's business, not the pool's.
+        let inputs: Vec<ByteBuf> = (0..rounds).map(|_| bytes.clone()).collect();
+        let (_, elapsed) = time(|| {
+            for len in pool.map(byte_count, inputs).unwrap() {
+                assert_eq!(len.unwrap(), size as u64);
+            }
+        });
+        report("in (to the worker)", elapsed);
+        let (_, elapsed) = time(|| {
+            for back in pool.map(bytes_of_len, vec![size as u64; rounds]).unwrap() {
+                assert_eq!(back.unwrap().len(), size);
+            }
+        });
+        report("out (from the worker)", elapsed);
         let inputs: Vec<ByteBuf> = (0..rounds).map(|_| bytes.clone()).collect();
         let (_, elapsed) = time(|| {
             for back in pool.map(echo_bytes, inputs).unwrap() {
                 assert_eq!(back.unwrap().len(), size);
             }
         });
-        let rate = (size * rounds) as f64 / elapsed.as_secs_f64();
-        let copy_rate = (size * rounds) as f64 / copy.as_secs_f64();
+        report("round trip", elapsed);
+    }
+}
+
+/// What ciborium alone costs on 64 MiB, encoding into and decoding from
+/// fresh buffers, as the pool does: the codec's share of a payload row.
+fn codec() {
+    let size = 64usize << 20;
+    let bytes = ByteBuf::from(vec![7u8; size]);
+    let (mut encode, mut decode, mut copy) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..5 {
+        let (encoded, elapsed) = time(|| {
+            let mut out = Vec::new();
+            ciborium::into_writer(&bytes, &mut out).unwrap();
+            out
+        });
+        encode.push(elapsed);
+        let (decoded, elapsed) = time(|| {
+            let mut scratch = vec![0u8; 4096];
+            ciborium::de::from_reader_with_buffer::<ByteBuf, _>(&encoded[..], &mut scratch).unwrap()
+        });
+        decode.push(elapsed);
+        assert_eq!(decoded.len(), size);
+        let (_, elapsed) = time(|| std::hint::black_box(std::hint::black_box(&bytes[..]).to_vec()));
+        copy.push(elapsed);
+    }
+    let copy = median(copy);
+    let label = "copy into a fresh buffer";
+    row(
+        "64 MiB: copy into a fresh buffer, median of 5",
+        format!("{copy:.2?}"),
+        1.0,
+        label,
+    );
+    for (what, times) in [("encode", encode), ("decode", decode)] {
+        let t = median(times);
         row(
-            &format!("payload round trip, {label}"),
-            format!("{:.2} GB/s", rate / 1e9),
-            rate / copy_rate,
-            "clone of the same bytes",
+            &format!("64 MiB: ciborium {what}"),
+            format!("{t:.2?}"),
+            t.as_secs_f64() / copy.as_secs_f64(),
+            label,
         );
     }
 }
@@ -438,11 +754,16 @@ fn isolation() {
         page[0] = 1;
     }
     let parent = status_kib("VmRSS") * 1024;
-    let pool = Pool::new(1).unwrap();
-    let worker = pool.map(rss_of_self, [0]).unwrap().next().unwrap().unwrap();
+    let pool = Pool::new(PROCESSES).unwrap();
+    let workers: Vec<u64> = pool
+        .map(rss_of_self, vec![0; PROCESSES])
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let worker = *workers.iter().max().unwrap();
     std::hint::black_box(&heap);
     row(
-        "fresh worker RSS, parent holding 2 GiB",
+        "fresh worker RSS (larger of 2), parent at 2 GiB",
         format!("{:.1} MiB", worker as f64 / (1 << 20) as f64),
         worker as f64 / parent as f64,
         "parent RSS",
