@@ -8,8 +8,12 @@ concurrent.futures.ProcessPoolExecutor.map with 2 processes on:
   2. CPU-bound, uneven: harmonic sums whose cost grows with x, about 2 s
      serial (speed-up over serial);
   3. start-up: pool creation to the first result, median of 50;
-and, with --csv PATH, throughput against task size (spinning tasks of 1, 10,
-100 and 1000 us) for the chart.
+and, with --csv PATH, throughput against task size (tasks of fixed CPU work
+taking 1, 10, 100 and 1000 us on one core) for the chart.
+
+Pool.map's default chunksize is ceil(len / (4 * processes)): 125,000 for the
+tiny tasks. `cargo bench` runs the tiny-task and start-up rows itself, in the
+same run as buckshot; this script adds the other pools and the chart's line.
 
 Usage: python3 benches/python_peers.py [--csv target/python_sizes.csv]
 """
@@ -34,12 +38,20 @@ def harmonic(x):
     return total
 
 
-def spin(nanos):
-    end = time.perf_counter_ns() + nanos
-    n = 0
-    while time.perf_counter_ns() < end:
-        n += 1
-    return n
+def work(loops):
+    """A fixed amount of CPU work (the Rust bench's multiply-add, here in
+    Python): time spent descheduled does not count as work."""
+    x = loops
+    for _ in range(loops):
+        x = (x * 6364136223846793005 + 1442695040888963407) & 0xFFFFFFFFFFFFFFFF
+    return x
+
+
+def loops_per_micro():
+    """Loops of work() per microsecond on one core: the fastest of five."""
+    loops = 200_000
+    fastest = min(timed(lambda: work(loops))[1] for _ in range(5))
+    return max(1, round(loops / (fastest * 1e6)))
 
 
 def rate(n, seconds):
@@ -72,7 +84,7 @@ def tiny():
     serial_rate = rate(n, serial)
     row("tiny tasks: serial, in process", f"{serial_rate / 1e6:.2f}M/s", 1.0, "serial")
     for label, r in [
-        ("tiny tasks: Pool.map, default chunksize", rate(n, pool_time)),
+        ("tiny tasks: Pool.map, chunksize 125,000", rate(n, pool_time)),
         ("tiny tasks: Pool.map, chunksize=1", rate(100_000, one_time)),
         ("tiny tasks: ProcessPoolExecutor.map", rate(100_000, executor_time)),
     ]:
@@ -126,12 +138,14 @@ def startup():
 
 def sizes(csv_path):
     lines = ["task_us,python"]
+    loops = loops_per_micro()
     with mp.Pool(PROCESSES) as pool:
         for micros in [1, 10, 100, 1000]:
             n = min(100_000, max(200, 400_000 // micros))
-            inputs = [micros * 1000] * n
-            pool.map(spin, inputs[:100])
-            _, elapsed = timed(lambda: pool.map(spin, inputs))
+            inputs = [micros * loops] * n
+            pool.map(work, inputs[:100])
+            out, elapsed = timed(lambda: pool.map(work, inputs))
+            assert len(out) == n
             r = rate(n, elapsed)
             row(f"{micros} us tasks: Python Pool.map", f"{r / 1e6:.4f}M/s", 1.0, "itself")
             lines.append(f"{micros},{r:.0f}")
