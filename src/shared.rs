@@ -361,7 +361,8 @@ impl Shared {
         let _ = rustix::io::read(&self.doorbell, &mut buf);
     }
 
-    fn ring(&self) {
+    /// Wakes the loop.
+    pub(crate) fn ring(&self) {
         // The counter cannot overflow in practice; EAGAIN would only mean
         // the loop is already due to wake.
         let _ = rustix::io::write(&self.doorbell, &1u64.to_ne_bytes());

@@ -20,6 +20,8 @@
 //!   answers, backlog, and when its current input started;
 //! - [`handle`]: one live worker: its process, books and reply stream;
 //! - [`supply`]: spawning workers, and giving up when they cannot start;
+//! - [`spawner`]: the thread that spawns replacements, so that this one
+//!   goes on serving the others meanwhile;
 //! - [`faults`]: what the inputs of a worker that goes get, and reaping;
 //! - [`poll`]: what the loop waits on, and until when.
 
@@ -27,6 +29,7 @@ mod books;
 mod faults;
 mod handle;
 mod poll;
+mod spawner;
 mod supply;
 
 use std::sync::Arc;
@@ -37,6 +40,7 @@ use std::time::Instant;
 use self::faults::{Burial, Dying};
 use self::handle::{Fate, Heard, WorkerHandle};
 use self::poll::Source;
+use self::spawner::Spawner;
 use self::supply::Supply;
 use crate::delivery::Outbox;
 use crate::error::Error;
@@ -71,7 +75,14 @@ impl Running {
                         logs::forward::PoolQueue::start(shared.config.dispatch.clone(), level);
                     let _dispatch = forwarder.as_ref().map(tracing::dispatcher::set_default);
                     let _guard = PanicGuard(Arc::clone(&shared));
-                    let mut scheduler = Scheduler::new(shared);
+                    let started = Scheduler::new(shared).map_err(|source| Error::Spawn { source });
+                    let mut scheduler = match started {
+                        Ok(scheduler) => scheduler,
+                        Err(e) => {
+                            let _ = started_tx.send(Err(e));
+                            return;
+                        }
+                    };
                     let started = scheduler.spawn_initial();
                     let ok = started.is_ok();
                     let _ = started_tx.send(started);
@@ -134,6 +145,7 @@ struct Scheduler {
     shared: Arc<Shared>,
     /// One per launcher, in the order the pool was given them.
     supplies: Vec<Supply>,
+    spawner: Spawner,
     /// The pool gave up.
     broken: bool,
     workers: Vec<WorkerHandle>,
@@ -147,7 +159,7 @@ struct Scheduler {
 }
 
 impl Scheduler {
-    fn new(shared: Arc<Shared>) -> Scheduler {
+    fn new(shared: Arc<Shared>) -> std::io::Result<Scheduler> {
         let config = &shared.config;
         let worker_config = WorkerConfig {
             parent: None,
@@ -170,16 +182,21 @@ impl Scheduler {
                 )
             })
             .collect();
-        Scheduler {
+        let spawner = {
+            let shared = Arc::clone(&shared);
+            Spawner::start(move || shared.ring())?
+        };
+        Ok(Scheduler {
             shared,
             supplies,
+            spawner,
             broken: false,
             workers: Vec::new(),
             dying: Vec::new(),
             outbox: Outbox::default(),
             requeue: Vec::new(),
             ready: Vec::new(),
-        }
+        })
     }
 
     fn spawn_initial(&mut self) -> Result<(), Error> {
@@ -245,6 +262,13 @@ impl Scheduler {
     /// start-up keeps failing: then it is given up, and the pool with it
     /// when it was the last.
     fn replenish(&mut self) {
+        let now = Instant::now();
+        while let Some(spawned) = self.spawner.try_take() {
+            let supply = &mut self.supplies[spawned.group];
+            if let Some(worker) = supply.spawned(spawned.result, now) {
+                self.workers.push(worker);
+            }
+        }
         if self.broken {
             return;
         }
@@ -286,10 +310,12 @@ impl Scheduler {
             .filter(ours)
             .filter(|w| w.takes_work())
             .count()
+            + self.supplies[group].pending()
             < self.supplies[group].target()
         {
             let starting = |w: &&WorkerHandle| w.fate().is_none() && !w.books().is_ready();
             if self.workers.iter().filter(ours).filter(starting).count()
+                + self.supplies[group].pending()
                 >= self.supplies[group].max_starting()
             {
                 return;
@@ -305,14 +331,14 @@ impl Scheduler {
                         .dying
                         .iter()
                         .filter(|d| d.group() == group && d.failed_starting())
-                        .count();
+                        .count()
+                    + self.supplies[group].pending();
                 if !self.supplies[group].may_start(starting) {
                     return;
                 }
             }
-            match self.supplies[group].replace(now) {
-                Some(worker) => self.workers.push(worker),
-                None => return,
+            if !self.supplies[group].replace(now, &self.spawner) {
+                return;
             }
         }
     }
@@ -494,11 +520,13 @@ impl Scheduler {
     /// Kills every worker, fails every input still owed, reaps, and gives
     /// the stderr forwarder a moment to write what the workers said last.
     fn shut_down(&mut self) {
+        // Spawned too late to serve: killed and reaped with the others.
+        let late = self.spawner.stop();
         let mut state = self.shared.lock();
         state.deliver(&mut self.outbox);
         let reason = state.phase.reason();
         let mut owed: Vec<Chunk> = self.requeue.drain(..).collect();
-        let mut processes = Vec::with_capacity(self.workers.len() + self.dying.len());
+        let mut processes = late;
         for worker in self.workers.drain(..) {
             let (process, unanswered) = worker.kill_for_shutdown();
             owed.extend(unanswered.into_chunks());

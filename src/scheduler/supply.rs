@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::handle::WorkerHandle;
+use super::spawner::{Request, Spawner};
 use crate::flow::{FIRST_RETRY, LAST_RETRY, STARTUP_FAILURE_LIMIT};
 use crate::handoff::WorkerConfig;
 use crate::launch::Launch;
@@ -37,6 +38,8 @@ pub(crate) struct Supply {
     group: usize,
     /// How many workers it keeps.
     target: usize,
+    /// Replacements asked of the spawner and not back yet.
+    pending: usize,
     /// Why it was given up, if it was.
     reason: Option<String>,
     /// Start-up failures in a row, how many of them were spawn errors, and
@@ -66,6 +69,7 @@ impl Supply {
             forward_stderr,
             group,
             target,
+            pending: 0,
             reason: None,
             streak: 0,
             spawn_errors: 0,
@@ -82,17 +86,37 @@ impl Supply {
         Ok(WorkerHandle::new(process, self.group))
     }
 
-    /// Spawns a replacement worker if it is time to; a spawn error is
-    /// counted and retried later.
-    pub(crate) fn replace(&mut self, now: Instant) -> Option<WorkerHandle> {
+    /// Asks `spawner` for a replacement worker if it is time to. Returns
+    /// whether it did.
+    pub(crate) fn replace(&mut self, now: Instant, spawner: &Spawner) -> bool {
         if self.retry_at.is_some_and(|at| now < at) {
-            return None;
+            return false;
         }
-        match self.spawn() {
-            Ok(worker) => {
-                tracing::debug!(worker = worker.process().pid(), "worker respawned");
+        spawner.request(Request {
+            group: self.group,
+            launch: Arc::clone(&self.launch),
+            config: self.config,
+            forward_stderr: self.forward_stderr,
+        });
+        self.pending += 1;
+        true
+    }
+
+    /// What came of a replacement asked for: the new worker, unless it
+    /// could not be spawned (counted, and retried later) or the launcher
+    /// was given up meanwhile (then it is killed as it drops).
+    pub(crate) fn spawned(
+        &mut self,
+        result: std::io::Result<Process>,
+        now: Instant,
+    ) -> Option<WorkerHandle> {
+        self.pending -= 1;
+        match result {
+            Ok(_) if self.stopped => None,
+            Ok(process) => {
+                tracing::debug!(worker = process.pid(), "worker respawned");
                 self.retry_at = None;
-                Some(worker)
+                Some(WorkerHandle::new(process, self.group))
             }
             Err(e) => {
                 tracing::debug!(error = %e, "could not spawn a worker");
@@ -101,6 +125,11 @@ impl Supply {
                 None
             }
         }
+    }
+
+    /// Replacements asked for and not back yet.
+    pub(crate) fn pending(&self) -> usize {
+        self.pending
     }
 
     fn failed(&mut self, failure: Failure) {
@@ -289,29 +318,61 @@ mod tests {
     fn spawn_errors_are_retried_after_a_doubling_delay() {
         let config = supply().config;
         let mut supply = Supply::new(Arc::new(Missing), config, false, 0, 1);
+        let spawner = Spawner::start(|| {}).unwrap();
+        // Asks for a worker if it is time to, and waits for what comes of
+        // it: `None` if not asked for, or failed.
+        let mut replace = |supply: &mut Supply, now: Instant| {
+            if !supply.replace(now, &spawner) {
+                return None;
+            }
+            assert_eq!(supply.pending(), 1);
+            let spawned = spawner.wait_take().expect("the spawner answers");
+            let worker = supply.spawned(spawned.result, now);
+            assert_eq!(supply.pending(), 0);
+            Some(worker)
+        };
         let t0 = Instant::now();
-        assert!(supply.replace(t0).is_none());
+        assert!(replace(&mut supply, t0).unwrap().is_none());
         assert_eq!((supply.streak, supply.spawn_errors), (1, 1));
         assert_eq!(supply.retry_at(), Some(t0 + FIRST_RETRY));
         // Not before the delay...
-        assert!(supply.replace(t0 + FIRST_RETRY / 2).is_none());
+        assert!(replace(&mut supply, t0 + FIRST_RETRY / 2).is_none());
         assert_eq!(supply.streak, 1, "no attempt before the delay");
         // ...then again, with twice the delay.
         let t1 = t0 + FIRST_RETRY;
-        assert!(supply.replace(t1).is_none());
+        assert!(replace(&mut supply, t1).unwrap().is_none());
         assert_eq!(supply.streak, 2);
         assert_eq!(supply.retry_at(), Some(t1 + 2 * FIRST_RETRY));
         // Up to the last.
         for _ in 0..10 {
             let at = supply.retry_at().unwrap();
-            assert!(supply.replace(at).is_none());
+            assert!(replace(&mut supply, at).unwrap().is_none());
         }
         let at = supply.retry_at().unwrap();
-        assert!(supply.replace(at).is_none());
+        assert!(replace(&mut supply, at).unwrap().is_none());
         assert_eq!(supply.retry_at(), Some(at + LAST_RETRY));
         assert!(supply.gave_up().unwrap().starts_with(
             "13 attempts in a row to spawn a worker failed; last: No such file or directory"
         ));
+    }
+
+    #[test]
+    fn a_worker_spawned_after_its_launcher_was_given_up_is_not_kept() {
+        let mut supply = supply();
+        let spawner = Spawner::start(|| {}).unwrap();
+        assert!(supply.replace(Instant::now(), &spawner));
+        supply.stop(None);
+        let spawned = spawner.wait_take().expect("the spawner answers");
+        let process = spawned.result.expect("spawned");
+        let pid = process.pid();
+        assert!(supply.spawned(Ok(process), Instant::now()).is_none());
+        assert_eq!(supply.pending(), 0);
+        // Killed and reaped as it dropped: its pid names no child of ours.
+        let reaped = rustix::process::waitpid(
+            rustix::process::Pid::from_raw(pid as i32),
+            rustix::process::WaitOptions::NOHANG,
+        );
+        assert!(reaped.is_err(), "worker {pid} was not reaped: {reaped:?}");
     }
 
     #[test]
