@@ -321,7 +321,7 @@ mod tests {
         let spawner = Spawner::start(|| {}).unwrap();
         // Asks for a worker if it is time to, and waits for what comes of
         // it: `None` if not asked for, or failed.
-        let mut replace = |supply: &mut Supply, now: Instant| {
+        let replace = |supply: &mut Supply, now: Instant| {
             if !supply.replace(now, &spawner) {
                 return None;
             }
