@@ -28,6 +28,11 @@ use std::time::Duration;
 /// Work per chunk once run times are known: large enough to amortise a
 /// frame, small enough not to hold other inputs behind a slow one.
 pub(crate) const CHUNK_TARGET: Duration = Duration::from_millis(2);
+/// Towards the end of a map chunks shrink so that the workers finish
+/// together, but not below this much work: a wide pool (many processes,
+/// few cores) would otherwise cut tiny chunks whose frames cost more than
+/// their work.
+pub(crate) const MIN_CHUNK_WORK: Duration = Duration::from_micros(250);
 /// Most inputs in one chunk.
 pub(crate) const MAX_CHUNK_ITEMS: u32 = 16 * 1024;
 /// A chunk also ends at this size, and a map hands what it encoded to the
@@ -161,9 +166,12 @@ pub(crate) fn chunk_items(c: &ChunkContext) -> u32 {
         Some(timeout) => CHUNK_TARGET.min(timeout / 4),
         None => CHUNK_TARGET,
     };
-    let mut items = target.as_nanos() / per_item.as_nanos().max(1);
+    let per_item = per_item.as_nanos().max(1);
+    let mut items = target.as_nanos() / per_item;
     if c.remaining > 0 {
-        items = items.min(c.remaining as u128 / (4 * c.processes as u128));
+        // Guided self-scheduling: a quarter of what is left per process.
+        let spread = c.remaining as u128 / (4 * c.processes as u128);
+        items = items.min(spread.max(MIN_CHUNK_WORK.as_nanos() / per_item));
     }
     items = items.min(2 * u128::from(c.last_target) + 1);
     u32::try_from(items)
@@ -294,16 +302,33 @@ mod tests {
     #[test]
     fn chunks_shrink_towards_the_end() {
         let c = ChunkContext {
+            per_item: Some(Duration::from_micros(10)),
             remaining: 800,
             ..context()
         };
-        // A quarter of what is left per process.
+        // A quarter of what is left per process...
         assert_eq!(chunk_items(&c), 100);
         let last = ChunkContext {
+            per_item: Some(Duration::from_millis(1)),
             remaining: 3,
             ..context()
         };
         assert_eq!(chunk_items(&last), 1);
+        // ...but no less than the least work worth a frame (25 inputs).
+        let end = ChunkContext { remaining: 3, ..c };
+        assert_eq!(chunk_items(&end), 25);
+    }
+
+    #[test]
+    fn a_wide_pool_still_cuts_chunks_worth_their_frame() {
+        let c = ChunkContext {
+            per_item: Some(Duration::from_nanos(100)),
+            remaining: 1_000_000,
+            processes: 256,
+            ..context()
+        };
+        // Not 1,000,000 / (4 x 256) = 976: 250 us of work.
+        assert_eq!(chunk_items(&c), 2500);
     }
 
     #[test]
