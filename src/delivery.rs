@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::task::Waker;
 use std::time::Instant;
 
+use crate::bulk::SlotLease;
 use crate::error::Error;
 use crate::flow::{DELIVERY_BATCH, DELIVERY_DELAY};
 
@@ -37,6 +38,9 @@ pub(crate) enum Delivery {
         first_index: usize,
         count: u32,
         items: Payload,
+        /// The worker's reply slot, when one of these items has its long
+        /// strings there: freed as this goes.
+        lease: Option<SlotLease>,
     },
     /// One input failed in the pool (timeout, death, protocol).
     Failed(Error),

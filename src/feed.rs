@@ -16,6 +16,7 @@ use std::task::{Context, Poll};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::bulk::SlotLease;
 use crate::delivery::{Delivery, WakerSlot};
 use crate::error::Error;
 use crate::flow::{self, CHUNK_BYTES, ChunkContext, SCRATCH_BYTES, WINDOW_BYTES, Window};
@@ -178,6 +179,7 @@ where
         // Bytes encoded by this fill: the window counts inputs, sized by
         // the inputs before, and the first fill knows no sizes yet.
         let mut encoded = 0;
+        let bulk = self.shared.config.bulk.clone();
         // Stops at a chunk boundary once enough is pulled, so that no chunk is
         // cut short.
         while self.next_input - self.base < span
@@ -191,19 +193,20 @@ where
             let index = self.next_input;
             self.next_input += 1;
             self.window.push_back(Answer::Waiting);
-            let mut pushed = frame.push_with(|buf| protocol::encode(&input, buf));
-            if pushed.is_ok() && frame.len() > max_frame && frame.count() > 1 {
+            let bulk = bulk.as_ref();
+            let mut pushed = frame.push_input(&input, bulk);
+            if pushed.is_ok() && frame.size() > max_frame && frame.count() > 1 {
                 // Too big to share a frame: send the rest first.
                 frame.pop(pushed.expect("checked"));
                 let done = std::mem::replace(&mut frame, self.fresh_frame());
                 pending += self.finish_chunk(&mut chunks, done, first);
                 first = index;
-                pushed = frame.push_with(|buf| protocol::encode(&input, buf));
+                pushed = frame.push_input(&input, bulk);
             }
             let failure = match pushed {
-                Ok(bytes) if frame.len() > max_frame => {
+                Ok(bytes) if frame.size() > max_frame => {
+                    let len = frame.size() - frame.len() + bytes - protocol::ITEM_LEN_BYTES;
                     frame.pop(bytes);
-                    let len = bytes - protocol::ITEM_LEN_BYTES;
                     let message = format!(
                         "input encodes to {len} bytes, over the frame limit of {max_frame}"
                     );
@@ -217,7 +220,7 @@ where
                 pending += self.finish_chunk(&mut chunks, done, first);
                 self.set(index, Err(Error::Encode { index, source }));
                 first = index + 1;
-            } else if frame.count() >= chunk_items || frame.len() >= CHUNK_BYTES {
+            } else if frame.count() >= chunk_items || frame.size() >= CHUNK_BYTES {
                 let done = std::mem::replace(&mut frame, self.fresh_frame());
                 pending += self.finish_chunk(&mut chunks, done, first);
                 first = index + 1;
@@ -265,10 +268,12 @@ where
             return 0;
         }
         self.frame_hint = frame.len();
-        self.item_bytes = (frame.len() - protocol::RunHeader::SIZE) / frame.count() as usize;
+        // Strings beside the frame count too: they take memory as long as
+        // the chunk is unanswered.
+        self.item_bytes = (frame.size() - protocol::RunHeader::SIZE) / frame.count() as usize;
         let count = frame.count();
-        let frame = frame.finish();
-        let bytes = frame.len();
+        let bytes = frame.size();
+        let (frame, bulk) = frame.finish_with_segments();
         chunks.push(Chunk {
             map: self.map,
             task: self.task,
@@ -278,6 +283,7 @@ where
             frame,
             attempts: 0,
             returns: 0,
+            bulk,
         });
         bytes
     }
@@ -368,10 +374,14 @@ where
                 first_index,
                 count,
                 items,
+                lease,
             } => {
+                let limit = u64::from(self.shared.config.max_frame_bytes);
                 for (index, item) in (first_index..).zip(Items::new(items.as_slice())) {
                     let result = match item {
-                        Ok(item) => decode_outcome(index, item, &mut self.scratch),
+                        Ok(item) => {
+                            decode_outcome(index, item, &mut self.scratch, lease.as_ref(), limit)
+                        }
                         Err(e) => Err(Error::Protocol {
                             index,
                             message: e.0,
@@ -501,8 +511,10 @@ fn decode_outcome<O: DeserializeOwned>(
     index: usize,
     item: &[u8],
     scratch: &mut [u8],
+    lease: Option<&SlotLease>,
+    limit: u64,
 ) -> Result<O, Error> {
-    match protocol::decode_outcome::<O>(item, scratch) {
+    match protocol::decode_outcome::<O>(item, scratch, lease, limit) {
         Ok(Outcome::Ok(value)) => Ok(value),
         Ok(Outcome::Panicked(report)) => {
             let PanicReport {

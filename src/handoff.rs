@@ -2,7 +2,7 @@
 //! sides import, and the only one outside the wire protocol.
 //!
 //! The worker variable marks a worker and carries its [`WorkerConfig`] as
-//! one short text, `parent,max_frame_bytes,memory_limit,log_level,backtraces`,
+//! one short text, `parent,max_frame_bytes,memory_limit,log_level,backtraces,reply_slot`,
 //! with empty fields for what is not set. A launcher that starts workers elsewhere passes the
 //! same text on the remote command line.
 
@@ -25,18 +25,22 @@ pub(crate) struct WorkerConfig {
     pub log_level: u8,
     /// Whether a panic's report carries a backtrace.
     pub backtraces: bool,
+    /// The pool's fd number of this worker's reply slot, for long strings
+    /// in shared memory (a local worker only; see `bulk`).
+    pub reply_slot: Option<u32>,
 }
 
 impl WorkerConfig {
     pub(crate) fn to_env(self) -> String {
         let optional = |value: Option<u64>| value.map_or(String::new(), |v| v.to_string());
         format!(
-            "{},{},{},{},{}",
+            "{},{},{},{},{},{}",
             optional(self.parent.map(u64::from)),
             self.max_frame_bytes,
             optional(self.memory_limit),
             self.log_level,
-            u8::from(self.backtraces)
+            u8::from(self.backtraces),
+            optional(self.reply_slot.map(u64::from)),
         )
     }
 
@@ -57,6 +61,10 @@ impl WorkerConfig {
             "1" => true,
             _ => return None,
         };
+        let reply_slot = match parts.next()? {
+            "" => None,
+            fd => Some(fd.parse().ok()?),
+        };
         if parts.next().is_some() {
             return None;
         }
@@ -66,6 +74,7 @@ impl WorkerConfig {
             memory_limit,
             log_level,
             backtraces,
+            reply_slot,
         })
     }
 }
@@ -78,29 +87,32 @@ mod tests {
     fn config_round_trip() {
         for parent in [None, Some(42)] {
             for memory_limit in [None, Some(1 << 30)] {
-                for (log_level, backtraces) in [(0, false), (5, true)] {
+                for (log_level, backtraces, reply_slot) in [(0, false, None), (5, true, Some(9))] {
                     let config = WorkerConfig {
                         parent,
                         max_frame_bytes: 1 << 20,
                         memory_limit,
                         log_level,
                         backtraces,
+                        reply_slot,
                     };
                     assert_eq!(WorkerConfig::from_env(&config.to_env()), Some(config));
                 }
             }
         }
         assert_eq!(
-            WorkerConfig::from_env("7,1024,,3,0").map(|c| (c.parent, c.log_level)),
+            WorkerConfig::from_env("7,1024,,3,0,").map(|c| (c.parent, c.log_level)),
             Some((Some(7), 3))
         );
         for bad in [
-            "x,1,,0,0",
-            "1,,,0,0",
-            "1,2,,6,0",
-            "1,2,,0,2",
+            "x,1,,0,0,",
+            "1,,,0,0,",
+            "1,2,,6,0,",
+            "1,2,,0,2,",
+            "1,2,,0,0,x",
+            "1,2,,0,0",
             "1,2,3",
-            "1,2,3,4,0,0",
+            "1,2,3,4,0,,0",
             "",
         ] {
             assert_eq!(WorkerConfig::from_env(bad), None, "{bad:?}");

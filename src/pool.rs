@@ -1,6 +1,7 @@
 //! [`Pool`], its builder, and the one-shot [`map`].
 
 use std::any::type_name;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::Error;
@@ -462,6 +463,13 @@ impl PoolBuilder {
                 .prepare()
                 .map_err(|message| Error::Startup { message })?;
         }
+        // Long strings travel in shared memory only between this process
+        // and its own children.
+        let local = groups
+            .iter()
+            .all(|(launcher, _)| launcher.launch().worker_is_child());
+        let bulk = (local && crate::bulk::available_here())
+            .then(|| Arc::new(crate::bulk::Segments::default()));
         let config = Config {
             processes,
             groups,
@@ -474,6 +482,7 @@ impl PoolBuilder {
             forward_stderr: self.forward_stderr.unwrap_or(true),
             dispatch: tracing::dispatcher::get_default(tracing::Dispatch::clone),
             backtraces: std::env::var_os("RUST_BACKTRACE").is_some_and(|value| value != "0"),
+            bulk,
         };
         Ok(Pool {
             running: Running::start(config)?,

@@ -29,6 +29,7 @@ use rustix::io::Errno;
 use rustix::pipe::PipeFlags;
 use rustix::process::{PidfdFlags, Signal, WaitId, WaitIdOptions, WaitIdStatus};
 
+use crate::bulk::ReplySlot;
 use crate::flow::{PIPE_BYTES, REAP_BOUND};
 use crate::handoff::WorkerConfig;
 use crate::launch::{Launch, Reported};
@@ -49,6 +50,8 @@ pub(crate) struct Process {
     /// Replies. `None` after end of stream.
     replies: Option<OwnedFd>,
     stderr: StderrPipe,
+    /// Where its outputs' long strings come, if it has one.
+    reply_slot: Option<Arc<ReplySlot>>,
     killed: bool,
     /// Reaped, or given up on.
     ended: bool,
@@ -63,14 +66,25 @@ fn nonblocking(fd: impl Into<OwnedFd>) -> io::Result<OwnedFd> {
 impl Process {
     /// Starts a worker told `config` through `launch`, with its stdin,
     /// stdout and stderr piped to us. `forward_stderr`: whether what it
-    /// writes to stderr is copied to ours.
+    /// writes to stderr is copied to ours. `bulk`: whether a child gets a
+    /// reply slot for long strings.
     pub(crate) fn spawn(
         launch: Arc<dyn Launch>,
         config: &WorkerConfig,
         forward_stderr: bool,
+        bulk: bool,
     ) -> io::Result<Process> {
         let (requests_reader, requests) = rustix::pipe::pipe_with(PipeFlags::CLOEXEC)?;
-        let mut command = launch.command(config);
+        let reply_slot = if bulk && launch.worker_is_child() {
+            Some(Arc::new(ReplySlot::create()?))
+        } else {
+            None
+        };
+        let config = WorkerConfig {
+            reply_slot: reply_slot.as_ref().map(|slot| slot.fd()),
+            ..*config
+        };
+        let mut command = launch.command(&config);
         command
             .stdin(Stdio::from(requests_reader.try_clone()?))
             .stdout(Stdio::piped())
@@ -101,6 +115,7 @@ impl Process {
             requests_reader,
             replies: None,
             stderr: StderrPipe::new(stderr.into(), forward_stderr),
+            reply_slot,
             killed: false,
             ended: false,
         };
@@ -117,6 +132,10 @@ impl Process {
 
     pub(crate) fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    pub(crate) fn reply_slot(&self) -> Option<&Arc<ReplySlot>> {
+        self.reply_slot.as_ref()
     }
 
     /// The worker's pid as it knows it: what its handshake said, else the

@@ -176,7 +176,7 @@ pub(crate) fn run_task<F, M>(
             None => return fail(out, "read a context: none was sent".to_owned()),
         },
     };
-    let input: F::Input = match protocol::decode(input, scratch) {
+    let input: F::Input = match crate::bulk::decode_input(input, scratch) {
         Ok(input) => input,
         Err(e) => return fail(out, format!("decode the input: {e}")),
     };

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use rustix::event::EventfdFlags;
 
+use crate::bulk::{Segment, Segments};
 use crate::delivery::{Delivery, Mailbox, Outbox, WakerSlot};
 use crate::error::Error;
 use crate::launch::Launcher;
@@ -37,6 +38,9 @@ pub(crate) struct Config {
     /// Whether panics carry a backtrace: the builder's process asked for
     /// them (`RUST_BACKTRACE`).
     pub backtraces: bool,
+    /// Where inputs' long strings go, when every worker is local (and can
+    /// reach them).
+    pub bulk: Option<Arc<Segments>>,
 }
 
 /// A run of consecutive inputs of one map, encoded as one RUN frame.
@@ -56,6 +60,9 @@ pub(crate) struct Chunk {
     /// How many times they came back from a worker that went before taking
     /// any of them.
     pub returns: u32,
+    /// The segments its items' long strings are in: kept until the chunk
+    /// is answered or dropped, so that no worker reads a reused one.
+    pub bulk: Vec<Arc<Segment>>,
 }
 
 impl Chunk {
@@ -73,6 +80,7 @@ impl Chunk {
             frame: RunFrame::from_items(self.task, self.context, count, items),
             attempts: self.attempts,
             returns: self.returns,
+            bulk: self.bulk.clone(),
         }
     }
 
@@ -480,6 +488,7 @@ mod tests {
             frame: frame.finish(),
             attempts: 2,
             returns: 1,
+            bulk: Vec::new(),
         }
     }
 

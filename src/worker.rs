@@ -132,6 +132,12 @@ fn serve(config: WorkerConfig) -> ! {
         // The pool's process died before the death signal was armed.
         std::process::exit(EXIT_FATAL);
     }
+    if let (Some(pool), Some(slot)) = (config.parent, config.reply_slot) {
+        if let Err(e) = crate::bulk::serve(pool, slot, u64::from(config.max_frame_bytes)) {
+            // Outputs go inline; the pool's own checks said this works.
+            eprintln!("buckshot worker: no shared memory for long strings: {e}");
+        }
+    }
     if let Some(limit) = config.memory_limit {
         let limit = Rlimit {
             current: Some(limit),
@@ -417,8 +423,11 @@ impl Reply {
     fn add(&mut self, seq: u64, replies: &Mutex<File>, write: impl FnOnce(&mut Vec<u8>)) {
         let start = protocol::begin_item(&mut self.buf);
         write(&mut self.buf);
-        let len = self.buf.len() - start - protocol::ITEM_LEN_BYTES;
+        let item = &self.buf[start + protocol::ITEM_LEN_BYTES..];
+        // Strings in a reply slot count against the limit too.
+        let len = item.len() + crate::bulk::output_beside(item);
         if ReplyHeader::SIZE + protocol::ITEM_LEN_BYTES + len > self.max_frame {
+            crate::bulk::discard_output(item);
             self.buf.truncate(start + protocol::ITEM_LEN_BYTES);
             let message = format!(
                 "encode the output: {len} bytes is over the frame limit of {}",

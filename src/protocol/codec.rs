@@ -3,6 +3,7 @@
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::bulk::{SlotLease, Table};
 use crate::error::BoxError;
 use crate::panics::PanicReport;
 
@@ -22,14 +23,23 @@ pub(crate) enum Outcome<T> {
 const OUTCOME_OK: u8 = 0;
 const OUTCOME_PANICKED: u8 = 1;
 const OUTCOME_CODEC: u8 = 2;
+/// `Ok`, with a table of the long strings in the worker's reply slot
+/// before the CBOR value (see `bulk`).
+const OUTCOME_OK_BULK: u8 = 3;
 
-/// Appends a successful outcome. On error, `out` may hold a partial value.
+/// Appends a successful outcome, its long strings in the worker's reply
+/// slot if it has a free one. On error, `out` may hold a partial value.
 pub(crate) fn encode_ok<T: Serialize + ?Sized>(
     value: &T,
     out: &mut Vec<u8>,
 ) -> Result<(), BoxError> {
     out.push(OUTCOME_OK);
-    encode(value, out)
+    crate::bulk::encode_output(value, out, OUTCOME_OK_BULK)
+}
+
+/// Whether an outcome item has its value's long strings in a reply slot.
+pub(crate) fn is_bulk_outcome(item: &[u8]) -> bool {
+    item.first() == Some(&OUTCOME_OK_BULK)
 }
 
 /// Appends a failed outcome.
@@ -47,9 +57,13 @@ pub(crate) fn encode_failure<T>(outcome: &Outcome<T>, out: &mut Vec<u8>) {
     }
 }
 
+/// Decodes an outcome; one whose value is in a reply slot is read through
+/// `lease`, the delivery's right to that slot, checked against `limit`.
 pub(crate) fn decode_outcome<T: DeserializeOwned>(
     item: &[u8],
     scratch: &mut [u8],
+    lease: Option<&SlotLease>,
+    limit: u64,
 ) -> Result<Outcome<T>, BoxError> {
     let Some((&tag, rest)) = item.split_first() else {
         return Err(CodecError("empty outcome".into()).into());
@@ -59,6 +73,12 @@ pub(crate) fn decode_outcome<T: DeserializeOwned>(
         OUTCOME_OK => decode(rest, scratch).map(Outcome::Ok),
         OUTCOME_PANICKED => decode(rest, scratch).map(|report| Outcome::Panicked(Box::new(report))),
         OUTCOME_CODEC => Ok(Outcome::Codec(message())),
+        OUTCOME_OK_BULK => {
+            let lease =
+                lease.ok_or_else(|| CodecError("a bulk outcome with no reply slot".into()))?;
+            let (table, cbor) = Table::parse(rest, limit).map_err(CodecError)?;
+            lease.decode(&table, cbor, scratch).map(Outcome::Ok)
+        }
         tag => Err(CodecError(format!("unknown outcome tag {tag}")).into()),
     }
 }
@@ -77,8 +97,16 @@ impl std::fmt::Display for CodecError {
 impl std::error::Error for CodecError {}
 
 pub(crate) fn encode<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> Result<(), BoxError> {
+    encode_with(value, out)
+}
+
+/// Encodes one CBOR value into `writer`.
+pub(crate) fn encode_with<T: Serialize + ?Sized>(
+    value: &T,
+    writer: impl std::io::Write,
+) -> Result<(), BoxError> {
     use ciborium::ser::Error as E;
-    ciborium::into_writer(value, out).map_err(|e| {
+    ciborium::into_writer(value, writer).map_err(|e| {
         let message = match e {
             E::Io(e) => e.to_string(),
             E::Value(message) => message,
@@ -91,8 +119,16 @@ pub(crate) fn encode<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> Res
 /// plain `from_reader` allocates a fresh buffer every time. Its size bounds
 /// the longest text or byte string decoded in one piece, not the value.
 pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8], scratch: &mut [u8]) -> Result<T, BoxError> {
+    decode_from(bytes, scratch)
+}
+
+/// Decodes one CBOR value from `reader`.
+pub(crate) fn decode_from<T: DeserializeOwned>(
+    reader: impl std::io::Read,
+    scratch: &mut [u8],
+) -> Result<T, BoxError> {
     use ciborium::de::Error as E;
-    ciborium::de::from_reader_with_buffer(bytes, scratch).map_err(|e| {
+    ciborium::de::from_reader_with_buffer(reader, scratch).map_err(|e| {
         let message = match e {
             E::Io(_) => "truncated CBOR value".to_owned(),
             E::Syntax(at) => format!("invalid CBOR at byte {at}"),
@@ -112,7 +148,7 @@ mod tests {
         let mut scratch = [0; 64];
         let mut buf = Vec::new();
         encode_ok(&vec![1u8, 2], &mut buf).unwrap();
-        let back: Outcome<Vec<u8>> = decode_outcome(&buf, &mut scratch).unwrap();
+        let back: Outcome<Vec<u8>> = decode_outcome(&buf, &mut scratch, None, u64::MAX).unwrap();
         assert_eq!(back, Outcome::Ok(vec![1, 2]));
         for failure in [
             Outcome::Panicked(Box::new(PanicReport {
@@ -128,10 +164,13 @@ mod tests {
         ] {
             buf.clear();
             encode_failure(&failure, &mut buf);
-            assert_eq!(decode_outcome::<u8>(&buf, &mut scratch).unwrap(), failure);
+            assert_eq!(
+                decode_outcome::<u8>(&buf, &mut scratch, None, u64::MAX).unwrap(),
+                failure
+            );
         }
-        assert!(decode_outcome::<u8>(&[], &mut scratch).is_err());
-        assert!(decode_outcome::<u8>(&[9, 1], &mut scratch).is_err());
+        assert!(decode_outcome::<u8>(&[], &mut scratch, None, u64::MAX).is_err());
+        assert!(decode_outcome::<u8>(&[9, 1], &mut scratch, None, u64::MAX).is_err());
     }
 
     #[test]

@@ -16,6 +16,12 @@
 //! items  = (len:u32 cbor)*                            one CBOR value each
 //! ```
 //!
+//! Between a pool and its local workers, an item's long strings may travel
+//! beside it, in shared memory (see `bulk`): an input item then starts
+//! with 0xFF (never the first byte of a CBOR value), an outcome with its
+//! own tag, and a table of where the strings go back in comes before the
+//! CBOR.
+//!
 //! A RUN frame's context is 0 when its task reads none. A worker keeps a
 //! context's value from the CONTEXT frame to the FORGET frame; CONTEXT and
 //! FORGET frames are not answered.
@@ -38,7 +44,10 @@ mod codec;
 mod frame;
 mod read;
 
-pub(crate) use codec::{Outcome, decode, decode_outcome, encode, encode_failure, encode_ok};
+pub(crate) use codec::{
+    Outcome, decode, decode_from, decode_outcome, encode, encode_failure, encode_ok, encode_with,
+    is_bulk_outcome,
+};
 #[cfg(test)]
 pub(crate) use frame::LEN_BYTES;
 pub(crate) use frame::{
@@ -50,7 +59,7 @@ pub(crate) use read::{FrameBuffer, read_frame};
 
 /// Bumped whenever the format changes. A worker speaking another version is
 /// refused at the handshake.
-pub(crate) const VERSION: u32 = 4;
+pub(crate) const VERSION: u32 = 5;
 
 /// A protocol violation by the peer. Both the frame parsers and the readers
 /// report it, so it lives here, where both import it from.

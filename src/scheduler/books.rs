@@ -23,9 +23,10 @@ use std::io::IoSlice;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::bulk::{ReplySlot, SlotLease};
 use crate::delivery::{Delivery, Outbox, Payload};
 use crate::flow::MAX_IOVECS;
-use crate::protocol::{self, ProtocolError, ReplyHeader, RunHeader};
+use crate::protocol::{self, Items, ProtocolError, ReplyHeader, RunHeader};
 use crate::shared::{Chunk, MapStats};
 
 /// One frame given to the worker and not fully answered.
@@ -202,6 +203,7 @@ impl Books {
         header: ReplyHeader,
         mut items: &[u8],
         mut shared: Option<(&Arc<Vec<u8>>, usize)>,
+        reply_slot: Option<&Arc<ReplySlot>>,
         now: Instant,
         outbox: &mut Outbox,
     ) -> Result<(), ProtocolError> {
@@ -235,12 +237,19 @@ impl Books {
                 }
                 None => Payload::Copied(items[..bytes].to_vec()),
             };
+            // The delivery that carries the slot's fill holds the lease.
+            let lease = reply_slot.and_then(|slots| {
+                let items = &items[..bytes];
+                let bulk = Items::new(items).any(|item| item.is_ok_and(protocol::is_bulk_outcome));
+                bulk.then(|| SlotLease::of(slots, items)).flatten()
+            });
             outbox.push(
                 head.chunk.map,
                 Delivery::Outcomes {
                     first_index: head.chunk.first_index + head.done as usize,
                     count: n,
                     items: payload,
+                    lease,
                 },
             );
             items = &items[bytes..];
@@ -352,6 +361,7 @@ mod tests {
             frame: frame.finish(),
             attempts: 0,
             returns: 0,
+            bulk: Vec::new(),
         }
     }
 
@@ -390,7 +400,7 @@ mod tests {
     ) -> Result<Outbox, ProtocolError> {
         let (header, items) = reply(first_seq, count);
         let mut outbox = Outbox::default();
-        books.answer(header, &items, None, now, &mut outbox)?;
+        books.answer(header, &items, None, None, now, &mut outbox)?;
         Ok(outbox)
     }
 
@@ -544,6 +554,7 @@ mod tests {
                     first_index,
                     count,
                     items,
+                    ..
                 } => (
                     *map,
                     *first_index,
@@ -593,7 +604,7 @@ mod tests {
         };
         let mut outbox = Outbox::default();
         books
-            .answer(header, &items, Some((&buffer, at)), t0, &mut outbox)
+            .answer(header, &items, Some((&buffer, at)), None, t0, &mut outbox)
             .unwrap();
         let got: Vec<Vec<u8>> = outbox
             .deliveries()
@@ -631,14 +642,14 @@ mod tests {
         let (header, mut items) = reply(0, 1);
         push_item(&mut items, &[8]);
         let error = books
-            .answer(header, &items, None, t0, &mut Outbox::default())
+            .answer(header, &items, None, None, t0, &mut Outbox::default())
             .unwrap_err();
         assert_eq!(error.0, "reply holds more items than its header says");
         let mut books = books_with(&[(0, 0, 1)], t0);
         books.wrote(len, t0);
         let (header, items) = reply(0, 1);
         let error = books
-            .answer(header, &items[..2], None, t0, &mut Outbox::default())
+            .answer(header, &items[..2], None, None, t0, &mut Outbox::default())
             .unwrap_err();
         assert_eq!(error.0, "truncated item length");
     }

@@ -299,6 +299,7 @@ mod tests {
             memory_limit: None,
             log_level: 0,
             backtraces: false,
+            reply_slot: None,
         }
     }
 
@@ -318,6 +319,7 @@ mod tests {
             frame: frame.finish(),
             attempts: 0,
             returns,
+            bulk: Vec::new(),
         }
     }
 
@@ -335,7 +337,7 @@ mod tests {
         }
         books.wrote(bytes, now);
         Remains {
-            process: Process::spawn(Arc::new(Sleeper), &config(), false).unwrap(),
+            process: Process::spawn(Arc::new(Sleeper), &config(), false, false).unwrap(),
             group: 0,
             books,
             fate,
@@ -451,7 +453,7 @@ mod tests {
 
     #[test]
     fn a_retired_worker_that_does_not_exit_is_killed_after_its_grace() {
-        let process = Process::spawn(Arc::new(Sleeper), &config(), false).unwrap();
+        let process = Process::spawn(Arc::new(Sleeper), &config(), false, false).unwrap();
         let pid = process.pid();
         let now = Instant::now();
         let mut dying = Dying {
@@ -461,7 +463,7 @@ mod tests {
             victim: None,
             failed_starting: None,
         };
-        let mut supply = Supply::new(Arc::new(Local), config(), false, 0, 1);
+        let mut supply = Supply::new(Arc::new(Local), config(), false, false, 0, 1);
         let mut outbox = Outbox::default();
         // Within its grace, it is left alone: it does not exit (the bound
         // is how long a SIGKILL would take to show, at most).

@@ -440,8 +440,9 @@ impl Ear<'_> {
                 let (header, items) = ReplyHeader::parse(frame)?;
                 // Where the items start in the shared buffer, if any.
                 let shared = shared.map(|(buffer, at)| (buffer, at + frame.len() - items.len()));
+                let slot = self.process.reply_slot();
                 self.books
-                    .answer(header, items, shared, self.now, self.outbox)
+                    .answer(header, items, shared, slot, self.now, self.outbox)
             }
             protocol::LOG if self.books.is_ready() => {
                 let record: LogRecord = protocol::decode(&frame[1..], &mut [0; SCRATCH_BYTES])

@@ -167,6 +167,7 @@ impl Scheduler {
             memory_limit: config.memory_limit,
             log_level: crate::logs::worker_level(&config.dispatch),
             backtraces: config.backtraces,
+            reply_slot: None,
         };
         let supplies = config
             .groups
@@ -177,6 +178,7 @@ impl Scheduler {
                     launcher.launch(),
                     worker_config,
                     config.forward_stderr,
+                    config.bulk.is_some(),
                     group,
                     *count,
                 )

@@ -27,6 +27,7 @@ pub(crate) struct Request {
     pub launch: Arc<dyn Launch>,
     pub config: WorkerConfig,
     pub forward_stderr: bool,
+    pub bulk: bool,
 }
 
 /// What came of a request.
@@ -57,8 +58,12 @@ impl Spawner {
                     if stop.load(Ordering::Relaxed) {
                         return;
                     }
-                    let result =
-                        Process::spawn(request.launch, &request.config, request.forward_stderr);
+                    let result = Process::spawn(
+                        request.launch,
+                        &request.config,
+                        request.forward_stderr,
+                        request.bulk,
+                    );
                     let spawned = Spawned {
                         group: request.group,
                         result,

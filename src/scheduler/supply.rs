@@ -34,6 +34,8 @@ pub(crate) struct Supply {
     launch: Arc<dyn Launch>,
     config: WorkerConfig,
     forward_stderr: bool,
+    /// Whether its workers get reply slots (see `bulk`).
+    bulk: bool,
     /// Its position among the pool's launchers.
     group: usize,
     /// How many workers it keeps.
@@ -59,6 +61,7 @@ impl Supply {
         launch: Arc<dyn Launch>,
         mut config: WorkerConfig,
         forward_stderr: bool,
+        bulk: bool,
         group: usize,
         target: usize,
     ) -> Supply {
@@ -67,6 +70,7 @@ impl Supply {
             launch,
             config,
             forward_stderr,
+            bulk,
             group,
             target,
             pending: 0,
@@ -82,7 +86,12 @@ impl Supply {
 
     /// Spawns one worker.
     pub(crate) fn spawn(&self) -> std::io::Result<WorkerHandle> {
-        let process = Process::spawn(Arc::clone(&self.launch), &self.config, self.forward_stderr)?;
+        let process = Process::spawn(
+            Arc::clone(&self.launch),
+            &self.config,
+            self.forward_stderr,
+            self.bulk,
+        )?;
         Ok(WorkerHandle::new(process, self.group))
     }
 
@@ -97,6 +106,7 @@ impl Supply {
             launch: Arc::clone(&self.launch),
             config: self.config,
             forward_stderr: self.forward_stderr,
+            bulk: self.bulk,
         });
         self.pending += 1;
         true
@@ -241,8 +251,9 @@ mod tests {
             memory_limit: None,
             log_level: 0,
             backtraces: false,
+            reply_slot: None,
         };
-        Supply::new(Arc::new(Local), config, false, 0, 1)
+        Supply::new(Arc::new(Local), config, false, false, 0, 1)
     }
 
     #[test]
@@ -317,7 +328,7 @@ mod tests {
     #[test]
     fn spawn_errors_are_retried_after_a_doubling_delay() {
         let config = supply().config;
-        let mut supply = Supply::new(Arc::new(Missing), config, false, 0, 1);
+        let mut supply = Supply::new(Arc::new(Missing), config, false, false, 0, 1);
         let spawner = Spawner::start(|| {}).unwrap();
         // Asks for a worker if it is time to, and waits for what comes of
         // it: `None` if not asked for, or failed.

@@ -1,0 +1,244 @@
+//! Long strings travel beside their frames, in shared memory, between a
+//! pool and its local workers: they must come back exactly, whatever
+//! happens to the worker that made them, within the frame limit, and leave
+//! no descriptor behind.
+
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use buckshot::{Error, Pool};
+use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
+
+mod common;
+
+const MIB: usize = 1 << 20;
+
+/// One test at a time: the descriptor count must see this file's pools
+/// alone.
+fn serial() -> MutexGuard<'static, ()> {
+    static SERIAL: Mutex<()> = Mutex::new(());
+    SERIAL.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn collect<O: Send + 'static>(
+    what: &str,
+    results: impl Iterator<Item = Result<O, Error>> + Send + 'static,
+) -> Vec<Result<O, Error>> {
+    common::within(what, move || results.collect())
+}
+
+/// Bytes that differ from position to position, so that a misplaced
+/// piece shows.
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ (i >> 12) as u8)
+        .collect()
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Record {
+    id: u32,
+    #[serde(with = "serde_bytes")]
+    body: Vec<u8>,
+    note: String,
+    parts: Vec<ByteBuf>,
+}
+
+fn record(id: u32) -> Record {
+    Record {
+        id,
+        body: pattern(5 * MIB + id as usize, id as u8),
+        note: "n".repeat(6 * MIB) + &id.to_string(),
+        parts: vec![
+            ByteBuf::from(pattern(4 * MIB, 1)),
+            ByteBuf::from(vec![id as u8; 3]),
+            ByteBuf::from(pattern(4 * MIB + 1, 2)),
+        ],
+    }
+}
+
+/// Reverses every long string, so that the worker must have read each
+/// one whole, and returns the record.
+fn reverse(mut record: Record) -> Record {
+    record.body.reverse();
+    record.note = record.note.chars().rev().collect();
+    for part in &mut record.parts {
+        part.reverse();
+    }
+    record.id += 1000;
+    record
+}
+buckshot::register!(reverse);
+
+fn reversed(record: &Record) -> Record {
+    reverse(record.clone())
+}
+
+#[test]
+fn long_strings_come_back_exactly() {
+    let _serial = serial();
+    let pool = Pool::new(2).unwrap();
+    let inputs: Vec<Record> = (0..6).map(record).collect();
+    let results = collect("records", pool.map(reverse, inputs.clone()).unwrap());
+    assert_eq!(results.len(), inputs.len());
+    for (input, result) in inputs.iter().zip(results) {
+        assert_eq!(result.unwrap(), reversed(input), "record {}", input.id);
+    }
+}
+
+fn bytes_of(len: u64) -> ByteBuf {
+    ByteBuf::from(pattern(len as usize, len as u8))
+}
+buckshot::register!(bytes_of);
+
+/// The same, and the last one says so when it is made.
+fn bytes_then_announce((len, last, path): (u64, bool, String)) -> ByteBuf {
+    let bytes = bytes_of(len);
+    if last {
+        common::announce(&path);
+    }
+    bytes
+}
+buckshot::register!(bytes_then_announce);
+
+/// Large outputs made faster than they are read: the worker runs out of
+/// free reply slots and sends the rest inline.
+#[test]
+fn outputs_made_faster_than_they_are_read_all_arrive() {
+    let _serial = serial();
+    let pool = Pool::new(1).unwrap();
+    let rendezvous = common::Rendezvous::new();
+    let lens: Vec<u64> = (0..8).map(|k| (4 * MIB + k) as u64).collect();
+    let inputs: Vec<(u64, bool, String)> = lens
+        .iter()
+        .enumerate()
+        .map(|(k, &len)| (len, k == lens.len() - 1, rendezvous.path()))
+        .collect();
+    let mut results = pool.map(bytes_then_announce, inputs).unwrap();
+    // The first pulls every input; the rest are read only once the worker
+    // made the last output.
+    let first = results.next().unwrap();
+    rendezvous.wait();
+    let outputs: Vec<_> = std::iter::once(first)
+        .chain(collect("outputs", results))
+        .collect();
+    assert_eq!(outputs.len(), lens.len());
+    for (len, output) in lens.iter().zip(outputs) {
+        let output = output.unwrap();
+        assert_eq!(
+            output.as_slice(),
+            pattern(*len as usize, *len as u8),
+            "{len}"
+        );
+    }
+}
+
+#[test]
+fn a_worker_that_exits_after_each_answer_leaves_its_outputs_readable() {
+    let _serial = serial();
+    let pool = Pool::builder()
+        .processes(2)
+        .max_tasks_per_worker(1)
+        .build()
+        .unwrap();
+    let lens: Vec<u64> = (0..6).map(|k| (4 * MIB + k) as u64).collect();
+    let results = collect("outputs", pool.map(bytes_of, lens.clone()).unwrap());
+    for (len, result) in lens.iter().zip(results) {
+        assert_eq!(
+            result.unwrap().as_slice(),
+            pattern(*len as usize, *len as u8)
+        );
+    }
+}
+
+/// Aborts on the input that says so, after it was read whole.
+fn abort_on_zero(bytes: ByteBuf) -> u64 {
+    if bytes[0] == 0 {
+        std::process::abort();
+    }
+    bytes.iter().map(|&b| u64::from(b)).sum()
+}
+buckshot::register!(abort_on_zero);
+
+#[test]
+fn a_worker_that_dies_reading_a_long_input_fails_that_input_alone() {
+    let _serial = serial();
+    let pool = Pool::new(2).unwrap();
+    let inputs: Vec<ByteBuf> = (1..=6u8)
+        .map(|k| ByteBuf::from(vec![if k == 3 { 0 } else { k }; 5 * MIB]))
+        .collect();
+    let results = collect("sums", pool.map(abort_on_zero, inputs).unwrap());
+    assert_eq!(results.len(), 6, "one result per input");
+    for (k, result) in results.into_iter().enumerate() {
+        if k == 2 {
+            assert!(
+                matches!(result, Err(Error::WorkerDied { index: 2, .. })),
+                "{result:?}"
+            );
+        } else {
+            assert_eq!(result.unwrap(), ((k + 1) * 5 * MIB) as u64, "input {k}");
+        }
+    }
+}
+
+fn byte_len(bytes: ByteBuf) -> u64 {
+    bytes.len() as u64
+}
+buckshot::register!(byte_len);
+
+#[test]
+fn strings_beside_the_frame_count_against_its_limit() {
+    let _serial = serial();
+    let limit = 8 * MIB as u32;
+    let pool = Pool::builder()
+        .processes(1)
+        .max_frame_bytes(limit)
+        .build()
+        .unwrap();
+    let lens = [5 * MIB as u64, 9 * MIB as u64, 6 * MIB as u64];
+    let results = collect("outputs", pool.map(bytes_of, lens).unwrap());
+    assert_eq!(results[0].as_ref().unwrap().len(), 5 * MIB);
+    let message = results[1].as_ref().unwrap_err().to_string();
+    assert!(
+        message.contains("bytes is over the frame limit of 8388608"),
+        "{message}"
+    );
+    assert_eq!(results[2].as_ref().unwrap().len(), 6 * MIB);
+
+    let inputs = [5 * MIB, 9 * MIB, 6 * MIB].map(|len| ByteBuf::from(vec![1; len]));
+    let results = collect("inputs", pool.map(byte_len, inputs).unwrap());
+    assert_eq!(*results[0].as_ref().unwrap(), 5 * MIB as u64);
+    let Err(error) = &results[1] else {
+        panic!("{:?}", results[1]);
+    };
+    assert_eq!(error.to_string(), "input 1: could not encode the input");
+    let source = std::error::Error::source(error).unwrap().to_string();
+    assert!(
+        source.ends_with("over the frame limit of 8388608"),
+        "{source}"
+    );
+    assert_eq!(*results[2].as_ref().unwrap(), 6 * MIB as u64);
+}
+
+#[test]
+fn a_dropped_pool_leaves_no_memfd_open() {
+    let memfds = || {
+        std::fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .filter(|entry| {
+                let entry = entry.as_ref().unwrap();
+                std::fs::read_link(entry.path())
+                    .is_ok_and(|target| target.to_string_lossy().contains("buckshot-bulk"))
+            })
+            .count()
+    };
+    let _serial = serial();
+    let before = memfds();
+    let pool = Pool::new(2).unwrap();
+    let inputs: Vec<Record> = (0..4).map(record).collect();
+    let results = collect("records", pool.map(reverse, inputs).unwrap());
+    assert!(results.iter().all(Result::is_ok));
+    assert!(memfds() > before, "the pool's workers have reply slots");
+    drop(pool);
+    assert_eq!(memfds(), before, "every segment and slot closed");
+}
