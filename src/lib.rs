@@ -93,6 +93,7 @@ mod process;
 mod protocol;
 mod registry;
 mod results;
+mod sandbox;
 mod scheduler;
 mod shared;
 mod stderr;
@@ -105,6 +106,7 @@ pub use crate::error::{Error, PanicLocation};
 pub use crate::launch::{Launcher, Srun, Ssh};
 pub use crate::pool::{Pool, PoolBuilder, map};
 pub use crate::results::{Results, UnorderedResults};
+pub use crate::sandbox::{Sandbox, SandboxRule};
 pub use crate::stream::{CallFuture, MapStream};
 pub use crate::task::{Args, ContextArgs, PlainTask, Task};
 

@@ -37,6 +37,8 @@ pub(crate) struct Config {
     /// Whether panics carry a backtrace: the builder's process asked for
     /// them (`RUST_BACKTRACE`).
     pub backtraces: bool,
+    /// The sandbox rules in force in every worker.
+    pub sandbox_rules: Vec<crate::SandboxRule>,
 }
 
 /// A run of consecutive inputs of one map, encoded as one RUN frame.
