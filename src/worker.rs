@@ -353,6 +353,7 @@ fn run_tasks(
     let mut reply = Reply::new(max_frame as usize);
     let mut scratch = vec![0; SCRATCH_BYTES];
     let mut contexts: HashMap<u64, ContextSlot> = HashMap::new();
+    let mut cpu_budget = cpu_seconds.map(sandbox::apply::CpuBudget::new);
     loop {
         match protocol::read_frame(&mut requests, &mut body, max_frame) {
             Ok(true) => {}
@@ -376,10 +377,6 @@ fn run_tasks(
             kind => return Err(format!("unexpected frame kind {kind}")),
         }
         let (header, items) = RunHeader::parse(&body).map_err(|e| e.0)?;
-        if let Some(seconds) = cpu_seconds {
-            sandbox::apply::rearm_cpu(seconds)
-                .map_err(|e| format!("could not re-arm the CPU limit: {e}"))?;
-        }
         let RunHeader {
             task,
             context,
@@ -399,6 +396,11 @@ fn run_tasks(
         };
         let mut seen = 0;
         reply.busy_since = Instant::now();
+        if let Some(budget) = &mut cpu_budget {
+            budget
+                .before_task(reply.busy_since)
+                .map_err(|e| format!("could not re-arm the CPU limit: {e}"))?;
+        }
         for (seq, item) in (first_seq..).zip(protocol::Items::new(items)) {
             let item = item.map_err(|e| e.0)?;
             logs::capture::set_running(Some(seq));

@@ -24,6 +24,7 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::sync::OnceLock;
+use std::time::Instant;
 
 use landlock::{
     ABI, Access, AccessFs, Ruleset, RulesetAttr, RulesetCreatedAttr, RulesetStatus,
@@ -36,6 +37,7 @@ use seccompiler::{
 };
 
 use super::{Rules, Sandbox, SandboxRule};
+use crate::flow::CPU_READ_INTERVAL;
 
 /// The file-system rights Landlock handles: all those of the newest ABI
 /// we know; an older kernel handles fewer.
@@ -108,7 +110,9 @@ fn limit_cpu(seconds: u64) -> Result<(), String> {
             ));
         }
     }
-    rearm_cpu(seconds).map_err(|e| format!("could not set RLIMIT_CPU: {e}"))
+    CpuBudget::new(seconds)
+        .before_task(Instant::now())
+        .map_err(|e| format!("could not set RLIMIT_CPU: {e}"))
 }
 
 /// Writes which limit ended the worker, then dies of the same signal (the
@@ -124,15 +128,52 @@ extern "C" fn report_cpu_limit(signal: libc::c_int) {
     unsafe { libc::raise(signal) };
 }
 
-/// Gives the next task `seconds` of CPU time from now: `RLIMIT_CPU` counts
-/// the worker's whole life, so its soft limit moves before each message.
-pub(crate) fn rearm_cpu(seconds: u64) -> rustix::io::Result<()> {
-    let used = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
-    let used = u64::try_from(used.tv_sec).unwrap_or(0) + u64::from(used.tv_nsec > 0);
-    let maximum = rustix::process::getrlimit(Resource::Cpu).maximum;
-    let soft = used.saturating_add(seconds);
-    let current = Some(maximum.map_or(soft, |max| soft.min(max)));
-    rustix::process::setrlimit(Resource::Cpu, Rlimit { current, maximum })
+/// Gives each task `seconds` of CPU time: `RLIMIT_CPU` counts the worker's
+/// whole life, in whole seconds, so its soft limit moves before each
+/// message, to `seconds` past the worker's use rounded up. A task gets
+/// up to one second more (and see [`CPU_READ_INTERVAL`]).
+#[derive(Debug)]
+pub(crate) struct CpuBudget {
+    seconds: u64,
+    /// The use (rounded up) the limit was last set from.
+    armed_at: Option<u64>,
+    /// When the use was last read.
+    read_at: Option<Instant>,
+}
+
+impl CpuBudget {
+    pub(crate) fn new(seconds: u64) -> CpuBudget {
+        CpuBudget {
+            seconds,
+            armed_at: None,
+            read_at: None,
+        }
+    }
+
+    /// Re-arms the limit for the task starting at `now`: only when the
+    /// worker's use reached a new whole second, and the use is read only
+    /// every [`CPU_READ_INTERVAL`], for both are system calls that would
+    /// cost more than a tiny task.
+    pub(crate) fn before_task(&mut self, now: Instant) -> rustix::io::Result<()> {
+        if self
+            .read_at
+            .is_some_and(|at| now.duration_since(at) < CPU_READ_INTERVAL)
+        {
+            return Ok(());
+        }
+        self.read_at = Some(now);
+        let used = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
+        let used = u64::try_from(used.tv_sec).unwrap_or(0) + u64::from(used.tv_nsec > 0);
+        if self.armed_at == Some(used) {
+            return Ok(());
+        }
+        let maximum = rustix::process::getrlimit(Resource::Cpu).maximum;
+        let soft = used.saturating_add(self.seconds);
+        let current = Some(maximum.map_or(soft, |max| soft.min(max)));
+        rustix::process::setrlimit(Resource::Cpu, Rlimit { current, maximum })?;
+        self.armed_at = Some(used);
+        Ok(())
+    }
 }
 
 fn leave_network() -> Result<(), String> {
