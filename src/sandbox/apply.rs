@@ -12,7 +12,9 @@
 //!   network namespace where user namespaces are disabled and we are root.
 //!   The capabilities that come with a new user namespace are dropped;
 //! - `files`: Landlock. It leaves open fds alone (the pipes, `/dev/null`,
-//!   already set up); the binary itself stays readable, for backtraces;
+//!   already set up); the binary itself stays readable, for backtraces.
+//!   Every sandbox gets a Landlock domain where the kernel has one, which
+//!   scopes signals and abstract sockets (and `ptrace`) to the worker;
 //! - `no_subprocesses`: seccomp, last, so that nothing above is filtered.
 //!   `clone3` keeps its flags in memory, which seccomp cannot read: it
 //!   fails with `ENOSYS`, and the C library falls back to `clone`, whose
@@ -27,7 +29,7 @@ use std::sync::OnceLock;
 use std::time::Instant;
 
 use landlock::{
-    ABI, Access, AccessFs, Ruleset, RulesetAttr, RulesetCreatedAttr, RulesetStatus,
+    ABI, Access, AccessFs, Ruleset, RulesetAttr, RulesetCreatedAttr, RulesetStatus, Scope,
     path_beneath_rules,
 };
 use rustix::process::{Resource, Rlimit};
@@ -74,8 +76,10 @@ pub(crate) fn apply(sandbox: &Sandbox) -> Applied {
     if sandbox.no_network {
         outcome(SandboxRule::NoNetwork, leave_network());
     }
-    if asked.contains(SandboxRule::Files) {
-        outcome(SandboxRule::Files, restrict_files(sandbox));
+    let files = asked.contains(SandboxRule::Files);
+    let domain = landlock(sandbox, files);
+    if files {
+        outcome(SandboxRule::Files, domain);
     }
     if sandbox.no_subprocesses {
         outcome(SandboxRule::NoSubprocesses, forbid_subprocesses());
@@ -209,31 +213,48 @@ fn leave_network() -> Result<(), String> {
     }
 }
 
-fn restrict_files(sandbox: &Sandbox) -> Result<(), String> {
-    for path in sandbox.read_only.iter().chain(&sandbox.read_write) {
-        if let Err(e) = std::fs::metadata(path) {
-            return Err(format!("{}: {e}", path.display()));
+/// A Landlock domain: it keeps the worker from signalling or tracing
+/// processes outside it, or reaching their abstract sockets, where the
+/// kernel can (a hardening that every sandbox gets where the kernel has
+/// it, not a rule); with `files`, it also denies the files outside the
+/// allowed paths.
+fn landlock(sandbox: &Sandbox, files: bool) -> Result<(), String> {
+    if files {
+        for path in sandbox.read_only.iter().chain(&sandbox.read_write) {
+            if let Err(e) = std::fs::metadata(path) {
+                return Err(format!("{}: {e}", path.display()));
+            }
         }
     }
-    let binary = std::env::current_exe().ok();
     let fail = |e: landlock::RulesetError| format!("Landlock: {e}");
-    let status = Ruleset::default()
-        .handle_access(AccessFs::from_all(FILES_ABI))
+    let mut ruleset = Ruleset::default();
+    if files {
+        ruleset = ruleset
+            .handle_access(AccessFs::from_all(FILES_ABI))
+            .map_err(fail)?;
+    }
+    let status = ruleset
+        .scope(Scope::from_all(ABI::V6))
         .map_err(fail)?
         .create()
-        .map_err(fail)?
-        .add_rules(path_beneath_rules(
-            sandbox.read_only.iter().chain(&binary),
-            AccessFs::from_read(FILES_ABI),
-        ))
-        .map_err(fail)?
-        .add_rules(path_beneath_rules(
-            &sandbox.read_write,
-            AccessFs::from_all(FILES_ABI),
-        ))
-        .map_err(fail)?
-        .restrict_self()
         .map_err(fail)?;
+    let status = if files {
+        let binary = std::env::current_exe().ok();
+        status
+            .add_rules(path_beneath_rules(
+                sandbox.read_only.iter().chain(&binary),
+                AccessFs::from_read(FILES_ABI),
+            ))
+            .map_err(fail)?
+            .add_rules(path_beneath_rules(
+                &sandbox.read_write,
+                AccessFs::from_all(FILES_ABI),
+            ))
+            .map_err(fail)?
+    } else {
+        status
+    };
+    let status = status.restrict_self().map_err(fail)?;
     match status.ruleset {
         RulesetStatus::NotEnforced => Err("this kernel does not enforce Landlock".to_owned()),
         _ => Ok(()),
