@@ -3,6 +3,9 @@
 //!
 //! Run with `cargo run --example sandbox`.
 
+use std::fs;
+use std::net::TcpStream;
+use std::process::Command;
 use std::time::Duration;
 
 use buckshot::{Error, Pool, Sandbox};
@@ -12,16 +15,13 @@ fn mischief(_input: String) -> Vec<String> {
     vec![
         format!(
             "read /etc/hostname: {:?}",
-            std::fs::read("/etc/hostname").map(drop)
+            fs::read("/etc/hostname").map(drop)
         ),
         format!(
             "connect: {:?}",
-            std::net::TcpStream::connect("127.0.0.1:22").map(drop)
+            TcpStream::connect("127.0.0.1:22").map(drop)
         ),
-        format!(
-            "run sh: {:?}",
-            std::process::Command::new("sh").status().map(drop)
-        ),
+        format!("run sh: {:?}", Command::new("sh").status().map(drop)),
     ]
 }
 buckshot::register!(mischief);
