@@ -17,6 +17,9 @@
 //!   prints, reads stdin or starts a subprocess can neither corrupt frames nor
 //!   swallow requests, and no subprocess keeps the pipes open;
 //! - SIGPIPE is ignored, as Rust's `main` would do;
+//! - the sandbox, if the pool asked for one, while this is the only thread
+//!   ([`crate::sandbox::apply`]); the handshake says which rules came up,
+//!   and a worker short of one exits right after it;
 //! - a worker that is the pool's child asks for a signal when its parent
 //!   (the pool's thread) ends,
 //!   whose handler kills its whole process group (itself and what its tasks
@@ -339,8 +342,7 @@ fn interpose_stderr() -> std::io::Result<()> {
 
 /// Serves RUN frames until the stream ends (`Ok`) or breaks (`Err`), and
 /// keeps the contexts that CONTEXT frames bring until FORGET frames drop
-/// them.
-/// `cpu_seconds`: the CPU time each RUN frame may take, if limited.
+/// them. `cpu_seconds`: the CPU time each RUN frame may take, if limited.
 fn run_tasks(
     requests: File,
     replies: &Mutex<File>,
