@@ -335,9 +335,14 @@ buckshot::register!(double);
 #[test]
 fn a_pool_with_every_rule_maps_ten_thousand_inputs() {
     let scratch = Scratch::new("all");
+    let (ro, rw) = (scratch.0.join("ro"), scratch.0.join("rw"));
+    std::fs::create_dir_all(&ro).unwrap();
+    std::fs::create_dir_all(&rw).unwrap();
+    std::fs::write(ro.join("data"), b"readable").unwrap();
     let sandbox = Sandbox::new()
         .no_network()
-        .read_only(&scratch.0)
+        .read_only(&ro)
+        .read_write(&rw)
         .cpu_time(Duration::from_secs(30))
         .no_subprocesses();
     let pool = Pool::builder()
@@ -352,6 +357,27 @@ fn a_pool_with_every_rule_maps_ten_thousand_inputs() {
         .collect::<Result<_, _>>()
         .unwrap();
     assert_eq!(doubled, (0..10_000).map(|x| x * 2).collect::<Vec<_>>());
+    // In a user namespace of its own, a worker still creates files (its
+    // uid is mapped), and they are ours.
+    let done = pool.call(touch_files, (ro, rw.clone(), 0)).unwrap();
+    assert_eq!(&done[..5], [None, done[1], None, None, None]);
+    let owner = pool.call(create_and_own, rw).unwrap();
+    assert_eq!(owner, Some(own_uid()));
+}
+
+/// Creates a file under `dir` and says who owns it, as seen from here.
+fn create_and_own(dir: PathBuf) -> Option<u32> {
+    let path = dir.join("owned");
+    std::fs::write(&path, b"x").ok()?;
+    Some(std::os::unix::fs::MetadataExt::uid(
+        &std::fs::metadata(path).ok()?,
+    ))
+}
+buckshot::register!(create_and_own);
+
+/// This process's uid, as the kernel shows it in /proc.
+fn own_uid() -> u32 {
+    std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").unwrap())
 }
 
 #[test]
