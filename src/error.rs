@@ -151,6 +151,18 @@ pub enum Error {
         message: String,
     },
 
+    /// A rule of the pool's [`Sandbox`](crate::Sandbox) cannot come up
+    /// here: the kernel or the environment lacks what it needs (user
+    /// namespaces disabled, no Landlock, a path missing), and the sandbox
+    /// is not [`best_effort`](crate::Sandbox::best_effort).
+    #[error("sandbox rule {rule} cannot come up: {reason}")]
+    Sandbox {
+        /// The rule.
+        rule: crate::SandboxRule,
+        /// Why, as the kernel said it.
+        reason: String,
+    },
+
     /// The pool's configuration is invalid.
     #[error("invalid pool configuration: {message}")]
     Config {
@@ -176,6 +188,7 @@ impl Error {
             | Error::Context { .. }
             | Error::Spawn { .. }
             | Error::Startup { .. }
+            | Error::Sandbox { .. }
             | Error::Config { .. } => None,
         }
     }

@@ -46,7 +46,7 @@
 //! the pool at a time. Every input yields exactly one result: a value, or an
 //! [`Error`] that names its index.
 //!
-//! # Contexts, async, logs, panics
+//! # Contexts, async, logs, panics, sandboxes
 //!
 //! - [`Pool::with_context`] sends data that every input needs once to each
 //!   worker, for tasks whose first argument is a reference to it.
@@ -59,6 +59,9 @@
 //!   `input` and `worker`; the pool logs its workers' lives at debug level.
 //! - [`Error::TaskPanicked`] says where the task panicked, with the
 //!   worker's backtrace when the program runs with `RUST_BACKTRACE` set.
+//! - A [`Sandbox`] keeps tasks fed untrusted inputs off the network, out
+//!   of files they were not given, from starting programs and from
+//!   spinning forever ([`PoolBuilder::sandbox`]).
 //!
 //! # How it works
 //!
@@ -94,6 +97,7 @@ mod process;
 mod protocol;
 mod registry;
 mod results;
+mod sandbox;
 mod scheduler;
 mod shared;
 mod stderr;
@@ -106,6 +110,7 @@ pub use crate::error::{Error, PanicLocation};
 pub use crate::launch::{Launcher, Srun, Ssh};
 pub use crate::pool::{Pool, PoolBuilder, map};
 pub use crate::results::{Results, UnorderedResults};
+pub use crate::sandbox::{Sandbox, SandboxRule};
 pub use crate::stream::{CallFuture, MapStream};
 pub use crate::task::{Args, ContextArgs, PlainTask, Task};
 

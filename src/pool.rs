@@ -8,6 +8,8 @@ use crate::error::Error;
 use crate::launch::Launcher;
 use crate::registry::registry;
 use crate::results::{Results, UnorderedResults};
+use crate::sandbox::launcher::Sandboxed;
+use crate::sandbox::{Rules, Sandbox, SandboxRule, probe};
 use crate::scheduler::Running;
 use crate::shared::{Config, MapTask};
 use crate::stream::{CallFuture, MapStream};
@@ -50,6 +52,12 @@ impl Pool {
     /// The number of worker processes the pool keeps.
     pub fn processes(&self) -> usize {
         self.running.shared().config.processes
+    }
+
+    /// The sandbox rules in force in every worker: those asked for, or
+    /// with [`Sandbox::best_effort`] those of them that came up.
+    pub fn sandbox_rules(&self) -> &[SandboxRule] {
+        &self.running.shared().config.sandbox_rules
     }
 
     /// The per-task timeout, if any.
@@ -228,6 +236,27 @@ impl Pool {
 impl std::panic::UnwindSafe for Pool {}
 impl std::panic::RefUnwindSafe for Pool {}
 
+/// The part of `sandbox` that comes up here: all of it, or with
+/// [`Sandbox::best_effort`] what the probe found (with a warning for each
+/// rule left out).
+fn probe_sandbox(sandbox: &Sandbox) -> Result<Sandbox, Error> {
+    let found = probe::run(sandbox).map_err(|message| Error::Startup {
+        message: format!("could not probe the sandbox: {message}"),
+    })?;
+    if let Some((rule, reason)) = found.problems.first() {
+        if !sandbox.is_best_effort() {
+            return Err(Error::Sandbox {
+                rule: *rule,
+                reason: reason.clone(),
+            });
+        }
+    }
+    for (rule, reason) in &found.problems {
+        tracing::warn!(%rule, reason, "sandbox rule left out: it cannot come up here");
+    }
+    Ok(sandbox.restricted_to(found.in_force))
+}
+
 pub(crate) fn task_position<F: 'static>(_: &F) -> Result<u32, Error> {
     registry()
         .position::<F>()
@@ -320,6 +349,8 @@ pub struct PoolBuilder {
     batch_size: Option<u32>,
     /// Default: forwarded (`None` means true).
     forward_stderr: Option<bool>,
+    /// Default: none.
+    sandbox: Option<Sandbox>,
 }
 
 impl PoolBuilder {
@@ -405,6 +436,15 @@ impl PoolBuilder {
         self
     }
 
+    /// What the workers may not do: no network, only some files, bounded
+    /// CPU time, no subprocesses (see [`Sandbox`]). Each worker applies
+    /// the rules to itself before its first task; the pool checks first
+    /// that they can come up here. Local workers only. Default: none.
+    pub fn sandbox(mut self, sandbox: Sandbox) -> Self {
+        self.sandbox = Some(sandbox);
+        self
+    }
+
     /// Starts the workers.
     ///
     /// # Errors
@@ -413,7 +453,10 @@ impl PoolBuilder {
     /// timeout, batch size or task quota, a tiny frame limit),
     /// [`Error::Spawn`] if a worker cannot be started, [`Error::Startup`]
     /// if this program runs with privileges (setuid, setgid, file
-    /// capabilities): its copies refuse to serve as workers.
+    /// capabilities): its copies refuse to serve as workers,
+    /// [`Error::Sandbox`] if a rule of the sandbox cannot come up (unless
+    /// it is best effort), and [`Error::Config`] for a sandbox with
+    /// workers that are not local.
     pub fn build(self) -> Result<Pool, Error> {
         let invalid = |message: &str| {
             Err(Error::Config {
@@ -457,6 +500,19 @@ impl PoolBuilder {
                     .to_owned(),
             });
         }
+        let sandbox_rules = match &self.sandbox {
+            Some(sandbox) if sandbox.rules() != Rules::default() => {
+                if !self.launched.is_empty() {
+                    return invalid(
+                        "a sandbox applies to local workers only, not to those of `workers`",
+                    );
+                }
+                let sandbox = probe_sandbox(sandbox)?;
+                groups[0].0 = Launcher::from_launch(Sandboxed::new(&sandbox));
+                sandbox.rules().list()
+            }
+            _ => Vec::new(),
+        };
         for (launcher, _) in &groups {
             launcher
                 .launch()
@@ -464,11 +520,12 @@ impl PoolBuilder {
                 .map_err(|message| Error::Startup { message })?;
         }
         // Long strings travel in shared memory only between this process
-        // and its own children.
+        // and its own children, unsandboxed (a sandboxed one cannot open
+        // this process's memfds).
         let local = groups
             .iter()
             .all(|(launcher, _)| launcher.launch().worker_is_child());
-        let bulk = (local && crate::bulk::available_here())
+        let bulk = (local && sandbox_rules.is_empty() && crate::bulk::available_here())
             .then(|| Arc::new(crate::bulk::Segments::default()));
         let config = Config {
             processes,
@@ -483,6 +540,7 @@ impl PoolBuilder {
             dispatch: tracing::dispatcher::get_default(tracing::Dispatch::clone),
             backtraces: std::env::var_os("RUST_BACKTRACE").is_some_and(|value| value != "0"),
             bulk,
+            sandbox_rules,
         };
         Ok(Pool {
             running: Running::start(config)?,

@@ -198,6 +198,11 @@ impl Process {
         rustix::process::waitid(WaitId::PidFd(self.pidfd.as_fd()), options)
     }
 
+    /// The launcher that started it.
+    pub(crate) fn launch(&self) -> &dyn Launch {
+        &*self.launch
+    }
+
     /// Sends SIGKILL to it and to what its launcher knows of it (once), and
     /// stops talking to it. It stays a zombie until reaped.
     pub(crate) fn kill(&mut self) {

@@ -41,6 +41,8 @@ pub(crate) struct Config {
     /// Where inputs' long strings go, when every worker is local (and can
     /// reach them).
     pub bulk: Option<Arc<Segments>>,
+    /// The sandbox rules in force in every worker.
+    pub sandbox_rules: Vec<crate::SandboxRule>,
 }
 
 /// A run of consecutive inputs of one map, encoded as one RUN frame.

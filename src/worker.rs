@@ -17,6 +17,9 @@
 //!   prints, reads stdin or starts a subprocess can neither corrupt frames nor
 //!   swallow requests, and no subprocess keeps the pipes open;
 //! - SIGPIPE is ignored, as Rust's `main` would do;
+//! - the sandbox, if the pool asked for one, while this is the only thread
+//!   ([`crate::sandbox::apply`]); the handshake says which rules came up,
+//!   and a worker short of one exits right after it;
 //! - a worker that is the pool's child asks for a signal when its parent
 //!   (the pool's thread) ends,
 //!   whose handler kills its whole process group (itself and what its tasks
@@ -51,6 +54,7 @@ use crate::logs;
 use crate::panics;
 use crate::protocol::{self, Hello, Outcome, ReplyHeader, RunHeader};
 use crate::registry::{ContextSlot, registry};
+use crate::sandbox::{self, SANDBOX_ENV, Sandbox};
 
 /// Exit code of a worker that gave up on its parent or the protocol, or
 /// refused to serve.
@@ -59,6 +63,7 @@ const EXIT_FATAL: i32 = 101;
 /// Runs the worker loop if this process was started as a worker; otherwise
 /// returns at once.
 pub(crate) fn serve_if_worker() {
+    sandbox::probe::answer_if_asked();
     let Some(value) = std::env::var_os(WORKER_ENV) else {
         return;
     };
@@ -74,10 +79,19 @@ pub(crate) fn serve_if_worker() {
     // started one that reads the environment (none of ours does), nothing
     // reads it concurrently.
     unsafe { std::env::remove_var(WORKER_ENV) };
+    let sandbox = std::env::var_os(SANDBOX_ENV);
+    // SAFETY: as above.
+    unsafe { std::env::remove_var(SANDBOX_ENV) };
     let Some(config) = value.to_str().and_then(WorkerConfig::from_env) else {
         fatal_early(&format!("bad {WORKER_ENV} value {value:?}"));
     };
-    serve(config)
+    let sandbox = sandbox.map(|value| {
+        value
+            .to_str()
+            .and_then(Sandbox::from_env)
+            .unwrap_or_else(|| fatal_early(&format!("bad {SANDBOX_ENV} value {value:?}")))
+    });
+    serve(config, sandbox)
 }
 
 /// The Slurm job step this process runs as, `JOB.STEP`, if it does.
@@ -101,7 +115,7 @@ fn fatal_early(message: &str) -> ! {
     std::process::exit(EXIT_FATAL)
 }
 
-fn serve(config: WorkerConfig) -> ! {
+fn serve(config: WorkerConfig, sandbox: Option<Sandbox>) -> ! {
     let (requests, replies) = match take_stdio() {
         Ok(fds) => fds,
         Err(e) => fatal_early(&format!("could not set up its pipes: {e}")),
@@ -114,6 +128,9 @@ fn serve(config: WorkerConfig) -> ! {
     // SAFETY: `signal` with SIG_IGN installs no handler code; ignoring SIGPIPE
     // makes writes to a closed pipe fail with EPIPE instead of killing us.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+    // While this is the only thread, before the parent-death signal (which
+    // a change of credentials could clear).
+    let applied = sandbox.as_ref().map(sandbox::apply::apply);
     // Only a child of the pool's process: the parent of a worker started
     // through a launcher (sshd, slurmstepd, a relay) says nothing about the
     // pool, which the watchdog on the request stream follows instead.
@@ -158,6 +175,11 @@ fn serve(config: WorkerConfig) -> ! {
         tasks: u32::try_from(registry.tasks.len()).expect("fewer than 4 billion tasks"),
         digest: registry.digest,
         step: slurm_step(),
+        sandbox: applied.as_ref().map_or(0, |applied| applied.in_force.0),
+        sandbox_problem: applied
+            .as_ref()
+            .and_then(|applied| applied.problems.first())
+            .map(|(_, why)| why.clone()),
     };
     let mut body = Vec::new();
     protocol::encode(&hello, &mut body).expect("encoding into a Vec cannot fail");
@@ -165,6 +187,10 @@ fn serve(config: WorkerConfig) -> ! {
     protocol::push_frame(&mut frame, protocol::HELLO, &body);
     if replies.write_all(&frame).is_err() {
         std::process::exit(EXIT_FATAL);
+    }
+    // The pool refuses it (it said so in the handshake); it serves nothing.
+    if let Some((rule, why)) = applied.as_ref().and_then(|a| a.problems.first()) {
+        fatal_early(&format!("sandbox rule {rule} did not come up: {why}"));
     }
 
     // Shared with the subscriber that sends tasks' events, which any
@@ -179,7 +205,13 @@ fn serve(config: WorkerConfig) -> ! {
         fatal_early(&format!("could not watch its request stream: {e}"));
     }
 
-    match run_tasks(File::from(requests), &replies, config.max_frame_bytes) {
+    let cpu_seconds = sandbox.as_ref().and_then(Sandbox::cpu_seconds);
+    match run_tasks(
+        File::from(requests),
+        &replies,
+        config.max_frame_bytes,
+        cpu_seconds,
+    ) {
         Ok(()) => end_with_group(),
         Err(message) => {
             // Best effort: the pool treats a vanished worker the same way.
@@ -316,14 +348,20 @@ fn interpose_stderr() -> std::io::Result<()> {
 
 /// Serves RUN frames until the stream ends (`Ok`) or breaks (`Err`), and
 /// keeps the contexts that CONTEXT frames bring until FORGET frames drop
-/// them.
-fn run_tasks(requests: File, replies: &Mutex<File>, max_frame: u32) -> Result<(), String> {
+/// them. `cpu_seconds`: the CPU time each RUN frame may take, if limited.
+fn run_tasks(
+    requests: File,
+    replies: &Mutex<File>,
+    max_frame: u32,
+    cpu_seconds: Option<u64>,
+) -> Result<(), String> {
     let registry = registry();
     let mut requests = BufReader::with_capacity(REQUEST_BUFFER, requests);
     let mut body = Vec::new();
     let mut reply = Reply::new(max_frame as usize);
     let mut scratch = vec![0; SCRATCH_BYTES];
     let mut contexts: HashMap<u64, ContextSlot> = HashMap::new();
+    let mut cpu_budget = cpu_seconds.map(sandbox::apply::CpuBudget::new);
     loop {
         match protocol::read_frame(&mut requests, &mut body, max_frame) {
             Ok(true) => {}
@@ -366,6 +404,11 @@ fn run_tasks(requests: File, replies: &Mutex<File>, max_frame: u32) -> Result<()
         };
         let mut seen = 0;
         reply.busy_since = Instant::now();
+        if let Some(budget) = &mut cpu_budget {
+            budget
+                .before_task(reply.busy_since)
+                .map_err(|e| format!("could not re-arm the CPU limit: {e}"))?;
+        }
         for (seq, item) in (first_seq..).zip(protocol::Items::new(items)) {
             let item = item.map_err(|e| e.0)?;
             logs::capture::set_running(Some(seq));

@@ -94,7 +94,7 @@ impl Launcher {
         Arc::clone(&self.launch)
     }
 
-    fn from_launch(launch: impl Launch + 'static) -> Launcher {
+    pub(crate) fn from_launch(launch: impl Launch + 'static) -> Launcher {
         Launcher {
             launch: Arc::new(launch),
         }
@@ -176,5 +176,11 @@ pub(crate) trait Launch: Send + Sync + std::fmt::Debug {
     /// Where its workers run, for messages; `None` for this machine.
     fn describe(&self) -> Option<String> {
         None
+    }
+
+    /// The sandbox rules its workers must say are in force in their
+    /// handshake.
+    fn sandbox(&self) -> crate::sandbox::Rules {
+        crate::sandbox::Rules::default()
     }
 }

@@ -41,6 +41,12 @@ pub(crate) struct Hello {
     /// The Slurm job step it runs as (`JOB.STEP`), if it does.
     #[serde(default)]
     pub step: Option<String>,
+    /// The sandbox rules in force (see `crate::sandbox::Rules`).
+    #[serde(default)]
+    pub sandbox: u8,
+    /// Why a rule it was asked for did not come up, if one did not.
+    #[serde(default)]
+    pub sandbox_problem: Option<String>,
 }
 
 fn put_u32(buf: &mut [u8], at: usize, value: u32) {

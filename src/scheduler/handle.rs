@@ -427,7 +427,10 @@ impl Ear<'_> {
                     pid: hello.pid,
                     step: hello.step.clone(),
                 });
-                *self.heard = Some(match registry().mismatch(&hello) {
+                let mismatch = registry()
+                    .mismatch(&hello)
+                    .or_else(|| crate::sandbox::shortfall(self.process.launch().sandbox(), &hello));
+                *self.heard = Some(match mismatch {
                     Some(problem) => Heard::Mismatch(problem),
                     None => {
                         self.books.ready(self.now);

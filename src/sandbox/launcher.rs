@@ -1,0 +1,47 @@
+//! Sandboxed workers: local workers, told their rules in a second hidden
+//! variable. Only local ones: a launcher that starts workers elsewhere
+//! (`ssh`, `srun`, a command prefix) passes a command line whose program
+//! may not be this binary's copy, on a host whose kernel the probe did not
+//! ask, so a pool refuses a sandbox with them rather than half-apply it.
+
+use std::process::Command;
+
+use super::{Rules, SANDBOX_ENV, Sandbox};
+use crate::handoff::WorkerConfig;
+use crate::launch::{Launch, Local, Reported};
+
+#[derive(Debug)]
+pub(crate) struct Sandboxed {
+    /// The rules, as the variable carries them.
+    env: String,
+    rules: Rules,
+}
+
+impl Sandboxed {
+    pub(crate) fn new(sandbox: &Sandbox) -> Sandboxed {
+        Sandboxed {
+            env: sandbox.to_env(),
+            rules: sandbox.rules(),
+        }
+    }
+}
+
+impl Launch for Sandboxed {
+    fn command(&self, config: &WorkerConfig) -> Command {
+        let mut command = Local.command(config);
+        command.env(SANDBOX_ENV, &self.env);
+        command
+    }
+
+    fn worker_is_child(&self) -> bool {
+        Local.worker_is_child()
+    }
+
+    fn kill_rest(&self, local_pid: u32, reported: Option<&Reported>) {
+        Local.kill_rest(local_pid, reported);
+    }
+
+    fn sandbox(&self) -> Rules {
+        self.rules
+    }
+}
