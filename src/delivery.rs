@@ -4,6 +4,7 @@
 //! hands back the waker of an async caller waiting for them.
 
 use std::ops::Range;
+use std::process::ExitStatus;
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::Waker;
@@ -11,6 +12,8 @@ use std::time::Instant;
 
 use crate::error::Error;
 use crate::flow::{DELIVERY_BATCH, DELIVERY_DELAY};
+use crate::replay::Keeper;
+use crate::shared::Chunk;
 
 /// Bytes of reply items: copied out of the read buffer when small, shared
 /// with no copy when a large frame had a buffer of its own.
@@ -48,11 +51,40 @@ pub(crate) enum Delivery {
     },
 }
 
-/// Deliveries collected by the loop, each for a map, sent in batches.
+/// Deliveries collected by the loop, each for a map, sent in batches. In a
+/// pool that keeps failures, a failed input is kept for replay as it is
+/// posted ([`Outbox::fail`]).
 #[derive(Debug, Default)]
-pub(crate) struct Outbox(Vec<(u64, Delivery)>, Option<Instant>);
+pub(crate) struct Outbox(Vec<(u64, Delivery)>, Option<Instant>, Option<Keeper>);
 
 impl Outbox {
+    /// An outbox that keeps the failed inputs posted to it.
+    pub(crate) fn keeping(keeper: Keeper) -> Outbox {
+        Outbox(Vec::new(), None, Some(keeper))
+    }
+
+    /// Whether failed inputs are kept for replay.
+    pub(crate) fn keeps_failures(&self) -> bool {
+        self.2.is_some()
+    }
+
+    /// Posts the failure of input `index`, encoded as `input`, of `chunk`'s
+    /// map; kept for replay first, if failures are.
+    pub(crate) fn fail(
+        &mut self,
+        chunk: &Chunk,
+        index: usize,
+        input: &[u8],
+        mut error: Error,
+        status: Option<ExitStatus>,
+        stderr: &str,
+    ) {
+        if let Some(keeper) = &mut self.2 {
+            keeper.keep(chunk, index, input, &mut error, status, stderr);
+        }
+        self.push(chunk.map, Delivery::Failed(error));
+    }
+
     pub(crate) fn push(&mut self, map: u64, delivery: Delivery) {
         if self.0.is_empty() {
             self.1 = Some(Instant::now());

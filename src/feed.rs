@@ -375,6 +375,7 @@ where
                         Err(e) => Err(Error::Protocol {
                             index,
                             message: e.0,
+                            replay: None,
                         }),
                     };
                     self.set(index, result);
@@ -515,6 +516,7 @@ fn decode_outcome<O: DeserializeOwned>(
                 message,
                 location,
                 backtrace,
+                replay: None,
             })
         }
         Ok(Outcome::Codec(message)) => Err(Error::WorkerCodec { index, message }),

@@ -92,6 +92,7 @@ mod pool;
 mod process;
 mod protocol;
 mod registry;
+mod replay;
 mod results;
 mod scheduler;
 mod shared;
@@ -101,7 +102,7 @@ mod task;
 mod worker;
 
 pub use crate::context::WithContext;
-pub use crate::error::{Error, PanicLocation};
+pub use crate::error::{Error, PanicLocation, Replay};
 pub use crate::launch::{Launcher, Srun, Ssh};
 pub use crate::pool::{Pool, PoolBuilder, map};
 pub use crate::results::{Results, UnorderedResults};
@@ -191,6 +192,7 @@ pub mod __private {
 #[ctor::ctor(unsafe, naked)]
 fn buckshot_worker_entry() {
     worker::serve_if_worker();
+    replay::replay_if_asked();
 }
 
 // The README's examples compile and run as doctests.

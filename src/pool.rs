@@ -1,6 +1,7 @@
 //! [`Pool`], its builder, and the one-shot [`map`].
 
 use std::any::type_name;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::error::Error;
@@ -16,6 +17,8 @@ use crate::task::PlainTask;
 const DEFAULT_MAX_FRAME_BYTES: u32 = 1 << 30;
 /// The smallest frame limit allowed: room for the headers and a few values.
 const MIN_FRAME_BYTES: u32 = 1024;
+/// Default bound on the replay files one map keeps.
+const DEFAULT_KEPT_PER_MAP: u32 = 100;
 
 /// A pool of worker processes that run registered functions.
 ///
@@ -319,6 +322,10 @@ pub struct PoolBuilder {
     batch_size: Option<u32>,
     /// Default: forwarded (`None` means true).
     forward_stderr: Option<bool>,
+    /// Default: none kept.
+    keep_failures: Option<PathBuf>,
+    /// Default: [`DEFAULT_KEPT_PER_MAP`].
+    max_kept_failures: Option<u32>,
 }
 
 impl PoolBuilder {
@@ -404,6 +411,30 @@ impl PoolBuilder {
         self
     }
 
+    /// Keeps every input that fails in a worker, so that it can be run
+    /// again alone: an input whose result is [`Error::TaskTimeout`],
+    /// [`Error::TaskPanicked`], [`Error::WorkerDied`] or
+    /// [`Error::Protocol`] is written to a new file in `dir` (created if
+    /// missing), which [`Error::replay_file`] names. Running the same
+    /// program with `BUCKSHOT_REPLAY=<file>` runs that input in the
+    /// foreground, before `main`, under a debugger if you like: see "When a
+    /// worker dies" in the README. A file holds the task's name, the
+    /// encoded input and context, the error, how the worker ended, its
+    /// stderr tail and the time. Successes write nothing. Default: nothing
+    /// is kept.
+    pub fn keep_failures(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.keep_failures = Some(dir.into());
+        self
+    }
+
+    /// Most replay files one map keeps (see
+    /// [`keep_failures`](PoolBuilder::keep_failures)); the errors of
+    /// inputs past it say that they were not kept. Default: 100.
+    pub fn max_kept_failures(mut self, files: u32) -> Self {
+        self.max_kept_failures = Some(files);
+        self
+    }
+
     /// Starts the workers.
     ///
     /// # Errors
@@ -456,6 +487,21 @@ impl PoolBuilder {
                     .to_owned(),
             });
         }
+        let keep_failures = match self.keep_failures {
+            Some(dir) => {
+                if let Err(e) = std::fs::create_dir_all(&dir) {
+                    return invalid(&format!(
+                        "cannot create the directory for replay files {}: {e}",
+                        dir.display()
+                    ));
+                }
+                Some(crate::replay::KeepFailures {
+                    dir,
+                    per_map: self.max_kept_failures.unwrap_or(DEFAULT_KEPT_PER_MAP),
+                })
+            }
+            None => None,
+        };
         for (launcher, _) in &groups {
             launcher
                 .launch()
@@ -474,6 +520,7 @@ impl PoolBuilder {
             forward_stderr: self.forward_stderr.unwrap_or(true),
             dispatch: tracing::dispatcher::get_default(tracing::Dispatch::clone),
             backtraces: std::env::var_os("RUST_BACKTRACE").is_some_and(|value| value != "0"),
+            keep_failures,
         };
         Ok(Pool {
             running: Running::start(config)?,

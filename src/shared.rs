@@ -37,6 +37,8 @@ pub(crate) struct Config {
     /// Whether panics carry a backtrace: the builder's process asked for
     /// them (`RUST_BACKTRACE`).
     pub backtraces: bool,
+    /// Where failed inputs are kept for replay, if they are.
+    pub keep_failures: Option<crate::replay::KeepFailures>,
 }
 
 /// A run of consecutive inputs of one map, encoded as one RUN frame.
@@ -59,8 +61,16 @@ pub(crate) struct Chunk {
 }
 
 impl Chunk {
-    fn items(&self) -> &[u8] {
+    pub(crate) fn items(&self) -> &[u8] {
         protocol::run_items(&self.frame)
+    }
+
+    /// The encoded input of a chunk of one.
+    pub(crate) fn only_item(&self) -> &[u8] {
+        Items::new(self.items())
+            .next()
+            .and_then(Result::ok)
+            .unwrap_or_default()
     }
 
     fn part(&self, first_index: usize, count: u32, items: &[u8]) -> Chunk {

@@ -47,6 +47,19 @@ pub(crate) fn encode_failure<T>(outcome: &Outcome<T>, out: &mut Vec<u8>) {
     }
 }
 
+/// Whether an outcome item is a panic, by its tag alone.
+pub(crate) fn is_panic(item: &[u8]) -> bool {
+    item.first() == Some(&OUTCOME_PANICKED)
+}
+
+/// The CBOR value of a successful outcome item, by its tag alone.
+pub(crate) fn ok_value(item: &[u8]) -> Option<&[u8]> {
+    match item.split_first() {
+        Some((&OUTCOME_OK, value)) => Some(value),
+        _ => None,
+    }
+}
+
 pub(crate) fn decode_outcome<T: DeserializeOwned>(
     item: &[u8],
     scratch: &mut [u8],

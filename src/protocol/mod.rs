@@ -38,8 +38,9 @@ mod codec;
 mod frame;
 mod read;
 
-pub(crate) use codec::{Outcome, decode, decode_outcome, encode, encode_failure, encode_ok};
-#[cfg(test)]
+pub(crate) use codec::{
+    Outcome, decode, decode_outcome, encode, encode_failure, encode_ok, is_panic, ok_value,
+};
 pub(crate) use frame::LEN_BYTES;
 pub(crate) use frame::{
     CONTEXT, FATAL, FORGET, HELLO, Hello, ITEM_LEN_BYTES, Items, LOG, REPLY, RETIRE, RETIRE_FRAME,

@@ -43,6 +43,7 @@ use crate::error::Error;
 use crate::flow::{REAP_BOUND, UNKNOWN_ESTIMATE};
 use crate::handoff::WorkerConfig;
 use crate::logs;
+use crate::replay::Keeper;
 use crate::shared::{Chunk, Config, Phase, Shared, State};
 
 /// A running pool: its shared state and its thread, which stops when this
@@ -170,13 +171,17 @@ impl Scheduler {
                 )
             })
             .collect();
+        let outbox = match &config.keep_failures {
+            Some(settings) => Outbox::keeping(Keeper::new(settings, Arc::clone(&shared))),
+            None => Outbox::default(),
+        };
         Scheduler {
             shared,
             supplies,
             broken: false,
             workers: Vec::new(),
             dying: Vec::new(),
-            outbox: Outbox::default(),
+            outbox,
             requeue: Vec::new(),
             ready: Vec::new(),
         }
