@@ -422,7 +422,7 @@ mod tests {
         let (_, _, outbox) = bury(remains(broke, true, running(), false), 0);
         assert!(matches!(
             outbox.deliveries(),
-            [(7, Delivery::Failed(Error::Protocol { index: 0, message }))] if message == "garbage"
+            [(7, Delivery::Failed(Error::Protocol { index: 0, message, .. }))] if message == "garbage"
         ));
         // A death is reported once the status is known, or retried.
         let (dying, requeue, outbox) = bury(remains(Fate::Died, true, running(), false), 0);
