@@ -85,6 +85,7 @@ mod error;
 mod feed;
 mod flow;
 mod handoff;
+mod journal;
 mod launch;
 mod logs;
 mod panics;

@@ -326,6 +326,9 @@ pub struct PoolBuilder {
     keep_failures: Option<PathBuf>,
     /// Default: [`DEFAULT_KEPT_PER_MAP`].
     max_kept_failures: Option<u32>,
+    /// Default: none.
+    #[cfg_attr(not(feature = "journal"), allow(dead_code))]
+    journal: Option<PathBuf>,
 }
 
 impl PoolBuilder {
@@ -435,6 +438,27 @@ impl PoolBuilder {
         self
     }
 
+    /// Records every `Ok` output of every map of the pool in a SQLite
+    /// journal at `path` (created if missing), and answers an input already
+    /// there from it without running it: a map killed halfway (SIGKILL,
+    /// wall time, a reboot) resumes where it stopped when it runs again.
+    /// Only with the cargo feature `journal`.
+    ///
+    /// An output is keyed by the task's name, the map's context and the
+    /// encoded input. It is committed within milliseconds of its arrival
+    /// (batched transactions, WAL); dropping the pool commits the rest.
+    /// Errors are not recorded: those inputs run again. An output that no
+    /// longer decodes (its type changed) counts as missing. When a task's
+    /// code changes, its old outputs still answer: start a journal at a new
+    /// path, or delete the task's rows (`sqlite3 FILE "DELETE FROM outputs
+    /// WHERE task = 'my_crate::my_task'"`). Several pools and processes may
+    /// share a journal. Default: none.
+    #[cfg(feature = "journal")]
+    pub fn journal(mut self, path: impl Into<PathBuf>) -> Self {
+        self.journal = Some(path.into());
+        self
+    }
+
     /// Starts the workers.
     ///
     /// # Errors
@@ -502,6 +526,15 @@ impl PoolBuilder {
             }
             None => None,
         };
+        #[cfg(feature = "journal")]
+        let journal = match &self.journal {
+            Some(path) => Some(std::sync::Arc::new(
+                crate::journal::Journal::open(path).map_err(|message| Error::Config { message })?,
+            )),
+            None => None,
+        };
+        #[cfg(not(feature = "journal"))]
+        let journal = None;
         for (launcher, _) in &groups {
             launcher
                 .launch()
@@ -521,6 +554,7 @@ impl PoolBuilder {
             dispatch: tracing::dispatcher::get_default(tracing::Dispatch::clone),
             backtraces: std::env::var_os("RUST_BACKTRACE").is_some_and(|value| value != "0"),
             keep_failures,
+            journal,
         };
         Ok(Pool {
             running: Running::start(config)?,

@@ -39,6 +39,8 @@ pub(crate) struct Config {
     pub backtraces: bool,
     /// Where failed inputs are kept for replay, if they are.
     pub keep_failures: Option<crate::replay::KeepFailures>,
+    /// The journal of finished outputs, if the pool keeps one.
+    pub journal: Option<Arc<crate::journal::Journal>>,
 }
 
 /// A run of consecutive inputs of one map, encoded as one RUN frame.

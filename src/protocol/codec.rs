@@ -53,6 +53,7 @@ pub(crate) fn is_panic(item: &[u8]) -> bool {
 }
 
 /// The CBOR value of a successful outcome item, by its tag alone.
+#[cfg(feature = "journal")]
 pub(crate) fn ok_value(item: &[u8]) -> Option<&[u8]> {
     match item.split_first() {
         Some((&OUTCOME_OK, value)) => Some(value),

@@ -38,8 +38,10 @@ mod codec;
 mod frame;
 mod read;
 
+#[cfg(feature = "journal")]
+pub(crate) use codec::ok_value;
 pub(crate) use codec::{
-    Outcome, decode, decode_outcome, encode, encode_failure, encode_ok, is_panic, ok_value,
+    Outcome, decode, decode_outcome, encode, encode_failure, encode_ok, is_panic,
 };
 pub(crate) use frame::LEN_BYTES;
 pub(crate) use frame::{

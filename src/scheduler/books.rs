@@ -240,6 +240,7 @@ impl Books {
                 None => Payload::Copied(items[..bytes].to_vec()),
             };
             let outcomes = &items[..bytes];
+            outbox.record(&head.chunk, head.done, outcomes);
             if outbox.keeps_failures() && has_panic(outcomes) {
                 post_one_by_one(outbox, &head.chunk, head.done, outcomes);
             } else {

@@ -42,6 +42,7 @@ use crate::delivery::Outbox;
 use crate::error::Error;
 use crate::flow::{REAP_BOUND, UNKNOWN_ESTIMATE};
 use crate::handoff::WorkerConfig;
+use crate::journal::Recorder;
 use crate::logs;
 use crate::replay::Keeper;
 use crate::shared::{Chunk, Config, Phase, Shared, State};
@@ -113,6 +114,10 @@ impl Drop for Running {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
+        // The pool's thread sent its last outputs: they are committed.
+        if let Some(journal) = &self.shared.config.journal {
+            journal.close();
+        }
     }
 }
 
@@ -171,10 +176,11 @@ impl Scheduler {
                 )
             })
             .collect();
-        let outbox = match &config.keep_failures {
-            Some(settings) => Outbox::keeping(Keeper::new(settings, Arc::clone(&shared))),
-            None => Outbox::default(),
-        };
+        let keeper = config
+            .keep_failures
+            .as_ref()
+            .map(|settings| Keeper::new(settings, Arc::clone(&shared)));
+        let outbox = Outbox::new(keeper, Recorder::new(Arc::clone(&shared)));
         Scheduler {
             shared,
             supplies,
