@@ -36,6 +36,11 @@ fn square_but_three(log: &String, x: u64) -> u64 {
 }
 buckshot::register!(square_but_three);
 
+fn cube(x: u64) -> u64 {
+    x * x * x
+}
+buckshot::register!(cube);
+
 /// Appends one line, in one `write` to a file opened with `O_APPEND`, so
 /// that lines of concurrent workers never mix.
 fn note(log: &str, x: u64) {
@@ -263,12 +268,28 @@ fn errors_and_outputs_that_no_longer_decode_run_again() {
     assert_eq!(runs(Path::new(&other)).len(), 6);
 }
 
+fn dropping_the_pool_commits_every_output() {
+    let dir = TempDir::new("drop");
+    let db = dir.0.join("journal.db");
+    for round in 1..=3 {
+        let pool = Pool::builder().processes(2).journal(&db).build().unwrap();
+        let outputs = pool.map(cube, 0..20_000 * round).unwrap();
+        assert!(
+            outputs
+                .map(Result::unwrap)
+                .eq((0..20_000 * round).map(cube))
+        );
+        drop(pool);
+        assert_eq!(integrity(&db), ("ok".to_owned(), 20_000 * round as i64));
+    }
+}
+
 fn main() {
     if let Ok(spec) = std::env::var(DRIVER_ENV) {
         driver(&spec);
         return;
     }
-    let tests: [(&str, fn()); 3] = [
+    let tests: [(&str, fn()); 4] = [
         (
             "a_map_killed_halfway_resumes_where_it_stopped",
             a_map_killed_halfway_resumes_where_it_stopped,
@@ -280,6 +301,10 @@ fn main() {
         (
             "errors_and_outputs_that_no_longer_decode_run_again",
             errors_and_outputs_that_no_longer_decode_run_again,
+        ),
+        (
+            "dropping_the_pool_commits_every_output",
+            dropping_the_pool_commits_every_output,
         ),
     ];
     for (name, test) in tests {
