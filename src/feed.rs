@@ -73,7 +73,7 @@ pub(crate) struct Feed<It, O> {
     /// The chunk size aimed at by the last fill.
     last_chunk_target: u32,
     /// Answers inputs from the pool's journal, if it keeps one.
-    journal: Option<crate::journal::Lookup>,
+    journal: Option<Box<crate::journal::Lookup>>,
     /// The pool of a one-shot [`map`](crate::map), dropped with the results.
     pub(crate) _pool: Option<Running>,
 }

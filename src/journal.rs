@@ -51,7 +51,7 @@ mod off {
     pub(crate) enum Lookup {}
 
     impl Lookup {
-        pub(crate) fn for_map(_: &Shared, _: &MapTask) -> Option<Lookup> {
+        pub(crate) fn for_map(_: &Shared, _: &MapTask) -> Option<Box<Lookup>> {
             None
         }
 
@@ -300,8 +300,9 @@ mod imp {
     }
 
     impl Lookup {
-        /// The lookup of a map running `task`, if the pool keeps a journal.
-        pub(crate) fn for_map(shared: &Shared, task: &MapTask) -> Option<Lookup> {
+        /// The lookup of a map running `task`, if the pool keeps a journal
+        /// (boxed: it is large, and a map's state moves).
+        pub(crate) fn for_map(shared: &Shared, task: &MapTask) -> Option<Box<Lookup>> {
             let journal = Arc::clone(shared.config.journal.as_ref()?);
             let value = task.context.as_ref().and_then(|context| {
                 protocol::parse_context(&context.frame[protocol::LEN_BYTES..])
@@ -309,12 +310,12 @@ mod imp {
                     .map(|(_, value)| value)
             });
             let name = (registry().tasks[task.position as usize].name)();
-            Some(Lookup {
+            Some(Box::new(Lookup {
                 journal,
                 prefix: Prefix::new(name, value),
                 encoded: Vec::new(),
                 scratch: vec![0; SCRATCH_BYTES],
-            })
+            }))
         }
 
         /// The recorded output for `input`, if there is one that decodes as

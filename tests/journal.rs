@@ -21,6 +21,7 @@ use buckshot::Pool;
 const DRIVER_ENV: &str = "BUCKSHOT_TEST_JOURNAL_DRIVER";
 
 /// Notes its input in the log (the context), then works `millis`.
+#[allow(clippy::ptr_arg)] // A task reads its context as `&C`.
 fn slow_square(log: &String, (x, millis): (u64, u64)) -> u64 {
     note(log, x);
     std::thread::sleep(Duration::from_millis(millis));
@@ -29,6 +30,7 @@ fn slow_square(log: &String, (x, millis): (u64, u64)) -> u64 {
 buckshot::register!(slow_square);
 
 /// Notes its input in the log (the context); panics on 3.
+#[allow(clippy::ptr_arg)] // A task reads its context as `&C`.
 fn square_but_three(log: &String, x: u64) -> u64 {
     note(log, x);
     assert_ne!(x, 3, "three is refused");

@@ -183,7 +183,7 @@ fn a_panic_is_kept_and_replays_as_a_panic() {
         assert_eq!(*result.as_ref().unwrap(), x as u64);
     }
     let file = kept(error);
-    assert_eq!(dir.files(), [file.clone()]);
+    assert_eq!(dir.files(), std::slice::from_ref(&file));
     let output = replay(&file);
     assert_eq!(output.status.code(), Some(101), "{:?}", output.status);
     let stderr = text(&output.stderr);
