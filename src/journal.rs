@@ -6,18 +6,22 @@
 //! context (its encoded value) and of its encoded input. Two halves:
 //! - the caller's ([`Lookup`], one per map): before an input is sent, it is
 //!   looked up; one that is there, and whose output still decodes, is
-//!   answered from the journal and never sent;
+//!   answered from the journal and never sent. A map whose task and
+//!   context had no outputs in the journal when it started looks nothing
+//!   up (a first run pays no lookups);
 //! - the pool's ([`Recorder`], on the pool's thread): every `Ok` outcome is
 //!   copied, with its input, into a batch that goes to a writer thread at
 //!   each delivery. The writer commits what has come in one transaction,
 //!   under WAL, so an output is in the file within milliseconds of its
 //!   arrival, and a driver killed with SIGKILL loses only what was not
 //!   committed yet. Dropping the pool flushes and joins the writer
-//!   ([`Journal::close`], at most [`CLOSE_BOUND`]).
+//!   ([`Journal::close`], at most `CLOSE_BOUND`). The pool's thread never
+//!   waits for the writer: past `MAX_BACKLOG` bytes waiting, outcomes go
+//!   unrecorded (and run again next time).
 //!
 //! Errors are not recorded: they run again next time. Several pools and
 //! processes may share a file: SQLite locks it, and each connection waits
-//! up to [`BUSY_TIMEOUT`] for another's transaction.
+//! up to `BUSY_TIMEOUT` for another's transaction.
 //!
 //! Without the feature, [`Lookup`] and [`Recorder`] are never built and the
 //! hooks cost a branch on `None`.
@@ -82,6 +86,7 @@ mod off {
 mod imp {
     use std::collections::HashMap;
     use std::path::{Path, PathBuf};
+    use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
     use std::sync::{Arc, Mutex, PoisonError};
     use std::thread::JoinHandle;
@@ -101,6 +106,11 @@ mod imp {
     pub(crate) const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
     /// How long dropping a pool waits for its journal's last commit.
     pub(crate) const CLOSE_BOUND: Duration = Duration::from_secs(10);
+    /// Most bytes of outcomes waiting for the writer. Past it (tiny tasks
+    /// finish faster than SQLite stores them), outcomes are not recorded
+    /// and run again next time, rather than the backlog growing without
+    /// bound or the pool's thread waiting.
+    pub(crate) const MAX_BACKLOG: usize = 64 << 20;
 
     const SCHEMA: &str = "
         PRAGMA journal_mode = WAL;
@@ -110,11 +120,19 @@ mod imp {
             input  BLOB NOT NULL,     -- the encoded input (CBOR)
             output BLOB NOT NULL,     -- the encoded output (CBOR)
             at     INTEGER NOT NULL   -- when, in seconds since the Unix epoch
+        );
+        -- The (task, context) pairs with outputs, so that a map of one
+        -- with none skips the lookups.
+        CREATE TABLE IF NOT EXISTS prefixes (
+            prefix BLOB PRIMARY KEY,  -- SHA-256 of task and context
+            task   TEXT NOT NULL
         );";
 
     /// A pool's journal: a connection for lookups, and the writer thread.
     pub(crate) struct Journal {
         path: PathBuf,
+        /// Bytes of the batches sent to the writer and not yet committed.
+        backlog: Arc<AtomicUsize>,
         reader: Mutex<Connection>,
         writer: Mutex<Option<Writer>>,
     }
@@ -150,15 +168,18 @@ mod imp {
                 .map_err(fail)?;
             let (tx, rx) = mpsc::channel();
             let (done_tx, done) = mpsc::channel();
+            let backlog = Arc::new(AtomicUsize::new(0));
+            let written = Arc::clone(&backlog);
             let thread = std::thread::Builder::new()
                 .name("buckshot-journal".into())
                 .spawn(move || {
-                    write_batches(writer, rx);
+                    write_batches(writer, rx, &written);
                     let _ = done_tx.send(());
                 })
                 .map_err(|e| format!("cannot start the journal's thread: {e}"))?;
             Ok(Journal {
                 path: path.to_owned(),
+                backlog,
                 reader: Mutex::new(reader),
                 writer: Mutex::new(Some(Writer { tx, done, thread })),
             })
@@ -192,6 +213,16 @@ mod imp {
             writer.as_ref().map(|writer| writer.tx.clone())
         }
 
+        /// Whether anything was recorded with `prefix`.
+        fn holds(&self, prefix: &Prefix) -> bool {
+            let reader = self.reader.lock().unwrap_or_else(PoisonError::into_inner);
+            let found = reader
+                .prepare_cached("SELECT 1 FROM prefixes WHERE prefix = ?1")
+                .and_then(|mut statement| statement.exists([prefix.id.as_slice()]));
+            // On an error, look up every input: they would say the same.
+            found.unwrap_or(true)
+        }
+
         /// The output recorded under `key`, if any.
         fn get(&self, key: &[u8; 32]) -> Option<Vec<u8>> {
             let reader = self.reader.lock().unwrap_or_else(PoisonError::into_inner);
@@ -214,13 +245,15 @@ mod imp {
 
     /// Writes batches as they come, each run of them in one transaction,
     /// until the pool closes the channel.
-    fn write_batches(mut connection: Connection, rx: Receiver<Batch>) {
+    fn write_batches(mut connection: Connection, rx: Receiver<Batch>, backlog: &AtomicUsize) {
         while let Ok(first) = rx.recv() {
             let mut batches = vec![first];
             batches.extend(rx.try_iter());
             if let Err(e) = commit(&mut connection, &batches) {
                 tracing::warn!(error = %e, "could not write to the journal: these outputs will run again");
             }
+            let bytes: usize = batches.iter().map(Batch::size).sum();
+            backlog.fetch_sub(bytes, Ordering::Relaxed);
         }
     }
 
@@ -235,8 +268,16 @@ mod imp {
                 "INSERT OR REPLACE INTO outputs (key, task, input, output, at) \
                  VALUES (?1, ?2, ?3, ?4, ?5)",
             )?;
+            let mut note_prefix = transaction
+                .prepare_cached("INSERT OR IGNORE INTO prefixes (prefix, task) VALUES (?1, ?2)")?;
+            let mut noted: Vec<*const Prefix> = Vec::new();
             for batch in batches {
                 for record in &batch.records {
+                    if !noted.contains(&Arc::as_ptr(&record.prefix)) {
+                        noted.push(Arc::as_ptr(&record.prefix));
+                        note_prefix
+                            .execute(params![record.prefix.id.as_slice(), record.prefix.task])?;
+                    }
                     let input = &batch.bytes[record.input.clone()];
                     let output = &batch.bytes[record.output.clone()];
                     let key = record.prefix.key(input);
@@ -257,6 +298,8 @@ mod imp {
     struct Prefix {
         task: &'static str,
         hasher: Sha256,
+        /// The digest of the task and context alone.
+        id: [u8; 32],
     }
 
     impl Prefix {
@@ -268,7 +311,8 @@ mod imp {
             }
             // A map with no context differs from one with an empty one.
             hasher.update([u8::from(context.is_some())]);
-            Prefix { task, hasher }
+            let id = hasher.clone().finalize().into();
+            Prefix { task, hasher, id }
         }
 
         fn key(&self, input: &[u8]) -> [u8; 32] {
@@ -294,6 +338,9 @@ mod imp {
     /// The caller's half, for one map.
     pub(crate) struct Lookup {
         journal: Arc<Journal>,
+        /// The journal held outputs of this task and context when the map
+        /// started; if not, no input is looked up.
+        holds: bool,
         prefix: Prefix,
         encoded: Vec<u8>,
         scratch: Vec<u8>,
@@ -310,9 +357,11 @@ mod imp {
                     .map(|(_, value)| value)
             });
             let name = (registry().tasks[task.position as usize].name)();
+            let prefix = Prefix::new(name, value);
             Some(Box::new(Lookup {
+                holds: journal.holds(&prefix),
                 journal,
-                prefix: Prefix::new(name, value),
+                prefix,
                 encoded: Vec::new(),
                 scratch: vec![0; SCRATCH_BYTES],
             }))
@@ -322,6 +371,9 @@ mod imp {
         /// an `O`. An input that does not encode is left to the map, which
         /// reports it.
         pub(crate) fn answer<I: Serialize, O: DeserializeOwned>(&mut self, input: &I) -> Option<O> {
+            if !self.holds {
+                return None;
+            }
             self.encoded.clear();
             protocol::encode(input, &mut self.encoded).ok()?;
             let output = self.journal.get(&self.prefix.key(&self.encoded))?;
@@ -344,11 +396,21 @@ mod imp {
         bytes: Vec<u8>,
     }
 
+    impl Batch {
+        /// What it holds, as counted against [`MAX_BACKLOG`].
+        fn size(&self) -> usize {
+            self.bytes.len() + self.records.len() * std::mem::size_of::<Record>()
+        }
+    }
+
     /// The pool's half: copies `Ok` outcomes with their inputs, and sends
     /// them to the writer at each delivery.
     pub(crate) struct Recorder {
         shared: Arc<Shared>,
         tx: Option<Sender<Batch>>,
+        backlog: Arc<AtomicUsize>,
+        /// Outcomes not recorded because the writer fell behind.
+        dropped: u64,
         prefixes: HashMap<(u32, u64), Arc<Prefix>>,
         batch: Batch,
     }
@@ -365,10 +427,13 @@ mod imp {
         /// The recorder of a pool that keeps a journal. Never call its
         /// methods with the pool's state locked.
         pub(crate) fn new(shared: Arc<Shared>) -> Option<Recorder> {
-            let tx = shared.config.journal.as_ref()?.sender();
+            let journal = shared.config.journal.as_ref()?;
+            let (tx, backlog) = (journal.sender(), Arc::clone(&journal.backlog));
             Some(Recorder {
                 shared,
                 tx,
+                backlog,
+                dropped: 0,
                 prefixes: HashMap::new(),
                 batch: Batch::default(),
             })
@@ -409,8 +474,21 @@ mod imp {
                 return;
             }
             let batch = std::mem::take(&mut self.batch);
+            let size = batch.size();
+            if self.backlog.load(Ordering::Relaxed) + size > MAX_BACKLOG {
+                if self.dropped == 0 {
+                    tracing::warn!(
+                        "the journal falls behind: outputs go unrecorded (they run again next time)"
+                    );
+                }
+                self.dropped += batch.records.len() as u64;
+                return;
+            }
             if let Some(tx) = &self.tx {
-                let _ = tx.send(batch);
+                self.backlog.fetch_add(size, Ordering::Relaxed);
+                if tx.send(batch).is_err() {
+                    self.backlog.fetch_sub(size, Ordering::Relaxed);
+                }
             }
         }
     }
@@ -418,6 +496,12 @@ mod imp {
     impl Drop for Recorder {
         fn drop(&mut self) {
             self.flush();
+            if self.dropped > 0 {
+                tracing::warn!(
+                    outputs = self.dropped,
+                    "outputs went unrecorded: the journal fell behind"
+                );
+            }
         }
     }
 }
