@@ -90,9 +90,9 @@ mod imp {
     use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
     use std::sync::{Arc, Mutex, PoisonError};
     use std::thread::JoinHandle;
-    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+    use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-    use rusqlite::{Connection, OptionalExtension, params};
+    use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
     use serde::Serialize;
     use serde::de::DeserializeOwned;
     use sha2::{Digest, Sha256};
@@ -155,13 +155,37 @@ mod imp {
         Ok(connection)
     }
 
+    /// Opens `path` and sets it up. Switching a new file to WAL takes a
+    /// lock that SQLite does not wait for: while another process does the
+    /// same, it is retried, for at most [`BUSY_TIMEOUT`].
+    fn open_with_schema(path: &Path) -> rusqlite::Result<Connection> {
+        let deadline = Instant::now() + BUSY_TIMEOUT;
+        loop {
+            let result = open(path).and_then(|connection| {
+                connection.execute_batch(SCHEMA)?;
+                Ok(connection)
+            });
+            match result {
+                Err(e)
+                    if Instant::now() < deadline
+                        && matches!(
+                            e.sqlite_error_code(),
+                            Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
+                        ) =>
+                {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                result => return result,
+            }
+        }
+    }
+
     impl Journal {
         /// Opens (or creates) the journal at `path` and starts its writer.
         pub(crate) fn open(path: &Path) -> Result<Journal, String> {
             let fail =
                 |e: rusqlite::Error| format!("cannot open the journal {}: {e}", path.display());
-            let reader = open(path).map_err(fail)?;
-            reader.execute_batch(SCHEMA).map_err(fail)?;
+            let reader = open_with_schema(path).map_err(fail)?;
             let writer = open(path).map_err(fail)?;
             writer
                 .execute_batch("PRAGMA synchronous = NORMAL;")

@@ -213,14 +213,37 @@ fn a_map_killed_halfway_resumes_where_it_stopped() {
     println!("resume: {ran_first} ran before the kill, {recorded} recorded, {twice} ran twice");
 }
 
-fn two_processes_share_a_journal() {
+fn processes_share_a_journal() {
     let dir = TempDir::new("shared");
     let squares: Vec<u64> = (0..200u64).map(|x| x * x).collect();
-    let one = Driver::start(&dir.0, 200, 2);
-    let two = Driver::start(&dir.0, 200, 2);
-    assert_eq!(one.outputs(), squares);
-    assert_eq!(two.outputs(), squares);
+    // Started at once, they also race to create the file.
+    let drivers: Vec<Driver> = (0..4).map(|_| Driver::start(&dir.0, 200, 2)).collect();
+    for driver in drivers {
+        assert_eq!(driver.outputs(), squares);
+    }
     assert_eq!(integrity(&dir.0.join("journal.db")), ("ok".to_owned(), 200));
+}
+
+/// Many pools opening one new journal at once: the first to switch it to
+/// WAL holds a lock the others must wait for.
+fn pools_opening_a_new_journal_at_once() {
+    let dir = TempDir::new("open");
+    for round in 0..10 {
+        let db = dir.0.join(format!("journal-{round}.db"));
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(8));
+        let openers: Vec<_> = (0..8)
+            .map(|_| {
+                let (db, barrier) = (db.clone(), std::sync::Arc::clone(&barrier));
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    Pool::builder().processes(1).journal(&db).build().map(drop)
+                })
+            })
+            .collect();
+        for opener in openers {
+            opener.join().unwrap().unwrap();
+        }
+    }
 }
 
 fn errors_and_outputs_that_no_longer_decode_run_again() {
@@ -291,15 +314,16 @@ fn main() {
         driver(&spec);
         return;
     }
-    let tests: [(&str, fn()); 4] = [
+    let tests: [(&str, fn()); 5] = [
+        (
+            "pools_opening_a_new_journal_at_once",
+            pools_opening_a_new_journal_at_once,
+        ),
         (
             "a_map_killed_halfway_resumes_where_it_stopped",
             a_map_killed_halfway_resumes_where_it_stopped,
         ),
-        (
-            "two_processes_share_a_journal",
-            two_processes_share_a_journal,
-        ),
+        ("processes_share_a_journal", processes_share_a_journal),
         (
             "errors_and_outputs_that_no_longer_decode_run_again",
             errors_and_outputs_that_no_longer_decode_run_again,
