@@ -1,6 +1,6 @@
 //! Keeps the input that failed, then runs this program again with
 //! `BUCKSHOT_REPLAY` to replay it alone, as you would under a debugger:
-//! `gdb --args env BUCKSHOT_REPLAY=<file> target/release/examples/replay`.
+//! `BUCKSHOT_REPLAY=<file> gdb target/release/examples/replay`.
 
 use std::process::Command;
 
