@@ -40,6 +40,22 @@ fn hang_at_four(x: u64) -> u64 {
 }
 buckshot::register!(hang_at_four);
 
+/// Writes a reply that answers nothing into its worker's reply pipe, then
+/// waits to be killed for it.
+fn garbage_at_two(x: u64) -> u64 {
+    if x == 2 {
+        let mut frame = 21u32.to_le_bytes().to_vec();
+        frame.push(3); // REPLY, for zero items
+        frame.extend_from_slice(&[0; 20]);
+        let fd = common::reply_fd();
+        // SAFETY: writing a byte buffer to a descriptor this process holds.
+        unsafe { libc::write(fd, frame.as_ptr().cast(), frame.len()) };
+        common::hang();
+    }
+    x
+}
+buckshot::register!(garbage_at_two);
+
 fn always_panics(x: u64) -> u64 {
     panic!("no luck with {x}")
 }
@@ -220,6 +236,26 @@ fn a_hang_is_kept_and_replays_as_a_hang() {
     assert_eq!(output.status.signal(), Some(libc::SIGKILL));
     assert!(text(&output.stderr).contains("replaying input 4 of `replay::hang_at_four`"));
     assert_main_did_not_run(&output);
+}
+
+#[test]
+fn a_protocol_error_is_kept() {
+    let dir = TempDir::new("protocol");
+    let pool = Pool::builder()
+        .processes(2)
+        .keep_failures(&dir.0)
+        .build()
+        .unwrap();
+    let results: Vec<_> = pool.map(garbage_at_two, 0..5u64).unwrap().collect();
+    let error = results[2].as_ref().unwrap_err();
+    assert!(
+        matches!(error, Error::Protocol { index: 2, .. }),
+        "{error:?}"
+    );
+    assert_eq!(dir.files(), [kept(error)]);
+    for x in [0, 1, 3, 4] {
+        assert_eq!(*results[x].as_ref().unwrap(), x as u64);
+    }
 }
 
 #[test]
