@@ -345,18 +345,17 @@ mod imp {
     }
 
     /// The prefix of `task`'s inputs with context `context` (0 for none),
-    /// whose value is looked up in the pool's state.
-    fn prefix(shared: &Shared, task: u32, context: u64) -> Prefix {
-        let frame = (context != 0)
-            .then(|| shared.lock().contexts.get(&context)?.upgrade())
-            .flatten();
-        let value = frame.as_ref().and_then(|context| {
-            protocol::parse_context(&context.frame[protocol::LEN_BYTES..])
-                .ok()
-                .map(|(_, value)| value)
-        });
+    /// whose value is looked up in the pool's state; `None` if it is gone
+    /// (its map was dropped meanwhile), for a key without it would be
+    /// another's.
+    fn prefix(shared: &Shared, task: u32, context: u64) -> Option<Prefix> {
         let name = (registry().tasks[task as usize].name)();
-        Prefix::new(name, value)
+        if context == 0 {
+            return Some(Prefix::new(name, None));
+        }
+        let context = shared.lock().contexts.get(&context)?.upgrade()?;
+        let (_, value) = protocol::parse_context(&context.frame[protocol::LEN_BYTES..]).ok()?;
+        Some(Prefix::new(name, Some(value)))
     }
 
     /// The caller's half, for one map.
@@ -468,8 +467,10 @@ mod imp {
         pub(crate) fn record(&mut self, chunk: &Chunk, done: u32, outcomes: &[u8]) {
             let key = (chunk.task, chunk.context);
             if !self.prefixes.contains_key(&key) {
-                let prefix = Arc::new(prefix(&self.shared, chunk.task, chunk.context));
-                self.prefixes.insert(key, prefix);
+                let Some(prefix) = prefix(&self.shared, chunk.task, chunk.context) else {
+                    return;
+                };
+                self.prefixes.insert(key, Arc::new(prefix));
             }
             let prefix = &self.prefixes[&key];
             let inputs = Items::new(chunk.items()).skip(done as usize);
