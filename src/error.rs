@@ -5,6 +5,7 @@
 //! told apart from its neighbours. Pool-level errors (spawning, start-up,
 //! configuration, an unregistered task) carry no index.
 
+use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 use std::time::Duration;
 
@@ -23,16 +24,23 @@ pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 pub enum Error {
     /// The task ran longer than the pool's timeout; its worker was killed and
     /// replaced.
-    #[error("input {index}: timed out after {timeout:?}")]
+    #[error("input {index}: timed out after {timeout:?}{}", replay_suffix(replay))]
     TaskTimeout {
         /// Position of the input.
         index: usize,
         /// The pool's timeout.
         timeout: Duration,
+        /// Its replay file, when the pool keeps failures
+        /// ([`PoolBuilder::keep_failures`](crate::PoolBuilder::keep_failures)).
+        replay: Option<Replay>,
     },
 
     /// The task panicked. The worker caught the panic and lives on.
-    #[error("input {index}: task panicked{}: {message}", place(location))]
+    #[error(
+        "input {index}: task panicked{}: {message}{}",
+        place(location),
+        replay_suffix(replay)
+    )]
     TaskPanicked {
         /// Position of the input.
         index: usize,
@@ -46,15 +54,18 @@ pub enum Error {
         /// pool's process runs with `RUST_BACKTRACE` set (and not `0`), for
         /// symbolising it costs the worker tens of milliseconds.
         backtrace: Option<String>,
+        /// Its replay file, when the pool keeps failures.
+        replay: Option<Replay>,
     },
 
     /// The worker process running the task exited or was killed (abort,
     /// segfault, `exit`, `kill -9`, out of memory, ...). A fresh worker takes
     /// its place.
     #[error(
-        "input {index}: worker died ({}){}",
+        "input {index}: worker died ({}){}{}",
         status_text(status),
-        last_line(stderr)
+        last_line(stderr),
+        replay_suffix(replay)
     )]
     WorkerDied {
         /// Position of the input.
@@ -65,16 +76,23 @@ pub enum Error {
         status: Option<ExitStatus>,
         /// The last few KiB the worker wrote to stderr.
         stderr: String,
+        /// Its replay file, when the pool keeps failures.
+        replay: Option<Replay>,
     },
 
     /// The worker broke the wire protocol (for example a task wrote garbage to
     /// the worker's reply channel); it was killed and replaced.
-    #[error("input {index}: worker broke the protocol: {message}")]
+    #[error(
+        "input {index}: worker broke the protocol: {message}{}",
+        replay_suffix(replay)
+    )]
     Protocol {
         /// Position of the input.
         index: usize,
         /// What was wrong.
         message: String,
+        /// Its replay file, when the pool keeps failures.
+        replay: Option<Replay>,
     },
 
     /// The input could not be encoded to CBOR, or its encoding is larger than
@@ -193,6 +211,40 @@ impl Error {
         }
     }
 
+    /// The replay file kept for this input, if the pool keeps failures
+    /// ([`PoolBuilder::keep_failures`](crate::PoolBuilder::keep_failures))
+    /// and wrote one. Run the program with `BUCKSHOT_REPLAY=<file>` to run
+    /// the input again, alone, in the foreground.
+    pub fn replay_file(&self) -> Option<&Path> {
+        match self.replay()? {
+            Replay::File(path) => Some(path),
+            Replay::NotKept(_) => None,
+        }
+    }
+
+    /// What became of this input's replay file, for the errors that can
+    /// have one.
+    pub(crate) fn replay(&self) -> Option<&Replay> {
+        match self {
+            Error::TaskTimeout { replay, .. }
+            | Error::TaskPanicked { replay, .. }
+            | Error::WorkerDied { replay, .. }
+            | Error::Protocol { replay, .. } => replay.as_ref(),
+            _ => None,
+        }
+    }
+
+    /// The replay slot of the errors that can have a replay file.
+    pub(crate) fn replay_mut(&mut self) -> Option<&mut Option<Replay>> {
+        match self {
+            Error::TaskTimeout { replay, .. }
+            | Error::TaskPanicked { replay, .. }
+            | Error::WorkerDied { replay, .. }
+            | Error::Protocol { replay, .. } => Some(replay),
+            _ => None,
+        }
+    }
+
     /// Whether the task ran past the pool's timeout.
     pub fn is_timeout(&self) -> bool {
         matches!(self, Error::TaskTimeout { .. })
@@ -206,6 +258,27 @@ impl Error {
     /// Whether the worker running the task died.
     pub fn is_worker_died(&self) -> bool {
         matches!(self, Error::WorkerDied { .. })
+    }
+}
+
+/// What became of a failed input's replay file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Replay {
+    /// The input was written to this file: running the program with
+    /// `BUCKSHOT_REPLAY=<file>` runs it again.
+    File(PathBuf),
+    /// No file was written; the text says why (the map already kept as
+    /// many as the pool allows, or the file could not be written).
+    NotKept(String),
+}
+
+/// `" (replay: <file>)"`, `" (no replay file: <why>)"`, or nothing.
+fn replay_suffix(replay: &Option<Replay>) -> String {
+    match replay {
+        Some(Replay::File(path)) => format!(" (replay: {})", path.display()),
+        Some(Replay::NotKept(why)) => format!(" (no replay file: {why})"),
+        None => String::new(),
     }
 }
 

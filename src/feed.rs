@@ -73,6 +73,8 @@ pub(crate) struct Feed<It, O> {
     item_bytes: usize,
     /// The chunk size aimed at by the last fill.
     last_chunk_target: u32,
+    /// Answers inputs from the pool's journal, if it keeps one.
+    journal: Option<Box<crate::journal::Lookup>>,
     /// The pool of a one-shot [`map`](crate::map), dropped with the results.
     pub(crate) _pool: Option<Running>,
 }
@@ -91,6 +93,7 @@ where
     ) -> Result<Feed<It, O>, Error> {
         let shared = Arc::clone(shared);
         let context = task.context_id();
+        let journal = crate::journal::Lookup::for_map(&shared, &task);
         let opened = shared.open_map(task.context)?;
         Ok(Feed {
             shared,
@@ -112,6 +115,7 @@ where
             poisoned: false,
             item_bytes: 0,
             last_chunk_target: 0,
+            journal,
             _pool: None,
         })
     }
@@ -193,6 +197,14 @@ where
             let index = self.next_input;
             self.next_input += 1;
             self.window.push_back(Answer::Waiting);
+            if let Some(output) = self.journal.as_mut().and_then(|j| j.answer(&input)) {
+                // Answered by the journal: not sent.
+                let done = std::mem::replace(&mut frame, self.fresh_frame());
+                pending += self.finish_chunk(&mut chunks, done, first);
+                self.set(index, Ok(output));
+                first = index + 1;
+                continue;
+            }
             let bulk = bulk.as_ref();
             let mut pushed = frame.push_input(&input, bulk);
             if pushed.is_ok() && frame.size() > max_frame && frame.count() > 1 {
@@ -385,6 +397,7 @@ where
                         Err(e) => Err(Error::Protocol {
                             index,
                             message: e.0,
+                            replay: None,
                         }),
                     };
                     self.set(index, result);
@@ -527,6 +540,7 @@ fn decode_outcome<O: DeserializeOwned>(
                 message,
                 location,
                 backtrace,
+                replay: None,
             })
         }
         Ok(Outcome::Codec(message)) => Err(Error::WorkerCodec { index, message }),

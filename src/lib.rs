@@ -89,6 +89,7 @@ mod error;
 mod feed;
 mod flow;
 mod handoff;
+mod journal;
 mod launch;
 mod logs;
 mod panics;
@@ -96,6 +97,7 @@ mod pool;
 mod process;
 mod protocol;
 mod registry;
+mod replay;
 mod results;
 mod sandbox;
 mod scheduler;
@@ -106,7 +108,7 @@ mod task;
 mod worker;
 
 pub use crate::context::WithContext;
-pub use crate::error::{Error, PanicLocation};
+pub use crate::error::{Error, PanicLocation, Replay};
 pub use crate::launch::{Launcher, Srun, Ssh};
 pub use crate::pool::{Pool, PoolBuilder, map};
 pub use crate::results::{Results, UnorderedResults};
@@ -197,6 +199,7 @@ pub mod __private {
 #[ctor::ctor(unsafe, naked)]
 fn buckshot_worker_entry() {
     worker::serve_if_worker();
+    replay::replay_if_asked();
 }
 
 // The README's examples compile and run as doctests.

@@ -1,6 +1,7 @@
 //! [`Pool`], its builder, and the one-shot [`map`].
 
 use std::any::type_name;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,6 +20,8 @@ use crate::task::PlainTask;
 const DEFAULT_MAX_FRAME_BYTES: u32 = 1 << 30;
 /// The smallest frame limit allowed: room for the headers and a few values.
 const MIN_FRAME_BYTES: u32 = 1024;
+/// Default bound on the replay files one map keeps.
+const DEFAULT_KEPT_PER_MAP: u32 = 100;
 
 /// A pool of worker processes that run registered functions.
 ///
@@ -351,6 +354,13 @@ pub struct PoolBuilder {
     forward_stderr: Option<bool>,
     /// Default: none.
     sandbox: Option<Sandbox>,
+    /// Default: none kept.
+    keep_failures: Option<PathBuf>,
+    /// Default: [`DEFAULT_KEPT_PER_MAP`].
+    max_kept_failures: Option<u32>,
+    /// Default: none.
+    #[cfg_attr(not(feature = "journal"), allow(dead_code))]
+    journal: Option<PathBuf>,
 }
 
 impl PoolBuilder {
@@ -445,6 +455,51 @@ impl PoolBuilder {
         self
     }
 
+    /// Keeps every input that fails in a worker, so that it can be run
+    /// again alone: an input whose result is [`Error::TaskTimeout`],
+    /// [`Error::TaskPanicked`], [`Error::WorkerDied`] or
+    /// [`Error::Protocol`] is written to a new file in `dir` (created if
+    /// missing), which [`Error::replay_file`] names. Running the same
+    /// program with `BUCKSHOT_REPLAY=<file>` runs that input in the
+    /// foreground, before `main`, under a debugger if you like: see "When a
+    /// worker dies" in the README. A file holds the task's name, the
+    /// encoded input and context, the error, how the worker ended, its
+    /// stderr tail and the time. Successes write nothing. Default: nothing
+    /// is kept.
+    pub fn keep_failures(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.keep_failures = Some(dir.into());
+        self
+    }
+
+    /// Most replay files one map keeps (see
+    /// [`keep_failures`](PoolBuilder::keep_failures)); the errors of
+    /// inputs past it say that they were not kept. Default: 100.
+    pub fn max_kept_failures(mut self, files: u32) -> Self {
+        self.max_kept_failures = Some(files);
+        self
+    }
+
+    /// Records every `Ok` output of every map of the pool in a SQLite
+    /// journal at `path` (created if missing), and answers an input already
+    /// there from it without running it: a map killed halfway (SIGKILL,
+    /// wall time, a reboot) resumes where it stopped when it runs again.
+    /// Only with the cargo feature `journal`.
+    ///
+    /// An output is keyed by the task's name, the map's context and the
+    /// encoded input. It is committed within milliseconds of its arrival
+    /// (batched transactions, WAL); dropping the pool commits the rest.
+    /// Errors are not recorded: those inputs run again. An output that no
+    /// longer decodes (its type changed) counts as missing. When a task's
+    /// code changes, its old outputs still answer: start a journal at a new
+    /// path, or delete the task's rows (`sqlite3 FILE "DELETE FROM outputs
+    /// WHERE task = 'my_crate::my_task'"`). Several pools and processes may
+    /// share a journal. Default: none.
+    #[cfg(feature = "journal")]
+    pub fn journal(mut self, path: impl Into<PathBuf>) -> Self {
+        self.journal = Some(path.into());
+        self
+    }
+
     /// Starts the workers.
     ///
     /// # Errors
@@ -513,6 +568,30 @@ impl PoolBuilder {
             }
             _ => Vec::new(),
         };
+        let keep_failures = match self.keep_failures {
+            Some(dir) => {
+                if let Err(e) = std::fs::create_dir_all(&dir) {
+                    return invalid(&format!(
+                        "cannot create the directory for replay files {}: {e}",
+                        dir.display()
+                    ));
+                }
+                Some(crate::replay::KeepFailures {
+                    dir,
+                    per_map: self.max_kept_failures.unwrap_or(DEFAULT_KEPT_PER_MAP),
+                })
+            }
+            None => None,
+        };
+        #[cfg(feature = "journal")]
+        let journal = match &self.journal {
+            Some(path) => Some(std::sync::Arc::new(
+                crate::journal::Journal::open(path).map_err(|message| Error::Config { message })?,
+            )),
+            None => None,
+        };
+        #[cfg(not(feature = "journal"))]
+        let journal = None;
         for (launcher, _) in &groups {
             launcher
                 .launch()
@@ -525,7 +604,10 @@ impl PoolBuilder {
         let local = groups
             .iter()
             .all(|(launcher, _)| launcher.launch().worker_is_child());
-        let bulk = (local && sandbox_rules.is_empty() && crate::bulk::available_here())
+        // Replay files and the journal read inputs and outputs as plain
+        // items, so they keep long strings inline too.
+        let plain = sandbox_rules.is_empty() && keep_failures.is_none() && journal.is_none();
+        let bulk = (local && plain && crate::bulk::available_here())
             .then(|| Arc::new(crate::bulk::Segments::default()));
         let config = Config {
             processes,
@@ -541,6 +623,8 @@ impl PoolBuilder {
             backtraces: std::env::var_os("RUST_BACKTRACE").is_some_and(|value| value != "0"),
             bulk,
             sandbox_rules,
+            keep_failures,
+            journal,
         };
         Ok(Pool {
             running: Running::start(config)?,

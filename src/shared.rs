@@ -43,6 +43,10 @@ pub(crate) struct Config {
     pub bulk: Option<Arc<Segments>>,
     /// The sandbox rules in force in every worker.
     pub sandbox_rules: Vec<crate::SandboxRule>,
+    /// Where failed inputs are kept for replay, if they are.
+    pub keep_failures: Option<crate::replay::KeepFailures>,
+    /// The journal of finished outputs, if the pool keeps one.
+    pub journal: Option<Arc<crate::journal::Journal>>,
 }
 
 /// A run of consecutive inputs of one map, encoded as one RUN frame.
@@ -68,8 +72,16 @@ pub(crate) struct Chunk {
 }
 
 impl Chunk {
-    fn items(&self) -> &[u8] {
+    pub(crate) fn items(&self) -> &[u8] {
         protocol::run_items(&self.frame)
+    }
+
+    /// The encoded input of a chunk of one.
+    pub(crate) fn only_item(&self) -> &[u8] {
+        Items::new(self.items())
+            .next()
+            .and_then(Result::ok)
+            .unwrap_or_default()
     }
 
     fn part(&self, first_index: usize, count: u32, items: &[u8]) -> Chunk {

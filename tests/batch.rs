@@ -98,9 +98,12 @@ fn expected_error(error: &Error, bad: usize, fault: Fault, timeout: Option<Durat
         (Fault::Exit, Error::WorkerDied { index, status, .. }) => {
             *index == bad && status.and_then(|s| s.code()) == Some(EXIT_CODE)
         }
-        (Fault::Hang, Error::TaskTimeout { index, timeout: t }) => {
-            *index == bad && Some(*t) == timeout
-        }
+        (
+            Fault::Hang,
+            Error::TaskTimeout {
+                index, timeout: t, ..
+            },
+        ) => *index == bad && Some(*t) == timeout,
         _ => false,
     }
 }

@@ -79,6 +79,7 @@ fn per_input_messages_start_with_the_index() {
             Error::TaskTimeout {
                 index: 4,
                 timeout: Duration::from_millis(1500),
+                replay: None,
             },
             "input 4: timed out after 1.5s",
         ),
@@ -88,6 +89,7 @@ fn per_input_messages_start_with_the_index() {
                 message: "boom".into(),
                 location: None,
                 backtrace: None,
+                replay: None,
             },
             "input 0: task panicked: boom",
         ),
@@ -101,6 +103,7 @@ fn per_input_messages_start_with_the_index() {
                     column: 5,
                 }),
                 backtrace: Some("0: parse".into()),
+                replay: None,
             },
             "input 3: task panicked at src/parse.rs:12:5: boom",
         ),
@@ -108,6 +111,7 @@ fn per_input_messages_start_with_the_index() {
             Error::Protocol {
                 index: 2,
                 message: "empty frame".into(),
+                replay: None,
             },
             "input 2: worker broke the protocol: empty frame",
         ),
@@ -146,6 +150,7 @@ fn worker_died_names_the_status_and_the_last_stderr_line() {
         index: 3,
         status: Some(std::process::ExitStatus::from_raw(3 << 8)),
         stderr: "warming up\nmemory allocation of 1024 bytes failed\n\n".into(),
+        replay: None,
     };
     assert_eq!(
         error.to_string(),
@@ -156,6 +161,7 @@ fn worker_died_names_the_status_and_the_last_stderr_line() {
         index: 0,
         status: Some(std::process::ExitStatus::from_raw(9)),
         stderr: String::new(),
+        replay: None,
     };
     assert_eq!(
         quiet.to_string(),
@@ -167,6 +173,7 @@ fn worker_died_names_the_status_and_the_last_stderr_line() {
         stderr: "memory allocation of 8 bytes failed\n\
                  skipping backtrace printing to avoid potential recursion\n"
             .into(),
+        replay: None,
     };
     assert_eq!(
         backtrace_refused.to_string(),
@@ -176,9 +183,40 @@ fn worker_died_names_the_status_and_the_last_stderr_line() {
         index: 1,
         status: None,
         stderr: "bye\n".into(),
+        replay: None,
     };
     assert_eq!(
         unknown.to_string(),
         "input 1: worker died (exit status unknown): bye"
     );
+}
+
+#[test]
+fn a_kept_input_names_its_replay_file() {
+    let kept = Error::TaskTimeout {
+        index: 4,
+        timeout: Duration::from_secs(2),
+        replay: Some(buckshot::Replay::File("failed/f-4.replay".into())),
+    };
+    assert_eq!(
+        kept.to_string(),
+        "input 4: timed out after 2s (replay: failed/f-4.replay)"
+    );
+    assert_eq!(
+        kept.replay_file(),
+        Some(std::path::Path::new("failed/f-4.replay"))
+    );
+    let not_kept = Error::Protocol {
+        index: 1,
+        message: "garbage".into(),
+        replay: Some(buckshot::Replay::NotKept(
+            "its map already kept 100 replay files".into(),
+        )),
+    };
+    assert_eq!(
+        not_kept.to_string(),
+        "input 1: worker broke the protocol: garbage \
+         (no replay file: its map already kept 100 replay files)"
+    );
+    assert_eq!(not_kept.replay_file(), None);
 }

@@ -2,7 +2,7 @@
 //! whoever starts it with the worker variable: the caller would run
 //! registered code with privileges it does not have. And a privileged
 //! program that builds a pool is told at once that its workers would
-//! refuse. Needs root to make the setuid copy; skipped with a message
+//! refuse; nor does such a copy replay a kept input. Needs root to make the setuid copy; skipped with a message
 //! otherwise.
 
 mod common;
@@ -128,6 +128,37 @@ fn a_setuid_copy_refuses_to_serve_tasks() {
     );
     assert!(
         stderr.contains("refusing to serve as a worker in a privileged process"),
+        "{stderr}"
+    );
+
+    // Nor does it replay a kept input (which runs a task the same way).
+    let kept = dir.join("kept.replay");
+    std::fs::write(&kept, b"not a replay file").unwrap();
+    let replay_as_nobody = |program: &Path| {
+        let output = Command::new("setpriv")
+            .args([
+                &format!("--reuid={NOBODY}"),
+                &format!("--regid={NOBODY}"),
+                "--clear-groups",
+            ])
+            .arg(program)
+            .env("BUCKSHOT_REPLAY", &kept)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    // The control reads the file (and finds it is none).
+    let (code, stderr) = replay_as_nobody(&plain);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("not a replay file"), "{stderr}");
+    let (code, stderr) = replay_as_nobody(&setuid);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("refusing to replay in a privileged process"),
         "{stderr}"
     );
 

@@ -66,7 +66,7 @@ fn assert_protocol_error_at_one(results: &[Result<u64, Error>]) {
     assert_eq!(results.len(), 3, "{results:?}");
     assert_eq!(results[0].as_ref().ok(), Some(&0));
     assert!(
-        matches!(&results[1], Err(Error::Protocol { index: 1, message }) if message == "a reply that answers no input"),
+        matches!(&results[1], Err(Error::Protocol { index: 1, message, .. }) if message == "a reply that answers no input"),
         "{:?}",
         results[1]
     );

@@ -53,6 +53,7 @@ fn a_task_past_its_timeout_fails_alone() {
                 Err(Error::TaskTimeout {
                     index: 2,
                     timeout: t,
+                    ..
                 }) => assert_eq!(t, timeout),
                 other => panic!("input 2: expected a timeout, got {other:?}"),
             }

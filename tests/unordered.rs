@@ -78,6 +78,7 @@ fn each_fault_fails_its_own_index_once() {
                 Err(Error::TaskTimeout {
                     index: i,
                     timeout: t,
+                    ..
                 }),
             ) => {
                 assert_eq!((*i, *t), (index, timeout));

@@ -57,6 +57,20 @@ pub(crate) fn encode_failure<T>(outcome: &Outcome<T>, out: &mut Vec<u8>) {
     }
 }
 
+/// Whether an outcome item is a panic, by its tag alone.
+pub(crate) fn is_panic(item: &[u8]) -> bool {
+    item.first() == Some(&OUTCOME_PANICKED)
+}
+
+/// The CBOR value of a successful outcome item, by its tag alone.
+#[cfg(feature = "journal")]
+pub(crate) fn ok_value(item: &[u8]) -> Option<&[u8]> {
+    match item.split_first() {
+        Some((&OUTCOME_OK, value)) => Some(value),
+        _ => None,
+    }
+}
+
 /// Decodes an outcome; one whose value is in a reply slot is read through
 /// `lease`, the delivery's right to that slot, checked against `limit`.
 pub(crate) fn decode_outcome<T: DeserializeOwned>(

@@ -44,11 +44,12 @@ mod codec;
 mod frame;
 mod read;
 
+#[cfg(feature = "journal")]
+pub(crate) use codec::ok_value;
 pub(crate) use codec::{
     Outcome, decode, decode_from, decode_outcome, encode, encode_failure, encode_ok, encode_with,
-    is_bulk_outcome,
+    is_bulk_outcome, is_panic,
 };
-#[cfg(test)]
 pub(crate) use frame::LEN_BYTES;
 pub(crate) use frame::{
     CONTEXT, FATAL, FORGET, HELLO, Hello, ITEM_LEN_BYTES, Items, LOG, REPLY, RETIRE, RETIRE_FRAME,

@@ -23,10 +23,14 @@ use std::io::IoSlice;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use serde::de::IgnoredAny;
+
 use crate::bulk::{ReplySlot, SlotLease};
 use crate::delivery::{Delivery, Outbox, Payload};
-use crate::flow::MAX_IOVECS;
-use crate::protocol::{self, Items, ProtocolError, ReplyHeader, RunHeader};
+use crate::error::Error;
+use crate::flow::{MAX_IOVECS, SCRATCH_BYTES};
+use crate::panics::PanicReport;
+use crate::protocol::{self, Items, Outcome, ProtocolError, ReplyHeader, RunHeader};
 use crate::shared::{Chunk, MapStats};
 
 /// One frame given to the worker and not fully answered.
@@ -237,21 +241,28 @@ impl Books {
                 }
                 None => Payload::Copied(items[..bytes].to_vec()),
             };
-            // The delivery that carries the slot's fill holds the lease.
-            let lease = reply_slot.and_then(|slots| {
-                let items = &items[..bytes];
-                let bulk = Items::new(items).any(|item| item.is_ok_and(protocol::is_bulk_outcome));
-                bulk.then(|| SlotLease::of(slots, items)).flatten()
-            });
-            outbox.push(
-                head.chunk.map,
-                Delivery::Outcomes {
-                    first_index: head.chunk.first_index + head.done as usize,
-                    count: n,
-                    items: payload,
-                    lease,
-                },
-            );
+            let outcomes = &items[..bytes];
+            outbox.record(&head.chunk, head.done, outcomes);
+            if outbox.keeps_failures() && has_panic(outcomes) {
+                post_one_by_one(outbox, &head.chunk, head.done, outcomes);
+            } else {
+                // The delivery that carries a reply slot's fill holds the
+                // lease on it.
+                let lease = reply_slot.and_then(|slots| {
+                    let bulk =
+                        Items::new(outcomes).any(|item| item.is_ok_and(protocol::is_bulk_outcome));
+                    bulk.then(|| SlotLease::of(slots, outcomes)).flatten()
+                });
+                outbox.push(
+                    head.chunk.map,
+                    Delivery::Outcomes {
+                        first_index: head.chunk.first_index + head.done as usize,
+                        count: n,
+                        items: payload,
+                        lease,
+                    },
+                );
+            }
             items = &items[bytes..];
             head.done += n;
             head.stats.record(per_item);
@@ -334,6 +345,58 @@ impl Books {
         Unanswered {
             head,
             rest: inflight.map(|inflight| inflight.chunk).collect(),
+        }
+    }
+}
+
+/// Whether a run of outcome items holds a panic.
+fn has_panic(outcomes: &[u8]) -> bool {
+    Items::new(outcomes).any(|item| item.is_ok_and(protocol::is_panic))
+}
+
+/// Posts outcomes one at a time, answering items `done..` of `chunk`, so
+/// that a panic goes out as a failure kept for replay, with its input.
+fn post_one_by_one(outbox: &mut Outbox, chunk: &Chunk, done: u32, outcomes: &[u8]) {
+    let inputs = Items::new(chunk.items()).skip(done as usize);
+    let mut scratch = vec![0; SCRATCH_BYTES];
+    for (k, (input, outcome)) in inputs.zip(Items::new(outcomes)).enumerate() {
+        let index = chunk.first_index + done as usize + k;
+        let (Ok(input), Ok(outcome)) = (input, outcome) else {
+            unreachable!("items were measured before")
+        };
+        let panic = match protocol::is_panic(outcome) {
+            true => {
+                protocol::decode_outcome::<IgnoredAny>(outcome, &mut scratch, None, u64::MAX).ok()
+            }
+            false => None,
+        };
+        if let Some(Outcome::Panicked(report)) = panic {
+            let PanicReport {
+                message,
+                location,
+                backtrace,
+            } = *report;
+            let error = Error::TaskPanicked {
+                index,
+                message,
+                location,
+                backtrace,
+                replay: None,
+            };
+            outbox.fail(chunk, index, input, error, None, "");
+        } else {
+            let mut item = Vec::with_capacity(outcome.len() + protocol::ITEM_LEN_BYTES);
+            protocol::push_item(&mut item, outcome);
+            outbox.push(
+                chunk.map,
+                Delivery::Outcomes {
+                    first_index: index,
+                    count: 1,
+                    items: Payload::Copied(item),
+                    // A pool that keeps failures keeps long strings inline.
+                    lease: None,
+                },
+            );
         }
     }
 }

@@ -59,6 +59,8 @@ pub(crate) struct Dying {
     /// The map and index of the input it was running when it died:
     /// reported once the exit status is known.
     victim: Option<(u64, usize)>,
+    /// That input's chunk, to keep for replay.
+    victim_input: Option<Chunk>,
     /// It failed before its handshake: counts toward giving up. The text
     /// says why the pool killed it, when that is the reason (it ends by
     /// SIGKILL even though it failed by itself).
@@ -132,6 +134,7 @@ impl Burial<'_> {
             group,
             kill_at: (fate == Fate::Retired).then(|| Instant::now() + RETIRE_GRACE),
             victim: None,
+            victim_input: None,
             failed_starting: None,
         };
         let unanswered = books.into_unanswered();
@@ -176,8 +179,13 @@ impl Burial<'_> {
             Blame::Timeout => Error::TaskTimeout {
                 index,
                 timeout: self.timeout.expect("timeouts need a timeout"),
+                replay: None,
             },
-            Blame::Protocol(message) => Error::Protocol { index, message },
+            Blame::Protocol(message) => Error::Protocol {
+                index,
+                message,
+                replay: None,
+            },
             Blame::Death if victim.attempts < self.retries => {
                 victim.attempts += 1;
                 self.requeue.push(victim);
@@ -185,10 +193,19 @@ impl Burial<'_> {
             }
             Blame::Death => {
                 dying.victim = Some((map, index));
+                dying.victim_input = Some(victim);
                 return;
             }
         };
-        self.outbox.push(map, Delivery::Failed(error));
+        let stderr = if self.outbox.keeps_failures() {
+            let stderr = dying.process.stderr();
+            stderr.pump();
+            stderr.tail()
+        } else {
+            String::new()
+        };
+        self.outbox
+            .fail(&victim, index, victim.only_item(), error, None, &stderr);
     }
 }
 
@@ -234,14 +251,28 @@ pub(crate) fn try_reap(
         }
     }
     if let Some((map, index)) = dying.victim.take() {
-        outbox.push(
-            map,
-            Delivery::Failed(Error::WorkerDied {
+        let input = dying.victim_input.take();
+        let kept_stderr = match &input {
+            Some(_) if outbox.keeps_failures() => stderr.clone(),
+            _ => String::new(),
+        };
+        let error = Error::WorkerDied {
+            index,
+            status,
+            stderr,
+            replay: None,
+        };
+        match input {
+            Some(input) => outbox.fail(
+                &input,
                 index,
+                input.only_item(),
+                error,
                 status,
-                stderr,
-            }),
-        );
+                &kept_stderr,
+            ),
+            None => outbox.push(map, Delivery::Failed(error)),
+        }
     }
     true
 }
@@ -393,7 +424,7 @@ mod tests {
         let (_, _, outbox) = bury(remains(broke, true, running(), false), 0);
         assert!(matches!(
             outbox.deliveries(),
-            [(7, Delivery::Failed(Error::Protocol { index: 0, message }))] if message == "garbage"
+            [(7, Delivery::Failed(Error::Protocol { index: 0, message, .. }))] if message == "garbage"
         ));
         // A death is reported once the status is known, or retried.
         let (dying, requeue, outbox) = bury(remains(Fate::Died, true, running(), false), 0);
@@ -461,6 +492,7 @@ mod tests {
             group: 0,
             kill_at: Some(now + RETIRE_GRACE),
             victim: None,
+            victim_input: None,
             failed_starting: None,
         };
         let mut supply = Supply::new(Arc::new(Local), config(), false, false, 0, 1);

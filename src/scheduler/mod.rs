@@ -46,7 +46,9 @@ use crate::delivery::Outbox;
 use crate::error::Error;
 use crate::flow::{REAP_BOUND, UNKNOWN_ESTIMATE};
 use crate::handoff::WorkerConfig;
+use crate::journal::Recorder;
 use crate::logs;
+use crate::replay::Keeper;
 use crate::shared::{Chunk, Config, Phase, Shared, State};
 
 /// A running pool: its shared state and its thread, which stops when this
@@ -123,6 +125,10 @@ impl Drop for Running {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
+        // The pool's thread sent its last outputs: they are committed.
+        if let Some(journal) = &self.shared.config.journal {
+            journal.close();
+        }
     }
 }
 
@@ -184,6 +190,11 @@ impl Scheduler {
                 )
             })
             .collect();
+        let keeper = config
+            .keep_failures
+            .as_ref()
+            .map(|settings| Keeper::new(settings, Arc::clone(&shared)));
+        let outbox = Outbox::new(keeper, Recorder::new(Arc::clone(&shared)));
         let spawner = {
             let shared = Arc::clone(&shared);
             Spawner::start(move || shared.ring())?
@@ -195,7 +206,7 @@ impl Scheduler {
             broken: false,
             workers: Vec::new(),
             dying: Vec::new(),
-            outbox: Outbox::default(),
+            outbox,
             requeue: Vec::new(),
             ready: Vec::new(),
         })

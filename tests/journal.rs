@@ -1,0 +1,341 @@
+//! The journal: a map killed halfway resumes where it stopped, loses at
+//! most the last ~100 ms of finished work, and a third run runs nothing;
+//! killing never corrupts the file; two processes may share one; errors
+//! and outputs that no longer decode run again.
+//!
+//! This binary runs as the test, and (with the variable below set) as the
+//! driver program that maps and is killed. Every task appends its input to
+//! a log file, so the test counts how often each input ran.
+
+mod common;
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use buckshot::Pool;
+
+/// Set in the driver: `DIR,COUNT,MILLIS`.
+const DRIVER_ENV: &str = "BUCKSHOT_TEST_JOURNAL_DRIVER";
+
+/// Notes its input in the log (the context), then works `millis`.
+#[allow(clippy::ptr_arg)] // A task reads its context as `&C`.
+fn slow_square(log: &String, (x, millis): (u64, u64)) -> u64 {
+    note(log, x);
+    std::thread::sleep(Duration::from_millis(millis));
+    x * x
+}
+buckshot::register!(slow_square);
+
+/// Notes its input in the log (the context); panics on 3.
+#[allow(clippy::ptr_arg)] // A task reads its context as `&C`.
+fn square_but_three(log: &String, x: u64) -> u64 {
+    note(log, x);
+    assert_ne!(x, 3, "three is refused");
+    x * x
+}
+buckshot::register!(square_but_three);
+
+fn cube(x: u64) -> u64 {
+    x * x * x
+}
+buckshot::register!(cube);
+
+/// Appends one line, in one `write` to a file opened with `O_APPEND`, so
+/// that lines of concurrent workers never mix.
+fn note(log: &str, x: u64) {
+    let mut file = OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(log)
+        .unwrap();
+    file.write_all(format!("{x}\n").as_bytes()).unwrap();
+}
+
+/// The inputs noted in `log`, in order.
+fn runs(log: &Path) -> Vec<u64> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .map(|line| line.parse().unwrap())
+        .collect()
+}
+
+/// The driver: maps `count` inputs of `millis` each with the journal in
+/// `dir`, and prints every output, in order.
+fn driver(spec: &str) {
+    let mut parts = spec.split(',');
+    let dir = PathBuf::from(parts.next().unwrap());
+    let count: u64 = parts.next().unwrap().parse().unwrap();
+    let millis: u64 = parts.next().unwrap().parse().unwrap();
+    let pool = Pool::builder()
+        .processes(2)
+        .journal(dir.join("journal.db"))
+        .build()
+        .unwrap();
+    let log = dir.join("runs.log").to_string_lossy().into_owned();
+    let inputs = (0..count).map(|x| (x, millis));
+    let mut stdout = std::io::stdout().lock();
+    for output in pool.with_context(&log).map(slow_square, inputs).unwrap() {
+        writeln!(stdout, "{}", output.unwrap()).unwrap();
+    }
+}
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        let path =
+            std::env::temp_dir().join(format!("buckshot-journal-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).unwrap();
+        TempDir(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A driver, killed if the test fails before it ends.
+struct Driver(Child);
+
+impl Driver {
+    fn start(dir: &Path, count: u64, millis: u64) -> Driver {
+        let child = Command::new(std::env::current_exe().unwrap())
+            .env(DRIVER_ENV, format!("{},{count},{millis}", dir.display()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        Driver(child)
+    }
+
+    /// Waits for it to finish and returns the outputs it printed.
+    fn outputs(mut self) -> Vec<u64> {
+        let child = std::mem::replace(&mut self.0, Command::new("true").spawn().unwrap());
+        let output = common::within("a driver", move || child.wait_with_output().unwrap());
+        assert!(output.status.success(), "driver: {:?}", output.status);
+        String::from_utf8(output.stdout)
+            .unwrap()
+            .lines()
+            .map(|line| line.parse().unwrap())
+            .collect()
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The processes whose parent is `parent`.
+fn children_of(parent: u32) -> Vec<u32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // The command name may hold spaces: parse after its closing paren.
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else {
+            continue;
+        };
+        let ppid: Option<u32> = rest.split_whitespace().nth(1).and_then(|p| p.parse().ok());
+        if ppid == Some(parent) {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+fn integrity(db: &Path) -> (String, i64) {
+    let connection = rusqlite::Connection::open(db).unwrap();
+    let check: String = connection
+        .query_row("PRAGMA integrity_check", [], |row| row.get(0))
+        .unwrap();
+    let rows: i64 = connection
+        .query_row("SELECT count(*) FROM outputs", [], |row| row.get(0))
+        .unwrap();
+    (check, rows)
+}
+
+fn a_map_killed_halfway_resumes_where_it_stopped() {
+    let dir = TempDir::new("resume");
+    let log = dir.0.join("runs.log");
+    let squares: Vec<u64> = (0..300u64).map(|x| x * x).collect();
+    // First run: killed with SIGKILL once about half the inputs ran.
+    let mut first = Driver::start(&dir.0, 300, 20);
+    common::wait_until("half the inputs to run", || runs(&log).len() >= 150);
+    let workers = children_of(first.0.id());
+    assert_eq!(workers.len(), 2, "the driver's workers");
+    common::kill9(first.0.id());
+    let _ = first.0.wait();
+    // Its workers follow it (parent-death signal); their last notes land
+    // before they go.
+    for worker in workers {
+        assert!(
+            common::exits_within(worker, common::BOUND),
+            "worker {worker} stays"
+        );
+    }
+    let ran_first = runs(&log).len();
+    let (check, recorded) = integrity(&dir.0.join("journal.db"));
+    assert_eq!(check, "ok");
+    assert!(
+        recorded as usize + 20 >= ran_first,
+        "{ran_first} ran, only {recorded} recorded"
+    );
+    // Second run: to the end, every output in order.
+    assert_eq!(Driver::start(&dir.0, 300, 20).outputs(), squares);
+    let all = runs(&log);
+    let twice = all.len() - 300;
+    let mut seen = all.clone();
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen.len(), 300, "every input ran");
+    assert!(
+        twice <= 20,
+        "{twice} inputs ran twice (first run: {ran_first}, {recorded} recorded)"
+    );
+    // Third run: nothing runs.
+    assert_eq!(Driver::start(&dir.0, 300, 20).outputs(), squares);
+    assert_eq!(runs(&log).len(), all.len(), "the third run ran inputs");
+    assert_eq!(integrity(&dir.0.join("journal.db")), ("ok".to_owned(), 300));
+    println!("resume: {ran_first} ran before the kill, {recorded} recorded, {twice} ran twice");
+}
+
+fn processes_share_a_journal() {
+    let dir = TempDir::new("shared");
+    let squares: Vec<u64> = (0..200u64).map(|x| x * x).collect();
+    // Started at once, they also race to create the file.
+    let drivers: Vec<Driver> = (0..4).map(|_| Driver::start(&dir.0, 200, 2)).collect();
+    for driver in drivers {
+        assert_eq!(driver.outputs(), squares);
+    }
+    assert_eq!(integrity(&dir.0.join("journal.db")), ("ok".to_owned(), 200));
+}
+
+/// Many pools opening one new journal at once: the first to switch it to
+/// WAL holds a lock the others must wait for.
+fn pools_opening_a_new_journal_at_once() {
+    let dir = TempDir::new("open");
+    for round in 0..10 {
+        let db = dir.0.join(format!("journal-{round}.db"));
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(8));
+        let openers: Vec<_> = (0..8)
+            .map(|_| {
+                let (db, barrier) = (db.clone(), std::sync::Arc::clone(&barrier));
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    Pool::builder().processes(1).journal(&db).build().map(drop)
+                })
+            })
+            .collect();
+        for opener in openers {
+            opener.join().unwrap().unwrap();
+        }
+    }
+}
+
+fn errors_and_outputs_that_no_longer_decode_run_again() {
+    let dir = TempDir::new("again");
+    let db = dir.0.join("journal.db");
+    let log = dir.0.join("runs.log");
+    let log_text = log.to_string_lossy().into_owned();
+    let pool = Pool::builder().processes(2).journal(&db).build().unwrap();
+    let map = |log: &String| -> Vec<Option<u64>> {
+        pool.with_context(log)
+            .map(square_but_three, 0..6u64)
+            .unwrap()
+            .map(Result::ok)
+            .collect()
+    };
+    let expected = vec![Some(0), Some(1), Some(4), None, Some(16), Some(25)];
+    assert_eq!(map(&log_text), expected);
+    assert_eq!(runs(&log).len(), 6);
+    // Only the error runs again.
+    assert_eq!(map(&log_text), expected);
+    assert_eq!(runs(&log)[6..], [3]);
+    drop(pool);
+    // Outputs of another type (here: garbage) count as missing.
+    let connection = rusqlite::Connection::open(&db).unwrap();
+    connection
+        .execute("UPDATE outputs SET output = x'ff'", [])
+        .unwrap();
+    drop(connection);
+    let pool = Pool::builder().processes(2).journal(&db).build().unwrap();
+    let results: Vec<Option<u64>> = pool
+        .with_context(&log_text)
+        .map(square_but_three, 0..6u64)
+        .unwrap()
+        .map(Result::ok)
+        .collect();
+    assert_eq!(results, expected);
+    assert_eq!(runs(&log).len(), 6 + 1 + 6);
+    // Another context is another key.
+    let other = dir.0.join("other.log").to_string_lossy().into_owned();
+    let results: Vec<Option<u64>> = pool
+        .with_context(&other)
+        .map(square_but_three, 0..6u64)
+        .unwrap()
+        .map(Result::ok)
+        .collect();
+    assert_eq!(results, expected);
+    assert_eq!(runs(Path::new(&other)).len(), 6);
+}
+
+fn dropping_the_pool_commits_every_output() {
+    let dir = TempDir::new("drop");
+    let db = dir.0.join("journal.db");
+    for round in 1..=3 {
+        let pool = Pool::builder().processes(2).journal(&db).build().unwrap();
+        let outputs = pool.map(cube, 0..20_000 * round).unwrap();
+        assert!(
+            outputs
+                .map(Result::unwrap)
+                .eq((0..20_000 * round).map(cube))
+        );
+        drop(pool);
+        assert_eq!(integrity(&db), ("ok".to_owned(), 20_000 * round as i64));
+    }
+}
+
+fn main() {
+    if let Ok(spec) = std::env::var(DRIVER_ENV) {
+        driver(&spec);
+        return;
+    }
+    let tests: [(&str, fn()); 5] = [
+        (
+            "pools_opening_a_new_journal_at_once",
+            pools_opening_a_new_journal_at_once,
+        ),
+        (
+            "a_map_killed_halfway_resumes_where_it_stopped",
+            a_map_killed_halfway_resumes_where_it_stopped,
+        ),
+        ("processes_share_a_journal", processes_share_a_journal),
+        (
+            "errors_and_outputs_that_no_longer_decode_run_again",
+            errors_and_outputs_that_no_longer_decode_run_again,
+        ),
+        (
+            "dropping_the_pool_commits_every_output",
+            dropping_the_pool_commits_every_output,
+        ),
+    ];
+    for (name, test) in tests {
+        println!("test {name} ...");
+        test();
+        println!("test {name} ... ok");
+    }
+}
