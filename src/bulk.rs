@@ -26,11 +26,12 @@
 //! checked against the file's size and the frame limit before it is read.
 //! Workers started elsewhere (ssh, srun) get none of this.
 
+use std::cell::RefCell;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd};
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 
 use rustix::fs::{MemfdFlags, SealFlags};
@@ -188,6 +189,7 @@ struct Hole {
 }
 
 impl Write for Diverting<'_> {
+    #[inline]
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let diverted = buf.len() >= BULK_MIN && self.sink.put(self.diverted, buf)?;
         if diverted {
@@ -202,6 +204,11 @@ impl Write for Diverting<'_> {
             self.out.extend_from_slice(buf);
         }
         Ok(buf.len())
+    }
+
+    // The encoder writes every piece whole: no need for the default's loop.
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        self.write(buf).map(drop)
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -525,8 +532,20 @@ pub(crate) fn available_here() -> bool {
 /// The pool's pid, for `/proc/<pool>/fd/<n>`, and the frame limit; set
 /// when this process serves as a local worker with bulk transfers.
 static POOL: OnceLock<(u32, u64)> = OnceLock::new();
-/// The worker's reply slots and their last generation.
-static SLOTS: Mutex<Option<(Vec<Region>, u64)>> = Mutex::new(None);
+/// Whether this worker has reply slots: outputs are encoded plainly, with
+/// no diverting writer, when it has none.
+static SLOTS_ON: AtomicBool = AtomicBool::new(false);
+
+thread_local! {
+    /// The worker's reply slots and their last generation, on the thread
+    /// that runs tasks (the worker's main thread): no lock per output.
+    static SLOTS: RefCell<Option<Slots>> = const { RefCell::new(None) };
+}
+
+struct Slots {
+    regions: Vec<Region>,
+    generation: u64,
+}
 
 /// Opens a memfd of the pool.
 fn open_pools(fd: u32, write: bool) -> io::Result<File> {
@@ -548,7 +567,11 @@ pub(crate) fn serve(pool: u32, slots: u32, limit: u64) -> io::Result<()> {
     let regions = (0..SLOTS_PER_WORKER)
         .map(|k| Region::new(file.try_clone()?, slot_base(k)))
         .collect::<io::Result<Vec<_>>>()?;
-    *SLOTS.lock().unwrap_or_else(PoisonError::into_inner) = Some((regions, 0));
+    SLOTS.set(Some(Slots {
+        regions,
+        generation: 0,
+    }));
+    SLOTS_ON.store(true, Ordering::Relaxed);
     Ok(())
 }
 
@@ -578,15 +601,11 @@ pub(crate) fn discard_output(item: &[u8]) {
     let Some(table) = output_table(item) else {
         return;
     };
-    if let Some((regions, _)) = SLOTS
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .as_ref()
-    {
-        if let Some(region) = regions.get(table.region as usize) {
-            region.map.state().store(0, Ordering::Release);
-        }
-    }
+    SLOTS.with_borrow(|slots| {
+        let region = slots.as_ref()?.regions.get(table.region as usize)?;
+        region.map.state().store(0, Ordering::Release);
+        Some(())
+    });
 }
 
 fn output_table(item: &[u8]) -> Option<Table> {
@@ -598,16 +617,32 @@ fn output_table(item: &[u8]) -> Option<Table> {
         .map(|(table, _)| table)
 }
 
-/// A free reply slot, as a sink for one output.
-struct SlotSink<'a> {
-    slot: &'a mut Region,
+/// The reply slots, as a sink for one output: the first free one takes
+/// its strings, chosen at the first long one (most outputs have none, and
+/// never touch the slots).
+#[derive(Default)]
+struct SlotSink {
+    chosen: Option<usize>,
 }
 
-impl Sink for SlotSink<'_> {
+impl Sink for SlotSink {
     fn put(&mut self, offset: usize, bytes: &[u8]) -> io::Result<bool> {
-        self.slot.reserve(offset + bytes.len())?;
-        self.slot.data_mut()[offset..offset + bytes.len()].copy_from_slice(bytes);
-        Ok(true)
+        SLOTS.with_borrow_mut(|slots| {
+            let Some(slots) = slots else {
+                return Ok(false);
+            };
+            if self.chosen.is_none() {
+                let free = |region: &Region| region.map.state().load(Ordering::Acquire) == 0;
+                self.chosen = slots.regions.iter().position(free);
+            }
+            let Some(k) = self.chosen else {
+                return Ok(false);
+            };
+            let slot = &mut slots.regions[k];
+            slot.reserve(offset + bytes.len())?;
+            slot.data_mut()[offset..offset + bytes.len()].copy_from_slice(bytes);
+            Ok(true)
+        })
     }
 }
 
@@ -619,27 +654,26 @@ pub(crate) fn encode_output<T: serde::Serialize + ?Sized>(
     out: &mut Vec<u8>,
     bulk_tag: u8,
 ) -> Result<(), crate::error::BoxError> {
-    let mut slots = SLOTS.lock().unwrap_or_else(PoisonError::into_inner);
-    let Some((regions, generation)) = slots.as_mut() else {
+    if !SLOTS_ON.load(Ordering::Relaxed) {
         return crate::protocol::encode(value, out);
-    };
+    }
     let tag_at = out.len() - 1;
-    let free = regions
-        .iter()
-        .position(|region| region.map.state().load(Ordering::Acquire) == 0);
-    let Some(k) = free else {
-        return crate::protocol::encode(value, out);
-    };
-    let mut sink = SlotSink {
-        slot: &mut regions[k],
-    };
+    let mut sink = SlotSink::default();
     let Some(mut table) = encode_diverting(value, out, &mut sink)? else {
         return Ok(());
     };
-    *generation += 1;
+    let k = sink.chosen.expect("diverted strings have a slot");
+    let generation = SLOTS.with_borrow_mut(|slots| {
+        let slots = slots.as_mut().expect("a slot took them");
+        slots.generation += 1;
+        slots.regions[k]
+            .map
+            .state()
+            .store(slots.generation, Ordering::Release);
+        slots.generation
+    });
     table.region = k as u32;
-    table.generation = *generation;
-    regions[k].map.state().store(*generation, Ordering::Release);
+    table.generation = generation;
     out[tag_at] = bulk_tag;
     insert_table(out, tag_at + 1, &table);
     Ok(())
@@ -689,6 +723,14 @@ impl ReplySlot {
 
     fn state(&self, k: u32) -> Option<&AtomicU64> {
         self.headers.get(k as usize).map(Mapping::state)
+    }
+
+    /// Whether any slot is filled: if none is, no reply item read now can
+    /// name one (a fill stays until its item's lease goes).
+    pub(crate) fn any_filled(&self) -> bool {
+        self.headers
+            .iter()
+            .any(|header| header.state().load(Ordering::Acquire) != 0)
     }
 }
 

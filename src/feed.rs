@@ -183,7 +183,11 @@ where
         // Bytes encoded by this fill: the window counts inputs, sized by
         // the inputs before, and the first fill knows no sizes yet.
         let mut encoded = 0;
-        let bulk = self.shared.config.bulk.clone();
+        // Long strings go beside the frames only for maps whose inputs are
+        // long, or not measured yet: the diverting encoder costs tiny
+        // inputs a little, and a map's inputs are mostly alike.
+        let long = self.item_bytes == 0 || self.item_bytes >= crate::bulk::BULK_MIN / 4;
+        let bulk = self.shared.config.bulk.clone().filter(|_| long);
         // Stops at a chunk boundary once enough is pulled, so that no chunk is
         // cut short.
         while self.next_input - self.base < span

@@ -248,11 +248,13 @@ impl Books {
             } else {
                 // The delivery that carries a reply slot's fill holds the
                 // lease on it.
-                let lease = reply_slot.and_then(|slots| {
-                    let bulk =
-                        Items::new(outcomes).any(|item| item.is_ok_and(protocol::is_bulk_outcome));
-                    bulk.then(|| SlotLease::of(slots, outcomes)).flatten()
-                });
+                let lease = reply_slot
+                    .filter(|slots| slots.any_filled())
+                    .and_then(|slots| {
+                        let bulk = Items::new(outcomes)
+                            .any(|item| item.is_ok_and(protocol::is_bulk_outcome));
+                        bulk.then(|| SlotLease::of(slots, outcomes)).flatten()
+                    });
                 outbox.push(
                     head.chunk.map,
                     Delivery::Outcomes {
