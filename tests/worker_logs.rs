@@ -447,12 +447,14 @@ fn a_worker_flooding_logs_does_not_hold_back_other_results() {
             std::thread::spawn(move || pool.call(announce_then_flood, paths))
         };
         rendezvous.wait();
-        // The other worker answers promptly, flood or not.
+        // The other worker answers, flood or not: the flood lasts until
+        // the calls are done, so calls it held back would hit the bound
+        // (generous: a loaded machine is slow, not stuck).
         let answers = {
             let pool = Arc::clone(&pool);
             common::within_for(
                 "calls during a log flood",
-                std::time::Duration::from_secs(5),
+                std::time::Duration::from_secs(30),
                 move || (0..20).map(|x| pool.call(square, x).unwrap()).sum::<u64>(),
             )
         };
