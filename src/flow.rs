@@ -111,6 +111,12 @@ pub(crate) const STDERR_LINE: usize = 8 * 1024;
 /// is dropped (and the drop reported) rather than stall the pool.
 pub(crate) const STDERR_QUEUE: usize = 1 << 20;
 
+/// `Pool::new` spawns up to this many workers of each launcher itself, or
+/// as many as the machine has cores if that is more: a few milliseconds,
+/// after which a small pool has all its workers from the first dispatch,
+/// so slow inputs spread over them at once. A wider pool's other workers
+/// are spawned by the spawning thread while the first ones serve.
+pub(crate) const SPAWNED_AT_START: usize = 8;
 /// A worker that has not said hello by then has failed to start.
 pub(crate) const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 /// Consecutive start-up failures after which the pool gives up.
