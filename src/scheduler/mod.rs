@@ -33,12 +33,12 @@ mod poll;
 mod spawner;
 mod supply;
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::num::NonZero;
 use std::sync::Arc;
 use std::sync::mpsc;
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use slab::Slab;
 
@@ -166,6 +166,9 @@ struct Scheduler {
     touched: Vec<usize>,
     /// Slots of the workers with a fate, to bury at the end of the turn.
     fated: Vec<usize>,
+    /// The workers that take more work, by estimated backlog: dispatch
+    /// takes the first, without looking at the others.
+    hungry: BTreeSet<(Duration, usize)>,
     /// Workers whose head input changed: is its map still there?
     recheck: Vec<Key>,
     /// Maps the workers were given inputs of, as of the last sync.
@@ -197,6 +200,8 @@ struct Seat {
     touched: bool,
     /// It was seen taking no more work (counted by `replenish`).
     idle_noted: bool,
+    /// Its backlog as filed in `hungry`, if it is there.
+    hungry: Option<Duration>,
 }
 
 /// A worker taken out of service, waiting to be reaped.
@@ -246,6 +251,7 @@ impl Scheduler {
             deadlines: Deadlines::default(),
             touched: Vec::new(),
             fated: Vec::new(),
+            hungry: BTreeSet::new(),
             recheck: Vec::new(),
             known_maps: HashSet::new(),
             exited: Vec::new(),
@@ -289,6 +295,8 @@ impl Scheduler {
         let timeout = self.shared.config.timeout;
         loop {
             self.replenish();
+            // Workers that joined are filed before the dispatch.
+            self.settle();
             if !self.sync() {
                 break;
             }
@@ -314,6 +322,7 @@ impl Scheduler {
             }
             let now = Instant::now();
             self.expire(now, timeout);
+            // Burials need every fate of this turn.
             self.settle();
             self.bury_fated();
             self.reap_dying(now);
@@ -343,6 +352,7 @@ impl Scheduler {
             deadline: None,
             touched: false,
             idle_noted: false,
+            hungry: None,
         });
         self.workforce_changed = true;
         self.touch(key.slot);
@@ -378,6 +388,7 @@ impl Scheduler {
             };
             if seat.worker.fate().is_some() {
                 self.fated.push(slot);
+                self.file(slot);
                 continue;
             }
             let want = seat.worker.wants_to_write();
@@ -397,6 +408,7 @@ impl Scheduler {
             if seat.worker.books().head_map().is_some() {
                 self.recheck.push(key);
             }
+            self.file(slot);
         }
         let workers = &self.workers;
         self.deadlines.compact(workers.len(), || {
@@ -411,6 +423,42 @@ impl Scheduler {
                 })
                 .collect()
         });
+    }
+
+    /// Files the worker in `slot` among the hungry by its backlog, or takes
+    /// it out if it wants no more.
+    fn file(&mut self, slot: usize) {
+        let seat = &mut self.workers[slot];
+        let wants = seat
+            .worker
+            .wants_more()
+            .then(|| seat.worker.books().backlog());
+        if wants != seat.hungry {
+            if let Some(backlog) = seat.hungry {
+                self.hungry.remove(&(backlog, slot));
+            }
+            if let Some(backlog) = wants {
+                self.hungry.insert((backlog, slot));
+            }
+            seat.hungry = wants;
+        }
+    }
+
+    /// The worker with the least backlog that takes more work, if any.
+    fn hungriest(&mut self) -> Option<usize> {
+        while let Some(&(backlog, slot)) = self.hungry.first() {
+            // Filed when it was last settled; it may have been doomed since.
+            match self.workers.get(slot) {
+                Some(seat) if seat.hungry == Some(backlog) && seat.worker.wants_more() => {
+                    return Some(slot);
+                }
+                Some(seat) if seat.hungry == Some(backlog) => self.file(slot),
+                _ => {
+                    self.hungry.pop_first();
+                }
+            }
+        }
+        None
     }
 
     /// The nearest time the loop must wake up at, if any: now if a worker
@@ -638,13 +686,7 @@ impl Scheduler {
             let estimate = link.stats.per_item().unwrap_or(UNKNOWN_ESTIMATE);
             let stats = Arc::clone(&link.stats);
             let context = link.context.clone();
-            let Some(slot) = self
-                .workers
-                .iter()
-                .filter(|(_, seat)| seat.worker.wants_more())
-                .min_by_key(|(_, seat)| seat.worker.books().backlog())
-                .map(|(slot, _)| slot)
-            else {
+            let Some(slot) = self.hungriest() else {
                 break;
             };
             let worker = &mut self.workers[slot].worker;
@@ -663,6 +705,7 @@ impl Scheduler {
                 }
             }
             worker.assign(chunk, context.as_deref(), estimate, stats);
+            self.file(slot);
             self.touch(slot);
         }
     }
