@@ -174,12 +174,17 @@ pub(crate) fn chunk_items(c: &ChunkContext) -> u32 {
     };
     let per_item = per_item.as_nanos().max(1);
     let mut items = target.as_nanos() / per_item;
+    // No chunk, once measured, holds less work than a frame is worth.
+    let least = MIN_CHUNK_WORK.min(target).as_nanos() / per_item;
     if c.remaining > 0 {
         // Guided self-scheduling: a quarter of what is left per process.
         let spread = c.remaining as u128 / (4 * c.processes as u128);
-        items = items.min(spread.max(MIN_CHUNK_WORK.as_nanos() / per_item));
+        items = items.min(spread.max(least));
     }
-    items = items.min(2 * u128::from(c.last_target) + 1);
+    // Growth is capped per fill of the window, which cuts a few chunks per
+    // process: in a wide pool, doubling from one input would take most of
+    // a map, in frames that cost more than their work.
+    items = items.min((2 * u128::from(c.last_target) + 1).max(least));
     u32::try_from(items)
         .unwrap_or(MAX_CHUNK_ITEMS)
         .clamp(1, MAX_CHUNK_ITEMS)
@@ -211,7 +216,13 @@ pub(crate) fn window(
     // At least one input, however large, or the map would stall.
     let by_bytes = (WINDOW_BYTES / item_bytes).max(1);
     let tiny = per_item.is_some_and(|per_item| per_item < TINY_TASK);
-    let frames = if tiny { TINY_TASK_FRAMES } else { AHEAD_FRAMES };
+    let frames = match per_item {
+        // Until measured, a worker takes two inputs at most: more would
+        // wait in the pool's queue, to go one per frame once measured.
+        None => 0,
+        Some(_) if tiny => TINY_TASK_FRAMES,
+        Some(_) => AHEAD_FRAMES,
+    };
     let ahead = (per_chunk * processes * AHEAD_CHUNKS + frames * processes).min(by_bytes);
     let span = (for_work(WINDOW_WORK).max(per_chunk * processes * WINDOW_CHUNKS) + WINDOW_SLACK)
         .min(by_bytes);
@@ -298,11 +309,13 @@ mod tests {
 
     #[test]
     fn chunks_grow_at_most_twofold() {
+        // 10 us inputs: 200 fit the target, 25 the least work.
         let c = ChunkContext {
-            last_target: 10,
+            per_item: Some(Duration::from_micros(10)),
+            last_target: 30,
             ..context()
         };
-        assert_eq!(chunk_items(&c), 21);
+        assert_eq!(chunk_items(&c), 61);
     }
 
     #[test]
@@ -323,6 +336,36 @@ mod tests {
         // ...but no less than the least work worth a frame (25 inputs).
         let end = ChunkContext { remaining: 3, ..c };
         assert_eq!(chunk_items(&end), 25);
+    }
+
+    #[test]
+    fn measured_chunks_start_at_the_least_work_worth_a_frame() {
+        // 100 ns inputs, first measured: 2.5k of them (250 us), not 3.
+        let c = ChunkContext {
+            per_item: Some(Duration::from_nanos(100)),
+            last_target: 1,
+            ..context()
+        };
+        assert_eq!(chunk_items(&c), 2500);
+        // Then twofold per fill.
+        let c = ChunkContext {
+            last_target: 2500,
+            ..c
+        };
+        assert_eq!(chunk_items(&c), 5001);
+        // Slow inputs still grow from one.
+        let slow = ChunkContext {
+            per_item: Some(Duration::from_micros(100)),
+            last_target: 1,
+            ..context()
+        };
+        assert_eq!(chunk_items(&slow), 3);
+        // And a short timeout bounds the least work too.
+        let timed = ChunkContext {
+            timeout: Some(Duration::from_micros(400)),
+            ..c
+        };
+        assert_eq!(chunk_items(&timed), 1000);
     }
 
     #[test]
