@@ -48,6 +48,11 @@ const AHEAD_FRAMES: usize = 16;
 /// pool's wake-ups.
 const TINY_TASK_FRAMES: usize = 512;
 const TINY_TASK: Duration = Duration::from_micros(20);
+/// Until anything is measured a worker takes two inputs; the frames kept
+/// besides those wait in the pool's queue, one input each, to be sent so
+/// even once the inputs turn out tiny. So they are at most this many,
+/// however wide the pool.
+const UNMEASURED_FRAMES: usize = 64;
 /// Work per process that a map keeps pulled ahead of what it has yielded.
 const WINDOW_WORK: Duration = Duration::from_millis(40);
 /// Chunks per process that a map keeps pulled ahead of what it has yielded,
@@ -174,17 +179,17 @@ pub(crate) fn chunk_items(c: &ChunkContext) -> u32 {
     };
     let per_item = per_item.as_nanos().max(1);
     let mut items = target.as_nanos() / per_item;
-    // No chunk, once measured, holds less work than a frame is worth.
-    let least = MIN_CHUNK_WORK.min(target).as_nanos() / per_item;
     if c.remaining > 0 {
         // Guided self-scheduling: a quarter of what is left per process.
         let spread = c.remaining as u128 / (4 * c.processes as u128);
-        items = items.min(spread.max(least));
+        items = items.min(spread.max(MIN_CHUNK_WORK.as_nanos() / per_item));
     }
-    // Growth is capped per fill of the window, which cuts a few chunks per
-    // process: in a wide pool, doubling from one input would take most of
-    // a map, in frames that cost more than their work.
-    items = items.min((2 * u128::from(c.last_target) + 1).max(least));
+    // Growth is capped per fill of the window, which cuts a few chunks for
+    // each process: twofold, or as many times as there are processes. (At
+    // 256 processes, doubling from one input took most of a 1M map, in
+    // frames that cost more than their work.)
+    let growth = c.processes.max(2) as u128;
+    items = items.min(growth * u128::from(c.last_target) + 1);
     u32::try_from(items)
         .unwrap_or(MAX_CHUNK_ITEMS)
         .clamp(1, MAX_CHUNK_ITEMS)
@@ -217,13 +222,11 @@ pub(crate) fn window(
     let by_bytes = (WINDOW_BYTES / item_bytes).max(1);
     let tiny = per_item.is_some_and(|per_item| per_item < TINY_TASK);
     let frames = match per_item {
-        // Until measured, a worker takes two inputs at most: more would
-        // wait in the pool's queue, to go one per frame once measured.
-        None => 0,
-        Some(_) if tiny => TINY_TASK_FRAMES,
-        Some(_) => AHEAD_FRAMES,
+        None => (AHEAD_FRAMES * processes).min(UNMEASURED_FRAMES),
+        Some(_) if tiny => TINY_TASK_FRAMES * processes,
+        Some(_) => AHEAD_FRAMES * processes,
     };
-    let ahead = (per_chunk * processes * AHEAD_CHUNKS + frames * processes).min(by_bytes);
+    let ahead = (per_chunk * processes * AHEAD_CHUNKS + frames).min(by_bytes);
     let span = (for_work(WINDOW_WORK).max(per_chunk * processes * WINDOW_CHUNKS) + WINDOW_SLACK)
         .min(by_bytes);
     Window {
@@ -309,13 +312,11 @@ mod tests {
 
     #[test]
     fn chunks_grow_at_most_twofold() {
-        // 10 us inputs: 200 fit the target, 25 the least work.
         let c = ChunkContext {
-            per_item: Some(Duration::from_micros(10)),
-            last_target: 30,
+            last_target: 10,
             ..context()
         };
-        assert_eq!(chunk_items(&c), 61);
+        assert_eq!(chunk_items(&c), 21);
     }
 
     #[test]
@@ -339,33 +340,27 @@ mod tests {
     }
 
     #[test]
-    fn measured_chunks_start_at_the_least_work_worth_a_frame() {
-        // 100 ns inputs, first measured: 2.5k of them (250 us), not 3.
+    fn a_wide_pool_grows_its_chunks_as_many_times_as_it_has_processes() {
         let c = ChunkContext {
             per_item: Some(Duration::from_nanos(100)),
+            processes: 256,
             last_target: 1,
             ..context()
         };
-        assert_eq!(chunk_items(&c), 2500);
-        // Then twofold per fill.
+        assert_eq!(chunk_items(&c), 257);
         let c = ChunkContext {
-            last_target: 2500,
+            last_target: 257,
             ..c
         };
-        assert_eq!(chunk_items(&c), 5001);
-        // Slow inputs still grow from one.
-        let slow = ChunkContext {
-            per_item: Some(Duration::from_micros(100)),
-            last_target: 1,
-            ..context()
-        };
-        assert_eq!(chunk_items(&slow), 3);
-        // And a short timeout bounds the least work too.
-        let timed = ChunkContext {
-            timeout: Some(Duration::from_micros(400)),
+        // The target (2 ms of 100 ns inputs), within the cap.
+        assert_eq!(chunk_items(&c), MAX_CHUNK_ITEMS);
+        // Two processes: twofold, as ever.
+        let narrow = ChunkContext {
+            processes: 2,
+            last_target: 257,
             ..c
         };
-        assert_eq!(chunk_items(&timed), 1000);
+        assert_eq!(chunk_items(&narrow), 515);
     }
 
     #[test]
@@ -391,6 +386,16 @@ mod tests {
         assert_eq!(tiny.ahead, 2 * AHEAD_CHUNKS + TINY_TASK_FRAMES * 2);
         // 40 ms of 1 us inputs per process are pulled ahead.
         assert_eq!(tiny.span, 40_000 * 2 + WINDOW_SLACK);
+    }
+
+    #[test]
+    fn a_wide_pool_keeps_few_unmeasured_inputs_ahead() {
+        // Narrow pools: as many frames per process as ever.
+        let w = window(1, 8, None, 2);
+        assert_eq!(w.ahead, 2 * AHEAD_CHUNKS + 2 * AHEAD_FRAMES);
+        // 256 processes: not 5,120 one-input frames.
+        let w = window(1, 8, None, 256);
+        assert_eq!(w.ahead, 256 * AHEAD_CHUNKS + UNMEASURED_FRAMES);
     }
 
     #[test]
