@@ -94,9 +94,11 @@ fn a_wide_pool_serves_hears_deaths_and_timeouts_at_once_and_leaves_nothing() {
     let started = Instant::now();
     let died: Vec<Result<u64, Error>> = {
         let pool = Arc::clone(&pool);
-        common::within_for("a map whose input kills its worker", common::KILL_BOUND, move || {
-            pool.map(exit_with, [3]).unwrap().collect()
-        })
+        common::within_for(
+            "a map whose input kills its worker",
+            common::KILL_BOUND,
+            move || pool.map(exit_with, [3]).unwrap().collect(),
+        )
     };
     assert!(
         matches!(&died[..], [Err(Error::WorkerDied { index: 0, status, .. })] if status.and_then(|s| s.code()) == Some(3)),
@@ -128,9 +130,8 @@ fn a_wide_pool_serves_hears_deaths_and_timeouts_at_once_and_leaves_nothing() {
     };
     rendezvous.wait();
     let started = Instant::now();
-    let (results, failed_at) = common::within("a map with one hanging input", move || {
-        map.join().unwrap()
-    });
+    let (results, failed_at) =
+        common::within("a map with one hanging input", move || map.join().unwrap());
     for (index, result) in results.iter().enumerate() {
         match (index, result) {
             (0, Err(Error::TaskTimeout { index: 0, .. })) => {}
