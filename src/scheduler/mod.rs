@@ -812,6 +812,10 @@ impl Scheduler {
                 dying: burial.bury(remains),
                 serial,
             });
+            // One that exited already is reaped this turn, so that a
+            // start-up failure is counted (and backed off from) before the
+            // next spawn.
+            self.exited.push(key);
             self.workforce_changed = true;
         }
     }
