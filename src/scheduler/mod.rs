@@ -2,15 +2,24 @@
 //! them and the maps.
 //!
 //! One thread per pool runs an event loop over non-blocking pipes with
-//! `poll`. It never encodes or decodes a value: callers encode inputs into
+//! epoll. It never encodes or decodes a value: callers encode inputs into
 //! RUN frames ([`Chunk`]s) on their own threads and decode outcomes from
 //! deliveries, so the loop only stamps sequence numbers, writes frames,
 //! splits replies and keeps time. Nothing in it blocks on anything but the
-//! poll: not on a worker, not on a caller, not on this process's stderr.
+//! wait: not on a worker, not on a caller, not on this process's stderr.
 //!
-//! The same thread spawns every worker, replacements included: Linux sends
-//! the parent-death signal when the *thread* that spawned a child ends, and
-//! this thread lives exactly as long as the pool.
+//! A turn costs what happened in it, not how many workers there are (a
+//! pool of remote workers may have a thousand): a worker is looked at
+//! when one of its descriptors is ready, its deadline passes, or it is
+//! given work ("touched"); deadlines wait in a heap and the workers that
+//! take more work in a set ordered by backlog. Only rare events (a map or
+//! context dropped, a worker joining or leaving) look at every worker.
+//!
+//! This thread spawns the first workers itself, so that a pool that cannot
+//! spawn fails to build; the others and every replacement are spawned by a
+//! thread of its own. Linux sends the parent-death signal when the
+//! *thread* that spawned a child ends, and both threads live exactly as
+//! long as the pool.
 //!
 //! One turn of the loop: replace missing workers, sync with the callers
 //! (deliver outcomes, take new chunks and cancellations, dispatch), write
@@ -20,10 +29,11 @@
 //!   answers, backlog, and when its current input started;
 //! - [`handle`]: one live worker: its process, books and reply stream;
 //! - [`supply`]: spawning workers, and giving up when they cannot start;
-//! - [`spawner`]: the thread that spawns replacements, so that this one
-//!   goes on serving the others meanwhile;
+//! - [`spawner`]: the thread that spawns workers after the first ones, so
+//!   that this one goes on serving the others meanwhile;
 //! - [`faults`]: what the inputs of a worker that goes get, and reaping;
-//! - [`poll`]: what the loop waits on, and until when.
+//! - [`poll`]: what the loop waits on, and until when;
+//! - [`deadlines`]: the workers' deadlines, nearest first.
 
 mod books;
 mod deadlines;
@@ -64,8 +74,8 @@ pub(crate) struct Running {
 }
 
 impl Running {
-    /// Starts the pool's thread and its workers. Returns once every worker
-    /// is spawned (not yet ready).
+    /// Starts the pool's thread and its workers. Returns once the first
+    /// workers are spawned (not yet ready); the others follow.
     pub(crate) fn start(config: Config) -> Result<Running, Error> {
         let shared = Arc::new(Shared::new(config).map_err(|source| Error::Spawn { source })?);
         let (started_tx, started_rx) = mpsc::channel();
@@ -787,10 +797,10 @@ impl Scheduler {
         for slot in self.fated.drain(..) {
             // A worker may be listed twice: once buried, its slot is empty
             // (nothing joins before the next turn).
-            if !self
+            if self
                 .workers
                 .get(slot)
-                .is_some_and(|seat| seat.worker.fate().is_some())
+                .is_none_or(|seat| seat.worker.fate().is_none())
             {
                 continue;
             }
