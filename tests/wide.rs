@@ -44,8 +44,34 @@ fn pids() -> HashSet<u32> {
     common::children().into_iter().map(|(pid, _)| pid).collect()
 }
 
+/// A worker holds five descriptors here (its three pipes, the read end of
+/// its request pipe, its pidfd): a default soft limit of 1,024 barely fits
+/// 200 of them, and a spawn under way needs a few more. Raised up to the
+/// hard limit, which must fit them.
+fn make_room_for_descriptors() {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let needed = (6 * WIDE + 256) as u64;
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current.is_some_and(|current| current < needed) {
+        let raised = limit.maximum.map_or(needed, |maximum| maximum.min(needed));
+        setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: Some(raised),
+                maximum: limit.maximum,
+            },
+        )
+        .unwrap();
+        assert!(
+            raised >= needed,
+            "the hard limit on open files ({raised}) does not fit {WIDE} workers"
+        );
+    }
+}
+
 #[test]
 fn a_wide_pool_serves_hears_deaths_and_timeouts_at_once_and_leaves_nothing() {
+    make_room_for_descriptors();
     let fds_before = common::open_fds();
     let timeout = Duration::from_millis(500);
     let pool = Arc::new(
