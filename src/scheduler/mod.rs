@@ -64,6 +64,7 @@ use crate::flow::{REAP_BOUND, SPAWNED_AT_START, UNKNOWN_ESTIMATE};
 use crate::handoff::WorkerConfig;
 use crate::logs;
 use crate::shared::{Chunk, Config, Phase, Shared, State};
+use crate::stderr::StderrPipe;
 
 /// A running pool: its shared state and its thread, which stops when this
 /// is dropped. [`Pool`](crate::Pool) holds one, and so does the iterator of
@@ -214,6 +215,16 @@ struct Seat {
     hungry: Option<Duration>,
 }
 
+/// Closes a stderr pipe whose stream ended, once out of the epoll set.
+fn close_if_ended(watch: &Watch, stderr: &mut StderrPipe) {
+    if stderr.ended() {
+        if let Some(fd) = stderr.fd() {
+            watch.unwatch(fd);
+        }
+        stderr.close();
+    }
+}
+
 /// A worker taken out of service, waiting to be reaped.
 struct DyingSeat {
     dying: Dying,
@@ -310,8 +321,8 @@ impl Scheduler {
             if !self.sync() {
                 break;
             }
-            for i in 0..self.touched.len() {
-                self.workers[self.touched[i]].worker.write();
+            for &slot in &self.touched {
+                self.workers[slot].worker.write(&self.watch);
             }
             self.settle();
             let deadline = self.nearest_deadline();
@@ -726,28 +737,32 @@ impl Scheduler {
             Source::Doorbell => self.shared.clear_doorbell(),
             Source::Replies(key) if self.live(key) => {
                 let worker = &mut self.workers[key.slot].worker;
-                let (_, heard) = worker.read(max_frame, &mut self.outbox);
+                let (_, heard) = worker.read(max_frame, &mut self.outbox, &self.watch);
                 let group = worker.group();
                 self.touch(key.slot);
                 self.hear(heard, group);
             }
             Source::Requests(key) if self.live(key) => {
-                self.workers[key.slot].worker.write();
+                self.workers[key.slot].worker.write(&self.watch);
                 self.touch(key.slot);
             }
             Source::Stderr(key) if self.live(key) => {
-                self.workers[key.slot].worker.process_mut().stderr().pump();
+                let stderr = self.workers[key.slot].worker.process_mut().stderr();
+                stderr.pump();
+                close_if_ended(&self.watch, stderr);
             }
             Source::Exited(key) if self.live(key) => {
                 let worker = &mut self.workers[key.slot].worker;
-                let heard = worker.read_remains(max_frame, &mut self.outbox);
+                let heard = worker.read_remains(max_frame, &mut self.outbox, &self.watch);
                 let group = worker.group();
                 self.touch(key.slot);
                 self.hear(heard, group);
             }
             Source::Reap(key) if self.dying_live(key) => self.exited.push(key),
             Source::DyingStderr(key) if self.dying_live(key) => {
-                self.dying[key.slot].dying.process_mut().stderr().pump();
+                let stderr = self.dying[key.slot].dying.process_mut().stderr();
+                stderr.pump();
+                close_if_ended(&self.watch, stderr);
             }
             // Late news of a worker that is gone.
             _ => {}
@@ -850,6 +865,11 @@ impl Scheduler {
             let dying = &mut self.dying[key.slot].dying;
             let supply = &mut self.supplies[dying.group()];
             if faults::try_reap(dying, now, supply, &mut self.outbox) {
+                let process = dying.process_mut();
+                self.watch.unwatch(process.pidfd());
+                if let Some(fd) = process.stderr_fd() {
+                    self.watch.unwatch(fd);
+                }
                 self.dying.remove(key.slot);
                 self.workforce_changed = true;
             }

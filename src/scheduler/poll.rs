@@ -12,10 +12,11 @@
 //! Everything is level-triggered, as `poll` was: a reader that stops
 //! early (a chatty worker gets a few reads per turn) is told again.
 //!
-//! A token also carries its worker's serial number: a pipe closed while a
-//! spawn is under way lives on in the child until it execs, and so does its
-//! registration, so a late event may name a worker that is gone. The serial
-//! tells, and the event is dropped.
+//! A descriptor leaves the set before it is closed: a file closed while a
+//! spawn is under way lives on in the child until it execs, and so would
+//! its registration, firing (level-triggered) for a worker that is gone.
+//! A token also carries its worker's serial number, so that an event for a
+//! worker that is gone is dropped, whatever its cause.
 //!
 //! The timeout is the nearest deadline, to the microsecond: epoll's own
 //! timeout is in milliseconds, so a sleep with a deadline waits on the
@@ -163,6 +164,14 @@ impl Watch {
         self.modify(process.pidfd(), token(REAP, dying))
     }
 
+    /// Takes a descriptor out of the set, before it is closed. Its file
+    /// may live on in a child being spawned (until it execs), and so
+    /// would its registration, firing for a worker that is gone.
+    pub(crate) fn unwatch(&self, fd: BorrowedFd<'_>) {
+        // Fails only if it was not watched: nothing to undo then.
+        let _ = epoll::delete(&self.epoll, fd);
+    }
+
     fn add(&self, fd: BorrowedFd<'_>, data: EventData) -> io::Result<()> {
         Ok(epoll::add(&self.epoll, fd, data, flags_for(data))?)
     }
@@ -254,5 +263,41 @@ mod tests {
         assert_eq!(source(token(REQUESTS, key)), Source::Requests(key));
         assert_eq!(source(token(DYING_STDERR, key)), Source::DyingStderr(key));
         assert_eq!(source(EventData::new_u64(DOORBELL)), Source::Doorbell);
+    }
+
+    /// What is ready now, without sleeping.
+    fn ready_now(watch: &mut Watch) -> Vec<Source> {
+        let mut ready = Vec::new();
+        watch.wait(Some(Instant::now()), || {}, &mut ready).unwrap();
+        ready
+    }
+
+    #[test]
+    fn a_descriptor_unwatched_before_it_closes_is_quiet_while_a_copy_lives() {
+        let (doorbell, _ring) = rustix::pipe::pipe().unwrap();
+        let mut watch = Watch::new(doorbell.as_fd()).unwrap();
+        let key = Key { slot: 1, serial: 1 };
+        for unwatched in [false, true] {
+            let (replies, writer) = rustix::pipe::pipe().unwrap();
+            watch.add(replies.as_fd(), token(REPLIES, key)).unwrap();
+            // A child being spawned holds a copy of every descriptor.
+            let copy = rustix::io::dup(&replies).unwrap();
+            drop(writer);
+            assert_eq!(ready_now(&mut watch), [Source::Replies(key)]);
+            if unwatched {
+                watch.unwatch(replies.as_fd());
+            }
+            drop(replies);
+            let ready = ready_now(&mut watch);
+            if unwatched {
+                assert_eq!(ready, [], "gone with its descriptor");
+            } else {
+                // The hazard: a closed descriptor's registration lives on
+                // with its file, and keeps firing.
+                assert_eq!(ready, [Source::Replies(key)]);
+            }
+            drop(copy);
+            assert_eq!(ready_now(&mut watch), [], "gone with its file");
+        }
     }
 }
