@@ -290,12 +290,18 @@ impl Scheduler {
     /// join as they come.
     fn spawn_initial(&mut self) -> Result<(), Error> {
         let now = Instant::now();
-        let cores = std::thread::available_parallelism().map_or(1, NonZero::get);
+        // Asked only of a wide pool: it reads cgroup files, which takes a
+        // noticeable part of a small pool's start.
+        let cores = || std::thread::available_parallelism().map_or(1, NonZero::get);
         for group in 0..self.supplies.len() {
             let supply = &mut self.supplies[group];
             // The rest start as these say hello (see `replenish_group`).
             let initial = supply.target().min(supply.max_starting());
-            let here = initial.min(SPAWNED_AT_START.max(cores));
+            let here = if initial <= SPAWNED_AT_START {
+                initial
+            } else {
+                initial.min(SPAWNED_AT_START.max(cores()))
+            };
             let mut spawned = Vec::with_capacity(here);
             for _ in 0..here {
                 let worker = supply.spawn().map_err(|source| Error::Spawn { source })?;
