@@ -29,6 +29,14 @@ fn identity(x: u64) -> u64 {
 }
 buckshot::register!(identity);
 
+/// Naps a millisecond and says which worker ran it: every worker of a
+/// wide pool gets some.
+fn nap_pid(_: u64) -> u32 {
+    std::thread::sleep(Duration::from_millis(1));
+    std::process::id()
+}
+buckshot::register!(nap_pid);
+
 /// A fixed amount of CPU work: `loops` rounds of a multiply-add that the
 /// compiler cannot skip. Unlike spinning against the clock, time spent
 /// descheduled is not counted as work.
@@ -604,7 +612,16 @@ fn wide() {
     );
     for processes in [64, 256] {
         let (pool, started) = time(|| Pool::new(processes).unwrap());
-        // Every worker up and answering before the clock starts.
+        // Every worker up and answering before the clock starts: a wide
+        // pool's last workers are spawned after `Pool::new` returns.
+        let mut seen = std::collections::HashSet::new();
+        while seen.len() < processes {
+            seen.extend(
+                pool.map(nap_pid, 0..(processes * 2) as u64)
+                    .unwrap()
+                    .map(Result::unwrap),
+            );
+        }
         let _ = pool
             .map(identity, 0..(processes * 64) as u64)
             .unwrap()

@@ -48,6 +48,11 @@ const AHEAD_FRAMES: usize = 16;
 /// pool's wake-ups.
 const TINY_TASK_FRAMES: usize = 512;
 const TINY_TASK: Duration = Duration::from_micros(20);
+/// Until anything is measured a worker takes two inputs; the frames kept
+/// besides those wait in the pool's queue, one input each, to be sent so
+/// even once the inputs turn out tiny. So they are at most this many,
+/// however wide the pool.
+const UNMEASURED_FRAMES: usize = 64;
 /// Work per process that a map keeps pulled ahead of what it has yielded.
 const WINDOW_WORK: Duration = Duration::from_millis(40);
 /// Chunks per process that a map keeps pulled ahead of what it has yielded,
@@ -118,6 +123,13 @@ pub(crate) const STDERR_QUEUE: usize = 1 << 20;
 /// one this much CPU time short per thread they kept busy.
 pub(crate) const CPU_READ_INTERVAL: Duration = Duration::from_millis(10);
 
+/// `Pool::new` spawns up to this many workers of each launcher itself, or
+/// as many as the machine has cores if that is more: a few milliseconds,
+/// after which a small pool has all its workers from the first dispatch,
+/// so slow inputs spread over them at once. A wider pool's other workers
+/// are spawned by the spawning thread while the first ones serve.
+pub(crate) const SPAWNED_AT_START: usize = 8;
+
 /// A worker that has not said hello by then has failed to start.
 pub(crate) const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 /// Consecutive start-up failures after which the pool gives up.
@@ -180,7 +192,12 @@ pub(crate) fn chunk_items(c: &ChunkContext) -> u32 {
         let spread = c.remaining as u128 / (4 * c.processes as u128);
         items = items.min(spread.max(MIN_CHUNK_WORK.as_nanos() / per_item));
     }
-    items = items.min(2 * u128::from(c.last_target) + 1);
+    // Growth is capped per fill of the window, which cuts a few chunks for
+    // each process: twofold, or as many times as there are processes. (At
+    // 256 processes, doubling from one input took most of a 1M map, in
+    // frames that cost more than their work.)
+    let growth = c.processes.max(2) as u128;
+    items = items.min(growth * u128::from(c.last_target) + 1);
     u32::try_from(items)
         .unwrap_or(MAX_CHUNK_ITEMS)
         .clamp(1, MAX_CHUNK_ITEMS)
@@ -212,8 +229,12 @@ pub(crate) fn window(
     // At least one input, however large, or the map would stall.
     let by_bytes = (WINDOW_BYTES / item_bytes).max(1);
     let tiny = per_item.is_some_and(|per_item| per_item < TINY_TASK);
-    let frames = if tiny { TINY_TASK_FRAMES } else { AHEAD_FRAMES };
-    let ahead = (per_chunk * processes * AHEAD_CHUNKS + frames * processes).min(by_bytes);
+    let frames = match per_item {
+        None => (AHEAD_FRAMES * processes).min(UNMEASURED_FRAMES),
+        Some(_) if tiny => TINY_TASK_FRAMES * processes,
+        Some(_) => AHEAD_FRAMES * processes,
+    };
+    let ahead = (per_chunk * processes * AHEAD_CHUNKS + frames).min(by_bytes);
     let span = (for_work(WINDOW_WORK).max(per_chunk * processes * WINDOW_CHUNKS) + WINDOW_SLACK)
         .min(by_bytes);
     Window {
@@ -327,6 +348,30 @@ mod tests {
     }
 
     #[test]
+    fn a_wide_pool_grows_its_chunks_as_many_times_as_it_has_processes() {
+        let c = ChunkContext {
+            per_item: Some(Duration::from_nanos(100)),
+            processes: 256,
+            last_target: 1,
+            ..context()
+        };
+        assert_eq!(chunk_items(&c), 257);
+        let c = ChunkContext {
+            last_target: 257,
+            ..c
+        };
+        // The target (2 ms of 100 ns inputs), within the cap.
+        assert_eq!(chunk_items(&c), MAX_CHUNK_ITEMS);
+        // Two processes: twofold, as ever.
+        let narrow = ChunkContext {
+            processes: 2,
+            last_target: 257,
+            ..c
+        };
+        assert_eq!(chunk_items(&narrow), 515);
+    }
+
+    #[test]
     fn a_wide_pool_still_cuts_chunks_worth_their_frame() {
         let c = ChunkContext {
             per_item: Some(Duration::from_nanos(100)),
@@ -349,6 +394,16 @@ mod tests {
         assert_eq!(tiny.ahead, 2 * AHEAD_CHUNKS + TINY_TASK_FRAMES * 2);
         // 40 ms of 1 us inputs per process are pulled ahead.
         assert_eq!(tiny.span, 40_000 * 2 + WINDOW_SLACK);
+    }
+
+    #[test]
+    fn a_wide_pool_keeps_few_unmeasured_inputs_ahead() {
+        // Narrow pools: as many frames per process as ever.
+        let w = window(1, 8, None, 2);
+        assert_eq!(w.ahead, 2 * AHEAD_CHUNKS + 2 * AHEAD_FRAMES);
+        // 256 processes: not 5,120 one-input frames.
+        let w = window(1, 8, None, 256);
+        assert_eq!(w.ahead, 256 * AHEAD_CHUNKS + UNMEASURED_FRAMES);
     }
 
     #[test]

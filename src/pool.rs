@@ -500,7 +500,9 @@ impl PoolBuilder {
         self
     }
 
-    /// Starts the workers.
+    /// Starts the workers. Returns once the first of them (up to 8, or as
+    /// many as this machine has cores) are spawned; a wider pool's others
+    /// are spawned in the background and take work as they come.
     ///
     /// # Errors
     ///

@@ -30,8 +30,11 @@ use crate::flow::{
 /// The read end of one worker's stderr.
 #[derive(Debug)]
 pub(crate) struct StderrPipe {
-    /// `None` after end of stream.
+    /// `None` once closed ([`StderrPipe::close`]).
     fd: Option<OwnedFd>,
+    /// End of stream was seen. The descriptor stays open until closed: the
+    /// pool's thread takes it out of its epoll set first.
+    ended: bool,
     forward: bool,
     /// The last bytes read, at most twice [`STDERR_TAIL`].
     tail: Vec<u8>,
@@ -47,6 +50,7 @@ impl StderrPipe {
     pub(crate) fn new(fd: OwnedFd, forward: bool) -> StderrPipe {
         StderrPipe {
             fd: Some(fd),
+            ended: false,
             forward,
             tail: Vec::new(),
             total: 0,
@@ -62,9 +66,19 @@ impl StderrPipe {
         Ok(())
     }
 
-    /// The descriptor to poll, until the stream ends.
+    /// The descriptor, until closed.
     pub(crate) fn fd(&self) -> Option<BorrowedFd<'_>> {
         self.fd.as_ref().map(AsFd::as_fd)
+    }
+
+    /// Whether the stream ended (and the descriptor is to be closed).
+    pub(crate) fn ended(&self) -> bool {
+        self.ended
+    }
+
+    /// Closes the descriptor.
+    pub(crate) fn close(&mut self) {
+        self.fd = None;
     }
 
     /// Reads what the worker wrote (at most [`STDERR_READS`] per call),
@@ -74,11 +88,11 @@ impl StderrPipe {
     pub(crate) fn pump(&mut self) {
         let mut buf = [0u8; STDERR_READ];
         let mut read = 0;
-        while read < STDERR_READS {
+        while read < STDERR_READS && !self.ended {
             let Some(fd) = &self.fd else { return };
             match rustix::io::read(fd, &mut buf) {
                 Ok(0) => {
-                    self.fd = None;
+                    self.ended = true;
                     self.flush_line();
                     return;
                 }
@@ -341,7 +355,7 @@ mod tests {
         rustix::io::write(&write, b"last line\n").unwrap();
         drop(write);
         pipe.pump();
-        assert!(pipe.fd().is_none(), "end of stream seen");
+        assert!(pipe.ended(), "end of stream seen");
         let tail = pipe.tail();
         assert_eq!(tail.len(), STDERR_TAIL);
         assert!(tail.ends_with("aaaalast line\n"), "{tail:?}");

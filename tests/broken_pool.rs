@@ -15,17 +15,21 @@ fn pid_of(_: u64) -> u32 {
 }
 buckshot::register!(pid_of);
 
-/// The thread id of this process's one pool thread.
+/// The thread id of this process's one pool thread. The threads it starts
+/// bear its name until they give themselves theirs, when they first run.
 fn pool_thread() -> u32 {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
-        let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
-        if comm.trim() == "buckshot-pool" {
-            found.push(entry.file_name().to_string_lossy().parse().unwrap());
+    let named = || {
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+            let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+            if comm.trim() == "buckshot-pool" {
+                found.push(entry.file_name().to_string_lossy().parse().unwrap());
+            }
         }
-    }
-    assert_eq!(found.len(), 1, "pool threads: {found:?}");
-    found[0]
+        found
+    };
+    common::wait_until("one thread named buckshot-pool", || named().len() == 1);
+    named()[0]
 }
 
 /// How often thread `tid` was scheduled, and for how long it ran, in total.

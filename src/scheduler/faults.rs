@@ -72,10 +72,6 @@ impl Dying {
         &mut self.process
     }
 
-    pub(crate) fn process(&self) -> &Process {
-        &self.process
-    }
-
     pub(crate) fn group(&self) -> usize {
         self.group
     }

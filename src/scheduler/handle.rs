@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use rustix::io::Errno;
 
 use super::books::{Books, Unanswered};
+use super::poll::Watch;
 use crate::delivery::Outbox;
 use crate::flow::{self, READS_PER_WAKE, SCRATCH_BYTES, STARTUP_TIMEOUT};
 use crate::launch::Reported;
@@ -195,11 +196,15 @@ impl WorkerHandle {
     /// a worker whose stream closes exits at once, even mid-task.) A write
     /// that fails for another reason than a full pipe closes the stream:
     /// the worker is gone, and its reply stream will say so once the
-    /// replies it wrote before are read.
-    pub(crate) fn write(&mut self) {
+    /// replies it wrote before are read. A closed pipe leaves `watch`
+    /// first.
+    pub(crate) fn write(&mut self, watch: &Watch) {
         if self.wants_to_write() {
             if let Err(e) = self.try_write() {
                 if e.kind() != io::ErrorKind::WouldBlock {
+                    if let Some(fd) = self.process.requests() {
+                        watch.unwatch(fd);
+                    }
                     self.process.close_requests();
                 }
             }
@@ -249,7 +254,12 @@ impl WorkerHandle {
     /// Reads and handles what it wrote: at most [`READS_PER_WAKE`] reads,
     /// so that one chatty worker cannot starve the others. Returns the
     /// bytes read and what its handshake said, if it arrived.
-    pub(crate) fn read(&mut self, max_frame: u32, outbox: &mut Outbox) -> (usize, Option<Heard>) {
+    pub(crate) fn read(
+        &mut self,
+        max_frame: u32,
+        outbox: &mut Outbox,
+        watch: &Watch,
+    ) -> (usize, Option<Heard>) {
         let mut total = 0;
         let mut heard = None;
         for _ in 0..READS_PER_WAKE {
@@ -261,6 +271,7 @@ impl WorkerHandle {
             };
             match self.frames.fill(fd) {
                 Ok(0) => {
+                    watch.unwatch(fd);
                     self.process.close_replies();
                     self.end();
                     break;
@@ -291,11 +302,16 @@ impl WorkerHandle {
     /// After its process exited: reads the replies it wrote before it went,
     /// but at most what its pipe could hold (a forked child may keep
     /// writing), then decides its fate.
-    pub(crate) fn read_remains(&mut self, max_frame: u32, outbox: &mut Outbox) -> Option<Heard> {
+    pub(crate) fn read_remains(
+        &mut self,
+        max_frame: u32,
+        outbox: &mut Outbox,
+        watch: &Watch,
+    ) -> Option<Heard> {
         let mut drained = 0;
         let mut heard = None;
         while drained < flow::DRAIN_AFTER_EXIT {
-            let (n, said) = self.read(max_frame, outbox);
+            let (n, said) = self.read(max_frame, outbox, watch);
             heard = heard.or(said);
             if n == 0 {
                 break;

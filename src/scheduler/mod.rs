@@ -2,15 +2,24 @@
 //! them and the maps.
 //!
 //! One thread per pool runs an event loop over non-blocking pipes with
-//! `poll`. It never encodes or decodes a value: callers encode inputs into
+//! epoll. It never encodes or decodes a value: callers encode inputs into
 //! RUN frames ([`Chunk`]s) on their own threads and decode outcomes from
 //! deliveries, so the loop only stamps sequence numbers, writes frames,
 //! splits replies and keeps time. Nothing in it blocks on anything but the
-//! poll: not on a worker, not on a caller, not on this process's stderr.
+//! wait: not on a worker, not on a caller, not on this process's stderr.
 //!
-//! The same thread spawns every worker, replacements included: Linux sends
-//! the parent-death signal when the *thread* that spawned a child ends, and
-//! this thread lives exactly as long as the pool.
+//! A turn costs what happened in it, not how many workers there are (a
+//! pool of remote workers may have a thousand): a worker is looked at
+//! when one of its descriptors is ready, its deadline passes, or it is
+//! given work ("touched"); deadlines wait in a heap and the workers that
+//! take more work in a set ordered by backlog. Only rare events (a map or
+//! context dropped, a worker joining or leaving) look at every worker.
+//!
+//! This thread spawns the first workers itself, so that a pool that cannot
+//! spawn fails to build; the others and every replacement are spawned by a
+//! thread of its own. Linux sends the parent-death signal when the
+//! *thread* that spawned a child ends, and both threads live exactly as
+//! long as the pool.
 //!
 //! One turn of the loop: replace missing workers, sync with the callers
 //! (deliver outcomes, take new chunks and cancellations, dispatch), write
@@ -20,36 +29,44 @@
 //!   answers, backlog, and when its current input started;
 //! - [`handle`]: one live worker: its process, books and reply stream;
 //! - [`supply`]: spawning workers, and giving up when they cannot start;
-//! - [`spawner`]: the thread that spawns replacements, so that this one
-//!   goes on serving the others meanwhile;
+//! - [`spawner`]: the thread that spawns workers after the first ones, so
+//!   that this one goes on serving the others meanwhile;
 //! - [`faults`]: what the inputs of a worker that goes get, and reaping;
-//! - [`poll`]: what the loop waits on, and until when.
+//! - [`poll`]: what the loop waits on, and until when;
+//! - [`deadlines`]: the workers' deadlines, nearest first.
 
 mod books;
+mod deadlines;
 mod faults;
 mod handle;
 mod poll;
 mod spawner;
 mod supply;
 
+use std::collections::{BTreeSet, HashSet};
+use std::num::NonZero;
 use std::sync::Arc;
 use std::sync::mpsc;
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use slab::Slab;
+
+use self::deadlines::Deadlines;
 use self::faults::{Burial, Dying};
 use self::handle::{Fate, Heard, WorkerHandle};
-use self::poll::Source;
+use self::poll::{Key, Source, Watch};
 use self::spawner::Spawner;
 use self::supply::Supply;
 use crate::delivery::Outbox;
 use crate::error::Error;
-use crate::flow::{REAP_BOUND, UNKNOWN_ESTIMATE};
+use crate::flow::{REAP_BOUND, SPAWNED_AT_START, UNKNOWN_ESTIMATE};
 use crate::handoff::WorkerConfig;
 use crate::journal::Recorder;
 use crate::logs;
 use crate::replay::Keeper;
 use crate::shared::{Chunk, Config, Phase, Shared, State};
+use crate::stderr::StderrPipe;
 
 /// A running pool: its shared state and its thread, which stops when this
 /// is dropped. [`Pool`](crate::Pool) holds one, and so does the iterator of
@@ -60,8 +77,8 @@ pub(crate) struct Running {
 }
 
 impl Running {
-    /// Starts the pool's thread and its workers. Returns once every worker
-    /// is spawned (not yet ready).
+    /// Starts the pool's thread and its workers. Returns once the first
+    /// workers are spawned (not yet ready); the others follow.
     pub(crate) fn start(config: Config) -> Result<Running, Error> {
         let shared = Arc::new(Shared::new(config).map_err(|source| Error::Spawn { source })?);
         let (started_tx, started_rx) = mpsc::channel();
@@ -154,14 +171,70 @@ struct Scheduler {
     spawner: Spawner,
     /// The pool gave up.
     broken: bool,
-    workers: Vec<WorkerHandle>,
-    dying: Vec<Dying>,
+    /// The live workers, by slot: a slot stays a worker's while it serves.
+    workers: Slab<Seat>,
+    dying: Slab<DyingSeat>,
+    /// Serial number of the next worker to join or leave service.
+    next_serial: u32,
+    watch: Watch,
+    deadlines: Deadlines,
+    /// Slots of the workers that something happened to this turn: only
+    /// these are written, checked and settled.
+    touched: Vec<usize>,
+    /// Slots of the workers with a fate, to bury at the end of the turn.
+    fated: Vec<usize>,
+    /// The workers that take more work, by estimated backlog: dispatch
+    /// takes the first, without looking at the others.
+    hungry: BTreeSet<(Duration, usize)>,
+    /// Workers whose head input changed: is its map still there?
+    recheck: Vec<Key>,
+    /// Maps the workers were given inputs of, as of the last sync.
+    known_maps: HashSet<u64>,
+    /// Dying workers whose exit was signalled.
+    exited: Vec<Key>,
+    /// Something changed how many workers each launcher has or may start:
+    /// `replenish` has work to do.
+    workforce_changed: bool,
     /// Deliveries to send at the next sync.
     outbox: Outbox,
     /// Chunks to put back at the front of the queue, in order.
     requeue: Vec<Chunk>,
-    /// What the last poll found ready.
+    /// What the last wait found ready.
     ready: Vec<Source>,
+    /// Scratch: workers whose deadline passed.
+    expired: Vec<Key>,
+}
+
+/// A live worker and what the loop keeps about it.
+struct Seat {
+    worker: WorkerHandle,
+    serial: u32,
+    /// Its request pipe is in the epoll set.
+    writes_watched: bool,
+    /// Its deadline as the heap knows it.
+    deadline: Option<Instant>,
+    /// It is in `touched`.
+    touched: bool,
+    /// It was seen taking no more work (counted by `replenish`).
+    idle_noted: bool,
+    /// Its backlog as filed in `hungry`, if it is there.
+    hungry: Option<Duration>,
+}
+
+/// Closes a stderr pipe whose stream ended, once out of the epoll set.
+fn close_if_ended(watch: &Watch, stderr: &mut StderrPipe) {
+    if stderr.ended() {
+        if let Some(fd) = stderr.fd() {
+            watch.unwatch(fd);
+        }
+        stderr.close();
+    }
+}
+
+/// A worker taken out of service, waiting to be reaped.
+struct DyingSeat {
+    dying: Dying,
+    serial: u32,
 }
 
 impl Scheduler {
@@ -195,6 +268,7 @@ impl Scheduler {
             .as_ref()
             .map(|settings| Keeper::new(settings, Arc::clone(&shared)));
         let outbox = Outbox::new(keeper, Recorder::new(Arc::clone(&shared)));
+        let watch = Watch::new(shared.doorbell())?;
         let spawner = {
             let shared = Arc::clone(&shared);
             Spawner::start(move || shared.ring())?
@@ -204,21 +278,54 @@ impl Scheduler {
             supplies,
             spawner,
             broken: false,
-            workers: Vec::new(),
-            dying: Vec::new(),
+            workers: Slab::new(),
+            dying: Slab::new(),
+            next_serial: 0,
+            watch,
+            deadlines: Deadlines::default(),
+            touched: Vec::new(),
+            fated: Vec::new(),
+            hungry: BTreeSet::new(),
+            recheck: Vec::new(),
+            known_maps: HashSet::new(),
+            exited: Vec::new(),
+            workforce_changed: true,
             outbox,
             requeue: Vec::new(),
             ready: Vec::new(),
+            expired: Vec::new(),
         })
     }
 
+    /// Spawns the first workers of each launcher here (see
+    /// [`SPAWNED_AT_START`]), so that a launcher that cannot spawn at all
+    /// fails the pool's start; the others are asked of the spawner, and
+    /// join as they come.
     fn spawn_initial(&mut self) -> Result<(), Error> {
-        for supply in &self.supplies {
+        let now = Instant::now();
+        // Asked only of a wide pool: it reads cgroup files, which takes a
+        // noticeable part of a small pool's start.
+        let cores = || std::thread::available_parallelism().map_or(1, NonZero::get);
+        for group in 0..self.supplies.len() {
+            let supply = &mut self.supplies[group];
             // The rest start as these say hello (see `replenish_group`).
-            for _ in 0..supply.target().min(supply.max_starting()) {
+            let initial = supply.target().min(supply.max_starting());
+            let here = if initial <= SPAWNED_AT_START {
+                initial
+            } else {
+                initial.min(SPAWNED_AT_START.max(cores()))
+            };
+            let mut spawned = Vec::with_capacity(here);
+            for _ in 0..here {
                 let worker = supply.spawn().map_err(|source| Error::Spawn { source })?;
                 tracing::debug!(worker = worker.process().pid(), "worker spawned");
-                self.workers.push(worker);
+                spawned.push(worker);
+            }
+            for _ in here..initial {
+                supply.replace(now, &self.spawner);
+            }
+            for worker in spawned {
+                self.admit(worker);
             }
         }
         Ok(())
@@ -228,28 +335,25 @@ impl Scheduler {
         let timeout = self.shared.config.timeout;
         loop {
             self.replenish();
+            // Workers that joined are filed before the dispatch.
+            self.settle();
             if !self.sync() {
                 break;
             }
-            for worker in &mut self.workers {
-                worker.write();
+            for &slot in &self.touched {
+                self.workers[slot].worker.write(&self.watch);
             }
-            let deadline =
-                poll::nearest_deadline(&self.workers, &self.dying, timeout, self.retry_at());
+            self.settle();
+            let deadline = self.nearest_deadline();
             let (shared, outbox) = (&self.shared, &mut self.outbox);
             let deliver_before_sleep = || {
                 if !outbox.is_empty() {
                     shared.lock().deliver(outbox);
                 }
             };
-            let waited = poll::wait(
-                shared.doorbell(),
-                &self.workers,
-                &self.dying,
-                deadline,
-                deliver_before_sleep,
-                &mut self.ready,
-            );
+            let waited = self
+                .watch
+                .wait(deadline, deliver_before_sleep, &mut self.ready);
             if waited.is_err() {
                 break;
             }
@@ -257,13 +361,186 @@ impl Scheduler {
                 self.handle(source);
             }
             let now = Instant::now();
-            for worker in &mut self.workers {
-                worker.check_deadline(now, timeout);
-            }
+            self.expire(now, timeout);
+            // Burials need every fate of this turn.
+            self.settle();
             self.bury_fated();
             self.reap_dying(now);
         }
         self.shut_down();
+    }
+
+    /// Puts a new worker in service.
+    fn admit(&mut self, worker: WorkerHandle) {
+        let serial = self.next_serial;
+        self.next_serial = serial.wrapping_add(1);
+        let entry = self.workers.vacant_entry();
+        let key = Key {
+            slot: entry.key(),
+            serial,
+        };
+        if let Err(e) = self.watch.join(key, worker.process()) {
+            // The system is out of epoll watches or memory: no worker
+            // could be served.
+            self.break_pool(format!("could not watch a worker: {e}"));
+            return;
+        }
+        entry.insert(Seat {
+            worker,
+            serial,
+            writes_watched: false,
+            deadline: None,
+            touched: false,
+            idle_noted: false,
+            hungry: None,
+        });
+        self.workforce_changed = true;
+        self.touch(key.slot);
+    }
+
+    /// Something happened to the worker in `slot`: it is settled this turn.
+    fn touch(&mut self, slot: usize) {
+        let seat = &mut self.workers[slot];
+        if !seat.touched {
+            seat.touched = true;
+            self.touched.push(slot);
+        }
+    }
+
+    /// The live worker `key` names, unless it is gone.
+    fn live(&self, key: Key) -> bool {
+        self.workers
+            .get(key.slot)
+            .is_some_and(|seat| seat.serial == key.serial)
+    }
+
+    /// Brings what the loop keeps about the touched workers up to date:
+    /// whether their request pipe is watched, their deadline, and whether
+    /// they are to be buried.
+    fn settle(&mut self) {
+        let timeout = self.shared.config.timeout;
+        for slot in std::mem::take(&mut self.touched) {
+            let seat = &mut self.workers[slot];
+            seat.touched = false;
+            let key = Key {
+                slot,
+                serial: seat.serial,
+            };
+            if seat.worker.fate().is_some() {
+                self.fated.push(slot);
+                self.file(slot);
+                continue;
+            }
+            let want = seat.worker.wants_to_write();
+            self.watch
+                .writes(key, seat.worker.process(), want, &mut seat.writes_watched);
+            let deadline = seat.worker.deadline(timeout);
+            if deadline != seat.deadline {
+                seat.deadline = deadline;
+                if let Some(at) = deadline {
+                    self.deadlines.set(key, at);
+                }
+            }
+            if !seat.idle_noted && !seat.worker.takes_work() {
+                seat.idle_noted = true;
+                self.workforce_changed = true;
+            }
+            if seat.worker.books().head_map().is_some() {
+                self.recheck.push(key);
+            }
+            self.file(slot);
+        }
+        let workers = &self.workers;
+        self.deadlines.compact(workers.len(), || {
+            workers
+                .iter()
+                .filter_map(|(slot, seat)| {
+                    let key = Key {
+                        slot,
+                        serial: seat.serial,
+                    };
+                    seat.deadline.map(|at| (key, at))
+                })
+                .collect()
+        });
+    }
+
+    /// Files the worker in `slot` among the hungry by its backlog, or takes
+    /// it out if it wants no more.
+    fn file(&mut self, slot: usize) {
+        let seat = &mut self.workers[slot];
+        let wants = seat
+            .worker
+            .wants_more()
+            .then(|| seat.worker.books().backlog());
+        if wants != seat.hungry {
+            if let Some(backlog) = seat.hungry {
+                self.hungry.remove(&(backlog, slot));
+            }
+            if let Some(backlog) = wants {
+                self.hungry.insert((backlog, slot));
+            }
+            seat.hungry = wants;
+        }
+    }
+
+    /// The worker with the least backlog that takes more work, if any.
+    fn hungriest(&mut self) -> Option<usize> {
+        while let Some(&(backlog, slot)) = self.hungry.first() {
+            // Filed when it was last settled; it may have been doomed since.
+            match self.workers.get(slot) {
+                Some(seat) if seat.hungry == Some(backlog) && seat.worker.wants_more() => {
+                    return Some(slot);
+                }
+                Some(seat) if seat.hungry == Some(backlog) => self.file(slot),
+                _ => {
+                    self.hungry.pop_first();
+                }
+            }
+        }
+        None
+    }
+
+    /// The nearest time the loop must wake up at, if any: now if a worker
+    /// awaits burial, else the earliest deadline of a worker, of a retired
+    /// worker's exit, or of a spawn retry.
+    fn nearest_deadline(&mut self) -> Option<Instant> {
+        if !self.fated.is_empty() {
+            // A worker to bury (cancelled, say): just look at what else is
+            // ready, then come back.
+            return Some(Instant::now());
+        }
+        let workers = &self.workers;
+        let nearest = self.deadlines.nearest(|key, at| {
+            workers
+                .get(key.slot)
+                .is_some_and(|seat| seat.serial == key.serial && seat.deadline == Some(at))
+        });
+        nearest
+            .into_iter()
+            .chain(self.dying.iter().filter_map(|(_, d)| d.dying.kill_at()))
+            .chain(self.retry_at())
+            .min()
+    }
+
+    /// Decides the fate of the workers whose deadline passed at `now`.
+    fn expire(&mut self, now: Instant, timeout: Option<std::time::Duration>) {
+        let workers = &self.workers;
+        let mut expired = std::mem::take(&mut self.expired);
+        self.deadlines.expired(
+            now,
+            |key, at| {
+                workers
+                    .get(key.slot)
+                    .is_some_and(|seat| seat.serial == key.serial && seat.deadline == Some(at))
+            },
+            &mut expired,
+        );
+        for key in expired.drain(..) {
+            self.workers[key.slot].worker.check_deadline(now, timeout);
+            self.touch(key.slot);
+        }
+        self.expired = expired;
     }
 
     /// When a launcher must spawn again after a spawn error, if one must.
@@ -273,16 +550,22 @@ impl Scheduler {
 
     /// Keeps each launcher's number of workers that take work, unless its
     /// start-up keeps failing: then it is given up, and the pool with it
-    /// when it was the last.
+    /// when it was the last. Looks at the workers only when something
+    /// changed their numbers, or a spawn retry is due.
     fn replenish(&mut self) {
         let now = Instant::now();
         while let Some(spawned) = self.spawner.try_take() {
             let supply = &mut self.supplies[spawned.group];
             if let Some(worker) = supply.spawned(spawned.result, now) {
-                self.workers.push(worker);
+                self.admit(worker);
             }
+            self.workforce_changed = true;
         }
         if self.broken {
+            return;
+        }
+        let retry_due = self.retry_at().is_some_and(|at| at <= now);
+        if !std::mem::take(&mut self.workforce_changed) && !retry_due {
             return;
         }
         for group in 0..self.supplies.len() {
@@ -304,11 +587,8 @@ impl Scheduler {
             return;
         }
         let ours = |worker: &&WorkerHandle| worker.group() == group;
-        let ready = self
-            .workers
-            .iter()
-            .filter(ours)
-            .any(|w| w.books().is_ready());
+        let workers = || self.workers.iter().map(|(_, seat)| &seat.worker);
+        let ready = workers().filter(ours).any(|w| w.books().is_ready());
         if !ready {
             if let Some(reason) = self.supplies[group].gave_up() {
                 tracing::warn!(launcher = ?self.supplies[group], reason, "workers keep failing to start: launcher given up");
@@ -317,40 +597,27 @@ impl Scheduler {
             }
         }
         let now = Instant::now();
-        while self
-            .workers
-            .iter()
+        let working = workers().filter(ours).filter(|w| w.takes_work()).count();
+        let starting = |w: &&WorkerHandle| w.fate().is_none() && !w.books().is_ready();
+        let starting = workers().filter(ours).filter(starting).count();
+        let alive = workers()
             .filter(ours)
-            .filter(|w| w.takes_work())
-            .count()
-            + self.supplies[group].pending()
-            < self.supplies[group].target()
-        {
-            let starting = |w: &&WorkerHandle| w.fate().is_none() && !w.books().is_ready();
-            if self.workers.iter().filter(ours).filter(starting).count()
-                + self.supplies[group].pending()
-                >= self.supplies[group].max_starting()
-            {
+            .filter(|w| w.fate().is_none())
+            .count();
+        let failed_starting = self
+            .dying
+            .iter()
+            .filter(|(_, d)| d.dying.group() == group && d.dying.failed_starting())
+            .count();
+        let supply = &mut self.supplies[group];
+        while working + supply.pending() < supply.target() {
+            if starting + supply.pending() >= supply.max_starting() {
                 return;
             }
-            if !ready {
-                let starting = self
-                    .workers
-                    .iter()
-                    .filter(ours)
-                    .filter(|w| w.fate().is_none())
-                    .count()
-                    + self
-                        .dying
-                        .iter()
-                        .filter(|d| d.group() == group && d.failed_starting())
-                        .count()
-                    + self.supplies[group].pending();
-                if !self.supplies[group].may_start(starting) {
-                    return;
-                }
+            if !ready && !supply.may_start(alive + failed_starting + supply.pending()) {
+                return;
             }
-            if !self.supplies[group].replace(now, &self.spawner) {
+            if !supply.replace(now, &self.spawner) {
                 return;
             }
         }
@@ -360,8 +627,10 @@ impl Scheduler {
     /// fails with `reason`, new maps are refused.
     fn break_pool(&mut self, reason: String) {
         self.broken = true;
-        for worker in &mut self.workers {
-            worker.doom(Fate::PoolBroken);
+        let slots: Vec<usize> = self.workers.iter().map(|(slot, _)| slot).collect();
+        for slot in slots {
+            self.workers[slot].worker.doom(Fate::PoolBroken);
+            self.touch(slot);
         }
         for supply in &mut self.supplies {
             supply.stop(None);
@@ -406,23 +675,44 @@ impl Scheduler {
         }
         // Workers may drop the contexts that no map or handle holds.
         for id in state.take_dead_contexts() {
-            for worker in &mut self.workers {
-                worker.forget(id);
+            for (_, seat) in &mut self.workers {
+                seat.worker.forget(id);
             }
         }
-        // A worker whose current input belongs to a dropped map is killed,
-        // whenever that input came to the head of its queue.
-        for worker in &mut self.workers {
+        self.cancel_dropped(&state);
+        self.dispatch(&mut state);
+        true
+    }
+
+    /// A worker whose current input belongs to a dropped map is killed,
+    /// whenever that input came to the head of its queue. Looks at every
+    /// worker only when a map went; else at those whose head changed.
+    fn cancel_dropped(&mut self, state: &State) {
+        let before = self.known_maps.len();
+        self.known_maps.retain(|map| state.maps.contains_key(map));
+        let mut check = std::mem::take(&mut self.recheck);
+        if self.known_maps.len() < before {
+            check.clear();
+            check.extend(self.workers.iter().map(|(slot, seat)| Key {
+                slot,
+                serial: seat.serial,
+            }));
+        }
+        for key in check.drain(..) {
+            if !self.live(key) {
+                continue;
+            }
+            let worker = &mut self.workers[key.slot].worker;
             if worker
                 .books()
                 .head_map()
                 .is_some_and(|map| !state.maps.contains_key(&map))
             {
                 worker.doom(Fate::Cancelled);
+                self.touch(key.slot);
             }
         }
-        self.dispatch(&mut state);
-        true
+        self.recheck = check;
     }
 
     /// Gives queued chunks to the workers with the least estimated backlog.
@@ -436,15 +726,12 @@ impl Scheduler {
             let estimate = link.stats.per_item().unwrap_or(UNKNOWN_ESTIMATE);
             let stats = Arc::clone(&link.stats);
             let context = link.context.clone();
-            let Some(worker) = self
-                .workers
-                .iter_mut()
-                .filter(|worker| worker.wants_more())
-                .min_by_key(|worker| worker.books().backlog())
-            else {
+            let Some(slot) = self.hungriest() else {
                 break;
             };
+            let worker = &mut self.workers[slot].worker;
             let mut chunk = state.queue.pop_front().expect("front exists");
+            self.known_maps.insert(chunk.map);
             if let Some(quota) = quota {
                 let assigned = worker.books().assigned();
                 let room = u32::try_from(quota - assigned).unwrap_or(u32::MAX);
@@ -458,6 +745,8 @@ impl Scheduler {
                 }
             }
             worker.assign(chunk, context.as_deref(), estimate, stats);
+            self.file(slot);
+            self.touch(slot);
         }
     }
 
@@ -465,40 +754,73 @@ impl Scheduler {
         let max_frame = self.shared.config.max_frame_bytes;
         match source {
             Source::Doorbell => self.shared.clear_doorbell(),
-            Source::Replies(i) => {
-                let (_, heard) = self.workers[i].read(max_frame, &mut self.outbox);
-                self.hear(heard, self.workers[i].group());
+            Source::Replies(key) if self.live(key) => {
+                let worker = &mut self.workers[key.slot].worker;
+                let (_, heard) = worker.read(max_frame, &mut self.outbox, &self.watch);
+                let group = worker.group();
+                self.touch(key.slot);
+                self.hear(heard, group);
             }
-            Source::Requests(i) => self.workers[i].write(),
-            Source::Stderr(i) => self.workers[i].process_mut().stderr().pump(),
-            Source::DyingStderr(i) => self.dying[i].process_mut().stderr().pump(),
-            // `reap_dying` tries every dying worker after each wake-up.
-            Source::Reap => {}
-            Source::Exited(i) => {
-                let heard = self.workers[i].read_remains(max_frame, &mut self.outbox);
-                self.hear(heard, self.workers[i].group());
+            Source::Requests(key) if self.live(key) => {
+                self.workers[key.slot].worker.write(&self.watch);
+                self.touch(key.slot);
             }
+            Source::Stderr(key) if self.live(key) => {
+                let stderr = self.workers[key.slot].worker.process_mut().stderr();
+                stderr.pump();
+                close_if_ended(&self.watch, stderr);
+            }
+            Source::Exited(key) if self.live(key) => {
+                let worker = &mut self.workers[key.slot].worker;
+                let heard = worker.read_remains(max_frame, &mut self.outbox, &self.watch);
+                let group = worker.group();
+                self.touch(key.slot);
+                self.hear(heard, group);
+            }
+            Source::Reap(key) if self.dying_live(key) => self.exited.push(key),
+            Source::DyingStderr(key) if self.dying_live(key) => {
+                let stderr = self.dying[key.slot].dying.process_mut().stderr();
+                stderr.pump();
+                close_if_ended(&self.watch, stderr);
+            }
+            // Late news of a worker that is gone.
+            _ => {}
         }
+    }
+
+    fn dying_live(&self, key: Key) -> bool {
+        self.dying
+            .get(key.slot)
+            .is_some_and(|seat| seat.serial == key.serial)
     }
 
     fn hear(&mut self, heard: Option<Heard>, group: usize) {
         match heard {
-            Some(Heard::Ready) => self.supplies[group].ready(),
+            Some(Heard::Ready) => {
+                self.supplies[group].ready();
+                self.workforce_changed = true;
+            }
             // Every worker of that launcher would say the same: no point
             // retrying it. Its workers go, their inputs to the others.
             Some(Heard::Mismatch(problem)) => {
-                for worker in &mut self.workers {
-                    if worker.group() == group {
-                        worker.doom(Fate::PoolBroken);
-                    }
+                let slots: Vec<usize> = self
+                    .workers
+                    .iter()
+                    .filter(|(_, seat)| seat.worker.group() == group)
+                    .map(|(slot, _)| slot)
+                    .collect();
+                for slot in slots {
+                    self.workers[slot].worker.doom(Fate::PoolBroken);
+                    self.touch(slot);
                 }
                 self.supplies[group].stop(Some(problem));
+                self.workforce_changed = true;
             }
             None => {}
         }
     }
 
-    /// Takes every worker with a fate out of service.
+    /// Takes the workers with a fate out of service.
     fn bury_fated(&mut self) {
         let mut burial = Burial {
             timeout: self.shared.config.timeout,
@@ -506,28 +828,72 @@ impl Scheduler {
             outbox: &mut self.outbox,
             requeue: &mut self.requeue,
         };
-        let mut i = 0;
-        while i < self.workers.len() {
-            if self.workers[i].fate().is_some() {
-                let remains = self.workers.swap_remove(i).take_out_of_service();
-                self.dying.push(burial.bury(remains));
-            } else {
-                i += 1;
+        for slot in self.fated.drain(..) {
+            // A worker may be listed twice: once buried, its slot is empty
+            // (nothing joins before the next turn).
+            if self
+                .workers
+                .get(slot)
+                .is_none_or(|seat| seat.worker.fate().is_none())
+            {
+                continue;
             }
+            let seat = self.workers.remove(slot);
+            let serial = self.next_serial;
+            self.next_serial = serial.wrapping_add(1);
+            let entry = self.dying.vacant_entry();
+            let key = Key {
+                slot: entry.key(),
+                serial,
+            };
+            // Before the kill closes its pipes: no descriptor is deleted
+            // from the set after it was closed (its number may be reused).
+            self.watch
+                .leave(seat.worker.process(), seat.writes_watched, key)
+                .expect("epoll_ctl on a worker's own descriptors");
+            let remains = seat.worker.take_out_of_service();
+            entry.insert(DyingSeat {
+                dying: burial.bury(remains),
+                serial,
+            });
+            // One that exited already is reaped this turn, so that a
+            // start-up failure is counted (and backed off from) before the
+            // next spawn.
+            self.exited.push(key);
+            self.workforce_changed = true;
         }
     }
 
-    /// Reaps the workers that have exited and reports their victims.
+    /// Reaps the dying workers that have exited, and kills those whose
+    /// grace ran out at `now`, and reports their victims.
     fn reap_dying(&mut self, now: Instant) {
-        let mut i = 0;
-        while i < self.dying.len() {
-            let supply = &mut self.supplies[self.dying[i].group()];
-            if faults::try_reap(&mut self.dying[i], now, supply, &mut self.outbox) {
-                self.dying.swap_remove(i);
-            } else {
-                i += 1;
+        let mut due: Vec<Key> = std::mem::take(&mut self.exited);
+        due.extend(
+            self.dying
+                .iter()
+                .filter(|(_, d)| d.dying.kill_at().is_some_and(|at| now >= at))
+                .map(|(slot, d)| Key {
+                    slot,
+                    serial: d.serial,
+                }),
+        );
+        for key in due.drain(..) {
+            if !self.dying_live(key) {
+                continue;
+            }
+            let dying = &mut self.dying[key.slot].dying;
+            let supply = &mut self.supplies[dying.group()];
+            if faults::try_reap(dying, now, supply, &mut self.outbox) {
+                let process = dying.process_mut();
+                self.watch.unwatch(process.pidfd());
+                if let Some(fd) = process.stderr_fd() {
+                    self.watch.unwatch(fd);
+                }
+                self.dying.remove(key.slot);
+                self.workforce_changed = true;
             }
         }
+        self.exited = due;
     }
 
     /// Kills every worker, fails every input still owed, reaps, and gives
@@ -540,8 +906,8 @@ impl Scheduler {
         let reason = state.phase.reason();
         let mut owed: Vec<Chunk> = self.requeue.drain(..).collect();
         let mut processes = late;
-        for worker in self.workers.drain(..) {
-            let (process, unanswered) = worker.kill_for_shutdown();
+        for seat in self.workers.drain() {
+            let (process, unanswered) = seat.worker.kill_for_shutdown();
             owed.extend(unanswered.into_chunks());
             processes.push(process);
         }
@@ -549,8 +915,8 @@ impl Scheduler {
         for chunk in owed {
             state.never_run(chunk.map, chunk.first_index, chunk.count, reason.clone());
         }
-        for dying in &mut self.dying {
-            if let Some((map, index)) = dying.take_victim() {
+        for (_, seat) in &mut self.dying {
+            if let Some((map, index)) = seat.dying.take_victim() {
                 state.never_run(map, index, 1, reason.clone());
             }
         }
@@ -563,8 +929,8 @@ impl Scheduler {
             stderr.pump();
             stderr.flush_line();
         }
-        for dying in self.dying.drain(..) {
-            faults::reap_at_shutdown(dying);
+        for seat in self.dying.drain() {
+            faults::reap_at_shutdown(seat.dying);
         }
         if self.shared.config.forward_stderr {
             crate::stderr::flush_forwarded();

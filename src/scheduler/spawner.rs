@@ -1,12 +1,14 @@
-//! Spawning replacements off the pool's thread.
+//! Spawning workers off the pool's thread: replacements, and a wide pool's
+//! workers after its first few.
 //!
 //! `posix_spawn` suspends the calling thread until the child has
 //! exec'd (it shares the parent's memory until then): a few hundred
 //! microseconds on this kind of machine, during which a pool's thread
 //! would serve no worker. With a fresh process per input, or a wide
-//! pool, that is the pool's bottleneck. So replacements are spawned by a
-//! thread of their own, and the pool's thread takes the new workers when
-//! they are there (its doorbell rings).
+//! pool, that is the pool's bottleneck (and `Pool::new(256)` would wait
+//! for 256 spawns in a row). So they are spawned by a thread of their
+//! own, and the pool's thread takes the new workers when they are there
+//! (its doorbell rings).
 //!
 //! The spawning thread lives exactly as long as the pool's thread: the
 //! parent-death signal of a worker fires when the *thread* that spawned it
