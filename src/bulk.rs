@@ -529,9 +529,10 @@ pub(crate) fn available_here() -> bool {
 // The worker's side.
 // ---------------------------------------------------------------------------
 
-/// The pool's pid, for `/proc/<pool>/fd/<n>`, and the frame limit; set
-/// when this process serves as a local worker with bulk transfers.
-static POOL: OnceLock<(u32, u64)> = OnceLock::new();
+/// The pool's pid, for `/proc/<pool>/fd/<n>`, the frame limit and the
+/// pool's fd of this worker's reply slots; set when this process serves as
+/// a local worker with bulk transfers.
+static POOL: OnceLock<(u32, u64, u32)> = OnceLock::new();
 /// Whether this worker has reply slots: outputs are encoded plainly, with
 /// no diverting writer, when it has none.
 static SLOTS_ON: AtomicBool = AtomicBool::new(false);
@@ -549,7 +550,7 @@ struct Slots {
 
 /// Opens a memfd of the pool.
 fn open_pools(fd: u32, write: bool) -> io::Result<File> {
-    let (pool, _) = POOL
+    let (pool, _, _) = POOL
         .get()
         .ok_or_else(|| io::Error::other("no bulk transfers in this worker"))?;
     std::fs::OpenOptions::new()
@@ -559,20 +560,36 @@ fn open_pools(fd: u32, write: bool) -> io::Result<File> {
 }
 
 /// Sets up bulk transfers in a worker whose pool is `pool` and whose reply
-/// slots are in the pool's fd `slots`; `limit`: the frame limit. Without
-/// the slots (an error), inputs still work and outputs go inline.
-pub(crate) fn serve(pool: u32, slots: u32, limit: u64) -> io::Result<()> {
-    let _ = POOL.set((pool, limit));
-    let file = open_pools(slots, true)?;
-    let regions = (0..SLOTS_PER_WORKER)
-        .map(|k| Region::new(file.try_clone()?, slot_base(k)))
-        .collect::<io::Result<Vec<_>>>()?;
-    SLOTS.set(Some(Slots {
-        regions,
-        generation: 0,
-    }));
+/// slots are in the pool's fd `slots`; `limit`: the frame limit. The slots
+/// are opened at the first long output.
+pub(crate) fn serve(pool: u32, slots: u32, limit: u64) {
+    let _ = POOL.set((pool, limit, slots));
     SLOTS_ON.store(true, Ordering::Relaxed);
-    Ok(())
+}
+
+/// Opens the reply slots; `None` (and outputs inline from then on) if the
+/// pool's memfd cannot be reached.
+fn open_slots() -> Option<Slots> {
+    let opened = POOL
+        .get()
+        .ok_or_else(|| io::Error::other("no reply slots"))
+        .and_then(|&(_, _, slots)| open_pools(slots, true))
+        .and_then(|file| {
+            (0..SLOTS_PER_WORKER)
+                .map(|k| Region::new(file.try_clone()?, slot_base(k)))
+                .collect::<io::Result<Vec<_>>>()
+        });
+    match opened {
+        Ok(regions) => Some(Slots {
+            regions,
+            generation: 0,
+        }),
+        Err(e) => {
+            SLOTS_ON.store(false, Ordering::Relaxed);
+            eprintln!("buckshot worker: no shared memory for long outputs: {e}");
+            None
+        }
+    }
 }
 
 /// Decodes an input item: plain CBOR, or marked and with a table.
@@ -583,7 +600,7 @@ pub(crate) fn decode_input<T: serde::de::DeserializeOwned>(
     let Some((&INPUT_MARK, rest)) = item.split_first() else {
         return crate::protocol::decode(item, scratch);
     };
-    let limit = POOL.get().map_or(u64::MAX, |&(_, limit)| limit);
+    let limit = POOL.get().map_or(u64::MAX, |&(_, limit, _)| limit);
     let (table, cbor) = Table::parse(rest, limit)?;
     let file = open_pools(table.region, false)?;
     let view = View::map(&file, 0, table.total())?;
@@ -628,6 +645,9 @@ struct SlotSink {
 impl Sink for SlotSink {
     fn put(&mut self, offset: usize, bytes: &[u8]) -> io::Result<bool> {
         SLOTS.with_borrow_mut(|slots| {
+            if slots.is_none() {
+                *slots = open_slots();
+            }
             let Some(slots) = slots else {
                 return Ok(false);
             };
@@ -692,11 +712,12 @@ fn slot_base(k: usize) -> u64 {
     k as u64 * (8 << 30)
 }
 
-/// A worker's reply slots, as the pool holds them: the memfd and each
-/// slot's header.
+/// A worker's reply slots, as the pool holds them: the memfd, and each
+/// slot's header once a reply names one (most workers never fill one, and
+/// a fresh process per input must not pay for mappings).
 pub(crate) struct ReplySlot {
     file: File,
-    headers: Vec<Mapping>,
+    headers: OnceLock<Vec<Mapping>>,
 }
 
 impl std::fmt::Debug for ReplySlot {
@@ -710,10 +731,10 @@ impl std::fmt::Debug for ReplySlot {
 impl ReplySlot {
     pub(crate) fn create() -> io::Result<ReplySlot> {
         let file = Region::create(slot_base(SLOTS_PER_WORKER))?;
-        let headers = (0..SLOTS_PER_WORKER)
-            .map(|k| Mapping::new(&file, slot_base(k), DATA_AT, true))
-            .collect::<io::Result<Vec<_>>>()?;
-        Ok(ReplySlot { file, headers })
+        Ok(ReplySlot {
+            file,
+            headers: OnceLock::new(),
+        })
     }
 
     /// Its fd number, which the worker opens through `/proc`.
@@ -721,16 +742,17 @@ impl ReplySlot {
         self.file.as_raw_fd() as u32
     }
 
+    /// Slot `k`'s state; `None` for no such slot, or if its header could
+    /// not be mapped.
     fn state(&self, k: u32) -> Option<&AtomicU64> {
-        self.headers.get(k as usize).map(Mapping::state)
-    }
-
-    /// Whether any slot is filled: if none is, no reply item read now can
-    /// name one (a fill stays until its item's lease goes).
-    pub(crate) fn any_filled(&self) -> bool {
-        self.headers
-            .iter()
-            .any(|header| header.state().load(Ordering::Acquire) != 0)
+        if self.headers.get().is_none() {
+            let mapped = (0..SLOTS_PER_WORKER)
+                .map(|k| Mapping::new(&self.file, slot_base(k), DATA_AT, true))
+                .collect::<io::Result<Vec<_>>>();
+            // Another thread may have mapped them meanwhile: either will do.
+            let _ = self.headers.set(mapped.unwrap_or_default());
+        }
+        self.headers.get()?.get(k as usize).map(Mapping::state)
     }
 }
 

@@ -150,10 +150,7 @@ fn serve(config: WorkerConfig, sandbox: Option<Sandbox>) -> ! {
         std::process::exit(EXIT_FATAL);
     }
     if let (Some(pool), Some(slot)) = (config.parent, config.reply_slot) {
-        if let Err(e) = crate::bulk::serve(pool, slot, u64::from(config.max_frame_bytes)) {
-            // Outputs go inline; the pool's own checks said this works.
-            eprintln!("buckshot worker: no shared memory for long strings: {e}");
-        }
+        crate::bulk::serve(pool, slot, u64::from(config.max_frame_bytes));
     }
     if let Some(limit) = config.memory_limit {
         let limit = Rlimit {
@@ -447,6 +444,8 @@ struct Reply {
     /// When the items of the frame being assembled started running.
     busy_since: Instant,
     max_frame: usize,
+    /// Items of the frame being assembled with strings in a reply slot.
+    bulk: u32,
 }
 
 impl Reply {
@@ -457,6 +456,7 @@ impl Reply {
             count: 0,
             busy_since: Instant::now(),
             max_frame,
+            bulk: 0,
         }
     }
 
@@ -478,6 +478,7 @@ impl Reply {
             );
             protocol::encode_failure(&Outcome::<()>::Codec(message), &mut self.buf);
         }
+        let bulk = protocol::is_bulk_outcome(&self.buf[start + protocol::ITEM_LEN_BYTES..]);
         protocol::end_item(&mut self.buf, start).expect("outcome under the frame limit");
         if self.buf.len() > self.max_frame {
             let item = self.buf.split_off(start);
@@ -488,6 +489,7 @@ impl Reply {
             self.first_seq = seq;
         }
         self.count += 1;
+        self.bulk += u32::from(bulk);
     }
 
     fn flush(&mut self, replies: &Mutex<File>) {
@@ -501,6 +503,7 @@ impl Reply {
             first_seq: self.first_seq,
             count: self.count,
             busy_nanos: u64::try_from(busy.as_nanos()).unwrap_or(u64::MAX),
+            bulk: self.bulk > 0,
         };
         header.write(&mut self.buf, 0);
         if lock(replies).write_all(&self.buf).is_err() {
@@ -514,5 +517,6 @@ impl Reply {
             self.buf.shrink_to(used);
         }
         self.count = 0;
+        self.bulk = 0;
     }
 }

@@ -131,14 +131,19 @@ pub(crate) struct ReplyHeader {
     /// the pool learns run times from it (arrival times would mislead when
     /// several replies arrive at once).
     pub busy_nanos: u64,
+    /// Whether an item has long strings in the worker's reply slots (see
+    /// `bulk`): only then does the pool look for them.
+    pub bulk: bool,
 }
 
 impl ReplyHeader {
     const FIRST_SEQ_AT: usize = KIND_AT + 1;
     const COUNT_AT: usize = Self::FIRST_SEQ_AT + 8;
     const BUSY_AT: usize = Self::COUNT_AT + 4;
+    const FLAGS_AT: usize = Self::BUSY_AT + 8;
     /// Bytes from the start of a REPLY frame to its first item.
-    pub(crate) const SIZE: usize = Self::BUSY_AT + 8;
+    pub(crate) const SIZE: usize = Self::FLAGS_AT + 1;
+    const BULK: u8 = 1;
 
     /// Writes this header into the REPLY frame that starts at `at` in
     /// `buf` (room reserved), for the items that follow it to the end of
@@ -149,6 +154,7 @@ impl ReplyHeader {
         put_u64(buf, at + Self::FIRST_SEQ_AT, self.first_seq);
         put_u32(buf, at + Self::COUNT_AT, self.count);
         put_u64(buf, at + Self::BUSY_AT, self.busy_nanos);
+        buf[at + Self::FLAGS_AT] = if self.bulk { Self::BULK } else { 0 };
     }
 
     /// The header and the items of a REPLY frame's body. A reply answers
@@ -163,6 +169,7 @@ impl ReplyHeader {
             first_seq: get_u64(body, at(Self::FIRST_SEQ_AT)),
             count: get_u32(body, at(Self::COUNT_AT)),
             busy_nanos: get_u64(body, at(Self::BUSY_AT)),
+            bulk: body[at(Self::FLAGS_AT)] & Self::BULK != 0,
         };
         if header.count == 0 {
             return Err(ProtocolError::new("a reply that answers no input"));
@@ -469,6 +476,7 @@ mod tests {
             first_seq: 9,
             count: 1,
             busy_nanos: 77,
+            bulk: true,
         };
         header.write(&mut buf, at);
         assert_eq!(buf[at + KIND_AT], REPLY);
@@ -484,6 +492,7 @@ mod tests {
             first_seq: 0,
             count: 0,
             busy_nanos: 0,
+            bulk: false,
         }
         .write(&mut buf, 0);
         let error = ReplyHeader::parse(&buf[LEN_BYTES..]).unwrap_err();

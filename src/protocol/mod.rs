@@ -7,7 +7,7 @@
 //! frame  = len:u32 kind:u8 body                       len = 1 + body length
 //! HELLO  worker -> pool  body = CBOR Hello            sent once, at start-up
 //! RUN    pool -> worker  body = task:u32 context:u64 first_seq:u64 count:u32 items
-//! REPLY  worker -> pool  body = first_seq:u64 count:u32 busy_ns:u64 items
+//! REPLY  worker -> pool  body = first_seq:u64 count:u32 busy_ns:u64 flags:u8 items
 //! FATAL  worker -> pool  body = UTF-8 message         the worker exits next
 //! CONTEXT pool -> worker body = id:u64 cbor           before the first RUN that reads it
 //! FORGET pool -> worker  body = id:u64                no RUN will read it again

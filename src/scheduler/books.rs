@@ -249,12 +249,8 @@ impl Books {
                 // The delivery that carries a reply slot's fill holds the
                 // lease on it.
                 let lease = reply_slot
-                    .filter(|slots| slots.any_filled())
-                    .and_then(|slots| {
-                        let bulk = Items::new(outcomes)
-                            .any(|item| item.is_ok_and(protocol::is_bulk_outcome));
-                        bulk.then(|| SlotLease::of(slots, outcomes)).flatten()
-                    });
+                    .filter(|_| header.bulk)
+                    .and_then(|slots| SlotLease::of(slots, outcomes));
                 outbox.push(
                     head.chunk.map,
                     Delivery::Outcomes {
@@ -453,6 +449,7 @@ mod tests {
             first_seq,
             count,
             busy_nanos: 1000 * u64::from(count),
+            bulk: false,
         };
         (header, items)
     }
@@ -666,6 +663,7 @@ mod tests {
             first_seq: 0,
             count: 2,
             busy_nanos: 2,
+            bulk: false,
         };
         let mut outbox = Outbox::default();
         books
