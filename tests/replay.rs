@@ -44,9 +44,9 @@ buckshot::register!(hang_at_four);
 /// waits to be killed for it.
 fn garbage_at_two(x: u64) -> u64 {
     if x == 2 {
-        let mut frame = 21u32.to_le_bytes().to_vec();
+        let mut frame = 22u32.to_le_bytes().to_vec();
         frame.push(3); // REPLY, for zero items
-        frame.extend_from_slice(&[0; 20]);
+        frame.extend_from_slice(&[0; 21]);
         let fd = common::reply_fd();
         // SAFETY: writing a byte buffer to a descriptor this process holds.
         unsafe { libc::write(fd, frame.as_ptr().cast(), frame.len()) };

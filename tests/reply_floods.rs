@@ -9,12 +9,13 @@ use std::time::Duration;
 
 use buckshot::{Error, Pool};
 
-/// A REPLY frame (kind 3) for zero items: length 21, first sequence 0,
-/// count 0, busy time 0.
+/// A REPLY frame (kind 3) for zero items: length 22, first sequence 0,
+/// count 0, busy time 0, no flags.
 fn empty_reply() -> Vec<u8> {
-    let mut frame = 21u32.to_le_bytes().to_vec();
+    // Kind, first_seq:u64, count:u32 = 0, busy_ns:u64, flags:u8.
+    let mut frame = 22u32.to_le_bytes().to_vec();
     frame.push(3);
-    frame.extend_from_slice(&[0; 20]);
+    frame.extend_from_slice(&[0; 21]);
     frame
 }
 
