@@ -151,7 +151,11 @@ impl Region {
         if needed <= self.map.len {
             return Ok(());
         }
-        let size = needed.max(self.map.len * 2).next_multiple_of(GROW);
+        // Doubling, within the frame limit's 4 GiB (slots are 8 GiB apart).
+        let size = needed
+            .max(self.map.len * 2)
+            .next_multiple_of(GROW)
+            .min(needed.next_multiple_of(GROW).max(1 << 32));
         let end = self.base + size as u64;
         if self.file.metadata()?.len() < end {
             self.file.set_len(end)?;
@@ -422,9 +426,19 @@ impl View {
 // ---------------------------------------------------------------------------
 
 /// The pool's memfds for inputs' long strings, and the spare ones.
-#[derive(Default)]
 pub(crate) struct Segments {
     spare: Mutex<Vec<Region>>,
+    /// The frame limit: an input past it goes inline, where it is refused.
+    limit: usize,
+}
+
+impl Segments {
+    pub(crate) fn new(limit: u32) -> Segments {
+        Segments {
+            spare: Mutex::default(),
+            limit: limit as usize,
+        }
+    }
 }
 
 impl std::fmt::Debug for Segments {
@@ -493,6 +507,9 @@ impl<'a> InputSink<'a> {
 
 impl Sink for InputSink<'_> {
     fn put(&mut self, offset: usize, bytes: &[u8]) -> io::Result<bool> {
+        if offset + bytes.len() > self.segments.limit {
+            return Ok(false);
+        }
         if self.region.is_none() {
             let spare = self
                 .segments
@@ -658,6 +675,12 @@ impl Sink for SlotSink {
             let Some(k) = self.chosen else {
                 return Ok(false);
             };
+            // Past the frame limit it goes inline, where the limit refuses
+            // it; and a slot never grows into the next one.
+            let limit = POOL.get().map_or(0, |&(_, limit, _)| limit);
+            if (offset + bytes.len()) as u64 > limit {
+                return Ok(false);
+            }
             let slot = &mut slots.regions[k];
             slot.reserve(offset + bytes.len())?;
             slot.data_mut()[offset..offset + bytes.len()].copy_from_slice(bytes);
@@ -984,7 +1007,7 @@ mod tests {
 
     #[test]
     fn spare_segments_are_reused_and_bounded() {
-        let segments = Arc::new(Segments::default());
+        let segments = Arc::new(Segments::new(1 << 20));
         let mut fds = Vec::new();
         for _ in 0..SPARE_SEGMENTS + 2 {
             let mut sink = InputSink::new(&segments);

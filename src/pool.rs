@@ -610,7 +610,7 @@ impl PoolBuilder {
         // items, so they keep long strings inline too.
         let plain = sandbox_rules.is_empty() && keep_failures.is_none() && journal.is_none();
         let bulk = (local && plain && crate::bulk::available_here())
-            .then(|| Arc::new(crate::bulk::Segments::default()));
+            .then(|| Arc::new(crate::bulk::Segments::new(max_frame_bytes)));
         let config = Config {
             processes,
             groups,
