@@ -96,18 +96,23 @@ impl Mapping {
         unsafe { self.ptr.cast::<AtomicU64>().as_ref() }
     }
 
-    fn bytes(&self) -> &[u8] {
-        // SAFETY: `len` bytes are mapped, and the file is sealed against
-        // shrinking, so they stay backed. The peer may write them while
-        // we read (a task can reach its worker's memfds): that yields
-        // arbitrary bytes, which the decoder checks like any input.
-        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    /// The data after the header page, which the header's atomic never
+    /// overlaps.
+    fn data(&self) -> &[u8] {
+        // SAFETY: `len` bytes are mapped (at least the header page), and the
+        // file is sealed against shrinking, so they stay backed. Only the
+        // side that owns a fill writes it; a task that writes it anyway
+        // through its worker's descriptor can only garble bytes, which the
+        // decoder checks like any input.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr().add(DATA_AT), self.len - DATA_AT) }
     }
 
-    fn bytes_mut(&mut self) -> &mut [u8] {
-        // SAFETY: as above, mapped writable, and only the writer's side
-        // (the segment's owner, or a worker holding a free slot) writes.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    fn data_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as above, mapped writable; the writer is the segment's
+        // owner, or a worker holding a free slot.
+        unsafe {
+            std::slice::from_raw_parts_mut(self.ptr.as_ptr().add(DATA_AT), self.len - DATA_AT)
+        }
     }
 }
 
@@ -165,7 +170,7 @@ impl Region {
     }
 
     fn data_mut(&mut self) -> &mut [u8] {
-        &mut self.map.bytes_mut()[DATA_AT..]
+        self.map.data_mut()
     }
 }
 
@@ -238,7 +243,9 @@ pub(crate) struct Table {
 impl Table {
     /// Bytes diverted in all.
     pub(crate) fn total(&self) -> u64 {
-        self.holes.iter().map(|hole| hole.len).sum()
+        self.holes
+            .iter()
+            .fold(0u64, |total, hole| total.saturating_add(hole.len))
     }
 
     fn write(&self, out: &mut Vec<u8>) {
@@ -408,7 +415,7 @@ impl View {
     }
 
     pub(crate) fn data(&self) -> &[u8] {
-        &self.0.bytes()[DATA_AT..]
+        self.0.data()
     }
 
     /// The reader of `table`'s item, whose CBOR is `cbor`.
@@ -517,13 +524,19 @@ impl Sink for InputSink<'_> {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .pop();
-            self.region = Some(match spare {
-                Some(region) => region,
-                None => Region::new(Region::create(0)?, 0)?,
-            });
+            // Out of memory or descriptors: the string goes inline.
+            self.region = match spare {
+                Some(region) => Some(region),
+                None => match Region::create(0).and_then(|file| Region::new(file, 0)) {
+                    Ok(region) => Some(region),
+                    Err(_) => return Ok(false),
+                },
+            };
         }
         let region = self.region.as_mut().expect("just set");
-        region.reserve(offset + bytes.len())?;
+        if region.reserve(offset + bytes.len()).is_err() {
+            return Ok(false);
+        }
         region.data_mut()[offset..offset + bytes.len()].copy_from_slice(bytes);
         Ok(true)
     }
@@ -531,15 +544,27 @@ impl Sink for InputSink<'_> {
 
 /// Whether this process's memfds can be opened by its workers through
 /// `/proc/<pid>/fd`: it must be dumpable (the kernel checks ptrace read
-/// access), and `/proc` must show them.
+/// access), and `/proc` must show them. And whether files may be as large
+/// as reply slots are sparse: past a file size limit (`ulimit -f`), the
+/// kernel would end the program with SIGXFSZ.
 pub(crate) fn available_here() -> bool {
-    // SAFETY: PR_GET_DUMPABLE takes no pointer and only returns a flag.
-    let dumpable = unsafe { libc::prctl(libc::PR_GET_DUMPABLE) } == 1;
-    dumpable
+    let unlimited = rustix::process::getrlimit(rustix::process::Resource::Fsize)
+        .current
+        .is_none();
+    unlimited
+        && dumpable()
         && Region::create(0).is_ok_and(|file| {
             let path = format!("/proc/self/fd/{}", file.as_raw_fd());
             File::open(path).is_ok()
         })
+}
+
+/// Whether this process is dumpable: a program may turn that off (or drop
+/// privileges, which does) after its pool was built, and then its workers
+/// could not open the inputs' memfds.
+pub(crate) fn dumpable() -> bool {
+    // SAFETY: PR_GET_DUMPABLE takes no pointer and only returns a flag.
+    unsafe { libc::prctl(libc::PR_GET_DUMPABLE) == 1 }
 }
 
 // ---------------------------------------------------------------------------
@@ -682,7 +707,10 @@ impl Sink for SlotSink {
                 return Ok(false);
             }
             let slot = &mut slots.regions[k];
-            slot.reserve(offset + bytes.len())?;
+            if slot.reserve(offset + bytes.len()).is_err() {
+                // Out of memory (a memory limit): the string goes inline.
+                return Ok(false);
+            }
             slot.data_mut()[offset..offset + bytes.len()].copy_from_slice(bytes);
             Ok(true)
         })
@@ -772,8 +800,9 @@ impl ReplySlot {
             let mapped = (0..SLOTS_PER_WORKER)
                 .map(|k| Mapping::new(&self.file, slot_base(k), DATA_AT, true))
                 .collect::<io::Result<Vec<_>>>();
+            // Kept only if it worked, so that a passing failure is retried.
             // Another thread may have mapped them meanwhile: either will do.
-            let _ = self.headers.set(mapped.unwrap_or_default());
+            let _ = self.headers.set(mapped.ok()?);
         }
         self.headers.get()?.get(k as usize).map(Mapping::state)
     }

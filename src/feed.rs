@@ -187,7 +187,12 @@ where
         // long, or not measured yet: the diverting encoder costs tiny
         // inputs a little, and a map's inputs are mostly alike.
         let long = self.item_bytes == 0 || self.item_bytes >= crate::bulk::BULK_MIN / 4;
-        let bulk = self.shared.config.bulk.clone().filter(|_| long);
+        let bulk = self
+            .shared
+            .config
+            .bulk
+            .clone()
+            .filter(|_| long && crate::bulk::dumpable());
         // Stops at a chunk boundary once enough is pulled, so that no chunk is
         // cut short.
         while self.next_input - self.base < span

@@ -242,3 +242,37 @@ fn a_dropped_pool_leaves_no_memfd_open() {
     drop(pool);
     assert_eq!(memfds(), before, "every segment and slot closed");
 }
+
+/// Set in the copy of this test binary that runs under a file size limit.
+const UNDER_A_FILE_SIZE_LIMIT: &str = "BUCKSHOT_TEST_UNDER_FSIZE_LIMIT";
+
+/// Reply slots are sparse memfds far larger than any output: under
+/// `ulimit -f` the kernel would end the program with SIGXFSZ for making
+/// one. There, everything goes inline, and long strings still come back.
+#[test]
+fn a_pool_under_a_file_size_limit_sends_everything_inline() {
+    if std::env::var_os(UNDER_A_FILE_SIZE_LIMIT).is_some() {
+        let pool = Pool::new(2).unwrap();
+        let inputs: Vec<Record> = (0..2).map(record).collect();
+        let results = collect("records", pool.map(reverse, inputs.clone()).unwrap());
+        for (input, result) in inputs.iter().zip(results) {
+            assert_eq!(result.unwrap(), reversed(input));
+        }
+        return;
+    }
+    let _serial = serial();
+    let exe = std::env::current_exe().unwrap();
+    let status = common::within("a copy under ulimit -f", move || {
+        std::process::Command::new("sh")
+            .arg("-c")
+            // 512-byte blocks: 512 MiB, under the slots' sparse size.
+            .arg(r#"ulimit -f 1048576 && exec "$0" --exact "$1" --test-threads 1"#)
+            .arg(exe)
+            .arg("a_pool_under_a_file_size_limit_sends_everything_inline")
+            .env(UNDER_A_FILE_SIZE_LIMIT, "1")
+            .stdout(std::process::Stdio::null())
+            .status()
+            .unwrap()
+    });
+    assert!(status.success(), "the copy under ulimit -f: {status}");
+}

@@ -44,9 +44,10 @@ fn pids() -> HashSet<u32> {
     common::children().into_iter().map(|(pid, _)| pid).collect()
 }
 
-/// A worker holds five descriptors here (its three pipes, the read end of
-/// its request pipe, its pidfd): a default soft limit of 1,024 barely fits
-/// 200 of them, and a spawn under way needs a few more. Raised up to the
+/// A worker holds six descriptors here (its three pipes, the read end of
+/// its request pipe, its pidfd, the memfd of its reply slots): a default
+/// soft limit of 1,024 does not fit 200 of them, and a spawn under way
+/// needs a few more. Raised up to the
 /// hard limit, which must fit them.
 fn make_room_for_descriptors() {
     use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
