@@ -29,7 +29,7 @@ use rustix::io::Errno;
 use rustix::pipe::PipeFlags;
 use rustix::process::{PidfdFlags, Signal, WaitId, WaitIdOptions, WaitIdStatus};
 
-use crate::bulk::ReplySlot;
+use crate::bulk::ReplySlots;
 use crate::flow::{PIPE_BYTES, REAP_BOUND};
 use crate::handoff::WorkerConfig;
 use crate::launch::{Launch, Reported};
@@ -51,7 +51,7 @@ pub(crate) struct Process {
     replies: Option<OwnedFd>,
     stderr: StderrPipe,
     /// Where its outputs' long strings come, if it has one.
-    reply_slot: Option<Arc<ReplySlot>>,
+    reply_slot: Option<Arc<ReplySlots>>,
     killed: bool,
     /// Reaped, or given up on.
     ended: bool,
@@ -76,7 +76,7 @@ impl Process {
     ) -> io::Result<Process> {
         let (requests_reader, requests) = rustix::pipe::pipe_with(PipeFlags::CLOEXEC)?;
         let reply_slot = if bulk && launch.worker_is_child() {
-            Some(Arc::new(ReplySlot::create()?))
+            Some(Arc::new(ReplySlots::create()?))
         } else {
             None
         };
@@ -134,7 +134,7 @@ impl Process {
         self.child.id()
     }
 
-    pub(crate) fn reply_slot(&self) -> Option<&Arc<ReplySlot>> {
+    pub(crate) fn reply_slot(&self) -> Option<&Arc<ReplySlots>> {
         self.reply_slot.as_ref()
     }
 

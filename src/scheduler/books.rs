@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use serde::de::IgnoredAny;
 
-use crate::bulk::{ReplySlot, SlotLease};
+use crate::bulk::{ReplySlots, SlotLease};
 use crate::delivery::{Delivery, Outbox, Payload};
 use crate::error::Error;
 use crate::flow::{MAX_IOVECS, SCRATCH_BYTES};
@@ -207,7 +207,7 @@ impl Books {
         header: ReplyHeader,
         mut items: &[u8],
         mut shared: Option<(&Arc<Vec<u8>>, usize)>,
-        reply_slot: Option<&Arc<ReplySlot>>,
+        reply_slot: Option<&Arc<ReplySlots>>,
         now: Instant,
         outbox: &mut Outbox,
     ) -> Result<(), ProtocolError> {
