@@ -83,24 +83,6 @@ fn driver(spec: &str) {
     }
 }
 
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let path =
-            std::env::temp_dir().join(format!("buckshot-journal-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).unwrap();
-        TempDir(path)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// A driver, killed if the test fails before it ends.
 struct Driver(Child);
 
@@ -135,28 +117,6 @@ impl Drop for Driver {
     }
 }
 
-/// The processes whose parent is `parent`.
-fn children_of(parent: u32) -> Vec<u32> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        // The command name may hold spaces: parse after its closing paren.
-        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else {
-            continue;
-        };
-        let ppid: Option<u32> = rest.split_whitespace().nth(1).and_then(|p| p.parse().ok());
-        if ppid == Some(parent) {
-            found.push(pid);
-        }
-    }
-    found
-}
-
 fn integrity(db: &Path) -> (String, i64) {
     let connection = rusqlite::Connection::open(db).unwrap();
     let check: String = connection
@@ -169,13 +129,16 @@ fn integrity(db: &Path) -> (String, i64) {
 }
 
 fn a_map_killed_halfway_resumes_where_it_stopped() {
-    let dir = TempDir::new("resume");
+    let dir = common::TempDir::new("journal-resume");
     let log = dir.0.join("runs.log");
     let squares: Vec<u64> = (0..300u64).map(|x| x * x).collect();
     // First run: killed with SIGKILL once about half the inputs ran.
     let mut first = Driver::start(&dir.0, 300, 20);
     common::wait_until("half the inputs to run", || runs(&log).len() >= 150);
-    let workers = children_of(first.0.id());
+    let workers: Vec<u32> = common::children_of(first.0.id())
+        .into_iter()
+        .map(|(pid, _)| pid)
+        .collect();
     assert_eq!(workers.len(), 2, "the driver's workers");
     common::kill9(first.0.id());
     let _ = first.0.wait();
@@ -214,7 +177,7 @@ fn a_map_killed_halfway_resumes_where_it_stopped() {
 }
 
 fn processes_share_a_journal() {
-    let dir = TempDir::new("shared");
+    let dir = common::TempDir::new("journal-shared");
     let squares: Vec<u64> = (0..200u64).map(|x| x * x).collect();
     // Started at once, they also race to create the file.
     let drivers: Vec<Driver> = (0..4).map(|_| Driver::start(&dir.0, 200, 2)).collect();
@@ -227,7 +190,7 @@ fn processes_share_a_journal() {
 /// Many pools opening one new journal at once: the first to switch it to
 /// WAL holds a lock the others must wait for.
 fn pools_opening_a_new_journal_at_once() {
-    let dir = TempDir::new("open");
+    let dir = common::TempDir::new("journal-open");
     for round in 0..10 {
         let db = dir.0.join(format!("journal-{round}.db"));
         let barrier = std::sync::Arc::new(std::sync::Barrier::new(8));
@@ -247,7 +210,7 @@ fn pools_opening_a_new_journal_at_once() {
 }
 
 fn errors_and_outputs_that_no_longer_decode_run_again() {
-    let dir = TempDir::new("again");
+    let dir = common::TempDir::new("journal-again");
     let db = dir.0.join("journal.db");
     let log = dir.0.join("runs.log");
     let log_text = log.to_string_lossy().into_owned();
@@ -294,7 +257,7 @@ fn errors_and_outputs_that_no_longer_decode_run_again() {
 }
 
 fn dropping_the_pool_commits_every_output() {
-    let dir = TempDir::new("drop");
+    let dir = common::TempDir::new("journal-drop");
     let db = dir.0.join("journal.db");
     for round in 1..=3 {
         let pool = Pool::builder().processes(2).journal(&db).build().unwrap();

@@ -41,30 +41,9 @@ fn allocate(bytes: usize) -> usize {
 }
 buckshot::register!(allocate);
 
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let path = std::env::temp_dir().join(format!("buckshot-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).unwrap();
-        TempDir(path)
-    }
-
-    fn path(&self) -> String {
-        self.0.to_string_lossy().into_owned()
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 #[test]
 fn retries_rerun_inputs_whose_worker_died() {
-    let dir = TempDir::new("retries");
+    let dir = common::TempDir::new("retries");
     let pool = Pool::builder().processes(2).retries(1).build().unwrap();
     let inputs: Vec<(u64, String)> = (0..6).map(|x| (x, dir.path())).collect();
     let results: Vec<u64> = pool
@@ -77,7 +56,7 @@ fn retries_rerun_inputs_whose_worker_died() {
 
 #[test]
 fn without_retries_a_death_is_reported() {
-    let dir = TempDir::new("no-retries");
+    let dir = common::TempDir::new("no-retries");
     let pool = Pool::new(2).unwrap();
     let inputs: Vec<(u64, String)> = (0..4).map(|x| (x, dir.path())).collect();
     let results: Vec<_> = common::within("map of crashing tasks", move || {
@@ -94,7 +73,7 @@ fn without_retries_a_death_is_reported() {
 
 #[test]
 fn timeouts_are_never_retried() {
-    let dir = TempDir::new("timeout-retries");
+    let dir = common::TempDir::new("timeout-retries");
     let pool = Pool::builder()
         .processes(2)
         .retries(3)

@@ -81,31 +81,6 @@ fn scale_unless_marked(factor: &u64, (x, marker): (u64, String)) -> Scaled {
 }
 buckshot::register!(scale_unless_marked);
 
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let path =
-            std::env::temp_dir().join(format!("buckshot-replay-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&path);
-        TempDir(path)
-    }
-
-    fn files(&self) -> Vec<PathBuf> {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(&self.0)
-            .map(|dir| dir.map(|entry| entry.unwrap().path()).collect())
-            .unwrap_or_default();
-        files.sort();
-        files
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 fn replay_command(file: &Path) -> Command {
     let mut command = Command::new(std::env::current_exe().unwrap());
     command
@@ -149,7 +124,7 @@ fn kept(error: &Error) -> PathBuf {
 
 #[test]
 fn a_segfault_is_kept_and_replays_as_a_segfault() {
-    let dir = TempDir::new("segfault");
+    let dir = common::TempDir::new("replay-segfault");
     let pool = Pool::builder()
         .processes(2)
         .keep_failures(&dir.0)
@@ -183,7 +158,7 @@ fn a_segfault_is_kept_and_replays_as_a_segfault() {
 
 #[test]
 fn a_panic_is_kept_and_replays_as_a_panic() {
-    let dir = TempDir::new("panic");
+    let dir = common::TempDir::new("replay-panic");
     let pool = Pool::builder()
         .processes(2)
         .keep_failures(&dir.0)
@@ -210,7 +185,7 @@ fn a_panic_is_kept_and_replays_as_a_panic() {
 
 #[test]
 fn a_hang_is_kept_and_replays_as_a_hang() {
-    let dir = TempDir::new("hang");
+    let dir = common::TempDir::new("replay-hang");
     let pool = Pool::builder()
         .processes(2)
         .timeout(Duration::from_millis(300))
@@ -240,7 +215,7 @@ fn a_hang_is_kept_and_replays_as_a_hang() {
 
 #[test]
 fn a_protocol_error_is_kept() {
-    let dir = TempDir::new("protocol");
+    let dir = common::TempDir::new("replay-protocol");
     let pool = Pool::builder()
         .processes(2)
         .keep_failures(&dir.0)
@@ -260,7 +235,7 @@ fn a_protocol_error_is_kept() {
 
 #[test]
 fn an_input_that_now_succeeds_prints_its_output_with_its_context() {
-    let dir = TempDir::new("succeeds");
+    let dir = common::TempDir::new("replay-succeeds");
     let marker = dir.0.with_extension("marker");
     std::fs::write(&marker, b"").unwrap();
     let pool = Pool::builder()
@@ -286,7 +261,7 @@ fn an_input_that_now_succeeds_prints_its_output_with_its_context() {
 
 #[test]
 fn a_map_keeps_at_most_so_many_files_and_says_so() {
-    let dir = TempDir::new("bounded");
+    let dir = common::TempDir::new("replay-bounded");
     let pool = Pool::builder()
         .processes(2)
         .batch_size(3)
@@ -317,7 +292,7 @@ fn a_map_keeps_at_most_so_many_files_and_says_so() {
 
 #[test]
 fn a_file_from_another_program_is_refused() {
-    let dir = TempDir::new("foreign");
+    let dir = common::TempDir::new("replay-foreign");
     let pool = Pool::builder()
         .processes(1)
         .keep_failures(&dir.0)

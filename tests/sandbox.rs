@@ -25,25 +25,6 @@ fn supported(rule: SandboxRule, sandbox: Sandbox) -> bool {
     ok
 }
 
-/// An empty directory of its own for one test, removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Scratch {
-        let dir =
-            std::env::temp_dir().join(format!("buckshot-sandbox-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// An OS error as a task sees it: its raw code, or `None` for success.
 fn os_error<T>(result: std::io::Result<T>) -> Option<i32> {
     result.err().map(|e| e.raw_os_error().unwrap_or(-1))
@@ -114,7 +95,7 @@ buckshot::register!(shout_then_abort);
 
 #[test]
 fn files_outside_the_allowed_paths_are_denied_and_the_pool_keeps_working() {
-    let scratch = Scratch::new("files");
+    let scratch = common::TempDir::new("sandbox-files");
     let (ro, rw) = (scratch.0.join("ro"), scratch.0.join("rw"));
     std::fs::create_dir_all(&ro).unwrap();
     std::fs::create_dir_all(&rw).unwrap();
@@ -334,7 +315,7 @@ buckshot::register!(double);
 
 #[test]
 fn a_pool_with_every_rule_maps_ten_thousand_inputs() {
-    let scratch = Scratch::new("all");
+    let scratch = common::TempDir::new("sandbox-all");
     let (ro, rw) = (scratch.0.join("ro"), scratch.0.join("rw"));
     std::fs::create_dir_all(&ro).unwrap();
     std::fs::create_dir_all(&rw).unwrap();
@@ -419,7 +400,7 @@ buckshot::register!(pid);
 
 #[test]
 fn a_worker_whose_sandbox_does_not_come_up_is_refused_and_nothing_hangs() {
-    let scratch = Scratch::new("vanishing");
+    let scratch = common::TempDir::new("sandbox-vanishing");
     let dir = scratch.0.join("allowed");
     std::fs::create_dir_all(&dir).unwrap();
     let sandbox = Sandbox::new().read_only(&dir);

@@ -16,7 +16,11 @@ pub const BOUND: Duration = Duration::from_secs(60);
 /// Processes whose parent is this process, with their state letter
 /// (`Z` for a zombie).
 pub fn children() -> Vec<(u32, char)> {
-    let me = std::process::id();
+    children_of(std::process::id())
+}
+
+/// Processes whose parent is `parent`, with their state letter.
+pub fn children_of(parent: u32) -> Vec<(u32, char)> {
     let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc").expect("read /proc").flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
@@ -32,7 +36,7 @@ pub fn children() -> Vec<(u32, char)> {
         let mut fields = rest.split_whitespace();
         let state = fields.next().and_then(|s| s.chars().next()).unwrap_or('?');
         let ppid: u32 = fields.next().and_then(|p| p.parse().ok()).unwrap_or(0);
-        if ppid == me {
+        if ppid == parent {
             found.push((pid, state));
         }
     }
@@ -246,4 +250,35 @@ pub fn reply_fd() -> i32 {
         })
         .map(|(fd, _)| fd as i32)
         .unwrap_or_else(|| panic!("worker {me} has no reply pipe"))
+}
+
+/// An empty directory of its own for one test, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(name: &str) -> TempDir {
+        let path = std::env::temp_dir().join(format!("buckshot-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).expect("create a temporary directory");
+        TempDir(path)
+    }
+
+    pub fn path(&self) -> String {
+        self.0.to_string_lossy().into_owned()
+    }
+
+    /// The files in it, sorted.
+    pub fn files(&self) -> Vec<PathBuf> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&self.0)
+            .map(|dir| dir.map(|entry| entry.unwrap().path()).collect())
+            .unwrap_or_default();
+        files.sort();
+        files
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
