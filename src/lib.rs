@@ -82,6 +82,7 @@
 #[cfg(not(target_os = "linux"))]
 compile_error!("buckshot supports Linux only for now (it relies on pidfd and /proc/self/exe)");
 
+mod builder;
 mod bulk;
 mod context;
 mod delivery;

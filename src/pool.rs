@@ -1,27 +1,17 @@
-//! [`Pool`], its builder, and the one-shot [`map`].
+//! [`Pool`] and the one-shot [`map`]; [`crate::builder`] configures a pool.
 
 use std::any::type_name;
-use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
+pub use crate::builder::PoolBuilder;
 use crate::error::Error;
-use crate::launch::Launcher;
 use crate::registry::registry;
 use crate::results::{Results, UnorderedResults};
-use crate::sandbox::launcher::Sandboxed;
-use crate::sandbox::{Rules, Sandbox, SandboxRule, probe};
+use crate::sandbox::SandboxRule;
 use crate::scheduler::Running;
 use crate::shared::{Config, MapTask};
 use crate::stream::{CallFuture, MapStream};
 use crate::task::PlainTask;
-
-/// Default limit on one frame, and so on one encoded input or output.
-const DEFAULT_MAX_FRAME_BYTES: u32 = 1 << 30;
-/// The smallest frame limit allowed: room for the headers and a few values.
-const MIN_FRAME_BYTES: u32 = 1024;
-/// Default bound on the replay files one map keeps.
-const DEFAULT_KEPT_PER_MAP: u32 = 100;
 
 /// A pool of worker processes that run registered functions.
 ///
@@ -58,7 +48,7 @@ impl Pool {
     }
 
     /// The sandbox rules in force in every worker: those asked for, or
-    /// with [`Sandbox::best_effort`] those of them that came up.
+    /// with [`Sandbox::best_effort`](crate::Sandbox::best_effort) those of them that came up.
     pub fn sandbox_rules(&self) -> &[SandboxRule] {
         &self.running.shared().config.sandbox_rules
     }
@@ -66,6 +56,13 @@ impl Pool {
     /// The per-task timeout, if any.
     pub fn timeout(&self) -> Option<Duration> {
         self.running.shared().config.timeout
+    }
+
+    /// Starts the workers of a checked configuration.
+    pub(crate) fn start(config: Config) -> Result<Pool, Error> {
+        Ok(Pool {
+            running: Running::start(config)?,
+        })
     }
 
     pub(crate) fn running(&self) -> &Running {
@@ -239,27 +236,6 @@ impl Pool {
 impl std::panic::UnwindSafe for Pool {}
 impl std::panic::RefUnwindSafe for Pool {}
 
-/// The part of `sandbox` that comes up here: all of it, or with
-/// [`Sandbox::best_effort`] what the probe found (with a warning for each
-/// rule left out).
-fn probe_sandbox(sandbox: &Sandbox) -> Result<Sandbox, Error> {
-    let found = probe::run(sandbox).map_err(|message| Error::Startup {
-        message: format!("could not probe the sandbox: {message}"),
-    })?;
-    if let Some((rule, reason)) = found.problems.first() {
-        if !sandbox.is_best_effort() {
-            return Err(Error::Sandbox {
-                rule: *rule,
-                reason: reason.clone(),
-            });
-        }
-    }
-    for (rule, reason) in &found.problems {
-        tracing::warn!(%rule, reason, "sandbox rule left out: it cannot come up here");
-    }
-    Ok(sandbox.restricted_to(found.in_force))
-}
-
 pub(crate) fn task_position<F: 'static>(_: &F) -> Result<u32, Error> {
     registry()
         .position::<F>()
@@ -314,322 +290,5 @@ impl std::fmt::Debug for Pool {
             .field("queued", &state.queued())
             .field("phase", &state.phase)
             .finish()
-    }
-}
-
-/// Configures and builds a [`Pool`].
-///
-/// ```
-/// use std::time::Duration;
-///
-/// # fn main() -> Result<(), buckshot::Error> {
-/// let pool = buckshot::Pool::builder()
-///     .processes(2)
-///     .timeout(Duration::from_secs(10))
-///     .build()?;
-/// assert_eq!(pool.processes(), 2);
-/// # Ok(())
-/// # }
-/// ```
-#[derive(Debug, Clone, Default)]
-pub struct PoolBuilder {
-    /// Local workers. Default: the available parallelism, unless other
-    /// launchers are given.
-    processes: Option<usize>,
-    /// Workers of other launchers, in the order given.
-    launched: Vec<(Launcher, usize)>,
-    /// Default: none.
-    timeout: Option<Duration>,
-    /// Default: 1 GiB.
-    max_frame_bytes: Option<u32>,
-    /// Default: none.
-    memory_limit: Option<u64>,
-    /// Default: 0.
-    retries: u32,
-    /// Default: none.
-    max_tasks_per_worker: Option<u64>,
-    /// Default: adaptive.
-    batch_size: Option<u32>,
-    /// Default: forwarded (`None` means true).
-    forward_stderr: Option<bool>,
-    /// Default: none.
-    sandbox: Option<Sandbox>,
-    /// Default: none kept.
-    keep_failures: Option<PathBuf>,
-    /// Default: [`DEFAULT_KEPT_PER_MAP`].
-    max_kept_failures: Option<u32>,
-    /// Default: none.
-    #[cfg_attr(not(feature = "journal"), allow(dead_code))]
-    journal: Option<PathBuf>,
-}
-
-impl PoolBuilder {
-    /// Number of worker processes on this machine: the shorthand for
-    /// [`workers`](PoolBuilder::workers)`(Launcher::local(), processes)`.
-    /// Default: [`std::thread::available_parallelism`], or none if
-    /// `workers` was given.
-    pub fn processes(mut self, processes: usize) -> Self {
-        self.processes = Some(processes);
-        self
-    }
-
-    /// Adds `count` workers started by `launcher`; call it as often as
-    /// needed to mix launchers in one pool. Every worker takes inputs of
-    /// every map; a worker that dies is replaced through its own launcher,
-    /// and a launcher whose workers keep failing to start is given up
-    /// while the others go on.
-    pub fn workers(mut self, launcher: impl Into<Launcher>, count: usize) -> Self {
-        self.launched.push((launcher.into(), count));
-        self
-    }
-
-    /// Longest time one task may run, counted from when its worker starts it
-    /// (time spent queued does not count). A task past it yields
-    /// [`Error::TaskTimeout`]; its worker is killed and replaced. Default: no
-    /// limit.
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = Some(timeout);
-        self
-    }
-
-    /// Largest frame exchanged with a worker, which bounds one encoded input
-    /// or output. A larger input yields [`Error::Encode`], a larger output
-    /// [`Error::WorkerCodec`]; a worker that sends a larger frame is killed.
-    /// Default: 1 GiB.
-    pub fn max_frame_bytes(mut self, bytes: u32) -> Self {
-        self.max_frame_bytes = Some(bytes);
-        self
-    }
-
-    /// Limit on each worker's address space (`RLIMIT_AS`). A task that
-    /// allocates past it makes its worker abort, which yields
-    /// [`Error::WorkerDied`] whose message names the failed allocation.
-    /// Default: none.
-    pub fn memory_limit(mut self, bytes: u64) -> Self {
-        self.memory_limit = Some(bytes);
-        self
-    }
-
-    /// How many times an input whose worker died is run again on a fresh
-    /// worker before [`Error::WorkerDied`] is reported. Inputs that timed out
-    /// or panicked are never retried. Default: 0.
-    pub fn retries(mut self, retries: u32) -> Self {
-        self.retries = retries;
-        self
-    }
-
-    /// Replace each worker after it has run this many inputs, to contain
-    /// leaks. Default: workers live as long as the pool.
-    pub fn max_tasks_per_worker(mut self, tasks: u64) -> Self {
-        self.max_tasks_per_worker = Some(tasks);
-        self
-    }
-
-    /// Inputs sent to a worker per message. Default: adaptive, from one (for
-    /// slow tasks) up to thousands (for tiny ones), each message about 2 ms
-    /// of work and at most a quarter of the timeout.
-    ///
-    /// A worker answers a message as a whole, so with a timeout a message
-    /// counts as one task: if it runs past the timeout, its inputs are run
-    /// again, one per message, and only the one that times out alone fails.
-    pub fn batch_size(mut self, inputs: u32) -> Self {
-        self.batch_size = Some(inputs);
-        self
-    }
-
-    /// Whether what workers write to stderr (a task's `eprintln!`, and its
-    /// `println!`, which a worker sends to stderr) is copied to this
-    /// process's stderr. Either way the last few KiB are kept for
-    /// [`Error::WorkerDied`]. Default: true.
-    pub fn forward_stderr(mut self, forward: bool) -> Self {
-        self.forward_stderr = Some(forward);
-        self
-    }
-
-    /// What the workers may not do: no network, only some files, bounded
-    /// CPU time, no subprocesses (see [`Sandbox`]). Each worker applies
-    /// the rules to itself before its first task; the pool checks first
-    /// that they can come up here. Local workers only. Default: none.
-    pub fn sandbox(mut self, sandbox: Sandbox) -> Self {
-        self.sandbox = Some(sandbox);
-        self
-    }
-
-    /// Keeps every input that fails in a worker, so that it can be run
-    /// again alone: an input whose result is [`Error::TaskTimeout`],
-    /// [`Error::TaskPanicked`], [`Error::WorkerDied`] or
-    /// [`Error::Protocol`] is written to a new file in `dir` (created if
-    /// missing), which [`Error::replay_file`] names. Running the same
-    /// program with `BUCKSHOT_REPLAY=<file>` runs that input in the
-    /// foreground, before `main`, under a debugger if you like: see "When a
-    /// worker dies" in the README. A file holds the task's name, the
-    /// encoded input and context, the error, how the worker ended, its
-    /// stderr tail and the time. Successes write nothing. Default: nothing
-    /// is kept.
-    pub fn keep_failures(mut self, dir: impl Into<PathBuf>) -> Self {
-        self.keep_failures = Some(dir.into());
-        self
-    }
-
-    /// Most replay files one map keeps (see
-    /// [`keep_failures`](PoolBuilder::keep_failures)); the errors of
-    /// inputs past it say that they were not kept. Default: 100.
-    pub fn max_kept_failures(mut self, files: u32) -> Self {
-        self.max_kept_failures = Some(files);
-        self
-    }
-
-    /// Records every `Ok` output of every map of the pool in a SQLite
-    /// journal at `path` (created if missing), and answers an input already
-    /// there from it without running it: a map killed halfway (SIGKILL,
-    /// wall time, a reboot) resumes where it stopped when it runs again.
-    /// Only with the cargo feature `journal`.
-    ///
-    /// An output is keyed by the task's name, the map's context and the
-    /// encoded input. It is committed within milliseconds of its arrival
-    /// (batched transactions, WAL); dropping the pool commits the rest.
-    /// Errors are not recorded: those inputs run again. An output that no
-    /// longer decodes (its type changed) counts as missing. When a task's
-    /// code changes, its old outputs still answer: start a journal at a new
-    /// path, or delete the task's rows (`sqlite3 FILE "DELETE FROM outputs
-    /// WHERE task = 'my_crate::my_task'"`). Several pools and processes may
-    /// share a journal. Default: none.
-    #[cfg(feature = "journal")]
-    pub fn journal(mut self, path: impl Into<PathBuf>) -> Self {
-        self.journal = Some(path.into());
-        self
-    }
-
-    /// Starts the workers. Returns once the first of them (up to 8, or as
-    /// many as this machine has cores) are spawned; a wider pool's others
-    /// are spawned in the background and take work as they come.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Config`] for an invalid setting (no processes, a zero
-    /// timeout, batch size or task quota, a tiny frame limit),
-    /// [`Error::Spawn`] if a worker cannot be started, [`Error::Startup`]
-    /// if this program runs with privileges (setuid, setgid, file
-    /// capabilities): its copies refuse to serve as workers,
-    /// [`Error::Sandbox`] if a rule of the sandbox cannot come up (unless
-    /// it is best effort), and [`Error::Config`] for a sandbox with
-    /// workers that are not local.
-    pub fn build(self) -> Result<Pool, Error> {
-        let invalid = |message: &str| {
-            Err(Error::Config {
-                message: message.to_owned(),
-            })
-        };
-        let local = match (self.processes, self.launched.is_empty()) {
-            (Some(processes), _) => processes,
-            (None, true) => std::thread::available_parallelism().map_or(1, |n| n.get()),
-            (None, false) => 0,
-        };
-        let mut groups = Vec::new();
-        if local > 0 || self.launched.is_empty() {
-            groups.push((Launcher::local(), local));
-        }
-        groups.extend(self.launched.iter().cloned());
-        let processes: usize = groups.iter().map(|(_, count)| count).sum();
-        if processes == 0 || groups.iter().any(|(_, count)| *count == 0) {
-            return invalid("processes must be at least 1");
-        }
-        if self.timeout == Some(Duration::ZERO) {
-            return invalid("timeout must be greater than zero");
-        }
-        if self.batch_size == Some(0) {
-            return invalid("batch_size must be at least 1");
-        }
-        if self.max_tasks_per_worker == Some(0) {
-            return invalid("max_tasks_per_worker must be at least 1");
-        }
-        let max_frame_bytes = self.max_frame_bytes.unwrap_or(DEFAULT_MAX_FRAME_BYTES);
-        if max_frame_bytes < MIN_FRAME_BYTES {
-            return invalid(&format!(
-                "max_frame_bytes must be at least {MIN_FRAME_BYTES}"
-            ));
-        }
-        if crate::worker::is_privileged() {
-            // Its copies would refuse to serve, one after the other.
-            return Err(Error::Startup {
-                message: "this program runs with privileges (setuid, setgid or file \
-                          capabilities), and its copies refuse to serve as workers"
-                    .to_owned(),
-            });
-        }
-        let sandbox_rules = match &self.sandbox {
-            Some(sandbox) if sandbox.rules() != Rules::default() => {
-                if !self.launched.is_empty() {
-                    return invalid(
-                        "a sandbox applies to local workers only, not to those of `workers`",
-                    );
-                }
-                let sandbox = probe_sandbox(sandbox)?;
-                groups[0].0 = Launcher::from_launch(Sandboxed::new(&sandbox));
-                sandbox.rules().list()
-            }
-            _ => Vec::new(),
-        };
-        let keep_failures = match self.keep_failures {
-            Some(dir) => {
-                if let Err(e) = std::fs::create_dir_all(&dir) {
-                    return invalid(&format!(
-                        "cannot create the directory for replay files {}: {e}",
-                        dir.display()
-                    ));
-                }
-                Some(crate::replay::KeepFailures {
-                    dir,
-                    per_map: self.max_kept_failures.unwrap_or(DEFAULT_KEPT_PER_MAP),
-                })
-            }
-            None => None,
-        };
-        #[cfg(feature = "journal")]
-        let journal = match &self.journal {
-            Some(path) => Some(std::sync::Arc::new(
-                crate::journal::Journal::open(path).map_err(|message| Error::Config { message })?,
-            )),
-            None => None,
-        };
-        #[cfg(not(feature = "journal"))]
-        let journal = None;
-        for (launcher, _) in &groups {
-            launcher
-                .launch()
-                .prepare()
-                .map_err(|message| Error::Startup { message })?;
-        }
-        // Long strings travel in shared memory only between this process
-        // and its own children, unsandboxed (a sandboxed one cannot open
-        // this process's memfds).
-        let local = groups
-            .iter()
-            .all(|(launcher, _)| launcher.launch().worker_is_child());
-        // Replay files and the journal read inputs and outputs as plain
-        // items, so they keep long strings inline too.
-        let plain = sandbox_rules.is_empty() && keep_failures.is_none() && journal.is_none();
-        let bulk = (local && plain && crate::bulk::available_here())
-            .then(|| Arc::new(crate::bulk::Segments::new(max_frame_bytes)));
-        let config = Config {
-            processes,
-            groups,
-            timeout: self.timeout,
-            max_frame_bytes,
-            memory_limit: self.memory_limit,
-            retries: self.retries,
-            max_tasks_per_worker: self.max_tasks_per_worker,
-            batch_size: self.batch_size,
-            forward_stderr: self.forward_stderr.unwrap_or(true),
-            dispatch: tracing::dispatcher::get_default(tracing::Dispatch::clone),
-            backtraces: std::env::var_os("RUST_BACKTRACE").is_some_and(|value| value != "0"),
-            bulk,
-            sandbox_rules,
-            keep_failures,
-            journal,
-        };
-        Ok(Pool {
-            running: Running::start(config)?,
-        })
     }
 }
