@@ -28,6 +28,7 @@
 //! - [`books`]: one worker's bookkeeping: sequence numbers, writes,
 //!   answers, backlog, and when its current input started;
 //! - [`handle`]: one live worker: its process, books and reply stream;
+//! - [`staffing`]: keeping each launcher's number of workers;
 //! - [`supply`]: spawning workers, and giving up when they cannot start;
 //! - [`spawner`]: the thread that spawns workers after the first ones, so
 //!   that this one goes on serving the others meanwhile;
@@ -41,10 +42,10 @@ mod faults;
 mod handle;
 mod poll;
 mod spawner;
+mod staffing;
 mod supply;
 
 use std::collections::{BTreeSet, HashSet};
-use std::num::NonZero;
 use std::sync::Arc;
 use std::sync::mpsc;
 use std::thread::JoinHandle;
@@ -54,13 +55,13 @@ use slab::Slab;
 
 use self::deadlines::Deadlines;
 use self::faults::{Burial, Dying};
-use self::handle::{Fate, Heard, WorkerHandle};
+use self::handle::{Fate, WorkerHandle};
 use self::poll::{Key, Source, Watch};
 use self::spawner::Spawner;
 use self::supply::Supply;
 use crate::delivery::Outbox;
 use crate::error::Error;
-use crate::flow::{REAP_BOUND, SPAWNED_AT_START, UNKNOWN_ESTIMATE};
+use crate::flow::{REAP_BOUND, UNKNOWN_ESTIMATE};
 use crate::handoff::WorkerConfig;
 use crate::journal::Recorder;
 use crate::logs;
@@ -297,40 +298,6 @@ impl Scheduler {
         })
     }
 
-    /// Spawns the first workers of each launcher here (see
-    /// [`SPAWNED_AT_START`]), so that a launcher that cannot spawn at all
-    /// fails the pool's start; the others are asked of the spawner, and
-    /// join as they come.
-    fn spawn_initial(&mut self) -> Result<(), Error> {
-        let now = Instant::now();
-        // Asked only of a wide pool: it reads cgroup files, which takes a
-        // noticeable part of a small pool's start.
-        let cores = || std::thread::available_parallelism().map_or(1, NonZero::get);
-        for group in 0..self.supplies.len() {
-            let supply = &mut self.supplies[group];
-            // The rest start as these say hello (see `replenish_group`).
-            let initial = supply.target().min(supply.max_starting());
-            let here = if initial <= SPAWNED_AT_START {
-                initial
-            } else {
-                initial.min(SPAWNED_AT_START.max(cores()))
-            };
-            let mut spawned = Vec::with_capacity(here);
-            for _ in 0..here {
-                let worker = supply.spawn().map_err(|source| Error::Spawn { source })?;
-                tracing::debug!(worker = worker.process().pid(), "worker spawned");
-                spawned.push(worker);
-            }
-            for _ in here..initial {
-                supply.replace(now, &self.spawner);
-            }
-            for worker in spawned {
-                self.admit(worker);
-            }
-        }
-        Ok(())
-    }
-
     fn run(&mut self) {
         let timeout = self.shared.config.timeout;
         loop {
@@ -543,104 +510,6 @@ impl Scheduler {
         self.expired = expired;
     }
 
-    /// When a launcher must spawn again after a spawn error, if one must.
-    fn retry_at(&self) -> Option<Instant> {
-        self.supplies.iter().filter_map(Supply::retry_at).min()
-    }
-
-    /// Keeps each launcher's number of workers that take work, unless its
-    /// start-up keeps failing: then it is given up, and the pool with it
-    /// when it was the last. Looks at the workers only when something
-    /// changed their numbers, or a spawn retry is due.
-    fn replenish(&mut self) {
-        let now = Instant::now();
-        while let Some(spawned) = self.spawner.try_take() {
-            let supply = &mut self.supplies[spawned.group];
-            if let Some(worker) = supply.spawned(spawned.result, now) {
-                self.admit(worker);
-            }
-            self.workforce_changed = true;
-        }
-        if self.broken {
-            return;
-        }
-        let retry_due = self.retry_at().is_some_and(|at| at <= now);
-        if !std::mem::take(&mut self.workforce_changed) && !retry_due {
-            return;
-        }
-        for group in 0..self.supplies.len() {
-            self.replenish_group(group);
-        }
-        if self.supplies.iter().all(Supply::stopped) {
-            let alone = self.supplies.len() == 1;
-            let reasons: Vec<String> = self
-                .supplies
-                .iter()
-                .filter_map(|supply| supply.reason(alone))
-                .collect();
-            self.break_pool(reasons.join("; "));
-        }
-    }
-
-    fn replenish_group(&mut self, group: usize) {
-        if self.supplies[group].stopped() {
-            return;
-        }
-        let ours = |worker: &&WorkerHandle| worker.group() == group;
-        let workers = || self.workers.iter().map(|(_, seat)| &seat.worker);
-        let ready = workers().filter(ours).any(|w| w.books().is_ready());
-        if !ready {
-            if let Some(reason) = self.supplies[group].gave_up() {
-                tracing::warn!(launcher = ?self.supplies[group], reason, "workers keep failing to start: launcher given up");
-                self.supplies[group].stop(Some(reason));
-                return;
-            }
-        }
-        let now = Instant::now();
-        let working = workers().filter(ours).filter(|w| w.takes_work()).count();
-        let starting = |w: &&WorkerHandle| w.fate().is_none() && !w.books().is_ready();
-        let starting = workers().filter(ours).filter(starting).count();
-        let alive = workers()
-            .filter(ours)
-            .filter(|w| w.fate().is_none())
-            .count();
-        let failed_starting = self
-            .dying
-            .iter()
-            .filter(|(_, d)| d.dying.group() == group && d.dying.failed_starting())
-            .count();
-        let supply = &mut self.supplies[group];
-        while working + supply.pending() < supply.target() {
-            if starting + supply.pending() >= supply.max_starting() {
-                return;
-            }
-            if !ready && !supply.may_start(alive + failed_starting + supply.pending()) {
-                return;
-            }
-            if !supply.replace(now, &self.spawner) {
-                return;
-            }
-        }
-    }
-
-    /// Gives up on the pool: every worker goes, every input still owed
-    /// fails with `reason`, new maps are refused.
-    fn break_pool(&mut self, reason: String) {
-        self.broken = true;
-        let slots: Vec<usize> = self.workers.iter().map(|(slot, _)| slot).collect();
-        for slot in slots {
-            self.workers[slot].worker.doom(Fate::PoolBroken);
-            self.touch(slot);
-        }
-        for supply in &mut self.supplies {
-            supply.stop(None);
-        }
-        let mut state = self.shared.lock();
-        if state.phase == Phase::Open {
-            state.phase = Phase::Broken(reason);
-        }
-    }
-
     /// Sends deliveries, puts re-queued chunks back, takes cancellations
     /// and dispatches queued chunks to workers. Returns `false` once the
     /// pool is shutting down.
@@ -792,32 +661,6 @@ impl Scheduler {
         self.dying
             .get(key.slot)
             .is_some_and(|seat| seat.serial == key.serial)
-    }
-
-    fn hear(&mut self, heard: Option<Heard>, group: usize) {
-        match heard {
-            Some(Heard::Ready) => {
-                self.supplies[group].ready();
-                self.workforce_changed = true;
-            }
-            // Every worker of that launcher would say the same: no point
-            // retrying it. Its workers go, their inputs to the others.
-            Some(Heard::Mismatch(problem)) => {
-                let slots: Vec<usize> = self
-                    .workers
-                    .iter()
-                    .filter(|(_, seat)| seat.worker.group() == group)
-                    .map(|(slot, _)| slot)
-                    .collect();
-                for slot in slots {
-                    self.workers[slot].worker.doom(Fate::PoolBroken);
-                    self.touch(slot);
-                }
-                self.supplies[group].stop(Some(problem));
-                self.workforce_changed = true;
-            }
-            None => {}
-        }
     }
 
     /// Takes the workers with a fate out of service.
