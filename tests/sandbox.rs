@@ -18,8 +18,15 @@ fn supported(rule: SandboxRule, sandbox: Sandbox) -> bool {
         .expect("a best-effort sandbox always builds");
     let ok = pool.sandbox_rules().contains(&rule);
     if !ok {
-        eprintln!(
-            "skipping: sandbox rule {rule} cannot come up on this kernel or in this environment"
+        let feature = match rule {
+            SandboxRule::NoNetwork => "userns",
+            SandboxRule::Files => "landlock",
+            SandboxRule::NoSubprocesses => "seccomp",
+            _ => "rlimit",
+        };
+        common::skip(
+            feature,
+            &format!("sandbox rule {rule} cannot come up on this kernel or in this environment"),
         );
     }
     ok
@@ -254,9 +261,12 @@ fn any_sandbox_keeps_tasks_from_signalling_the_pool_where_landlock_can() {
     let control = Pool::new(1).unwrap();
     assert_eq!(control.call(signal_parent, ()).unwrap(), None);
     if landlock_abi() < 6 {
-        eprintln!(
-            "skipping: Landlock scopes signals from ABI 6, this kernel has {}",
-            landlock_abi()
+        common::skip(
+            "landlock",
+            &format!(
+                "Landlock scopes signals from ABI 6, this kernel has {}",
+                landlock_abi()
+            ),
         );
         return;
     }

@@ -30,7 +30,10 @@ fn slurm_answers() -> bool {
                     .any(|s| states.contains(s))
         });
     if !answers {
-        eprintln!("skipped: no Slurm answers here (run .ci/slurm-localhost.sh start as root)");
+        common::skip(
+            "slurm",
+            "no Slurm answers here (run .ci/slurm-localhost.sh start as root)",
+        );
     }
     answers
 }

@@ -13,6 +13,29 @@ use std::time::Duration;
 /// machine, and a loud failure rather than a hang.
 pub const BOUND: Duration = Duration::from_secs(60);
 
+/// Says that the calling test is skipped, and why: `feature` (a short name
+/// such as `sshd`, `slurm`, `landlock`, `seccomp`, `userns`) is missing
+/// here. The line goes straight to stderr, past the test harness's
+/// capture, so that `cargo test` shows it, and it starts with `SKIPPED`
+/// so that a script can list them. Where the environment promises the
+/// feature (`BUCKSHOT_REQUIRE`, a comma-separated list that CI sets to
+/// what it installs and what its kernel has), a skip is a failure.
+pub fn skip(feature: &str, why: &str) {
+    use std::io::Write;
+    let required = std::env::var("BUCKSHOT_REQUIRE").unwrap_or_default();
+    if required
+        .split(',')
+        .any(|f| f.trim() == feature || f.trim() == "all")
+    {
+        panic!("{feature} is required here (BUCKSHOT_REQUIRE={required}) but missing: {why}");
+    }
+    let test = std::thread::current().name().unwrap_or("a test").to_owned();
+    let _ = writeln!(
+        std::io::stderr().lock(),
+        "SKIPPED {test} ({feature}): {why}"
+    );
+}
+
 /// Processes whose parent is this process, with their state letter
 /// (`Z` for a zombie).
 pub fn children() -> Vec<(u32, char)> {

@@ -21,7 +21,10 @@ impl Sshd {
     /// Starts one, or says why it cannot and returns `None`.
     pub fn start() -> Option<Sshd> {
         if !std::path::Path::new(SSHD).exists() {
-            eprintln!("skipped: {SSHD} is not installed (apt-get install openssh-server)");
+            super::common::skip(
+                "sshd",
+                &format!("{SSHD} is not installed (apt-get install openssh-server)"),
+            );
             return None;
         }
         let dir = std::env::temp_dir().join(format!(
