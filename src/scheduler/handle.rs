@@ -130,9 +130,11 @@ impl WorkerHandle {
         !self.retiring && self.fate.is_none() && self.process.requests().is_some()
     }
 
-    /// Whether it takes work and has room for more. Not before its
-    /// handshake: a program that turns out to be another one must not run
-    /// our inputs with its own tasks.
+    /// Whether it takes work and has room for more. A worker still
+    /// starting takes its share (inputs spread over the workers as they
+    /// come up, and none waits behind a slow one on a worker that was
+    /// first to say hello), but nothing is written to it before its
+    /// handshake checks out ([`WorkerHandle::wants_to_write`]).
     pub(crate) fn wants_more(&self) -> bool {
         self.takes_work() && flow::wants_more(self.books.frames(), self.books.backlog())
     }
@@ -179,9 +181,15 @@ impl WorkerHandle {
         self.retiring = true;
     }
 
-    /// Whether it has frames to write and could take bytes now.
+    /// Whether it has frames to write and could take bytes now. Not before
+    /// its handshake: a program that turns out to be another one (a
+    /// launcher that reaches another binary) must not read our inputs, let
+    /// alone run them with its own tasks.
     pub(crate) fn wants_to_write(&self) -> bool {
-        self.fate.is_none() && self.process.requests().is_some() && !self.all_written()
+        self.fate.is_none()
+            && self.books.is_ready()
+            && self.process.requests().is_some()
+            && !self.all_written()
     }
 
     /// Whether every frame it is to get is written, the RETIRE frame of a
@@ -295,6 +303,10 @@ impl WorkerHandle {
                 self.process.stderr().mark();
                 self.retire_if_done();
             }
+        }
+        // What it was given while it started goes out at once.
+        if heard == Some(Heard::Ready) {
+            self.write(watch);
         }
         (total, heard)
     }
