@@ -307,7 +307,7 @@ fn forwarder_thread() {
 }
 
 /// `512 bytes`, `3.4 KiB`, `1.2 MiB`.
-fn human_bytes(bytes: u64) -> String {
+pub(crate) fn human_bytes(bytes: u64) -> String {
     const KIB: f64 = 1024.0;
     let b = bytes as f64;
     if b < KIB {

@@ -47,6 +47,10 @@ pub(crate) struct Hello {
     /// Why a rule it was asked for did not come up, if one did not.
     #[serde(default)]
     pub sandbox_problem: Option<String>,
+    /// Why it cannot serve under the pool's settings (a memory limit below
+    /// what it needs to start), if it cannot: it exits after saying so.
+    #[serde(default)]
+    pub refused: Option<String>,
 }
 
 fn put_u32(buf: &mut [u8], at: usize, value: u32) {

@@ -60,7 +60,7 @@ pub(crate) use read::{FrameBuffer, read_frame};
 
 /// Bumped whenever the format changes. A worker speaking another version is
 /// refused at the handshake.
-pub(crate) const VERSION: u32 = 5;
+pub(crate) const VERSION: u32 = 6;
 
 /// A protocol violation by the peer. Both the frame parsers and the readers
 /// report it, so it lives here, where both import it from.

@@ -457,7 +457,8 @@ impl Ear<'_> {
                 });
                 let mismatch = registry()
                     .mismatch(&hello)
-                    .or_else(|| crate::sandbox::shortfall(self.process.launch().sandbox(), &hello));
+                    .or_else(|| crate::sandbox::shortfall(self.process.launch().sandbox(), &hello))
+                    .or(hello.refused);
                 *self.heard = Some(match mismatch {
                     Some(problem) => Heard::Mismatch(problem),
                     None => {
