@@ -104,7 +104,9 @@ pub(crate) const REQUEST_BUFFER: usize = 64 * 1024;
 /// is decoded, not the value.
 pub(crate) const SCRATCH_BYTES: usize = 4096;
 
-/// How much of a worker's stderr is kept for error messages.
+/// How much of a worker's stderr is kept for error messages: the first
+/// bytes written for the input it runs, and the last ones.
+pub(crate) const STDERR_HEAD: usize = 4096;
 pub(crate) const STDERR_TAIL: usize = 4096;
 /// Bytes of one worker's stderr read per wake-up, in reads of
 /// [`STDERR_READ`].

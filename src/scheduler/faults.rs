@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use super::handle::{Fate, Remains};
 use super::supply::Supply;
 use crate::delivery::{Delivery, Outbox};
-use crate::error::{Error, telling_line};
+use crate::error::{Error, Limit, telling_line};
 use crate::flow::{REAP_BOUND, RETIRE_GRACE, STARTUP_TIMEOUT, UNSTARTED_RETURNS};
 use crate::process::Process;
 use crate::shared::Chunk;
@@ -196,7 +196,7 @@ impl Burial<'_> {
         let stderr = if self.outbox.keeps_failures() {
             let stderr = dying.process.stderr();
             stderr.pump();
-            stderr.tail()
+            stderr.excerpt()
         } else {
             String::new()
         };
@@ -231,7 +231,7 @@ pub(crate) fn try_reap(
     let stderr = dying.process.stderr();
     stderr.pump();
     stderr.flush_line();
-    let stderr = stderr.tail();
+    let stderr = stderr.excerpt();
     if let Some(fault) = &dying.failed_starting {
         // A SIGKILL from outside says nothing about whether workers can
         // start; a worker that failed by itself, or that the pool killed for
@@ -248,6 +248,11 @@ pub(crate) fn try_reap(
     }
     if let Some((map, index)) = dying.victim.take() {
         let input = dying.victim_input.take();
+        let cpu_limited = dying
+            .process
+            .launch()
+            .sandbox()
+            .contains(crate::SandboxRule::CpuTime);
         let kept_stderr = match &input {
             Some(_) if outbox.keeps_failures() => stderr.clone(),
             _ => String::new(),
@@ -255,6 +260,7 @@ pub(crate) fn try_reap(
         let error = Error::WorkerDied {
             index,
             status,
+            limit: Limit::of(status, &stderr, supply.memory_limit(), cpu_limited),
             stderr,
             replay: None,
         };
