@@ -52,7 +52,10 @@ pub enum Error {
         location: Option<PanicLocation>,
         /// The worker's backtrace at the panic, as text: only when the
         /// pool's process runs with `RUST_BACKTRACE` set (and not `0`), for
-        /// symbolising it costs the worker tens of milliseconds.
+        /// symbolising it costs the worker tens of milliseconds (hundreds
+        /// for the first one). That time does not count against the
+        /// pool's timeout, but is bounded by 10 s of its own: a worker that
+        /// takes longer is replaced, and the panic reported without it.
         backtrace: Option<String>,
         /// Its replay file, when the pool keeps failures.
         replay: Option<Replay>,

@@ -132,6 +132,10 @@ pub(crate) const CPU_READ_INTERVAL: Duration = Duration::from_millis(10);
 /// are spawned by the spawning thread while the first ones serve.
 pub(crate) const SPAWNED_AT_START: usize = 8;
 
+/// How long a worker may take to make the backtrace of a panic it
+/// announced: its input's clock stands still meanwhile. The first
+/// backtrace of a fresh process took 100 ms here, 200-500 ms under load.
+pub(crate) const SYMBOLISE_BOUND: Duration = Duration::from_secs(10);
 /// A worker that has not said hello by then has failed to start.
 pub(crate) const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 /// Consecutive start-up failures after which the pool gives up.

@@ -207,7 +207,10 @@ fn serve(config: WorkerConfig, sandbox: Option<Sandbox>) -> ! {
         logs::filter_from_number(config.log_level),
         Arc::clone(&replies),
     );
-    panics::install_hook(config.backtraces);
+    panics::install_hook(config.backtraces, {
+        let replies = Arc::clone(&replies);
+        move |report| announce_panic(report, &replies)
+    });
 
     let cpu_seconds = sandbox.as_ref().and_then(Sandbox::cpu_seconds);
     match run_tasks(
@@ -215,6 +218,7 @@ fn serve(config: WorkerConfig, sandbox: Option<Sandbox>) -> ! {
         &replies,
         config.max_frame_bytes,
         cpu_seconds,
+        config.backtraces,
     ) {
         Ok(()) => end_with_group(),
         Err(message) => {
@@ -398,14 +402,32 @@ fn interpose_stderr() -> std::io::Result<()> {
     Ok(())
 }
 
+/// Tells the pool that the running item panicked, before its backtrace is
+/// symbolised: the pool stops its clock until the reply (see `panics`).
+fn announce_panic(report: &panics::PanicReport, replies: &Mutex<File>) {
+    let Some(seq) = logs::capture::running() else {
+        return;
+    };
+    let Ok(frame) = protocol::panic_frame(seq, |buf| protocol::encode(report, buf)) else {
+        return;
+    };
+    // A failed write means the pool is gone; the worker finds out at its
+    // next reply.
+    let _ = lock(replies).write_all(&frame);
+}
+
 /// Serves RUN frames until the stream ends (`Ok`) or breaks (`Err`), and
 /// keeps the contexts that CONTEXT frames bring until FORGET frames drop
 /// them. `cpu_seconds`: the CPU time each RUN frame may take, if limited.
+/// `backtraces`: whether panics are announced (and symbolised) before
+/// they are answered: then their answer goes out at once, which restarts
+/// the clock of the items after them.
 fn run_tasks(
     requests: File,
     replies: &Mutex<File>,
     max_frame: u32,
     cpu_seconds: Option<u64>,
+    backtraces: bool,
 ) -> Result<(), String> {
     let registry = registry();
     let mut requests = BufReader::with_capacity(REQUEST_BUFFER, requests);
@@ -464,9 +486,12 @@ fn run_tasks(
         for (seq, item) in (first_seq..).zip(protocol::Items::new(items)) {
             let item = item.map_err(|e| e.0)?;
             logs::capture::set_running(Some(seq));
-            reply.add(seq, replies, |out| {
+            let panicked = reply.add(seq, replies, |out| {
                 (task.run)(context.as_deref_mut(), item, out, &mut scratch)
             });
+            if panicked && backtraces {
+                reply.flush(replies);
+            }
             seen += 1;
         }
         logs::capture::set_running(None);
@@ -517,8 +542,9 @@ impl Reply {
 
     /// Adds the outcome of item `seq`, which `write` appends (straight into
     /// the frame: outputs can be large). Sends the items before it first if
-    /// together they would pass the frame limit.
-    fn add(&mut self, seq: u64, replies: &Mutex<File>, write: impl FnOnce(&mut Vec<u8>)) {
+    /// together they would pass the frame limit. Returns whether the item
+    /// panicked.
+    fn add(&mut self, seq: u64, replies: &Mutex<File>, write: impl FnOnce(&mut Vec<u8>)) -> bool {
         let start = protocol::begin_item(&mut self.buf);
         write(&mut self.buf);
         let item = &self.buf[start + protocol::ITEM_LEN_BYTES..];
@@ -533,7 +559,11 @@ impl Reply {
             );
             protocol::encode_failure(&Outcome::<()>::Codec(message), &mut self.buf);
         }
-        let bulk = protocol::is_bulk_outcome(&self.buf[start + protocol::ITEM_LEN_BYTES..]);
+        let outcome = &self.buf[start + protocol::ITEM_LEN_BYTES..];
+        let (bulk, panicked) = (
+            protocol::is_bulk_outcome(outcome),
+            protocol::is_panic(outcome),
+        );
         protocol::end_item(&mut self.buf, start).expect("outcome under the frame limit");
         if self.buf.len() > self.max_frame {
             let item = self.buf.split_off(start);
@@ -545,6 +575,7 @@ impl Reply {
         }
         self.count += 1;
         self.bulk += u32::from(bulk);
+        panicked
     }
 
     fn flush(&mut self, replies: &Mutex<File>) {

@@ -37,6 +37,26 @@ fn allocate_deep((depth, bytes): (u32, usize)) -> usize {
 }
 buckshot::register!(allocate_deep);
 
+/// Takes all the memory it can under its worker's limit and keeps it (a
+/// leak: unwinding frees nothing), then panics: too little is left to
+/// symbolise a backtrace (the symboliser then deadlocks in Rust's
+/// allocation failure handler).
+fn panic_out_of_memory(_: u64) -> u64 {
+    let mut hoard: Vec<Vec<u8>> = Vec::with_capacity(1 << 16);
+    for size in [1 << 20, 64 << 10, 4 << 10] {
+        while hoard.len() < hoard.capacity() {
+            let mut block = Vec::new();
+            if block.try_reserve_exact(size).is_err() {
+                break;
+            }
+            hoard.push(block);
+        }
+    }
+    std::mem::forget(hoard);
+    panic!("out of memory");
+}
+buckshot::register!(panic_out_of_memory);
+
 /// Prints where the panic was reported and what its backtrace says.
 fn print_panic(result: Result<u64, Error>) {
     match result {
@@ -66,6 +86,49 @@ fn print_panic(result: Result<u64, Error>) {
 fn panic_report() {
     let pool = Pool::new(1).unwrap();
     print_panic(pool.call(fails_deep_inside, 1));
+}
+
+/// A panic in a fresh worker, under a short timeout: symbolising its
+/// backtrace alone takes longer.
+fn timeout_report() {
+    let pool = Pool::builder()
+        .processes(1)
+        .timeout(Duration::from_millis(250))
+        .build()
+        .unwrap();
+    print_panic(pool.call(fails_deep_inside, 1));
+}
+
+/// A panic whose backtrace cannot be made, in a pool with no timeout.
+fn hung_report() {
+    let pool = Pool::builder()
+        .processes(1)
+        .memory_limit(64 << 20)
+        .forward_stderr(false)
+        .build()
+        .unwrap();
+    let started = std::time::Instant::now();
+    match pool.call(panic_out_of_memory, 0) {
+        Err(Error::TaskPanicked {
+            message,
+            location,
+            backtrace,
+            ..
+        }) => {
+            println!(
+                "{message} at {}, backtrace: {}",
+                location.map_or("none".into(), |l| l.to_string()),
+                backtrace.is_some()
+            );
+            println!(
+                "within 30 s: {}",
+                started.elapsed() < Duration::from_secs(30)
+            );
+        }
+        other => println!("unexpected: {other:?}"),
+    }
+    // The pool goes on with a fresh worker.
+    println!("then: {:?}", pool.call(fails_deep_inside, 2));
 }
 
 /// An allocation past the memory limit, deep in a stack.
@@ -136,6 +199,28 @@ fn backtraces_travel_only_when_asked_for() {
     println!("test backtraces_travel_only_when_asked_for ... ok");
 }
 
+fn a_panic_is_not_a_timeout_while_its_backtrace_is_made() {
+    // The first backtrace of a fresh worker takes 100-500 ms to symbolise.
+    let with = run_copy("timeout", Some("1"));
+    assert!(
+        with.starts_with("location: tests/panic_backtrace.rs:20:9\nbacktrace: "),
+        "{with}"
+    );
+    assert!(with.ends_with(" lines, names the task: true\n"), "{with}");
+    println!("test a_panic_is_not_a_timeout_while_its_backtrace_is_made ... ok");
+}
+
+fn a_backtrace_that_cannot_be_made_hangs_nothing() {
+    let with = run_copy("hung", Some("1"));
+    assert_eq!(
+        with,
+        "out of memory at tests/panic_backtrace.rs:56:5, backtrace: false\n\
+         within 30 s: true\n\
+         then: Ok(2)\n"
+    );
+    println!("test a_backtrace_that_cannot_be_made_hangs_nothing ... ok");
+}
+
 fn a_death_at_the_memory_limit_names_it_and_what_failed_first() {
     let with = run_copy("memory", Some("1"));
     assert_eq!(
@@ -152,11 +237,15 @@ fn main() {
     match std::env::var(ROLE_ENV).as_deref() {
         Ok("panic") => return panic_report(),
         Ok("memory") => return memory_report(),
+        Ok("timeout") => return timeout_report(),
+        Ok("hung") => return hung_report(),
         Ok(other) => panic!("unknown role {other}"),
         Err(_) => {}
     }
     backtraces_travel_only_when_asked_for();
+    a_panic_is_not_a_timeout_while_its_backtrace_is_made();
+    a_backtrace_that_cannot_be_made_hangs_nothing();
     a_death_at_the_memory_limit_names_it_and_what_failed_first();
     println!();
-    println!("test result: ok. 2 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out");
+    println!("test result: ok. 4 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out");
 }

@@ -13,9 +13,10 @@ use rustix::io::Errno;
 use super::books::{Books, Unanswered};
 use super::poll::Watch;
 use crate::delivery::Outbox;
-use crate::flow::{self, READS_PER_WAKE, SCRATCH_BYTES, STARTUP_TIMEOUT};
+use crate::flow::{self, READS_PER_WAKE, SCRATCH_BYTES, STARTUP_TIMEOUT, SYMBOLISE_BOUND};
 use crate::launch::Reported;
 use crate::logs::{self, LogRecord};
+use crate::panics::PanicReport;
 use crate::process::Process;
 use crate::protocol::{self, FrameBuffer, Hello, ProtocolError, ReplyHeader};
 use crate::registry::registry;
@@ -52,6 +53,13 @@ pub(crate) enum Heard {
     Mismatch(String),
 }
 
+/// A panic its worker announced (a PANIC frame) and is making the
+/// backtrace of: the clock of its input stands still until the reply.
+struct Symbolising {
+    since: Instant,
+    report: PanicReport,
+}
+
 /// A live worker.
 pub(crate) struct WorkerHandle {
     process: Process,
@@ -69,6 +77,8 @@ pub(crate) struct WorkerHandle {
     fate: Option<Fate>,
     /// The launcher that started it, by position in the pool's.
     group: usize,
+    /// A panic whose backtrace it is making, if it is.
+    symbolising: Option<Symbolising>,
 }
 
 /// What is left of a worker taken out of service.
@@ -79,6 +89,9 @@ pub(crate) struct Remains {
     pub fate: Fate,
     /// The worker took none of the frame it was to run next.
     pub head_untouched: bool,
+    /// The panic (without its backtrace) of the input it was making the
+    /// backtrace for, if it was.
+    pub symbolising: Option<PanicReport>,
 }
 
 impl WorkerHandle {
@@ -94,6 +107,7 @@ impl WorkerHandle {
             retire_written: 0,
             fate: None,
             group,
+            symbolising: None,
         }
     }
 
@@ -345,6 +359,7 @@ impl WorkerHandle {
         let mut ear = Ear {
             books: &mut self.books,
             process: &mut self.process,
+            symbolising: &mut self.symbolising,
             now,
             outbox,
             heard,
@@ -371,7 +386,11 @@ impl WorkerHandle {
     }
 
     /// When it must next show progress: its handshake while it starts, the
-    /// answer to its head input once it runs.
+    /// answer to its head input once it runs. While it makes a panic's
+    /// backtrace, the input's clock stands still, but the making has a
+    /// bound of its own, timeout or not: a symboliser that hangs (it can
+    /// deadlock when memory runs out under a memory limit) must not hang
+    /// the pool.
     pub(crate) fn deadline(&self, timeout: Option<Duration>) -> Option<Instant> {
         if self.fate.is_some() {
             return None;
@@ -379,7 +398,14 @@ impl WorkerHandle {
         if !self.books.is_ready() {
             return Some(self.spawned_at + STARTUP_TIMEOUT);
         }
-        self.books.deadline(timeout)
+        let deadline = self.books.deadline(timeout);
+        match &self.symbolising {
+            Some(symbolising) => {
+                let bound = symbolising.since + SYMBOLISE_BOUND;
+                Some(deadline.map_or(bound, |deadline| deadline.max(bound)))
+            }
+            None => deadline,
+        }
     }
 
     /// Decides its fate if its deadline has passed at `now`.
@@ -419,12 +445,14 @@ impl WorkerHandle {
         if fate != Fate::Retired {
             self.process.kill();
         }
+        let symbolising = self.symbolising.take().map(|s| s.report);
         Remains {
             process: self.process,
             group: self.group,
             books: self.books,
             fate,
             head_untouched,
+            symbolising,
         }
     }
 }
@@ -434,6 +462,7 @@ impl WorkerHandle {
 struct Ear<'a> {
     books: &'a mut Books,
     process: &'a mut Process,
+    symbolising: &'a mut Option<Symbolising>,
     now: Instant,
     outbox: &'a mut Outbox,
     heard: &'a mut Option<Heard>,
@@ -473,8 +502,26 @@ impl Ear<'_> {
                 // Where the items start in the shared buffer, if any.
                 let shared = shared.map(|(buffer, at)| (buffer, at + frame.len() - items.len()));
                 let slot = self.process.reply_slot();
+                // It answers the panicked item with this, or has answered
+                // it: either way the making is over.
+                *self.symbolising = None;
                 self.books
                     .answer(header, items, shared, slot, self.now, self.outbox)
+            }
+            protocol::PANIC if self.books.is_ready() => {
+                let (seq, report) = protocol::parse_panic(frame)?;
+                let report: PanicReport = protocol::decode(report, &mut [0; SCRATCH_BYTES])
+                    .map_err(|e| ProtocolError::new(format!("bad panic report: {e}")))?;
+                if self.books.index_of(seq).is_none() {
+                    return Err(ProtocolError::new(format!(
+                        "panic of item {seq}, which is not running"
+                    )));
+                }
+                *self.symbolising = Some(Symbolising {
+                    since: self.now,
+                    report,
+                });
+                Ok(())
             }
             protocol::LOG if self.books.is_ready() => {
                 let record: LogRecord = protocol::decode(&frame[1..], &mut [0; SCRATCH_BYTES])
