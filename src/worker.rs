@@ -273,8 +273,7 @@ const START_ROOM: u64 = 1 << 20;
 fn data_in_use(mut status: File) -> Option<u64> {
     let mut text = String::new();
     std::io::Read::read_to_string(&mut status, &mut text).ok()?;
-    let status = text;
-    let line = status.lines().find(|line| line.starts_with("VmData:"))?;
+    let line = text.lines().find(|line| line.starts_with("VmData:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
 }
