@@ -517,6 +517,12 @@ impl Ear<'_> {
                         "panic of item {seq}, which is not running"
                     )));
                 }
+                // One per answer: the clock does not stand still twice.
+                if self.symbolising.is_some() {
+                    return Err(ProtocolError::new(format!(
+                        "second panic of item {seq} before its answer"
+                    )));
+                }
                 *self.symbolising = Some(Symbolising {
                     since: self.now,
                     report,
