@@ -103,10 +103,25 @@ impl PoolBuilder {
         self
     }
 
-    /// Limit on each worker's address space (`RLIMIT_AS`). A task that
-    /// allocates past it makes its worker abort, which yields
-    /// [`Error::WorkerDied`] whose message names the failed allocation.
-    /// Default: none.
+    /// Limit on the memory each worker maps for data (`RLIMIT_DATA`, with
+    /// its hard limit: a task cannot raise it). A task that allocates past
+    /// it makes its worker abort, which yields [`Error::WorkerDied`] whose
+    /// message names the limit and the failed allocation. Default: none.
+    ///
+    /// What counts: the heap and every private writable mapping, which
+    /// includes each thread's whole stack from its start (2 MiB for a Rust
+    /// thread, 8 MiB for a C thread by default) and what malloc's arenas
+    /// hold; a worker uses about 2.5 MiB before its first task. What does
+    /// not: code, read-only files, address space reserved but not
+    /// writable (glibc's 64 MiB per arena, which made a task of 64 threads
+    /// need 2 GiB under `RLIMIT_AS`, and 256 MiB under this), the main
+    /// thread's stack, and shared memory (long strings in transit, a
+    /// task's own `memfd` or shared mappings). It is a guard against
+    /// runaway allocations, not a sandbox for memory.
+    ///
+    /// A limit below what a worker needs to start (its set-up's data plus
+    /// 1 MiB) is refused by the first worker: the pool fails with
+    /// [`Error::Startup`] naming the limit.
     pub fn memory_limit(mut self, bytes: u64) -> Self {
         self.memory_limit = Some(bytes);
         self

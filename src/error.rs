@@ -52,7 +52,10 @@ pub enum Error {
         location: Option<PanicLocation>,
         /// The worker's backtrace at the panic, as text: only when the
         /// pool's process runs with `RUST_BACKTRACE` set (and not `0`), for
-        /// symbolising it costs the worker tens of milliseconds.
+        /// symbolising it costs the worker tens of milliseconds (hundreds
+        /// for the first one). That time does not count against the
+        /// pool's timeout, but is bounded by 10 s of its own: a worker that
+        /// takes longer is replaced, and the panic reported without it.
         backtrace: Option<String>,
         /// Its replay file, when the pool keeps failures.
         replay: Option<Replay>,
@@ -60,10 +63,12 @@ pub enum Error {
 
     /// The worker process running the task exited or was killed (abort,
     /// segfault, `exit`, `kill -9`, out of memory, ...). A fresh worker takes
-    /// its place.
+    /// its place. The message names the limit that ended it, if one did, and
+    /// the line of its stderr that says what happened.
     #[error(
-        "input {index}: worker died ({}){}{}",
+        "input {index}: worker died ({}{}){}{}",
         status_text(status),
+        limit_suffix(limit),
         last_line(stderr),
         replay_suffix(replay)
     )]
@@ -74,7 +79,12 @@ pub enum Error {
         /// its children (SIGCHLD set to `SIG_IGN`), which takes the status
         /// away.
         status: Option<ExitStatus>,
-        /// The last few KiB the worker wrote to stderr.
+        /// The limit of the pool that ended it, when its status and stderr
+        /// say that one did.
+        limit: Option<Limit>,
+        /// What the worker wrote to stderr while it ran the input: all of
+        /// it, or its first and last few KiB in whole lines, with a line
+        /// `[buckshot: N KiB left out]` between them.
         stderr: String,
         /// Its replay file, when the pool keeps failures.
         replay: Option<Replay>,
@@ -282,6 +292,72 @@ fn replay_suffix(replay: &Option<Replay>) -> String {
     }
 }
 
+/// A limit of the pool that ended a worker: see
+/// [`Error::WorkerDied`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Limit {
+    /// The pool's
+    /// [`memory_limit`](crate::PoolBuilder::memory_limit), in bytes: an
+    /// allocation past it failed, and the worker aborted.
+    Memory(u64),
+    /// The sandbox's [`cpu_time`](crate::Sandbox::cpu_time): the task
+    /// used it up.
+    CpuTime,
+}
+
+impl Limit {
+    /// The limit that ended a worker, as its exit `status` and what it
+    /// wrote to `stderr` say, among the pool's: `memory_limit`, if it has
+    /// one, and whether its workers have a CPU time limit. An allocation
+    /// failure says so on stderr before the abort (Rust's `memory
+    /// allocation of N bytes failed`, C++'s `std::bad_alloc`, glibc's `out
+    /// of memory`); the CPU limit's signal is `SIGXCPU`, and the sandbox's
+    /// handler names the limit before it.
+    pub(crate) fn of(
+        status: Option<ExitStatus>,
+        stderr: &str,
+        memory_limit: Option<u64>,
+        cpu_limited: bool,
+    ) -> Option<Limit> {
+        use std::os::unix::process::ExitStatusExt;
+        let signal = status.and_then(|status| status.signal());
+        let said = |sign: fn(&str) -> bool| stderr.lines().any(|line| sign(line.trim()));
+        let cpu_said =
+            || said(|line| line.starts_with("buckshot worker: killed by its CPU time limit"));
+        if cpu_limited && (signal == Some(libc::SIGXCPU) || cpu_said()) {
+            return Some(Limit::CpuTime);
+        }
+        let allocation_failed = said(|line| {
+            (line.starts_with("memory allocation of ") && line.ends_with(" failed"))
+                || line.contains("std::bad_alloc")
+                || line.contains("out of memory")
+        });
+        match memory_limit {
+            Some(bytes) if signal == Some(libc::SIGABRT) && allocation_failed => {
+                Some(Limit::Memory(bytes))
+            }
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Limit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Limit::Memory(bytes) => {
+                write!(f, "memory limit of {}", crate::stderr::human_bytes(*bytes))
+            }
+            Limit::CpuTime => f.write_str("CPU time limit"),
+        }
+    }
+}
+
+/// `", past its <limit>"`, or nothing.
+fn limit_suffix(limit: &Option<Limit>) -> String {
+    limit.map_or_else(String::new, |limit| format!(", past its {limit}"))
+}
+
 /// Where a task panicked: a place in its source.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PanicLocation {
@@ -319,11 +395,13 @@ fn last_line(stderr: &str) -> String {
     telling_line(stderr).map_or_else(String::new, |line| format!(": {line}"))
 }
 
-/// The last line of a worker's stderr that says what happened: blank lines
-/// and backtraces are skipped.
+/// The last line of a worker's stderr that says what happened: blank lines,
+/// backtraces and the line that stands for what an excerpt left out are
+/// skipped.
 pub(crate) fn telling_line(stderr: &str) -> Option<&str> {
     let is_noise = |line: &str| {
         line.is_empty()
+            || line.starts_with("[buckshot: ")
             || line.starts_with("note: ")
             || line.starts_with("stack backtrace:")
             || line.starts_with("skipping backtrace printing")
@@ -343,5 +421,71 @@ fn reason_suffix(reason: &Option<String>) -> String {
     match reason {
         Some(reason) => format!(" ({reason})"),
         None => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::process::ExitStatusExt;
+
+    use super::*;
+
+    fn signal(signal: i32) -> Option<ExitStatus> {
+        Some(ExitStatus::from_raw(signal))
+    }
+
+    #[test]
+    fn an_allocation_failure_under_a_memory_limit_names_it() {
+        let failed = "memory allocation of 2147483648 bytes failed\nstack backtrace:\n";
+        let limit = Some(512 << 20);
+        let abort = signal(libc::SIGABRT);
+        assert_eq!(
+            Limit::of(abort, failed, limit, false),
+            Some(Limit::Memory(512 << 20))
+        );
+        for said in [
+            "terminate called after throwing an instance of 'std::bad_alloc'\n",
+            "Fatal glibc error: failed to register TLS destructor: out of memory\n",
+        ] {
+            assert_eq!(
+                Limit::of(abort, said, limit, false),
+                Some(Limit::Memory(512 << 20))
+            );
+        }
+        // Not without a limit, not without the abort, not without the words.
+        assert_eq!(Limit::of(abort, failed, None, false), None);
+        assert_eq!(Limit::of(signal(libc::SIGKILL), failed, limit, false), None);
+        assert_eq!(
+            Limit::of(Some(ExitStatus::from_raw(1 << 8)), failed, limit, false),
+            None
+        );
+        assert_eq!(Limit::of(abort, "assertion failed\n", limit, false), None);
+        assert_eq!(Limit::of(None, failed, limit, false), None);
+    }
+
+    #[test]
+    fn the_cpu_limit_is_named_by_its_signal_or_its_message() {
+        let xcpu = signal(libc::SIGXCPU);
+        assert_eq!(Limit::of(xcpu, "", None, true), Some(Limit::CpuTime));
+        let said = "buckshot worker: killed by its CPU time limit of 1s (sandbox cpu_time)\n";
+        assert_eq!(
+            Limit::of(signal(libc::SIGKILL), said, None, true),
+            Some(Limit::CpuTime)
+        );
+        // Only where the pool has one.
+        assert_eq!(Limit::of(xcpu, said, None, false), None);
+        assert_eq!(Limit::of(signal(libc::SIGKILL), "", None, true), None);
+    }
+
+    #[test]
+    fn the_line_for_what_an_excerpt_left_out_tells_nothing() {
+        let stderr = format!(
+            "memory allocation of 8 bytes failed\n{}   3: main\n",
+            crate::stderr::left_out_line(5000)
+        );
+        assert_eq!(
+            telling_line(&stderr),
+            Some("memory allocation of 8 bytes failed")
+        );
     }
 }

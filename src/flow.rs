@@ -104,7 +104,9 @@ pub(crate) const REQUEST_BUFFER: usize = 64 * 1024;
 /// is decoded, not the value.
 pub(crate) const SCRATCH_BYTES: usize = 4096;
 
-/// How much of a worker's stderr is kept for error messages.
+/// How much of a worker's stderr is kept for error messages: the first
+/// bytes written for the input it runs, and the last ones.
+pub(crate) const STDERR_HEAD: usize = 4096;
 pub(crate) const STDERR_TAIL: usize = 4096;
 /// Bytes of one worker's stderr read per wake-up, in reads of
 /// [`STDERR_READ`].
@@ -130,6 +132,10 @@ pub(crate) const CPU_READ_INTERVAL: Duration = Duration::from_millis(10);
 /// are spawned by the spawning thread while the first ones serve.
 pub(crate) const SPAWNED_AT_START: usize = 8;
 
+/// How long a worker may take to make the backtrace of a panic it
+/// announced: its input's clock stands still meanwhile. The first
+/// backtrace of a fresh process took 100 ms here, 200-500 ms under load.
+pub(crate) const SYMBOLISE_BOUND: Duration = Duration::from_secs(10);
 /// A worker that has not said hello by then has failed to start.
 pub(crate) const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 /// Consecutive start-up failures after which the pool gives up.

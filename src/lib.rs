@@ -109,7 +109,7 @@ mod task;
 mod worker;
 
 pub use crate::context::WithContext;
-pub use crate::error::{Error, PanicLocation, Replay};
+pub use crate::error::{Error, Limit, PanicLocation, Replay};
 pub use crate::launch::{Launcher, Srun, Ssh};
 pub use crate::pool::{Pool, PoolBuilder, map};
 pub use crate::results::{Results, UnorderedResults};

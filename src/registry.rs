@@ -153,7 +153,10 @@ impl Registry {
 }
 
 /// The body of every registered task's `run`: decode, call, encode, with
-/// panics caught and codec failures reported as outcomes.
+/// panics caught and codec failures reported as outcomes. The guard covers
+/// the decoding of the context and the input and the encoding of the output
+/// too: a `Deserialize` or `Serialize` that panics is the task's own code,
+/// reported as its panic, and the worker lives on.
 pub(crate) fn run_task<F, M>(
     f: &F,
     context: Option<&mut ContextSlot>,
@@ -164,29 +167,24 @@ pub(crate) fn run_task<F, M>(
     F: Task<M>,
 {
     let start = out.len();
-    let fail = |out: &mut Vec<u8>, message: String| {
-        protocol::encode_failure(&Outcome::<()>::Codec(message), out)
-    };
-    let context: &F::Context = match (&() as &dyn Any).downcast_ref() {
-        // A plain task reads no context.
-        Some(unit) => unit,
-        None => match context.map(|slot| slot.get::<F::Context>(scratch)) {
-            Some(Ok(context)) => context,
-            Some(Err(e)) => return fail(out, format!("decode the context: {e}")),
-            None => return fail(out, "read a context: none was sent".to_owned()),
-        },
-    };
-    let input: F::Input = match crate::bulk::decode_input(input, scratch) {
-        Ok(input) => input,
-        Err(e) => return fail(out, format!("decode the input: {e}")),
-    };
-    let encoded = panics::catch(|| {
+    let ran = panics::catch(|| -> Result<(), String> {
+        let context: &F::Context = match (&() as &dyn Any).downcast_ref() {
+            // A plain task reads no context.
+            Some(unit) => unit,
+            None => match context.map(|slot| slot.get::<F::Context>(scratch)) {
+                Some(Ok(context)) => context,
+                Some(Err(e)) => return Err(format!("decode the context: {e}")),
+                None => return Err("read a context: none was sent".to_owned()),
+            },
+        };
+        let input: F::Input = crate::bulk::decode_input(input, scratch)
+            .map_err(|e| format!("decode the input: {e}"))?;
         let output = f.call_with(context, input);
-        protocol::encode_ok(&output, out)
+        protocol::encode_ok(&output, out).map_err(|e| format!("encode the output: {e}"))
     });
-    let failure = match encoded {
+    let failure = match ran {
         Ok(Ok(())) => return,
-        Ok(Err(e)) => Outcome::<()>::Codec(format!("encode the output: {e}")),
+        Ok(Err(message)) => Outcome::<()>::Codec(message),
         Err(report) => Outcome::Panicked(Box::new(report)),
     };
     out.truncate(start);

@@ -1,8 +1,10 @@
-//! Workers' stderr: the tail kept for error messages, and the copy to this
+//! Workers' stderr: what is kept for error messages, and the copy to this
 //! process's stderr, which must never block the pool's thread.
 //!
 //! The pool's thread reads each worker's stderr pipe without blocking,
-//! keeps its last few KiB, and hands complete lines to one forwarding
+//! keeps the first few KiB written since the worker's last answer and the
+//! last few KiB (an excerpt in whole lines explains a death: the first
+//! line says what failed, the last ones where), and hands complete lines to one forwarding
 //! thread per process, through a bounded queue. That thread alone writes to
 //! our stderr, and may block there as long as it likes: when our stderr is
 //! a pipe that nobody reads (a stalled log consumer, a full terminal), the
@@ -24,7 +26,8 @@ use std::time::{Duration, Instant};
 use rustix::io::Errno;
 
 use crate::flow::{
-    FLUSH_BOUND, STALLED, STDERR_LINE, STDERR_QUEUE, STDERR_READ, STDERR_READS, STDERR_TAIL,
+    FLUSH_BOUND, STALLED, STDERR_HEAD, STDERR_LINE, STDERR_QUEUE, STDERR_READ, STDERR_READS,
+    STDERR_TAIL,
 };
 
 /// The read end of one worker's stderr.
@@ -38,6 +41,8 @@ pub(crate) struct StderrPipe {
     forward: bool,
     /// The last bytes read, at most twice [`STDERR_TAIL`].
     tail: Vec<u8>,
+    /// The first bytes read since the mark, at most [`STDERR_HEAD`].
+    head: Vec<u8>,
     /// Bytes read in all, and where the input now running began: its
     /// worker's death is explained by what came after.
     total: u64,
@@ -53,6 +58,7 @@ impl StderrPipe {
             ended: false,
             forward,
             tail: Vec::new(),
+            head: Vec::new(),
             total: 0,
             mark: 0,
             line: Vec::new(),
@@ -112,6 +118,8 @@ impl StderrPipe {
 
     fn take(&mut self, bytes: &[u8]) {
         self.total += bytes.len() as u64;
+        let room = STDERR_HEAD.saturating_sub(self.head.len());
+        self.head.extend_from_slice(&bytes[..bytes.len().min(room)]);
         self.tail.extend_from_slice(bytes);
         if self.tail.len() > 2 * STDERR_TAIL {
             let cut = self.tail.len() - STDERR_TAIL;
@@ -145,19 +153,52 @@ impl StderrPipe {
     /// stderr in each turn).
     pub(crate) fn mark(&mut self) {
         self.mark = self.total;
+        self.head.clear();
     }
 
-    /// The last few KiB the worker wrote since the last [`mark`]: what the
-    /// input it was running wrote (a worker that says nothing before it
-    /// dies is not labelled with an earlier input's output).
+    /// What the worker wrote since the last [`mark`]: what the input it
+    /// was running wrote (a worker that says nothing before it dies is not
+    /// labelled with an earlier input's output). All of it if it is short;
+    /// else its first [`STDERR_HEAD`] and last [`STDERR_TAIL`] bytes, in
+    /// whole lines, with a line that says how much was left out between
+    /// them.
     ///
     /// [`mark`]: StderrPipe::mark
-    pub(crate) fn tail(&self) -> String {
-        let held_from = self.total - self.tail.len() as u64;
-        let since_mark = (self.mark.saturating_sub(held_from) as usize).min(self.tail.len());
-        let start = since_mark.max(self.tail.len().saturating_sub(STDERR_TAIL));
-        String::from_utf8_lossy(&self.tail[start..]).into_owned()
+    pub(crate) fn excerpt(&self) -> String {
+        let since = usize::try_from(self.total - self.mark).unwrap_or(usize::MAX);
+        let recent = &self.tail[self.tail.len() - since.min(self.tail.len()).min(STDERR_TAIL)..];
+        let head = &self.head[..];
+        if head.len() + recent.len() >= since {
+            // Nothing left out: the two overlap or meet.
+            let overlap = head.len() + recent.len() - since;
+            let mut whole = head.to_vec();
+            whole.extend_from_slice(&recent[overlap..]);
+            return String::from_utf8_lossy(&whole).into_owned();
+        }
+        // The head ends after its last whole line (or is one line's
+        // start), the rest starts at its first whole line.
+        let head = match head.iter().rposition(|&b| b == b'\n') {
+            Some(newline) => &head[..=newline],
+            None => head,
+        };
+        let recent = match recent.iter().position(|&b| b == b'\n') {
+            Some(newline) => &recent[newline + 1..],
+            None => &[],
+        };
+        let left_out = (since - head.len() - recent.len()) as u64;
+        format!(
+            "{}{}{}",
+            String::from_utf8_lossy(head),
+            left_out_line(left_out),
+            String::from_utf8_lossy(recent)
+        )
     }
+}
+
+/// The line that stands for `bytes` of a worker's stderr left out of an
+/// excerpt.
+pub(crate) fn left_out_line(bytes: u64) -> String {
+    format!("[buckshot: {} left out]\n", human_bytes(bytes))
 }
 
 /// Writes a line of our own to stderr through the forwarder: never blocks
@@ -306,16 +347,18 @@ fn forwarder_thread() {
     }
 }
 
-/// `512 bytes`, `3.4 KiB`, `1.2 MiB`.
-fn human_bytes(bytes: u64) -> String {
+/// `512 bytes`, `3.4 KiB`, `1.2 MiB`, `2.0 GiB`.
+pub(crate) fn human_bytes(bytes: u64) -> String {
     const KIB: f64 = 1024.0;
     let b = bytes as f64;
     if b < KIB {
         format!("{bytes} bytes")
     } else if b < KIB * KIB {
         format!("{:.1} KiB", b / KIB)
-    } else {
+    } else if b < KIB * KIB * KIB {
         format!("{:.1} MiB", b / (KIB * KIB))
+    } else {
+        format!("{:.1} GiB", b / (KIB * KIB * KIB))
     }
 }
 
@@ -328,6 +371,7 @@ mod tests {
         assert_eq!(human_bytes(512), "512 bytes");
         assert_eq!(human_bytes(3482), "3.4 KiB");
         assert_eq!(human_bytes(1_258_291), "1.2 MiB");
+        assert_eq!(human_bytes(3 << 30), "3.0 GiB");
     }
 
     #[test]
@@ -344,38 +388,118 @@ mod tests {
         assert!(queue.pieces.is_empty(), "a marker only after a drop");
     }
 
-    #[test]
-    fn the_tail_keeps_the_last_bytes() {
+    /// A pipe that has read `chunks` in turn.
+    fn pipe_that_read(chunks: &[&[u8]]) -> StderrPipe {
         let (read, write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::NONBLOCK).unwrap();
         let mut pipe = StderrPipe::new(read, false);
-        for _ in 0..4 {
-            rustix::io::write(&write, &[b'a'; STDERR_TAIL]).unwrap();
+        for chunk in chunks {
+            rustix::io::write(&write, chunk).unwrap();
             pipe.pump();
         }
-        rustix::io::write(&write, b"last line\n").unwrap();
         drop(write);
         pipe.pump();
         assert!(pipe.ended(), "end of stream seen");
-        let tail = pipe.tail();
-        assert_eq!(tail.len(), STDERR_TAIL);
-        assert!(tail.ends_with("aaaalast line\n"), "{tail:?}");
+        pipe
     }
 
     #[test]
-    fn the_tail_starts_at_the_mark() {
+    fn a_short_stderr_is_kept_whole() {
+        let pipe = pipe_that_read(&[b"warming up\n", b"memory allocation of 8 bytes failed\n"]);
+        assert_eq!(
+            pipe.excerpt(),
+            "warming up\nmemory allocation of 8 bytes failed\n"
+        );
+        // Up to a head and a tail that just meet: nothing left out.
+        let head = vec![b'h'; STDERR_HEAD];
+        let tail = vec![b't'; STDERR_TAIL];
+        let pipe = pipe_that_read(&[&head, &tail]);
+        assert_eq!(
+            pipe.excerpt(),
+            format!("{}{}", "h".repeat(STDERR_HEAD), "t".repeat(STDERR_TAIL))
+        );
+    }
+
+    #[test]
+    fn a_long_stderr_keeps_its_first_and_last_lines_whole() {
+        // The cause first, then a backtrace of many lines.
+        let mut text = String::from("memory allocation of 2147483648 bytes failed\n");
+        for k in 0..400 {
+            text.push_str(&format!(
+                "  {k:>3}: alloc::raw_vec::RawVecInner<A>::with_capacity_in\n"
+            ));
+        }
+        let pipe = pipe_that_read(&[text.as_bytes()]);
+        let excerpt = pipe.excerpt();
+        let lines: Vec<&str> = excerpt.lines().collect();
+        assert_eq!(lines[0], "memory allocation of 2147483648 bytes failed");
+        // Every line is whole, and the last one is there.
+        let frame =
+            |line: &str| line.ends_with(": alloc::raw_vec::RawVecInner<A>::with_capacity_in");
+        let marker = lines
+            .iter()
+            .position(|line| line.starts_with("[buckshot: "))
+            .unwrap();
+        assert!(lines[1..marker].iter().all(|line| frame(line)), "{excerpt}");
+        assert!(
+            lines[marker + 1..].iter().all(|line| frame(line)),
+            "{excerpt}"
+        );
+        assert_eq!(
+            lines.last(),
+            Some(&"  399: alloc::raw_vec::RawVecInner<A>::with_capacity_in")
+        );
+        let kept: usize = lines
+            .iter()
+            .filter(|line| frame(line))
+            .map(|line| line.len() + 1)
+            .sum();
+        let left_out = text.len() - lines[0].len() - 1 - kept;
+        assert_eq!(lines[marker], left_out_line(left_out as u64).trim_end());
+        assert!(excerpt.len() <= STDERR_HEAD + STDERR_TAIL + 64);
+    }
+
+    #[test]
+    fn a_line_cut_by_the_excerpt_is_left_out_whole() {
+        let pipe = pipe_that_read(&[b"cause\n", &[b'x'; 4 * STDERR_TAIL]]);
+        let left_out = 4 * STDERR_TAIL as u64;
+        assert_eq!(
+            pipe.excerpt(),
+            format!("cause\n{}", left_out_line(left_out))
+        );
+        // A first line longer than the head shows as its start.
+        let pipe = pipe_that_read(&[&[b'y'; 4 * STDERR_HEAD], b"\nlast\n"]);
+        let left_out = 3 * STDERR_HEAD as u64 + 1;
+        assert_eq!(
+            pipe.excerpt(),
+            format!(
+                "{}{}last\n",
+                "y".repeat(STDERR_HEAD),
+                left_out_line(left_out)
+            )
+        );
+    }
+
+    #[test]
+    fn the_excerpt_starts_at_the_mark() {
         let (read, write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::NONBLOCK).unwrap();
         let mut pipe = StderrPipe::new(read, false);
         rustix::io::write(&write, b"an earlier input's panic\n").unwrap();
         pipe.pump();
         pipe.mark();
-        assert_eq!(pipe.tail(), "");
+        assert_eq!(pipe.excerpt(), "");
         rustix::io::write(&write, b"about to abort\n").unwrap();
         pipe.pump();
-        assert_eq!(pipe.tail(), "about to abort\n");
+        assert_eq!(pipe.excerpt(), "about to abort\n");
         for _ in 0..4 {
             rustix::io::write(&write, &[b'a'; STDERR_TAIL]).unwrap();
             pipe.pump();
         }
-        assert_eq!(pipe.tail().len(), STDERR_TAIL, "at most the last few KiB");
+        let left_out = left_out_line(4 * STDERR_TAIL as u64);
+        assert_eq!(pipe.excerpt(), format!("about to abort\n{left_out}"));
+        // A mark drops the head too.
+        pipe.mark();
+        rustix::io::write(&write, b"next\n").unwrap();
+        pipe.pump();
+        assert_eq!(pipe.excerpt(), "next\n");
     }
 }

@@ -25,7 +25,10 @@
 //!   whose handler kills its whole process group (itself and what its tasks
 //!   started), and exits at once if that already happened (when its parent
 //!   is the pool's process: a launcher may start it elsewhere);
-//! - the memory limit, if any, is applied;
+//! - the watchdog that ends the worker with its request stream;
+//! - the memory limit, if any, is applied (`RLIMIT_DATA`, after the
+//!   watchdog's stack), or refused in the handshake if the worker could
+//!   not even start under it;
 //! - after the handshake: the subscriber that sends tasks' events to the
 //!   pool (if it wants them), and the panic hook that notes where a task
 //!   panicked.
@@ -128,6 +131,11 @@ fn serve(config: WorkerConfig, sandbox: Option<Sandbox>) -> ! {
     // SAFETY: `signal` with SIG_IGN installs no handler code; ignoring SIGPIPE
     // makes writes to a closed pipe fail with EPIPE instead of killing us.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+    // Opened before the sandbox, which may hide `/proc`: what the memory
+    // limit is checked against.
+    let status = config
+        .memory_limit
+        .and_then(|_| File::open("/proc/self/status").ok());
     // While this is the only thread, before the parent-death signal (which
     // a change of credentials could clear).
     let applied = sandbox.as_ref().map(sandbox::apply::apply);
@@ -152,15 +160,13 @@ fn serve(config: WorkerConfig, sandbox: Option<Sandbox>) -> ! {
     if let (Some(pool), Some(slot)) = (config.parent, config.reply_slot) {
         crate::bulk::serve(pool, slot, u64::from(config.max_frame_bytes));
     }
-    if let Some(limit) = config.memory_limit {
-        let limit = Rlimit {
-            current: Some(limit),
-            maximum: Some(limit),
-        };
-        if let Err(e) = rustix::process::setrlimit(Resource::As, limit) {
-            fatal_early(&format!("could not apply the memory limit: {e}"));
-        }
+    // Before the memory limit: a thread's stack counts against it.
+    if let Err(e) = watch_requests(&requests) {
+        fatal_early(&format!("could not watch its request stream: {e}"));
     }
+    let refused = config
+        .memory_limit
+        .and_then(|limit| limit_memory(limit, status));
 
     // Last step of the set-up: the pool takes the handshake to mean that the
     // worker is ready, and starts the clock of its first task.
@@ -177,6 +183,7 @@ fn serve(config: WorkerConfig, sandbox: Option<Sandbox>) -> ! {
             .as_ref()
             .and_then(|applied| applied.problems.first())
             .map(|(_, why)| why.clone()),
+        refused: refused.clone(),
     };
     let mut body = Vec::new();
     protocol::encode(&hello, &mut body).expect("encoding into a Vec cannot fail");
@@ -189,6 +196,9 @@ fn serve(config: WorkerConfig, sandbox: Option<Sandbox>) -> ! {
     if let Some((rule, why)) = applied.as_ref().and_then(|a| a.problems.first()) {
         fatal_early(&format!("sandbox rule {rule} did not come up: {why}"));
     }
+    if let Some(why) = refused {
+        fatal_early(&why);
+    }
 
     // Shared with the subscriber that sends tasks' events, which any
     // thread may emit.
@@ -197,10 +207,10 @@ fn serve(config: WorkerConfig, sandbox: Option<Sandbox>) -> ! {
         logs::filter_from_number(config.log_level),
         Arc::clone(&replies),
     );
-    panics::install_hook(config.backtraces);
-    if let Err(e) = watch_requests(&requests) {
-        fatal_early(&format!("could not watch its request stream: {e}"));
-    }
+    panics::install_hook(config.backtraces, {
+        let replies = Arc::clone(&replies);
+        move |report| announce_panic(report, &replies)
+    });
 
     let cpu_seconds = sandbox.as_ref().and_then(Sandbox::cpu_seconds);
     match run_tasks(
@@ -208,6 +218,7 @@ fn serve(config: WorkerConfig, sandbox: Option<Sandbox>) -> ! {
         &replies,
         config.max_frame_bytes,
         cpu_seconds,
+        config.backtraces,
     ) {
         Ok(()) => end_with_group(),
         Err(message) => {
@@ -218,6 +229,53 @@ fn serve(config: WorkerConfig, sandbox: Option<Sandbox>) -> ! {
             fatal_early(&message)
         }
     }
+}
+
+/// Applies the pool's memory limit to the data this process may map
+/// (`RLIMIT_DATA`: heap, anonymous and private writable mappings, thread
+/// stacks), unless it is below what the worker already uses plus
+/// [`START_ROOM`]: then it is left unapplied, and the reason returned (the
+/// worker refuses to serve, and the pool gives up naming the limit).
+///
+/// `RLIMIT_DATA` rather than `RLIMIT_AS`: the address space counts what is
+/// reserved, not used. glibc reserves 64 MiB of it for each malloc arena,
+/// up to 8 per core, so a task of 64 threads that each allocated 100 KB
+/// needed a limit of 2 GiB there, and 256 MiB here (each Rust thread's
+/// stack, 2 MiB, counts in full in both).
+fn limit_memory(limit: u64, status: Option<File>) -> Option<String> {
+    if let Some(in_use) = status.and_then(data_in_use) {
+        if limit < in_use + START_ROOM {
+            return Some(format!(
+                "memory_limit of {} is below what a worker needs to start: \
+                 {} of data in use before its first task, and {} of room",
+                crate::stderr::human_bytes(limit),
+                crate::stderr::human_bytes(in_use),
+                crate::stderr::human_bytes(START_ROOM),
+            ));
+        }
+    }
+    let limit = Rlimit {
+        current: Some(limit),
+        maximum: Some(limit),
+    };
+    if let Err(e) = rustix::process::setrlimit(Resource::Data, limit) {
+        fatal_early(&format!("could not apply the memory limit: {e}"));
+    }
+    None
+}
+
+/// What a worker needs besides the data it holds when its set-up is done:
+/// buffers for its first frames and replies, with room to spare.
+const START_ROOM: u64 = 1 << 20;
+
+/// The data this process maps (`VmData`, what `RLIMIT_DATA` counts), as
+/// its `/proc/self/status` says.
+fn data_in_use(mut status: File) -> Option<u64> {
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut status, &mut text).ok()?;
+    let line = text.lines().find(|line| line.starts_with("VmData:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 /// Signals the end of the worker's parent (the pool's thread): a signal of
@@ -343,14 +401,32 @@ fn interpose_stderr() -> std::io::Result<()> {
     Ok(())
 }
 
+/// Tells the pool that the running item panicked, before its backtrace is
+/// symbolised: the pool stops its clock until the reply (see `panics`).
+fn announce_panic(report: &panics::PanicReport, replies: &Mutex<File>) {
+    let Some(seq) = logs::capture::running() else {
+        return;
+    };
+    let Ok(frame) = protocol::panic_frame(seq, |buf| protocol::encode(report, buf)) else {
+        return;
+    };
+    // A failed write means the pool is gone; the worker finds out at its
+    // next reply.
+    let _ = lock(replies).write_all(&frame);
+}
+
 /// Serves RUN frames until the stream ends (`Ok`) or breaks (`Err`), and
 /// keeps the contexts that CONTEXT frames bring until FORGET frames drop
 /// them. `cpu_seconds`: the CPU time each RUN frame may take, if limited.
+/// `backtraces`: whether panics are announced (and symbolised) before
+/// they are answered: then their answer goes out at once, which restarts
+/// the clock of the items after them.
 fn run_tasks(
     requests: File,
     replies: &Mutex<File>,
     max_frame: u32,
     cpu_seconds: Option<u64>,
+    backtraces: bool,
 ) -> Result<(), String> {
     let registry = registry();
     let mut requests = BufReader::with_capacity(REQUEST_BUFFER, requests);
@@ -409,9 +485,12 @@ fn run_tasks(
         for (seq, item) in (first_seq..).zip(protocol::Items::new(items)) {
             let item = item.map_err(|e| e.0)?;
             logs::capture::set_running(Some(seq));
-            reply.add(seq, replies, |out| {
+            let panicked = reply.add(seq, replies, |out| {
                 (task.run)(context.as_deref_mut(), item, out, &mut scratch)
             });
+            if panicked && backtraces {
+                reply.flush(replies);
+            }
             seen += 1;
         }
         logs::capture::set_running(None);
@@ -462,8 +541,9 @@ impl Reply {
 
     /// Adds the outcome of item `seq`, which `write` appends (straight into
     /// the frame: outputs can be large). Sends the items before it first if
-    /// together they would pass the frame limit.
-    fn add(&mut self, seq: u64, replies: &Mutex<File>, write: impl FnOnce(&mut Vec<u8>)) {
+    /// together they would pass the frame limit. Returns whether the item
+    /// panicked.
+    fn add(&mut self, seq: u64, replies: &Mutex<File>, write: impl FnOnce(&mut Vec<u8>)) -> bool {
         let start = protocol::begin_item(&mut self.buf);
         write(&mut self.buf);
         let item = &self.buf[start + protocol::ITEM_LEN_BYTES..];
@@ -478,7 +558,11 @@ impl Reply {
             );
             protocol::encode_failure(&Outcome::<()>::Codec(message), &mut self.buf);
         }
-        let bulk = protocol::is_bulk_outcome(&self.buf[start + protocol::ITEM_LEN_BYTES..]);
+        let outcome = &self.buf[start + protocol::ITEM_LEN_BYTES..];
+        let (bulk, panicked) = (
+            protocol::is_bulk_outcome(outcome),
+            protocol::is_panic(outcome),
+        );
         protocol::end_item(&mut self.buf, start).expect("outcome under the frame limit");
         if self.buf.len() > self.max_frame {
             let item = self.buf.split_off(start);
@@ -490,6 +574,7 @@ impl Reply {
         }
         self.count += 1;
         self.bulk += u32::from(bulk);
+        panicked
     }
 
     fn flush(&mut self, replies: &Mutex<File>) {

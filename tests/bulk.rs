@@ -220,27 +220,256 @@ fn strings_beside_the_frame_count_against_its_limit() {
     assert_eq!(*results[2].as_ref().unwrap(), 6 * MIB as u64);
 }
 
+/// The memfds for long strings open in this process: its pools' segments
+/// and reply slots.
+fn memfds() -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter(|entry| {
+            let entry = entry.as_ref().unwrap();
+            std::fs::read_link(entry.path())
+                .is_ok_and(|target| target.to_string_lossy().contains("buckshot-bulk"))
+        })
+        .count()
+}
+
 #[test]
 fn a_dropped_pool_leaves_no_memfd_open() {
-    let memfds = || {
-        std::fs::read_dir("/proc/self/fd")
-            .unwrap()
-            .filter(|entry| {
-                let entry = entry.as_ref().unwrap();
-                std::fs::read_link(entry.path())
-                    .is_ok_and(|target| target.to_string_lossy().contains("buckshot-bulk"))
-            })
-            .count()
-    };
     let _serial = serial();
     let before = memfds();
     let pool = Pool::new(2).unwrap();
     let inputs: Vec<Record> = (0..4).map(record).collect();
-    let results = collect("records", pool.map(reverse, inputs).unwrap());
-    assert!(results.iter().all(Result::is_ok));
+    let results = collect("records", pool.map(reverse, inputs.clone()).unwrap());
+    for (input, result) in inputs.iter().zip(results) {
+        assert_eq!(result.unwrap(), reversed(input), "record {}", input.id);
+    }
     assert!(memfds() > before, "the pool's workers have reply slots");
     drop(pool);
     assert_eq!(memfds(), before, "every segment and slot closed");
+}
+
+/// Sums the bytes, once `gate` exists (if one is given).
+fn sum_after((bytes, gate): (ByteBuf, String)) -> u64 {
+    if !gate.is_empty() {
+        common::wait_until("the gate opens", || std::path::Path::new(&gate).exists());
+    }
+    bytes.iter().map(|&b| u64::from(b)).sum()
+}
+buckshot::register!(sum_after);
+
+#[test]
+fn spare_segments_are_few_however_many_were_in_flight() {
+    let _serial = serial();
+    let before = memfds();
+    let pool = Pool::new(1).unwrap();
+    let dir = common::TempDir::new("bulk-gate");
+    let gate = dir.0.join("open").to_string_lossy().into_owned();
+    // The first input waits at the gate while the others are encoded, one
+    // segment each.
+    let inputs: Vec<(ByteBuf, String)> = (0..12u8)
+        .map(|k| {
+            let gate = if k == 0 { gate.clone() } else { String::new() };
+            (ByteBuf::from(vec![k; 4 * MIB]), gate)
+        })
+        .collect();
+    let results = pool.map(sum_after, inputs).unwrap();
+    let results = std::thread::spawn(move || results.collect::<Vec<_>>());
+    // One reply slot, and at least twice as many segments as are kept.
+    common::wait_until("segments of inputs in flight", || memfds() >= before + 9);
+    std::fs::write(&gate, b"").unwrap();
+    let results = common::within("the sums", move || results.join().unwrap());
+    for (k, result) in results.into_iter().enumerate() {
+        assert_eq!(result.unwrap(), (k * 4 * MIB) as u64, "input {k}");
+    }
+    // The chunks are answered: their segments went back to the spares,
+    // of which at most four are kept.
+    assert!(
+        memfds() <= before + 1 + 4,
+        "{} memfds kept",
+        memfds() - before
+    );
+    drop(pool);
+}
+
+/// What one input of the slot tests does in its worker, in order.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Step {
+    /// Tell the test here.
+    announce: Option<String>,
+    /// Wait until this file exists.
+    gate: Option<String>,
+    /// Free every reply slot of the worker behind the pool's back, as a
+    /// task that writes to the slots' memfd through its worker's
+    /// descriptor can.
+    clobber: bool,
+    /// Then return this many bytes of the pattern of `seed`.
+    len: u64,
+    seed: u8,
+}
+
+/// An output that, on this (the test's) side, may hold its decoding up:
+/// see [`HOLD`].
+#[derive(Debug, Serialize)]
+struct Held(ByteBuf);
+
+/// While set: the output whose first byte is `.0` is decoded only once
+/// the file `.1` was made and an announcement came to `.2`.
+static HOLD: Mutex<Option<(u8, String, common::Rendezvous)>> = Mutex::new(None);
+
+impl<'de> Deserialize<'de> for Held {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let bytes = ByteBuf::deserialize(deserializer)?;
+        let hold = HOLD.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((first, gate, rendezvous)) = hold.as_ref() {
+            if bytes.first() == Some(first) {
+                std::fs::write(gate, b"").unwrap();
+                rendezvous.wait();
+            }
+        }
+        Ok(Held(bytes))
+    }
+}
+
+fn step(step: Step) -> Held {
+    if let Some(path) = &step.announce {
+        common::announce(path);
+    }
+    if let Some(gate) = &step.gate {
+        common::wait_until("the gate opens", || std::path::Path::new(gate).exists());
+    }
+    if step.clobber {
+        for entry in std::fs::read_dir("/proc/self/fd").unwrap().flatten() {
+            let is_bulk = std::fs::read_link(entry.path())
+                .is_ok_and(|target| target.to_string_lossy().contains("buckshot-bulk"));
+            let writable = std::fs::OpenOptions::new().write(true).open(entry.path());
+            if let (true, Ok(file)) = (is_bulk, writable) {
+                for slot in 0..3u64 {
+                    use std::os::unix::fs::FileExt;
+                    let _ = file.write_all_at(&[0; 8], slot * (8 << 30));
+                }
+            }
+        }
+    }
+    Held(ByteBuf::from(pattern(step.len as usize, step.seed)))
+}
+buckshot::register!(step);
+
+/// Checks the outputs of `steps`: each its own pattern, or, for the seeds
+/// in `lost`, refused as no longer in its slot.
+fn check_steps(steps: &[Step], results: Vec<Result<Held, Error>>, lost: &[u8]) {
+    assert_eq!(results.len(), steps.len());
+    for (step, result) in steps.iter().zip(results) {
+        match result {
+            Ok(Held(bytes)) => {
+                assert!(
+                    bytes.as_slice() == pattern(step.len as usize, step.seed),
+                    "output {} is not its own",
+                    step.seed
+                );
+                assert!(!lost.contains(&step.seed), "{} was not lost", step.seed);
+            }
+            Err(error @ Error::Decode { .. }) => {
+                let source = std::error::Error::source(&error).unwrap().to_string();
+                assert_eq!(source, "bulk output no longer in its slot", "{}", step.seed);
+                assert!(lost.contains(&step.seed), "{} was lost", step.seed);
+            }
+            Err(other) => panic!("{}: {other}", step.seed),
+        }
+    }
+}
+
+#[test]
+fn a_slot_refilled_behind_the_pools_back_is_never_read_as_another_output() {
+    let _serial = serial();
+    let pool = Pool::builder().processes(1).batch_size(1).build().unwrap();
+    let dir = common::TempDir::new("bulk-clobber");
+    let gate = dir.0.join("gate").to_string_lossy().into_owned();
+    let rendezvous = common::Rendezvous::new();
+    let len = 4 * MIB as u64;
+    let steps = [
+        // Read at once.
+        Step::default(),
+        // Fills slot 0; its delivery waits, unread.
+        Step {
+            gate: Some(gate.clone()),
+            len,
+            seed: 11,
+            ..Step::default()
+        },
+        // Frees every slot, then fills the first free one: slot 0.
+        Step {
+            clobber: true,
+            len,
+            seed: 12,
+            ..Step::default()
+        },
+        Step {
+            announce: Some(rendezvous.path()),
+            ..Step::default()
+        },
+    ];
+    let mut results = pool.map(step, steps.clone()).unwrap();
+    let first = results.next().unwrap();
+    std::fs::write(&gate, b"").unwrap();
+    rendezvous.wait();
+    let results: Vec<_> = std::iter::once(first)
+        .chain(collect("outputs", results))
+        .collect();
+    // 11's bytes are gone: refused, not read as 12's.
+    check_steps(&steps, results, &[11]);
+}
+
+#[test]
+fn a_slot_is_held_until_every_item_of_its_delivery_is_decoded() {
+    let _serial = serial();
+    // Two inputs per message, so that 10 and 11 come in one delivery,
+    // whose lease holds both slots.
+    let pool = Pool::builder().processes(1).batch_size(2).build().unwrap();
+    let dir = common::TempDir::new("bulk-lease");
+    let (gate_12, gate_14) = (dir.0.join("12"), dir.0.join("14"));
+    let gate = |path: &std::path::Path| Some(path.to_string_lossy().into_owned());
+    let (made_12, made_14) = (common::Rendezvous::new(), common::Rendezvous::new());
+    let len = 4 * MIB as u64;
+    let long = |seed| Step {
+        len,
+        seed,
+        ..Step::default()
+    };
+    let steps = [
+        long(10),
+        long(11),
+        // Made while 11 is being decoded: 10's slot must still be held.
+        Step {
+            gate: gate(&gate_12),
+            ..long(12)
+        },
+        Step {
+            announce: Some(made_12.path()),
+            gate: gate(&gate_14),
+            ..Step::default()
+        },
+        // Made once the delivery of 10 and 11 is gone, before 12 is read.
+        long(14),
+        Step {
+            announce: Some(made_14.path()),
+            ..Step::default()
+        },
+    ];
+    // 11 is decoded only once 12 is made.
+    *HOLD.lock().unwrap_or_else(PoisonError::into_inner) = Some((
+        pattern(1, 11)[0],
+        gate_12.to_string_lossy().into_owned(),
+        made_12,
+    ));
+    let mut results = pool.map(step, steps.clone()).unwrap();
+    let first = results.next().unwrap();
+    *HOLD.lock().unwrap_or_else(PoisonError::into_inner) = None;
+    std::fs::write(&gate_14, b"").unwrap();
+    made_14.wait();
+    let results: Vec<_> = std::iter::once(first)
+        .chain(collect("outputs", results))
+        .collect();
+    check_steps(&steps, results, &[]);
 }
 
 /// Set in the copy of this test binary that runs under a file size limit.

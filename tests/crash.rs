@@ -132,3 +132,43 @@ fn a_silent_death_is_not_explained_by_an_earlier_input() {
         other => panic!("input 1: {other:?}"),
     }
 }
+
+/// Burns CPU time until its worker is stopped.
+fn spin_forever(_: u64) -> u64 {
+    let mut x = 0u64;
+    loop {
+        x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+    }
+}
+buckshot::register!(spin_forever);
+
+#[test]
+fn a_worker_ended_by_its_cpu_time_limit_says_so() {
+    let sandbox = buckshot::Sandbox::new().cpu_time(Duration::from_secs(1));
+    let pool = match Pool::builder()
+        .processes(1)
+        // A safety net only.
+        .timeout(common::BOUND)
+        .sandbox(sandbox)
+        .forward_stderr(false)
+        .build()
+    {
+        Ok(pool) => pool,
+        Err(Error::Sandbox { reason, .. }) => return common::skip("rlimit", &reason),
+        Err(e) => panic!("{e}"),
+    };
+    let result = common::within("a task past its CPU time", move || {
+        pool.call(spin_forever, 0)
+    });
+    let Err(error @ Error::WorkerDied { .. }) = result else {
+        panic!("{result:?}")
+    };
+    let Error::WorkerDied { limit, .. } = &error else {
+        unreachable!()
+    };
+    assert_eq!(*limit, Some(buckshot::Limit::CpuTime), "{error}");
+    assert!(
+        error.to_string().contains(", past its CPU time limit)"),
+        "{error}"
+    );
+}

@@ -149,6 +149,7 @@ fn worker_died_names_the_status_and_the_last_stderr_line() {
     let error = Error::WorkerDied {
         index: 3,
         status: Some(std::process::ExitStatus::from_raw(3 << 8)),
+        limit: None,
         stderr: "warming up\nmemory allocation of 1024 bytes failed\n\n".into(),
         replay: None,
     };
@@ -160,6 +161,7 @@ fn worker_died_names_the_status_and_the_last_stderr_line() {
     let quiet = Error::WorkerDied {
         index: 0,
         status: Some(std::process::ExitStatus::from_raw(9)),
+        limit: None,
         stderr: String::new(),
         replay: None,
     };
@@ -170,6 +172,7 @@ fn worker_died_names_the_status_and_the_last_stderr_line() {
     let backtrace_refused = Error::WorkerDied {
         index: 2,
         status: Some(std::process::ExitStatus::from_raw(6)),
+        limit: None,
         stderr: "memory allocation of 8 bytes failed\n\
                  skipping backtrace printing to avoid potential recursion\n"
             .into(),
@@ -182,12 +185,48 @@ fn worker_died_names_the_status_and_the_last_stderr_line() {
     let unknown = Error::WorkerDied {
         index: 1,
         status: None,
+        limit: None,
         stderr: "bye\n".into(),
         replay: None,
     };
     assert_eq!(
         unknown.to_string(),
         "input 1: worker died (exit status unknown): bye"
+    );
+}
+
+#[test]
+fn worker_died_names_the_limit_that_ended_it() {
+    use std::os::unix::process::ExitStatusExt;
+    let memory = Error::WorkerDied {
+        index: 1,
+        status: Some(std::process::ExitStatus::from_raw(6)),
+        limit: Some(buckshot::Limit::Memory(512 << 20)),
+        stderr: "memory allocation of 2147483648 bytes failed\n\
+                 stack backtrace:\n   0: std::backtrace_rs::backtrace::trace\n\
+                 [buckshot: 23.1 KiB left out]\n  61: main\n"
+            .into(),
+        replay: None,
+    };
+    assert_eq!(
+        memory.to_string(),
+        "input 1: worker died (signal: 6 (SIGABRT), past its memory limit of 512.0 MiB): \
+         memory allocation of 2147483648 bytes failed"
+    );
+    let cpu = Error::WorkerDied {
+        index: 0,
+        status: Some(std::process::ExitStatus::from_raw(libc::SIGXCPU)),
+        limit: Some(buckshot::Limit::CpuTime),
+        stderr: String::new(),
+        replay: None,
+    };
+    assert_eq!(
+        cpu.to_string(),
+        "input 0: worker died (signal: 24 (SIGXCPU), past its CPU time limit)"
+    );
+    assert_eq!(
+        buckshot::Limit::Memory(3 << 30).to_string(),
+        "memory limit of 3.0 GiB"
     );
 }
 

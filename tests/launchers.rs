@@ -238,3 +238,77 @@ fn replacements_that_keep_failing_are_started_ever_more_slowly() {
     // hundreds.
     assert!(starts < 20, "{starts} starts");
 }
+
+/// A handshake as another program would send it: well formed, but of
+/// another protocol version. Each byte as a `printf` octal escape.
+fn foreign_hello() -> String {
+    #[derive(serde::Serialize)]
+    struct Hello {
+        version: u32,
+        pid: u32,
+        tasks: u32,
+        digest: u64,
+    }
+    let hello = Hello {
+        version: 999,
+        pid: std::process::id(),
+        tasks: 1,
+        digest: 0,
+    };
+    let mut body = vec![1u8];
+    ciborium::into_writer(&hello, &mut body).unwrap();
+    let mut frame = (body.len() as u32).to_le_bytes().to_vec();
+    frame.extend_from_slice(&body);
+    frame.iter().map(|b| format!("\\{b:03o}")).collect()
+}
+
+#[test]
+fn nothing_is_written_to_a_worker_before_its_handshake_checks_out() {
+    // Another program answers our pipes: it records every byte it is
+    // sent, waits up to 2 s for the first one, then says hello in a
+    // protocol of its own. No byte of ours may reach it: it could run our
+    // inputs with its own code.
+    let dir = common::TempDir::new("foreign");
+    let script = r#"record=$1/received-$$; hello=$2; exec 3<&0
+timeout 2 head -c 1 <&3 > "$record"
+printf "$hello"
+exec cat <&3 >> "$record""#;
+    let foreign = Launcher::command(["sh", "-c", script, "sh", &dir.path(), &foreign_hello()]);
+    let pool = Pool::builder()
+        .workers(foreign, 2)
+        .forward_stderr(false)
+        .build()
+        .unwrap();
+    let results = common::within("the map", move || {
+        pool.map(tagged, 0..4u64)
+            .map(|results| results.collect::<Vec<_>>())
+    });
+    let reason = "worker speaks protocol 999, this process";
+    match results {
+        Ok(results) => {
+            assert_eq!(results.len(), 4);
+            for result in results {
+                match result {
+                    Err(Error::PoolClosed {
+                        reason: Some(why), ..
+                    }) => assert!(why.contains(reason), "{why}"),
+                    other => panic!("{other:?}"),
+                }
+            }
+        }
+        Err(error) => assert!(error.to_string().contains(reason), "{error}"),
+    }
+    // The pool is dropped: the programs were killed, their records are
+    // final.
+    let records = dir.files();
+    assert!(!records.is_empty(), "no program started");
+    for record in records {
+        let received = std::fs::read(&record).unwrap();
+        assert!(
+            received.is_empty(),
+            "another program was sent {} bytes before its handshake: {:?}",
+            received.len(),
+            &received[..received.len().min(32)]
+        );
+    }
+}

@@ -138,15 +138,92 @@ fn an_allocation_past_the_memory_limit_is_a_death_that_says_so() {
     assert_eq!(results.len(), 3, "one result per input: {results:?}");
     assert_eq!(*results[0].as_ref().unwrap(), 1 << 20);
     let message = results[1].as_ref().unwrap_err().to_string();
-    assert!(
-        message.starts_with("input 1: worker died (signal: 6 (SIGABRT)"),
-        "{message}"
-    );
-    assert!(
-        message.ends_with("memory allocation of 2147483648 bytes failed"),
-        "{message}"
+    assert_eq!(
+        message,
+        "input 1: worker died (signal: 6 (SIGABRT), past its memory limit of 512.0 MiB): \
+         memory allocation of 2147483648 bytes failed"
     );
     assert_eq!(*results[2].as_ref().unwrap(), 1 << 20);
+}
+
+/// Starts `n` threads that each allocate 100 KB, and waits for them.
+fn many_threads(n: u64) -> usize {
+    let threads: Vec<_> = (0..n)
+        .map(|k| std::thread::spawn(move || std::hint::black_box(vec![k as u8; 100_000]).len()))
+        .collect();
+    threads.into_iter().map(|t| t.join().unwrap()).sum()
+}
+buckshot::register!(many_threads);
+
+#[test]
+fn the_memory_limit_counts_what_tasks_use_not_what_they_reserve() {
+    // glibc reserves 64 MiB of address space per malloc arena: under a
+    // limit on the address space, 64 threads needed 2 GiB. Their stacks
+    // (2 MiB each) and what they allocate fit in 512 MiB.
+    let pool = Pool::builder()
+        .processes(1)
+        .memory_limit(512 << 20)
+        .forward_stderr(false)
+        .build()
+        .unwrap();
+    let total = common::within("64 threads", move || pool.call(many_threads, 64));
+    assert_eq!(total.unwrap(), 64 * 100_000);
+    // A small limit is enough for a small task.
+    let pool = Pool::builder()
+        .processes(1)
+        .memory_limit(8 << 20)
+        .forward_stderr(false)
+        .build()
+        .unwrap();
+    let result = common::within("a call under 8 MiB", move || pool.call(allocate, 1 << 20));
+    assert_eq!(result.unwrap(), 1 << 20);
+}
+
+#[test]
+fn a_memory_limit_no_worker_can_start_under_fails_the_pool_naming_it() {
+    let pool = std::sync::Arc::new(
+        Pool::builder()
+            .processes(2)
+            .memory_limit(1 << 20)
+            .forward_stderr(false)
+            .build()
+            .unwrap(),
+    );
+    let first = common::within("a map under 1 MiB", {
+        let pool = std::sync::Arc::clone(&pool);
+        move || {
+            pool.map(pid_of, 0..3)
+                .map(|results| results.collect::<Vec<_>>())
+        }
+    });
+    let says_why = |message: &str| {
+        message.starts_with("memory_limit of 1.0 MiB is below what a worker needs to start: ")
+            && message.ends_with(" of data in use before its first task, and 1.0 MiB of room")
+    };
+    // Refused at the first handshake: the map is refused, or each of its
+    // inputs fails with the reason.
+    match first {
+        Ok(results) => {
+            assert_eq!(results.len(), 3);
+            for result in results {
+                match result {
+                    Err(Error::PoolClosed {
+                        reason: Some(reason),
+                        ..
+                    }) => assert!(says_why(&reason), "{reason}"),
+                    other => panic!("{other:?}"),
+                }
+            }
+        }
+        Err(error) => assert!(says_why(
+            &error.to_string()["workers fail to start: ".len()..]
+        )),
+    }
+    let error = pool.call(pid_of, 0).unwrap_err().to_string();
+    let reason = error
+        .strip_prefix("workers fail to start: ")
+        .unwrap_or_else(|| panic!("{error}"));
+    assert!(says_why(reason), "{error}");
 }
 
 fn byte_count(bytes: serde_bytes::ByteBuf) -> usize {
@@ -208,8 +285,9 @@ fn an_input_too_large_for_the_memory_limit_fails_instead_of_going_round() {
     let message = results[0].as_ref().unwrap_err().to_string();
     // Read inline, the allocation aborts the worker; read from shared
     // memory (a local worker), mapping it fails first.
-    let aborted = message.starts_with("input 0: worker died (signal: 6 (SIGABRT))")
-        && message.contains("memory allocation of");
+    let aborted = message.starts_with(
+        "input 0: worker died (signal: 6 (SIGABRT), past its memory limit of 128.0 MiB): ",
+    ) && message.contains("memory allocation of");
     let refused = message
         == "input 0: worker could not decode the input: Cannot allocate memory (os error 12)";
     assert!(aborted || refused, "{message}");

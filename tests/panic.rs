@@ -71,3 +71,103 @@ fn a_resumed_payload_is_not_given_an_earlier_panics_place() {
     }
     assert_eq!(pool.call(caught_then_resumed, 2).unwrap(), 2);
 }
+
+/// A value whose `Deserialize` panics when it reads `13`, and whose
+/// `Serialize` panics when it writes `666`: code of the task's own types,
+/// run by the worker around the task.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Touchy(u64);
+
+impl serde::Serialize for Touchy {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if self.0 == 666 {
+            panic!("cannot write {}", self.0);
+        }
+        serializer.serialize_u64(self.0)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Touchy {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let value = <u64 as serde::Deserialize>::deserialize(deserializer)?;
+        if value == 13 {
+            panic!("cannot read {value}");
+        }
+        Ok(Touchy(value))
+    }
+}
+
+/// Its output is 666 for input 6: that one cannot be written.
+fn touchy_pid(x: Touchy) -> (Touchy, u32) {
+    let out = if x.0 == 6 { 666 } else { x.0 };
+    (Touchy(out), std::process::id())
+}
+buckshot::register!(touchy_pid);
+
+fn context_pid(context: &Touchy, x: u64) -> (u64, u32) {
+    (context.0 + x, std::process::id())
+}
+buckshot::register!(context_pid);
+
+/// What a panic report says, or the value.
+fn panic_message<T: std::fmt::Debug>(result: Result<T, Error>) -> String {
+    match result {
+        Err(Error::TaskPanicked {
+            message, location, ..
+        }) => {
+            let location = location.expect("a panic says where");
+            format!("{message} at line {}", location.line)
+        }
+        other => panic!("expected a panic, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_panicking_deserialize_or_serialize_is_the_tasks_panic_and_the_worker_lives() {
+    let pool = Pool::new(1).unwrap();
+    let inputs = [1u64, 13, 6, 2].map(Touchy);
+    let results: Vec<_> = pool.map(touchy_pid, inputs).unwrap().collect();
+    assert_eq!(results.len(), 4, "{results:?}");
+    let mut results = results.into_iter();
+    let (one, pid) = results.next().unwrap().unwrap();
+    assert_eq!(one, Touchy(1));
+    assert_eq!(
+        panic_message(results.next().unwrap()),
+        "cannot read 13 at line 94"
+    );
+    assert_eq!(
+        panic_message(results.next().unwrap()),
+        "cannot write 666 at line 84"
+    );
+    let (two, same_pid) = results.next().unwrap().unwrap();
+    assert_eq!(two, Touchy(2));
+    assert_eq!(same_pid, pid, "the worker lived on");
+}
+
+#[test]
+fn a_context_whose_deserialize_panics_fails_each_input_and_the_worker_lives() {
+    let pool = Pool::new(1).unwrap();
+    let before = pool.call(pid_of, 0).unwrap();
+    let results: Vec<_> = pool
+        .with_context(&Touchy(13))
+        .map(context_pid, [1u64, 2])
+        .unwrap()
+        .collect();
+    assert_eq!(results.len(), 2, "{results:?}");
+    for result in results {
+        assert_eq!(panic_message(result), "cannot read 13 at line 94");
+    }
+    let results: Vec<_> = pool
+        .with_context(&Touchy(40))
+        .map(context_pid, [2u64])
+        .unwrap()
+        .collect();
+    assert_eq!(results.len(), 1);
+    let (sum, pid) = results.into_iter().next().unwrap().unwrap();
+    assert_eq!((sum, pid), (42, before), "the worker lived on");
+}
+
+fn pid_of(_: u64) -> u32 {
+    std::process::id()
+}
+buckshot::register!(pid_of);

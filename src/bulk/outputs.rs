@@ -212,10 +212,15 @@ impl ReplySlots {
 }
 
 /// The right to decode and then free the reply slots that a delivery's
-/// items fill: it frees them when it goes, decoded or not.
+/// items fill: it frees them when it goes, decoded or not. A slot is known
+/// by its generation too: one whose generation changed behind the pool's
+/// back (a task can write the slots' memfd through its worker's
+/// descriptor) holds another output, which is neither read as this one
+/// nor freed.
 pub(crate) struct SlotLease {
     slots: Arc<ReplySlots>,
-    held: Vec<u32>,
+    /// The slots and the generations their items name.
+    held: Vec<(u32, u64)>,
 }
 
 impl std::fmt::Debug for SlotLease {
@@ -230,11 +235,11 @@ impl std::fmt::Debug for SlotLease {
 impl SlotLease {
     /// The lease on the slots that `items` (reply items) fill, if any.
     pub(crate) fn of(slots: &Arc<ReplySlots>, items: &[u8]) -> Option<SlotLease> {
-        let held: Vec<u32> = crate::protocol::Items::new(items)
+        let held: Vec<(u32, u64)> = crate::protocol::Items::new(items)
             .filter_map(Result::ok)
             .filter(|item| crate::protocol::is_bulk_outcome(item))
             .filter_map(|item| Table::parse(&item[1..], u64::MAX).ok())
-            .map(|(table, _)| table.region)
+            .map(|(table, _)| (table.region, table.generation))
             .collect();
         (!held.is_empty()).then(|| SlotLease {
             slots: Arc::clone(slots),
@@ -253,7 +258,8 @@ impl SlotLease {
             .slots
             .state(table.region)
             .map(|s| s.load(Ordering::Acquire));
-        if !self.held.contains(&table.region) || state != Some(table.generation) {
+        if !self.held.contains(&(table.region, table.generation)) || state != Some(table.generation)
+        {
             return Err(Box::new(io::Error::other(
                 "bulk output no longer in its slot",
             )));
@@ -266,10 +272,11 @@ impl SlotLease {
 
 impl Drop for SlotLease {
     fn drop(&mut self) {
-        // The items that filled them are done with them.
-        for &k in &self.held {
+        // The items that filled them are done with them; a slot refilled
+        // since is not theirs to free.
+        for &(k, generation) in &self.held {
             if let Some(state) = self.slots.state(k) {
-                state.store(0, Ordering::Release);
+                let _ = state.compare_exchange(generation, 0, Ordering::AcqRel, Ordering::Relaxed);
             }
         }
     }
@@ -297,7 +304,7 @@ mod tests {
         crate::protocol::push_item(&mut section, &item);
         crate::protocol::push_item(&mut section, &[0, 1]);
         let lease = SlotLease::of(&slots, &section).expect("one item filled a slot");
-        assert_eq!(lease.held, vec![1]);
+        assert_eq!(lease.held, vec![(1, 5)]);
         assert!(SlotLease::of(&slots, &section[section.len() - 6..]).is_none());
         drop(lease);
         assert_eq!(slots.state(1).unwrap().load(Ordering::Acquire), 0, "freed");
@@ -306,5 +313,10 @@ mod tests {
             6,
             "not its slot"
         );
+        // Refilled behind its back: not its to free.
+        let lease = SlotLease::of(&slots, &section).unwrap();
+        slots.state(1).unwrap().store(9, Ordering::Release);
+        drop(lease);
+        assert_eq!(slots.state(1).unwrap().load(Ordering::Acquire), 9);
     }
 }

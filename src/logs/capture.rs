@@ -34,6 +34,12 @@ pub(crate) fn set_running(seq: Option<u64>) {
     RUNNING.store(seq.unwrap_or(IDLE), Ordering::Relaxed);
 }
 
+/// The item the worker is running, if any.
+pub(crate) fn running() -> Option<u64> {
+    let seq = RUNNING.load(Ordering::Relaxed);
+    (seq != IDLE).then_some(seq)
+}
+
 /// Sends this worker's events at `max` and above to the pool, through
 /// `replies`; `log` records too. Does nothing for [`LevelFilter::OFF`].
 pub(crate) fn install(max: LevelFilter, replies: Arc<Mutex<File>>) {

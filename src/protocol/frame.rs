@@ -17,6 +17,7 @@ pub(crate) const CONTEXT: u8 = 5;
 pub(crate) const FORGET: u8 = 6;
 pub(crate) const LOG: u8 = 7;
 pub(crate) const RETIRE: u8 = 8;
+pub(crate) const PANIC: u8 = 9;
 /// The whole RETIRE frame: it has no body.
 pub(crate) const RETIRE_FRAME: [u8; 5] = [1, 0, 0, 0, RETIRE];
 
@@ -47,6 +48,10 @@ pub(crate) struct Hello {
     /// Why a rule it was asked for did not come up, if one did not.
     #[serde(default)]
     pub sandbox_problem: Option<String>,
+    /// Why it cannot serve under the pool's settings (a memory limit below
+    /// what it needs to start), if it cannot: it exits after saying so.
+    #[serde(default)]
+    pub refused: Option<String>,
 }
 
 fn put_u32(buf: &mut [u8], at: usize, value: u32) {
@@ -381,6 +386,34 @@ pub(crate) fn parse_context(body: &[u8]) -> Result<(u64, &[u8]), ProtocolError> 
     Ok((id, &body[at(CONTEXT_HEADER)..]))
 }
 
+/// Where a PANIC frame's sequence number is, in the frame.
+const PANIC_SEQ_AT: usize = KIND_AT + 1;
+/// Bytes from the start of a PANIC frame to its report.
+const PANIC_HEADER: usize = PANIC_SEQ_AT + 8;
+
+/// A PANIC frame: item `seq` panicked, as the CBOR report `write` appends
+/// says (without its backtrace, which is being made).
+pub(crate) fn panic_frame<E>(
+    seq: u64,
+    write: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
+) -> Result<Vec<u8>, E> {
+    let mut frame = vec![0; PANIC_HEADER];
+    frame[KIND_AT] = PANIC;
+    put_u64(&mut frame, PANIC_SEQ_AT, seq);
+    write(&mut frame)?;
+    seal_frame(&mut frame, 0);
+    Ok(frame)
+}
+
+/// The item and the CBOR report of a PANIC frame's body.
+pub(crate) fn parse_panic(body: &[u8]) -> Result<(u64, &[u8]), ProtocolError> {
+    let at = |offset: usize| offset - LEN_BYTES;
+    if body.len() < at(PANIC_HEADER) {
+        return Err(ProtocolError::new("truncated panic header"));
+    }
+    Ok((get_u64(body, at(PANIC_SEQ_AT)), &body[at(PANIC_HEADER)..]))
+}
+
 /// The item section of a finished RUN frame.
 pub(crate) fn run_items(frame: &[u8]) -> &[u8] {
     &frame[RunHeader::SIZE..]
@@ -520,6 +553,20 @@ mod tests {
         assert!(parse_context(&zero[LEN_BYTES..]).is_err());
         let run = RunFrame::with_capacity(1, 9, 0).finish();
         assert_eq!(RunHeader::parse(&run[LEN_BYTES..]).unwrap().0.context, 9);
+    }
+
+    #[test]
+    fn panic_frames_round_trip() {
+        let frame = panic_frame(41, |buf| {
+            buf.extend_from_slice(b"report");
+            Ok::<_, ProtocolError>(())
+        })
+        .unwrap();
+        assert_eq!(get_u32(&frame, 0) as usize, frame.len() - LEN_BYTES);
+        assert_eq!(frame[KIND_AT], PANIC);
+        let body = &frame[LEN_BYTES..];
+        assert_eq!(parse_panic(body).unwrap(), (41, &b"report"[..]));
+        assert!(parse_panic(&body[..8]).is_err());
     }
 
     #[test]

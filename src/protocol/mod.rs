@@ -13,6 +13,8 @@
 //! FORGET pool -> worker  body = id:u64                no RUN will read it again
 //! LOG    worker -> pool  body = CBOR LogRecord        an event a task emitted
 //! RETIRE pool -> worker  body = (none)                after its last RUN: exit once done
+//! PANIC  worker -> pool  body = seq:u64 CBOR PanicReport  item seq panicked; its backtrace
+//!                                                     is being made, the REPLY follows
 //! items  = (len:u32 cbor)*                            one CBOR value each
 //! ```
 //!
@@ -21,6 +23,10 @@
 //! with 0xFF (never the first byte of a CBOR value), an outcome with its
 //! own tag, and a table of where the strings go back in comes before the
 //! CBOR.
+//!
+//! A PANIC frame stops the clock of the input it names: symbolising a
+//! backtrace (only when the pool's process asked for them) takes a fresh
+//! worker hundreds of milliseconds, which are not the task's.
 //!
 //! A RUN frame's context is 0 when its task reads none. A worker keeps a
 //! context's value from the CONTEXT frame to the FORGET frame; CONTEXT and
@@ -52,15 +58,16 @@ pub(crate) use codec::{
 };
 pub(crate) use frame::LEN_BYTES;
 pub(crate) use frame::{
-    CONTEXT, FATAL, FORGET, HELLO, Hello, ITEM_LEN_BYTES, Items, LOG, REPLY, RETIRE, RETIRE_FRAME,
-    RUN, ReplyHeader, RunFrame, RunHeader, begin_item, context_frame, end_item, forget_frame,
-    items_len, parse_context, push_frame, push_item, run_items,
+    CONTEXT, FATAL, FORGET, HELLO, Hello, ITEM_LEN_BYTES, Items, LOG, PANIC, REPLY, RETIRE,
+    RETIRE_FRAME, RUN, ReplyHeader, RunFrame, RunHeader, begin_item, context_frame, end_item,
+    forget_frame, items_len, panic_frame, parse_context, parse_panic, push_frame, push_item,
+    run_items,
 };
 pub(crate) use read::{FrameBuffer, read_frame};
 
 /// Bumped whenever the format changes. A worker speaking another version is
 /// refused at the handshake.
-pub(crate) const VERSION: u32 = 5;
+pub(crate) const VERSION: u32 = 6;
 
 /// A protocol violation by the peer. Both the frame parsers and the readers
 /// report it, so it lives here, where both import it from.

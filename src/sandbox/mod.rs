@@ -332,6 +332,7 @@ mod tests {
             step: None,
             sandbox: 0,
             sandbox_problem: None,
+            refused: None,
         };
         let required = Sandbox::new().no_network().no_subprocesses().rules();
         assert_eq!(

@@ -11,7 +11,9 @@
 //!   frame, since any of them may have been the culprit (the worker answers
 //!   a frame as a whole); only one that fails alone is reported;
 //! - a single input that was running gets the error: a timeout or protocol
-//!   error at once, a death (or a retry) once the exit status is known;
+//!   error at once, a death (or a retry) once the exit status is known. An
+//!   input that panicked, whose backtrace its worker was still making when
+//!   the bound on that ran out, gets its panic, without the backtrace;
 //! - the frames behind it never started: they go back.
 //!
 //! A dead worker is reaped through its pidfd, after whatever its launcher
@@ -25,25 +27,31 @@ use std::time::{Duration, Instant};
 use super::handle::{Fate, Remains};
 use super::supply::Supply;
 use crate::delivery::{Delivery, Outbox};
-use crate::error::{Error, telling_line};
+use crate::error::{Error, Limit, telling_line};
 use crate::flow::{REAP_BOUND, RETIRE_GRACE, STARTUP_TIMEOUT, UNSTARTED_RETURNS};
+use crate::panics::PanicReport;
 use crate::process::Process;
 use crate::shared::Chunk;
 
 /// What an input that was running when its worker went gets.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, PartialEq)]
 enum Blame {
     Timeout,
     Protocol(String),
     /// Reported (or retried) once the exit status is known.
     Death,
+    /// It had panicked, and the worker did not finish making the
+    /// backtrace in time: the panic, without one.
+    Panicked(PanicReport),
 }
 
 impl Blame {
-    fn for_fate(fate: Fate) -> Blame {
-        match fate {
-            Fate::TimedOut => Blame::Timeout,
-            Fate::Broke(message) => Blame::Protocol(message),
+    /// `symbolising`: the panic whose backtrace the worker was making.
+    fn for_fate(fate: Fate, symbolising: Option<PanicReport>) -> Blame {
+        match (fate, symbolising) {
+            (Fate::TimedOut, Some(report)) => Blame::Panicked(report),
+            (Fate::TimedOut, None) => Blame::Timeout,
+            (Fate::Broke(message), _) => Blame::Protocol(message),
             _ => Blame::Death,
         }
     }
@@ -111,6 +119,7 @@ impl Burial<'_> {
             books,
             fate,
             head_untouched,
+            symbolising,
         } = remains;
         let ready = books.is_ready();
         let worker = process.worker_pid();
@@ -160,7 +169,9 @@ impl Burial<'_> {
             } else if head.count > 1 {
                 self.requeue.extend(head.singletons());
             } else {
-                self.blame(head, Blame::for_fate(fate), &mut dying);
+                // A worker announces the panic of the item it runs: with
+                // one input left, that one.
+                self.blame(head, Blame::for_fate(fate, symbolising), &mut dying);
             }
         }
         self.requeue.extend(unanswered.rest);
@@ -182,6 +193,15 @@ impl Burial<'_> {
                 message,
                 replay: None,
             },
+            Blame::Panicked(PanicReport {
+                message, location, ..
+            }) => Error::TaskPanicked {
+                index,
+                message,
+                location,
+                backtrace: None,
+                replay: None,
+            },
             Blame::Death if victim.attempts < self.retries => {
                 victim.attempts += 1;
                 self.requeue.push(victim);
@@ -196,7 +216,7 @@ impl Burial<'_> {
         let stderr = if self.outbox.keeps_failures() {
             let stderr = dying.process.stderr();
             stderr.pump();
-            stderr.tail()
+            stderr.excerpt()
         } else {
             String::new()
         };
@@ -231,7 +251,7 @@ pub(crate) fn try_reap(
     let stderr = dying.process.stderr();
     stderr.pump();
     stderr.flush_line();
-    let stderr = stderr.tail();
+    let stderr = stderr.excerpt();
     if let Some(fault) = &dying.failed_starting {
         // A SIGKILL from outside says nothing about whether workers can
         // start; a worker that failed by itself, or that the pool killed for
@@ -248,6 +268,11 @@ pub(crate) fn try_reap(
     }
     if let Some((map, index)) = dying.victim.take() {
         let input = dying.victim_input.take();
+        let cpu_limited = dying
+            .process
+            .launch()
+            .sandbox()
+            .contains(crate::SandboxRule::CpuTime);
         let kept_stderr = match &input {
             Some(_) if outbox.keeps_failures() => stderr.clone(),
             _ => String::new(),
@@ -255,6 +280,7 @@ pub(crate) fn try_reap(
         let error = Error::WorkerDied {
             index,
             status,
+            limit: Limit::of(status, &stderr, supply.memory_limit(), cpu_limited),
             stderr,
             replay: None,
         };
@@ -369,6 +395,7 @@ mod tests {
             books,
             fate,
             head_untouched,
+            symbolising: None,
         }
     }
 
@@ -430,6 +457,36 @@ mod tests {
         assert_eq!(dying.victim, None);
         assert_eq!(placed(&requeue), [(0, 1), (1, 2)]);
         assert_eq!((requeue[0].attempts, requeue[1].attempts), (1, 0));
+    }
+
+    #[test]
+    fn a_panic_whose_backtrace_was_not_made_in_time_is_reported_without_it() {
+        let report = PanicReport {
+            message: "boom".into(),
+            location: None,
+            backtrace: None,
+        };
+        let with_panic = |fate| Remains {
+            symbolising: Some(report.clone()),
+            ..remains(fate, true, vec![chunk(5, 1, 0)], false)
+        };
+        let (dying, requeue, outbox) = bury(with_panic(Fate::TimedOut), 0);
+        assert!(requeue.is_empty() && dying.victim.is_none());
+        assert!(matches!(
+            outbox.deliveries(),
+            [(7, Delivery::Failed(Error::TaskPanicked { index: 5, message, backtrace: None, .. }))]
+                if message == "boom"
+        ));
+        // A death while making it is a death (or a retry), as any.
+        let (dying, _, outbox) = bury(with_panic(Fate::Died), 0);
+        assert_eq!((dying.victim, outbox.len()), (Some((7, 5)), 0));
+        // A batch goes back one input at a time, as any.
+        let batch = Remains {
+            symbolising: Some(report.clone()),
+            ..remains(Fate::TimedOut, true, vec![chunk(0, 2, 0)], false)
+        };
+        let (_, requeue, outbox) = bury(batch, 0);
+        assert_eq!((placed(&requeue), outbox.len()), (vec![(0, 1), (1, 1)], 0));
     }
 
     #[test]

@@ -13,9 +13,10 @@ use rustix::io::Errno;
 use super::books::{Books, Unanswered};
 use super::poll::Watch;
 use crate::delivery::Outbox;
-use crate::flow::{self, READS_PER_WAKE, SCRATCH_BYTES, STARTUP_TIMEOUT};
+use crate::flow::{self, READS_PER_WAKE, SCRATCH_BYTES, STARTUP_TIMEOUT, SYMBOLISE_BOUND};
 use crate::launch::Reported;
 use crate::logs::{self, LogRecord};
+use crate::panics::PanicReport;
 use crate::process::Process;
 use crate::protocol::{self, FrameBuffer, Hello, ProtocolError, ReplyHeader};
 use crate::registry::registry;
@@ -52,6 +53,13 @@ pub(crate) enum Heard {
     Mismatch(String),
 }
 
+/// A panic its worker announced (a PANIC frame) and is making the
+/// backtrace of: the clock of its input stands still until the reply.
+struct Symbolising {
+    since: Instant,
+    report: PanicReport,
+}
+
 /// A live worker.
 pub(crate) struct WorkerHandle {
     process: Process,
@@ -69,6 +77,8 @@ pub(crate) struct WorkerHandle {
     fate: Option<Fate>,
     /// The launcher that started it, by position in the pool's.
     group: usize,
+    /// A panic whose backtrace it is making, if it is.
+    symbolising: Option<Symbolising>,
 }
 
 /// What is left of a worker taken out of service.
@@ -79,6 +89,9 @@ pub(crate) struct Remains {
     pub fate: Fate,
     /// The worker took none of the frame it was to run next.
     pub head_untouched: bool,
+    /// The panic (without its backtrace) of the input it was making the
+    /// backtrace for, if it was.
+    pub symbolising: Option<PanicReport>,
 }
 
 impl WorkerHandle {
@@ -94,6 +107,7 @@ impl WorkerHandle {
             retire_written: 0,
             fate: None,
             group,
+            symbolising: None,
         }
     }
 
@@ -130,9 +144,11 @@ impl WorkerHandle {
         !self.retiring && self.fate.is_none() && self.process.requests().is_some()
     }
 
-    /// Whether it takes work and has room for more. Not before its
-    /// handshake: a program that turns out to be another one must not run
-    /// our inputs with its own tasks.
+    /// Whether it takes work and has room for more. A worker still
+    /// starting takes its share (inputs spread over the workers as they
+    /// come up, and none waits behind a slow one on a worker that was
+    /// first to say hello), but nothing is written to it before its
+    /// handshake checks out ([`WorkerHandle::wants_to_write`]).
     pub(crate) fn wants_more(&self) -> bool {
         self.takes_work() && flow::wants_more(self.books.frames(), self.books.backlog())
     }
@@ -179,9 +195,15 @@ impl WorkerHandle {
         self.retiring = true;
     }
 
-    /// Whether it has frames to write and could take bytes now.
+    /// Whether it has frames to write and could take bytes now. Not before
+    /// its handshake: a program that turns out to be another one (a
+    /// launcher that reaches another binary) must not read our inputs, let
+    /// alone run them with its own tasks.
     pub(crate) fn wants_to_write(&self) -> bool {
-        self.fate.is_none() && self.process.requests().is_some() && !self.all_written()
+        self.fate.is_none()
+            && self.books.is_ready()
+            && self.process.requests().is_some()
+            && !self.all_written()
     }
 
     /// Whether every frame it is to get is written, the RETIRE frame of a
@@ -296,6 +318,10 @@ impl WorkerHandle {
                 self.retire_if_done();
             }
         }
+        // What it was given while it started goes out at once.
+        if heard == Some(Heard::Ready) {
+            self.write(watch);
+        }
         (total, heard)
     }
 
@@ -333,6 +359,7 @@ impl WorkerHandle {
         let mut ear = Ear {
             books: &mut self.books,
             process: &mut self.process,
+            symbolising: &mut self.symbolising,
             now,
             outbox,
             heard,
@@ -359,7 +386,11 @@ impl WorkerHandle {
     }
 
     /// When it must next show progress: its handshake while it starts, the
-    /// answer to its head input once it runs.
+    /// answer to its head input once it runs. While it makes a panic's
+    /// backtrace, the input's clock stands still, but the making has a
+    /// bound of its own, timeout or not: a symboliser that hangs (it can
+    /// deadlock when memory runs out under a memory limit) must not hang
+    /// the pool.
     pub(crate) fn deadline(&self, timeout: Option<Duration>) -> Option<Instant> {
         if self.fate.is_some() {
             return None;
@@ -367,7 +398,14 @@ impl WorkerHandle {
         if !self.books.is_ready() {
             return Some(self.spawned_at + STARTUP_TIMEOUT);
         }
-        self.books.deadline(timeout)
+        let deadline = self.books.deadline(timeout);
+        match &self.symbolising {
+            Some(symbolising) => {
+                let bound = symbolising.since + SYMBOLISE_BOUND;
+                Some(deadline.map_or(bound, |deadline| deadline.max(bound)))
+            }
+            None => deadline,
+        }
     }
 
     /// Decides its fate if its deadline has passed at `now`.
@@ -407,12 +445,14 @@ impl WorkerHandle {
         if fate != Fate::Retired {
             self.process.kill();
         }
+        let symbolising = self.symbolising.take().map(|s| s.report);
         Remains {
             process: self.process,
             group: self.group,
             books: self.books,
             fate,
             head_untouched,
+            symbolising,
         }
     }
 }
@@ -422,6 +462,7 @@ impl WorkerHandle {
 struct Ear<'a> {
     books: &'a mut Books,
     process: &'a mut Process,
+    symbolising: &'a mut Option<Symbolising>,
     now: Instant,
     outbox: &'a mut Outbox,
     heard: &'a mut Option<Heard>,
@@ -445,7 +486,8 @@ impl Ear<'_> {
                 });
                 let mismatch = registry()
                     .mismatch(&hello)
-                    .or_else(|| crate::sandbox::shortfall(self.process.launch().sandbox(), &hello));
+                    .or_else(|| crate::sandbox::shortfall(self.process.launch().sandbox(), &hello))
+                    .or(hello.refused);
                 *self.heard = Some(match mismatch {
                     Some(problem) => Heard::Mismatch(problem),
                     None => {
@@ -460,8 +502,32 @@ impl Ear<'_> {
                 // Where the items start in the shared buffer, if any.
                 let shared = shared.map(|(buffer, at)| (buffer, at + frame.len() - items.len()));
                 let slot = self.process.reply_slot();
+                // It answers the panicked item with this, or has answered
+                // it: either way the making is over.
+                *self.symbolising = None;
                 self.books
                     .answer(header, items, shared, slot, self.now, self.outbox)
+            }
+            protocol::PANIC if self.books.is_ready() => {
+                let (seq, report) = protocol::parse_panic(frame)?;
+                let report: PanicReport = protocol::decode(report, &mut [0; SCRATCH_BYTES])
+                    .map_err(|e| ProtocolError::new(format!("bad panic report: {e}")))?;
+                if self.books.index_of(seq).is_none() {
+                    return Err(ProtocolError::new(format!(
+                        "panic of item {seq}, which is not running"
+                    )));
+                }
+                // One per answer: the clock does not stand still twice.
+                if self.symbolising.is_some() {
+                    return Err(ProtocolError::new(format!(
+                        "second panic of item {seq} before its answer"
+                    )));
+                }
+                *self.symbolising = Some(Symbolising {
+                    since: self.now,
+                    report,
+                });
+                Ok(())
             }
             protocol::LOG if self.books.is_ready() => {
                 let record: LogRecord = protocol::decode(&frame[1..], &mut [0; SCRATCH_BYTES])

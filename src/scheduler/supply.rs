@@ -224,6 +224,11 @@ impl Supply {
         })
     }
 
+    /// The memory limit its workers are started with, if any.
+    pub(crate) fn memory_limit(&self) -> Option<u64> {
+        self.config.memory_limit
+    }
+
     /// How many workers it keeps.
     pub(crate) fn target(&self) -> usize {
         self.target
