@@ -16,6 +16,8 @@
 //!   fds; fd 0 becomes `/dev/null` and fd 1 a copy of stderr. A task that
 //!   prints, reads stdin or starts a subprocess can neither corrupt frames nor
 //!   swallow requests, and no subprocess keeps the pipes open;
+//! - every other descriptor it inherited is closed (the program's sockets
+//!   and files that lack close-on-exec: see [`crate::inherit`]);
 //! - SIGPIPE is ignored, as Rust's `main` would do;
 //! - the sandbox, if the pool asked for one, while this is the only thread
 //!   ([`crate::sandbox::apply`]); the handshake says which rules came up,
@@ -42,7 +44,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufReader, Write};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
@@ -50,6 +52,7 @@ use rustix::process::{Pid, Resource, Rlimit};
 
 use crate::flow::{KEEP_BUFFER, REQUEST_BUFFER, SCRATCH_BYTES};
 use crate::handoff::{WORKER_ENV, WorkerConfig};
+use crate::inherit;
 use crate::logs;
 use crate::panics;
 use crate::protocol::{self, Hello, Outcome, ReplyHeader, RunHeader};
@@ -120,6 +123,10 @@ fn serve(config: WorkerConfig, sandbox: Option<Sandbox>) -> ! {
         Ok(fds) => fds,
         Err(e) => fatal_early(&format!("could not set up its pipes: {e}")),
     };
+    // Before anything else opens one: what is left was inherited.
+    if let Err(e) = inherit::close_all_but(&[requests.as_raw_fd(), replies.as_raw_fd()]) {
+        fatal_early(&format!("could not close inherited descriptors: {e}"));
+    }
     if config.parent.is_none() {
         if let Err(e) = interpose_stderr() {
             fatal_early(&format!("could not set up its stderr: {e}"));

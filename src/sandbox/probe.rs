@@ -60,6 +60,12 @@ pub(crate) fn answer_if_asked() {
     if std::env::var_os(PROBE_ENV).is_none() {
         return;
     }
+    // It runs no task, but applies the rules as a worker would: with what
+    // a worker holds.
+    if let Err(e) = crate::inherit::close_all_but(&[]) {
+        eprintln!("buckshot: could not close inherited descriptors: {e}");
+        std::process::exit(101);
+    }
     if crate::worker::is_privileged() {
         eprintln!("buckshot: refusing to probe a sandbox in a privileged process");
         std::process::exit(101);
