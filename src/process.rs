@@ -55,6 +55,9 @@ pub(crate) struct Process {
     killed: bool,
     /// Reaped, or given up on.
     ended: bool,
+    /// It used the CPU time its sandbox allows, as found out before it
+    /// was reaped (see [`crate::sandbox::cpu::hit_hard_limit`]).
+    cpu_limit_hit: bool,
 }
 
 fn nonblocking(fd: impl Into<OwnedFd>) -> io::Result<OwnedFd> {
@@ -123,6 +126,7 @@ impl Process {
             reply_slot,
             killed: false,
             ended: false,
+            cpu_limit_hit: false,
         };
         process.stderr.set_nonblocking()?;
         process.requests = Some(nonblocking(requests)?);
@@ -203,6 +207,21 @@ impl Process {
         rustix::process::waitid(WaitId::PidFd(self.pidfd.as_fd()), options)
     }
 
+    /// What its sandbox's CPU limit says, if the kernel killed it at its
+    /// hard limit: its task ignored `SIGXCPU`, and the worker could not
+    /// say it.
+    pub(crate) fn cpu_limit_note(&self, status: Option<ExitStatus>) -> Option<String> {
+        let killed = status.is_some_and(|status| status.signal() == Some(libc::SIGKILL));
+        let seconds = self
+            .launch
+            .cpu_limit()
+            .filter(|_| self.cpu_limit_hit && killed)?;
+        Some(format!(
+            "buckshot: {}",
+            crate::sandbox::cpu::limit_message(seconds)
+        ))
+    }
+
     /// The launcher that started it.
     pub(crate) fn launch(&self) -> &dyn Launch {
         &*self.launch
@@ -232,7 +251,14 @@ impl Process {
         if self.ended {
             return Some(None);
         }
-        match self.peek() {
+        let exited = self.peek();
+        if let Ok(Some(_)) = exited {
+            // Read before it is reaped, which removes its /proc entry. The
+            // pool may have killed it too, after the kernel did.
+            self.cpu_limit_hit = self.launch.cpu_limit().is_some()
+                && crate::sandbox::cpu::hit_hard_limit(self.pid());
+        }
+        match exited {
             Ok(None) => return None,
             // What a worker that exited by itself left here; on its host it
             // killed its own group. (A killed one had this done already.)

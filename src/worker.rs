@@ -39,7 +39,10 @@
 //! was running. (A frame of several inputs that crashes cannot be pinned on
 //! one of them; the pool re-runs those inputs one per frame.) Requests are
 //! read through a buffer, which takes several queued frames out of the pipe
-//! at once: the pool counts a frame that left the pipe as started.
+//! at once: the pool counts a frame that left the pipe as started, unless
+//! the worker retires by itself (under a CPU limit, see
+//! [`crate::sandbox::cpu`]), which it says with a RETIRED frame right after
+//! the replies of the frame it ran last.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -57,7 +60,7 @@ use crate::logs;
 use crate::panics;
 use crate::protocol::{self, Hello, Outcome, ReplyHeader, RunHeader};
 use crate::registry::{ContextSlot, registry};
-use crate::sandbox::{self, SANDBOX_ENV, Sandbox};
+use crate::sandbox::{self, SANDBOX_ENV, Sandbox, cpu};
 
 /// Exit code of a worker that gave up on its parent or the protocol, or
 /// refused to serve.
@@ -209,12 +212,22 @@ fn serve(config: WorkerConfig, sandbox: Option<Sandbox>) -> ! {
         fatal_early(&format!("could not watch its request stream: {e}"));
     }
 
-    let cpu_seconds = sandbox.as_ref().and_then(Sandbox::cpu_seconds);
+    // Last, once the worker's own threads run: it counts them.
+    let cpu_guard = match (
+        sandbox.as_ref().and_then(Sandbox::cpu_seconds),
+        applied.and_then(|applied| applied.tasks),
+    ) {
+        (Some(seconds), Some(tasks)) => match cpu::Guard::new(tasks, seconds) {
+            Ok(guard) => Some(guard),
+            Err(e) => fatal_early(&format!("could not count its threads: {e}")),
+        },
+        _ => None,
+    };
     match run_tasks(
         File::from(requests),
         &replies,
         config.max_frame_bytes,
-        cpu_seconds,
+        cpu_guard,
     ) {
         Ok(()) => end_with_group(),
         Err(message) => {
@@ -350,14 +363,15 @@ fn interpose_stderr() -> std::io::Result<()> {
     Ok(())
 }
 
-/// Serves RUN frames until the stream ends (`Ok`) or breaks (`Err`), and
-/// keeps the contexts that CONTEXT frames bring until FORGET frames drop
-/// them. `cpu_seconds`: the CPU time each RUN frame may take, if limited.
+/// Serves RUN frames until the stream ends or the worker retires (`Ok`)
+/// or breaks (`Err`), and keeps the contexts that CONTEXT frames bring
+/// until FORGET frames drop them. `cpu_guard`: under a CPU limit, what
+/// says when the worker must retire.
 fn run_tasks(
     requests: File,
     replies: &Mutex<File>,
     max_frame: u32,
-    cpu_seconds: Option<u64>,
+    mut cpu_guard: Option<cpu::Guard>,
 ) -> Result<(), String> {
     let registry = registry();
     let mut requests = BufReader::with_capacity(REQUEST_BUFFER, requests);
@@ -365,7 +379,6 @@ fn run_tasks(
     let mut reply = Reply::new(max_frame as usize);
     let mut scratch = vec![0; SCRATCH_BYTES];
     let mut contexts: HashMap<u64, ContextSlot> = HashMap::new();
-    let mut cpu_budget = cpu_seconds.map(sandbox::apply::CpuBudget::new);
     loop {
         match protocol::read_frame(&mut requests, &mut body, max_frame) {
             Ok(true) => {}
@@ -408,11 +421,6 @@ fn run_tasks(
         };
         let mut seen = 0;
         reply.busy_since = Instant::now();
-        if let Some(budget) = &mut cpu_budget {
-            budget
-                .before_task(reply.busy_since)
-                .map_err(|e| format!("could not re-arm the CPU limit: {e}"))?;
-        }
         for (seq, item) in (first_seq..).zip(protocol::Items::new(items)) {
             let item = item.map_err(|e| e.0)?;
             logs::capture::set_running(Some(seq));
@@ -432,7 +440,18 @@ fn run_tasks(
         // stdout lock held (a thread of its own still printing) leaves its
         // worker stuck here, and it is the one that times out, not the next.
         let _ = std::io::stdout().flush();
-        reply.flush(replies);
+        let retire = match &mut cpu_guard {
+            Some(guard) => guard
+                .after_message(Instant::now())
+                .map_err(|e| format!("could not check its CPU budget: {e}"))?,
+            None => None,
+        };
+        // The RETIRED frame goes with the last reply, in one write: the
+        // pool must not take the worker's end for a death of the next
+        // input, which it may have read already.
+        if reply.send(replies, retire.is_some()) && retire.is_some() {
+            return Ok(());
+        }
     }
 }
 
@@ -500,8 +519,14 @@ impl Reply {
     }
 
     fn flush(&mut self, replies: &Mutex<File>) {
+        self.send(replies, false);
+    }
+
+    /// Sends the items assembled, followed by a RETIRED frame if
+    /// `retiring`; `false` if there were none (and nothing was sent).
+    fn send(&mut self, replies: &Mutex<File>, retiring: bool) -> bool {
         if self.count == 0 {
-            return;
+            return false;
         }
         let now = Instant::now();
         let busy = now.duration_since(self.busy_since);
@@ -513,6 +538,9 @@ impl Reply {
             bulk: self.bulk > 0,
         };
         header.write(&mut self.buf, 0);
+        if retiring {
+            self.buf.extend_from_slice(&protocol::RETIRED_FRAME);
+        }
         if lock(replies).write_all(&self.buf).is_err() {
             // The pool is gone: nobody wants the results.
             std::process::exit(0);
@@ -525,5 +553,6 @@ impl Reply {
         }
         self.count = 0;
         self.bulk = 0;
+        true
     }
 }

@@ -19,6 +19,9 @@ pub(crate) const LOG: u8 = 7;
 pub(crate) const RETIRE: u8 = 8;
 /// The whole RETIRE frame: it has no body.
 pub(crate) const RETIRE_FRAME: [u8; 5] = [1, 0, 0, 0, RETIRE];
+pub(crate) const RETIRED: u8 = 9;
+/// The whole RETIRED frame: it has no body.
+pub(crate) const RETIRED_FRAME: [u8; 5] = [1, 0, 0, 0, RETIRED];
 
 /// Length prefix of a frame.
 pub(crate) const LEN_BYTES: usize = 4;

@@ -13,6 +13,7 @@
 //! FORGET pool -> worker  body = id:u64                no RUN will read it again
 //! LOG    worker -> pool  body = CBOR LogRecord        an event a task emitted
 //! RETIRE pool -> worker  body = (none)                after its last RUN: exit once done
+//! RETIRED worker -> pool body = (none)                right after a REPLY: it runs nothing more
 //! items  = (len:u32 cbor)*                            one CBOR value each
 //! ```
 //!
@@ -21,6 +22,10 @@
 //! with 0xFF (never the first byte of a CBOR value), an outcome with its
 //! own tag, and a table of where the strings go back in comes before the
 //! CBOR.
+//!
+//! A worker that must not run more (see `sandbox::cpu`) sends RETIRED after
+//! the replies of the RUN frame it ran last, and exits: the frames it was
+//! sent after that one never started, whether or not it read them.
 //!
 //! A RUN frame's context is 0 when its task reads none. A worker keeps a
 //! context's value from the CONTEXT frame to the FORGET frame; CONTEXT and
@@ -53,14 +58,14 @@ pub(crate) use codec::{
 pub(crate) use frame::LEN_BYTES;
 pub(crate) use frame::{
     CONTEXT, FATAL, FORGET, HELLO, Hello, ITEM_LEN_BYTES, Items, LOG, REPLY, RETIRE, RETIRE_FRAME,
-    RUN, ReplyHeader, RunFrame, RunHeader, begin_item, context_frame, end_item, forget_frame,
-    items_len, parse_context, push_frame, push_item, run_items,
+    RETIRED, RETIRED_FRAME, RUN, ReplyHeader, RunFrame, RunHeader, begin_item, context_frame,
+    end_item, forget_frame, items_len, parse_context, push_frame, push_item, run_items,
 };
 pub(crate) use read::{FrameBuffer, read_frame};
 
 /// Bumped whenever the format changes. A worker speaking another version is
 /// refused at the handshake.
-pub(crate) const VERSION: u32 = 5;
+pub(crate) const VERSION: u32 = 6;
 
 /// A protocol violation by the peer. Both the frame parsers and the readers
 /// report it, so it lives here, where both import it from.

@@ -17,8 +17,11 @@
 //! UTF-8 survive. Only local workers take a sandbox ([`launcher`]).
 
 pub(crate) mod apply;
+pub(crate) mod cpu;
+mod landlock;
 pub(crate) mod launcher;
 pub(crate) mod probe;
+mod seccomp;
 
 use std::ffi::OsString;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
@@ -256,13 +259,17 @@ impl Sandbox {
             .map(|limit| (limit.as_secs() + u64::from(limit.subsec_nanos() > 0)).max(1))
     }
 
-    /// `rules,cpu_seconds,` then `r` or `w` and a path in hex for each path.
+    /// `rules,cpu_seconds`, then `,b` if best effort, then `,r` or `,w`
+    /// and a path in hex for each path.
     pub(crate) fn to_env(&self) -> String {
         let mut text = format!(
             "{},{}",
             self.rules().0,
             self.cpu_seconds().map_or(String::new(), |s| s.to_string())
         );
+        if self.best_effort {
+            text.push_str(",b");
+        }
         for (kind, paths) in [('r', &self.read_only), ('w', &self.read_write)] {
             for path in paths {
                 text.push(',');
@@ -282,10 +289,12 @@ impl Sandbox {
             "" => None,
             s => Some(Duration::from_secs(s.parse().ok()?)),
         };
+        let mut parts = parts.peekable();
         let mut sandbox = Sandbox {
             no_network: rules.contains(SandboxRule::NoNetwork),
             cpu_time,
             no_subprocesses: rules.contains(SandboxRule::NoSubprocesses),
+            best_effort: parts.next_if_eq(&"b").is_some(),
             ..Sandbox::default()
         };
         for part in parts {
@@ -360,11 +369,14 @@ mod tests {
                 .read_write(&odd)
                 .read_only(&odd),
             Sandbox::new().cpu_time(Duration::from_secs(3)),
+            Sandbox::new().read_write("/tmp").best_effort(),
         ];
         for sandbox in sandboxes {
             assert_eq!(Sandbox::from_env(&sandbox.to_env()), Some(sandbox));
         }
-        for bad in ["", "1", "x,", "2,", "1,,r2", "1,,rzz", "0,,q00", "4,"] {
+        for bad in [
+            "", "1", "x,", "2,", "1,,r2", "1,,rzz", "0,,q00", "4,", "0,,b,b", "2,,w2f,b",
+        ] {
             assert_eq!(Sandbox::from_env(bad), None, "{bad:?}");
         }
     }

@@ -12,7 +12,9 @@
 //!   a frame as a whole); only one that fails alone is reported;
 //! - a single input that was running gets the error: a timeout or protocol
 //!   error at once, a death (or a retry) once the exit status is known;
-//! - the frames behind it never started: they go back.
+//! - the frames behind it never started: they go back;
+//! - a worker that retired by itself ran none of what it leaves: all of it
+//!   goes back, unblamed and uncounted (see `protocol`, RETIRED).
 //!
 //! A dead worker is reaped through its pidfd, after whatever its launcher
 //! kills besides it (its process group), while its pid is still ours. A
@@ -134,6 +136,11 @@ impl Burial<'_> {
             failed_starting: None,
         };
         let unanswered = books.into_unanswered();
+        if fate == Fate::Retired {
+            // It ran none of it (it said so), or answered everything.
+            self.requeue.extend(unanswered.into_chunks());
+            return dying;
+        }
         if !ready || fate == Fate::PoolBroken {
             // Nothing ran (or nothing will): what is left goes back.
             if !ready {
@@ -231,7 +238,11 @@ pub(crate) fn try_reap(
     let stderr = dying.process.stderr();
     stderr.pump();
     stderr.flush_line();
-    let stderr = stderr.tail();
+    let mut stderr = stderr.tail();
+    if let Some(note) = dying.process.cpu_limit_note(status) {
+        stderr.push_str(&note);
+        stderr.push('\n');
+    }
     if let Some(fault) = &dying.failed_starting {
         // A SIGKILL from outside says nothing about whether workers can
         // start; a worker that failed by itself, or that the pool killed for

@@ -1,0 +1,225 @@
+//! `cpu_time` holds against tasks that try to lift it, and a thread that a
+//! task leaves behind does not spend the next input's budget.
+
+mod common;
+
+use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use buckshot::{Error, Pool, Sandbox, SandboxRule};
+
+/// A pool of one worker whose tasks get `seconds` of CPU time each, if
+/// that comes up here; the timeout is a safety net only.
+fn limited(seconds: u64) -> Option<Pool> {
+    let sandbox = Sandbox::new().cpu_time(Duration::from_secs(seconds));
+    let pool = Pool::builder()
+        .processes(1)
+        .batch_size(1)
+        .timeout(common::BOUND)
+        .sandbox(sandbox.best_effort())
+        .build()
+        .unwrap();
+    if pool.sandbox_rules() != [SandboxRule::CpuTime] {
+        common::skip("seccomp", "sandbox rule cpu_time cannot come up here");
+        return None;
+    }
+    Some(pool)
+}
+
+fn cpu_seconds() -> f64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
+    t.tv_sec as f64 + t.tv_nsec as f64 / 1e9
+}
+
+/// Burns `seconds` of CPU time on the calling thread.
+fn burn(seconds: f64) {
+    let start = cpu_seconds();
+    let mut x = 0u64;
+    while cpu_seconds() - start < seconds {
+        for _ in 0..10_000 {
+            x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+        }
+    }
+}
+
+/// Raises the CPU limit every way there is: `setrlimit` (which the C
+/// library makes a `prlimit64`), the raw `setrlimit` call, and
+/// `prlimit64` on itself by pid. Their errors, `None` for success.
+fn raise_the_limit(_: ()) -> Vec<Option<i32>> {
+    let infinite = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    let errno = |rc: libc::c_long| {
+        (rc != 0).then(|| std::io::Error::last_os_error().raw_os_error().unwrap())
+    };
+    // SAFETY: each call reads the struct it is given and writes nothing.
+    unsafe {
+        vec![
+            errno(libc::setrlimit(libc::RLIMIT_CPU, &infinite).into()),
+            errno(libc::syscall(
+                libc::SYS_setrlimit,
+                libc::RLIMIT_CPU,
+                &infinite,
+            )),
+            errno(libc::syscall(
+                libc::SYS_prlimit64,
+                libc::getpid(),
+                libc::RLIMIT_CPU,
+                &infinite,
+                std::ptr::null_mut::<libc::rlimit>(),
+            )),
+        ]
+    }
+}
+buckshot::register!(raise_the_limit);
+
+/// Lifts its CPU limit (if it can), then burns `seconds`.
+fn lift_then_burn(seconds: f64) -> f64 {
+    raise_the_limit(());
+    burn(seconds);
+    seconds
+}
+buckshot::register!(lift_then_burn);
+
+/// Ignores SIGXCPU and blocks it, then burns `seconds`.
+fn ignore_xcpu_then_burn(seconds: f64) -> f64 {
+    // SAFETY: SIG_IGN installs no handler code; the set is initialised
+    // before use.
+    unsafe {
+        libc::signal(libc::SIGXCPU, libc::SIG_IGN);
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGXCPU);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+    burn(seconds);
+    seconds
+}
+buckshot::register!(ignore_xcpu_then_burn);
+
+/// Expects `result` to be the death of a worker by its CPU limit of
+/// `seconds`, of `signal`.
+fn assert_killed_by_the_limit<T: std::fmt::Debug>(
+    result: Result<T, Error>,
+    seconds: u64,
+    signal: i32,
+) {
+    match result {
+        Err(error @ Error::WorkerDied { .. }) => {
+            let Error::WorkerDied { status, .. } = &error else {
+                unreachable!()
+            };
+            assert_eq!(status.unwrap().signal(), Some(signal), "{error}");
+            assert!(
+                error.to_string().ends_with(&format!(
+                    "killed by its CPU time limit of {seconds}s (sandbox cpu_time)"
+                )),
+                "{error}"
+            );
+        }
+        other => panic!("expected the CPU limit to end the worker, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_task_cannot_raise_its_cpu_limit() {
+    let Some(pool) = limited(1) else { return };
+    let control = Pool::new(1).unwrap();
+    assert_eq!(
+        control.call(raise_the_limit, ()).unwrap(),
+        [None, None, None]
+    );
+    let denied = Some(libc::EPERM);
+    assert_eq!(
+        pool.call(raise_the_limit, ()).unwrap(),
+        [denied, denied, denied]
+    );
+    // Twenty seconds, were the limit lifted; the timeout is a minute.
+    assert_killed_by_the_limit(pool.call(lift_then_burn, 20.0), 1, libc::SIGXCPU);
+    assert_eq!(pool.call(lift_then_burn, 0.1).unwrap(), 0.1);
+}
+
+#[test]
+fn a_task_that_ignores_sigxcpu_is_killed_a_second_later_and_told_why() {
+    let Some(pool) = limited(1) else { return };
+    assert_killed_by_the_limit(pool.call(ignore_xcpu_then_burn, 20.0), 1, libc::SIGKILL);
+    // The next task gets a fresh worker, and its whole budget.
+    assert_eq!(pool.call(ignore_xcpu_then_burn, 0.5).unwrap(), 0.5);
+}
+
+/// Burns `seconds` and says which worker it ran on.
+fn burn_on(seconds: f64) -> u32 {
+    burn(seconds);
+    std::process::id()
+}
+buckshot::register!(burn_on);
+
+#[test]
+fn each_task_gets_its_whole_budget_whatever_ran_before_it() {
+    let Some(pool) = limited(1) else { return };
+    // Eight tasks of 0.8 s: 6.4 s on one worker, past any limit that
+    // counted the worker's life, and each just under its own.
+    let workers: Vec<u32> = pool
+        .map(burn_on, [0.8; 8])
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(workers.len(), 8);
+}
+
+/// Appends `index` to the file `log`; starts a thread that spins forever
+/// if `leave_a_thread`, else sleeps for `sleep_ms`. Says which worker it
+/// ran on.
+fn step((log, index, leave_a_thread, sleep_ms): (PathBuf, u32, bool, u64)) -> u32 {
+    use std::io::Write;
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(log)
+        .unwrap();
+    writeln!(file, "{index}").unwrap();
+    if leave_a_thread {
+        std::thread::spawn(|| burn(f64::INFINITY));
+    } else {
+        std::thread::sleep(Duration::from_millis(sleep_ms));
+    }
+    std::process::id()
+}
+buckshot::register!(step);
+
+#[test]
+fn a_thread_left_running_does_not_spend_the_next_inputs_budget() {
+    let Some(pool) = limited(1) else { return };
+    let scratch = common::TempDir::new("sandbox-cpu-threads");
+    let log = scratch.0.join("log");
+    // One call at a time: input 1 sleeps 3 s while the thread input 0
+    // left would burn 3 s of CPU time in its worker.
+    let first = pool.call(step, (log.clone(), 0, true, 0)).unwrap();
+    let second = pool.call(step, (log.clone(), 1, false, 3000)).unwrap();
+    assert_ne!(first, second, "the worker that kept a thread was reused");
+    // Inputs queued behind one that leaves a thread, as a map queues them
+    // (the worker may have read them already): none is blamed, lost or
+    // run twice.
+    let inputs: Vec<_> = (2..14)
+        .map(|index| (log.clone(), index, index % 5 == 2, 300))
+        .collect();
+    let workers: Vec<u32> = pool
+        .map(step, inputs)
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    for (k, pair) in workers.windows(2).enumerate() {
+        if (k + 2) % 5 == 2 {
+            assert_ne!(pair[0], pair[1], "input {} kept its worker", k + 2);
+        }
+    }
+    let mut ran: Vec<u32> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|line| line.parse().unwrap())
+        .collect();
+    ran.sort();
+    assert_eq!(ran, (0..14).collect::<Vec<_>>());
+}
