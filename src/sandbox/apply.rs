@@ -79,20 +79,18 @@ pub(crate) fn apply(sandbox: &Sandbox) -> Applied {
     let files = asked.contains(SandboxRule::Files);
     let domain = landlock::restrict(sandbox, files, network);
     if files {
-        match &domain {
-            Ok(domain) => match domain.files_shortfall() {
-                Some(why) if sandbox.best_effort => {
-                    applied.warnings.push((SandboxRule::Files, why));
-                    denials.file_metadata();
-                    filtered.push(SandboxRule::Files);
-                }
-                Some(why) => applied.problems.push((SandboxRule::Files, why)),
-                None => {
-                    denials.file_metadata();
-                    filtered.push(SandboxRule::Files);
-                }
-            },
+        match domain.as_ref().map(|domain| domain.files_shortfall()) {
             Err(why) => applied.problems.push((SandboxRule::Files, why.clone())),
+            Ok(Some(why)) if !sandbox.best_effort => {
+                applied.problems.push((SandboxRule::Files, why));
+            }
+            Ok(shortfall) => {
+                applied
+                    .warnings
+                    .extend(shortfall.map(|why| (SandboxRule::Files, why)));
+                denials.file_metadata();
+                filtered.push(SandboxRule::Files);
+            }
         }
     }
     if network {
