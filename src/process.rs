@@ -55,8 +55,8 @@ pub(crate) struct Process {
     killed: bool,
     /// Reaped, or given up on.
     ended: bool,
-    /// It used the CPU time its sandbox allows, as found out before it
-    /// was reaped (see [`crate::sandbox::cpu::hit_hard_limit`]).
+    /// It reached the CPU limit of its sandbox, as found out before it was
+    /// reaped (see [`crate::sandbox::cpu::limit_reached`]).
     cpu_limit_hit: bool,
 }
 
@@ -255,8 +255,8 @@ impl Process {
         if let Ok(Some(_)) = exited {
             // Read before it is reaped, which removes its /proc entry. The
             // pool may have killed it too, after the kernel did.
-            self.cpu_limit_hit = self.launch.cpu_limit().is_some()
-                && crate::sandbox::cpu::hit_hard_limit(self.pid());
+            self.cpu_limit_hit =
+                self.launch.cpu_limit().is_some() && crate::sandbox::cpu::limit_reached(self.pid());
         }
         match exited {
             Ok(None) => return None,
