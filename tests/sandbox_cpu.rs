@@ -52,31 +52,31 @@ fn burn(seconds: f64) {
     }
 }
 
-/// Raises the CPU limit every way there is: `setrlimit` (which the C
-/// library makes a `prlimit64`), the raw `setrlimit` call, and
-/// `prlimit64` on itself by pid. Their errors, `None` for success.
+/// Raises the CPU limit as far as it goes (the soft limit to the hard
+/// one) every way there is: `setrlimit` (which the C library makes a
+/// `prlimit64`), the raw `setrlimit` call, and `prlimit64` on itself by
+/// pid. Their errors, `None` for success.
 fn raise_the_limit(_: ()) -> Vec<Option<i32>> {
-    let infinite = libc::rlimit {
-        rlim_cur: libc::RLIM_INFINITY,
-        rlim_max: libc::RLIM_INFINITY,
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
     };
     let errno = |rc: libc::c_long| {
         (rc != 0).then(|| std::io::Error::last_os_error().raw_os_error().unwrap())
     };
-    // SAFETY: each call reads the struct it is given and writes nothing.
+    // SAFETY: getrlimit writes the struct it is given; each call after it
+    // reads it and writes nothing.
     unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_CPU, &mut limit), 0);
+        limit.rlim_cur = limit.rlim_max;
         vec![
-            errno(libc::setrlimit(libc::RLIMIT_CPU, &infinite).into()),
-            errno(libc::syscall(
-                libc::SYS_setrlimit,
-                libc::RLIMIT_CPU,
-                &infinite,
-            )),
+            errno(libc::setrlimit(libc::RLIMIT_CPU, &limit).into()),
+            errno(libc::syscall(libc::SYS_setrlimit, libc::RLIMIT_CPU, &limit)),
             errno(libc::syscall(
                 libc::SYS_prlimit64,
                 libc::getpid(),
                 libc::RLIMIT_CPU,
-                &infinite,
+                &limit,
                 std::ptr::null_mut::<libc::rlimit>(),
             )),
         ]
@@ -233,4 +233,33 @@ fn a_thread_left_running_does_not_spend_the_next_inputs_budget() {
         .collect();
     ran.sort();
     assert_eq!(ran, (0..14).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_limit_the_programs_own_hard_limit_cannot_give_is_refused() {
+    if limited(1).is_none() {
+        return;
+    }
+    // This test process's own hard limit, inherited by its workers: far
+    // above what the tests here use, far below what is asked.
+    let own = libc::rlimit {
+        rlim_cur: 10_000,
+        rlim_max: 10_000,
+    };
+    // SAFETY: reads the struct it is given.
+    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_CPU, &own) }, 0);
+    let built = Pool::builder()
+        .processes(1)
+        .sandbox(Sandbox::new().cpu_time(Duration::from_secs(20_000)))
+        .build();
+    match built {
+        Err(error @ Error::Sandbox { .. }) => assert_eq!(
+            error.to_string(),
+            "sandbox rule cpu_time cannot come up: the program's own RLIMIT_CPU hard \
+             limit (10000s) leaves tasks less than 20000s"
+        ),
+        other => panic!("expected cpu_time to be refused, got {other:?}"),
+    }
+    // A limit within it comes up.
+    assert!(limited(1).is_some());
 }

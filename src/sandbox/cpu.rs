@@ -61,7 +61,12 @@ fn charged_seconds() -> u64 {
     // SAFETY: clock_gettime writes the struct it is given. The clock
     // exists since Linux 2.6; should it fail, the use reads as zero.
     unsafe { libc::clock_gettime(CHARGED_CPU_CLOCK, &mut charged) };
-    u64::try_from(charged.tv_sec).unwrap_or(0) + u64::from(charged.tv_nsec > 0)
+    let nanos = Duration::new(
+        u64::try_from(charged.tv_sec).unwrap_or(0),
+        u32::try_from(charged.tv_nsec).unwrap_or(0),
+    )
+    .as_nanos();
+    u64::try_from(nanos.div_ceil(1_000_000_000)).unwrap_or(u64::MAX)
 }
 
 /// Sets this process's limits for tasks of `seconds` each, and the
