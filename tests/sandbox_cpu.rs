@@ -248,18 +248,27 @@ fn a_limit_the_programs_own_hard_limit_cannot_give_is_refused() {
     };
     // SAFETY: reads the struct it is given.
     assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_CPU, &own) }, 0);
-    let built = Pool::builder()
-        .processes(1)
-        .sandbox(Sandbox::new().cpu_time(Duration::from_secs(20_000)))
-        .build();
-    match built {
+    // A worker starts with under a second used: its limits are that
+    // second plus the budget (soft), plus one (hard).
+    let with = |seconds| {
+        Pool::builder()
+            .processes(1)
+            .sandbox(Sandbox::new().cpu_time(Duration::from_secs(seconds)))
+            .build()
+    };
+    match with(9_999) {
         Err(error @ Error::Sandbox { .. }) => assert_eq!(
             error.to_string(),
             "sandbox rule cpu_time cannot come up: the program's own RLIMIT_CPU hard \
-             limit (10000s) leaves tasks less than 20000s"
+             limit (10000s) leaves tasks less than 9999s"
         ),
         other => panic!("expected cpu_time to be refused, got {other:?}"),
     }
-    // A limit within it comes up.
-    assert!(limited(1).is_some());
+    // Up to the program's own hard limit, it comes up.
+    let pool = with(9_998).unwrap();
+    assert_eq!(pool.sandbox_rules(), [SandboxRule::CpuTime]);
+    assert_eq!(
+        pool.call(burn_on, 0.0).unwrap(),
+        pool.call(burn_on, 0.0).unwrap()
+    );
 }

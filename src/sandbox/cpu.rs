@@ -6,17 +6,17 @@
 //! `CAP_SYS_RESOURCE`). So anything the worker could do to move its limit
 //! before each task, a task could do too. Instead:
 //! - the worker sets both limits once, before its handshake: the soft one
-//!   `seconds` past its use rounded up to a whole second, the hard one a
-//!   second later; a seccomp filter then denies setting `RLIMIT_CPU` at
-//!   all (see `seccomp`), to the worker as to its tasks;
+//!   `seconds` past the whole second after its use, the hard one a second
+//!   later; a seccomp filter then denies setting `RLIMIT_CPU` at all (see
+//!   `seccomp`), to the worker as to its tasks;
 //! - at the soft limit the kernel sends `SIGXCPU`, whose handler says on
 //!   stderr which limit ended the worker and dies of it. A task that
 //!   ignores or blocks `SIGXCPU` is killed by the kernel with `SIGKILL` at
 //!   the hard limit, a second later; the pool then names the limit itself
 //!   ([`limit_reached`]);
 //! - after each message it ran, the worker checks ([`Guard`]) that the next
-//!   task would still get its whole budget (its use has not passed the
-//!   whole second it started from) and that no task left a thread running
+//!   task would still get its whole budget (its use has not reached that
+//!   whole second) and that no task left a thread running
 //!   (which would spend the next task's budget, and have it blamed for
 //!   the death). If either fails, it retires: its last reply says so, and
 //!   the pool sends what it had queued there to other workers, unblamed.
@@ -52,8 +52,10 @@ pub(crate) fn limit_message(seconds: u64) -> String {
 /// so a budget read on that clock would be spent before it seemed to be.
 const CHARGED_CPU_CLOCK: libc::clockid_t = !0 << 3;
 
-/// The CPU time this process was charged, rounded up to a whole second.
-fn charged_seconds() -> u64 {
+/// The whole second after the CPU time this process was charged: a task
+/// that starts before it and gets until `seconds` past it gets at least
+/// `seconds`.
+fn next_charged_second() -> u64 {
     let mut charged = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
@@ -61,12 +63,7 @@ fn charged_seconds() -> u64 {
     // SAFETY: clock_gettime writes the struct it is given. The clock
     // exists since Linux 2.6; should it fail, the use reads as zero.
     unsafe { libc::clock_gettime(CHARGED_CPU_CLOCK, &mut charged) };
-    let nanos = Duration::new(
-        u64::try_from(charged.tv_sec).unwrap_or(0),
-        u32::try_from(charged.tv_nsec).unwrap_or(0),
-    )
-    .as_nanos();
-    u64::try_from(nanos.div_ceil(1_000_000_000)).unwrap_or(u64::MAX)
+    u64::try_from(charged.tv_sec).unwrap_or(0).saturating_add(1)
 }
 
 /// Sets this process's limits for tasks of `seconds` each, and the
@@ -96,7 +93,7 @@ pub(crate) fn limit(seconds: u64) -> Result<File, String> {
             ));
         }
     }
-    let soft = charged_seconds().saturating_add(seconds);
+    let soft = next_charged_second().saturating_add(seconds);
     let hard = soft.saturating_add(1);
     if let Some(inherited) = rustix::process::getrlimit(Resource::Cpu).maximum {
         if inherited < hard {
@@ -133,8 +130,8 @@ extern "C" fn report_cpu_limit(signal: libc::c_int) {
 pub(crate) enum Retire {
     /// A task left a thread running.
     ThreadLeft,
-    /// Its use passed the whole second its limits were set from: the next
-    /// task could get less than its budget.
+    /// Its use reached the whole second its limits were set from: the
+    /// next task could get less than its budget.
     BudgetSpent,
 }
 
@@ -144,7 +141,7 @@ pub(crate) struct Guard {
     tasks: File,
     /// Threads the worker has of its own (the watchdog, say).
     threads: u64,
-    /// The use, rounded up, past which a task could get less than its
+    /// The whole second of use from which a task could get less than its
     /// budget.
     last_second: u64,
     /// When the use was last read.
@@ -185,7 +182,7 @@ impl Guard {
             return Ok(None);
         }
         self.read_at = Some(now);
-        Ok((charged_seconds() > self.last_second).then_some(Retire::BudgetSpent))
+        Ok((next_charged_second() > self.last_second).then_some(Retire::BudgetSpent))
     }
 
     /// Whether more threads run than the worker's own, for longer than a
@@ -263,12 +260,15 @@ mod tests {
     }
 
     #[test]
-    fn the_charged_clock_runs() {
-        let before = charged_seconds();
-        let start = std::time::Instant::now();
-        while start.elapsed() < Duration::from_millis(20) {
-            std::hint::black_box(0);
-        }
-        assert!(charged_seconds() >= before.max(1));
+    fn the_next_charged_second_is_ahead_of_the_use() {
+        let mut used = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: clock_gettime writes the struct it is given.
+        let rc = unsafe { libc::clock_gettime(CHARGED_CPU_CLOCK, &mut used) };
+        assert_eq!(rc, 0);
+        let next = next_charged_second();
+        assert!(next >= 1 && next as f64 > used.tv_sec as f64 + used.tv_nsec as f64 / 1e9);
     }
 }
