@@ -272,3 +272,12 @@ fn a_limit_the_programs_own_hard_limit_cannot_give_is_refused() {
         pool.call(burn_on, 0.0).unwrap()
     );
 }
+
+#[test]
+fn a_worker_serves_many_short_tasks() {
+    let Some(pool) = limited(1) else { return };
+    // Far from a second of CPU time in all: one worker serves them.
+    let workers: std::collections::HashSet<u32> =
+        (0..200).map(|_| pool.call(burn_on, 0.0).unwrap()).collect();
+    assert_eq!(workers.len(), 1, "{workers:?}");
+}
