@@ -367,5 +367,8 @@ fn probe_sandbox(sandbox: &Sandbox) -> Result<Sandbox, Error> {
     for (rule, reason) in &found.problems {
         tracing::warn!(%rule, reason, "sandbox rule left out: it cannot come up here");
     }
+    for (rule, reason) in &found.warnings {
+        tracing::warn!(%rule, reason, "sandbox rule in force with less than it promises");
+    }
     Ok(sandbox.restricted_to(found.in_force))
 }

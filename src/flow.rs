@@ -118,11 +118,12 @@ pub(crate) const STDERR_LINE: usize = 8 * 1024;
 /// is dropped (and the drop reported) rather than stall the pool.
 pub(crate) const STDERR_QUEUE: usize = 1 << 20;
 
-/// A sandboxed worker with a CPU limit reads its CPU time before a task
-/// only if this much time passed since it last did: the read is a system
-/// call (about 0.5 us here), which cost 13% of the throughput of tiny
-/// inputs when made before every message. Earlier tasks can leave the next
-/// one this much CPU time short per thread they kept busy.
+/// A sandboxed worker with a CPU limit reads its CPU time after a message
+/// (to see whether the next one still gets its whole budget) only if this
+/// much time passed since it last did: the read is a system call (about
+/// 0.5 us here), which cost 13% of the throughput of tiny inputs when made
+/// before every message. Earlier tasks can leave the next one this much
+/// CPU time short per thread they kept busy.
 pub(crate) const CPU_READ_INTERVAL: Duration = Duration::from_millis(10);
 
 /// `Pool::new` spawns up to this many workers of each launcher itself, or

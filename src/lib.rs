@@ -90,6 +90,7 @@ mod error;
 mod feed;
 mod flow;
 mod handoff;
+mod inherit;
 mod journal;
 mod launch;
 mod logs;
@@ -196,9 +197,12 @@ pub mod __private {
 // is not a worker it returns at once. In a worker it touches only the
 // environment, file descriptors, signal dispositions and threads of its
 // own, catches the panic of every task, and ends with `exit`: it never
-// returns or unwinds into the code that called it.
+// returns or unwinds into the code that called it. In a process started
+// only to run a launcher's program, it closes inherited descriptors and
+// execs that program (or exits).
 #[ctor::ctor(unsafe, naked)]
 fn buckshot_worker_entry() {
+    inherit::exec_if_asked();
     worker::serve_if_worker();
     replay::replay_if_asked();
 }

@@ -55,6 +55,9 @@ pub(crate) struct Process {
     killed: bool,
     /// Reaped, or given up on.
     ended: bool,
+    /// It reached the CPU limit of its sandbox, as found out before it was
+    /// reaped (see [`crate::sandbox::cpu::limit_reached`]).
+    cpu_limit_hit: bool,
 }
 
 fn nonblocking(fd: impl Into<OwnedFd>) -> io::Result<OwnedFd> {
@@ -85,6 +88,11 @@ impl Process {
             ..*config
         };
         let mut command = launch.command(&config);
+        if !launch.worker_is_child() {
+            // Its program is not ours: it would keep the program's
+            // descriptors open as long as it runs.
+            command = crate::inherit::through_this_binary(command);
+        }
         command
             .stdin(Stdio::from(requests_reader.try_clone()?))
             .stdout(Stdio::piped())
@@ -118,6 +126,7 @@ impl Process {
             reply_slot,
             killed: false,
             ended: false,
+            cpu_limit_hit: false,
         };
         process.stderr.set_nonblocking()?;
         process.requests = Some(nonblocking(requests)?);
@@ -198,6 +207,21 @@ impl Process {
         rustix::process::waitid(WaitId::PidFd(self.pidfd.as_fd()), options)
     }
 
+    /// What its sandbox's CPU limit says, if the kernel killed it at its
+    /// hard limit: its task ignored `SIGXCPU`, and the worker could not
+    /// say it.
+    pub(crate) fn cpu_limit_note(&self, status: Option<ExitStatus>) -> Option<String> {
+        let killed = status.is_some_and(|status| status.signal() == Some(libc::SIGKILL));
+        let seconds = self
+            .launch
+            .cpu_limit()
+            .filter(|_| self.cpu_limit_hit && killed)?;
+        Some(format!(
+            "buckshot: {}",
+            crate::sandbox::cpu::limit_message(seconds)
+        ))
+    }
+
     /// The launcher that started it.
     pub(crate) fn launch(&self) -> &dyn Launch {
         &*self.launch
@@ -227,7 +251,14 @@ impl Process {
         if self.ended {
             return Some(None);
         }
-        match self.peek() {
+        let exited = self.peek();
+        if let Ok(Some(_)) = exited {
+            // Read before it is reaped, which removes its /proc entry. The
+            // pool may have killed it too, after the kernel did.
+            self.cpu_limit_hit =
+                self.launch.cpu_limit().is_some() && crate::sandbox::cpu::limit_reached(self.pid());
+        }
+        match exited {
             Ok(None) => return None,
             // What a worker that exited by itself left here; on its host it
             // killed its own group. (A killed one had this done already.)

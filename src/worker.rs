@@ -16,6 +16,8 @@
 //!   fds; fd 0 becomes `/dev/null` and fd 1 a copy of stderr. A task that
 //!   prints, reads stdin or starts a subprocess can neither corrupt frames nor
 //!   swallow requests, and no subprocess keeps the pipes open;
+//! - every other descriptor it inherited is closed (the program's sockets
+//!   and files that lack close-on-exec: see [`crate::inherit`]);
 //! - SIGPIPE is ignored, as Rust's `main` would do;
 //! - the sandbox, if the pool asked for one, while this is the only thread
 //!   ([`crate::sandbox::apply`]); the handshake says which rules came up,
@@ -40,12 +42,15 @@
 //! was running. (A frame of several inputs that crashes cannot be pinned on
 //! one of them; the pool re-runs those inputs one per frame.) Requests are
 //! read through a buffer, which takes several queued frames out of the pipe
-//! at once: the pool counts a frame that left the pipe as started.
+//! at once: the pool counts a frame that left the pipe as started, unless
+//! the worker retires by itself (under a CPU limit, see
+//! [`crate::sandbox::cpu`]), which it says with a RETIRED frame right after
+//! the replies of the frame it ran last.
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufReader, Write};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
@@ -53,11 +58,12 @@ use rustix::process::{Pid, Resource, Rlimit};
 
 use crate::flow::{KEEP_BUFFER, REQUEST_BUFFER, SCRATCH_BYTES};
 use crate::handoff::{WORKER_ENV, WorkerConfig};
+use crate::inherit;
 use crate::logs;
 use crate::panics;
 use crate::protocol::{self, Hello, Outcome, ReplyHeader, RunHeader};
 use crate::registry::{ContextSlot, registry};
-use crate::sandbox::{self, SANDBOX_ENV, Sandbox};
+use crate::sandbox::{self, SANDBOX_ENV, Sandbox, cpu};
 
 /// Exit code of a worker that gave up on its parent or the protocol, or
 /// refused to serve.
@@ -123,6 +129,10 @@ fn serve(config: WorkerConfig, sandbox: Option<Sandbox>) -> ! {
         Ok(fds) => fds,
         Err(e) => fatal_early(&format!("could not set up its pipes: {e}")),
     };
+    // Before anything else opens one: what is left was inherited.
+    if let Err(e) = inherit::close_all_but(&[requests.as_raw_fd(), replies.as_raw_fd()]) {
+        fatal_early(&format!("could not close inherited descriptors: {e}"));
+    }
     if config.parent.is_none() {
         if let Err(e) = interpose_stderr() {
             fatal_early(&format!("could not set up its stderr: {e}"));
@@ -212,12 +222,22 @@ fn serve(config: WorkerConfig, sandbox: Option<Sandbox>) -> ! {
         move |report| announce_panic(report, &replies)
     });
 
-    let cpu_seconds = sandbox.as_ref().and_then(Sandbox::cpu_seconds);
+    // Last, once the worker's own threads run: it counts them.
+    let cpu_guard = match (
+        sandbox.as_ref().and_then(Sandbox::cpu_seconds),
+        applied.and_then(|applied| applied.tasks),
+    ) {
+        (Some(seconds), Some(tasks)) => match cpu::Guard::new(tasks, seconds) {
+            Ok(guard) => Some(guard),
+            Err(e) => fatal_early(&format!("could not count its threads: {e}")),
+        },
+        _ => None,
+    };
     match run_tasks(
         File::from(requests),
         &replies,
         config.max_frame_bytes,
-        cpu_seconds,
+        cpu_guard,
         config.backtraces,
     ) {
         Ok(()) => end_with_group(),
@@ -415,9 +435,10 @@ fn announce_panic(report: &panics::PanicReport, replies: &Mutex<File>) {
     let _ = lock(replies).write_all(&frame);
 }
 
-/// Serves RUN frames until the stream ends (`Ok`) or breaks (`Err`), and
-/// keeps the contexts that CONTEXT frames bring until FORGET frames drop
-/// them. `cpu_seconds`: the CPU time each RUN frame may take, if limited.
+/// Serves RUN frames until the stream ends or the worker retires (`Ok`)
+/// or breaks (`Err`), and keeps the contexts that CONTEXT frames bring
+/// until FORGET frames drop them. `cpu_guard`: under a CPU limit, what
+/// says when the worker must retire.
 /// `backtraces`: whether panics are announced (and symbolised) before
 /// they are answered: then their answer goes out at once, which restarts
 /// the clock of the items after them.
@@ -425,7 +446,7 @@ fn run_tasks(
     requests: File,
     replies: &Mutex<File>,
     max_frame: u32,
-    cpu_seconds: Option<u64>,
+    mut cpu_guard: Option<cpu::Guard>,
     backtraces: bool,
 ) -> Result<(), String> {
     let registry = registry();
@@ -434,7 +455,6 @@ fn run_tasks(
     let mut reply = Reply::new(max_frame as usize);
     let mut scratch = vec![0; SCRATCH_BYTES];
     let mut contexts: HashMap<u64, ContextSlot> = HashMap::new();
-    let mut cpu_budget = cpu_seconds.map(sandbox::apply::CpuBudget::new);
     loop {
         match protocol::read_frame(&mut requests, &mut body, max_frame) {
             Ok(true) => {}
@@ -477,11 +497,6 @@ fn run_tasks(
         };
         let mut seen = 0;
         reply.busy_since = Instant::now();
-        if let Some(budget) = &mut cpu_budget {
-            budget
-                .before_task(reply.busy_since)
-                .map_err(|e| format!("could not re-arm the CPU limit: {e}"))?;
-        }
         for (seq, item) in (first_seq..).zip(protocol::Items::new(items)) {
             let item = item.map_err(|e| e.0)?;
             logs::capture::set_running(Some(seq));
@@ -504,7 +519,19 @@ fn run_tasks(
         // stdout lock held (a thread of its own still printing) leaves its
         // worker stuck here, and it is the one that times out, not the next.
         let _ = std::io::stdout().flush();
-        reply.flush(replies);
+        let retire = match &mut cpu_guard {
+            Some(guard) => guard
+                .after_message(Instant::now())
+                .map_err(|e| format!("could not check its CPU budget: {e}"))?,
+            None => None,
+        };
+        // The RETIRED frame goes with the last reply, in one write: the
+        // pool must not take the worker's end for a death of the next
+        // input, which it may have read already.
+        reply.send(replies, retire.is_some());
+        if retire.is_some() {
+            return Ok(());
+        }
     }
 }
 
@@ -578,7 +605,17 @@ impl Reply {
     }
 
     fn flush(&mut self, replies: &Mutex<File>) {
+        self.send(replies, false);
+    }
+
+    /// Sends the items assembled, followed by a RETIRED frame if
+    /// `retiring` (alone if the items went out already: a panic's answer
+    /// is sent as soon as it is made).
+    fn send(&mut self, replies: &Mutex<File>, retiring: bool) {
         if self.count == 0 {
+            if retiring && lock(replies).write_all(&protocol::RETIRED_FRAME).is_err() {
+                std::process::exit(0);
+            }
             return;
         }
         let now = Instant::now();
@@ -591,6 +628,9 @@ impl Reply {
             bulk: self.bulk > 0,
         };
         header.write(&mut self.buf, 0);
+        if retiring {
+            self.buf.extend_from_slice(&protocol::RETIRED_FRAME);
+        }
         if lock(replies).write_all(&self.buf).is_err() {
             // The pool is gone: nobody wants the results.
             std::process::exit(0);

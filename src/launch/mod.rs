@@ -183,4 +183,10 @@ pub(crate) trait Launch: Send + Sync + std::fmt::Debug {
     fn sandbox(&self) -> crate::sandbox::Rules {
         crate::sandbox::Rules::default()
     }
+
+    /// The CPU time each task of its workers may take (the sandbox's
+    /// `cpu_time`, in whole seconds), if limited.
+    fn cpu_limit(&self) -> Option<u64> {
+        None
+    }
 }

@@ -20,6 +20,9 @@ pub(crate) const RETIRE: u8 = 8;
 pub(crate) const PANIC: u8 = 9;
 /// The whole RETIRE frame: it has no body.
 pub(crate) const RETIRE_FRAME: [u8; 5] = [1, 0, 0, 0, RETIRE];
+pub(crate) const RETIRED: u8 = 10;
+/// The whole RETIRED frame: it has no body.
+pub(crate) const RETIRED_FRAME: [u8; 5] = [1, 0, 0, 0, RETIRED];
 
 /// Length prefix of a frame.
 pub(crate) const LEN_BYTES: usize = 4;

@@ -15,6 +15,7 @@
 //! RETIRE pool -> worker  body = (none)                after its last RUN: exit once done
 //! PANIC  worker -> pool  body = seq:u64 CBOR PanicReport  item seq panicked; its backtrace
 //!                                                     is being made, the REPLY follows
+//! RETIRED worker -> pool body = (none)                right after a REPLY: it runs nothing more
 //! items  = (len:u32 cbor)*                            one CBOR value each
 //! ```
 //!
@@ -27,6 +28,10 @@
 //! A PANIC frame stops the clock of the input it names: symbolising a
 //! backtrace (only when the pool's process asked for them) takes a fresh
 //! worker hundreds of milliseconds, which are not the task's.
+//!
+//! A worker that must not run more (see `sandbox::cpu`) sends RETIRED after
+//! the replies of the RUN frame it ran last, and exits: the frames it was
+//! sent after that one never started, whether or not it read them.
 //!
 //! A RUN frame's context is 0 when its task reads none. A worker keeps a
 //! context's value from the CONTEXT frame to the FORGET frame; CONTEXT and
@@ -59,15 +64,15 @@ pub(crate) use codec::{
 pub(crate) use frame::LEN_BYTES;
 pub(crate) use frame::{
     CONTEXT, FATAL, FORGET, HELLO, Hello, ITEM_LEN_BYTES, Items, LOG, PANIC, REPLY, RETIRE,
-    RETIRE_FRAME, RUN, ReplyHeader, RunFrame, RunHeader, begin_item, context_frame, end_item,
-    forget_frame, items_len, panic_frame, parse_context, parse_panic, push_frame, push_item,
-    run_items,
+    RETIRE_FRAME, RETIRED, RETIRED_FRAME, RUN, ReplyHeader, RunFrame, RunHeader, begin_item,
+    context_frame, end_item, forget_frame, items_len, panic_frame, parse_context, parse_panic,
+    push_frame, push_item, run_items,
 };
 pub(crate) use read::{FrameBuffer, read_frame};
 
 /// Bumped whenever the format changes. A worker speaking another version is
 /// refused at the handshake.
-pub(crate) const VERSION: u32 = 6;
+pub(crate) const VERSION: u32 = 7;
 
 /// A protocol violation by the peer. Both the frame parsers and the readers
 /// report it, so it lives here, where both import it from.

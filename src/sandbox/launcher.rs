@@ -15,6 +15,7 @@ pub(crate) struct Sandboxed {
     /// The rules, as the variable carries them.
     env: String,
     rules: Rules,
+    cpu_seconds: Option<u64>,
 }
 
 impl Sandboxed {
@@ -22,6 +23,7 @@ impl Sandboxed {
         Sandboxed {
             env: sandbox.to_env(),
             rules: sandbox.rules(),
+            cpu_seconds: sandbox.cpu_seconds(),
         }
     }
 }
@@ -43,5 +45,9 @@ impl Launch for Sandboxed {
 
     fn sandbox(&self) -> Rules {
         self.rules
+    }
+
+    fn cpu_limit(&self) -> Option<u64> {
+        self.cpu_seconds
     }
 }

@@ -17,8 +17,11 @@
 //! UTF-8 survive. Only local workers take a sandbox ([`launcher`]).
 
 pub(crate) mod apply;
+pub(crate) mod cpu;
+mod landlock;
 pub(crate) mod launcher;
 pub(crate) mod probe;
+mod seccomp;
 
 use std::ffi::OsString;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
@@ -151,8 +154,12 @@ impl Sandbox {
 
     /// No network: each worker gets a network namespace of its own, with no
     /// interface up, so it has no route anywhere, loopback included. A
-    /// task's `connect` fails with `ENETUNREACH`. Needs user namespaces
-    /// unless the program runs as root.
+    /// task's `connect` fails with `ENETUNREACH`. Named UNIX sockets (a
+    /// namespace does not separate them) are out of reach too: Landlock
+    /// denies them from Linux 7.1 (`EACCES`); before it, creating a UNIX
+    /// socket fails with `EPERM` (stream pairs, which reach nothing, still
+    /// work). The worker keeps no capability. Needs user namespaces unless
+    /// the program runs as root.
     pub fn no_network(mut self) -> Self {
         self.no_network = true;
         self
@@ -161,7 +168,12 @@ impl Sandbox {
     /// Lets tasks read (and run) files under `path`. Once either this or
     /// [`read_write`](Sandbox::read_write) is given, Landlock denies every
     /// other file with `EACCES`, `/dev/null` and `/proc` included (the
-    /// worker's own pipes, and its binary for backtraces, keep working).
+    /// worker's own pipes, and its binary for backtraces, keep working),
+    /// and a seccomp filter denies changing the mode, owner, times or
+    /// extended attributes of any file, these paths included, with
+    /// `EPERM` (`std::fs::copy`, which sets the copy's mode, too).
+    /// Reading metadata (`stat`) works anywhere. Needs Landlock
+    /// ABI 5 (Linux 6.10), unless [`best_effort`](Sandbox::best_effort).
     /// Call it as often as needed. The path must exist when workers start.
     pub fn read_only(mut self, path: impl AsRef<Path>) -> Self {
         self.read_only.push(path.as_ref().to_owned());
@@ -175,12 +187,16 @@ impl Sandbox {
         self
     }
 
-    /// Limit on the CPU time of each task (`RLIMIT_CPU`, re-armed before
-    /// each message a worker runs: a batch of tiny inputs counts as one
-    /// task), rounded up to whole seconds. A task past it is killed with
-    /// its worker by `SIGXCPU`, which yields [`Error::WorkerDied`] naming
-    /// the limit; a fresh worker takes its place. Unlike the pool's
-    /// timeout, time spent waiting (sleep, I/O) does not count.
+    /// Limit on the CPU time of each task, rounded up to whole seconds (a
+    /// batch of tiny inputs counts as one task). A task past it is killed
+    /// with its worker by `SIGXCPU` (or `SIGKILL` a second later, if it
+    /// ignores that), which yields [`Error::WorkerDied`] naming the limit;
+    /// a fresh worker takes its place. No task can lift it: the worker sets
+    /// `RLIMIT_CPU` once and a seccomp filter denies changing it. A worker
+    /// retires instead of running a task that could get less than the
+    /// limit (about every second of CPU time it used), and after a task
+    /// that left a thread running. Unlike the pool's timeout, time spent
+    /// waiting (sleep, I/O) does not count.
     ///
     /// [`Error::WorkerDied`]: crate::Error::WorkerDied
     pub fn cpu_time(mut self, limit: Duration) -> Self {
@@ -199,7 +215,10 @@ impl Sandbox {
     /// Builds the pool with the rules that the kernel and the environment
     /// allow, and a `tracing` warning for each one that cannot come up,
     /// instead of failing. [`Pool::sandbox_rules`](crate::Pool::sandbox_rules)
-    /// says which are in force.
+    /// says which are in force. The file rules then also come up on a
+    /// Landlock that lacks some of their rights (Linux 5.13 to 6.9: by
+    /// path, `truncate` works on any file before 6.2), with a warning that
+    /// names them.
     pub fn best_effort(mut self) -> Self {
         self.best_effort = true;
         self
@@ -256,13 +275,17 @@ impl Sandbox {
             .map(|limit| (limit.as_secs() + u64::from(limit.subsec_nanos() > 0)).max(1))
     }
 
-    /// `rules,cpu_seconds,` then `r` or `w` and a path in hex for each path.
+    /// `rules,cpu_seconds`, then `,b` if best effort, then `,r` or `,w`
+    /// and a path in hex for each path.
     pub(crate) fn to_env(&self) -> String {
         let mut text = format!(
             "{},{}",
             self.rules().0,
             self.cpu_seconds().map_or(String::new(), |s| s.to_string())
         );
+        if self.best_effort {
+            text.push_str(",b");
+        }
         for (kind, paths) in [('r', &self.read_only), ('w', &self.read_write)] {
             for path in paths {
                 text.push(',');
@@ -282,10 +305,12 @@ impl Sandbox {
             "" => None,
             s => Some(Duration::from_secs(s.parse().ok()?)),
         };
+        let mut parts = parts.peekable();
         let mut sandbox = Sandbox {
             no_network: rules.contains(SandboxRule::NoNetwork),
             cpu_time,
             no_subprocesses: rules.contains(SandboxRule::NoSubprocesses),
+            best_effort: parts.next_if_eq(&"b").is_some(),
             ..Sandbox::default()
         };
         for part in parts {
@@ -361,11 +386,14 @@ mod tests {
                 .read_write(&odd)
                 .read_only(&odd),
             Sandbox::new().cpu_time(Duration::from_secs(3)),
+            Sandbox::new().read_write("/tmp").best_effort(),
         ];
         for sandbox in sandboxes {
             assert_eq!(Sandbox::from_env(&sandbox.to_env()), Some(sandbox));
         }
-        for bad in ["", "1", "x,", "2,", "1,,r2", "1,,rzz", "0,,q00", "4,"] {
+        for bad in [
+            "", "1", "x,", "2,", "1,,r2", "1,,rzz", "0,,q00", "4,", "0,,b,b", "2,,w2f,b",
+        ] {
             assert_eq!(Sandbox::from_env(bad), None, "{bad:?}");
         }
     }

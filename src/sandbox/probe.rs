@@ -19,6 +19,8 @@ const PROBE_ENV: &str = "__BUCKSHOT_SANDBOX_PROBE";
 pub(crate) struct Found {
     pub in_force: Rules,
     pub problems: Vec<(SandboxRule, String)>,
+    /// Rules in force with less than they promise (best effort only).
+    pub warnings: Vec<(SandboxRule, String)>,
 }
 
 /// Runs a probe of `sandbox`; why not, if it cannot run.
@@ -44,14 +46,22 @@ pub(crate) fn run(sandbox: &Sandbox) -> Result<Found, String> {
 fn parse(text: &str) -> Option<Found> {
     let mut lines = text.lines();
     let in_force = Rules(lines.next()?.parse().ok()?);
-    let mut problems = Vec::new();
+    let (mut problems, mut warnings) = (Vec::new(), Vec::new());
     for line in lines {
         let (bit, why) = line.split_once('\t')?;
+        let (list, bit) = match bit.strip_prefix('w') {
+            Some(bit) => (&mut warnings, bit),
+            None => (&mut problems, bit),
+        };
         let bit: u8 = bit.parse().ok()?;
         let rule = SandboxRule::ALL.into_iter().find(|r| r.bit() == bit)?;
-        problems.push((rule, why.to_owned()));
+        list.push((rule, why.to_owned()));
     }
-    Some(Found { in_force, problems })
+    Some(Found {
+        in_force,
+        problems,
+        warnings,
+    })
 }
 
 /// In a probe, answers and exits; otherwise returns at once. Called from
@@ -59,6 +69,12 @@ fn parse(text: &str) -> Option<Found> {
 pub(crate) fn answer_if_asked() {
     if std::env::var_os(PROBE_ENV).is_none() {
         return;
+    }
+    // It runs no task, but applies the rules as a worker would: with what
+    // a worker holds.
+    if let Err(e) = crate::inherit::close_all_but(&[]) {
+        eprintln!("buckshot: could not close inherited descriptors: {e}");
+        std::process::exit(101);
     }
     if crate::worker::is_privileged() {
         eprintln!("buckshot: refusing to probe a sandbox in a privileged process");
@@ -90,6 +106,8 @@ mod tests {
         let applied = apply::Applied {
             in_force: Rules(5),
             problems: vec![(SandboxRule::Files, "no\nLandlock".to_owned())],
+            warnings: vec![(SandboxRule::CpuTime, "short".to_owned())],
+            tasks: None,
         };
         let mut text = Vec::new();
         apply::report(&applied, &mut text).unwrap();
@@ -99,7 +117,10 @@ mod tests {
             found.problems,
             [(SandboxRule::Files, "no Landlock".to_owned())]
         );
+        assert_eq!(found.warnings, [(SandboxRule::CpuTime, "short".to_owned())]);
         assert!(parse("").is_none());
         assert!(parse("1\n99\tx").is_none());
+        assert!(parse("1\nw99\tx").is_none());
+        assert!(parse("1\nx2\tx").is_none());
     }
 }

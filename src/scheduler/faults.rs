@@ -14,7 +14,9 @@
 //!   error at once, a death (or a retry) once the exit status is known. An
 //!   input that panicked, whose backtrace its worker was still making when
 //!   the bound on that ran out, gets its panic, without the backtrace;
-//! - the frames behind it never started: they go back.
+//! - the frames behind it never started: they go back;
+//! - a worker that retired by itself ran none of what it leaves: all of it
+//!   goes back, unblamed and uncounted (see `protocol`, RETIRED).
 //!
 //! A dead worker is reaped through its pidfd, after whatever its launcher
 //! kills besides it (its process group), while its pid is still ours. A
@@ -143,6 +145,11 @@ impl Burial<'_> {
             failed_starting: None,
         };
         let unanswered = books.into_unanswered();
+        if fate == Fate::Retired {
+            // It ran none of it (it said so), or answered everything.
+            self.requeue.extend(unanswered.into_chunks());
+            return dying;
+        }
         if !ready || fate == Fate::PoolBroken {
             // Nothing ran (or nothing will): what is left goes back.
             if !ready {
@@ -251,7 +258,11 @@ pub(crate) fn try_reap(
     let stderr = dying.process.stderr();
     stderr.pump();
     stderr.flush_line();
-    let stderr = stderr.excerpt();
+    let mut stderr = stderr.excerpt();
+    if let Some(note) = dying.process.cpu_limit_note(status) {
+        stderr.push_str(&note);
+        stderr.push('\n');
+    }
     if let Some(fault) = &dying.failed_starting {
         // A SIGKILL from outside says nothing about whether workers can
         // start; a worker that failed by itself, or that the pool killed for

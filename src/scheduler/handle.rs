@@ -34,8 +34,9 @@ pub(crate) enum Fate {
     Broke(String),
     /// The map of the input it runs was dropped.
     Cancelled,
-    /// It reached its task quota and answered everything: it exits by
-    /// itself, or is killed after a grace period.
+    /// It reached its task quota and answered everything, or it said it
+    /// runs nothing more (RETIRED): it exits by itself, or is killed after
+    /// a grace period. It ran none of what it leaves unanswered.
     Retired,
     /// It did not finish starting in time.
     StartupTimeout,
@@ -310,8 +311,15 @@ impl WorkerHandle {
             // is never stamped early.
             let now = Instant::now();
             let answered = outbox.len();
-            if let Err(problem) = self.take_frames(max_frame, now, outbox, &mut heard) {
+            let mut retired = false;
+            if let Err(problem) = self.take_frames(max_frame, now, outbox, &mut heard, &mut retired)
+            {
                 self.doom(Fate::Broke(problem.0));
+            }
+            if retired {
+                // It runs nothing more: what it has left goes back.
+                self.retiring = true;
+                self.doom(Fate::Retired);
             }
             if outbox.len() > answered {
                 self.process.stderr().mark();
@@ -355,6 +363,7 @@ impl WorkerHandle {
         now: Instant,
         outbox: &mut Outbox,
         heard: &mut Option<Heard>,
+        retired: &mut bool,
     ) -> Result<(), ProtocolError> {
         let mut ear = Ear {
             books: &mut self.books,
@@ -363,6 +372,7 @@ impl WorkerHandle {
             now,
             outbox,
             heard,
+            retired,
         };
         while let Some(body) = self.frames.next_frame(max_frame)? {
             // A large frame leaves in its own buffer, uncopied.
@@ -466,6 +476,8 @@ struct Ear<'a> {
     now: Instant,
     outbox: &'a mut Outbox,
     heard: &'a mut Option<Heard>,
+    /// It said it runs nothing more.
+    retired: &'a mut bool,
 }
 
 impl Ear<'_> {
@@ -534,6 +546,10 @@ impl Ear<'_> {
                     .map_err(|e| ProtocolError::new(format!("bad log record: {e}")))?;
                 let input = record.seq.and_then(|seq| self.books.index_of(seq));
                 logs::forward::from_worker(record, self.process.worker_pid(), input);
+                Ok(())
+            }
+            protocol::RETIRED if self.books.is_ready() => {
+                *self.retired = true;
                 Ok(())
             }
             protocol::FATAL => Err(ProtocolError::new(format!(

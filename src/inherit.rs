@@ -1,0 +1,256 @@
+//! What a process started by a pool inherits from the program: its stdio,
+//! and no other descriptor.
+//!
+//! `std::process::Command` passes every descriptor that lacks
+//! close-on-exec to the child: a listening socket or a client connection
+//! of the program (socket activation, C libraries, `exec 3>file` in a
+//! wrapper script), or a file opened outside a sandbox's paths. A task
+//! could accept the program's clients, write on its connections, or read
+//! and write the file past Landlock, which checks paths at `open` only.
+//!
+//! - A worker, and a sandbox probe, close every descriptor but their
+//!   protocol ones first thing in the hook, before any task runs
+//!   ([`close_all_but`]). Local workers are still spawned by
+//!   `posix_spawn` (std's `Command`): asking std to close them in the
+//!   child (`pre_exec`) makes it fork instead, which was measured at
+//!   72-80 ms per spawn from a program with 1 GiB resident, against
+//!   1.3-1.5 ms, and cost that program 470 ms of page faults afterwards.
+//!   Until the hook runs, only the program's own constructors run in the
+//!   new process.
+//! - A launcher's program (`ssh`, `srun`, a command prefix) is not ours and
+//!   would keep them open as long as it runs: it is started through this
+//!   binary ([`through_this_binary`]), which closes them and execs it
+//!   ([`exec_if_asked`]). That costs one more exec of this binary per
+//!   remote worker start, about a millisecond, still without a fork.
+
+use std::ffi::{CString, OsStr, OsString};
+use std::os::fd::RawFd;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+
+/// Marks a process that only closes its inherited descriptors and execs
+/// another program; its value is that program's command line, each word
+/// in hex, separated by commas.
+const EXEC_ENV: &str = "__BUCKSHOT_EXEC";
+
+/// Closes every descriptor of this process above stderr but those in
+/// `keep`. Call it while nothing else of the process holds descriptors it
+/// needs (before `main`, single-threaded).
+pub(crate) fn close_all_but(keep: &[RawFd]) -> std::io::Result<()> {
+    let mut keep: Vec<u32> = keep
+        .iter()
+        .filter_map(|&fd| u32::try_from(fd).ok())
+        .collect();
+    keep.sort_unstable();
+    let mut first = 3;
+    for fd in keep.into_iter().chain([u32::MAX]) {
+        if fd > first {
+            close_range(first, fd - 1)?;
+        }
+        first = first.max(fd.saturating_add(1));
+    }
+    Ok(())
+}
+
+/// Closes descriptors `first..=last`: `close_range(2)` (Linux 5.9), or
+/// before it [`close_listed`].
+fn close_range(first: u32, last: u32) -> std::io::Result<()> {
+    // SAFETY: close_range takes plain integers and touches no memory; the
+    // caller owns every descriptor in the range (nothing else of this
+    // process uses them).
+    let rc = unsafe { libc::syscall(libc::SYS_close_range, first, last, 0u32) };
+    if rc == 0 {
+        return Ok(());
+    }
+    let error = std::io::Error::last_os_error();
+    match error.raw_os_error() {
+        Some(libc::ENOSYS) => close_listed(first, last),
+        _ => Err(error),
+    }
+}
+
+/// Closes the descriptors `first..=last` listed in `/proc/self/fd`.
+fn close_listed(first: u32, last: u32) -> std::io::Result<()> {
+    let open: Vec<u32> = std::fs::read_dir("/proc/self/fd")?
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|fd| (first..=last).contains(fd))
+        .collect();
+    for fd in open {
+        // SAFETY: as for close_range; a descriptor that was the directory
+        // listing's own is closed already and fails with EBADF, which is
+        // ignored.
+        unsafe { libc::close(fd as RawFd) };
+    }
+    Ok(())
+}
+
+/// The same command, started through this binary, which closes every
+/// descriptor above stderr and then execs it. For a launcher's command:
+/// like every launcher's command, it leads a process group of its own.
+/// Not from a privileged process (setuid, file capabilities): its copy
+/// would refuse, so the command is started as it is.
+pub(crate) fn through_this_binary(command: Command) -> Command {
+    if crate::worker::is_privileged() {
+        return command;
+    }
+    let words = std::iter::once(command.get_program()).chain(command.get_args());
+    let mut through = Command::new("/proc/self/exe");
+    through.env(EXEC_ENV, encode(words)).process_group(0);
+    for (key, value) in command.get_envs() {
+        match value {
+            Some(value) => through.env(key, value),
+            None => through.env_remove(key),
+        };
+    }
+    if let Some(dir) = command.get_current_dir() {
+        through.current_dir(dir);
+    }
+    through
+}
+
+fn encode<'a>(words: impl Iterator<Item = &'a OsStr>) -> String {
+    let hex: Vec<String> = words
+        .map(|word| word.as_bytes().iter().map(|b| format!("{b:02x}")).collect())
+        .collect();
+    hex.join(",")
+}
+
+fn decode(value: &str) -> Option<Vec<OsString>> {
+    value
+        .split(',')
+        .map(|word| {
+            if word.len() % 2 != 0 {
+                return None;
+            }
+            let bytes = (0..word.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(word.get(i..i + 2)?, 16).ok())
+                .collect::<Option<Vec<u8>>>()?;
+            Some(OsString::from_vec(bytes))
+        })
+        .collect::<Option<Vec<_>>>()
+        .filter(|words| !words[0].is_empty())
+}
+
+/// In a process started by [`through_this_binary`], closes the inherited
+/// descriptors and execs the command; otherwise returns at once. Called
+/// from the hook before `main`.
+pub(crate) fn exec_if_asked() {
+    let Some(value) = std::env::var_os(EXEC_ENV) else {
+        return;
+    };
+    let fail = |message: String| -> ! {
+        eprintln!("buckshot: {message}");
+        std::process::exit(127)
+    };
+    if crate::worker::is_privileged() {
+        fail(format!(
+            "refusing to run {EXEC_ENV} in a privileged process"
+        ));
+    }
+    // SAFETY: this runs in a constructor before `main`, where nothing else
+    // reads the environment (see `worker::serve_if_worker`).
+    unsafe { std::env::remove_var(EXEC_ENV) };
+    let Some(words) = value.to_str().and_then(decode) else {
+        fail(format!("bad {EXEC_ENV} value {value:?}"));
+    };
+    if let Err(e) = close_all_but(&[]) {
+        fail(format!("could not close inherited descriptors: {e}"));
+    }
+    let words: Vec<CString> = match words
+        .iter()
+        .map(|word| CString::new(word.as_bytes()))
+        .collect()
+    {
+        Ok(words) => words,
+        Err(_) => fail(format!("a word of {words:?} holds a NUL byte")),
+    };
+    let mut argv: Vec<*const libc::c_char> = words.iter().map(|word| word.as_ptr()).collect();
+    argv.push(std::ptr::null());
+    // SAFETY: `argv` is a NULL-terminated array of NUL-terminated strings
+    // that outlive the call; execvp returns only on failure.
+    unsafe { libc::execvp(argv[0], argv.as_ptr()) };
+    fail(format!(
+        "could not start {:?}: {}",
+        words[0],
+        std::io::Error::last_os_error()
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whether descriptor `fd` is open in this process.
+    fn is_open(fd: RawFd) -> bool {
+        // SAFETY: F_GETFD on any number touches no memory.
+        unsafe { libc::fcntl(fd, libc::F_GETFD) >= 0 }
+    }
+
+    #[test]
+    fn listed_descriptors_in_the_range_are_closed_and_no_others() {
+        // High numbers, which nothing else of the test process uses.
+        let file = std::fs::File::open("/proc/self/stat").unwrap();
+        let fds: Vec<RawFd> = (0..4)
+            .map(|k| {
+                // SAFETY: duplicates a descriptor the test owns.
+                unsafe {
+                    libc::fcntl(
+                        std::os::fd::AsRawFd::as_raw_fd(&file),
+                        libc::F_DUPFD,
+                        900 + k * 10,
+                    )
+                }
+            })
+            .collect();
+        assert_eq!(fds, [900, 910, 920, 930]);
+        close_listed(905, 920).unwrap();
+        let open: Vec<bool> = fds.iter().map(|&fd| is_open(fd)).collect();
+        assert_eq!(open, [true, false, false, true]);
+        close_listed(900, 930).unwrap();
+        assert!(!is_open(900) && !is_open(930));
+    }
+
+    #[test]
+    fn command_lines_round_trip_with_odd_bytes() {
+        let words = [
+            OsString::from("ssh"),
+            OsString::from_vec(b"a,b \xff".to_vec()),
+            OsString::new(),
+        ];
+        let encoded = encode(words.iter().map(OsString::as_os_str));
+        assert_eq!(decode(&encoded).unwrap(), words);
+        for bad in ["", "7", "zz", "73,7", ",73"] {
+            assert_eq!(decode(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn the_wrapped_command_keeps_its_environment_and_directory() {
+        let mut command = Command::new("ssh");
+        command
+            .arg("host")
+            .env("KEPT", "1")
+            .env_remove("GONE")
+            .current_dir("/tmp");
+        let through = through_this_binary(command);
+        assert_eq!(through.get_program(), "/proc/self/exe");
+        let envs: Vec<_> = through.get_envs().collect();
+        assert!(envs.contains(&(OsStr::new("KEPT"), Some(OsStr::new("1")))));
+        assert!(envs.contains(&(OsStr::new("GONE"), None)));
+        let exec = envs
+            .iter()
+            .find(|(key, _)| *key == EXEC_ENV)
+            .and_then(|(_, value)| value.as_ref())
+            .unwrap();
+        assert_eq!(
+            decode(exec.to_str().unwrap()).unwrap(),
+            [OsString::from("ssh"), OsString::from("host")]
+        );
+        assert_eq!(
+            through.get_current_dir(),
+            Some(std::path::Path::new("/tmp"))
+        );
+    }
+}
