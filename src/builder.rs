@@ -259,7 +259,7 @@ impl PoolBuilder {
                     .to_owned(),
             });
         }
-        let sandbox_rules = match &self.sandbox {
+        let sandbox = match &self.sandbox {
             Some(sandbox) if sandbox.rules() != Rules::default() => {
                 if !self.launched.is_empty() {
                     return invalid(
@@ -268,10 +268,13 @@ impl PoolBuilder {
                 }
                 let sandbox = probe_sandbox(sandbox)?;
                 groups[0].0 = Launcher::from_launch(Sandboxed::new(&sandbox));
-                sandbox.rules().list()
+                Some(sandbox)
             }
-            _ => Vec::new(),
+            _ => None,
         };
+        let sandbox_rules = sandbox
+            .as_ref()
+            .map_or_else(Vec::new, |sandbox| sandbox.rules().list());
         let keep_failures = match self.keep_failures {
             Some(dir) => {
                 if let Err(e) = std::fs::create_dir_all(&dir) {
@@ -283,6 +286,8 @@ impl PoolBuilder {
                 Some(crate::replay::KeepFailures {
                     dir,
                     per_map: self.max_kept_failures.unwrap_or(DEFAULT_KEPT_PER_MAP),
+                    // What a replay of a kept input is confined by.
+                    sandbox,
                 })
             }
             None => None,

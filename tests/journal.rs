@@ -80,7 +80,9 @@ const HANG_ENV: &str = "BUCKSHOT_TEST_JOURNAL_HANG_FROM";
 #[allow(clippy::ptr_arg)] // A task reads its context as `&C`.
 fn slow_square(log: &String, (x, millis): (u64, u64)) -> u64 {
     note(log, x);
-    let hang_from = std::env::var(HANG_ENV).ok().map(|from| from.parse().unwrap());
+    let hang_from = std::env::var(HANG_ENV)
+        .ok()
+        .map(|from| from.parse().unwrap());
     if hang_from.is_some_and(|from| x >= from) {
         common::hang();
     }
@@ -258,8 +260,13 @@ fn a_map_killed_halfway_resumes_where_it_stopped() {
     let all = runs(&log);
     let mut second = all[ran_first..].to_vec();
     second.sort();
-    let missing: Vec<u64> = (0..300).filter(|x| kept.binary_search(x).is_err()).collect();
-    assert_eq!(second, missing, "the second run ran other inputs than those not recorded");
+    let missing: Vec<u64> = (0..300)
+        .filter(|x| kept.binary_search(x).is_err())
+        .collect();
+    assert_eq!(
+        second, missing,
+        "the second run ran other inputs than those not recorded"
+    );
     // Third run: nothing runs.
     assert_eq!(Driver::start(&dir.0, 300, 20).outputs(), squares);
     assert_eq!(runs(&log).len(), all.len(), "the third run ran inputs");
@@ -424,7 +431,10 @@ fn main() {
     }
     let tests: [(&str, fn()); 7] = [
         // First: what earlier tests leave to free would blur its count.
-        ("contexts_leave_nothing_behind", contexts_leave_nothing_behind),
+        (
+            "contexts_leave_nothing_behind",
+            contexts_leave_nothing_behind,
+        ),
         (
             "finished_outputs_are_committed_while_the_map_runs",
             finished_outputs_are_committed_while_the_map_runs,

@@ -28,7 +28,10 @@ fn note(log: &str, x: u64) {
 }
 
 fn runs(log: &str) -> usize {
-    std::fs::read_to_string(log).unwrap_or_default().lines().count()
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .count()
 }
 
 fn rows(db: &Path) -> i64 {
@@ -106,8 +109,16 @@ fn a_task_is_never_answered_with_another_tasks_outputs() {
     let inputs = || (0..20u64).map(|x| (log.clone(), x));
     for round in 0..2 {
         let pool = pool(&db);
-        let doubled: Vec<u64> = pool.map(double, inputs()).unwrap().map(Result::unwrap).collect();
-        let tripled: Vec<u64> = pool.map(triple, inputs()).unwrap().map(Result::unwrap).collect();
+        let doubled: Vec<u64> = pool
+            .map(double, inputs())
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        let tripled: Vec<u64> = pool
+            .map(triple, inputs())
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
         assert_eq!(doubled, (0..20).map(|x| 2 * x).collect::<Vec<_>>());
         assert_eq!(tripled, (0..20).map(|x| 3 * x).collect::<Vec<_>>());
         // Each task ran its inputs once, the first time.
@@ -138,7 +149,9 @@ fn a_context_is_never_answered_with_another_contexts_outputs() {
 /// Sixteen keys: the chance that two maps iterate them in the same order
 /// is nil.
 fn hash_map(seed: u64) -> HashMap<String, u64> {
-    (0..16).map(|k| (format!("key-{k}"), seed * 100 + k)).collect()
+    (0..16)
+        .map(|k| (format!("key-{k}"), seed * 100 + k))
+        .collect()
 }
 
 #[test]
@@ -223,7 +236,11 @@ fn rows_recorded_before_keys_were_canonical_still_answer() {
         .unwrap()
         .map(Result::unwrap)
         .collect();
-    let summed: Vec<u64> = pool.map(sum, points()).unwrap().map(Result::unwrap).collect();
+    let summed: Vec<u64> = pool
+        .map(sum, points())
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
     let recorded: Vec<u64> = (1000..1005).collect();
     assert_eq!((shifted, summed), (recorded.clone(), recorded));
     assert_eq!(runs(&log), 0, "inputs ran");

@@ -370,7 +370,13 @@ mod tests {
         assert_eq!(value.2, "tail");
         let value: (u8, ciborium::Value, String) =
             ciborium::de::from_reader(sorted.as_slice()).unwrap();
-        let keys: Vec<Vec<u8>> = value.1.as_map().unwrap().iter().map(|(k, _)| cbor(k)).collect();
+        let keys: Vec<Vec<u8>> = value
+            .1
+            .as_map()
+            .unwrap()
+            .iter()
+            .map(|(k, _)| cbor(k))
+            .collect();
         assert!(keys.windows(2).all(|pair| pair[0] < pair[1]), "{keys:?}");
     }
 
@@ -429,12 +435,12 @@ mod tests {
         };
         assert!(matches!(canonical(&unsorted_then(&[])), Cow::Owned(_)));
         for bad in [
-            unsorted_then(&[0x00]),   // trailing bytes
-            vec![0xa2, 0x61, b'b'],   // truncated
-            vec![0x62, b'a'],         // short string
-            vec![0x1c],               // reserved argument
-            vec![0x7f, 0x41, b'a'],   // a byte chunk in a text string
-            vec![0xff],               // a lone break
+            unsorted_then(&[0x00]), // trailing bytes
+            vec![0xa2, 0x61, b'b'], // truncated
+            vec![0x62, b'a'],       // short string
+            vec![0x1c],             // reserved argument
+            vec![0x7f, 0x41, b'a'], // a byte chunk in a text string
+            vec![0xff],             // a lone break
             vec![0x5b, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff],
         ] {
             assert_eq!(canonical(&bad).as_ref(), bad.as_slice(), "{}", hex(&bad));
@@ -468,6 +474,9 @@ mod tests {
             keys.legacy_key(&unsorted),
             Some(old.key_as_given(&unsorted))
         );
-        assert_eq!(keys.key(&[0x07]), Prefix::canonical("t", Some(&unsorted)).key(&[0x07]));
+        assert_eq!(
+            keys.key(&[0x07]),
+            Prefix::canonical("t", Some(&unsorted)).key(&[0x07])
+        );
     }
 }

@@ -125,7 +125,10 @@ impl Recorder {
             return Some(Prefix::canonical(name, None));
         }
         let context = self.shared.lock().contexts.get(&context)?.upgrade()?;
-        Some(Prefix::canonical(name, Some(context_value(&context.frame)?)))
+        Some(Prefix::canonical(
+            name,
+            Some(context_value(&context.frame)?),
+        ))
     }
 
     /// Notes the `Ok` ones among `outcomes`, which answer items `done..`

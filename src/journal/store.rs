@@ -365,7 +365,8 @@ fn commit(connection: &mut Connection, batches: &[Arc<Batch>]) -> rusqlite::Resu
             for record in &batch.records {
                 if !noted.contains(&Arc::as_ptr(&record.prefix)) {
                     noted.push(Arc::as_ptr(&record.prefix));
-                    note_prefix.execute(params![record.prefix.id.as_slice(), record.prefix.task])?;
+                    note_prefix
+                        .execute(params![record.prefix.id.as_slice(), record.prefix.task])?;
                 }
                 insert.execute(params![
                     record.key.as_slice(),
