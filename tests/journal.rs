@@ -2,72 +2,21 @@
 //! recorded input is answered, every other one runs once), every finished
 //! output is committed without waiting for the pool to go, and a third run
 //! runs nothing; killing never corrupts the file; two processes may share
-//! one; errors and outputs that no longer decode run again; contexts leave
-//! nothing behind in the pool.
+//! one; errors and outputs that no longer decode run again.
 //!
 //! This binary runs as the test, and (with the variable below set) as the
 //! driver program that maps and is killed. Every task appends its input to
-//! a log file, so the test counts how often each input ran. It counts the
-//! bytes it holds on the heap, to see what a pool keeps.
+//! a log file, so the test counts how often each input ran.
 
 mod common;
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::Duration;
 
 use buckshot::Pool;
-
-/// Bytes this process holds on the heap (its own allocations: SQLite's go
-/// through `malloc` and are not counted).
-static LIVE: AtomicIsize = AtomicIsize::new(0);
-
-/// The system allocator, counting.
-struct Counting;
-
-// SAFETY: every call goes to the system allocator with the caller's
-// arguments; the counter changes nothing it returns.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: as the caller promised for `alloc`.
-        let block = unsafe { System.alloc(layout) };
-        if !block.is_null() {
-            LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
-        }
-        block
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: as the caller promised for `alloc_zeroed`.
-        let block = unsafe { System.alloc_zeroed(layout) };
-        if !block.is_null() {
-            LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
-        }
-        block
-    }
-
-    unsafe fn dealloc(&self, block: *mut u8, layout: Layout) {
-        // SAFETY: as the caller promised for `dealloc`.
-        unsafe { System.dealloc(block, layout) };
-        LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
-    }
-
-    unsafe fn realloc(&self, block: *mut u8, layout: Layout, size: usize) -> *mut u8 {
-        // SAFETY: as the caller promised for `realloc`.
-        let moved = unsafe { System.realloc(block, layout, size) };
-        if !moved.is_null() {
-            LIVE.fetch_add(size as isize - layout.size() as isize, Ordering::Relaxed);
-        }
-        moved
-    }
-}
-
-#[global_allocator]
-static ALLOCATOR: Counting = Counting;
 
 /// Set in the driver: `DIR,COUNT,MILLIS`.
 const DRIVER_ENV: &str = "BUCKSHOT_TEST_JOURNAL_DRIVER";
@@ -104,11 +53,6 @@ fn cube(x: u64) -> u64 {
     x * x * x
 }
 buckshot::register!(cube);
-
-fn times(factor: &u64, x: u64) -> u64 {
-    factor * x
-}
-buckshot::register!(times);
 
 /// Appends one line, in one `write` to a file opened with `O_APPEND`, so
 /// that lines of concurrent workers never mix.
@@ -398,43 +342,12 @@ fn dropping_the_pool_commits_every_output() {
     }
 }
 
-/// A context made, mapped and dropped leaves nothing in the pool: what
-/// the journal keeps of it goes with it.
-fn contexts_leave_nothing_behind() {
-    let dir = common::TempDir::new("journal-contexts");
-    let pool = Pool::builder()
-        .processes(1)
-        .journal(dir.0.join("journal.db"))
-        .build()
-        .unwrap();
-    let call = |contexts: std::ops::Range<u64>| {
-        for k in contexts {
-            assert_eq!(pool.with_context(&k).call(times, 3).unwrap(), 3 * k);
-        }
-    };
-    // Warm-up: buffers, caches and tables at their working size.
-    call(0..1000);
-    let before = LIVE.load(Ordering::Relaxed);
-    call(1000..6000);
-    let growth = LIVE.load(Ordering::Relaxed) - before;
-    println!("contexts: {growth} bytes more after 5000 contexts");
-    assert!(
-        growth < 5000 * 16,
-        "{growth} bytes more after 5000 contexts"
-    );
-}
-
 fn main() {
     if let Ok(spec) = std::env::var(DRIVER_ENV) {
         driver(&spec);
         return;
     }
-    let tests: [(&str, fn()); 7] = [
-        // First: what earlier tests leave to free would blur its count.
-        (
-            "contexts_leave_nothing_behind",
-            contexts_leave_nothing_behind,
-        ),
+    let tests: [(&str, fn()); 6] = [
         (
             "finished_outputs_are_committed_while_the_map_runs",
             finished_outputs_are_committed_while_the_map_runs,

@@ -451,3 +451,37 @@ fn a_full_disk_leaves_whole_files_only_and_its_map_stops_writing() {
     assert!(again.iter().all(|e| e.replay_file().is_some()), "{again:?}");
     assert_eq!(fs.files().len(), 3);
 }
+
+#[test]
+fn a_kept_file_never_replaces_another() {
+    let dir = common::TempDir::new("replay-names");
+    // Files under the names the pool would pick first, final and
+    // temporary: it must write past them, and leave them as they are.
+    let pid = std::process::id();
+    let mut planted = Vec::new();
+    for n in 0..4000 {
+        let name = format!("panic_at_five-5-{pid}-{n}.replay");
+        let path = match n % 2 {
+            0 => dir.0.join(&name),
+            _ => dir.0.join(format!(".{name}.tmp")),
+        };
+        std::fs::write(&path, format!("planted {n}")).unwrap();
+        planted.push(path);
+    }
+    let pool = Pool::builder()
+        .processes(1)
+        .keep_failures(&dir.0)
+        .build()
+        .unwrap();
+    let results: Vec<_> = pool.map(panic_at_five, 5..6u64).unwrap().collect();
+    let file = kept(results[0].as_ref().unwrap_err());
+    assert!(!planted.contains(&file), "{}", file.display());
+    assert!(whole(&file, 1));
+    for (n, path) in planted.iter().enumerate() {
+        assert_eq!(
+            std::fs::read_to_string(path).unwrap(),
+            format!("planted {n}")
+        );
+    }
+    assert_eq!(dir.files().len(), planted.len() + 1);
+}

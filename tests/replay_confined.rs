@@ -210,6 +210,10 @@ fn a_replay_ends_at_its_pools_timeout() {
     let stderr = text(&output.stderr);
     assert_eq!(output.status.code(), Some(124), "{stderr}");
     assert!(
+        stderr.contains("confined as its worker was: timeout of 300ms\n"),
+        "{stderr}"
+    );
+    assert!(
         stderr.contains("the replay ran past its pool's timeout of 300ms"),
         "{stderr}"
     );
@@ -269,14 +273,19 @@ fn a_replay_runs_under_its_pools_cpu_limit_even_once_lifted() {
     let sandbox = Sandbox::new().cpu_time(Duration::from_secs(1));
     for lift in [false, true] {
         let dir = common::TempDir::new(&format!("replay-cpu-{lift}"));
+        // A timeout too: the CPU budget is watched while it runs.
         let pool = Pool::builder()
             .processes(1)
             .sandbox(sandbox.clone())
+            .timeout(Duration::from_secs(40))
             .keep_failures(&dir.0)
             .build()
             .unwrap();
         let (_, file) = kept_failure(&pool, spin, (5, lift));
+        let started = Instant::now();
         let output = replay(&file, None);
+        // It spins: a second of CPU time takes a second or more.
+        assert!(started.elapsed() >= Duration::from_secs(1));
         let stderr = text(&output.stderr);
         let signal = output.status.signal();
         assert!(

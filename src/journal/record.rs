@@ -29,6 +29,10 @@ pub(crate) struct Lookup {
     /// started; if not, no input is looked up.
     holds: bool,
     keys: MapKeys,
+    /// The outputs of this task and context that were on their way to the
+    /// file when the map started, by key: the batch and its record. One
+    /// leaves once it answered (the batch goes with its last).
+    unwritten: HashMap<[u8; 32], (Arc<Batch>, usize)>,
     encoded: Vec<u8>,
     scratch: Vec<u8>,
 }
@@ -44,7 +48,19 @@ impl Lookup {
             .and_then(|context| context_value(&context.frame));
         let name = (registry().tasks[task.position as usize].name)();
         let keys = MapKeys::new(name, value);
-        let holds = journal.holds(&keys.prefix)
+        // Before the file: a batch leaves the pending ones once it is there.
+        let mut unwritten = HashMap::new();
+        for batch in journal.pending() {
+            for (k, record) in batch.records.iter().enumerate() {
+                if record.prefix.id == keys.prefix.id {
+                    let key = keys.key(batch.input(k));
+                    // A later batch holds a later output.
+                    unwritten.insert(key, (Arc::clone(&batch), k));
+                }
+            }
+        }
+        let holds = !unwritten.is_empty()
+            || journal.holds(&keys.prefix)
             || keys
                 .legacy
                 .as_ref()
@@ -53,6 +69,7 @@ impl Lookup {
             holds,
             journal,
             keys,
+            unwritten,
             encoded: Vec::new(),
             scratch: vec![0; SCRATCH_BYTES],
         }))
@@ -68,7 +85,13 @@ impl Lookup {
         }
         self.encoded.clear();
         protocol::encode(input, &mut self.encoded).ok()?;
-        if let Some(output) = self.decoded(&self.keys.key(&self.encoded)) {
+        let key = self.keys.key(&self.encoded);
+        if let Some((batch, record)) = self.unwritten.remove(&key) {
+            if let Ok(output) = protocol::decode(batch.output(record), &mut self.scratch) {
+                return Some(output);
+            }
+        }
+        if let Some(output) = self.decoded(&key) {
             return Some(output);
         }
         let legacy = self.keys.legacy_key(&self.encoded)?;
@@ -83,8 +106,8 @@ impl Lookup {
     }
 }
 
-/// The pool's half: copies `Ok` outcomes with their inputs and keys, and
-/// hands them to the journal at each delivery.
+/// The pool's half: copies `Ok` outcomes with their inputs, and hands
+/// them to the journal at each delivery.
 pub(crate) struct Recorder {
     shared: Arc<Shared>,
     journal: Arc<Journal>,
@@ -156,7 +179,6 @@ impl Recorder {
             bytes.extend_from_slice(output);
             self.batch.records.push(Record {
                 prefix: Arc::clone(prefix),
-                key: prefix.key(input),
                 input: at..at + input.len(),
                 output: at + input.len()..bytes.len(),
             });

@@ -1,19 +1,24 @@
 //! The journal's file: a connection for lookups, a writer thread that
-//! commits batches of outputs, and the outputs on their way to it
-//! ([`Pending`]). Lookups consult those too, so that a map sees every
-//! output an earlier map of its pool yielded, committed or not.
+//! commits batches of outputs, and the batches on their way to it
+//! ([`Journal::pending`]). A map's lookups take those too, so that a map
+//! sees every output an earlier map of its pool yielded, committed or not.
 //!
-//! A batch is indexed as pending before it is sent, and taken out of the
-//! index only after its transaction committed (or failed): a lookup that
-//! looks at the index first and the file second never misses an output in
-//! between.
+//! A batch joins the pending ones before it is sent, and leaves them only
+//! after its transaction committed (or failed): a map that takes the
+//! pending batches first and looks in the file second never misses an
+//! output in between. The pending ones are weak references, which die
+//! when the writer drops its batch after the commit: the writer never
+//! takes their lock (a lock it held when preempted would stall the pool's
+//! thread on a loaded machine), the pool's thread only pushes and prunes,
+//! keys are made by the writer (and by a map for what it takes), and a
+//! committed batch's memory goes at once.
 
-use std::collections::HashMap;
+use std::collections::VecDeque;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -31,8 +36,6 @@ pub(crate) const CLOSE_BOUND: Duration = Duration::from_secs(10);
 /// the pool's thread waiting. A batch is always taken while nothing
 /// waits, so that an output of any size is recorded.
 pub(crate) const MAX_BACKLOG: usize = 64 << 20;
-/// What one pending output costs in the index, about.
-const INDEX_ENTRY_BYTES: usize = 96;
 
 const SCHEMA: &str = "
     PRAGMA journal_mode = WAL;
@@ -53,7 +56,6 @@ const SCHEMA: &str = "
 /// One output to record: ranges in its batch's bytes.
 pub(crate) struct Record {
     pub prefix: Arc<Prefix>,
-    pub key: [u8; 32],
     pub input: Range<usize>,
     pub output: Range<usize>,
 }
@@ -68,51 +70,15 @@ pub(crate) struct Batch {
 impl Batch {
     /// What it holds, as counted against [`MAX_BACKLOG`].
     fn size(&self) -> usize {
-        self.bytes.len() + self.records.len() * (std::mem::size_of::<Record>() + INDEX_ENTRY_BYTES)
+        self.bytes.len() + self.records.len() * std::mem::size_of::<Record>()
     }
 
-    fn output(&self, record: usize) -> &[u8] {
+    pub(crate) fn input(&self, record: usize) -> &[u8] {
+        &self.bytes[self.records[record].input.clone()]
+    }
+
+    pub(crate) fn output(&self, record: usize) -> &[u8] {
         &self.bytes[self.records[record].output.clone()]
-    }
-}
-
-/// The outputs sent to the writer and not committed yet.
-#[derive(Default)]
-struct Pending {
-    /// By key: the batch that holds it, and its record there.
-    outputs: HashMap<[u8; 32], (Arc<Batch>, usize)>,
-    /// By prefix: how many of them have it.
-    prefixes: HashMap<[u8; 32], usize>,
-}
-
-impl Pending {
-    fn add(&mut self, batch: &Arc<Batch>) {
-        for (k, record) in batch.records.iter().enumerate() {
-            let old = self.outputs.insert(record.key, (Arc::clone(batch), k));
-            if old.is_none() {
-                *self.prefixes.entry(record.prefix.id).or_default() += 1;
-            }
-        }
-    }
-
-    /// Takes out the outputs of `batch` that no later batch replaced.
-    fn remove(&mut self, batch: &Arc<Batch>) {
-        for record in &batch.records {
-            let ours = self
-                .outputs
-                .get(&record.key)
-                .is_some_and(|(holder, _)| Arc::ptr_eq(holder, batch));
-            if !ours {
-                continue;
-            }
-            self.outputs.remove(&record.key);
-            if let Some(count) = self.prefixes.get_mut(&record.prefix.id) {
-                *count -= 1;
-                if *count == 0 {
-                    self.prefixes.remove(&record.prefix.id);
-                }
-            }
-        }
     }
 }
 
@@ -121,14 +87,16 @@ impl Pending {
 struct Flow {
     /// Bytes of the batches sent to the writer and not yet committed.
     backlog: AtomicUsize,
-    pending: Mutex<Pending>,
+    /// The batches sent to the writer, oldest first; those that are
+    /// committed are dead.
+    pending: Mutex<VecDeque<Weak<Batch>>>,
     /// Outputs not recorded: left out while the writer was behind, or
     /// lost with a commit that failed.
     unrecorded: AtomicU64,
 }
 
 impl Flow {
-    fn pending(&self) -> MutexGuard<'_, Pending> {
+    fn pending(&self) -> MutexGuard<'_, VecDeque<Weak<Batch>>> {
         self.pending.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -269,26 +237,41 @@ impl Journal {
             return;
         }
         let batch = Arc::new(batch);
-        self.flow.pending().add(&batch);
+        {
+            let mut pending = self.flow.pending();
+            while pending
+                .front()
+                .is_some_and(|first| first.strong_count() == 0)
+            {
+                pending.pop_front();
+            }
+            pending.push_back(Arc::downgrade(&batch));
+        }
         self.flow.backlog.fetch_add(size, Ordering::Relaxed);
         let writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        // The batch dies with the writer's copy if it cannot be sent.
         let sent = writer
             .as_ref()
-            .is_some_and(|writer| writer.tx.send(Arc::clone(&batch)).is_ok());
+            .is_some_and(|writer| writer.tx.send(batch).is_ok());
         drop(writer);
         if !sent {
-            self.flow.pending().remove(&batch);
             self.flow.backlog.fetch_sub(size, Ordering::Relaxed);
             self.flow.lost(count, "the journal's writer is gone");
         }
     }
 
-    /// Whether anything was recorded with `prefix`, committed or not.
+    /// The batches sent to the writer and not committed yet. Take them
+    /// before looking in the file: a batch leaves them once it is there.
+    pub(crate) fn pending(&self) -> Vec<Arc<Batch>> {
+        self.flow
+            .pending()
+            .iter()
+            .filter_map(Weak::upgrade)
+            .collect()
+    }
+
+    /// Whether anything was committed with `prefix`.
     pub(crate) fn holds(&self, prefix: &Prefix) -> bool {
-        // The index first: an output leaves it once it is in the file.
-        if self.flow.pending().prefixes.contains_key(&prefix.id) {
-            return true;
-        }
         let reader = self.reader.lock().unwrap_or_else(PoisonError::into_inner);
         let found = reader
             .prepare_cached("SELECT 1 FROM prefixes WHERE prefix = ?1")
@@ -297,17 +280,8 @@ impl Journal {
         found.unwrap_or(true)
     }
 
-    /// The output recorded under `key`, committed or not, if any.
+    /// The output committed under `key`, if any.
     pub(crate) fn get(&self, key: &[u8; 32]) -> Option<Vec<u8>> {
-        let pending = self
-            .flow
-            .pending()
-            .outputs
-            .get(key)
-            .map(|(batch, record)| (Arc::clone(batch), *record));
-        if let Some((batch, record)) = pending {
-            return Some(batch.output(record).to_vec());
-        }
         let reader = self.reader.lock().unwrap_or_else(PoisonError::into_inner);
         let found = reader
             .prepare_cached("SELECT output FROM outputs WHERE key = ?1")
@@ -337,12 +311,9 @@ fn write_batches(mut connection: Connection, rx: Receiver<Arc<Batch>>, flow: &Fl
             let count = batches.iter().map(|batch| batch.records.len()).sum();
             flow.lost(count, "the journal cannot be written");
         }
-        let mut pending = flow.pending();
-        for batch in &batches {
-            pending.remove(batch);
-        }
-        drop(pending);
         let bytes: usize = batches.iter().map(|batch| batch.size()).sum();
+        // Committed: they leave the pending ones (unless a map holds one).
+        drop(batches);
         flow.backlog.fetch_sub(bytes, Ordering::Relaxed);
     }
 }
@@ -368,10 +339,11 @@ fn commit(connection: &mut Connection, batches: &[Arc<Batch>]) -> rusqlite::Resu
                     note_prefix
                         .execute(params![record.prefix.id.as_slice(), record.prefix.task])?;
                 }
+                let input = &batch.bytes[record.input.clone()];
                 insert.execute(params![
-                    record.key.as_slice(),
+                    record.prefix.key(input).as_slice(),
                     record.prefix.task,
-                    &batch.bytes[record.input.clone()],
+                    input,
                     &batch.bytes[record.output.clone()],
                     at
                 ])?;

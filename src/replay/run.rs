@@ -90,7 +90,12 @@ impl Limits {
     /// The limits `file` records, but those `lifted`; and what was lifted,
     /// in words.
     fn of(file: &ReplayFile, lifted: Lifted) -> Result<(Limits, Vec<String>), String> {
+        let mut gone = Vec::new();
         let sandbox = match &file.sandbox {
+            Some(_) if lifted.sandbox => {
+                gone.push(format!("its sandbox ({})", file.sandbox_rules.join(", ")));
+                None
+            }
             Some(text) => Some(Sandbox::from_env(text).ok_or_else(|| {
                 format!("its sandbox is recorded as `{text}`, which this program does not read")
             })?),
@@ -101,10 +106,6 @@ impl Limits {
             memory_limit: file.memory_limit,
             timeout: file.timeout,
         };
-        let mut gone = Vec::new();
-        if lifted.sandbox && limits.sandbox.take().is_some() {
-            gone.push(format!("its sandbox ({})", file.sandbox_rules.join(", ")));
-        }
         if lifted.memory_limit {
             if let Some(bytes) = limits.memory_limit.take() {
                 gone.push(format!("its memory limit ({bytes} bytes)"));
