@@ -550,3 +550,52 @@ fn a_subscriber_that_panics_loses_that_event_alone_and_says_so() {
     assert_eq!(with(&seen, "message", "boom").len(), 1, "the second boom");
     assert_eq!(count("the subscriber panicked on them"), 1, "{seen:#?}");
 }
+
+/// Set in a copy of this test binary that runs a pool under a subscriber
+/// that panics, so that the test reads what it says on stderr.
+const PANICKING_CHILD_ENV: &str = "BUCKSHOT_TEST_PANICKING_SUBSCRIBER";
+
+/// A layer that panics on every event of the given targets.
+struct PanicsOn(&'static [&'static str]);
+
+impl<S: Subscriber> Layer<S> for PanicsOn {
+    fn on_event(&self, event: &tracing::Event<'_>, _: Context<'_, S>) {
+        if self.0.contains(&event.metadata().target()) {
+            panic!("the subscriber breaks on {}", event.metadata().target());
+        }
+    }
+}
+
+#[test]
+fn a_panicking_subscriber_is_said_once_and_counted_on_stderr() {
+    if std::env::var_os(PANICKING_CHILD_ENV).is_some() {
+        // The copy: it panics on each boom, and on the pool's report too.
+        let subscriber = tracing_subscriber::registry()
+            .with(EnvFilter::new("info"))
+            .with(PanicsOn(&["worker_logs::boom", "buckshot::logs"]));
+        tracing::subscriber::with_default(subscriber, || {
+            let pool = Pool::new(1).unwrap();
+            assert_eq!(pool.call(boom_then_log, 3).unwrap(), 3);
+            assert_eq!(pool.call(boom_then_log, 3).unwrap(), 3);
+        });
+        return;
+    }
+    let name = "a_panicking_subscriber_is_said_once_and_counted_on_stderr";
+    let child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", name, "--nocapture", "--test-threads=1"])
+        .env(PANICKING_CHILD_ENV, "1")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let output = common::within("the copy", move || child.wait_with_output().unwrap());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let said = "buckshot: the tracing subscriber panicked on a log event";
+    assert_eq!(stderr.matches(said).count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("buckshot: [buckshot: 2 log events lost: the subscriber panicked on them]"),
+        "{stderr}"
+    );
+}

@@ -16,8 +16,9 @@
 //!   at each delivery ([`store`]). A writer thread commits what has come in
 //!   one transaction, under WAL, so an output is in the file within
 //!   milliseconds of its arrival, and a driver killed with SIGKILL loses
-//!   only what was not committed yet. Until then the output is in an index
-//!   that lookups consult too: a map sees what the maps before it yielded.
+//!   only what was not committed yet. Until then the output is in a
+//!   pending batch, which a map takes at its start: a map sees what the
+//!   maps before it yielded.
 //!   Dropping the pool flushes and joins the writer (`Journal::close`, at
 //!   most `CLOSE_BOUND`). The pool's thread never waits for the writer:
 //!   past `MAX_BACKLOG` bytes waiting, outcomes go unrecorded (and run

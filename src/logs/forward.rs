@@ -111,7 +111,10 @@ pub(crate) fn from_worker(record: LogRecord, worker: u32, input: Option<usize>) 
 /// subscriber panicked on.
 #[derive(Debug, Default)]
 struct Forwarder {
+    /// Events lost to a panic since the last report.
     panicked: u64,
+    /// The first panic was said.
+    said: bool,
 }
 
 impl Forwarder {
@@ -119,7 +122,7 @@ impl Forwarder {
     fn emit(&mut self, record: LogRecord, worker: Option<u32>, input: Option<usize>) {
         let emitted = std::panic::catch_unwind(AssertUnwindSafe(|| replay(record, worker, input)));
         if emitted.is_err() {
-            if self.panicked == 0 {
+            if !std::mem::replace(&mut self.said, true) {
                 eprintln!(
                     "buckshot: the tracing subscriber panicked on a log event; events it \
                      panics on are lost, counted, and the count reported when the pool closes"
