@@ -178,11 +178,13 @@ impl PoolBuilder {
     /// [`Error::Protocol`] is written to a new file in `dir` (created if
     /// missing), which [`Error::replay_file`] names. Running the same
     /// program with `BUCKSHOT_REPLAY=<file>` runs that input in the
-    /// foreground, before `main`, under a debugger if you like: see "When a
+    /// foreground, before `main`, under a debugger if you like, confined
+    /// as its worker was (the pool's sandbox, memory limit and timeout;
+    /// `BUCKSHOT_REPLAY_UNCONFINED` lifts them, loudly): see "When a
     /// worker dies" in the README. A file holds the task's name, the
     /// encoded input and context, the error, how the worker ended, its
-    /// stderr tail and the time. Successes write nothing. Default: nothing
-    /// is kept.
+    /// stderr tail, the time, and those limits. Successes write nothing;
+    /// once `dir` is full, a map writes no more. Default: nothing is kept.
     pub fn keep_failures(mut self, dir: impl Into<PathBuf>) -> Self {
         self.keep_failures = Some(dir.into());
         self
@@ -203,8 +205,13 @@ impl PoolBuilder {
     /// Only with the cargo feature `journal`.
     ///
     /// An output is keyed by the task's name, the map's context and the
-    /// encoded input. It is committed within milliseconds of its arrival
-    /// (batched transactions, WAL); dropping the pool commits the rest.
+    /// encoded input, with the entries of every map in them sorted (a
+    /// `HashMap` encodes in another order in every process; a `HashSet`,
+    /// which encodes as a list, is not sorted: use a `BTreeSet`). It is
+    /// committed within milliseconds of its arrival (batched transactions,
+    /// WAL), and answers later maps of the pool before that; dropping the
+    /// pool commits the rest. Outputs that could not be recorded are
+    /// counted by [`Pool::journal_unrecorded`](crate::Pool::journal_unrecorded).
     /// Errors are not recorded: those inputs run again. An output that no
     /// longer decodes (its type changed) counts as missing. When a task's
     /// code changes, its old outputs still answer: start a journal at a new
@@ -274,7 +281,7 @@ impl PoolBuilder {
                     .to_owned(),
             });
         }
-        let sandbox_rules = match &self.sandbox {
+        let sandbox = match &self.sandbox {
             Some(sandbox) if sandbox.rules() != Rules::default() => {
                 if !self.launched.is_empty() {
                     return invalid(
@@ -283,10 +290,13 @@ impl PoolBuilder {
                 }
                 let sandbox = probe_sandbox(sandbox)?;
                 groups[0].0 = Launcher::from_launch(Sandboxed::new(&sandbox));
-                sandbox.rules().list()
+                Some(sandbox)
             }
-            _ => Vec::new(),
+            _ => None,
         };
+        let sandbox_rules = sandbox
+            .as_ref()
+            .map_or_else(Vec::new, |sandbox| sandbox.rules().list());
         let keep_failures = match self.keep_failures {
             Some(dir) => {
                 if let Err(e) = std::fs::create_dir_all(&dir) {
@@ -298,6 +308,8 @@ impl PoolBuilder {
                 Some(crate::replay::KeepFailures {
                     dir,
                     per_map: self.max_kept_failures.unwrap_or(DEFAULT_KEPT_PER_MAP),
+                    // What a replay of a kept input is confined by.
+                    sandbox,
                 })
             }
             None => None,

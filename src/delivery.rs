@@ -111,6 +111,14 @@ impl Outbox {
         }
     }
 
+    /// Forgets what it keeps about context `id`, which nobody holds any
+    /// more.
+    pub(crate) fn forget_context(&mut self, id: u64) {
+        if let Some(recorder) = &mut self.recorder {
+            recorder.forget_context(id);
+        }
+    }
+
     pub(crate) fn push(&mut self, map: u64, delivery: Delivery) {
         if self.deliveries.is_empty() {
             self.since = Some(Instant::now());

@@ -58,6 +58,24 @@ impl Pool {
         self.running.shared().config.timeout
     }
 
+    /// How many `Ok` outputs of this pool's maps its
+    /// [journal](PoolBuilder::journal) did not record (they run again next
+    /// time): those left out while more than 64 MiB of outputs waited to
+    /// be written, and those of transactions that failed (a full disk, a
+    /// lock held by another process past 10 s). An output left out is
+    /// counted before its map yields it; one whose transaction fails, when
+    /// it fails (milliseconds after it was yielded, or seconds while
+    /// another process holds the lock). 0 without a journal.
+    #[cfg(feature = "journal")]
+    pub fn journal_unrecorded(&self) -> u64 {
+        self.running
+            .shared()
+            .config
+            .journal
+            .as_ref()
+            .map_or(0, |journal| journal.unrecorded())
+    }
+
     /// Starts the workers of a checked configuration.
     pub(crate) fn start(config: Config) -> Result<Pool, Error> {
         Ok(Pool {

@@ -1,7 +1,8 @@
-//! The journal: a map killed halfway resumes where it stopped, loses at
-//! most the last ~100 ms of finished work, and a third run runs nothing;
-//! killing never corrupts the file; two processes may share one; errors
-//! and outputs that no longer decode run again.
+//! The journal: a map killed halfway resumes where it stopped (every
+//! recorded input is answered, every other one runs once), every finished
+//! output is committed without waiting for the pool to go, and a third run
+//! runs nothing; killing never corrupts the file; two processes may share
+//! one; errors and outputs that no longer decode run again.
 //!
 //! This binary runs as the test, and (with the variable below set) as the
 //! driver program that maps and is killed. Every task appends its input to
@@ -19,11 +20,21 @@ use buckshot::Pool;
 
 /// Set in the driver: `DIR,COUNT,MILLIS`.
 const DRIVER_ENV: &str = "BUCKSHOT_TEST_JOURNAL_DRIVER";
+/// Set in a driver (and so in its workers) whose inputs from this one on
+/// hang.
+const HANG_ENV: &str = "BUCKSHOT_TEST_JOURNAL_HANG_FROM";
 
-/// Notes its input in the log (the context), then works `millis`.
+/// Notes its input in the log (the context), then works `millis`, or
+/// hangs (see [`HANG_ENV`]).
 #[allow(clippy::ptr_arg)] // A task reads its context as `&C`.
 fn slow_square(log: &String, (x, millis): (u64, u64)) -> u64 {
     note(log, x);
+    let hang_from = std::env::var(HANG_ENV)
+        .ok()
+        .map(|from| from.parse().unwrap());
+    if hang_from.is_some_and(|from| x >= from) {
+        common::hang();
+    }
     std::thread::sleep(Duration::from_millis(millis));
     x * x
 }
@@ -88,7 +99,16 @@ struct Driver(Child);
 
 impl Driver {
     fn start(dir: &Path, count: u64, millis: u64) -> Driver {
-        let child = Command::new(std::env::current_exe().unwrap())
+        Driver::start_hanging(dir, count, millis, None)
+    }
+
+    /// A driver whose inputs from `hang_from` on hang.
+    fn start_hanging(dir: &Path, count: u64, millis: u64, hang_from: Option<u64>) -> Driver {
+        let mut command = Command::new(std::env::current_exe().unwrap());
+        if let Some(from) = hang_from {
+            command.env(HANG_ENV, from.to_string());
+        }
+        let child = command
             .env(DRIVER_ENV, format!("{},{count},{millis}", dir.display()))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -128,52 +148,102 @@ fn integrity(db: &Path) -> (String, i64) {
     (check, rows)
 }
 
-fn a_map_killed_halfway_resumes_where_it_stopped() {
-    let dir = common::TempDir::new("journal-resume");
-    let log = dir.0.join("runs.log");
-    let squares: Vec<u64> = (0..300u64).map(|x| x * x).collect();
-    // First run: killed with SIGKILL once about half the inputs ran.
-    let mut first = Driver::start(&dir.0, 300, 20);
-    common::wait_until("half the inputs to run", || runs(&log).len() >= 150);
-    let workers: Vec<u32> = common::children_of(first.0.id())
+/// The inputs whose outputs `db` holds, decoded from its rows.
+fn recorded_inputs(db: &Path) -> Vec<u64> {
+    let connection = rusqlite::Connection::open(db).unwrap();
+    let mut statement = connection.prepare("SELECT input FROM outputs").unwrap();
+    let mut inputs: Vec<u64> = statement
+        .query_map([], |row| row.get::<_, Vec<u8>>(0))
+        .unwrap()
+        .map(|input| {
+            let (x, _millis): (u64, u64) =
+                ciborium::de::from_reader(input.unwrap().as_slice()).unwrap();
+            x
+        })
+        .collect();
+    inputs.sort();
+    inputs
+}
+
+/// Kills `driver` with SIGKILL, and waits for its workers to follow it
+/// (parent-death signal): their last notes land before they go.
+fn kill(mut driver: Driver) {
+    let workers: Vec<u32> = common::children_of(driver.0.id())
         .into_iter()
         .map(|(pid, _)| pid)
         .collect();
     assert_eq!(workers.len(), 2, "the driver's workers");
-    common::kill9(first.0.id());
-    let _ = first.0.wait();
-    // Its workers follow it (parent-death signal); their last notes land
-    // before they go.
+    common::kill9(driver.0.id());
+    let _ = driver.0.wait();
     for worker in workers {
         assert!(
             common::exits_within(worker, common::BOUND),
             "worker {worker} stays"
         );
     }
+}
+
+fn a_map_killed_halfway_resumes_where_it_stopped() {
+    let dir = common::TempDir::new("journal-resume");
+    let (log, db) = (dir.0.join("runs.log"), dir.0.join("journal.db"));
+    let squares: Vec<u64> = (0..300u64).map(|x| x * x).collect();
+    // First run: killed with SIGKILL once about half the inputs ran,
+    // whatever it was doing (a commit, say).
+    let first = Driver::start(&dir.0, 300, 20);
+    common::wait_until("half the inputs to run", || runs(&log).len() >= 150);
+    kill(first);
     let ran_first = runs(&log).len();
-    let (check, recorded) = integrity(&dir.0.join("journal.db"));
+    let (check, recorded) = integrity(&db);
     assert_eq!(check, "ok");
-    assert!(
-        recorded as usize + 20 >= ran_first,
-        "{ran_first} ran, only {recorded} recorded"
-    );
-    // Second run: to the end, every output in order.
+    let kept = recorded_inputs(&db);
+    assert_eq!(kept.len() as i64, recorded);
+    // Second run: to the end, every output in order. Exactly the inputs
+    // that were not recorded run, once each: what was lost is what ran
+    // but was not committed yet.
     assert_eq!(Driver::start(&dir.0, 300, 20).outputs(), squares);
     let all = runs(&log);
-    let twice = all.len() - 300;
-    let mut seen = all.clone();
-    seen.sort();
-    seen.dedup();
-    assert_eq!(seen.len(), 300, "every input ran");
-    assert!(
-        twice <= 20,
-        "{twice} inputs ran twice (first run: {ran_first}, {recorded} recorded)"
+    let mut second = all[ran_first..].to_vec();
+    second.sort();
+    let missing: Vec<u64> = (0..300)
+        .filter(|x| kept.binary_search(x).is_err())
+        .collect();
+    assert_eq!(
+        second, missing,
+        "the second run ran other inputs than those not recorded"
     );
     // Third run: nothing runs.
     assert_eq!(Driver::start(&dir.0, 300, 20).outputs(), squares);
     assert_eq!(runs(&log).len(), all.len(), "the third run ran inputs");
-    assert_eq!(integrity(&dir.0.join("journal.db")), ("ok".to_owned(), 300));
-    println!("resume: {ran_first} ran before the kill, {recorded} recorded, {twice} ran twice");
+    assert_eq!(integrity(&db), ("ok".to_owned(), 300));
+    println!(
+        "resume: {ran_first} ran before the kill, {recorded} recorded, {} ran twice",
+        ran_first - recorded as usize
+    );
+}
+
+/// Every finished output is committed while its map goes on, within a
+/// bound far under the pool's life: a driver whose inputs from 150 on
+/// hang, killed once both its workers hang, lost nothing but those two.
+fn finished_outputs_are_committed_while_the_map_runs() {
+    let dir = common::TempDir::new("journal-committed");
+    let (log, db) = (dir.0.join("runs.log"), dir.0.join("journal.db"));
+    let first = Driver::start_hanging(&dir.0, 300, 2, Some(150));
+    // A worker runs its inputs in order: once both hang (each noted the
+    // one it hangs in), every input before 150 has finished.
+    common::wait_until("both workers to hang", || runs(&log).len() == 152);
+    common::wait_until_within(
+        "the first 150 outputs to be committed",
+        common::KILL_BOUND,
+        || integrity(&db).1 == 150,
+    );
+    kill(first);
+    assert_eq!(integrity(&db), ("ok".to_owned(), 150));
+    assert_eq!(recorded_inputs(&db), (0..150).collect::<Vec<u64>>());
+    let squares: Vec<u64> = (0..300u64).map(|x| x * x).collect();
+    assert_eq!(Driver::start(&dir.0, 300, 2).outputs(), squares);
+    let mut second = runs(&log)[152..].to_vec();
+    second.sort();
+    assert_eq!(second, (150..300).collect::<Vec<u64>>());
 }
 
 fn processes_share_a_journal() {
@@ -277,7 +347,11 @@ fn main() {
         driver(&spec);
         return;
     }
-    let tests: [(&str, fn()); 5] = [
+    let tests: [(&str, fn()); 6] = [
+        (
+            "finished_outputs_are_committed_while_the_map_runs",
+            finished_outputs_are_committed_while_the_map_runs,
+        ),
         (
             "pools_opening_a_new_journal_at_once",
             pools_opening_a_new_journal_at_once,

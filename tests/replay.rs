@@ -125,8 +125,10 @@ fn kept(error: &Error) -> PathBuf {
 #[test]
 fn a_segfault_is_kept_and_replays_as_a_segfault() {
     let dir = common::TempDir::new("replay-segfault");
+    // Four inputs a frame: the culprit is found among them, and kept alone.
     let pool = Pool::builder()
         .processes(2)
+        .batch_size(4)
         .keep_failures(&dir.0)
         .build()
         .unwrap();
@@ -159,8 +161,11 @@ fn a_segfault_is_kept_and_replays_as_a_segfault() {
 #[test]
 fn a_panic_is_kept_and_replays_as_a_panic() {
     let dir = common::TempDir::new("replay-panic");
+    // Four inputs a frame: the file holds the input that panicked, not
+    // the first of its frame.
     let pool = Pool::builder()
         .processes(2)
+        .batch_size(4)
         .keep_failures(&dir.0)
         .build()
         .unwrap();
@@ -178,38 +183,50 @@ fn a_panic_is_kept_and_replays_as_a_panic() {
     let output = replay(&file);
     assert_eq!(output.status.code(), Some(101), "{:?}", output.status);
     let stderr = text(&output.stderr);
-    assert!(stderr.contains("input 5 is cursed"), "{stderr}");
+    assert!(
+        stderr.contains("replaying input 5 of `replay::panic_at_five`"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("the task panicked: input 5 is cursed"),
+        "{stderr}"
+    );
     assert!(stderr.contains("tests/replay.rs"), "where: {stderr}");
     assert_main_did_not_run(&output);
 }
 
 #[test]
-fn a_hang_is_kept_and_replays_as_a_hang() {
+fn a_hang_is_kept_alone_and_replays_until_the_timeout() {
     let dir = common::TempDir::new("replay-hang");
+    let timeout = Duration::from_millis(300);
     let pool = Pool::builder()
         .processes(2)
-        .timeout(Duration::from_millis(300))
+        .batch_size(3)
+        .timeout(timeout)
         .keep_failures(&dir.0)
         .build()
         .unwrap();
-    let results: Vec<_> = pool.map(hang_at_four, 0..6u64).unwrap().collect();
+    let results: Vec<_> = pool.map(hang_at_four, 0..9u64).unwrap().collect();
     let error = results[4].as_ref().unwrap_err();
     assert!(error.is_timeout(), "{error:?}");
-    let file = kept(error);
-    let mut child = replay_command(&file).spawn().unwrap();
-    // It must still be running well past the pool's timeout.
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(2) {
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the replay of a hang ended"
-        );
-        std::thread::sleep(Duration::from_millis(50));
+    for (x, result) in results.iter().enumerate().filter(|(x, _)| *x != 4) {
+        assert_eq!(*result.as_ref().unwrap(), x as u64);
     }
-    child.kill().unwrap();
-    let output = child.wait_with_output().unwrap();
-    assert_eq!(output.status.signal(), Some(libc::SIGKILL));
-    assert!(text(&output.stderr).contains("replaying input 4 of `replay::hang_at_four`"));
+    let file = kept(error);
+    assert_eq!(dir.files(), std::slice::from_ref(&file));
+    let started = Instant::now();
+    let output = replay(&file);
+    assert!(started.elapsed() >= timeout);
+    assert_eq!(output.status.code(), Some(124), "{:?}", output.status);
+    let stderr = text(&output.stderr);
+    assert!(
+        stderr.contains("replaying input 4 of `replay::hang_at_four`"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("past its pool's timeout of 300ms"),
+        "{stderr}"
+    );
     assert_main_did_not_run(&output);
 }
 
@@ -335,4 +352,136 @@ fn nothing_is_kept_without_keep_failures() {
         "{error:?}"
     );
     assert_eq!(error.replay_file(), None);
+}
+
+fn panics_on_text(text: String) -> usize {
+    panic!("no luck with {} bytes", text.len())
+}
+buckshot::register!(panics_on_text);
+
+/// Whether `file` is a whole replay file of an input of `bytes` bytes or
+/// more.
+fn whole(file: &Path, bytes: usize) -> bool {
+    let Ok(content) = std::fs::read(file) else {
+        return false;
+    };
+    let Ok(value) = ciborium::de::from_reader::<ciborium::Value, _>(content.as_slice()) else {
+        return false;
+    };
+    value.as_map().is_some_and(|entries| {
+        entries.iter().any(|(key, value)| {
+            key.as_text() == Some("input") && value.as_bytes().is_some_and(|b| b.len() >= bytes)
+        })
+    })
+}
+
+#[test]
+fn a_full_disk_leaves_whole_files_only_and_its_map_stops_writing() {
+    let Some(fs) = common::TmpFs::mount("replay-full", 256 << 10) else {
+        return;
+    };
+    let pool = Pool::builder()
+        .processes(2)
+        .keep_failures(&fs.0)
+        .build()
+        .unwrap();
+    // Each file holds its 16 KiB input: a dozen or so fit.
+    let bytes = 16 << 10;
+    let inputs = |n: usize| (0..n).map(move |k| format!("{k:05}{}", "x".repeat(bytes)));
+    let errors: Vec<Error> = pool
+        .map(panics_on_text, inputs(300))
+        .unwrap()
+        .map(Result::unwrap_err)
+        .collect();
+    let files = fs.files();
+    let mut with_file: Vec<&Path> = errors.iter().filter_map(Error::replay_file).collect();
+    with_file.sort();
+    assert!(
+        !with_file.is_empty() && with_file.len() < 100,
+        "{}",
+        with_file.len()
+    );
+    assert_eq!(
+        files, with_file,
+        "every file there is an error's, and whole"
+    );
+    for file in &files {
+        assert!(whole(file, bytes), "{} is cut short", file.display());
+    }
+    // One input found the disk full; those after it were not tried.
+    let why: Vec<String> = errors
+        .iter()
+        .filter(|e| e.replay_file().is_none())
+        .map(|e| match e {
+            Error::TaskPanicked {
+                replay: Some(Replay::NotKept(why)),
+                ..
+            } => why.clone(),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(why.len(), 300 - files.len());
+    assert!(
+        why.iter()
+            .take_while(|why| !why.contains("is full"))
+            .all(|why| why.starts_with("could not write it: No space left on device")),
+        "{why:?}"
+    );
+    let full = format!(
+        "{} is full (No space left on device (os error 28)): its map writes no more replay files",
+        fs.0.display()
+    );
+    assert_eq!(
+        why.iter().filter(|why| **why == full).count(),
+        why.len() - 1,
+        "{why:?}"
+    );
+    // A kept file replays.
+    let output = replay(&files[0]);
+    assert_eq!(output.status.code(), Some(101));
+    // With room again, another map keeps its failures.
+    for file in &files {
+        std::fs::remove_file(file).unwrap();
+    }
+    let again: Vec<Error> = pool
+        .map(panics_on_text, inputs(3))
+        .unwrap()
+        .map(Result::unwrap_err)
+        .collect();
+    assert!(again.iter().all(|e| e.replay_file().is_some()), "{again:?}");
+    assert_eq!(fs.files().len(), 3);
+}
+
+#[test]
+fn a_kept_file_never_replaces_another() {
+    let dir = common::TempDir::new("replay-names");
+    // Files under the names the pool would pick first, final and
+    // temporary: it must write past them, and leave them as they are.
+    let pid = std::process::id();
+    let mut planted = Vec::new();
+    for n in 0..4000 {
+        let name = format!("panic_at_five-5-{pid}-{n}.replay");
+        let path = match n % 2 {
+            0 => dir.0.join(&name),
+            _ => dir.0.join(format!(".{name}.tmp")),
+        };
+        std::fs::write(&path, format!("planted {n}")).unwrap();
+        planted.push(path);
+    }
+    let pool = Pool::builder()
+        .processes(1)
+        .keep_failures(&dir.0)
+        .build()
+        .unwrap();
+    let results: Vec<_> = pool.map(panic_at_five, 5..6u64).unwrap().collect();
+    let file = kept(results[0].as_ref().unwrap_err());
+    assert!(!planted.contains(&file), "{}", file.display());
+    assert!(whole(&file, 1));
+    for (n, path) in planted.iter().enumerate() {
+        assert_eq!(
+            std::fs::read_to_string(path).unwrap(),
+            format!("planted {n}")
+        );
+    }
+    assert_eq!(dir.files().len(), planted.len() + 1);
 }

@@ -11,6 +11,7 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use buckshot::Pool;
@@ -465,4 +466,136 @@ fn a_worker_flooding_logs_does_not_hold_back_other_results() {
         flooded
     });
     assert!(flooded.unwrap() > 0);
+}
+
+fn tag_with_input(x: u64) -> u64 {
+    tracing::info!(x, "tagged");
+    x
+}
+buckshot::register!(tag_with_input);
+
+#[test]
+fn each_event_of_a_batch_carries_its_own_input() {
+    let (results, seen) = recording("info", || {
+        // Five inputs a frame: events must name the input that ran, not
+        // the first of its frame.
+        let pool = Pool::builder().processes(2).batch_size(5).build().unwrap();
+        common::within("the map", move || {
+            pool.map(tag_with_input, 100..140)
+                .unwrap()
+                .map(Result::unwrap)
+                .collect::<Vec<u64>>()
+        })
+    });
+    assert_eq!(results, (100..140).collect::<Vec<u64>>());
+    let tagged = with(&seen, "message", "tagged");
+    assert_eq!(tagged.len(), 40, "{seen:#?}");
+    for event in tagged {
+        let x: u64 = event.fields["x"].parse().unwrap();
+        assert_eq!(event.fields["input"], (x - 100).to_string(), "{event:?}");
+    }
+}
+
+/// A layer that panics on the first event of one target, once.
+struct PanicsOnce(Arc<AtomicBool>);
+
+impl<S: Subscriber> Layer<S> for PanicsOnce {
+    fn on_event(&self, event: &tracing::Event<'_>, _: Context<'_, S>) {
+        if event.metadata().target() == "worker_logs::boom" && !self.0.swap(true, Ordering::SeqCst)
+        {
+            panic!("the subscriber breaks on an event");
+        }
+    }
+}
+
+fn boom_then_log(n: u64) -> u64 {
+    tracing::info!(target: "worker_logs::boom", "boom");
+    for k in 0..n {
+        tracing::info!(k, "after the boom");
+    }
+    n
+}
+buckshot::register!(boom_then_log);
+
+#[test]
+fn a_subscriber_that_panics_loses_that_event_alone_and_says_so() {
+    let recorder = Recorder::default();
+    let broke = Arc::new(AtomicBool::new(false));
+    // The recorder sees what got past the panicking layer.
+    let subscriber = tracing_subscriber::registry()
+        .with(EnvFilter::new("info"))
+        .with(PanicsOnce(Arc::clone(&broke)))
+        .with(recorder.clone());
+    tracing::subscriber::with_default(subscriber, || {
+        let pool = Pool::new(1).unwrap();
+        common::within("calls past a panicking subscriber", move || {
+            assert_eq!(pool.call(boom_then_log, 20).unwrap(), 20);
+            assert_eq!(pool.call(boom_then_log, 20).unwrap(), 20);
+            // Its forwarder reports when it closes.
+            drop(pool);
+        });
+    });
+    assert!(broke.load(Ordering::SeqCst), "the layer never panicked");
+    let seen = recorder.seen();
+    let count = |kind: &str| -> usize {
+        seen.iter()
+            .filter_map(|event| event.fields.get("message"))
+            .filter(|message| message.contains(kind))
+            .filter_map(|message| message.strip_prefix("[buckshot: "))
+            .filter_map(|rest| rest.split(' ').next()?.parse::<usize>().ok())
+            .sum()
+    };
+    let after = with(&seen, "message", "after the boom").len();
+    assert_eq!(after + count("dropped"), 40, "{seen:#?}");
+    assert_eq!(with(&seen, "message", "boom").len(), 1, "the second boom");
+    assert_eq!(count("the subscriber panicked on them"), 1, "{seen:#?}");
+}
+
+/// Set in a copy of this test binary that runs a pool under a subscriber
+/// that panics, so that the test reads what it says on stderr.
+const PANICKING_CHILD_ENV: &str = "BUCKSHOT_TEST_PANICKING_SUBSCRIBER";
+
+/// A layer that panics on every event of the given targets.
+struct PanicsOn(&'static [&'static str]);
+
+impl<S: Subscriber> Layer<S> for PanicsOn {
+    fn on_event(&self, event: &tracing::Event<'_>, _: Context<'_, S>) {
+        if self.0.contains(&event.metadata().target()) {
+            panic!("the subscriber breaks on {}", event.metadata().target());
+        }
+    }
+}
+
+#[test]
+fn a_panicking_subscriber_is_said_once_and_counted_on_stderr() {
+    if std::env::var_os(PANICKING_CHILD_ENV).is_some() {
+        // The copy: it panics on each boom, and on the pool's report too.
+        let subscriber = tracing_subscriber::registry()
+            .with(EnvFilter::new("info"))
+            .with(PanicsOn(&["worker_logs::boom", "buckshot::logs"]));
+        tracing::subscriber::with_default(subscriber, || {
+            let pool = Pool::new(1).unwrap();
+            assert_eq!(pool.call(boom_then_log, 3).unwrap(), 3);
+            assert_eq!(pool.call(boom_then_log, 3).unwrap(), 3);
+        });
+        return;
+    }
+    let name = "a_panicking_subscriber_is_said_once_and_counted_on_stderr";
+    let child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", name, "--nocapture", "--test-threads=1"])
+        .env(PANICKING_CHILD_ENV, "1")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let output = common::within("the copy", move || child.wait_with_output().unwrap());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let said = "buckshot: the tracing subscriber panicked on a log event";
+    assert_eq!(stderr.matches(said).count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("buckshot: [buckshot: 2 log events lost: the subscriber panicked on them]"),
+        "{stderr}"
+    );
 }

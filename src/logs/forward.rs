@@ -6,7 +6,13 @@
 //! life-cycle events (`tracing::debug!` in the scheduler) and the records
 //! workers send both go into the queue. When the queue is full, events are
 //! dropped and counted, and a warning says how many once there is room.
+//!
+//! A subscriber that panics on an event loses that event, not the ones
+//! after it: the panic is caught and counted ([`Forwarder`]). The first
+//! one is said on stderr at once; how many were lost, through the
+//! subscriber when the pool closes.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -57,11 +63,13 @@ impl PoolQueue {
             .name("buckshot-logs".into())
             .spawn(move || {
                 tracing::dispatcher::with_default(&dispatch, || {
+                    let mut forwarder = Forwarder::default();
                     for job in jobs {
-                        report_dropped(&lost);
-                        replay(job.record, job.worker, job.input);
+                        forwarder.report_dropped(&lost);
+                        forwarder.emit(job.record, job.worker, job.input);
                     }
-                    report_dropped(&lost);
+                    forwarder.report_dropped(&lost);
+                    forwarder.report_panicked();
                 });
                 let _ = done_tx.send(());
             })
@@ -99,22 +107,71 @@ pub(crate) fn from_worker(record: LogRecord, worker: u32, input: Option<usize>) 
     });
 }
 
-/// Says, once there is room again, how many events were dropped.
-fn report_dropped(dropped: &AtomicU64) {
-    let lost = dropped.swap(0, Ordering::Relaxed);
-    if lost > 0 {
+/// The forwarding thread's end: re-emits records, and counts those the
+/// subscriber panicked on.
+#[derive(Debug, Default)]
+struct Forwarder {
+    /// Events lost to a panic since the last report.
+    panicked: u64,
+    /// The first panic was said.
+    said: bool,
+}
+
+impl Forwarder {
+    /// Re-emits `record`; a panic of the subscriber loses it alone.
+    fn emit(&mut self, record: LogRecord, worker: Option<u32>, input: Option<usize>) {
+        let emitted = std::panic::catch_unwind(AssertUnwindSafe(|| replay(record, worker, input)));
+        if emitted.is_err() {
+            if !std::mem::replace(&mut self.said, true) {
+                eprintln!(
+                    "buckshot: the tracing subscriber panicked on a log event; events it \
+                     panics on are lost, counted, and the count reported when the pool closes"
+                );
+            }
+            self.panicked += 1;
+        }
+    }
+
+    /// Says, once there is room again, how many events were dropped.
+    fn report_dropped(&mut self, dropped: &AtomicU64) {
+        let lost = dropped.swap(0, Ordering::Relaxed);
+        if lost > 0 {
+            self.emit(
+                warning(format!(
+                    "[buckshot: {lost} worker log events dropped: the subscriber was too slow]"
+                )),
+                None,
+                None,
+            );
+        }
+    }
+
+    /// Says how many events the subscriber panicked on, if any: through
+    /// it, or on stderr if it panics on that too.
+    fn report_panicked(&mut self) {
+        let lost = std::mem::take(&mut self.panicked);
+        if lost == 0 {
+            return;
+        }
         let message =
-            format!("[buckshot: {lost} worker log events dropped: the subscriber was too slow]");
-        let record = LogRecord {
-            seq: None,
-            level: super::level_number(tracing::Level::WARN),
-            target: "buckshot::logs".to_owned(),
-            module: None,
-            file: None,
-            line: None,
-            fields: vec![("message".to_owned(), LogValue::Text(message))],
-        };
-        replay(record, None, None);
+            format!("[buckshot: {lost} log events lost: the subscriber panicked on them]");
+        self.emit(warning(message.clone()), None, None);
+        if self.panicked > 0 {
+            eprintln!("buckshot: {message}");
+        }
+    }
+}
+
+/// A warning of the pool's own, as a record.
+fn warning(message: String) -> LogRecord {
+    LogRecord {
+        seq: None,
+        level: super::level_number(tracing::Level::WARN),
+        target: "buckshot::logs".to_owned(),
+        module: None,
+        file: None,
+        line: None,
+        fields: vec![("message".to_owned(), LogValue::Text(message))],
     }
 }
 

@@ -547,6 +547,7 @@ impl Scheduler {
             for (_, seat) in &mut self.workers {
                 seat.worker.forget(id);
             }
+            self.outbox.forget_context(id);
         }
         self.cancel_dropped(&state);
         self.dispatch(&mut state);

@@ -305,3 +305,75 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// A small tmpfs of its own, mounted on a fresh directory and unmounted on
+/// drop: a file system that fills up for real.
+pub struct TmpFs(pub PathBuf);
+
+impl TmpFs {
+    /// Mounts a tmpfs of `bytes`; `None` (after [`skip`]) where this
+    /// process may not mount one (it takes root, or `CAP_SYS_ADMIN`).
+    pub fn mount(name: &str, bytes: u64) -> Option<TmpFs> {
+        use std::ffi::CString;
+        use std::os::unix::ffi::OsStrExt;
+        let dir = std::env::temp_dir().join(format!("buckshot-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create a mount point");
+        let target = CString::new(dir.as_os_str().as_bytes()).expect("no NUL in a temp path");
+        let options = CString::new(format!("size={bytes},mode=0700")).expect("no NUL");
+        // SAFETY: every pointer is a NUL-terminated string that lives
+        // across the call.
+        let rc = unsafe {
+            libc::mount(
+                c"tmpfs".as_ptr(),
+                target.as_ptr(),
+                c"tmpfs".as_ptr(),
+                libc::MS_NOSUID | libc::MS_NODEV,
+                options.as_ptr().cast(),
+            )
+        };
+        if rc != 0 {
+            let why = std::io::Error::last_os_error();
+            let _ = std::fs::remove_dir(&dir);
+            skip("tmpfs", &format!("cannot mount a tmpfs to fill up: {why}"));
+            return None;
+        }
+        Some(TmpFs(dir))
+    }
+
+    /// Fills what is left of it with one file.
+    pub fn fill(&self) {
+        let mut file = std::fs::File::create(self.0.join("filler")).expect("create a filler");
+        let block = vec![0u8; 4096];
+        loop {
+            match file.write(&block) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => break,
+                Err(e) => panic!("filling a tmpfs: {e}"),
+            }
+        }
+        // A part-filled last page may still take a few bytes.
+        while file.write(&[0]).is_ok_and(|n| n == 1) {}
+    }
+
+    /// The files in it, sorted.
+    pub fn files(&self) -> Vec<PathBuf> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&self.0)
+            .map(|dir| dir.map(|entry| entry.unwrap().path()).collect())
+            .unwrap_or_default();
+        files.sort();
+        files
+    }
+}
+
+impl Drop for TmpFs {
+    fn drop(&mut self) {
+        use std::ffi::CString;
+        use std::os::unix::ffi::OsStrExt;
+        let target = CString::new(self.0.as_os_str().as_bytes()).expect("no NUL in a temp path");
+        // SAFETY: a NUL-terminated path that lives across the call.
+        unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
