@@ -256,3 +256,41 @@ fn replacements_that_keep_failing_are_started_ever_more_slowly() {
     // hundreds.
     assert!(starts < 20, "{starts} starts");
 }
+
+fn exit_with(code: i32) -> u64 {
+    std::process::exit(code)
+}
+buckshot::register!(exit_with);
+
+#[test]
+fn a_worker_that_starts_ends_the_launchers_streak_of_failures() {
+    // Two starts in three fail, and every input kills its worker: the
+    // failures add up to far more than the limit of five in a row, but
+    // never more than two in a row, so the launcher is never given up.
+    let dir = common::TempDir::new("streak");
+    let script = format!(
+        "echo start >> '{d}/starts'; n=$(wc -l < '{d}/starts'); [ $((n % 3)) -eq 0 ] || exit 3; exec \"$@\"",
+        d = dir.0.display()
+    );
+    let pool = Pool::builder()
+        .workers(Launcher::command(["sh", "-c", script.as_str(), "sh"]), 1)
+        .forward_stderr(false)
+        .build()
+        .unwrap();
+    let (results, last) = common::within("inputs that kill their workers", move || {
+        let results: Vec<_> = (0..4).map(|_| pool.call(exit_with, 9)).collect();
+        (results, pool.call(tagged, 2))
+    });
+    for result in &results {
+        assert!(
+            matches!(result, Err(Error::WorkerDied { status: Some(status), .. }) if status.code() == Some(9)),
+            "{result:?}"
+        );
+    }
+    assert_eq!(last.unwrap().0, 6);
+    let starts = std::fs::read_to_string(dir.0.join("starts"))
+        .unwrap()
+        .lines()
+        .count();
+    assert_eq!(starts, 15, "three starts per worker");
+}
