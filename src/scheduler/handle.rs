@@ -526,3 +526,7 @@ impl Ear<'_> {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "handle_tests.rs"]
+mod tests;
