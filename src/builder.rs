@@ -137,6 +137,10 @@ impl PoolBuilder {
 
     /// Replace each worker after it has run this many inputs, to contain
     /// leaks. Default: workers live as long as the pool.
+    ///
+    /// The replacement is spawned while the worker runs its last input,
+    /// and gets none before that one is answered: no more tasks than
+    /// [`processes`](PoolBuilder::processes) run at once.
     pub fn max_tasks_per_worker(mut self, tasks: u64) -> Self {
         self.max_tasks_per_worker = Some(tasks);
         self
@@ -149,6 +153,10 @@ impl PoolBuilder {
     /// A worker answers a message as a whole, so with a timeout a message
     /// counts as one task: if it runs past the timeout, its inputs are run
     /// again, one per message, and only the one that times out alone fails.
+    ///
+    /// With `batch_size(1)` a worker also has one input at a time: none
+    /// waits behind another, at a cost in throughput for tiny tasks (each
+    /// input waits for a round trip to the pool).
     pub fn batch_size(mut self, inputs: u32) -> Self {
         self.batch_size = Some(inputs);
         self

@@ -7,7 +7,7 @@ use std::ops::Range;
 use std::process::ExitStatus;
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::task::Waker;
+use std::task::{Poll, Waker};
 use std::time::Instant;
 
 use crate::bulk::SlotLease;
@@ -173,6 +173,22 @@ impl WakerSlot {
         }
     }
 
+    /// Looks for deliveries with `look`; if there are none, leaves `waker`
+    /// to be woken by the next ones and looks again. A delivery sent
+    /// between the first look and the registration found no waker to wake:
+    /// only the second look sees it.
+    pub(crate) fn look_or_register(
+        &self,
+        waker: &Waker,
+        mut look: impl FnMut() -> Poll<()>,
+    ) -> Poll<()> {
+        if look().is_ready() {
+            return Poll::Ready(());
+        }
+        self.register(waker);
+        look()
+    }
+
     /// The waker left, to be woken once the pool's lock is released.
     pub(crate) fn take(&self) -> Option<Waker> {
         self.0.lock().unwrap_or_else(PoisonError::into_inner).take()
@@ -205,5 +221,81 @@ impl Mailbox {
         let waker = Arc::clone(&self.waker);
         drop(self);
         waker.take()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::mpsc;
+    use std::task::Wake;
+
+    use super::*;
+
+    /// Counts its wake-ups.
+    #[derive(Default)]
+    struct Counter(AtomicUsize);
+
+    impl Wake for Counter {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn a_delivery_between_the_first_look_and_the_registration_is_not_lost() {
+        let (tx, rx) = mpsc::channel::<Vec<Delivery>>();
+        let slot = Arc::new(WakerSlot::default());
+        let mailbox = Mailbox::new(tx, Arc::clone(&slot));
+        let counter = Arc::new(Counter::default());
+        let waker = Waker::from(Arc::clone(&counter));
+        let mut looks = 0;
+        let poll = slot.look_or_register(&waker, || {
+            looks += 1;
+            if rx.try_recv().is_ok() {
+                return Poll::Ready(());
+            }
+            if looks == 1 {
+                // The pool's thread sends right after the first look, before
+                // the waker is left: there is none to wake.
+                assert!(mailbox.send(Vec::new()).is_none());
+            }
+            Poll::Pending
+        });
+        let woken = counter.0.load(Ordering::SeqCst);
+        assert!(
+            poll.is_ready() || woken > 0,
+            "the delivery was neither seen nor woken for"
+        );
+        assert_eq!(looks, 2);
+    }
+
+    #[test]
+    fn a_delivery_after_the_registration_wakes_the_waiting_task() {
+        let (tx, rx) = mpsc::channel::<Vec<Delivery>>();
+        let slot = Arc::new(WakerSlot::default());
+        let mailbox = Mailbox::new(tx, Arc::clone(&slot));
+        let counter = Arc::new(Counter::default());
+        let waker = Waker::from(Arc::clone(&counter));
+        let look = || match rx.try_recv() {
+            Ok(_) => Poll::Ready(()),
+            Err(_) => Poll::Pending,
+        };
+        assert!(slot.look_or_register(&waker, look).is_pending());
+        // Registered once, however often it polls.
+        assert!(slot.look_or_register(&waker, look).is_pending());
+        mailbox.send(Vec::new()).expect("the waker left").wake();
+        assert_eq!(counter.0.load(Ordering::SeqCst), 1);
+        assert!(slot.take().is_none(), "taken by the delivery");
+        // One that finds deliveries registers nothing.
+        let (tx, rx) = mpsc::channel::<Vec<Delivery>>();
+        let slot = Arc::new(WakerSlot::default());
+        tx.send(Vec::new()).unwrap();
+        let look = || match rx.try_recv() {
+            Ok(_) => Poll::Ready(()),
+            Err(_) => Poll::Pending,
+        };
+        assert!(slot.look_or_register(&waker, look).is_ready());
+        assert!(slot.take().is_none());
     }
 }

@@ -333,13 +333,8 @@ where
                 }
             },
             Wait::Poll(cx) => {
-                if self.take_arrived() == Poll::Pending {
-                    // Registered before looking again, so that a delivery
-                    // sent in between wakes the task.
-                    self.waker.register(cx.waker());
-                    return self.take_arrived();
-                }
-                return Poll::Ready(());
+                let slot = Arc::clone(&self.waker);
+                return slot.look_or_register(cx.waker(), || self.take_arrived());
             }
         }
         let _ = self.take_arrived();

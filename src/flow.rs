@@ -21,7 +21,14 @@
 //! The pool's thread gives a worker more work while it has fewer than
 //! [`MAX_INFLIGHT_FRAMES`] frames and less than [`LOOKAHEAD`] of estimated
 //! work ([`wants_more`]): the next chunk is always there when one ends, and
-//! the tail of a map is not stuck behind one worker.
+//! the tail of a map is not stuck behind one worker. So a worker takes one
+//! frame at a time when inputs are slow (a frame of more than
+//! [`LOOKAHEAD`]), one input at a time until the map is measured
+//! ([`UNKNOWN_ESTIMATE`]), and one input at a time with `batch_size(1)`
+//! ([`frames_in_flight`]): an input never waits behind a slow one while
+//! another worker could run it. When a worker runs out of work and nothing
+//! is queued, the frames another worker has not read yet come back to the
+//! queue (`scheduler`).
 
 use std::time::Duration;
 
@@ -48,7 +55,7 @@ const AHEAD_FRAMES: usize = 16;
 /// pool's wake-ups.
 const TINY_TASK_FRAMES: usize = 512;
 const TINY_TASK: Duration = Duration::from_micros(20);
-/// Until anything is measured a worker takes two inputs; the frames kept
+/// Until anything is measured a worker takes one input; the frames kept
 /// besides those wait in the pool's queue, one input each, to be sent so
 /// even once the inputs turn out tiny. So they are at most this many,
 /// however wide the pool.
@@ -65,9 +72,10 @@ pub(crate) const WINDOW_BYTES: usize = 64 << 20;
 /// A worker gets more work while its estimated backlog is below this: two
 /// chunks of [`CHUNK_TARGET`].
 pub(crate) const LOOKAHEAD: Duration = Duration::from_millis(4);
-/// Per-input estimate before anything has been measured: allows two inputs
-/// in flight per worker, so that slow tasks spread from the start.
-pub(crate) const UNKNOWN_ESTIMATE: Duration = Duration::from_millis(2);
+/// Per-input estimate before anything has been measured: one input in
+/// flight per worker, so that slow tasks spread from the start and no input
+/// waits behind one that may be slow. (The first reply measures the map.)
+pub(crate) const UNKNOWN_ESTIMATE: Duration = LOOKAHEAD;
 /// At most this many frames in flight per worker.
 pub(crate) const MAX_INFLIGHT_FRAMES: usize = 256;
 /// Deliveries sent to maps in one go while replies keep coming.
@@ -97,8 +105,9 @@ pub(crate) const DRAIN_AFTER_EXIT: usize = 2 * PIPE_BYTES;
 /// the last frame's, and shrunk after an outsized frame.
 pub(crate) const KEEP_BUFFER: usize = 1 << 20;
 /// The worker's read buffer on its request pipe: it takes queued frames
-/// in one read, at the price of the pool not seeing which of them it has
-/// taken (see `scheduler::books`).
+/// in one read, at the price of keeping what it read: the pool takes back
+/// only frames still in the pipe (see `scheduler::books`), so a worker
+/// holds at most this much beyond the frame it runs.
 pub(crate) const REQUEST_BUFFER: usize = 64 * 1024;
 /// Scratch buffer of the CBOR decoder: bounds the piece in which a string
 /// is decoded, not the value.
@@ -254,6 +263,16 @@ pub(crate) fn window(
 /// estimated work gets another chunk.
 pub(crate) fn wants_more(frames: usize, backlog: Duration) -> bool {
     frames == 0 || (frames < MAX_INFLIGHT_FRAMES && backlog < LOOKAHEAD)
+}
+
+/// Frames a worker may have in flight with the user's `batch_size`: one
+/// with `batch_size(1)`, which asks for inputs to go one by one (so none
+/// waits behind another), else as [`wants_more`] says.
+pub(crate) fn frames_in_flight(batch_size: Option<u32>) -> usize {
+    match batch_size {
+        Some(1) => 1,
+        _ => MAX_INFLIGHT_FRAMES,
+    }
 }
 
 #[cfg(test)]
@@ -428,5 +447,15 @@ mod tests {
         assert!(wants_more(3, LOOKAHEAD - Duration::from_nanos(1)));
         assert!(!wants_more(3, LOOKAHEAD));
         assert!(!wants_more(MAX_INFLIGHT_FRAMES, Duration::ZERO));
+    }
+
+    #[test]
+    fn one_input_at_a_time_until_measured_and_with_batch_size_one() {
+        // An unmeasured input fills a worker's lookahead on its own.
+        assert!(wants_more(0, UNKNOWN_ESTIMATE));
+        assert!(!wants_more(1, UNKNOWN_ESTIMATE));
+        assert_eq!(frames_in_flight(Some(1)), 1);
+        assert_eq!(frames_in_flight(Some(2)), MAX_INFLIGHT_FRAMES);
+        assert_eq!(frames_in_flight(None), MAX_INFLIGHT_FRAMES);
     }
 }

@@ -12,9 +12,13 @@
 //! its pid.
 //!
 //! The pool keeps a read end of each worker's request pipe besides the
-//! worker's: it counts the bytes the worker has not read yet, and a write to
+//! worker's: it counts the bytes the worker has not read yet, takes back
+//! frames the worker has not read (see `scheduler::books`), and a write to
 //! a worker that died fills the pipe instead of raising SIGPIPE, which a
-//! program that restored its default action would die of.
+//! program that restored its default action would die of. It is opened
+//! anew through `/proc`, so that it has a file description of its own,
+//! non-blocking without making the worker's so: a read back must never
+//! wait for bytes the worker took meanwhile.
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -45,8 +49,10 @@ pub(crate) struct Process {
     reported: Option<Reported>,
     /// Requests. `None` once closed (to retire the worker gracefully).
     requests: Option<OwnedFd>,
-    /// Our own read end of the request pipe; never read from.
+    /// Our own read end of the request pipe.
     requests_reader: OwnedFd,
+    /// It is non-blocking, and may be read from.
+    reads_back: bool,
     /// Replies. `None` after end of stream.
     replies: Option<OwnedFd>,
     stderr: StderrPipe,
@@ -113,6 +119,10 @@ impl Process {
         // behind our back.
         let replies = child.stdout.take().expect("piped stdout");
         let stderr = child.stderr.take().expect("piped stderr");
+        let (requests_reader, reads_back) = match reopen_nonblocking(&requests_reader) {
+            Ok(reader) => (reader, true),
+            Err(_) => (requests_reader, false),
+        };
         // From here on, dropping the process kills and reaps it.
         let mut process = Process {
             child,
@@ -121,6 +131,7 @@ impl Process {
             reported: None,
             requests: None,
             requests_reader,
+            reads_back,
             replies: None,
             stderr: StderrPipe::new(stderr.into(), forward_stderr),
             reply_slot,
@@ -191,6 +202,25 @@ impl Process {
     /// Bytes written to the request pipe that the worker has not read.
     pub(crate) fn unread_requests(&self) -> Option<u64> {
         rustix::io::ioctl_fionread(&self.requests_reader).ok()
+    }
+
+    /// Reads back what the worker has not read of its requests, into
+    /// `buf`, which must hold at least [`Process::unread_requests`]: one
+    /// read takes all of it, atomically against the worker's reads, and
+    /// never waits. Returns how many bytes it took (0 if it cannot read
+    /// back here).
+    pub(crate) fn take_unread(&self, buf: &mut [u8]) -> usize {
+        if !self.reads_back {
+            return 0;
+        }
+        loop {
+            match rustix::io::read(&self.requests_reader, &mut *buf) {
+                Ok(n) => return n,
+                Err(Errno::INTR) => {}
+                // Empty (the worker took everything meanwhile), or broken.
+                Err(_) => return 0,
+            }
+        }
     }
 
     /// Whether the process is still ours: running, or exited and not
@@ -300,6 +330,15 @@ impl Process {
             }
         }
     }
+}
+
+/// Opens the pipe that `reader` reads from anew: a file description of
+/// its own, non-blocking and close-on-exec.
+fn reopen_nonblocking(reader: &OwnedFd) -> io::Result<OwnedFd> {
+    use std::os::fd::AsRawFd;
+    let path = format!("/proc/self/fd/{}", reader.as_raw_fd());
+    let flags = OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC;
+    Ok(rustix::fs::open(path, flags, rustix::fs::Mode::empty())?)
 }
 
 /// The status `wait` would have given.

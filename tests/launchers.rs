@@ -15,6 +15,13 @@ fn tagged(x: u64) -> (u64, u32) {
 }
 buckshot::register!(tagged);
 
+/// [`tagged`], a little slower: inputs queue while slow workers start.
+fn tagged_after_nap(x: u64) -> (u64, u32) {
+    std::thread::sleep(Duration::from_millis(5));
+    tagged(x)
+}
+buckshot::register!(tagged_after_nap);
+
 fn announce_and_hang(path: String) -> u64 {
     common::announce(&path);
     common::hang()
@@ -37,6 +44,21 @@ fn a_mixed_pool_runs_one_map_in_order() {
         .build()
         .unwrap();
     assert_eq!(pool.processes(), 3);
+    // A worker that is still starting has its inputs taken by those that
+    // are ready: maps of slower inputs until every one of them served.
+    let (pool, workers) = common::within("every launcher's worker serves", move || {
+        let mut workers = HashSet::new();
+        while workers.len() < 3 {
+            let served = pool.map(tagged_after_nap, 0..30u64).unwrap();
+            workers.extend(served.map(|result| result.unwrap().1));
+        }
+        (pool, workers)
+    });
+    assert_eq!(
+        workers.len(),
+        3,
+        "every launcher's worker served: {workers:?}"
+    );
     let results: Vec<(u64, u32)> = common::within("the mixed map", move || {
         pool.map(tagged, 0..3000u64)
             .unwrap()
@@ -45,12 +67,8 @@ fn a_mixed_pool_runs_one_map_in_order() {
     });
     let outputs: Vec<u64> = results.iter().map(|(y, _)| *y).collect();
     assert_eq!(outputs, (0..3000u64).map(|x| x * 3).collect::<Vec<_>>());
-    let workers: HashSet<u32> = results.iter().map(|(_, pid)| *pid).collect();
-    assert_eq!(
-        workers.len(),
-        3,
-        "every launcher's worker served: {workers:?}"
-    );
+    let served: HashSet<u32> = results.iter().map(|(_, pid)| *pid).collect();
+    assert!(served.is_subset(&workers), "{served:?}");
 }
 
 #[test]
@@ -311,4 +329,42 @@ exec cat <&3 >> "$record""#;
             &received[..received.len().min(32)]
         );
     }
+}
+
+fn exit_with(code: i32) -> u64 {
+    std::process::exit(code)
+}
+buckshot::register!(exit_with);
+
+#[test]
+fn a_worker_that_starts_ends_the_launchers_streak_of_failures() {
+    // Two starts in three fail, and every input kills its worker: the
+    // failures add up to far more than the limit of five in a row, but
+    // never more than two in a row, so the launcher is never given up.
+    let dir = common::TempDir::new("streak");
+    let script = format!(
+        "echo start >> '{d}/starts'; n=$(wc -l < '{d}/starts'); [ $((n % 3)) -eq 0 ] || exit 3; exec \"$@\"",
+        d = dir.0.display()
+    );
+    let pool = Pool::builder()
+        .workers(Launcher::command(["sh", "-c", script.as_str(), "sh"]), 1)
+        .forward_stderr(false)
+        .build()
+        .unwrap();
+    let (results, last) = common::within("inputs that kill their workers", move || {
+        let results: Vec<_> = (0..4).map(|_| pool.call(exit_with, 9)).collect();
+        (results, pool.call(tagged, 2))
+    });
+    for result in &results {
+        assert!(
+            matches!(result, Err(Error::WorkerDied { status: Some(status), .. }) if status.code() == Some(9)),
+            "{result:?}"
+        );
+    }
+    assert_eq!(last.unwrap().0, 6);
+    let starts = std::fs::read_to_string(dir.0.join("starts"))
+        .unwrap()
+        .lines()
+        .count();
+    assert_eq!(starts, 15, "three starts per worker");
 }

@@ -57,6 +57,42 @@ fn fate(x: u64) -> u32 {
 buckshot::register!(fate);
 
 #[test]
+fn an_idle_pool_takes_in_the_replacement_of_a_killed_worker() {
+    // Nothing else wakes an idle pool's thread: the thread that spawned
+    // the replacement must, or the pool never hears its handshake (the
+    // replacement is a child of ours all the same).
+    let recorder = Recorder::default();
+    let subscriber = tracing_subscriber::registry()
+        .with(EnvFilter::new("buckshot=debug"))
+        .with(recorder.clone());
+    let pool = tracing::subscriber::with_default(subscriber, || {
+        Pool::builder()
+            .processes(1)
+            .forward_stderr(false)
+            .build()
+            .unwrap()
+    });
+    let seen = |message: &str| -> Vec<u64> {
+        let seen = recorder.0.lock().unwrap();
+        seen.iter()
+            .filter(|(m, _)| m == message)
+            .filter_map(|(_, worker)| *worker)
+            .collect()
+    };
+    let (first, pool) = common::within("a call", move || (pool.call(fate, 0).unwrap(), pool));
+    common::kill9(first);
+    common::wait_until_within(
+        "the idle pool takes in a replacement",
+        common::KILL_BOUND,
+        || !seen("worker respawned").is_empty(),
+    );
+    let replacement = seen("worker respawned")[0];
+    assert_ne!(replacement, u64::from(first));
+    let served = common::within("a call", move || pool.call(fate, 0).unwrap());
+    assert_eq!(u64::from(served), replacement);
+}
+
+#[test]
 fn workers_lives_are_debug_events() {
     let recorder = Recorder::default();
     let subscriber = tracing_subscriber::registry()

@@ -132,6 +132,12 @@ fn a_wide_pool_serves_hears_deaths_and_timeouts_at_once_and_leaves_nothing() {
         "{died:?}"
     );
     let noticed = started.elapsed();
+    // Its exit wakes the pool: far sooner than the timeout, which is what
+    // would end the input if the death went unnoticed.
+    assert!(
+        noticed < timeout,
+        "a death among {WIDE} workers was noticed after {noticed:?}"
+    );
 
     // A timeout among many quick inputs (whose replies keep moving the
     // other workers' deadlines) fires on time: measured from when the

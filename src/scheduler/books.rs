@@ -17,6 +17,17 @@
 //! left it unable to read), and the deadline says so. A frame of which the
 //! worker took nothing is innocent of whatever happened to it
 //! ([`Books::head_untouched`]).
+//!
+//! Taking back: the pool is the only writer of a worker's request pipe, so
+//! the bytes in it are the last ones written, and a read of all of them
+//! (one `read`, atomic against the worker's) leaves the worker with
+//! exactly what it had read before. Those bytes count as unwritten again
+//! ([`Books::unwrite`]): the frames behind the head of which the worker
+//! holds nothing then leave the books ([`Books::take_unwritten`]), never
+//! started, and what is left of the others is written again, the same
+//! bytes in the same order. (The worker reads its requests through a
+//! buffer: what it holds besides the frame it runs, at most one read of
+//! [`REQUEST_BUFFER`](crate::flow::REQUEST_BUFFER), stays with it.)
 
 use std::collections::VecDeque;
 use std::io::IoSlice;
@@ -66,8 +77,10 @@ pub(crate) struct Books {
     /// Bytes of `inflight[written]` already written.
     write_offset: usize,
     next_seq: u64,
-    /// Inputs given to this worker so far.
+    /// Inputs given to this worker so far (and not taken back).
     assigned: u64,
+    /// Inputs it answered so far.
+    answered: u64,
     /// Estimated run time of its unanswered inputs.
     backlog: Duration,
     /// When its handshake arrived.
@@ -75,6 +88,14 @@ pub(crate) struct Books {
     last_reply_at: Option<Instant>,
     /// When bytes last went out to it.
     last_write_at: Option<Instant>,
+}
+
+/// A frame taken back from a worker that never read it.
+pub(crate) struct TakenBack {
+    pub chunk: Chunk,
+    /// The frames that were to go before it (a CONTEXT frame, FORGET
+    /// frames): the worker did not get them either.
+    pub prefix: Option<Arc<Vec<u8>>>,
 }
 
 /// What a worker leaves unanswered when it goes.
@@ -112,6 +133,15 @@ impl Books {
 
     pub(crate) fn assigned(&self) -> u64 {
         self.assigned
+    }
+
+    pub(crate) fn answered(&self) -> u64 {
+        self.answered
+    }
+
+    /// Whether any of its frames was written, in part or in full.
+    pub(crate) fn any_written(&self) -> bool {
+        self.written > 0 || self.write_offset > 0
     }
 
     pub(crate) fn all_written(&self) -> bool {
@@ -263,6 +293,7 @@ impl Books {
             }
             items = &items[bytes..];
             head.done += n;
+            self.answered += u64::from(n);
             head.stats.record(per_item);
             self.backlog = self.backlog.saturating_sub(head.estimate * n);
             seq += u64::from(n);
@@ -322,16 +353,96 @@ impl Books {
         if head.done > 0 {
             return false;
         }
-        // Frames before the head were answered, so read in full: the pipe
-        // holds nothing but bytes from the head on.
-        let sent: usize = self
-            .inflight
+        let sent = self.sent();
+        sent == 0 || unread == Some(sent as u64)
+    }
+
+    /// Bytes written from the head on. Frames before the head were
+    /// answered, so read in full: the pipe holds nothing but these bytes,
+    /// or their end.
+    fn sent(&self) -> usize {
+        self.inflight
             .iter()
             .take(self.written)
             .map(Inflight::len)
             .sum::<usize>()
-            + self.write_offset;
-        sent == 0 || unread == Some(sent as u64)
+            + self.write_offset
+    }
+
+    /// The first frame that may be taken back: the one after the head, or
+    /// the head itself when `head_too` (a worker that has not said hello
+    /// has started nothing).
+    fn first_takeable(head_too: bool) -> usize {
+        usize::from(!head_too)
+    }
+
+    /// Whether reading the `unread` bytes left in the pipe would free a
+    /// frame to take back: one that starts where the worker has not read.
+    /// (Frames not written at all are taken without reading anything.)
+    pub(crate) fn worth_reading_back(&self, unread: usize, head_too: bool) -> bool {
+        let sent = self.sent();
+        let read = sent.saturating_sub(unread);
+        let mut start = 0;
+        for (k, inflight) in self.inflight.iter().enumerate() {
+            if start >= sent {
+                return false;
+            }
+            if k >= Self::first_takeable(head_too) && start >= read {
+                return true;
+            }
+            start += inflight.len();
+        }
+        false
+    }
+
+    /// The last `n` bytes written are back with the pool (read out of the
+    /// pipe before the worker took them): they count as unwritten again, to
+    /// be written again, and the frames they belong to as not written in
+    /// full.
+    pub(crate) fn unwrite(&mut self, n: usize) {
+        let mut kept = self
+            .sent()
+            .checked_sub(n)
+            .expect("no more taken back than was written");
+        let mut k = 0;
+        while k < self.written && kept >= self.inflight[k].len() {
+            kept -= self.inflight[k].len();
+            k += 1;
+        }
+        for inflight in self.inflight.iter_mut().skip(k) {
+            inflight.written_at = None;
+        }
+        self.written = k;
+        self.write_offset = kept;
+    }
+
+    /// Takes out the frames behind the head (from the head on, when
+    /// `head_too`) of which no byte is written: the worker never had them.
+    /// Returns them in order; the inputs they hold no longer count as
+    /// given to this worker.
+    pub(crate) fn take_unwritten(&mut self, head_too: bool) -> Vec<TakenBack> {
+        let untouched = self.written + usize::from(self.write_offset > 0);
+        let from = untouched
+            .max(Self::first_takeable(head_too))
+            .min(self.inflight.len());
+        if let Some(first) = self.inflight.get(from) {
+            // They are the last ones: their numbers are given again.
+            self.next_seq = first.first_seq;
+        }
+        self.inflight
+            .drain(from..)
+            .map(|inflight| {
+                debug_assert_eq!(inflight.done, 0, "an answered frame is read");
+                self.assigned -= u64::from(inflight.chunk.count);
+                self.backlog = self
+                    .backlog
+                    .saturating_sub(inflight.estimate * inflight.chunk.count);
+                TakenBack {
+                    chunk: inflight.chunk,
+                    prefix: inflight.prefix,
+                }
+            })
+            .collect()
     }
 
     /// What is left unanswered.
@@ -755,6 +866,162 @@ mod tests {
         books.wrote(len, t0);
         answer(&mut books, 0, 1, t0).unwrap();
         assert!(!books.head_untouched(Some(len as u64)));
+    }
+
+    /// Writes what the books have unwritten into `pipe`, as `writev` would,
+    /// at most `room` bytes.
+    fn write_into(books: &mut Books, pipe: &mut Vec<u8>, room: usize) {
+        let mut n = 0;
+        for slice in books.unwritten() {
+            let take = slice.len().min(room - n);
+            pipe.extend_from_slice(&slice[..take]);
+            n += take;
+        }
+        books.wrote(n, Instant::now());
+    }
+
+    /// The bytes of frames `k..` of `books`, prefixes included.
+    fn stream(books: &Books, k: usize) -> Vec<u8> {
+        books
+            .inflight
+            .iter()
+            .skip(k)
+            .flat_map(|inflight| {
+                let prefix = inflight.prefix.as_deref().map_or(&[][..], |p| &p[..]);
+                prefix.iter().chain(&inflight.chunk.frame).copied()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn frames_the_worker_did_not_read_are_taken_back_and_the_rest_written_again() {
+        let t0 = Instant::now();
+        let mut books = books_with(&[(0, 0, 2), (0, 2, 2), (0, 4, 2), (0, 6, 2)], t0);
+        let prefix = Arc::new(vec![9u8; 5]);
+        books.assign(
+            Some(Arc::clone(&prefix)),
+            chunk(1, 0, 1),
+            MS,
+            Arc::default(),
+        );
+        let lens: Vec<usize> = (0..5).map(|k| frame_len(&books, k)).collect();
+        let whole = stream(&books, 0);
+        // Three frames and a half go into the pipe; the worker reads the
+        // first frame and a few bytes of the second.
+        let mut pipe = Vec::new();
+        write_into(&mut books, &mut pipe, lens[..3].iter().sum::<usize>() + 7);
+        let mut worker: Vec<u8> = pipe.drain(..lens[0] + 3).collect();
+        assert!(books.worth_reading_back(pipe.len(), false));
+        // The pool reads the rest back.
+        books.unwrite(pipe.len());
+        assert_eq!((books.written, books.write_offset), (1, 3));
+        assert!(
+            books
+                .inflight
+                .iter()
+                .skip(1)
+                .all(|i| i.written_at.is_none())
+        );
+        assert!(books.inflight[0].written_at.is_some());
+        let taken = books.take_unwritten(false);
+        let placed: Vec<(u64, usize, u32)> = taken
+            .iter()
+            .map(|t| (t.chunk.map, t.chunk.first_index, t.chunk.count))
+            .collect();
+        assert_eq!(placed, [(0, 4, 2), (0, 6, 2), (1, 0, 1)]);
+        assert!(Arc::ptr_eq(taken[2].prefix.as_ref().unwrap(), &prefix));
+        assert_eq!(
+            (books.frames(), books.assigned(), books.backlog()),
+            (2, 4, 4 * MS)
+        );
+        // What it gets now continues what it read, byte for byte.
+        write_into(&mut books, &mut worker, usize::MAX);
+        assert_eq!(worker, whole[..lens[0] + lens[1]]);
+        assert!(books.all_written());
+        // Numbers are given again from the first frame taken back.
+        books.assign(None, chunk(2, 0, 1), MS, Arc::default());
+        assert_eq!(books.inflight[2].first_seq, 4);
+    }
+
+    #[test]
+    fn a_frame_the_worker_began_reading_stays_with_it() {
+        let t0 = Instant::now();
+        let mut books = books_with(&[(0, 0, 1), (0, 1, 1), (0, 2, 1)], t0);
+        let lens: Vec<usize> = (0..3).map(|k| frame_len(&books, k)).collect();
+        let mut pipe = Vec::new();
+        write_into(&mut books, &mut pipe, usize::MAX);
+        // It read up to the middle of the last frame: nothing to gain.
+        let read = lens[0] + lens[1] + 1;
+        let unread = pipe.len() - read;
+        assert!(!books.worth_reading_back(unread, false));
+        // At the very start of the last frame, that frame is free.
+        assert!(books.worth_reading_back(unread + 1, false));
+        books.unwrite(unread + 1);
+        let taken = books.take_unwritten(false);
+        assert_eq!(taken.len(), 1);
+        assert_eq!(taken[0].chunk.first_index, 2);
+        assert!(books.all_written(), "the rest was read");
+        // The head is never taken from a worker that said hello, even
+        // untouched...
+        let mut books = books_with(&[(0, 0, 1), (0, 1, 1)], t0);
+        write_into(&mut books, &mut pipe, usize::MAX);
+        let all = lens[0] + lens[1];
+        assert!(books.worth_reading_back(all, false));
+        assert!(!books.worth_reading_back(lens[1] - 1, false));
+        books.unwrite(all);
+        assert_eq!(books.take_unwritten(false).len(), 1);
+        assert_eq!((books.frames(), books.written), (1, 0));
+        // ...but from one that did not, it is: it started nothing.
+        let mut books = Books::default();
+        books.assign(None, chunk(0, 0, 1), MS, Arc::default());
+        books.assign(None, chunk(0, 1, 1), MS, Arc::default());
+        write_into(&mut books, &mut pipe, lens[0]);
+        assert!(books.worth_reading_back(lens[0], true));
+        assert!(!books.worth_reading_back(lens[0] - 1, true));
+        books.unwrite(lens[0]);
+        let taken = books.take_unwritten(true);
+        assert_eq!(taken.len(), 2);
+        assert_eq!(
+            (books.frames(), books.assigned(), books.next_seq),
+            (0, 0, 0)
+        );
+    }
+
+    #[test]
+    fn frames_never_written_are_taken_without_reading() {
+        let t0 = Instant::now();
+        let mut books = books_with(&[(0, 0, 1), (0, 1, 1), (0, 2, 1)], t0);
+        let first = frame_len(&books, 0);
+        let mut pipe = Vec::new();
+        write_into(&mut books, &mut pipe, first);
+        // Nothing in the pipe (the worker read it all): not worth a read,
+        // but the frames never written go.
+        assert!(!books.worth_reading_back(0, false));
+        let taken = books.take_unwritten(false);
+        assert_eq!(taken.len(), 2);
+        assert_eq!(books.frames(), 1);
+        // A head partly written and not taken by the worker keeps its
+        // place, and the write goes on where it was.
+        let mut books = books_with(&[(0, 0, 1), (0, 1, 1)], t0);
+        let mut pipe = Vec::new();
+        write_into(&mut books, &mut pipe, 4);
+        books.unwrite(4);
+        assert_eq!((books.written, books.write_offset), (0, 0));
+        assert_eq!(books.take_unwritten(false).len(), 1);
+        let mut again = Vec::new();
+        write_into(&mut books, &mut again, usize::MAX);
+        assert_eq!(again, stream(&books, 0));
+    }
+
+    #[test]
+    fn answers_are_counted() {
+        let t0 = Instant::now();
+        let mut books = books_with(&[(0, 0, 3)], t0);
+        let len = frame_len(&books, 0);
+        books.wrote(len, t0);
+        assert_eq!(books.answered(), 0);
+        answer(&mut books, 0, 2, t0).unwrap();
+        assert_eq!(books.answered(), 2);
     }
 
     #[test]

@@ -183,6 +183,54 @@ impl WorkerHandle {
         self.books.assign(prefix, chunk, estimate, stats);
     }
 
+    /// Takes back the frames queued behind the one it runs (from the head
+    /// on, before its handshake) that it has not read: those not written
+    /// yet, and those still whole in its request pipe. They never started.
+    /// The contexts and FORGET frames they were to bring are owed again.
+    pub(crate) fn take_back(&mut self) -> Vec<Chunk> {
+        if self.fate.is_some() || self.process.requests().is_none() {
+            return Vec::new();
+        }
+        let head_too = !self.books.is_ready();
+        let unread = self.process.unread_requests().unwrap_or(0) as usize;
+        // The RETIRE frame, if written, is last in the pipe.
+        let frames_unread = unread.saturating_sub(self.retire_written);
+        if self.books.worth_reading_back(frames_unread, head_too) {
+            let mut buf = vec![0; unread];
+            let taken = self.process.take_unread(&mut buf);
+            let retire = taken.min(self.retire_written);
+            self.retire_written -= retire;
+            self.books.unwrite(taken - retire);
+        }
+        let taken = self.books.take_unwritten(head_too);
+        taken
+            .into_iter()
+            .map(|taken| {
+                if let Some(prefix) = taken.prefix {
+                    self.owe_again(&prefix);
+                }
+                taken.chunk
+            })
+            .collect()
+    }
+
+    /// The frames of `prefix` (a CONTEXT frame, FORGET frames) never
+    /// reached the worker.
+    fn owe_again(&mut self, mut prefix: &[u8]) {
+        let mut body = Vec::new();
+        // Frames we built: they parse.
+        while let Ok(true) = protocol::read_frame(&mut prefix, &mut body, u32::MAX) {
+            let Ok((id, _)) = protocol::parse_context(&body) else {
+                continue;
+            };
+            if body[0] == protocol::CONTEXT {
+                self.contexts.remove(&id);
+            } else {
+                self.forgets.push(id);
+            }
+        }
+    }
+
     /// No map reads context `id` any more: if it was sent this worker, the
     /// worker may drop it.
     pub(crate) fn forget(&mut self, id: u64) {
@@ -560,3 +608,7 @@ impl Ear<'_> {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "handle_tests.rs"]
+mod tests;

@@ -11,9 +11,17 @@
 //! A turn costs what happened in it, not how many workers there are (a
 //! pool of remote workers may have a thousand): a worker is looked at
 //! when one of its descriptors is ready, its deadline passes, or it is
-//! given work ("touched"); deadlines wait in a heap and the workers that
-//! take more work in a set ordered by backlog. Only rare events (a map or
-//! context dropped, a worker joining or leaving) look at every worker.
+//! given work ("touched"); deadlines wait in a heap, and the workers that
+//! take more work, the idle ones and those with frames to give back in
+//! ordered sets. Only rare events (a map or context dropped, a worker
+//! joining or leaving) look at every worker.
+//!
+//! No more tasks run at once than the pool has processes: each launcher
+//! has as many seats as workers, and only a seated worker is given work.
+//! A worker that reaches its task quota keeps its seat until it has
+//! answered its last input; its replacement is spawned meanwhile (the
+//! spawn is the slow part of a fresh process per input), and waits on the
+//! bench until the seat is free.
 //!
 //! This thread spawns the first workers itself, so that a pool that cannot
 //! spawn fails to build; the others and every replacement are spawned by a
@@ -28,7 +36,10 @@
 //! - [`books`]: one worker's bookkeeping: sequence numbers, writes,
 //!   answers, backlog, and when its current input started;
 //! - [`handle`]: one live worker: its process, books and reply stream;
-//! - [`staffing`]: keeping each launcher's number of workers;
+//! - [`dispatch`]: who gets work, and taking unread frames back for a
+//!   worker that has nothing to do;
+//! - [`staffing`]: keeping each launcher's number of workers, and their
+//!   seats;
 //! - [`supply`]: spawning workers, and giving up when they cannot start;
 //! - [`spawner`]: the thread that spawns workers after the first ones, so
 //!   that this one goes on serving the others meanwhile;
@@ -38,6 +49,7 @@
 
 mod books;
 mod deadlines;
+mod dispatch;
 mod faults;
 mod handle;
 mod poll;
@@ -61,7 +73,7 @@ use self::spawner::Spawner;
 use self::supply::Supply;
 use crate::delivery::Outbox;
 use crate::error::Error;
-use crate::flow::{REAP_BOUND, UNKNOWN_ESTIMATE};
+use crate::flow::REAP_BOUND;
 use crate::handoff::WorkerConfig;
 use crate::journal::Recorder;
 use crate::logs;
@@ -184,9 +196,24 @@ struct Scheduler {
     touched: Vec<usize>,
     /// Slots of the workers with a fate, to bury at the end of the turn.
     fated: Vec<usize>,
-    /// The workers that take more work, by estimated backlog: dispatch
-    /// takes the first, without looking at the others.
-    hungry: BTreeSet<(Duration, usize)>,
+    /// The workers that take more work, ready ones first, then by
+    /// estimated backlog: dispatch takes the first, without looking at the
+    /// others.
+    hungry: BTreeSet<(Hunger, usize)>,
+    /// Ready workers with nothing to do.
+    idle: BTreeSet<usize>,
+    /// Workers with frames queued behind the one they run, by backlog:
+    /// where an idle worker takes work back from when nothing is queued.
+    stocked: BTreeSet<(Duration, usize)>,
+    /// Frames a worker may have in flight (one with `batch_size(1)`).
+    max_frames: usize,
+    /// Workers of each launcher that hold a seat: at most its number of
+    /// workers, so that no more tasks run at once than the pool has
+    /// processes. A replacement spawned while the worker it replaces still
+    /// runs its last inputs waits on the bench for its seat.
+    seated: Vec<usize>,
+    /// Workers without a seat, oldest first.
+    benched: Vec<Key>,
     /// Workers whose head input changed: is its map still there?
     recheck: Vec<Key>,
     /// Maps the workers were given inputs of, as of the last sync.
@@ -206,10 +233,16 @@ struct Scheduler {
     expired: Vec<Key>,
 }
 
+/// Where a worker that takes more work is filed: ready workers first
+/// (`false`), then by estimated backlog.
+type Hunger = (bool, Duration);
+
 /// A live worker and what the loop keeps about it.
 struct Seat {
     worker: WorkerHandle,
     serial: u32,
+    /// It holds one of its launcher's seats: it may run tasks.
+    seated: bool,
     /// Its request pipe is in the epoll set.
     writes_watched: bool,
     /// Its deadline as the heap knows it.
@@ -218,8 +251,18 @@ struct Seat {
     touched: bool,
     /// It was seen taking no more work (counted by `replenish`).
     idle_noted: bool,
-    /// Its backlog as filed in `hungry`, if it is there.
-    hungry: Option<Duration>,
+    /// How it is filed in `hungry`, if it is there.
+    hungry: Option<Hunger>,
+    /// It is in `idle`.
+    idle: bool,
+    /// Its backlog as filed in `stocked`, if it is there.
+    stocked: Option<Duration>,
+    /// Its inputs given (`Books::assigned`) when it was last found to have
+    /// nothing to take back: it is not looked at again before it gets more.
+    nothing_back_at: Option<u64>,
+    /// Its inputs answered (`Books::answered`) when work was taken back
+    /// from it: it gets no more before it answers again.
+    held_back_at: Option<u64>,
 }
 
 /// Closes a stderr pipe whose stream ended, once out of the epoll set.
@@ -269,6 +312,8 @@ impl Scheduler {
             .as_ref()
             .map(|settings| Keeper::new(settings, Arc::clone(&shared)));
         let outbox = Outbox::new(keeper, Recorder::new(Arc::clone(&shared)));
+        let max_frames = crate::flow::frames_in_flight(shared.config.batch_size);
+        let seated = vec![0; shared.config.groups.len()];
         let watch = Watch::new(shared.doorbell())?;
         let spawner = {
             let shared = Arc::clone(&shared);
@@ -287,6 +332,11 @@ impl Scheduler {
             touched: Vec::new(),
             fated: Vec::new(),
             hungry: BTreeSet::new(),
+            idle: BTreeSet::new(),
+            stocked: BTreeSet::new(),
+            max_frames,
+            seated,
+            benched: Vec::new(),
             recheck: Vec::new(),
             known_maps: HashSet::new(),
             exited: Vec::new(),
@@ -341,9 +391,8 @@ impl Scheduler {
     fn admit(&mut self, worker: WorkerHandle) {
         let serial = self.next_serial;
         self.next_serial = serial.wrapping_add(1);
-        let entry = self.workers.vacant_entry();
         let key = Key {
-            slot: entry.key(),
+            slot: self.workers.vacant_key(),
             serial,
         };
         if let Err(e) = self.watch.join(key, worker.process()) {
@@ -352,14 +401,23 @@ impl Scheduler {
             self.break_pool(format!("could not watch a worker: {e}"));
             return;
         }
-        entry.insert(Seat {
+        let seated = self.take_seat(worker.group());
+        if !seated {
+            self.benched.push(key);
+        }
+        self.workers.insert(Seat {
             worker,
             serial,
+            seated,
             writes_watched: false,
             deadline: None,
             touched: false,
             idle_noted: false,
             hungry: None,
+            idle: false,
+            stocked: None,
+            nothing_back_at: None,
+            held_back_at: None,
         });
         self.workforce_changed = true;
         self.touch(key.slot);
@@ -430,42 +488,6 @@ impl Scheduler {
                 })
                 .collect()
         });
-    }
-
-    /// Files the worker in `slot` among the hungry by its backlog, or takes
-    /// it out if it wants no more.
-    fn file(&mut self, slot: usize) {
-        let seat = &mut self.workers[slot];
-        let wants = seat
-            .worker
-            .wants_more()
-            .then(|| seat.worker.books().backlog());
-        if wants != seat.hungry {
-            if let Some(backlog) = seat.hungry {
-                self.hungry.remove(&(backlog, slot));
-            }
-            if let Some(backlog) = wants {
-                self.hungry.insert((backlog, slot));
-            }
-            seat.hungry = wants;
-        }
-    }
-
-    /// The worker with the least backlog that takes more work, if any.
-    fn hungriest(&mut self) -> Option<usize> {
-        while let Some(&(backlog, slot)) = self.hungry.first() {
-            // Filed when it was last settled; it may have been doomed since.
-            match self.workers.get(slot) {
-                Some(seat) if seat.hungry == Some(backlog) && seat.worker.wants_more() => {
-                    return Some(slot);
-                }
-                Some(seat) if seat.hungry == Some(backlog) => self.file(slot),
-                _ => {
-                    self.hungry.pop_first();
-                }
-            }
-        }
-        None
     }
 
     /// The nearest time the loop must wake up at, if any: now if a worker
@@ -585,41 +607,6 @@ impl Scheduler {
         self.recheck = check;
     }
 
-    /// Gives queued chunks to the workers with the least estimated backlog.
-    fn dispatch(&mut self, state: &mut State) {
-        let quota = self.shared.config.max_tasks_per_worker;
-        while let Some(chunk) = state.queue.front() {
-            let Some(link) = state.maps.get(&chunk.map) else {
-                state.queue.pop_front();
-                continue;
-            };
-            let estimate = link.stats.per_item().unwrap_or(UNKNOWN_ESTIMATE);
-            let stats = Arc::clone(&link.stats);
-            let context = link.context.clone();
-            let Some(slot) = self.hungriest() else {
-                break;
-            };
-            let worker = &mut self.workers[slot].worker;
-            let mut chunk = state.queue.pop_front().expect("front exists");
-            self.known_maps.insert(chunk.map);
-            if let Some(quota) = quota {
-                let assigned = worker.books().assigned();
-                let room = u32::try_from(quota - assigned).unwrap_or(u32::MAX);
-                let (head, rest) = chunk.split(room);
-                if let Some(rest) = rest {
-                    state.queue.push_front(rest);
-                }
-                chunk = head.expect("a worker that takes work has room for one more");
-                if assigned + u64::from(chunk.count) >= quota {
-                    worker.retire();
-                }
-            }
-            worker.assign(chunk, context.as_deref(), estimate, stats);
-            self.file(slot);
-            self.touch(slot);
-        }
-    }
-
     fn handle(&mut self, source: Source) {
         let max_frame = self.shared.config.max_frame_bytes;
         match source {
@@ -672,6 +659,8 @@ impl Scheduler {
             outbox: &mut self.outbox,
             requeue: &mut self.requeue,
         };
+        // The launchers whose workers left a seat free.
+        let mut freed = Vec::new();
         for slot in self.fated.drain(..) {
             // A worker may be listed twice: once buried, its slot is empty
             // (nothing joins before the next turn).
@@ -683,6 +672,9 @@ impl Scheduler {
                 continue;
             }
             let seat = self.workers.remove(slot);
+            if seat.seated {
+                freed.push(seat.worker.group());
+            }
             let serial = self.next_serial;
             self.next_serial = serial.wrapping_add(1);
             let entry = self.dying.vacant_entry();
@@ -705,6 +697,9 @@ impl Scheduler {
             // next spawn.
             self.exited.push(key);
             self.workforce_changed = true;
+        }
+        for group in freed {
+            self.free_seat(group);
         }
     }
 

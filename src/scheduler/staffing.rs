@@ -1,6 +1,7 @@
 //! Staffing: keeping each launcher's number of workers, from the first
 //! spawns to replacements, and giving a launcher (or the pool) up when its
-//! workers keep failing to start.
+//! workers keep failing to start; and the seats, which bound how many of a
+//! launcher's workers may run tasks at once to how many it has.
 
 use std::num::NonZero;
 use std::time::Instant;
@@ -124,6 +125,39 @@ impl Scheduler {
             if !supply.replace(now, &self.spawner) {
                 return;
             }
+        }
+    }
+
+    /// Gives a worker of launcher `group` that joins a seat if one is
+    /// free: whether it did.
+    pub(super) fn take_seat(&mut self, group: usize) -> bool {
+        let free = self.seated[group] < self.supplies[group].target();
+        if free {
+            self.seated[group] += 1;
+        }
+        free
+    }
+
+    /// A seated worker of launcher `group` left service (it answered its
+    /// last input, or was killed): the oldest of its benched workers takes
+    /// the seat.
+    pub(super) fn free_seat(&mut self, group: usize) {
+        self.seated[group] -= 1;
+        let workers = &self.workers;
+        self.benched.retain(|key| {
+            workers
+                .get(key.slot)
+                .is_some_and(|seat| seat.serial == key.serial)
+        });
+        let next = self
+            .benched
+            .iter()
+            .position(|key| self.workers[key.slot].worker.group() == group);
+        if let Some(position) = next {
+            let key = self.benched.remove(position);
+            self.workers[key.slot].seated = true;
+            self.seated[group] += 1;
+            self.touch(key.slot);
         }
     }
 
