@@ -231,7 +231,9 @@ impl PoolBuilder {
         if local > 0 || self.launched.is_empty() {
             groups.push((Launcher::local(), local));
         }
-        groups.extend(self.launched.iter().cloned());
+        // Each pool its own copy of a launcher that keeps something per
+        // pool: its helpers end with the pool.
+        groups.extend(self.launched.iter().map(|(l, n)| (l.for_pool(), *n)));
         let processes: usize = groups.iter().map(|(_, count)| count).sum();
         if processes == 0 || groups.iter().any(|(_, count)| *count == 0) {
             return invalid("processes must be at least 1");

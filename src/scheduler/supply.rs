@@ -237,6 +237,12 @@ impl Supply {
     pub(crate) fn stopped(&self) -> bool {
         self.stopped
     }
+
+    /// The pool shut down: its launcher's helpers end (see
+    /// [`Launch::finish`]).
+    pub(crate) fn finish(&self) {
+        self.launch.finish();
+    }
 }
 
 #[cfg(test)]
