@@ -3,7 +3,9 @@
 //! is not installed): a host that accepts a connection and never speaks
 //! fails the build within ssh's default connect timeout; a connection that
 //! goes silent mid-task fails its input, and the remote kill sent through
-//! it does not outlive the pool.
+//! it does not outlive the pool; a remote program that cannot start is
+//! tried exactly as often as the start-up failure limit says, ever more
+//! slowly.
 
 mod common;
 #[path = "common/sshd.rs"]
@@ -16,6 +18,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use buckshot::{Error, Launcher, Pool};
+
+fn square(x: u64) -> u64 {
+    x * x
+}
+buckshot::register!(square);
 
 fn announce_and_hang(path: String) -> u64 {
     common::announce(&path);
@@ -202,4 +209,68 @@ fn a_silent_connection_fails_its_input_and_its_remote_kill_ends_with_the_pool() 
         common::exits_within(worker, common::KILL_BOUND),
         "worker {worker} outlived its closed session"
     );
+}
+
+#[test]
+fn a_remote_program_that_cannot_start_is_tried_as_often_as_the_limit_ever_more_slowly() {
+    let Some(sshd) = sshd::Sshd::start() else {
+        return;
+    };
+    let dir = common::TempDir::new("bad-remote-program");
+    let log = dir.0.join("log");
+    let program = dir.0.join("worker");
+    std::fs::write(
+        &program,
+        format!(
+            "#!/bin/sh\necho \"start $(date +%s%N)\" >> '{log}'\necho 'no worker here' >&2\n\
+             echo \"exit $(date +%s%N)\" >> '{log}'\nexit 3\n",
+            log = log.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &program,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let pool = Pool::builder()
+        .workers(
+            sshd.launcher()
+                .remote_program(program.to_string_lossy().into_owned()),
+            1,
+        )
+        .forward_stderr(false)
+        .build()
+        .unwrap();
+    let result = common::within("the call", move || pool.call(square, 3));
+    let reason = match result {
+        Err(Error::PoolClosed {
+            reason: Some(reason),
+            ..
+        }) => reason,
+        other => panic!("{other:?}"),
+    };
+    let expected = format!(
+        "ssh {}@127.0.0.1: 5 workers in a row died before their handshake; last: ",
+        sshd.user
+    );
+    assert!(reason.starts_with(&expected), "{reason}");
+    assert!(reason.ends_with(": no worker here"), "{reason}");
+
+    let log = std::fs::read_to_string(&log).unwrap();
+    let times = |what: &str| -> Vec<u128> {
+        log.lines()
+            .filter_map(|line| line.strip_prefix(what))
+            .map(|t| t.trim().parse().unwrap())
+            .collect()
+    };
+    let (starts, exits) = (times("start "), times("exit "));
+    assert_eq!(starts.len(), 5, "{log}");
+    // Each start after a failure waits for a delay that doubles from
+    // 10 ms, counted from when the pool saw the failure, after the exit.
+    for k in 1..starts.len() {
+        let waited = Duration::from_nanos((starts[k] - exits[k - 1]) as u64);
+        let delay = Duration::from_millis(10) * (1 << (k - 1));
+        assert!(waited >= delay, "start {k} came {waited:?} after a failure");
+    }
 }
