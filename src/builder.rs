@@ -206,10 +206,16 @@ impl PoolBuilder {
     /// many as this machine has cores) are spawned; a wider pool's others
     /// are spawned in the background and take work as they come.
     ///
+    /// Each worker holds 6 descriptors in this process. If the pool, with
+    /// room to spare for the program, does not fit under the soft limit on
+    /// open files (`ulimit -n`), that limit is raised for the whole process
+    /// by what the pool needs, up to the hard limit.
+    ///
     /// # Errors
     ///
     /// [`Error::Config`] for an invalid setting (no processes, a zero
-    /// timeout, batch size or task quota, a tiny frame limit),
+    /// timeout, batch size or task quota, a tiny frame limit, more workers
+    /// than the hard limit on open files allows),
     /// [`Error::Spawn`] if a worker cannot be started, [`Error::Startup`]
     /// if this program runs with privileges (setuid, setgid, file
     /// capabilities): its copies refuse to serve as workers,
@@ -298,6 +304,9 @@ impl PoolBuilder {
         };
         #[cfg(not(feature = "journal"))]
         let journal = None;
+        // Every worker holds descriptors here: past the limit, spawns
+        // would fail and the pool quietly shrink.
+        crate::fd_limit::make_room(processes)?;
         for (launcher, _) in &groups {
             launcher
                 .launch()

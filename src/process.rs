@@ -35,6 +35,12 @@ use crate::handoff::WorkerConfig;
 use crate::launch::{Launch, Reported};
 use crate::stderr::{self, StderrPipe};
 
+/// Descriptors a live worker holds in the pool's process: both ends of its
+/// request pipe (the read end to count what it has not read), its reply
+/// and stderr pipes, its pidfd, and the memfd of its reply slots (see
+/// [`Process::spawn`]).
+pub(crate) const FDS_PER_WORKER: u64 = 6;
+
 /// One worker process, seen from the pool.
 #[derive(Debug)]
 pub(crate) struct Process {
