@@ -50,6 +50,13 @@ fn hang_at_zero(x: (u64, String)) -> u64 {
 }
 buckshot::register!(hang_at_zero);
 
+/// Its worker's pid, after `ms` milliseconds.
+fn pid_after_nap(ms: u64) -> u32 {
+    std::thread::sleep(Duration::from_millis(ms));
+    std::process::id()
+}
+buckshot::register!(pid_after_nap);
+
 fn serialised() -> std::sync::MutexGuard<'static, ()> {
     ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -189,10 +196,26 @@ fn a_killed_worker_or_session_fails_its_input_alone() {
             .forward_stderr(false)
             .build()
             .unwrap();
+        // Both workers serve before the fault, so that what the bound below
+        // covers needs no login (seconds each on a loaded machine): the
+        // death, and the rest of the map on the other worker.
+        let pool = common::within("both workers start", move || {
+            let mut served = std::collections::HashSet::new();
+            while served.len() < 2 {
+                served.extend(
+                    pool.map(pid_after_nap, [50, 50])
+                        .unwrap()
+                        .map(Result::unwrap),
+                );
+            }
+            pool
+        });
         let rendezvous = common::Rendezvous::new();
         let inputs: Vec<(u64, String)> = (0..200).map(|x| (x, rendezvous.path())).collect();
-        let map =
-            std::thread::spawn(move || pool.map(hang_at_zero, inputs).unwrap().collect::<Vec<_>>());
+        let map = std::thread::spawn(move || {
+            let results: Vec<_> = pool.map(hang_at_zero, inputs).unwrap().collect();
+            (results, pool)
+        });
         let worker = rendezvous.wait();
         // The worker itself, or the sshd process serving its session.
         let victim = if kill_the_session {
@@ -201,7 +224,7 @@ fn a_killed_worker_or_session_fails_its_input_alone() {
             worker
         };
         common::kill9(victim);
-        let results = common::within("the rest of the map", move || map.join().unwrap());
+        let (results, pool) = common::within("the rest of the map", move || map.join().unwrap());
         assert_eq!(results.len(), 200);
         assert!(
             matches!(results[0], Err(Error::WorkerDied { index: 0, .. })),
@@ -215,6 +238,7 @@ fn a_killed_worker_or_session_fails_its_input_alone() {
             common::exits_within(worker, GONE_BOUND),
             "worker {worker} lingers"
         );
+        drop(pool);
     }
 }
 
