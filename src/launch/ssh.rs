@@ -438,6 +438,39 @@ mod tests {
     }
 
     #[test]
+    fn defaults_apply_where_neither_an_option_nor_the_configuration_sets_them() {
+        let config =
+            std::env::temp_dir().join(format!("buckshot-ssh-config-{}", std::process::id()));
+        std::fs::write(&config, "Host node1\n  ConnectTimeout 3\n").unwrap();
+        let defaults = |ssh: Ssh| SshLaunch::new(ssh.ssh_config(&config)).defaults();
+        assert_eq!(
+            defaults(Launcher::ssh("me@elsewhere")),
+            [
+                ("ConnectTimeout", "10"),
+                ("ServerAliveInterval", "5"),
+                ("ServerAliveCountMax", "3")
+            ]
+        );
+        // The configuration's value holds for its host; an option holds
+        // whatever its case.
+        assert_eq!(
+            defaults(Launcher::ssh("me@node1").ssh_option("serveraliveinterval", "60")),
+            [("ServerAliveCountMax", "3")]
+        );
+        // A value other than ssh's own is the user's; the 300 s that ssh
+        // gives ServerAliveInterval in batch mode is not.
+        assert_eq!(
+            defaults(
+                Launcher::ssh("me@elsewhere")
+                    .ssh_option("BatchMode", "yes")
+                    .ssh_option("ServerAliveCountMax", "7")
+            ),
+            [("ConnectTimeout", "10"), ("ServerAliveInterval", "5")]
+        );
+        let _ = std::fs::remove_file(&config);
+    }
+
+    #[test]
     fn options_come_before_the_destination_and_cannot_be_injected() {
         let args: Vec<String> = Launcher::ssh("-oProxyCommand=evil")
             .port(2222)
