@@ -171,6 +171,13 @@ fn a_silent_connection_fails_its_input_and_its_remote_kill_ends_with_the_pool() 
         .forward_stderr(false)
         .build()
         .unwrap();
+    // The pool must have heard the worker's handshake before the
+    // connection goes silent: a task's announcement, which does not go
+    // through the connection, can overtake it on a loaded machine.
+    let pool = common::within("a first call", move || {
+        assert_eq!(pool.call(square, 3).unwrap(), 9);
+        pool
+    });
     let rendezvous = common::Rendezvous::new();
     let path = rendezvous.path();
     let call = std::thread::spawn(move || (pool.call(announce_and_hang, path), pool));
