@@ -165,6 +165,11 @@ pub(crate) const HELPERS_AT_ONCE: usize = 8;
 /// before they are killed: about one login, for the remote kill of the
 /// workers the shutdown has just killed here.
 pub(crate) const HELPERS_GRACE: Duration = Duration::from_secs(2);
+/// ...or for `scancel`, how long: a step whose `srun` was killed may run
+/// on until it is cancelled (its input held open by slurmstepd), so its
+/// cancel gets one of `scancel`'s own timeouts (`MessageTimeout`, 10 s by
+/// default) and more.
+pub(crate) const SCANCEL_GRACE: Duration = Duration::from_secs(15);
 /// The longest a pool's shutdown waits for its workers' last output to be
 /// written to our stderr...
 pub(crate) const FLUSH_BOUND: Duration = Duration::from_secs(1);

@@ -174,7 +174,25 @@ fn a_timeout_or_a_drop_leaves_nothing_on_the_host() {
             "process {pid} still runs on the host after the drop"
         );
     }
+    // The pool's own drop, with a task running: when it returns, the
+    // worker and its subprocess are gone, or about to be.
+    let rendezvous = common::Rendezvous::new();
+    let mut stream = pool
+        .map_stream(announce_and_hang, vec![rendezvous.path()])
+        .unwrap();
+    let first = futures::executor::block_on(futures::future::poll_fn(|cx| {
+        std::task::Poll::Ready(futures::StreamExt::poll_next_unpin(&mut stream, cx))
+    }));
+    assert!(first.is_pending());
+    let (subprocess, worker) = (rendezvous.wait(), rendezvous.wait());
     drop(pool);
+    for pid in [worker, subprocess] {
+        assert!(
+            common::exits_within(pid, common::KILL_BOUND),
+            "process {pid} still runs on the host after its pool was dropped"
+        );
+    }
+    drop(stream);
 }
 
 /// The parent of process `pid`.

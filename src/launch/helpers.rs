@@ -162,8 +162,10 @@ struct State {
     /// (a thread takes its helper out before reaping it), so that their
     /// group ids are still theirs.
     running: Vec<u32>,
-    /// The pool shut down: no helper starts any more.
+    /// The pool shut down: no helper is asked for any more...
     closed: bool,
+    /// ...and after its grace, none starts any more.
+    expired: bool,
 }
 
 impl Shared {
@@ -175,13 +177,13 @@ impl Shared {
     /// may run.
     fn run(&self, mut command: Command, bound: Duration) -> bool {
         let mut state = self.lock();
-        while !state.closed && state.running.len() >= HELPERS_AT_ONCE {
+        while !state.expired && state.running.len() >= HELPERS_AT_ONCE {
             state = self
                 .changed
                 .wait(state)
                 .unwrap_or_else(PoisonError::into_inner);
         }
-        if state.closed {
+        if state.expired {
             return false;
         }
         // Started under the lock, so that a shutdown that kills the
@@ -251,13 +253,15 @@ impl Helpers {
             });
     }
 
-    /// The pool shut down: no more helpers; those still running get
-    /// `grace` to finish, then they are killed and reaped.
+    /// The pool shut down: no more helpers are asked for; those asked for
+    /// (the remote kills of the workers it has just killed, say) get
+    /// `grace` to run, then those still running are killed and reaped.
     pub(crate) fn finish(&self, grace: Duration) {
         let mut state = self.shared.lock();
         state.closed = true;
-        self.shared.changed.notify_all();
         state = self.wait_for_threads(state, Instant::now() + grace);
+        state.expired = true;
+        self.shared.changed.notify_all();
         for &pid in &state.running {
             kill_group(pid);
         }
@@ -424,6 +428,26 @@ mod tests {
         // And none starts afterwards.
         helpers.run("test-helper", sleepers(&pids, 1), HELPER_TEST_BOUND);
         assert_eq!(helpers.shared.lock().threads, 0);
+        let _ = std::fs::remove_file(&pids);
+    }
+
+    #[test]
+    fn helpers_asked_for_just_before_the_pool_ends_still_run() {
+        let pids = pid_file("last-helpers");
+        let helpers = Helpers::default();
+        for _ in 0..3 {
+            let mut command = Command::new("sh");
+            command.args(["-c", &format!("echo $$ >> '{}'", pids.display())]);
+            helpers.run("test-helper", vec![command], HELPER_TEST_BOUND);
+        }
+        let started = Instant::now();
+        helpers.finish(Duration::from_secs(30));
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(pids_in(&pids).len(), 3);
         let _ = std::fs::remove_file(&pids);
     }
 

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use super::command::run_worker_after;
 use super::helpers::Helpers;
 use super::{Launch, Launcher, Reported, kill_group};
-use crate::flow::{HELPER_BOUND, HELPERS_GRACE};
+use crate::flow::{HELPER_BOUND, SCANCEL_GRACE};
 use crate::handoff::WorkerConfig;
 
 /// Workers as Slurm job steps: made by [`Launcher::srun`], given to
@@ -101,31 +101,29 @@ impl Launch for SrunLaunch {
 
     fn kill_rest(&self, local_pid: u32, reported: Option<&Reported>) {
         kill_group(local_pid);
-        let mut cancels: Vec<Vec<String>> = Vec::new();
+        let scancel = |args: &[&str]| {
+            let mut cancel = Command::new("scancel");
+            cancel.args(args);
+            cancel
+        };
         // The job srun made for this worker, if it made one: by its name,
         // which no allocation of the user's has.
-        cancels.push(vec![format!("--name={}-{local_pid}", job_name_prefix())]);
+        let name = format!("--name={}-{local_pid}", job_name_prefix());
+        self.helpers
+            .run("buckshot-scancel", vec![scancel(&[&name])], HELPER_BOUND);
         // A killed srun does not always end its step (measured here: the
         // task ran on, its input held open by slurmstepd): cancel the step
-        // the worker said it runs as, from a thread of its own.
-        // The step, inside an allocation: its processes at once, then the
-        // step itself; never the allocation.
+        // the worker said it runs as, inside an allocation too: its
+        // processes at once, then the step itself; never the allocation.
+        // Beside the cancel by name, not after it: each takes a round trip
+        // to slurmctld, seconds on a loaded machine.
         if let Some(step) = reported
             .and_then(|r| r.step.as_deref())
             .filter(|s| is_step_id(s))
         {
-            cancels.push(vec!["--signal=KILL".to_owned(), step.to_owned()]);
-            cancels.push(vec![step.to_owned()]);
+            let commands = vec![scancel(&["--signal=KILL", step]), scancel(&[step])];
+            self.helpers.run("buckshot-scancel", commands, HELPER_BOUND);
         }
-        let commands = cancels
-            .into_iter()
-            .map(|args| {
-                let mut cancel = Command::new("scancel");
-                cancel.args(args);
-                cancel
-            })
-            .collect();
-        self.helpers.run("buckshot-scancel", commands, HELPER_BOUND);
     }
 
     fn for_pool(&self) -> Option<Arc<dyn Launch>> {
@@ -136,7 +134,9 @@ impl Launch for SrunLaunch {
     }
 
     fn finish(&self) {
-        self.helpers.finish(HELPERS_GRACE);
+        // Longer than ssh's: a step whose srun was killed may run until it
+        // is cancelled.
+        self.helpers.finish(SCANCEL_GRACE);
     }
 
     fn describe(&self) -> Option<String> {
