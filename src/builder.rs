@@ -236,10 +236,16 @@ impl PoolBuilder {
     /// many as this machine has cores) are spawned; a wider pool's others
     /// are spawned in the background and take work as they come.
     ///
+    /// Each worker holds 6 descriptors in this process. If the pool, with
+    /// room to spare for the program, does not fit under the soft limit on
+    /// open files (`ulimit -n`), that limit is raised for the whole process
+    /// by what the pool needs, up to the hard limit.
+    ///
     /// # Errors
     ///
     /// [`Error::Config`] for an invalid setting (no processes, a zero
-    /// timeout, batch size or task quota, a tiny frame limit),
+    /// timeout, batch size or task quota, a tiny frame limit, more workers
+    /// than the hard limit on open files allows),
     /// [`Error::Spawn`] if a worker cannot be started, [`Error::Startup`]
     /// if this program runs with privileges (setuid, setgid, file
     /// capabilities): its copies refuse to serve as workers,
@@ -261,7 +267,9 @@ impl PoolBuilder {
         if local > 0 || self.launched.is_empty() {
             groups.push((Launcher::local(), local));
         }
-        groups.extend(self.launched.iter().cloned());
+        // Each pool its own copy of a launcher that keeps something per
+        // pool: its helpers end with the pool.
+        groups.extend(self.launched.iter().map(|(l, n)| (l.for_pool(), *n)));
         let processes: usize = groups.iter().map(|(_, count)| count).sum();
         if processes == 0 || groups.iter().any(|(_, count)| *count == 0) {
             return invalid("processes must be at least 1");
@@ -331,6 +339,9 @@ impl PoolBuilder {
         };
         #[cfg(not(feature = "journal"))]
         let journal = None;
+        // Every worker holds descriptors here: past the limit, spawns
+        // would fail and the pool quietly shrink.
+        crate::fd_limit::make_room(processes)?;
         for (launcher, _) in &groups {
             launcher
                 .launch()

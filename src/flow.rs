@@ -165,6 +165,27 @@ pub(crate) const RETIRE_GRACE: Duration = Duration::from_secs(2);
 /// process in uninterruptible sleep is released only when the kernel lets
 /// it go.
 pub(crate) const REAP_BOUND: Duration = Duration::from_secs(5);
+/// How long a launcher's helper command (`ssh HOST test -x`, a remote
+/// kill, `scancel`) may run before it is killed: a host that accepts a
+/// connection and then hangs (a stuck file system, say) must not hold a
+/// pool's start, or leave helpers behind.
+pub(crate) const HELPER_BOUND: Duration = Duration::from_secs(60);
+/// Shipping the binary to a host may take [`HELPER_BOUND`] plus a second
+/// per this many bytes (2 Mbit/s): a stalled upload ends, a slow link
+/// still gets through.
+pub(crate) const SHIP_BYTES_PER_SEC: u64 = 256 * 1024;
+/// Helper commands a launcher runs at once (sshd drops connections that
+/// come faster than it takes them, `MaxStartups`)...
+pub(crate) const HELPERS_AT_ONCE: usize = 8;
+/// ...and how long those still running when the pool shuts down may take
+/// before they are killed: about one login, for the remote kill of the
+/// workers the shutdown has just killed here.
+pub(crate) const HELPERS_GRACE: Duration = Duration::from_secs(2);
+/// ...or for `scancel`, how long: a step whose `srun` was killed may run
+/// on until it is cancelled (its input held open by slurmstepd), so its
+/// cancel gets one of `scancel`'s own timeouts (`MessageTimeout`, 10 s by
+/// default) and more.
+pub(crate) const SCANCEL_GRACE: Duration = Duration::from_secs(15);
 /// The longest a pool's shutdown waits for its workers' last output to be
 /// written to our stderr...
 pub(crate) const FLUSH_BOUND: Duration = Duration::from_secs(1);

@@ -87,6 +87,7 @@ mod bulk;
 mod context;
 mod delivery;
 mod error;
+mod fd_limit;
 mod feed;
 mod flow;
 mod handoff;

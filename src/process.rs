@@ -39,6 +39,12 @@ use crate::handoff::WorkerConfig;
 use crate::launch::{Launch, Reported};
 use crate::stderr::{self, StderrPipe};
 
+/// Descriptors a live worker holds in the pool's process: both ends of its
+/// request pipe (the read end to count what it has not read), its reply
+/// and stderr pipes, its pidfd, and the memfd of its reply slots (see
+/// [`Process::spawn`]).
+pub(crate) const FDS_PER_WORKER: u64 = 6;
+
 /// One worker process, seen from the pool.
 #[derive(Debug)]
 pub(crate) struct Process {
@@ -59,6 +65,9 @@ pub(crate) struct Process {
     /// Where its outputs' long strings come, if it has one.
     reply_slot: Option<Arc<ReplySlots>>,
     killed: bool,
+    /// Our SIGKILL found it running: if it ends by SIGKILL, that was ours,
+    /// not an outside kill's (see [`Process::killed_by_pool`]).
+    killed_running: bool,
     /// Reaped, or given up on.
     ended: bool,
     /// It reached the CPU limit of its sandbox, as found out before it was
@@ -136,6 +145,7 @@ impl Process {
             stderr: StderrPipe::new(stderr.into(), forward_stderr),
             reply_slot,
             killed: false,
+            killed_running: false,
             ended: false,
             cpu_limit_hit: false,
         };
@@ -262,15 +272,28 @@ impl Process {
     pub(crate) fn kill(&mut self) {
         if !self.killed {
             self.killed = true;
+            // Asked first: once signalled, it is on its way out either way.
+            let running = self.is_ours() && !exiting(self.pid());
             // Through the pidfd: it names this process even if it was reaped
             // behind our back and its pid reused.
-            let _ = rustix::process::pidfd_send_signal(&self.pidfd, Signal::KILL);
+            let sent = rustix::process::pidfd_send_signal(&self.pidfd, Signal::KILL);
+            self.killed_running = running && sent.is_ok();
             if self.is_ours() {
                 self.launch.kill_rest(self.pid(), self.reported.as_ref());
             }
         }
         self.requests = None;
         self.replies = None;
+    }
+
+    /// Whether the pool's SIGKILL is what ended it: it was running, not
+    /// already on its way out, when the pool sent it. Otherwise a SIGKILL
+    /// in its exit status came from elsewhere (or it ended by itself).
+    /// What counts is who sent the kill, not the signal: a launcher's
+    /// process (`ssh`) that the pool kills as its worker's stream ends,
+    /// while it is about to exit by itself, ends by the pool's SIGKILL.
+    pub(crate) fn killed_by_pool(&self) -> bool {
+        self.killed_running
     }
 
     /// Reaps the process if it has exited (never blocks), after killing what
@@ -339,6 +362,28 @@ fn reopen_nonblocking(reader: &OwnedFd) -> io::Result<OwnedFd> {
     let path = format!("/proc/self/fd/{}", reader.as_raw_fd());
     let flags = OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC;
     Ok(rustix::fs::open(path, flags, rustix::fs::Mode::empty())?)
+}
+
+/// Whether process `pid` (ours, not reaped) has begun to exit: its
+/// threads are past the point of no return (`PF_EXITING`), or it is a
+/// zombie. A worker killed from outside closes its pipes before it becomes
+/// a zombie, so the pool may see its stream end, and kill it, in between.
+/// If `/proc` cannot tell, it is taken as running.
+fn exiting(pid: u32) -> bool {
+    /// `PF_EXITING` in the kernel's `include/linux/sched.h`.
+    const PF_EXITING: u64 = 0x4;
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // After the command name, which may hold anything: the state (field
+    // 3), ..., the flags (field 9).
+    let Some(fields) = stat.rfind(')').map(|i| stat[i + 1..].split_whitespace()) else {
+        return false;
+    };
+    let fields: Vec<&str> = fields.take(7).collect();
+    let zombie = matches!(fields.first(), Some(&("Z" | "X" | "x")));
+    let flags = fields.get(6).and_then(|f| f.parse::<u64>().ok());
+    zombie || flags.is_some_and(|flags| flags & PF_EXITING != 0)
 }
 
 /// The status `wait` would have given.

@@ -144,7 +144,8 @@ fn a_launcher_that_cannot_start_workers_is_given_up_and_the_rest_go_on() {
         assert_eq!(pool.call(tagged, 7).unwrap().0, 21);
         results
     });
-    assert_eq!(results.len(), 500);
+    let outputs: Vec<u64> = results.iter().map(|(y, _)| *y).collect();
+    assert_eq!(outputs, (0..500u64).map(|x| x * 3).collect::<Vec<_>>());
     let workers: HashSet<u32> = results.iter().map(|(_, pid)| *pid).collect();
     assert_eq!(workers.len(), 1, "only the local worker served");
 }
@@ -183,7 +184,10 @@ fn another_program() -> Option<std::path::PathBuf> {
 #[test]
 fn a_launcher_that_runs_another_program_is_refused_by_name() {
     let Some(other) = another_program() else {
-        eprintln!("skipped: the errors test program is not built beside this one");
+        common::skip(
+            "errors-program",
+            "the errors test program is not built beside this one (cargo test --test errors)",
+        );
         return;
     };
     // The prefix is followed by `env VAR=... THIS_BINARY`: run the other
@@ -197,12 +201,22 @@ fn a_launcher_that_runs_another_program_is_refused_by_name() {
         .forward_stderr(false)
         .build()
         .unwrap();
-    let results = common::within("the map", move || {
-        pool.map(tagged, 0..300u64).unwrap().collect::<Vec<_>>()
+    let results: Vec<(u64, u32)> = common::within("the map", move || {
+        pool.map(tagged, 0..300u64)
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
     });
-    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    let outputs: Vec<u64> = results.iter().map(|(y, _)| *y).collect();
+    assert_eq!(outputs, (0..300u64).map(|x| x * 3).collect::<Vec<_>>());
+    let workers: HashSet<u32> = results.iter().map(|(_, pid)| *pid).collect();
+    assert_eq!(workers.len(), 1, "only the local worker served");
     // Alone, the pool says which launcher and why.
-    let pool = Pool::builder().workers(odd(), 1).build().unwrap();
+    let pool = Pool::builder()
+        .workers(odd(), 1)
+        .forward_stderr(false)
+        .build()
+        .unwrap();
     let message = common::within("the call", move || pool.call(tagged, 1))
         .unwrap_err()
         .to_string();
@@ -242,11 +256,14 @@ fn replacements_that_keep_failing_are_started_ever_more_slowly() {
         drop(pool);
         results
     });
-    assert!(
-        matches!(results[13], Err(Error::WorkerDied { .. })),
-        "{:?}",
-        results[13]
-    );
+    assert_eq!(results.len(), 20);
+    for (x, result) in results.iter().enumerate() {
+        match result {
+            Err(Error::WorkerDied { index: 13, .. }) if x == 13 => {}
+            Ok(y) if x != 13 && *y == x as u64 => {}
+            other => panic!("input {x}: {other:?}"),
+        }
+    }
     let starts = std::fs::read_to_string(dir.join("starts"))
         .unwrap()
         .lines()

@@ -1,7 +1,8 @@
 //! Workers as Slurm job steps, against a single-node Slurm on this machine
 //! (`.ci/slurm-localhost.sh start`; the tests say they are skipped where
 //! none answers): results equal to serial, a timed-out worker's step gone
-//! afterwards, and one pool mixing local, ssh and srun workers.
+//! afterwards, a busy worker's step gone with its dropped pool, and one
+//! pool mixing local, ssh and srun workers.
 
 mod common;
 #[path = "common/sshd.rs"]
@@ -128,6 +129,41 @@ fn a_timed_out_workers_step_is_gone() {
     );
     // The pool goes on, on a fresh step.
     assert_eq!(pool.call(tagged, 3).unwrap().0, 21);
+}
+
+#[test]
+fn a_dropped_pools_busy_step_is_gone() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    if !slurm_answers() {
+        return;
+    }
+    let pool = Pool::builder()
+        .workers(Launcher::srun(), 1)
+        .forward_stderr(false)
+        .build()
+        .unwrap();
+    let rendezvous = common::Rendezvous::new();
+    let mut stream = pool
+        .map_stream(announce_job_and_hang, vec![rendezvous.path()])
+        .unwrap();
+    let first = futures::executor::block_on(futures::future::poll_fn(|cx| {
+        std::task::Poll::Ready(futures::StreamExt::poll_next_unpin(&mut stream, cx))
+    }));
+    assert!(first.is_pending());
+    let (job, worker) = (rendezvous.wait(), rendezvous.wait());
+    // Its srun is killed, which leaves the step running: the pool's drop
+    // waits for its cancel.
+    drop(pool);
+    assert!(
+        common::exits_within(worker, common::KILL_BOUND),
+        "worker {worker} still runs after its pool was dropped"
+    );
+    common::wait_until_within(
+        &format!("Slurm job {job} of the dropped pool ends"),
+        Duration::from_secs(15),
+        || !job_runs(job),
+    );
+    drop(stream);
 }
 
 #[test]

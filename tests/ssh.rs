@@ -2,7 +2,9 @@
 //! they are skipped where openssh-server is not installed): results equal
 //! to serial, the binary shipped once per content hash, timeouts and drops
 //! that leave nothing running on the host, a killed worker or session that
-//! fails its input alone, an unreachable host named at start-up.
+//! fails its input alone, an unreachable host named at start-up, a remote
+//! program run by its path whatever the path holds, and no more workers
+//! starting at once than sshd takes.
 //!
 //! The tests share the host's binary cache, and one of them empties it:
 //! they run one at a time.
@@ -47,6 +49,13 @@ fn hang_at_zero(x: (u64, String)) -> u64 {
     x.0
 }
 buckshot::register!(hang_at_zero);
+
+/// Its worker's pid, after `ms` milliseconds.
+fn pid_after_nap(ms: u64) -> u32 {
+    std::thread::sleep(Duration::from_millis(ms));
+    std::process::id()
+}
+buckshot::register!(pid_after_nap);
 
 fn serialised() -> std::sync::MutexGuard<'static, ()> {
     ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
@@ -165,7 +174,25 @@ fn a_timeout_or_a_drop_leaves_nothing_on_the_host() {
             "process {pid} still runs on the host after the drop"
         );
     }
+    // The pool's own drop, with a task running: when it returns, the
+    // worker and its subprocess are gone, or about to be.
+    let rendezvous = common::Rendezvous::new();
+    let mut stream = pool
+        .map_stream(announce_and_hang, vec![rendezvous.path()])
+        .unwrap();
+    let first = futures::executor::block_on(futures::future::poll_fn(|cx| {
+        std::task::Poll::Ready(futures::StreamExt::poll_next_unpin(&mut stream, cx))
+    }));
+    assert!(first.is_pending());
+    let (subprocess, worker) = (rendezvous.wait(), rendezvous.wait());
     drop(pool);
+    for pid in [worker, subprocess] {
+        assert!(
+            common::exits_within(pid, common::KILL_BOUND),
+            "process {pid} still runs on the host after its pool was dropped"
+        );
+    }
+    drop(stream);
 }
 
 /// The parent of process `pid`.
@@ -187,10 +214,26 @@ fn a_killed_worker_or_session_fails_its_input_alone() {
             .forward_stderr(false)
             .build()
             .unwrap();
+        // Both workers serve before the fault, so that what the bound below
+        // covers needs no login (seconds each on a loaded machine): the
+        // death, and the rest of the map on the other worker.
+        let pool = common::within("both workers start", move || {
+            let mut served = std::collections::HashSet::new();
+            while served.len() < 2 {
+                served.extend(
+                    pool.map(pid_after_nap, [50, 50])
+                        .unwrap()
+                        .map(Result::unwrap),
+                );
+            }
+            pool
+        });
         let rendezvous = common::Rendezvous::new();
         let inputs: Vec<(u64, String)> = (0..200).map(|x| (x, rendezvous.path())).collect();
-        let map =
-            std::thread::spawn(move || pool.map(hang_at_zero, inputs).unwrap().collect::<Vec<_>>());
+        let map = std::thread::spawn(move || {
+            let results: Vec<_> = pool.map(hang_at_zero, inputs).unwrap().collect();
+            (results, pool)
+        });
         let worker = rendezvous.wait();
         // The worker itself, or the sshd process serving its session.
         let victim = if kill_the_session {
@@ -199,7 +242,7 @@ fn a_killed_worker_or_session_fails_its_input_alone() {
             worker
         };
         common::kill9(victim);
-        let results = common::within("the rest of the map", move || map.join().unwrap());
+        let (results, pool) = common::within("the rest of the map", move || map.join().unwrap());
         assert_eq!(results.len(), 200);
         assert!(
             matches!(results[0], Err(Error::WorkerDied { index: 0, .. })),
@@ -213,6 +256,7 @@ fn a_killed_worker_or_session_fails_its_input_alone() {
             common::exits_within(worker, GONE_BOUND),
             "worker {worker} lingers"
         );
+        drop(pool);
     }
 }
 
@@ -280,4 +324,130 @@ fn an_unreachable_host_is_a_startup_error_that_names_it() {
         }
         other => panic!("{other:?}"),
     }
+}
+
+/// Writes an executable shell script at `path`.
+fn script(path: &std::path::Path, body: &str) {
+    std::fs::write(path, format!("#!/bin/sh\n{body}")).unwrap();
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+}
+
+/// Lines in file `path` (none if it does not exist).
+fn lines_in(path: &std::path::Path) -> usize {
+    std::fs::read_to_string(path).map_or(0, |text| text.lines().count())
+}
+
+#[test]
+fn a_remote_program_is_run_by_its_path_even_with_a_space_in_it() {
+    let _one = serialised();
+    let Some(sshd) = sshd::Sshd::start() else {
+        return;
+    };
+    let dir = common::TempDir::new("remote-program");
+    let (runs, impostor_runs) = (dir.0.join("runs"), dir.0.join("impostor-runs"));
+    // The program runs this binary; the path up to its space names another
+    // program, which a shell would run if the path were not quoted.
+    let exe = std::env::current_exe().unwrap();
+    script(
+        &dir.0.join("my worker"),
+        &format!(
+            "echo run >> '{}'\nexec '{}'\n",
+            runs.display(),
+            exe.display()
+        ),
+    );
+    script(
+        &dir.0.join("my"),
+        &format!("echo run >> '{}'\nexit 1\n", impostor_runs.display()),
+    );
+    let program = dir.0.join("my worker").to_string_lossy().into_owned();
+    let pool = Pool::builder()
+        .workers(sshd.launcher().remote_program(program), 2)
+        .forward_stderr(false)
+        .build()
+        .unwrap();
+    let squares: Vec<u64> = common::within("the map", move || {
+        pool.map(square, 0..1000u64)
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    });
+    assert_eq!(squares, (0..1000u64).map(|x| x * x).collect::<Vec<_>>());
+    assert_eq!(lines_in(&runs), 2, "each worker ran the program once");
+    assert_eq!(lines_in(&impostor_runs), 0, "the impostor ran");
+}
+
+/// Local `ssh` processes of ours that relay a worker.
+fn ssh_workers() -> usize {
+    common::children()
+        .into_iter()
+        .filter(|&(pid, _)| {
+            let command = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let command = String::from_utf8_lossy(&command);
+            command.starts_with("ssh\0") && command.contains("__BUCKSHOT_WORKER=")
+        })
+        .count()
+}
+
+/// Waits until file `starts` has `n` lines, then checks for 2 s that no
+/// more come and that no more `ssh` workers are under way.
+fn no_more_than(starts: &std::path::Path, n: usize) {
+    common::wait_until(&format!("{n} workers start"), || lines_in(starts) >= n);
+    // A start too many would come with the others: none comes.
+    let watched = std::time::Instant::now();
+    while watched.elapsed() < Duration::from_secs(2) {
+        assert_eq!(lines_in(starts), n, "more than {n} workers started");
+        let relays = ssh_workers();
+        assert!(relays <= n, "{relays} ssh workers under way");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn no_more_workers_start_at_once_than_sshd_takes() {
+    let _one = serialised();
+    let Some(sshd) = sshd::Sshd::start() else {
+        return;
+    };
+    // The program holds each worker at start-up until it takes a ticket
+    // or the gate opens; the test hands them out. However many are ready,
+    // those starting must not exceed the launcher's bound (8).
+    let dir = common::TempDir::new("ssh-starts");
+    let starts = dir.0.join("starts");
+    let exe = std::env::current_exe().unwrap();
+    script(
+        &dir.0.join("gated worker"),
+        &format!(
+            "d='{d}'\necho start >> \"$d/starts\"\n\
+             until [ -e \"$d/gate\" ]; do\n\
+             for t in \"$d\"/ticket.*; do mv \"$t\" \"$d/taken.$$\" 2>/dev/null && break 2; done\n\
+             sleep 0.02\ndone\nexec '{exe}'\n",
+            d = dir.0.display(),
+            exe = exe.display()
+        ),
+    );
+    let program = dir.0.join("gated worker").to_string_lossy().into_owned();
+    let pool = Pool::builder()
+        .workers(sshd.launcher().remote_program(program), 12)
+        .forward_stderr(false)
+        .build()
+        .unwrap();
+    // None ready: eight start.
+    no_more_than(&starts, 8);
+    // Two ready: two more start, still eight at once.
+    for ticket in 0..2 {
+        std::fs::write(dir.0.join(format!("ticket.{ticket}")), "").unwrap();
+    }
+    no_more_than(&starts, 10);
+    std::fs::write(dir.0.join("gate"), "").unwrap();
+    let squares: Vec<u64> = common::within("the map", move || {
+        let squares = pool
+            .map(square, 0..1000u64)
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        common::wait_until("every worker starts", || lines_in(&starts) >= 12);
+        squares
+    });
+    assert_eq!(squares, (0..1000u64).map(|x| x * x).collect::<Vec<_>>());
 }

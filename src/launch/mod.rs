@@ -13,15 +13,18 @@
 //! - [`Srun`]: as Slurm job steps, through `srun`.
 //!
 //! [`Launcher`] is the public face: what a user passes to
-//! [`PoolBuilder::workers`](crate::PoolBuilder::workers).
+//! [`PoolBuilder::workers`](crate::PoolBuilder::workers). What a launcher
+//! runs besides its workers (a remote kill, `scancel`) is bounded in time
+//! and ends with the pool ([`helpers`]).
 
 mod command;
+mod helpers;
 mod local;
 mod srun;
 mod ssh;
 
 use std::ffi::OsString;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 
 use rustix::process::{Pid, Signal};
@@ -94,6 +97,15 @@ impl Launcher {
         Arc::clone(&self.launch)
     }
 
+    /// The launcher one pool uses: a copy of its own if it keeps anything
+    /// per pool (see [`Launch::for_pool`]).
+    pub(crate) fn for_pool(&self) -> Launcher {
+        match self.launch.for_pool() {
+            Some(launch) => Launcher { launch },
+            None => self.clone(),
+        }
+    }
+
     pub(crate) fn from_launch(launch: impl Launch + 'static) -> Launcher {
         Launcher {
             launch: Arc::new(launch),
@@ -114,23 +126,6 @@ pub(crate) fn kill_group(leader: u32) {
     if let Some(group) = i32::try_from(leader).ok().and_then(Pid::from_raw) {
         let _ = rustix::process::kill_process_group(group, Signal::KILL);
     }
-}
-
-/// Runs `commands` one after the other on a thread of their own, with no
-/// input or output: the pool's thread never waits on the network or on
-/// Slurm.
-pub(crate) fn run_detached(name: &str, commands: Vec<Command>) {
-    let _ = std::thread::Builder::new()
-        .name(name.to_owned())
-        .spawn(move || {
-            for mut command in commands {
-                let _ = command
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .status();
-            }
-        });
 }
 
 /// What a worker said of itself in its handshake: where to find it when
@@ -162,10 +157,22 @@ pub(crate) trait Launch: Send + Sync + std::fmt::Debug {
 
     /// Gets ready to start workers, before the first (ships the binary to
     /// a host, say); why not, if it cannot. Runs on the thread building
-    /// the pool.
+    /// the pool, and returns within a bound.
     fn prepare(&self) -> Result<(), String> {
         Ok(())
     }
+
+    /// A fresh copy of it for one pool, if it keeps anything per pool
+    /// (helper commands, which end with their pool: [`Launch::finish`]);
+    /// `None` if one value serves any number of pools.
+    fn for_pool(&self) -> Option<Arc<dyn Launch>> {
+        None
+    }
+
+    /// The pool has shut down and killed its workers: what it still runs
+    /// for them (a remote kill) gets a moment to finish, then is killed.
+    /// Blocks for that moment at most.
+    fn finish(&self) {}
 
     /// How many of its workers may be starting at once: sshd drops
     /// connections that come faster than it takes them (`MaxStartups`).

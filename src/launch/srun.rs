@@ -7,15 +7,21 @@
 //! `sbcast` (or `srun --bcast`) to the same path, given with
 //! [`Srun::arg`].
 //!
-//! Killing the local `srun` ends its step's task within a second
-//! (measured: slurmstepd notices the lost connection), and the worker's
-//! watchdog ends it as soon as its request stream closes.
+//! Killing the local `srun` does not always end its step's task (measured:
+//! once within a second, once not for 10 s, its input held open by
+//! slurmstepd), so a worker the pool gives up on is also cancelled with
+//! `scancel`, from a helper that is bounded in time and ends with the pool
+//! ([`super::helpers`]); the worker's watchdog ends it as soon as its
+//! request stream closes.
 
 use std::ffi::OsString;
 use std::process::Command;
+use std::sync::Arc;
 
 use super::command::run_worker_after;
-use super::{Launch, Launcher, Reported, kill_group, run_detached};
+use super::helpers::Helpers;
+use super::{Launch, Launcher, Reported, kill_group};
+use crate::flow::{HELPER_BOUND, SCANCEL_GRACE};
 use crate::handoff::WorkerConfig;
 
 /// Workers as Slurm job steps: made by [`Launcher::srun`], given to
@@ -55,11 +61,22 @@ impl Srun {
 
 impl From<Srun> for Launcher {
     fn from(srun: Srun) -> Launcher {
-        Launcher::from_launch(srun)
+        Launcher::from_launch(SrunLaunch {
+            srun,
+            helpers: Helpers::default(),
+        })
     }
 }
 
-impl Launch for Srun {
+/// One pool's srun launcher.
+#[derive(Debug)]
+struct SrunLaunch {
+    srun: Srun,
+    /// The `scancel`s under way.
+    helpers: Helpers,
+}
+
+impl Launch for SrunLaunch {
     fn command(&self, config: &WorkerConfig) -> Command {
         // Named after this process and srun's own pid (`sh` execs srun),
         // so that the pool can cancel the job srun makes even before the
@@ -73,7 +90,7 @@ impl Launch for Srun {
             ))
             .arg("sh")
             .args(["-N1", "-n1", "--quiet", "--unbuffered"])
-            .args(&self.args);
+            .args(&self.srun.args);
         run_worker_after(&mut command, config);
         command
     }
@@ -84,31 +101,42 @@ impl Launch for Srun {
 
     fn kill_rest(&self, local_pid: u32, reported: Option<&Reported>) {
         kill_group(local_pid);
-        let mut cancels: Vec<Vec<String>> = Vec::new();
+        let scancel = |args: &[&str]| {
+            let mut cancel = Command::new("scancel");
+            cancel.args(args);
+            cancel
+        };
         // The job srun made for this worker, if it made one: by its name,
         // which no allocation of the user's has.
-        cancels.push(vec![format!("--name={}-{local_pid}", job_name_prefix())]);
+        let name = format!("--name={}-{local_pid}", job_name_prefix());
+        self.helpers
+            .run("buckshot-scancel", vec![scancel(&[&name])], HELPER_BOUND);
         // A killed srun does not always end its step (measured here: the
         // task ran on, its input held open by slurmstepd): cancel the step
-        // the worker said it runs as, from a thread of its own.
-        // The step, inside an allocation: its processes at once, then the
-        // step itself; never the allocation.
+        // the worker said it runs as, inside an allocation too: its
+        // processes at once, then the step itself; never the allocation.
+        // Beside the cancel by name, not after it: each takes a round trip
+        // to slurmctld, seconds on a loaded machine.
         if let Some(step) = reported
             .and_then(|r| r.step.as_deref())
             .filter(|s| is_step_id(s))
         {
-            cancels.push(vec!["--signal=KILL".to_owned(), step.to_owned()]);
-            cancels.push(vec![step.to_owned()]);
+            let commands = vec![scancel(&["--signal=KILL", step]), scancel(&[step])];
+            self.helpers.run("buckshot-scancel", commands, HELPER_BOUND);
         }
-        let commands = cancels
-            .into_iter()
-            .map(|args| {
-                let mut cancel = Command::new("scancel");
-                cancel.args(args);
-                cancel
-            })
-            .collect();
-        run_detached("buckshot-scancel", commands);
+    }
+
+    fn for_pool(&self) -> Option<Arc<dyn Launch>> {
+        Some(Arc::new(SrunLaunch {
+            srun: self.srun.clone(),
+            helpers: Helpers::default(),
+        }))
+    }
+
+    fn finish(&self) {
+        // Longer than ssh's: a step whose srun was killed may run until it
+        // is cancelled.
+        self.helpers.finish(SCANCEL_GRACE);
     }
 
     fn describe(&self) -> Option<String> {

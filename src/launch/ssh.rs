@@ -14,17 +14,31 @@
 //! (the remote shell `exec`s it as a session leader). A worker whose
 //! session is lost ends by itself: its watchdog sees its request stream
 //! close.
+//!
+//! Nothing waits on a host for ever. Unless the user set them (with
+//! [`Ssh::ssh_option`], or in an ssh configuration file, which `ssh -G`
+//! reads for us), `ConnectTimeout` bounds the wait for a host that does
+//! not answer (it covers the banner too: a host that accepts a connection
+//! and never speaks), and `ServerAliveInterval` with
+//! `ServerAliveCountMax` ends a session whose connection went silent, so
+//! that its worker's input fails with `WorkerDied` instead of hanging. The
+//! commands run besides the workers (the check for a cached binary, the
+//! upload, remote kills) have deadlines of their own and end with the
+//! pool ([`super::helpers`]).
 
 use std::ffi::OsString;
 use std::io::Read;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
-use super::{Launch, Launcher, Reported, kill_group, run_detached};
+use super::helpers::{Helpers, run_bounded};
+use super::{Launch, Launcher, Reported, kill_group};
+use crate::flow::{HELPER_BOUND, HELPERS_GRACE, SHIP_BYTES_PER_SEC};
 use crate::handoff::{WORKER_ENV, WorkerConfig};
 
 /// Workers on a host reached with `ssh`: made by [`Launcher::ssh`], set
@@ -53,6 +67,13 @@ use crate::handoff::{WORKER_ENV, WorkerConfig};
 /// (the binary is copied as it is). Host keys are checked as `ssh` checks
 /// them; `BatchMode=yes` is set, so a host that would ask for a password
 /// fails at start-up instead.
+///
+/// Unless set with [`ssh_option`](Ssh::ssh_option) or in an ssh
+/// configuration file, these are set: `ConnectTimeout=10` (a host that
+/// does not answer within 10 s fails to start), `ServerAliveInterval=5`
+/// and `ServerAliveCountMax=3` (a connection silent for about 15 s is
+/// dropped: its worker's input fails with
+/// [`Error::WorkerDied`](crate::Error::WorkerDied)).
 #[derive(Debug, Clone)]
 pub struct Ssh {
     destination: String,
@@ -113,59 +134,136 @@ impl Ssh {
         self
     }
 
-    /// `ssh` with every option, up to and including the destination.
-    fn ssh(&self) -> Command {
-        let mut command = Command::new("ssh");
+    /// `ssh`'s arguments: every option, the user's before `defaults`, up
+    /// to and including the destination. `batch_mode`: `yes`, except to
+    /// ask `ssh -G` for the options in force (it sets
+    /// `ServerAliveInterval=300` in batch mode unless configured, which
+    /// would hide whether it was).
+    fn args(&self, batch_mode: &str, defaults: &[(&str, &str)]) -> Vec<OsString> {
+        let mut args: Vec<OsString> = Vec::new();
         if let Some(config) = &self.config {
-            command.arg("-F").arg(config);
+            args.extend(["-F".into(), config.into()]);
         }
-        command.args(["-T", "-o", "BatchMode=yes"]);
+        args.extend([
+            "-T".into(),
+            "-o".into(),
+            format!("BatchMode={batch_mode}").into(),
+        ]);
         if let Some(port) = self.port {
-            command.arg("-p").arg(port.to_string());
+            args.extend(["-p".into(), port.to_string().into()]);
         }
         if let Some(identity) = &self.identity {
-            command.arg("-i").arg(identity);
+            args.extend(["-i".into(), identity.into()]);
         }
-        for (key, value) in &self.options {
-            command.arg("-o").arg(format!("{key}={value}"));
+        let options = self.options.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+        for (key, value) in options.chain(defaults.iter().copied()) {
+            args.extend(["-o".into(), format!("{key}={value}").into()]);
         }
         // The destination can never be read as an option.
-        command.arg("--").arg(&self.destination);
-        command
+        args.extend(["--".into(), (&self.destination).into()]);
+        args
+    }
+
+    /// Whether the user set option `key` with [`Ssh::ssh_option`].
+    fn sets(&self, key: &str) -> bool {
+        self.options
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case(key))
     }
 }
+
+/// The options the pool sets unless the user did: each with its value,
+/// and ssh's own default as `ssh -G` prints it (a value the user did not
+/// change).
+const DEFAULTS: [(&str, &str, &str); 3] = [
+    ("ConnectTimeout", "10", "none"),
+    ("ServerAliveInterval", "5", "0"),
+    ("ServerAliveCountMax", "3", "3"),
+];
 
 impl From<Ssh> for Launcher {
     fn from(ssh: Ssh) -> Launcher {
-        Launcher::from_launch(SshLaunch {
-            ssh,
-            program: OnceLock::new(),
-        })
+        Launcher::from_launch(SshLaunch::new(ssh))
     }
 }
 
+/// One pool's ssh launcher.
 #[derive(Debug)]
 struct SshLaunch {
     ssh: Ssh,
     /// The program to run on the host, as a remote shell word; set by
     /// `prepare`.
     program: OnceLock<String>,
+    /// Which of [`DEFAULTS`] apply to this host; set by `prepare`.
+    defaults: OnceLock<Vec<(&'static str, &'static str)>>,
+    /// The remote kills under way.
+    helpers: Helpers,
 }
 
 /// The cache directory on a host, as a remote shell word.
 const REMOTE_CACHE: &str = "\"$HOME\"/.cache/buckshot";
 
 impl SshLaunch {
-    /// Runs `script` on the host with `stdin`; its output, or why not.
-    fn run(&self, script: &str, stdin: Stdio) -> Result<std::process::Output, String> {
-        self.ssh
-            .ssh()
-            .arg(script)
-            .stdin(stdin)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .output()
-            .map_err(|e| format!("ssh {}: could not run ssh: {e}", self.ssh.destination))
+    fn new(ssh: Ssh) -> SshLaunch {
+        SshLaunch {
+            ssh,
+            program: OnceLock::new(),
+            defaults: OnceLock::new(),
+            helpers: Helpers::default(),
+        }
+    }
+
+    /// `ssh` with every option, up to and including the destination.
+    fn ssh(&self) -> Command {
+        let defaults = self.defaults.get().map_or(&[][..], Vec::as_slice);
+        let mut command = Command::new("ssh");
+        command.args(self.ssh.args("yes", defaults));
+        command
+    }
+
+    /// Which of [`DEFAULTS`] apply: those the user set neither with
+    /// `ssh_option` nor in a configuration file (where `ssh -G`, which
+    /// prints the options in force for the host, shows ssh's own value).
+    /// If `ssh -G` fails, all that the user did not set with `ssh_option`.
+    fn defaults(&self) -> Vec<(&'static str, &'static str)> {
+        let mut resolve = Command::new("ssh");
+        resolve
+            .arg("-G")
+            .args(self.ssh.args("no", &[]))
+            .stdin(Stdio::null());
+        let in_force = run_bounded(&mut resolve, HELPER_BOUND)
+            .ok()
+            .filter(|output| output.status.success())
+            .map(|output| String::from_utf8_lossy(&output.stdout).into_owned())
+            .unwrap_or_default();
+        let value_of = |key: &str| {
+            in_force.lines().find_map(|line| {
+                let (k, v) = line.split_once(' ')?;
+                k.eq_ignore_ascii_case(key).then(|| v.trim())
+            })
+        };
+        DEFAULTS
+            .iter()
+            .filter(|(key, _, _)| !self.ssh.sets(key))
+            .filter(|(key, _, ssh_default)| value_of(key).is_none_or(|v| v == *ssh_default))
+            .map(|&(key, ours, _)| (key, ours))
+            .collect()
+    }
+
+    /// Runs `script` on the host with `stdin`, for at most `bound`; its
+    /// output, or why not.
+    fn run(
+        &self,
+        script: &str,
+        stdin: Stdio,
+        bound: Duration,
+    ) -> Result<std::process::Output, String> {
+        let mut command = self.ssh();
+        command.arg(script).stdin(stdin);
+        run_bounded(&mut command, bound).map_err(|e| match e.kind() {
+            std::io::ErrorKind::TimedOut => format!("ssh {}: {e}", self.ssh.destination),
+            _ => format!("ssh {}: could not run ssh: {e}", self.ssh.destination),
+        })
     }
 
     fn failure(&self, output: &std::process::Output) -> String {
@@ -184,7 +282,11 @@ impl SshLaunch {
     fn ship(&self) -> Result<String, String> {
         let (hash, size) = binary_hash().map_err(|e| format!("could not read this binary: {e}"))?;
         let program = format!("{REMOTE_CACHE}/{hash}");
-        let present = self.run(&sh(&format!("test -x {program}")), Stdio::null())?;
+        let present = self.run(
+            &sh(&format!("test -x {program}")),
+            Stdio::null(),
+            HELPER_BOUND,
+        )?;
         match present.status.code() {
             Some(0) => return Ok(program),
             Some(1) => {}
@@ -203,7 +305,8 @@ impl SshLaunch {
              && {{ ! command -v sha256sum >/dev/null || [ \"$(sha256sum < \"$t\" | cut -c1-32)\" = {hash} ]; }} \
              && chmod 755 \"$t\" && mv -f \"$t\" {program} || {{ rm -f \"$t\"; exit 1; }}"
         );
-        let shipped = self.run(&sh(&script), Stdio::from(binary))?;
+        let upload = HELPER_BOUND + Duration::from_secs(size / SHIP_BYTES_PER_SEC);
+        let shipped = self.run(&sh(&script), Stdio::from(binary), upload)?;
         if !shipped.status.success() {
             return Err(self.failure(&shipped));
         }
@@ -249,6 +352,7 @@ pub(crate) fn shell_quote(word: &str) -> String {
 
 impl Launch for SshLaunch {
     fn prepare(&self) -> Result<(), String> {
+        let _ = self.defaults.set(self.defaults());
         let program = match &self.ssh.remote_program {
             Some(path) => shell_quote(path),
             None => self.ship()?,
@@ -267,7 +371,7 @@ impl Launch for SshLaunch {
             "exec env {} {program}",
             shell_quote(&format!("{WORKER_ENV}={}", config.to_env()))
         );
-        let mut command = self.ssh.ssh();
+        let mut command = self.ssh();
         command.arg(script).process_group(0);
         command
     }
@@ -284,10 +388,19 @@ impl Launch for SshLaunch {
         // leader): a plain pid could be reused by then. `kill -s KILL --`
         // works in dash too.
         if let Some(pid) = reported.map(|r| r.pid).filter(|&pid| pid > 1) {
-            let mut kill = self.ssh.ssh();
+            let mut kill = self.ssh();
             kill.arg(sh(&format!("kill -s KILL -- -{pid} 2>/dev/null; true")));
-            run_detached("buckshot-ssh-kill", vec![kill]);
+            self.helpers
+                .run("buckshot-ssh-kill", vec![kill], HELPER_BOUND);
         }
+    }
+
+    fn for_pool(&self) -> Option<Arc<dyn Launch>> {
+        Some(Arc::new(SshLaunch::new(self.ssh.clone())))
+    }
+
+    fn finish(&self) {
+        self.helpers.finish(HELPERS_GRACE);
     }
 
     fn describe(&self) -> Option<String> {
@@ -325,17 +438,52 @@ mod tests {
     }
 
     #[test]
+    fn defaults_apply_where_neither_an_option_nor_the_configuration_sets_them() {
+        let config =
+            std::env::temp_dir().join(format!("buckshot-ssh-config-{}", std::process::id()));
+        std::fs::write(&config, "Host node1\n  ConnectTimeout 3\n").unwrap();
+        let defaults = |ssh: Ssh| SshLaunch::new(ssh.ssh_config(&config)).defaults();
+        assert_eq!(
+            defaults(Launcher::ssh("me@elsewhere")),
+            [
+                ("ConnectTimeout", "10"),
+                ("ServerAliveInterval", "5"),
+                ("ServerAliveCountMax", "3")
+            ]
+        );
+        // The configuration's value holds for its host; an option holds
+        // whatever its case.
+        assert_eq!(
+            defaults(Launcher::ssh("me@node1").ssh_option("serveraliveinterval", "60")),
+            [("ServerAliveCountMax", "3")]
+        );
+        // A value other than ssh's own is the user's; the 300 s that ssh
+        // gives ServerAliveInterval in batch mode is not.
+        assert_eq!(
+            defaults(
+                Launcher::ssh("me@elsewhere")
+                    .ssh_option("BatchMode", "yes")
+                    .ssh_option("ServerAliveCountMax", "7")
+            ),
+            [("ConnectTimeout", "10"), ("ServerAliveInterval", "5")]
+        );
+        let _ = std::fs::remove_file(&config);
+    }
+
+    #[test]
     fn options_come_before_the_destination_and_cannot_be_injected() {
-        let ssh = Launcher::ssh("-oProxyCommand=evil")
+        let args: Vec<String> = Launcher::ssh("-oProxyCommand=evil")
             .port(2222)
             .ssh_option("ConnectTimeout", "5")
-            .ssh();
-        let args: Vec<String> = ssh
-            .get_args()
+            .args("yes", &[("ServerAliveInterval", "5")])
+            .into_iter()
             .map(|a| a.to_string_lossy().into_owned())
             .collect();
         let dashes = args.iter().position(|a| a == "--").unwrap();
-        assert_eq!(args[dashes + 1], "-oProxyCommand=evil");
-        assert!(args[..dashes].contains(&"ConnectTimeout=5".to_owned()));
+        assert_eq!(args[dashes + 1..], ["-oProxyCommand=evil"]);
+        let ours = args.iter().position(|a| a == "ServerAliveInterval=5");
+        let users = args.iter().position(|a| a == "ConnectTimeout=5");
+        // ssh takes the first value of an option: the user's come first.
+        assert!(users < ours && ours < Some(dashes), "{args:?}");
     }
 }

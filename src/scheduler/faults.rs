@@ -266,9 +266,13 @@ pub(crate) fn try_reap(
     if let Some(fault) = &dying.failed_starting {
         // A SIGKILL from outside says nothing about whether workers can
         // start; a worker that failed by itself, or that the pool killed for
-        // a fault of its own, does.
-        let killed_from_outside =
-            fault.is_none() && status.is_some_and(|s| s.signal() == Some(libc::SIGKILL));
+        // a fault of its own, does. Whose SIGKILL it was is known from
+        // whether the pool sent one while the worker ran: a launcher's
+        // process (`ssh`) whose worker failed at once is killed by the pool
+        // as its stream ends, before it exits by itself.
+        let killed_from_outside = fault.is_none()
+            && !dying.process.killed_by_pool()
+            && status.is_some_and(|s| s.signal() == Some(libc::SIGKILL));
         if !killed_from_outside {
             supply.died_starting(match (fault, status, telling_line(&stderr)) {
                 (Some(fault), _, _) => fault.clone(),
@@ -330,6 +334,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
+    use crate::flow::STARTUP_FAILURE_LIMIT;
     use crate::handoff::WorkerConfig;
     use crate::launch::{Launch, Local};
 
@@ -534,6 +539,73 @@ mod tests {
             assert_eq!(dying.failed_starting, failed_starting);
             assert_eq!((placed(&requeue), outbox.len()), (vec![(0, 2)], 0));
         }
+    }
+
+    /// A worker that failed before its handshake, to be reaped once it
+    /// exited.
+    fn failed_starting(process: Process) -> Dying {
+        Dying {
+            process,
+            group: 0,
+            kill_at: None,
+            victim: None,
+            victim_input: None,
+            failed_starting: Some(None),
+        }
+    }
+
+    /// Waits (at most 10 s) until `process` exits.
+    fn wait_exit(process: &Process) {
+        let pidfd = process.pidfd();
+        let mut fds = [rustix::event::PollFd::new(
+            &pidfd,
+            rustix::event::PollFlags::IN,
+        )];
+        let bound = rustix::event::Timespec::try_from(Duration::from_secs(10)).unwrap();
+        assert_eq!(rustix::event::poll(&mut fds, Some(&bound)).unwrap(), 1);
+    }
+
+    /// Waits until `dying` exits, and reaps it.
+    fn reap(dying: &mut Dying, supply: &mut Supply) {
+        wait_exit(&dying.process);
+        assert!(try_reap(
+            dying,
+            Instant::now(),
+            supply,
+            &mut Outbox::default()
+        ));
+    }
+
+    #[test]
+    fn only_the_pools_own_sigkill_counts_as_a_failure_to_start() {
+        let spawn = || Process::spawn(Arc::new(Sleeper), &config(), false, false).unwrap();
+        let mut supply = Supply::new(Arc::new(Local), config(), false, false, 0, 1);
+        // Killed from outside, then by the pool as its stream ends: the
+        // SIGKILL was not the pool's, and says nothing of start-up.
+        let mut dying = failed_starting(spawn());
+        let pid = dying.process.pid();
+        // SAFETY: kill has no memory-safety preconditions; `pid` is our
+        // unreaped child.
+        assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
+        wait_exit(&dying.process);
+        dying.process.kill();
+        assert!(!dying.process.killed_by_pool());
+        reap(&mut dying, &mut supply);
+        assert!(
+            supply.may_start(STARTUP_FAILURE_LIMIT as usize - 1),
+            "counted"
+        );
+        // Killed by the pool while it ran (an `ssh` whose remote program
+        // failed, killed as its stream ends): counted.
+        let mut dying = failed_starting(spawn());
+        dying.process.kill();
+        assert!(dying.process.killed_by_pool());
+        reap(&mut dying, &mut supply);
+        assert!(
+            !supply.may_start(STARTUP_FAILURE_LIMIT as usize - 1),
+            "not counted"
+        );
+        assert!(supply.may_start(STARTUP_FAILURE_LIMIT as usize - 2));
     }
 
     #[test]

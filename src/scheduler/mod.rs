@@ -771,6 +771,11 @@ impl Scheduler {
         for seat in self.dying.drain() {
             faults::reap_at_shutdown(seat.dying);
         }
+        // What the launchers run for the workers just killed (a remote
+        // kill) gets a moment, then goes too: nothing outlives the pool.
+        for supply in &self.supplies {
+            supply.finish();
+        }
         if self.shared.config.forward_stderr {
             crate::stderr::flush_forwarded();
         }

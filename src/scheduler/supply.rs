@@ -129,7 +129,9 @@ impl Supply {
                 Some(WorkerHandle::new(process, self.group))
             }
             Err(e) => {
-                tracing::debug!(error = %e, "could not spawn a worker");
+                let place = self.launch.describe();
+                let place = place.as_deref().unwrap_or("this machine");
+                tracing::warn!(error = %e, place, "could not spawn a worker");
                 self.failed(Failure::Spawn(e.to_string()));
                 self.back_off(now);
                 None
@@ -241,6 +243,12 @@ impl Supply {
 
     pub(crate) fn stopped(&self) -> bool {
         self.stopped
+    }
+
+    /// The pool shut down: its launcher's helpers end (see
+    /// [`Launch::finish`]).
+    pub(crate) fn finish(&self) {
+        self.launch.finish();
     }
 }
 
