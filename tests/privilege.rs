@@ -98,15 +98,15 @@ fn shared_dir() -> Option<PathBuf> {
 #[test]
 fn a_setuid_copy_refuses_to_serve_tasks() {
     if !rustix::process::geteuid().is_root() {
-        eprintln!("skipped: making a setuid-root copy needs root (CI runs the tests as root)");
+        common::skip("root", "making a setuid-root copy needs root");
         return;
     }
     if Command::new("setpriv").arg("--version").output().is_err() {
-        eprintln!("skipped: setpriv (util-linux) is not installed");
+        common::skip("setpriv", "setpriv (util-linux) is not installed");
         return;
     }
     let Some(dir) = shared_dir() else {
-        eprintln!("skipped: the temporary directory is on a nosuid file system");
+        common::skip("suid-tmp", "the temporary directory is on a nosuid file system");
         return;
     };
     let plain = copy_of_this_binary(&dir, "plain", 0o755);
