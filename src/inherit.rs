@@ -90,11 +90,16 @@ fn close_listed(first: u32, last: u32) -> std::io::Result<()> {
 /// like every launcher's command, it leads a process group of its own.
 /// Not from a privileged process (setuid, file capabilities): its copy
 /// would refuse, so the command is started as it is.
-pub(crate) fn through_this_binary(command: Command) -> Command {
+///
+/// The program is looked up here, as `Command::spawn` would: one that is
+/// not there (or not executable) is the spawn's error, not a start-up
+/// failure of the copy's.
+pub(crate) fn through_this_binary(command: Command) -> std::io::Result<Command> {
     if crate::worker::is_privileged() {
-        return command;
+        return Ok(command);
     }
-    let words = std::iter::once(command.get_program()).chain(command.get_args());
+    let program = find_program(&command)?;
+    let words = std::iter::once(program.as_os_str()).chain(command.get_args());
     let mut through = Command::new("/proc/self/exe");
     through.env(EXEC_ENV, encode(words)).process_group(0);
     for (key, value) in command.get_envs() {
@@ -106,7 +111,40 @@ pub(crate) fn through_this_binary(command: Command) -> Command {
     if let Some(dir) = command.get_current_dir() {
         through.current_dir(dir);
     }
-    through
+    Ok(through)
+}
+
+/// The path `command`'s program runs from: as given if it holds a `/`,
+/// else the first executable file of that name in the `PATH` the command
+/// will see, as `execvp` searches it. The errors are those of `execvp`.
+fn find_program(command: &Command) -> std::io::Result<std::path::PathBuf> {
+    use std::path::{Path, PathBuf};
+    let program = command.get_program();
+    let check = |path: &Path| -> std::io::Result<()> {
+        let path = match command.get_current_dir() {
+            Some(dir) => dir.join(path),
+            None => path.to_owned(),
+        };
+        rustix::fs::access(&path, rustix::fs::Access::EXEC_OK)?;
+        match path.is_file() {
+            true => Ok(()),
+            false => Err(std::io::Error::from_raw_os_error(libc::EACCES)),
+        }
+    };
+    if program.as_bytes().contains(&b'/') {
+        let path = PathBuf::from(program);
+        return check(&path).map(|()| path);
+    }
+    let path = command
+        .get_envs()
+        .find(|(key, _)| *key == "PATH")
+        .map(|(_, value)| value.map(OsStr::to_owned))
+        .unwrap_or_else(|| std::env::var_os("PATH"))
+        .unwrap_or_else(|| "/usr/bin:/bin".into());
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|candidate| candidate.is_absolute() && check(candidate).is_ok())
+        .ok_or_else(|| std::io::Error::from_raw_os_error(libc::ENOENT))
 }
 
 fn encode<'a>(words: impl Iterator<Item = &'a OsStr>) -> String {
@@ -228,13 +266,13 @@ mod tests {
 
     #[test]
     fn the_wrapped_command_keeps_its_environment_and_directory() {
-        let mut command = Command::new("ssh");
+        let mut command = Command::new("sh");
         command
             .arg("host")
             .env("KEPT", "1")
             .env_remove("GONE")
             .current_dir("/tmp");
-        let through = through_this_binary(command);
+        let through = through_this_binary(command).unwrap();
         assert_eq!(through.get_program(), "/proc/self/exe");
         let envs: Vec<_> = through.get_envs().collect();
         assert!(envs.contains(&(OsStr::new("KEPT"), Some(OsStr::new("1")))));
@@ -244,13 +282,37 @@ mod tests {
             .find(|(key, _)| *key == EXEC_ENV)
             .and_then(|(_, value)| value.as_ref())
             .unwrap();
-        assert_eq!(
-            decode(exec.to_str().unwrap()).unwrap(),
-            [OsString::from("ssh"), OsString::from("host")]
+        let words = decode(exec.to_str().unwrap()).unwrap();
+        assert!(
+            words[0].as_bytes().starts_with(b"/") && words[0].as_bytes().ends_with(b"/sh"),
+            "{words:?}"
         );
+        assert_eq!(words[1..], [OsString::from("host")]);
         assert_eq!(
             through.get_current_dir(),
             Some(std::path::Path::new("/tmp"))
         );
+    }
+
+    #[test]
+    fn a_program_that_is_not_there_is_the_spawns_error() {
+        let missing = |command: Command| {
+            through_this_binary(command)
+                .err()
+                .and_then(|e| e.raw_os_error())
+        };
+        let mut empty_path = Command::new("sh");
+        empty_path.env("PATH", "/nonexistent");
+        assert_eq!(missing(empty_path), Some(libc::ENOENT));
+        assert_eq!(
+            missing(Command::new("/nonexistent/program")),
+            Some(libc::ENOENT)
+        );
+        // A file that is not executable, and a directory.
+        assert_eq!(missing(Command::new("/proc/self/stat")), Some(libc::EACCES));
+        assert_eq!(missing(Command::new("/")), Some(libc::EACCES));
+        let mut relative = Command::new("./sh");
+        relative.current_dir("/bin");
+        assert!(through_this_binary(relative).is_ok());
     }
 }

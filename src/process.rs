@@ -106,7 +106,7 @@ impl Process {
         if !launch.worker_is_child() {
             // Its program is not ours: it would keep the program's
             // descriptors open as long as it runs.
-            command = crate::inherit::through_this_binary(command);
+            command = crate::inherit::through_this_binary(command)?;
         }
         command
             .stdin(Stdio::from(requests_reader.try_clone()?))

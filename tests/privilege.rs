@@ -106,7 +106,10 @@ fn a_setuid_copy_refuses_to_serve_tasks() {
         return;
     }
     let Some(dir) = shared_dir() else {
-        common::skip("suid-tmp", "the temporary directory is on a nosuid file system");
+        common::skip(
+            "suid-tmp",
+            "the temporary directory is on a nosuid file system",
+        );
         return;
     };
     let plain = copy_of_this_binary(&dir, "plain", 0o755);
