@@ -32,9 +32,10 @@ fn copy_of_this_binary(dir: &Path, name: &str, mode: u32) -> PathBuf {
 }
 
 /// Starts `program` as `nobody` with the worker variable set, as a pool of
-/// this process would (this process as the expected parent), closes its
-/// requests at once, and returns what it wrote to its reply stream and its
-/// stderr.
+/// this process would (this process as the expected parent), and returns
+/// what it wrote to its reply stream and its stderr. Its requests close
+/// once its first frame came (or its reply stream ended): a worker ends
+/// when they close, and may before its handshake.
 fn start_as_nobody_with_the_worker_variable(program: &Path) -> (Vec<u8>, String) {
     let mut child = Command::new("setpriv")
         .args([
@@ -52,11 +53,19 @@ fn start_as_nobody_with_the_worker_variable(program: &Path) -> (Vec<u8>, String)
         .stderr(Stdio::piped())
         .spawn()
         .expect("start setpriv");
-    drop(child.stdin.take());
+    let requests = child.stdin.take();
     let mut stdout = child.stdout.take().unwrap();
     let mut stderr = child.stderr.take().unwrap();
     common::within("the started copy", move || {
         let mut replies = Vec::new();
+        let mut len = [0u8; 4];
+        if stdout.read_exact(&mut len).is_ok() {
+            replies.extend_from_slice(&len);
+            let mut frame = vec![0; u32::from_le_bytes(len) as usize];
+            stdout.read_exact(&mut frame).unwrap();
+            replies.extend_from_slice(&frame);
+        }
+        drop(requests);
         stdout.read_to_end(&mut replies).unwrap();
         let mut text = String::new();
         stderr.read_to_string(&mut text).unwrap();

@@ -388,16 +388,19 @@ fn a_stalled_subscriber_holds_up_no_map() {
     let subscriber = tracing_subscriber::registry()
         .with(EnvFilter::new("info"))
         .with(Stalling(Arc::clone(&gate)));
+    // If the pool's thread waited for the subscriber, a worker's events
+    // would fill its pipe and it would time out. 10,000 events take a
+    // debug build well under a second, also on a loaded machine.
     let pool = tracing::subscriber::with_default(subscriber, || {
         Pool::builder()
             .processes(2)
-            .timeout(std::time::Duration::from_millis(300))
+            .timeout(std::time::Duration::from_secs(5))
             .build()
             .unwrap()
     });
     let pool = common::within_for(
         "maps while the subscriber stalls",
-        std::time::Duration::from_secs(20),
+        std::time::Duration::from_secs(30),
         move || {
             assert_eq!(pool.call(stall_logs, 10_000).unwrap(), 10_000);
             assert_eq!(pool.call(square, 7).unwrap(), 49);
