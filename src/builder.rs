@@ -289,7 +289,7 @@ impl PoolBuilder {
                 "max_frame_bytes must be at least {MIN_FRAME_BYTES}"
             ));
         }
-        if crate::worker::is_privileged() {
+        if crate::entry::is_privileged() {
             // Its copies would refuse to serve, one after the other.
             return Err(Error::Startup {
                 message: "this program runs with privileges (setuid, setgid or file \

@@ -20,7 +20,7 @@
 //! - A launcher's program (`ssh`, `srun`, a command prefix) is not ours and
 //!   would keep them open as long as it runs: it is started through this
 //!   binary ([`through_this_binary`]), which closes them and execs it
-//!   ([`exec_if_asked`]). That costs one more exec of this binary per
+//!   ([`exec`]). That costs one more exec of this binary per
 //!   remote worker start, about a millisecond, still without a fork.
 
 use std::ffi::{CString, OsStr, OsString};
@@ -32,7 +32,11 @@ use std::process::Command;
 /// Marks a process that only closes its inherited descriptors and execs
 /// another program; its value is that program's command line, each word
 /// in hex, separated by commas.
-const EXEC_ENV: &str = "__BUCKSHOT_EXEC";
+pub(crate) const EXEC_ENV: &str = "__BUCKSHOT_EXEC";
+
+/// Exit code of a process that could not exec the program it was asked
+/// to, as a shell's for a command it cannot run.
+pub(crate) const EXIT_FAILED: i32 = 127;
 
 /// Closes every descriptor of this process above stderr but those in
 /// `keep`. Call it while nothing else of the process holds descriptors it
@@ -95,7 +99,7 @@ fn close_listed(first: u32, last: u32) -> std::io::Result<()> {
 /// not there (or not executable) is the spawn's error, not a start-up
 /// failure of the copy's.
 pub(crate) fn through_this_binary(command: Command) -> std::io::Result<Command> {
-    if crate::worker::is_privileged() {
+    if crate::entry::is_privileged() {
         return Ok(command);
     }
     let program = find_program(&command)?;
@@ -171,24 +175,16 @@ fn decode(value: &str) -> Option<Vec<OsString>> {
         .filter(|words| !words[0].is_empty())
 }
 
-/// In a process started by [`through_this_binary`], closes the inherited
-/// descriptors and execs the command; otherwise returns at once. Called
-/// from the hook before `main`.
-pub(crate) fn exec_if_asked() {
-    let Some(value) = std::env::var_os(EXEC_ENV) else {
-        return;
-    };
+/// Closes every descriptor above stderr and execs the program `value`
+/// names (see [`through_this_binary`]); exits if it cannot. Called before
+/// `main` ([`crate::entry`]).
+pub(crate) fn exec(value: OsString) -> ! {
     let fail = |message: String| -> ! {
         eprintln!("buckshot: {message}");
-        std::process::exit(127)
+        std::process::exit(EXIT_FAILED)
     };
-    if crate::worker::is_privileged() {
-        fail(format!(
-            "refusing to run {EXEC_ENV} in a privileged process"
-        ));
-    }
     // SAFETY: this runs in a constructor before `main`, where nothing else
-    // reads the environment (see `worker::serve_if_worker`).
+    // reads the environment (see `worker::serve_from`).
     unsafe { std::env::remove_var(EXEC_ENV) };
     let Some(words) = value.to_str().and_then(decode) else {
         fail(format!("bad {EXEC_ENV} value {value:?}"));

@@ -86,6 +86,7 @@ mod builder;
 mod bulk;
 mod context;
 mod delivery;
+mod entry;
 mod error;
 mod fd_limit;
 mod feed;
@@ -203,9 +204,7 @@ pub mod __private {
 // execs that program (or exits).
 #[ctor::ctor(unsafe, naked)]
 fn buckshot_worker_entry() {
-    inherit::exec_if_asked();
-    worker::serve_if_worker();
-    replay::replay_if_asked();
+    entry::run();
 }
 
 // The README's examples compile and run as doctests.

@@ -77,7 +77,7 @@ pub(crate) fn install_hook(
             line: location.line(),
             column: location.column(),
         });
-        let stack = backtraces.then(Backtrace::force_capture);
+        let stack = (backtraces && room_to_capture()).then(Backtrace::force_capture);
         let message = message(info.payload());
         // What Rust prints, but the backtrace: that goes with the error. A
         // write error is ignored: a panic in the hook would abort.
@@ -98,6 +98,22 @@ pub(crate) fn install_hook(
         NOTED.with(|noted| *noted.borrow_mut() = Some(Noted { report, stack }));
     }));
 }
+
+/// Whether there is memory left to capture a backtrace. std captures one
+/// holding a lock that its handler of a failed allocation takes too: a
+/// capture that runs out of memory deadlocks, before the worker could
+/// announce the panic (and start the pool's bound on symbolising). A task
+/// that panics with less room than this (under `memory_limit`) is
+/// reported without a backtrace.
+fn room_to_capture() -> bool {
+    // Large enough to be mapped apart and given back at once: the room is
+    // still there for the capture, which needs a few KiB.
+    let mut probe: Vec<u8> = Vec::new();
+    probe.try_reserve_exact(CAPTURE_ROOM).is_ok()
+}
+
+/// The room [`room_to_capture`] asks for.
+const CAPTURE_ROOM: usize = 1 << 20;
 
 /// Runs a task, catching its panic.
 pub(crate) fn catch<R>(task: impl FnOnce() -> R) -> Result<R, PanicReport> {

@@ -1,15 +1,13 @@
 //! The worker side: what a re-executed copy of the binary does instead of
 //! `main`.
 //!
-//! A constructor in `lib.rs` calls [`serve_if_worker`] before `main` (and
-//! before a test harness). In a process started by a pool it never returns:
-//! it serves tasks until its request stream ends, then exits, taking what
-//! its tasks started along (it kills its own process group).
+//! The constructor in `lib.rs` calls [`serve_from`] through
+//! [`crate::entry`] before `main` (and before a test harness), in a process
+//! started by a pool, and not in a privileged one. It never returns: it
+//! serves tasks until its request stream ends, then exits, taking what its
+//! tasks started along (it kills its own process group).
 //!
 //! Set-up, in order, and why:
-//! - a privileged process (setuid, setgid, file capabilities: the kernel
-//!   sets `AT_SECURE`) refuses to serve: whoever started it chose the
-//!   variable, and would run registered code with privileges it lacks;
 //! - the hidden variables are removed, so that a task's own pools and
 //!   subprocesses are ordinary processes;
 //! - the request and reply streams move off fds 0 and 1 onto close-on-exec
@@ -48,6 +46,7 @@
 //! the replies of the frame it ran last.
 
 use std::collections::HashMap;
+use std::ffi::OsString;
 use std::fs::File;
 use std::io::{BufReader, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -67,22 +66,11 @@ use crate::sandbox::{self, SANDBOX_ENV, Sandbox, cpu};
 
 /// Exit code of a worker that gave up on its parent or the protocol, or
 /// refused to serve.
-const EXIT_FATAL: i32 = 101;
+pub(crate) const EXIT_FATAL: i32 = 101;
 
-/// Runs the worker loop if this process was started as a worker; otherwise
-/// returns at once.
-pub(crate) fn serve_if_worker() {
-    sandbox::probe::answer_if_asked();
-    let Some(value) = std::env::var_os(WORKER_ENV) else {
-        return;
-    };
-    if is_privileged() {
-        eprintln!(
-            "buckshot: refusing to serve as a worker in a privileged process \
-             (setuid, setgid or file capabilities); {WORKER_ENV} is set by pools only"
-        );
-        std::process::exit(EXIT_FATAL);
-    }
+/// Runs the worker loop, set up as `value` (the worker variable) says, and
+/// exits. Called before `main` ([`crate::entry`]).
+pub(crate) fn serve_from(value: OsString) -> ! {
     // SAFETY: this runs in a constructor before `main`. Rust's runtime starts
     // no thread before `main`, so unless another constructor of the program
     // started one that reads the environment (none of ours does), nothing
@@ -108,15 +96,6 @@ fn slurm_step() -> Option<String> {
     let job = std::env::var("SLURM_JOB_ID").ok()?;
     let step = std::env::var("SLURM_STEP_ID").ok()?;
     Some(format!("{job}.{step}"))
-}
-
-/// Whether the kernel started this process in secure mode: its effective
-/// ids or capabilities differ from those of whoever ran it. Its copies
-/// would refuse to serve.
-pub(crate) fn is_privileged() -> bool {
-    // SAFETY: getauxval reads the auxiliary vector the kernel gave this
-    // process; it has no preconditions and returns 0 for a missing entry.
-    unsafe { libc::getauxval(libc::AT_SECURE) != 0 }
 }
 
 fn fatal_early(message: &str) -> ! {

@@ -86,9 +86,13 @@ fn contexts_leave_nothing_behind() {
             assert_eq!(pool.with_context(&k).call(times, 3).unwrap(), 3 * k);
         }
     };
-    let grew = growth(|| call(0..1000), || call(1000..6000));
-    println!("contexts: {grew} bytes more after 5000 contexts");
-    assert!(grew < 5000 * 16, "{grew} bytes more after 5000 contexts");
+    // What the journal's writer holds in flight moves by up to a few
+    // hundred KB between two moments (measured -310 to +120 KB over 5000
+    // contexts); what each context left behind (200-320 bytes) grows with
+    // their number.
+    let grew = growth(|| call(0..1000), || call(1000..21000));
+    println!("contexts: {grew} bytes more after 20000 contexts");
+    assert!(grew < 20000 * 40, "{grew} bytes more after 20000 contexts");
 }
 
 fn fails(x: u64) -> u64 {

@@ -2,8 +2,9 @@
 //! whoever starts it with the worker variable: the caller would run
 //! registered code with privileges it does not have. And a privileged
 //! program that builds a pool is told at once that its workers would
-//! refuse; nor does such a copy replay a kept input. Needs root to make the setuid copy; skipped with a message
-//! otherwise.
+//! refuse; nor does such a copy replay a kept input, probe a sandbox or
+//! exec a launcher's program: it refuses every hidden mode. Needs root to
+//! make the setuid copy, and setpriv; skipped with a message otherwise.
 
 mod common;
 
@@ -146,7 +147,7 @@ fn a_setuid_copy_refuses_to_serve_tasks() {
     // Nor does it replay a kept input (which runs a task the same way).
     let kept = dir.join("kept.replay");
     std::fs::write(&kept, b"not a replay file").unwrap();
-    let replay_as_nobody = |program: &Path| {
+    let as_nobody = |program: &Path, var: &str, value: &std::ffi::OsStr| {
         let output = Command::new("setpriv")
             .args([
                 &format!("--reuid={NOBODY}"),
@@ -154,14 +155,19 @@ fn a_setuid_copy_refuses_to_serve_tasks() {
                 "--clear-groups",
             ])
             .arg(program)
-            .env("BUCKSHOT_REPLAY", &kept)
+            .env(var, value)
             .stdin(Stdio::null())
             .output()
             .unwrap();
         (
             output.status.code(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
             String::from_utf8_lossy(&output.stderr).into_owned(),
         )
+    };
+    let replay_as_nobody = |program: &Path| {
+        let (code, _, stderr) = as_nobody(program, "BUCKSHOT_REPLAY", kept.as_os_str());
+        (code, stderr)
     };
     // The control reads the file (and finds it is none).
     let (code, stderr) = replay_as_nobody(&plain);
@@ -171,6 +177,29 @@ fn a_setuid_copy_refuses_to_serve_tasks() {
     assert_eq!(code, Some(2), "{stderr}");
     assert!(
         stderr.contains("refusing to replay in a privileged process"),
+        "{stderr}"
+    );
+
+    // Nor does it run a launcher's program for whoever asks (each word of
+    // the command line in hex), or probe a sandbox.
+    let hex = |word: &str| -> String { word.bytes().map(|b| format!("{b:02x}")).collect() };
+    let echo = std::ffi::OsString::from(format!("{},{}", hex("/bin/echo"), hex("ran")));
+    let (code, stdout, stderr) = as_nobody(&plain, "__BUCKSHOT_EXEC", &echo);
+    assert_eq!((code, stdout.as_str()), (Some(0), "ran\n"), "{stderr}");
+    let (code, stdout, stderr) = as_nobody(&setuid, "__BUCKSHOT_EXEC", &echo);
+    assert_eq!((code, stdout.as_str()), (Some(127), ""), "{stderr}");
+    assert!(
+        stderr.contains("refusing to run __BUCKSHOT_EXEC in a privileged process"),
+        "{stderr}"
+    );
+    let probe = std::ffi::OsStr::new("1");
+    let (code, _, stderr) = as_nobody(&plain, "__BUCKSHOT_SANDBOX_PROBE", probe);
+    assert_eq!(code, Some(101), "{stderr}");
+    assert!(stderr.contains("bad __BUCKSHOT_SANDBOX value"), "{stderr}");
+    let (code, _, stderr) = as_nobody(&setuid, "__BUCKSHOT_SANDBOX_PROBE", probe);
+    assert_eq!(code, Some(101), "{stderr}");
+    assert!(
+        stderr.contains("refusing to probe a sandbox in a privileged process"),
         "{stderr}"
     );
 

@@ -18,18 +18,35 @@ use buckshot::{Error, Launcher, Pool};
 /// The tests compare Slurm's queue before and after: one at a time.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
+/// Whether Slurm answers with its node up. A controller that is there
+/// but slow (a loaded machine) gets up to 30 s; one that is not there
+/// fails at once.
 fn slurm_answers() -> bool {
-    let answers = Command::new("sinfo")
-        .args(["-h", "-o", "%t"])
-        .output()
-        .is_ok_and(|out| {
-            let states = String::from_utf8_lossy(&out.stdout);
-            // Up: idle, mixed, allocated or completing, not down.
+    let up = || {
+        let out = Command::new("sinfo")
+            .args(["-h", "-o", "%t"])
+            .output()
+            .ok()?;
+        let states = String::from_utf8_lossy(&out.stdout);
+        // Up: idle, mixed, allocated or completing, not down or drained.
+        Some(
             out.status.success()
                 && ["idle", "mix", "alloc", "comp"]
                     .iter()
-                    .any(|s| states.contains(s))
-        });
+                    .any(|s| states.contains(s)),
+        )
+    };
+    let there = std::path::Path::new("/etc/slurm/slurm.conf").exists();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let answers = loop {
+        match up() {
+            Some(true) => break true,
+            Some(false) if there && std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(500));
+            }
+            _ => break false,
+        }
+    };
     if !answers {
         common::skip(
             "slurm",

@@ -30,7 +30,6 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub(crate) use keep::{KeepFailures, Keeper};
-pub(crate) use run::replay_if_asked;
 
 /// The variable that asks a program to replay a kept input.
 pub(crate) const REPLAY_ENV: &str = "BUCKSHOT_REPLAY";

@@ -17,6 +17,7 @@
 //! file of format version 1, which recorded none of it, replays only with
 //! `all`.
 
+use std::ffi::OsString;
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -34,7 +35,7 @@ pub(crate) const UNCONFINED_ENV: &str = "BUCKSHOT_REPLAY_UNCONFINED";
 
 /// Exit code of a replay that could not start (a bad file, another
 /// program's file, a privileged process, a sandbox that cannot come up).
-const EXIT_REFUSED: i32 = 2;
+pub(crate) const EXIT_REFUSED: i32 = 2;
 /// Exit code of a replayed task that panicked, as Rust's own.
 const EXIT_PANICKED: i32 = 101;
 /// Exit code of a replayed task that ran past its pool's timeout, as
@@ -231,19 +232,9 @@ fn die_of(signal: libc::c_int) -> ! {
     }
 }
 
-/// Runs the input of a replay file if this process was started with
-/// [`REPLAY_ENV`], and exits; otherwise returns at once. Called before
-/// `main`, after worker mode (a worker never replays).
-pub(crate) fn replay_if_asked() {
-    let Some(path) = std::env::var_os(REPLAY_ENV) else {
-        return;
-    };
-    if crate::worker::is_privileged() {
-        refuse(&format!(
-            "refusing to replay in a privileged process (setuid, setgid or file capabilities); \
-             unset {REPLAY_ENV}"
-        ));
-    }
+/// Runs the input of the replay file at `path` and exits. Called before
+/// `main` ([`crate::entry`]), in a process started with [`REPLAY_ENV`].
+pub(crate) fn replay(path: OsString) -> ! {
     let unconfined = std::env::var_os(UNCONFINED_ENV);
     // SAFETY: this runs in a constructor before `main`, where no thread of
     // Rust's runtime or ours reads the environment. Removed so that a pool

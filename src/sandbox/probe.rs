@@ -12,7 +12,10 @@ use std::process::{Command, Stdio};
 use super::{Rules, SANDBOX_ENV, Sandbox, SandboxRule, apply};
 
 /// Marks a probe: a copy that applies [`SANDBOX_ENV`] and reports.
-const PROBE_ENV: &str = "__BUCKSHOT_SANDBOX_PROBE";
+pub(crate) const PROBE_ENV: &str = "__BUCKSHOT_SANDBOX_PROBE";
+
+/// Exit code of a probe that could not say what came up.
+pub(crate) const EXIT_FAILED: i32 = 101;
 
 /// What a probe found.
 #[derive(Debug)]
@@ -64,34 +67,27 @@ fn parse(text: &str) -> Option<Found> {
     })
 }
 
-/// In a probe, answers and exits; otherwise returns at once. Called from
-/// the hook before `main`.
-pub(crate) fn answer_if_asked() {
-    if std::env::var_os(PROBE_ENV).is_none() {
-        return;
-    }
+/// Applies the sandbox the environment names, says what came up, and
+/// exits. Called before `main` ([`crate::entry`]).
+pub(crate) fn answer() -> ! {
     // It runs no task, but applies the rules as a worker would: with what
     // a worker holds.
     if let Err(e) = crate::inherit::close_all_but(&[]) {
         eprintln!("buckshot: could not close inherited descriptors: {e}");
-        std::process::exit(101);
-    }
-    if crate::worker::is_privileged() {
-        eprintln!("buckshot: refusing to probe a sandbox in a privileged process");
-        std::process::exit(101);
+        std::process::exit(EXIT_FAILED);
     }
     let Some(sandbox) = std::env::var(SANDBOX_ENV)
         .ok()
         .and_then(|value| Sandbox::from_env(&value))
     else {
         eprintln!("buckshot: bad {SANDBOX_ENV} value");
-        std::process::exit(101);
+        std::process::exit(EXIT_FAILED);
     };
     let applied = apply::apply(&sandbox);
     let mut out = std::io::stdout().lock();
     let code = match apply::report(&applied, &mut out).and_then(|()| out.flush()) {
         Ok(()) => 0,
-        Err(_) => 101,
+        Err(_) => EXIT_FAILED,
     };
     drop(out);
     std::process::exit(code)
