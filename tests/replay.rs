@@ -457,10 +457,11 @@ fn a_kept_file_never_replaces_another() {
     let dir = common::TempDir::new("replay-names");
     // Files under the names the pool would pick first, final and
     // temporary: it must write past them, and leave them as they are.
+    // Names hold the input's index in its map (0 here, for input 5).
     let pid = std::process::id();
     let mut planted = Vec::new();
     for n in 0..4000 {
-        let name = format!("panic_at_five-5-{pid}-{n}.replay");
+        let name = format!("panic_at_five-0-{pid}-{n}.replay");
         let path = match n % 2 {
             0 => dir.0.join(&name),
             _ => dir.0.join(format!(".{name}.tmp")),
@@ -484,4 +485,35 @@ fn a_kept_file_never_replaces_another() {
         );
     }
     assert_eq!(dir.files().len(), planted.len() + 1);
+}
+
+/// A directory that cannot take the file (gone since the pool was built):
+/// the input fails at once, and says why no file was kept.
+#[test]
+fn a_file_that_cannot_be_written_is_not_kept_and_says_why() {
+    let dir = common::TempDir::new("replay-gone");
+    let pool = Pool::builder()
+        .processes(1)
+        .keep_failures(&dir.0)
+        .build()
+        .unwrap();
+    std::fs::remove_dir(&dir.0).unwrap();
+    let results = common::within("a failure whose file cannot be written", move || {
+        pool.map(panic_at_five, 4..7u64)
+            .unwrap()
+            .collect::<Vec<_>>()
+    });
+    assert_eq!(results[0].as_ref().ok(), Some(&4));
+    assert_eq!(results[2].as_ref().ok(), Some(&6));
+    match &results[1] {
+        Err(Error::TaskPanicked {
+            replay: Some(Replay::NotKept(why)),
+            ..
+        }) => assert!(
+            why.starts_with("could not write it: No such file or directory"),
+            "{why}"
+        ),
+        other => panic!("{other:?}"),
+    }
+    assert!(!dir.0.exists());
 }
