@@ -454,7 +454,11 @@ fn a_full_disk_leaves_whole_files_only_and_its_map_stops_writing() {
 
 #[test]
 fn a_kept_file_never_replaces_another() {
-    let dir = common::TempDir::new("replay-names");
+    never_replaces("replay-names");
+}
+
+fn never_replaces(dir_name: &str) {
+    let dir = common::TempDir::new(dir_name);
     // Files under the names the pool would pick first, final and
     // temporary: it must write past them, and leave them as they are.
     // Names hold the input's index in its map (0 here, for input 5).
@@ -516,4 +520,64 @@ fn a_file_that_cannot_be_written_is_not_kept_and_says_why() {
         other => panic!("{other:?}"),
     }
     assert!(!dir.0.exists());
+}
+
+/// Set in the copy of this binary that runs on a file system that cannot
+/// refuse to replace a file on rename.
+const NO_NOREPLACE_ENV: &str = "BUCKSHOT_TEST_NO_RENAME_NOREPLACE";
+
+/// Some file systems do not support `renameat2`'s `RENAME_NOREPLACE`
+/// (`EINVAL`): a kept file still never replaces another. A copy of this
+/// binary runs the case above under a seccomp filter that fails such
+/// renames so.
+#[test]
+fn without_rename_noreplace_a_kept_file_never_replaces_another() {
+    let name = "without_rename_noreplace_a_kept_file_never_replaces_another";
+    if std::env::var_os(NO_NOREPLACE_ENV).is_some() {
+        use seccompiler::{SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompRule};
+        let noreplace = libc::RENAME_NOREPLACE as u64;
+        let flags = SeccompCondition::new(
+            4,
+            SeccompCmpArgLen::Dword,
+            SeccompCmpOp::MaskedEq(noreplace),
+            noreplace,
+        )
+        .unwrap();
+        let filter = seccompiler::SeccompFilter::new(
+            [(
+                libc::SYS_renameat2,
+                vec![SeccompRule::new(vec![flags]).unwrap()],
+            )]
+            .into_iter()
+            .collect(),
+            seccompiler::SeccompAction::Allow,
+            seccompiler::SeccompAction::Errno(libc::EINVAL as u32),
+            std::env::consts::ARCH.try_into().unwrap(),
+        )
+        .unwrap();
+        let program: seccompiler::BpfProgram = filter.try_into().unwrap();
+        if let Err(e) = seccompiler::apply_filter_all_threads(&program) {
+            common::skip("seccomp", &format!("no seccomp filter here: {e}"));
+            return;
+        }
+        never_replaces("replay-names-no-noreplace");
+        return;
+    }
+    let output = common::within(name, move || {
+        Command::new(std::env::current_exe().unwrap())
+            .args([name, "--exact", "--nocapture", "--test-threads=1"])
+            .env(NO_NOREPLACE_ENV, "1")
+            .output()
+            .unwrap()
+    });
+    let stdout = text(&output.stdout);
+    let stderr = text(&output.stderr);
+    for skipped in stderr.lines().filter(|line| line.starts_with("SKIPPED")) {
+        eprintln!("{skipped}");
+    }
+    assert!(
+        output.status.success() && stdout.contains("1 passed"),
+        "{}\n{stdout}\n{stderr}",
+        output.status
+    );
 }
