@@ -476,3 +476,45 @@ fn without_user_namespaces_no_network_keeps_no_capability() {
     });
     thread.join().unwrap();
 }
+
+/// A seccomp rule that cannot come up says so, with the kernel's reason:
+/// here a filter of the program makes `seccomp(2)` itself fail with
+/// `EBUSY` for the thread that builds the pool and what it starts.
+#[test]
+fn a_seccomp_rule_that_cannot_come_up_says_why() {
+    let thread = std::thread::spawn(|| {
+        use seccompiler::{SeccompAction, SeccompFilter};
+        let filter = SeccompFilter::new(
+            [(libc::SYS_seccomp, vec![])].into_iter().collect(),
+            SeccompAction::Allow,
+            SeccompAction::Errno(libc::EBUSY as u32),
+            std::env::consts::ARCH.try_into().unwrap(),
+        )
+        .unwrap();
+        let program: seccompiler::BpfProgram = filter.try_into().unwrap();
+        if let Err(e) = seccompiler::apply_filter(&program) {
+            common::skip("seccomp", &format!("no seccomp filter here: {e}"));
+            return;
+        }
+        for (sandbox, rule) in [
+            (
+                Sandbox::new().no_subprocesses(),
+                SandboxRule::NoSubprocesses,
+            ),
+            (
+                Sandbox::new().cpu_time(std::time::Duration::from_secs(5)),
+                SandboxRule::CpuTime,
+            ),
+        ] {
+            let built = Pool::builder().processes(1).sandbox(sandbox).build();
+            match built {
+                Err(Error::Sandbox { rule: r, reason }) if r == rule => assert!(
+                    reason.contains("seccomp: ") && reason.contains("Device or resource busy"),
+                    "{rule}: {reason}"
+                ),
+                other => panic!("expected {rule} to be refused, got {other:?}"),
+            }
+        }
+    });
+    thread.join().unwrap();
+}
