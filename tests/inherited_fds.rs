@@ -96,6 +96,10 @@ fn assert_clean(pool: &Pool, held: &Held, what: &str) {
 
 #[test]
 fn workers_hold_none_of_the_programs_descriptors() {
+    workers_are_clean();
+}
+
+fn workers_are_clean() {
     let scratch = common::TempDir::new("inherited-fds");
     let held = hold(&scratch);
     let pool = Pool::new(2).unwrap();
@@ -117,6 +121,10 @@ fn workers_hold_none_of_the_programs_descriptors() {
 /// `/proc/PID/fd` links, written to `list` before it execs the worker.
 #[test]
 fn a_launchers_program_holds_none_of_the_programs_descriptors() {
+    launchers_are_clean();
+}
+
+fn launchers_are_clean() {
     let scratch = common::TempDir::new("inherited-fds-launcher");
     let held = hold(&scratch);
     let list = scratch.0.join("launcher-fds");
@@ -139,4 +147,56 @@ fn a_launchers_program_holds_none_of_the_programs_descriptors() {
             "the launcher's program holds the program's descriptor: {links:?}"
         );
     }
+}
+
+/// Set in the copy of this binary that runs under a kernel without
+/// `close_range`.
+const NO_CLOSE_RANGE_ENV: &str = "BUCKSHOT_TEST_NO_CLOSE_RANGE";
+
+/// Before Linux 5.9, `close_range(2)` fails with `ENOSYS`: the descriptors
+/// are closed one by one instead. A copy of this binary runs both cases
+/// above under a seccomp filter that makes `close_range` fail so, which
+/// its workers and launchers inherit.
+#[test]
+fn without_close_range_workers_and_launchers_hold_none_of_the_programs_descriptors() {
+    let name = "without_close_range_workers_and_launchers_hold_none_of_the_programs_descriptors";
+    if std::env::var_os(NO_CLOSE_RANGE_ENV).is_some() {
+        let filter = seccompiler::SeccompFilter::new(
+            [(libc::SYS_close_range, vec![])].into_iter().collect(),
+            seccompiler::SeccompAction::Allow,
+            seccompiler::SeccompAction::Errno(libc::ENOSYS as u32),
+            std::env::consts::ARCH.try_into().unwrap(),
+        )
+        .unwrap();
+        let program: seccompiler::BpfProgram = filter.try_into().unwrap();
+        if let Err(e) = seccompiler::apply_filter_all_threads(&program) {
+            common::skip("seccomp", &format!("no seccomp filter here: {e}"));
+            return;
+        }
+        // SAFETY: close_range on an empty range above any open descriptor
+        // closes nothing.
+        let rc = unsafe { libc::syscall(libc::SYS_close_range, 5000u32, 5000u32, 0u32) };
+        let errno = std::io::Error::last_os_error().raw_os_error();
+        assert_eq!((rc, errno), (-1, Some(libc::ENOSYS)), "the filter holds");
+        workers_are_clean();
+        launchers_are_clean();
+        return;
+    }
+    let output = common::within(name, move || {
+        std::process::Command::new(std::env::current_exe().unwrap())
+            .args([name, "--exact", "--nocapture", "--test-threads=1"])
+            .env(NO_CLOSE_RANGE_ENV, "1")
+            .output()
+            .unwrap()
+    });
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    for skipped in stderr.lines().filter(|line| line.starts_with("SKIPPED")) {
+        eprintln!("{skipped}");
+    }
+    assert!(
+        output.status.success() && stdout.contains("1 passed"),
+        "{}\n{stdout}\n{stderr}",
+        output.status
+    );
 }

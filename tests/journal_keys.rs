@@ -150,15 +150,22 @@ fn a_context_is_never_answered_with_another_contexts_outputs() {
 /// is nil.
 fn hash_map(seed: u64) -> HashMap<String, u64> {
     (0..16)
-        .map(|k| (format!("key-{k}"), seed * 100 + k))
+        .map(|k| (format!("key-{k}"), value(seed, k)))
         .collect()
+}
+
+/// Values whose CBOR heads take every size: the argument in the head
+/// itself, or in 1, 2, 4 or 8 more bytes.
+fn value(seed: u64, k: u64) -> u64 {
+    let magnitude = [0, 100, 1_000, 100_000, 1 << 33][k as usize % 5];
+    magnitude + seed * 2 + k % 2
 }
 
 #[test]
 fn hash_maps_in_inputs_and_contexts_are_found_again() {
     let (_dir, db, log) = setup("journal-hash-maps");
     let expected: Vec<u64> = (0..10u64)
-        .map(|seed| (0..16).map(|k| k * (seed * 100 + k)).sum())
+        .map(|seed| (0..16).map(|k| k * value(seed, k)).sum())
         .collect();
     for round in 0..3 {
         // Built anew each time: each map has an order of its own.

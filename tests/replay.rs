@@ -454,13 +454,18 @@ fn a_full_disk_leaves_whole_files_only_and_its_map_stops_writing() {
 
 #[test]
 fn a_kept_file_never_replaces_another() {
-    let dir = common::TempDir::new("replay-names");
+    never_replaces("replay-names");
+}
+
+fn never_replaces(dir_name: &str) {
+    let dir = common::TempDir::new(dir_name);
     // Files under the names the pool would pick first, final and
     // temporary: it must write past them, and leave them as they are.
+    // Names hold the input's index in its map (0 here, for input 5).
     let pid = std::process::id();
     let mut planted = Vec::new();
     for n in 0..4000 {
-        let name = format!("panic_at_five-5-{pid}-{n}.replay");
+        let name = format!("panic_at_five-0-{pid}-{n}.replay");
         let path = match n % 2 {
             0 => dir.0.join(&name),
             _ => dir.0.join(format!(".{name}.tmp")),
@@ -484,4 +489,95 @@ fn a_kept_file_never_replaces_another() {
         );
     }
     assert_eq!(dir.files().len(), planted.len() + 1);
+}
+
+/// A directory that cannot take the file (gone since the pool was built):
+/// the input fails at once, and says why no file was kept.
+#[test]
+fn a_file_that_cannot_be_written_is_not_kept_and_says_why() {
+    let dir = common::TempDir::new("replay-gone");
+    let pool = Pool::builder()
+        .processes(1)
+        .keep_failures(&dir.0)
+        .build()
+        .unwrap();
+    std::fs::remove_dir(&dir.0).unwrap();
+    let results = common::within("a failure whose file cannot be written", move || {
+        pool.map(panic_at_five, 4..7u64)
+            .unwrap()
+            .collect::<Vec<_>>()
+    });
+    assert_eq!(results[0].as_ref().ok(), Some(&4));
+    assert_eq!(results[2].as_ref().ok(), Some(&6));
+    match &results[1] {
+        Err(Error::TaskPanicked {
+            replay: Some(Replay::NotKept(why)),
+            ..
+        }) => assert!(
+            why.starts_with("could not write it: No such file or directory"),
+            "{why}"
+        ),
+        other => panic!("{other:?}"),
+    }
+    assert!(!dir.0.exists());
+}
+
+/// Set in the copy of this binary that runs on a file system that cannot
+/// refuse to replace a file on rename.
+const NO_NOREPLACE_ENV: &str = "BUCKSHOT_TEST_NO_RENAME_NOREPLACE";
+
+/// Some file systems do not support `renameat2`'s `RENAME_NOREPLACE`
+/// (`EINVAL`): a kept file still never replaces another. A copy of this
+/// binary runs the case above under a seccomp filter that fails such
+/// renames so.
+#[test]
+fn without_rename_noreplace_a_kept_file_never_replaces_another() {
+    let name = "without_rename_noreplace_a_kept_file_never_replaces_another";
+    if std::env::var_os(NO_NOREPLACE_ENV).is_some() {
+        use seccompiler::{SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompRule};
+        let noreplace = libc::RENAME_NOREPLACE as u64;
+        let flags = SeccompCondition::new(
+            4,
+            SeccompCmpArgLen::Dword,
+            SeccompCmpOp::MaskedEq(noreplace),
+            noreplace,
+        )
+        .unwrap();
+        let filter = seccompiler::SeccompFilter::new(
+            [(
+                libc::SYS_renameat2,
+                vec![SeccompRule::new(vec![flags]).unwrap()],
+            )]
+            .into_iter()
+            .collect(),
+            seccompiler::SeccompAction::Allow,
+            seccompiler::SeccompAction::Errno(libc::EINVAL as u32),
+            std::env::consts::ARCH.try_into().unwrap(),
+        )
+        .unwrap();
+        let program: seccompiler::BpfProgram = filter.try_into().unwrap();
+        if let Err(e) = seccompiler::apply_filter_all_threads(&program) {
+            common::skip("seccomp", &format!("no seccomp filter here: {e}"));
+            return;
+        }
+        never_replaces("replay-names-no-noreplace");
+        return;
+    }
+    let output = common::within(name, move || {
+        Command::new(std::env::current_exe().unwrap())
+            .args([name, "--exact", "--nocapture", "--test-threads=1"])
+            .env(NO_NOREPLACE_ENV, "1")
+            .output()
+            .unwrap()
+    });
+    let stdout = text(&output.stdout);
+    let stderr = text(&output.stderr);
+    for skipped in stderr.lines().filter(|line| line.starts_with("SKIPPED")) {
+        eprintln!("{skipped}");
+    }
+    assert!(
+        output.status.success() && stdout.contains("1 passed"),
+        "{}\n{stdout}\n{stderr}",
+        output.status
+    );
 }

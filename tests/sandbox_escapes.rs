@@ -476,3 +476,120 @@ fn without_user_namespaces_no_network_keeps_no_capability() {
     });
     thread.join().unwrap();
 }
+
+/// A seccomp rule that cannot come up says so, with the kernel's reason:
+/// here a filter of the program makes `seccomp(2)` itself fail with
+/// `EBUSY` for the thread that builds the pool and what it starts.
+#[test]
+fn a_seccomp_rule_that_cannot_come_up_says_why() {
+    let thread = std::thread::spawn(|| {
+        use seccompiler::{SeccompAction, SeccompFilter};
+        let filter = SeccompFilter::new(
+            [(libc::SYS_seccomp, vec![])].into_iter().collect(),
+            SeccompAction::Allow,
+            SeccompAction::Errno(libc::EBUSY as u32),
+            std::env::consts::ARCH.try_into().unwrap(),
+        )
+        .unwrap();
+        let program: seccompiler::BpfProgram = filter.try_into().unwrap();
+        if let Err(e) = seccompiler::apply_filter(&program) {
+            common::skip("seccomp", &format!("no seccomp filter here: {e}"));
+            return;
+        }
+        for (sandbox, rule) in [
+            (
+                Sandbox::new().no_subprocesses(),
+                SandboxRule::NoSubprocesses,
+            ),
+            (
+                Sandbox::new().cpu_time(std::time::Duration::from_secs(5)),
+                SandboxRule::CpuTime,
+            ),
+        ] {
+            let built = Pool::builder().processes(1).sandbox(sandbox).build();
+            match built {
+                Err(Error::Sandbox { rule: r, reason }) if r == rule => assert!(
+                    reason.contains("seccomp: ") && reason.contains("Device or resource busy"),
+                    "{rule}: {reason}"
+                ),
+                other => panic!("expected {rule} to be refused, got {other:?}"),
+            }
+        }
+    });
+    thread.join().unwrap();
+}
+
+/// `clone3` as a task can call it directly, like `fork`: its result
+/// (`Ok(())` if it made a process, which exits at once), and the result of
+/// an x32 `getpid` on x86-64 (another number for the same call), as errnos.
+fn raw_clone3_and_x32(_: ()) -> (Option<i32>, Option<i32>) {
+    /// `struct clone_args` of Linux 5.3 (`CLONE_ARGS_SIZE_VER0`).
+    #[repr(C)]
+    #[derive(Default)]
+    struct CloneArgs {
+        flags: u64,
+        pidfd: u64,
+        child_tid: u64,
+        parent_tid: u64,
+        exit_signal: u64,
+        stack: u64,
+        stack_size: u64,
+        tls: u64,
+    }
+    let args = CloneArgs {
+        exit_signal: libc::SIGCHLD as u64,
+        ..CloneArgs::default()
+    };
+    // SAFETY: clone3 without a stack behaves as fork (the arguments live
+    // across the call).
+    let pid = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &args as *const CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    let clone3 = match pid {
+        // SAFETY: the child only leaves, with _exit, which is
+        // async-signal-safe.
+        0 => unsafe { libc::_exit(0) },
+        pid if pid > 0 => {
+            let mut status = 0;
+            // SAFETY: reaps the child this task just made.
+            unsafe { libc::waitpid(pid as libc::pid_t, &mut status, 0) };
+            None
+        }
+        _ => std::io::Error::last_os_error().raw_os_error(),
+    };
+    let x32 = if cfg!(target_arch = "x86_64") {
+        // SAFETY: getpid takes no argument, under any number.
+        let rc = unsafe { libc::syscall(libc::SYS_getpid | 0x4000_0000) };
+        (rc < 0).then(|| std::io::Error::last_os_error().raw_os_error().unwrap())
+    } else {
+        Some(libc::ENOSYS)
+    };
+    (clone3, x32)
+}
+buckshot::register!(raw_clone3_and_x32);
+
+/// `no_subprocesses` denies `clone3` (whose flags seccomp cannot read) as
+/// `ENOSYS`, and calls of the x32 ABI, which would name `fork` and
+/// `execve` by other numbers.
+#[test]
+fn no_subprocesses_closes_clone3_and_the_x32_numbers() {
+    let plain = Pool::new(1).unwrap();
+    let (clone3, _) = plain.call(raw_clone3_and_x32, ()).unwrap();
+    if clone3 == Some(libc::ENOSYS) {
+        common::skip("clone3", "this kernel has no clone3 (Linux 5.3)");
+        return;
+    }
+    assert_eq!(clone3, None, "clone3 makes a process outside a sandbox");
+    let Some(pool) = sandboxed(Sandbox::new().no_subprocesses(), "seccomp") else {
+        return;
+    };
+    for _ in 0..2 {
+        let (clone3, x32) = pool.call(raw_clone3_and_x32, ()).unwrap();
+        assert_eq!(clone3, Some(libc::ENOSYS), "clone3 under no_subprocesses");
+        assert_eq!(x32, Some(libc::ENOSYS), "an x32 call under no_subprocesses");
+    }
+}

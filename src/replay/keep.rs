@@ -228,8 +228,10 @@ fn rename_new(from: &Path, to: &Path) -> std::io::Result<()> {
     use rustix::fs::{CWD, RenameFlags, renameat_with};
     match renameat_with(CWD, from, CWD, to, RenameFlags::NOREPLACE) {
         Ok(()) => Ok(()),
-        // A file system that cannot refuse to replace: check first.
-        Err(rustix::io::Errno::INVAL) if !to.exists() => std::fs::rename(from, to),
+        // A file system that cannot refuse to replace: check first, and
+        // say that the name is taken, as `NOREPLACE` would.
+        Err(rustix::io::Errno::INVAL) if to.exists() => Err(rustix::io::Errno::EXIST.into()),
+        Err(rustix::io::Errno::INVAL) => std::fs::rename(from, to),
         Err(e) => Err(e.into()),
     }
 }
