@@ -22,7 +22,7 @@ use tracing::level_filters::LevelFilter;
 use tracing::{Dispatch, Event};
 
 use super::capture::to_record;
-use super::replay::replay;
+use super::reemit::reemit;
 use super::{EventSink, Events, LogRecord, LogValue, filter_from_number};
 
 /// Events waiting for the creator's subscriber, at most.
@@ -120,7 +120,7 @@ struct Forwarder {
 impl Forwarder {
     /// Re-emits `record`; a panic of the subscriber loses it alone.
     fn emit(&mut self, record: LogRecord, worker: Option<u32>, input: Option<usize>) {
-        let emitted = std::panic::catch_unwind(AssertUnwindSafe(|| replay(record, worker, input)));
+        let emitted = std::panic::catch_unwind(AssertUnwindSafe(|| reemit(record, worker, input)));
         if emitted.is_err() {
             if !std::mem::replace(&mut self.said, true) {
                 eprintln!(

@@ -12,13 +12,13 @@
 //! - [`forward`], in the pool's thread: hands records, and the pool's own
 //!   events, to a thread that re-emits them to the noted subscriber,
 //!   through a bounded queue;
-//! - [`replay`], in that thread: re-emits a record at its level, with its
+//! - [`reemit`], in that thread: re-emits a record at its level, with its
 //!   target, place and fields, plus the fields `input` (the input's index)
 //!   and `worker` (the worker's pid).
 
 pub(crate) mod capture;
 pub(crate) mod forward;
-pub(crate) mod replay;
+pub(crate) mod reemit;
 
 use serde::{Deserialize, Serialize};
 use tracing::level_filters::LevelFilter;

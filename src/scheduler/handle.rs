@@ -77,7 +77,7 @@ pub(crate) struct WorkerHandle {
     retire_written: usize,
     fate: Option<Fate>,
     /// The launcher that started it, by position in the pool's.
-    group: usize,
+    launcher: usize,
     /// A panic whose backtrace it is making, if it is.
     symbolising: Option<Symbolising>,
 }
@@ -85,7 +85,7 @@ pub(crate) struct WorkerHandle {
 /// What is left of a worker taken out of service.
 pub(crate) struct Remains {
     pub process: Process,
-    pub group: usize,
+    pub launcher: usize,
     pub books: Books,
     pub fate: Fate,
     /// The worker took none of the frame it was to run next.
@@ -96,7 +96,7 @@ pub(crate) struct Remains {
 }
 
 impl WorkerHandle {
-    pub(crate) fn new(process: Process, group: usize) -> WorkerHandle {
+    pub(crate) fn new(process: Process, launcher: usize) -> WorkerHandle {
         WorkerHandle {
             process,
             books: Books::default(),
@@ -107,14 +107,14 @@ impl WorkerHandle {
             retiring: false,
             retire_written: 0,
             fate: None,
-            group,
+            launcher,
             symbolising: None,
         }
     }
 
     /// The launcher that started it, by position in the pool's.
-    pub(crate) fn group(&self) -> usize {
-        self.group
+    pub(crate) fn launcher(&self) -> usize {
+        self.launcher
     }
 
     pub(crate) fn process(&self) -> &Process {
@@ -506,7 +506,7 @@ impl WorkerHandle {
         let symbolising = self.symbolising.take().map(|s| s.report);
         Remains {
             process: self.process,
-            group: self.group,
+            launcher: self.launcher,
             books: self.books,
             fate,
             head_untouched,
