@@ -29,7 +29,10 @@ use tracing::{Event, Level, Metadata, Subscriber};
 /// One event, as it travels from a worker to its pool.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(crate) struct LogRecord {
-    /// The sequence number of the item that was running, if any.
+    /// The sequence number of the item that was running, if any. It
+    /// travels in the LOG frame's header, not in the record: the pool's
+    /// thread reads it without decoding the record.
+    #[serde(skip)]
     pub seq: Option<u64>,
     /// 1 (error) to 5 (trace).
     pub level: u8,

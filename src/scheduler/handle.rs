@@ -15,7 +15,7 @@ use super::poll::Watch;
 use crate::delivery::Outbox;
 use crate::flow::{self, READS_PER_WAKE, SCRATCH_BYTES, STARTUP_TIMEOUT, SYMBOLISE_BOUND};
 use crate::launch::Reported;
-use crate::logs::{self, LogRecord};
+use crate::logs;
 use crate::panics::PanicReport;
 use crate::process::Process;
 use crate::protocol::{self, FrameBuffer, Hello, ProtocolError, ReplyHeader};
@@ -589,10 +589,10 @@ impl Ear<'_> {
                 });
                 Ok(())
             }
+            // Decoded by the thread that re-emits it, not here.
             protocol::LOG if self.books.is_ready() => {
-                let record: LogRecord = protocol::decode(&frame[1..], &mut [0; SCRATCH_BYTES])
-                    .map_err(|e| ProtocolError::new(format!("bad log record: {e}")))?;
-                let input = record.seq.and_then(|seq| self.books.index_of(seq));
+                let (seq, record) = protocol::parse_log(frame)?;
+                let input = seq.and_then(|seq| self.books.index_of(seq));
                 logs::forward::from_worker(record, self.process.worker_pid(), input);
                 Ok(())
             }
