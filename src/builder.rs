@@ -263,15 +263,15 @@ impl PoolBuilder {
             (None, true) => std::thread::available_parallelism().map_or(1, |n| n.get()),
             (None, false) => 0,
         };
-        let mut groups = Vec::new();
+        let mut launchers = Vec::new();
         if local > 0 || self.launched.is_empty() {
-            groups.push((Launcher::local(), local));
+            launchers.push((Launcher::local(), local));
         }
         // Each pool its own copy of a launcher that keeps something per
         // pool: its helpers end with the pool.
-        groups.extend(self.launched.iter().map(|(l, n)| (l.for_pool(), *n)));
-        let processes: usize = groups.iter().map(|(_, count)| count).sum();
-        if processes == 0 || groups.iter().any(|(_, count)| *count == 0) {
+        launchers.extend(self.launched.iter().map(|(l, n)| (l.for_pool(), *n)));
+        let processes: usize = launchers.iter().map(|(_, count)| count).sum();
+        if processes == 0 || launchers.iter().any(|(_, count)| *count == 0) {
             return invalid("processes must be at least 1");
         }
         if self.timeout == Some(Duration::ZERO) {
@@ -305,7 +305,7 @@ impl PoolBuilder {
                     );
                 }
                 let sandbox = probe_sandbox(sandbox)?;
-                groups[0].0 = Launcher::from_launch(Sandboxed::new(&sandbox));
+                launchers[0].0 = Launcher::from_launch(Sandboxed::new(&sandbox));
                 Some(sandbox)
             }
             _ => None,
@@ -342,7 +342,7 @@ impl PoolBuilder {
         // Every worker holds descriptors here: past the limit, spawns
         // would fail and the pool quietly shrink.
         crate::fd_limit::make_room(processes)?;
-        for (launcher, _) in &groups {
+        for (launcher, _) in &launchers {
             launcher
                 .launch()
                 .prepare()
@@ -351,7 +351,7 @@ impl PoolBuilder {
         // Long strings travel in shared memory only between this process
         // and its own children, unsandboxed (a sandboxed one cannot open
         // this process's memfds).
-        let local = groups
+        let local = launchers
             .iter()
             .all(|(launcher, _)| launcher.launch().worker_is_child());
         // Replay files and the journal read inputs and outputs as plain
@@ -361,7 +361,7 @@ impl PoolBuilder {
             .then(|| Arc::new(crate::bulk::Segments::new(max_frame_bytes)));
         let config = Config {
             processes,
-            groups,
+            launchers,
             timeout: self.timeout,
             max_frame_bytes,
             memory_limit: self.memory_limit,

@@ -25,6 +25,7 @@ pub enum Error {
     /// The task ran longer than the pool's timeout; its worker was killed and
     /// replaced.
     #[error("input {index}: timed out after {timeout:?}{}", replay_suffix(replay))]
+    #[non_exhaustive]
     TaskTimeout {
         /// Position of the input.
         index: usize,
@@ -41,6 +42,7 @@ pub enum Error {
         place(location),
         replay_suffix(replay)
     )]
+    #[non_exhaustive]
     TaskPanicked {
         /// Position of the input.
         index: usize,
@@ -72,6 +74,7 @@ pub enum Error {
         last_line(stderr),
         replay_suffix(replay)
     )]
+    #[non_exhaustive]
     WorkerDied {
         /// Position of the input.
         index: usize,
@@ -96,6 +99,7 @@ pub enum Error {
         "input {index}: worker broke the protocol: {message}{}",
         replay_suffix(replay)
     )]
+    #[non_exhaustive]
     Protocol {
         /// Position of the input.
         index: usize,
@@ -108,6 +112,7 @@ pub enum Error {
     /// The input could not be encoded to CBOR, or its encoding is larger than
     /// the pool's frame limit. It was never sent.
     #[error("input {index}: could not encode the input")]
+    #[non_exhaustive]
     Encode {
         /// Position of the input.
         index: usize,
@@ -118,6 +123,7 @@ pub enum Error {
 
     /// The worker could not decode the input or encode the task's output.
     #[error("input {index}: worker could not {message}")]
+    #[non_exhaustive]
     WorkerCodec {
         /// Position of the input.
         index: usize,
@@ -127,6 +133,7 @@ pub enum Error {
 
     /// The task's output came back but could not be decoded.
     #[error("input {index}: could not decode the output")]
+    #[non_exhaustive]
     Decode {
         /// Position of the input.
         index: usize,
@@ -141,6 +148,7 @@ pub enum Error {
         "input {index}: pool shut down before the task finished{}",
         reason_suffix(reason)
     )]
+    #[non_exhaustive]
     PoolClosed {
         /// Position of the input.
         index: usize,
@@ -150,6 +158,7 @@ pub enum Error {
 
     /// The function was never registered with [`register!`](crate::register).
     #[error("task `{name}` is not registered (missing `buckshot::register!`?)")]
+    #[non_exhaustive]
     NotRegistered {
         /// The function's type name.
         name: String,
@@ -157,6 +166,7 @@ pub enum Error {
 
     /// A worker process could not be started.
     #[error("could not start a worker process")]
+    #[non_exhaustive]
     Spawn {
         /// The operating system's error.
         #[source]
@@ -166,6 +176,7 @@ pub enum Error {
     /// Workers start but fail before they can take work: they died during
     /// start-up, or their handshake did not match this process.
     #[error("workers fail to start: {message}")]
+    #[non_exhaustive]
     Startup {
         /// What went wrong.
         message: String,
@@ -174,6 +185,7 @@ pub enum Error {
     /// The context given to [`Pool::with_context`](crate::Pool::with_context)
     /// could not be encoded, or encodes to more than the pool's frame limit.
     #[error("could not encode the context: {message}")]
+    #[non_exhaustive]
     Context {
         /// What failed.
         message: String,
@@ -184,6 +196,7 @@ pub enum Error {
     /// namespaces disabled, no Landlock, a path missing), and the sandbox
     /// is not [`best_effort`](crate::Sandbox::best_effort).
     #[error("sandbox rule {rule} cannot come up: {reason}")]
+    #[non_exhaustive]
     Sandbox {
         /// The rule.
         rule: crate::SandboxRule,
@@ -193,6 +206,7 @@ pub enum Error {
 
     /// The pool's configuration is invalid.
     #[error("invalid pool configuration: {message}")]
+    #[non_exhaustive]
     Config {
         /// What is wrong.
         message: String,
@@ -426,6 +440,9 @@ fn reason_suffix(reason: &Option<String>) -> String {
         None => String::new(),
     }
 }
+
+#[cfg(test)]
+mod messages;
 
 #[cfg(test)]
 mod tests {

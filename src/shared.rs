@@ -25,7 +25,7 @@ use crate::protocol::{self, Items, RunFrame};
 pub(crate) struct Config {
     /// Workers in all, and how many each launcher starts.
     pub processes: usize,
-    pub groups: Vec<(Launcher, usize)>,
+    pub launchers: Vec<(Launcher, usize)>,
     pub timeout: Option<Duration>,
     pub max_frame_bytes: u32,
     pub memory_limit: Option<u64>,

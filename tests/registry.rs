@@ -78,7 +78,7 @@ fn a_generic_task_is_registered_per_instantiation() {
     // Registered in the library for i64 only.
     let error = pool.map(double::<i32>, [1i32]).unwrap_err();
     assert!(
-        matches!(&error, Error::NotRegistered { name } if name == "buckshot_testlib::double<i32>"),
+        matches!(&error, Error::NotRegistered { name, .. } if name == "buckshot_testlib::double<i32>"),
         "expected NotRegistered for buckshot_testlib::double<i32>, got {error:?}"
     );
     assert_eq!(

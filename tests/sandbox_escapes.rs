@@ -464,6 +464,7 @@ fn without_user_namespaces_no_network_keeps_no_capability() {
                 Err(Error::Sandbox {
                     rule: SandboxRule::NoNetwork,
                     reason,
+                    ..
                 }) => assert!(reason.contains("user and network namespace"), "{reason}"),
                 other => panic!("expected no_network to be refused, got {other:?}"),
             }

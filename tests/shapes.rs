@@ -93,7 +93,7 @@ fn an_unregistered_task_of_several_arguments_is_named() {
     let pool = Pool::new(1).unwrap();
     let error = pool.call(never_registered, (1, 2)).unwrap_err();
     assert!(
-        matches!(&error, Error::NotRegistered { name } if name.ends_with("never_registered")),
+        matches!(&error, Error::NotRegistered { name, .. } if name.ends_with("never_registered")),
         "{error:?}"
     );
 }

@@ -23,7 +23,7 @@ fn a_worker_that_cannot_be_spawned_is_a_spawn_error() {
 
     let error = result.unwrap_err();
     assert_eq!(error.to_string(), "could not start a worker process");
-    let Error::Spawn { source } = &error else {
+    let Error::Spawn { source, .. } = &error else {
         panic!("{error:?}")
     };
     assert_eq!(source.raw_os_error(), Some(libc::ENOENT), "{source}");

@@ -318,7 +318,7 @@ fn an_unreachable_host_is_a_startup_error_that_names_it() {
         )
         .build();
     match result {
-        Err(Error::Startup { message }) => {
+        Err(Error::Startup { message, .. }) => {
             assert!(message.starts_with("ssh nobody@127.0.0.1: "), "{message}");
             assert!(message.contains("refused"), "{message}");
         }

@@ -133,7 +133,7 @@ fn a_host_that_never_speaks_fails_the_build_and_is_named() {
     });
     let took = started.elapsed();
     match result {
-        Err(Error::Startup { message }) => {
+        Err(Error::Startup { message, .. }) => {
             assert!(message.starts_with("ssh nobody@127.0.0.1: "), "{message}");
             assert!(message.contains("timed out"), "{message}");
         }

@@ -110,6 +110,7 @@ fn gives_up(how: &str, reason: &str) {
                     Err(Error::PoolClosed {
                         index: i,
                         reason: Some(r),
+                        ..
                     }) => assert_eq!((*i, r.as_str()), (index, reason)),
                     other => panic!("input {index}: {other:?}"),
                 }

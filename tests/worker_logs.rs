@@ -602,3 +602,41 @@ fn a_panicking_subscriber_is_said_once_and_counted_on_stderr() {
         "{stderr}"
     );
 }
+
+/// Writes a LOG frame whose record is not CBOR into the worker's reply
+/// stream, then answers.
+fn send_a_bad_log_record(x: u64) -> u64 {
+    let mut frame = Vec::new();
+    let body: Vec<u8> = [&[7u8][..], &u64::MAX.to_le_bytes(), b"\xff\xfenot cbor"].concat();
+    frame.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    frame.extend_from_slice(&body);
+    let fd = common::reply_fd();
+    // SAFETY: writing a byte buffer to a raw fd.
+    let written = unsafe { libc::write(fd, frame.as_ptr().cast(), frame.len()) };
+    assert_eq!(written as usize, frame.len());
+    x
+}
+buckshot::register!(send_a_bad_log_record);
+
+#[test]
+fn log_records_are_decoded_off_the_pools_thread() {
+    // The pool's thread reads a LOG frame's item and hands the record on
+    // as it came: a flood of events costs its loop a copy each, not a
+    // decoding. A record that is not one is found out by the thread that
+    // re-emits it, which says so; the worker and its input are not at
+    // fault.
+    let (result, seen) = recording("info", || {
+        let pool = Pool::new(1).unwrap();
+        common::within("a call", move || pool.call(send_a_bad_log_record, 5))
+    });
+    assert_eq!(result.unwrap(), 5);
+    assert!(
+        seen.iter().any(|event| event.level == Level::WARN
+            && event
+                .fields
+                .get("message")
+                .is_some_and(|m| m.contains("a worker sent a log event that is not one"))),
+        "{:?}",
+        seen.iter().map(|e| &e.fields).collect::<Vec<_>>()
+    );
+}

@@ -87,12 +87,10 @@ impl EventSink for Capture {
         }
         let running = RUNNING.load(Ordering::Relaxed);
         let record = to_record(event, (running != IDLE).then_some(running));
-        let mut body = Vec::new();
-        if protocol::encode(&record, &mut body).is_err() {
+        let Ok(frame) = protocol::log_frame(record.seq, |buf| protocol::encode(&record, buf))
+        else {
             return;
-        }
-        let mut frame = Vec::with_capacity(body.len() + 8);
-        protocol::push_frame(&mut frame, protocol::LOG, &body);
+        };
         let mut replies = self.replies.lock().unwrap_or_else(PoisonError::into_inner);
         // A failed write means the pool is gone; the worker finds out at
         // its next reply.

@@ -6,6 +6,9 @@
 //! life-cycle events (`tracing::debug!` in the scheduler) and the records
 //! workers send both go into the queue. When the queue is full, events are
 //! dropped and counted, and a warning says how many once there is room.
+//! A worker's record goes into the queue as it came, encoded: the pool's
+//! thread never decodes it (a worker flooding events would make every
+//! turn of its loop slow), the forwarding thread does.
 //!
 //! A subscriber that panics on an event loses that event, not the ones
 //! after it: the panic is caught and counted ([`Forwarder`]). The first
@@ -22,7 +25,7 @@ use tracing::level_filters::LevelFilter;
 use tracing::{Dispatch, Event};
 
 use super::capture::to_record;
-use super::replay::replay;
+use super::reemit::reemit;
 use super::{EventSink, Events, LogRecord, LogValue, filter_from_number};
 
 /// Events waiting for the creator's subscriber, at most.
@@ -30,8 +33,16 @@ const QUEUE: usize = 256;
 /// How long a pool's shutdown waits for the queue to drain, at most.
 const DRAIN_BOUND: Duration = Duration::from_secs(1);
 
+/// An event on its way to the subscriber.
+enum Record {
+    /// One of the pool's own.
+    Made(LogRecord),
+    /// A worker's, in CBOR as it sent it.
+    Encoded(Vec<u8>),
+}
+
 struct Job {
-    record: LogRecord,
+    record: Record,
     worker: Option<u32>,
     input: Option<usize>,
 }
@@ -66,7 +77,7 @@ impl PoolQueue {
                     let mut forwarder = Forwarder::default();
                     for job in jobs {
                         forwarder.report_dropped(&lost);
-                        forwarder.emit(job.record, job.worker, job.input);
+                        forwarder.take(job);
                     }
                     forwarder.report_dropped(&lost);
                     forwarder.report_panicked();
@@ -93,9 +104,9 @@ impl PoolQueue {
 
 /// Hands a worker's record to the pool's forwarder, if the current thread
 /// is a pool's and forwards events.
-pub(crate) fn from_worker(record: LogRecord, worker: u32, input: Option<usize>) {
+pub(crate) fn from_worker(record: &[u8], worker: u32, input: Option<usize>) {
     let mut job = Some(Job {
-        record,
+        record: Record::Encoded(record.to_vec()),
         worker: Some(worker),
         input,
     });
@@ -118,9 +129,25 @@ struct Forwarder {
 }
 
 impl Forwarder {
+    /// Re-emits the record of `job`, decoding it if a worker sent it.
+    fn take(&mut self, job: Job) {
+        let record = match job.record {
+            Record::Made(record) => record,
+            Record::Encoded(bytes) => {
+                match crate::protocol::decode(&bytes, &mut [0; crate::flow::SCRATCH_BYTES]) {
+                    Ok(record) => record,
+                    Err(e) => warning(format!(
+                        "[buckshot: a worker sent a log event that is not one: {e}]"
+                    )),
+                }
+            }
+        };
+        self.emit(record, job.worker, job.input);
+    }
+
     /// Re-emits `record`; a panic of the subscriber loses it alone.
     fn emit(&mut self, record: LogRecord, worker: Option<u32>, input: Option<usize>) {
-        let emitted = std::panic::catch_unwind(AssertUnwindSafe(|| replay(record, worker, input)));
+        let emitted = std::panic::catch_unwind(AssertUnwindSafe(|| reemit(record, worker, input)));
         if emitted.is_err() {
             if !std::mem::replace(&mut self.said, true) {
                 eprintln!(
@@ -188,10 +215,8 @@ impl Drop for PoolQueue {
 
 impl EventSink for PoolQueue {
     fn take(&self, event: &Event<'_>) {
-        let mut record = to_record(event, None);
-        record.seq = None;
         self.send(Job {
-            record,
+            record: Record::Made(to_record(event, None)),
             worker: None,
             input: None,
         });

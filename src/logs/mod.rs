@@ -12,13 +12,13 @@
 //! - [`forward`], in the pool's thread: hands records, and the pool's own
 //!   events, to a thread that re-emits them to the noted subscriber,
 //!   through a bounded queue;
-//! - [`replay`], in that thread: re-emits a record at its level, with its
+//! - [`reemit`], in that thread: re-emits a record at its level, with its
 //!   target, place and fields, plus the fields `input` (the input's index)
 //!   and `worker` (the worker's pid).
 
 pub(crate) mod capture;
 pub(crate) mod forward;
-pub(crate) mod replay;
+pub(crate) mod reemit;
 
 use serde::{Deserialize, Serialize};
 use tracing::level_filters::LevelFilter;
@@ -29,7 +29,10 @@ use tracing::{Event, Level, Metadata, Subscriber};
 /// One event, as it travels from a worker to its pool.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(crate) struct LogRecord {
-    /// The sequence number of the item that was running, if any.
+    /// The sequence number of the item that was running, if any. It
+    /// travels in the LOG frame's header, not in the record: the pool's
+    /// thread reads it without decoding the record.
+    #[serde(skip)]
     pub seq: Option<u64>,
     /// 1 (error) to 5 (trace).
     pub level: u8,

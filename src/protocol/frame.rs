@@ -389,10 +389,10 @@ pub(crate) fn parse_context(body: &[u8]) -> Result<(u64, &[u8]), ProtocolError> 
     Ok((id, &body[at(CONTEXT_HEADER)..]))
 }
 
-/// Where a PANIC frame's sequence number is, in the frame.
-const PANIC_SEQ_AT: usize = KIND_AT + 1;
-/// Bytes from the start of a PANIC frame to its report.
-const PANIC_HEADER: usize = PANIC_SEQ_AT + 8;
+/// Where a PANIC or LOG frame's sequence number is, in the frame.
+const SEQ_AT: usize = KIND_AT + 1;
+/// Bytes from the start of a PANIC or LOG frame to its CBOR.
+const SEQ_HEADER: usize = SEQ_AT + 8;
 
 /// A PANIC frame: item `seq` panicked, as the CBOR report `write` appends
 /// says (without its backtrace, which is being made).
@@ -400,21 +400,52 @@ pub(crate) fn panic_frame<E>(
     seq: u64,
     write: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
 ) -> Result<Vec<u8>, E> {
-    let mut frame = vec![0; PANIC_HEADER];
-    frame[KIND_AT] = PANIC;
-    put_u64(&mut frame, PANIC_SEQ_AT, seq);
+    seq_frame(PANIC, seq, write)
+}
+
+/// The item and the CBOR report of a PANIC frame's body.
+pub(crate) fn parse_panic(body: &[u8]) -> Result<(u64, &[u8]), ProtocolError> {
+    parse_seq(body, "truncated panic header")
+}
+
+/// A LOG frame: an event that came while item `seq` ran (if one did), as
+/// the CBOR record `write` appends. The item is outside the record, so
+/// that the pool's thread can name the input without decoding it.
+pub(crate) fn log_frame<E>(
+    seq: Option<u64>,
+    write: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
+) -> Result<Vec<u8>, E> {
+    seq_frame(LOG, seq.unwrap_or(NO_SEQ), write)
+}
+
+/// The item (if any) and the CBOR record of a LOG frame's body.
+pub(crate) fn parse_log(body: &[u8]) -> Result<(Option<u64>, &[u8]), ProtocolError> {
+    let (seq, record) = parse_seq(body, "truncated log header")?;
+    Ok(((seq != NO_SEQ).then_some(seq), record))
+}
+
+/// A LOG frame's item when none ran.
+const NO_SEQ: u64 = u64::MAX;
+
+fn seq_frame<E>(
+    kind: u8,
+    seq: u64,
+    write: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
+) -> Result<Vec<u8>, E> {
+    let mut frame = vec![0; SEQ_HEADER];
+    frame[KIND_AT] = kind;
+    put_u64(&mut frame, SEQ_AT, seq);
     write(&mut frame)?;
     seal_frame(&mut frame, 0);
     Ok(frame)
 }
 
-/// The item and the CBOR report of a PANIC frame's body.
-pub(crate) fn parse_panic(body: &[u8]) -> Result<(u64, &[u8]), ProtocolError> {
+fn parse_seq<'a>(body: &'a [u8], truncated: &str) -> Result<(u64, &'a [u8]), ProtocolError> {
     let at = |offset: usize| offset - LEN_BYTES;
-    if body.len() < at(PANIC_HEADER) {
-        return Err(ProtocolError::new("truncated panic header"));
+    if body.len() < at(SEQ_HEADER) {
+        return Err(ProtocolError::new(truncated));
     }
-    Ok((get_u64(body, at(PANIC_SEQ_AT)), &body[at(PANIC_HEADER)..]))
+    Ok((get_u64(body, at(SEQ_AT)), &body[at(SEQ_HEADER)..]))
 }
 
 /// The item section of a finished RUN frame.
@@ -570,6 +601,22 @@ mod tests {
         let body = &frame[LEN_BYTES..];
         assert_eq!(parse_panic(body).unwrap(), (41, &b"report"[..]));
         assert!(parse_panic(&body[..8]).is_err());
+    }
+
+    #[test]
+    fn log_frames_round_trip_with_or_without_an_item() {
+        for seq in [Some(0), Some(41), None] {
+            let frame = log_frame(seq, |buf| {
+                buf.extend_from_slice(b"record");
+                Ok::<_, ProtocolError>(())
+            })
+            .unwrap();
+            assert_eq!(get_u32(&frame, 0) as usize, frame.len() - LEN_BYTES);
+            assert_eq!(frame[KIND_AT], LOG);
+            let body = &frame[LEN_BYTES..];
+            assert_eq!(parse_log(body).unwrap(), (seq, &b"record"[..]));
+            assert!(parse_log(&body[..8]).is_err());
+        }
     }
 
     #[test]

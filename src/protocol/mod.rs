@@ -11,7 +11,8 @@
 //! FATAL  worker -> pool  body = UTF-8 message         the worker exits next
 //! CONTEXT pool -> worker body = id:u64 cbor           before the first RUN that reads it
 //! FORGET pool -> worker  body = id:u64                no RUN will read it again
-//! LOG    worker -> pool  body = CBOR LogRecord        an event a task emitted
+//! LOG    worker -> pool  body = seq:u64 CBOR LogRecord  an event a task emitted while item
+//!                                                     seq ran (all ones: none ran)
 //! RETIRE pool -> worker  body = (none)                after its last RUN: exit once done
 //! PANIC  worker -> pool  body = seq:u64 CBOR PanicReport  item seq panicked; its backtrace
 //!                                                     is being made, the REPLY follows
@@ -65,14 +66,14 @@ pub(crate) use frame::LEN_BYTES;
 pub(crate) use frame::{
     CONTEXT, FATAL, FORGET, HELLO, Hello, ITEM_LEN_BYTES, Items, LOG, PANIC, REPLY, RETIRE,
     RETIRE_FRAME, RETIRED, RETIRED_FRAME, RUN, ReplyHeader, RunFrame, RunHeader, begin_item,
-    context_frame, end_item, forget_frame, items_len, panic_frame, parse_context, parse_panic,
-    push_frame, push_item, run_items,
+    context_frame, end_item, forget_frame, items_len, log_frame, panic_frame, parse_context,
+    parse_log, parse_panic, push_frame, push_item, run_items,
 };
 pub(crate) use read::{FrameBuffer, read_frame};
 
 /// Bumped whenever the format changes. A worker speaking another version is
 /// refused at the handshake.
-pub(crate) const VERSION: u32 = 7;
+pub(crate) const VERSION: u32 = 8;
 
 /// A protocol violation by the peer. Both the frame parsers and the readers
 /// report it, so it lives here, where both import it from.

@@ -63,7 +63,7 @@ impl Blame {
 pub(crate) struct Dying {
     process: Process,
     /// The launcher that started it, by position in the pool's.
-    group: usize,
+    launcher: usize,
     /// When to kill it if it has not exited by itself (it retired).
     kill_at: Option<Instant>,
     /// The map and index of the input it was running when it died:
@@ -82,8 +82,8 @@ impl Dying {
         &mut self.process
     }
 
-    pub(crate) fn group(&self) -> usize {
-        self.group
+    pub(crate) fn launcher(&self) -> usize {
+        self.launcher
     }
 
     /// Whether it failed before its handshake (and is not counted yet).
@@ -117,7 +117,7 @@ impl Burial<'_> {
     pub(crate) fn bury(&mut self, remains: Remains) -> Dying {
         let Remains {
             process,
-            group,
+            launcher,
             books,
             fate,
             head_untouched,
@@ -138,7 +138,7 @@ impl Burial<'_> {
         }
         let mut dying = Dying {
             process,
-            group,
+            launcher,
             kill_at: (fate == Fate::Retired).then(|| Instant::now() + RETIRE_GRACE),
             victim: None,
             victim_input: None,
@@ -407,7 +407,7 @@ mod tests {
         books.wrote(bytes, now);
         Remains {
             process: Process::spawn(Arc::new(Sleeper), &config(), false, false).unwrap(),
-            group: 0,
+            launcher: 0,
             books,
             fate,
             head_untouched,
@@ -546,7 +546,7 @@ mod tests {
     fn failed_starting(process: Process) -> Dying {
         Dying {
             process,
-            group: 0,
+            launcher: 0,
             kill_at: None,
             victim: None,
             victim_input: None,
@@ -625,7 +625,7 @@ mod tests {
         let now = Instant::now();
         let mut dying = Dying {
             process,
-            group: 0,
+            launcher: 0,
             kill_at: Some(now + RETIRE_GRACE),
             victim: None,
             victim_input: None,

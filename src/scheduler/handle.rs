@@ -15,7 +15,7 @@ use super::poll::Watch;
 use crate::delivery::Outbox;
 use crate::flow::{self, READS_PER_WAKE, SCRATCH_BYTES, STARTUP_TIMEOUT, SYMBOLISE_BOUND};
 use crate::launch::Reported;
-use crate::logs::{self, LogRecord};
+use crate::logs;
 use crate::panics::PanicReport;
 use crate::process::Process;
 use crate::protocol::{self, FrameBuffer, Hello, ProtocolError, ReplyHeader};
@@ -77,7 +77,7 @@ pub(crate) struct WorkerHandle {
     retire_written: usize,
     fate: Option<Fate>,
     /// The launcher that started it, by position in the pool's.
-    group: usize,
+    launcher: usize,
     /// A panic whose backtrace it is making, if it is.
     symbolising: Option<Symbolising>,
 }
@@ -85,7 +85,7 @@ pub(crate) struct WorkerHandle {
 /// What is left of a worker taken out of service.
 pub(crate) struct Remains {
     pub process: Process,
-    pub group: usize,
+    pub launcher: usize,
     pub books: Books,
     pub fate: Fate,
     /// The worker took none of the frame it was to run next.
@@ -96,7 +96,7 @@ pub(crate) struct Remains {
 }
 
 impl WorkerHandle {
-    pub(crate) fn new(process: Process, group: usize) -> WorkerHandle {
+    pub(crate) fn new(process: Process, launcher: usize) -> WorkerHandle {
         WorkerHandle {
             process,
             books: Books::default(),
@@ -107,14 +107,14 @@ impl WorkerHandle {
             retiring: false,
             retire_written: 0,
             fate: None,
-            group,
+            launcher,
             symbolising: None,
         }
     }
 
     /// The launcher that started it, by position in the pool's.
-    pub(crate) fn group(&self) -> usize {
-        self.group
+    pub(crate) fn launcher(&self) -> usize {
+        self.launcher
     }
 
     pub(crate) fn process(&self) -> &Process {
@@ -506,7 +506,7 @@ impl WorkerHandle {
         let symbolising = self.symbolising.take().map(|s| s.report);
         Remains {
             process: self.process,
-            group: self.group,
+            launcher: self.launcher,
             books: self.books,
             fate,
             head_untouched,
@@ -589,10 +589,10 @@ impl Ear<'_> {
                 });
                 Ok(())
             }
+            // Decoded by the thread that re-emits it, not here.
             protocol::LOG if self.books.is_ready() => {
-                let record: LogRecord = protocol::decode(&frame[1..], &mut [0; SCRATCH_BYTES])
-                    .map_err(|e| ProtocolError::new(format!("bad log record: {e}")))?;
-                let input = record.seq.and_then(|seq| self.books.index_of(seq));
+                let (seq, record) = protocol::parse_log(frame)?;
+                let input = seq.and_then(|seq| self.books.index_of(seq));
                 logs::forward::from_worker(record, self.process.worker_pid(), input);
                 Ok(())
             }

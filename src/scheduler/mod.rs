@@ -293,16 +293,16 @@ impl Scheduler {
             reply_slot: None,
         };
         let supplies = config
-            .groups
+            .launchers
             .iter()
             .enumerate()
-            .map(|(group, (launcher, count))| {
+            .map(|(index, (launcher, count))| {
                 Supply::new(
                     launcher.launch(),
                     worker_config,
                     config.forward_stderr,
                     config.bulk.is_some(),
-                    group,
+                    index,
                     *count,
                 )
             })
@@ -313,7 +313,7 @@ impl Scheduler {
             .map(|settings| Keeper::new(settings, Arc::clone(&shared)));
         let outbox = Outbox::new(keeper, Recorder::new(Arc::clone(&shared)));
         let max_frames = crate::flow::frames_in_flight(shared.config.batch_size);
-        let seated = vec![0; shared.config.groups.len()];
+        let seated = vec![0; shared.config.launchers.len()];
         let watch = Watch::new(shared.doorbell())?;
         let spawner = {
             let shared = Arc::clone(&shared);
@@ -401,7 +401,7 @@ impl Scheduler {
             self.break_pool(format!("could not watch a worker: {e}"));
             return;
         }
-        let seated = self.take_seat(worker.group());
+        let seated = self.take_seat(worker.launcher());
         if !seated {
             self.benched.push(key);
         }
@@ -614,9 +614,9 @@ impl Scheduler {
             Source::Replies(key) if self.live(key) => {
                 let worker = &mut self.workers[key.slot].worker;
                 let (_, heard) = worker.read(max_frame, &mut self.outbox, &self.watch);
-                let group = worker.group();
+                let launcher = worker.launcher();
                 self.touch(key.slot);
-                self.hear(heard, group);
+                self.hear(heard, launcher);
             }
             Source::Requests(key) if self.live(key) => {
                 self.workers[key.slot].worker.write(&self.watch);
@@ -630,9 +630,9 @@ impl Scheduler {
             Source::Exited(key) if self.live(key) => {
                 let worker = &mut self.workers[key.slot].worker;
                 let heard = worker.read_remains(max_frame, &mut self.outbox, &self.watch);
-                let group = worker.group();
+                let launcher = worker.launcher();
                 self.touch(key.slot);
-                self.hear(heard, group);
+                self.hear(heard, launcher);
             }
             Source::Reap(key) if self.dying_live(key) => self.exited.push(key),
             Source::DyingStderr(key) if self.dying_live(key) => {
@@ -673,7 +673,7 @@ impl Scheduler {
             }
             let seat = self.workers.remove(slot);
             if seat.seated {
-                freed.push(seat.worker.group());
+                freed.push(seat.worker.launcher());
             }
             let serial = self.next_serial;
             self.next_serial = serial.wrapping_add(1);
@@ -698,8 +698,8 @@ impl Scheduler {
             self.exited.push(key);
             self.workforce_changed = true;
         }
-        for group in freed {
-            self.free_seat(group);
+        for launcher in freed {
+            self.free_seat(launcher);
         }
     }
 
@@ -721,7 +721,7 @@ impl Scheduler {
                 continue;
             }
             let dying = &mut self.dying[key.slot].dying;
-            let supply = &mut self.supplies[dying.group()];
+            let supply = &mut self.supplies[dying.launcher()];
             if faults::try_reap(dying, now, supply, &mut self.outbox) {
                 let process = dying.process_mut();
                 self.watch.unwatch(process.pidfd());

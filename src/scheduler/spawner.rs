@@ -34,7 +34,7 @@ use crate::process::Process;
 
 /// One worker to start.
 pub(crate) struct Request {
-    pub group: usize,
+    pub launcher: usize,
     pub launch: Arc<dyn Launch>,
     pub config: WorkerConfig,
     pub forward_stderr: bool,
@@ -43,7 +43,7 @@ pub(crate) struct Request {
 
 /// What came of a request.
 pub(crate) struct Spawned {
-    pub group: usize,
+    pub launcher: usize,
     pub result: std::io::Result<Process>,
 }
 
@@ -94,7 +94,7 @@ impl Spawner {
                             request.bulk,
                         );
                         let spawned = Spawned {
-                            group: request.group,
+                            launcher: request.launcher,
                             result,
                         };
                         if done.send(spawned).is_err() {

@@ -23,9 +23,9 @@ impl Scheduler {
         // Asked only of a wide pool: it reads cgroup files, which takes a
         // noticeable part of a small pool's start.
         let cores = || std::thread::available_parallelism().map_or(1, NonZero::get);
-        for group in 0..self.supplies.len() {
-            let supply = &mut self.supplies[group];
-            // The rest start as these say hello (see `replenish_group`).
+        for launcher in 0..self.supplies.len() {
+            let supply = &mut self.supplies[launcher];
+            // The rest start as these say hello (see `replenish_launcher`).
             let initial = supply.target().min(supply.max_starting());
             let here = if initial <= SPAWNED_AT_START {
                 initial
@@ -60,7 +60,7 @@ impl Scheduler {
     pub(super) fn replenish(&mut self) {
         let now = Instant::now();
         while let Some(spawned) = self.spawner.try_take() {
-            let supply = &mut self.supplies[spawned.group];
+            let supply = &mut self.supplies[spawned.launcher];
             if let Some(worker) = supply.spawned(spawned.result, now) {
                 self.admit(worker);
             }
@@ -73,8 +73,8 @@ impl Scheduler {
         if !std::mem::take(&mut self.workforce_changed) && !retry_due {
             return;
         }
-        for group in 0..self.supplies.len() {
-            self.replenish_group(group);
+        for launcher in 0..self.supplies.len() {
+            self.replenish_launcher(launcher);
         }
         if self.supplies.iter().all(Supply::stopped) {
             let alone = self.supplies.len() == 1;
@@ -87,17 +87,17 @@ impl Scheduler {
         }
     }
 
-    pub(super) fn replenish_group(&mut self, group: usize) {
-        if self.supplies[group].stopped() {
+    pub(super) fn replenish_launcher(&mut self, launcher: usize) {
+        if self.supplies[launcher].stopped() {
             return;
         }
-        let ours = |worker: &&WorkerHandle| worker.group() == group;
+        let ours = |worker: &&WorkerHandle| worker.launcher() == launcher;
         let workers = || self.workers.iter().map(|(_, seat)| &seat.worker);
         let ready = workers().filter(ours).any(|w| w.books().is_ready());
         if !ready {
-            if let Some(reason) = self.supplies[group].gave_up() {
-                tracing::warn!(launcher = ?self.supplies[group], reason, "workers keep failing to start: launcher given up");
-                self.supplies[group].stop(Some(reason));
+            if let Some(reason) = self.supplies[launcher].gave_up() {
+                tracing::warn!(launcher = ?self.supplies[launcher], reason, "workers keep failing to start: launcher given up");
+                self.supplies[launcher].stop(Some(reason));
                 return;
             }
         }
@@ -112,9 +112,9 @@ impl Scheduler {
         let failed_starting = self
             .dying
             .iter()
-            .filter(|(_, d)| d.dying.group() == group && d.dying.failed_starting())
+            .filter(|(_, d)| d.dying.launcher() == launcher && d.dying.failed_starting())
             .count();
-        let supply = &mut self.supplies[group];
+        let supply = &mut self.supplies[launcher];
         while working + supply.pending() < supply.target() {
             if starting + supply.pending() >= supply.max_starting() {
                 return;
@@ -128,21 +128,21 @@ impl Scheduler {
         }
     }
 
-    /// Gives a worker of launcher `group` that joins a seat if one is
+    /// Gives a worker of launcher number `launcher` that joins a seat if one is
     /// free: whether it did.
-    pub(super) fn take_seat(&mut self, group: usize) -> bool {
-        let free = self.seated[group] < self.supplies[group].target();
+    pub(super) fn take_seat(&mut self, launcher: usize) -> bool {
+        let free = self.seated[launcher] < self.supplies[launcher].target();
         if free {
-            self.seated[group] += 1;
+            self.seated[launcher] += 1;
         }
         free
     }
 
-    /// A seated worker of launcher `group` left service (it answered its
+    /// A seated worker of launcher number `launcher` left service (it answered its
     /// last input, or was killed): the oldest of its benched workers takes
     /// the seat.
-    pub(super) fn free_seat(&mut self, group: usize) {
-        self.seated[group] -= 1;
+    pub(super) fn free_seat(&mut self, launcher: usize) {
+        self.seated[launcher] -= 1;
         let workers = &self.workers;
         self.benched.retain(|key| {
             workers
@@ -152,11 +152,11 @@ impl Scheduler {
         let next = self
             .benched
             .iter()
-            .position(|key| self.workers[key.slot].worker.group() == group);
+            .position(|key| self.workers[key.slot].worker.launcher() == launcher);
         if let Some(position) = next {
             let key = self.benched.remove(position);
             self.workers[key.slot].seated = true;
-            self.seated[group] += 1;
+            self.seated[launcher] += 1;
             self.touch(key.slot);
         }
     }
@@ -179,10 +179,10 @@ impl Scheduler {
         }
     }
 
-    pub(super) fn hear(&mut self, heard: Option<Heard>, group: usize) {
+    pub(super) fn hear(&mut self, heard: Option<Heard>, launcher: usize) {
         match heard {
             Some(Heard::Ready) => {
-                self.supplies[group].ready();
+                self.supplies[launcher].ready();
                 self.workforce_changed = true;
             }
             // Every worker of that launcher would say the same: no point
@@ -191,14 +191,14 @@ impl Scheduler {
                 let slots: Vec<usize> = self
                     .workers
                     .iter()
-                    .filter(|(_, seat)| seat.worker.group() == group)
+                    .filter(|(_, seat)| seat.worker.launcher() == launcher)
                     .map(|(slot, _)| slot)
                     .collect();
                 for slot in slots {
                     self.workers[slot].worker.doom(Fate::PoolBroken);
                     self.touch(slot);
                 }
-                self.supplies[group].stop(Some(problem));
+                self.supplies[launcher].stop(Some(problem));
                 self.workforce_changed = true;
             }
             None => {}

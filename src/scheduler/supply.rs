@@ -37,7 +37,7 @@ pub(crate) struct Supply {
     /// Whether its workers get reply slots (see `bulk`).
     bulk: bool,
     /// Its position among the pool's launchers.
-    group: usize,
+    launcher: usize,
     /// How many workers it keeps.
     target: usize,
     /// Replacements asked of the spawner and not back yet.
@@ -62,7 +62,7 @@ impl Supply {
         mut config: WorkerConfig,
         forward_stderr: bool,
         bulk: bool,
-        group: usize,
+        launcher: usize,
         target: usize,
     ) -> Supply {
         config.parent = launch.worker_is_child().then(std::process::id);
@@ -71,7 +71,7 @@ impl Supply {
             config,
             forward_stderr,
             bulk,
-            group,
+            launcher,
             target,
             pending: 0,
             reason: None,
@@ -92,7 +92,7 @@ impl Supply {
             self.forward_stderr,
             self.bulk,
         )?;
-        Ok(WorkerHandle::new(process, self.group))
+        Ok(WorkerHandle::new(process, self.launcher))
     }
 
     /// Asks `spawner` for a replacement worker if it is time to. Returns
@@ -102,7 +102,7 @@ impl Supply {
             return false;
         }
         spawner.request(Request {
-            group: self.group,
+            launcher: self.launcher,
             launch: Arc::clone(&self.launch),
             config: self.config,
             forward_stderr: self.forward_stderr,
@@ -126,7 +126,7 @@ impl Supply {
             Ok(process) => {
                 tracing::debug!(worker = process.pid(), "worker respawned");
                 self.retry_at = None;
-                Some(WorkerHandle::new(process, self.group))
+                Some(WorkerHandle::new(process, self.launcher))
             }
             Err(e) => {
                 let place = self.launch.describe();

@@ -32,7 +32,7 @@ const FOLDED_TARGET: &str = "buckshot::worker";
 /// Re-emits `record` to the current subscriber, with the fields `input`
 /// and `worker` when they are known and the record has no field of that
 /// name already (in a nested pool, the innermost pool's values stay).
-pub(crate) fn replay(record: LogRecord, worker: Option<u32>, input: Option<usize>) {
+pub(crate) fn reemit(record: LogRecord, worker: Option<u32>, input: Option<usize>) {
     let Some(level) = level_from_number(record.level) else {
         return;
     };
