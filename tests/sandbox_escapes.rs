@@ -509,7 +509,9 @@ fn a_seccomp_rule_that_cannot_come_up_says_why() {
         ] {
             let built = Pool::builder().processes(1).sandbox(sandbox).build();
             match built {
-                Err(Error::Sandbox { rule: r, reason }) if r == rule => assert!(
+                Err(Error::Sandbox {
+                    rule: r, reason, ..
+                }) if r == rule => assert!(
                     reason.contains("seccomp: ") && reason.contains("Device or resource busy"),
                     "{rule}: {reason}"
                 ),
