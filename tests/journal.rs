@@ -10,7 +10,6 @@
 
 mod common;
 
-use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -28,7 +27,7 @@ const HANG_ENV: &str = "BUCKSHOT_TEST_JOURNAL_HANG_FROM";
 /// hangs (see [`HANG_ENV`]).
 #[allow(clippy::ptr_arg)] // A task reads its context as `&C`.
 fn slow_square(log: &String, (x, millis): (u64, u64)) -> u64 {
-    note(log, x);
+    common::note(log, x);
     let hang_from = std::env::var(HANG_ENV)
         .ok()
         .map(|from| from.parse().unwrap());
@@ -43,7 +42,7 @@ buckshot::register!(slow_square);
 /// Notes its input in the log (the context); panics on 3.
 #[allow(clippy::ptr_arg)] // A task reads its context as `&C`.
 fn square_but_three(log: &String, x: u64) -> u64 {
-    note(log, x);
+    common::note(log, x);
     assert_ne!(x, 3, "three is refused");
     x * x
 }
@@ -53,26 +52,6 @@ fn cube(x: u64) -> u64 {
     x * x * x
 }
 buckshot::register!(cube);
-
-/// Appends one line, in one `write` to a file opened with `O_APPEND`, so
-/// that lines of concurrent workers never mix.
-fn note(log: &str, x: u64) {
-    let mut file = OpenOptions::new()
-        .append(true)
-        .create(true)
-        .open(log)
-        .unwrap();
-    file.write_all(format!("{x}\n").as_bytes()).unwrap();
-}
-
-/// The inputs noted in `log`, in order.
-fn runs(log: &Path) -> Vec<u64> {
-    std::fs::read_to_string(log)
-        .unwrap_or_default()
-        .lines()
-        .map(|line| line.parse().unwrap())
-        .collect()
-}
 
 /// The driver: maps `count` inputs of `millis` each with the journal in
 /// `dir`, and prints every output, in order.
@@ -190,9 +169,9 @@ fn a_map_killed_halfway_resumes_where_it_stopped() {
     // First run: killed with SIGKILL once about half the inputs ran,
     // whatever it was doing (a commit, say).
     let first = Driver::start(&dir.0, 300, 20);
-    common::wait_until("half the inputs to run", || runs(&log).len() >= 150);
+    common::wait_until("half the inputs to run", || common::runs(&log).len() >= 150);
     kill(first);
-    let ran_first = runs(&log).len();
+    let ran_first = common::runs(&log).len();
     let (check, recorded) = integrity(&db);
     assert_eq!(check, "ok");
     let kept = recorded_inputs(&db);
@@ -201,7 +180,7 @@ fn a_map_killed_halfway_resumes_where_it_stopped() {
     // that were not recorded run, once each: what was lost is what ran
     // but was not committed yet.
     assert_eq!(Driver::start(&dir.0, 300, 20).outputs(), squares);
-    let all = runs(&log);
+    let all = common::runs(&log);
     let mut second = all[ran_first..].to_vec();
     second.sort();
     let missing: Vec<u64> = (0..300)
@@ -213,7 +192,11 @@ fn a_map_killed_halfway_resumes_where_it_stopped() {
     );
     // Third run: nothing runs.
     assert_eq!(Driver::start(&dir.0, 300, 20).outputs(), squares);
-    assert_eq!(runs(&log).len(), all.len(), "the third run ran inputs");
+    assert_eq!(
+        common::runs(&log).len(),
+        all.len(),
+        "the third run ran inputs"
+    );
     assert_eq!(integrity(&db), ("ok".to_owned(), 300));
     println!(
         "resume: {ran_first} ran before the kill, {recorded} recorded, {} ran twice",
@@ -230,7 +213,7 @@ fn finished_outputs_are_committed_while_the_map_runs() {
     let first = Driver::start_hanging(&dir.0, 300, 2, Some(150));
     // A worker runs its inputs in order: once both hang (each noted the
     // one it hangs in), every input before 150 has finished.
-    common::wait_until("both workers to hang", || runs(&log).len() == 152);
+    common::wait_until("both workers to hang", || common::runs(&log).len() == 152);
     common::wait_until_within(
         "the first 150 outputs to be committed",
         common::KILL_BOUND,
@@ -241,7 +224,7 @@ fn finished_outputs_are_committed_while_the_map_runs() {
     assert_eq!(recorded_inputs(&db), (0..150).collect::<Vec<u64>>());
     let squares: Vec<u64> = (0..300u64).map(|x| x * x).collect();
     assert_eq!(Driver::start(&dir.0, 300, 2).outputs(), squares);
-    let mut second = runs(&log)[152..].to_vec();
+    let mut second = common::runs(&log)[152..].to_vec();
     second.sort();
     assert_eq!(second, (150..300).collect::<Vec<u64>>());
 }
@@ -294,10 +277,10 @@ fn errors_and_outputs_that_no_longer_decode_run_again() {
     };
     let expected = vec![Some(0), Some(1), Some(4), None, Some(16), Some(25)];
     assert_eq!(map(&log_text), expected);
-    assert_eq!(runs(&log).len(), 6);
+    assert_eq!(common::runs(&log).len(), 6);
     // Only the error runs again.
     assert_eq!(map(&log_text), expected);
-    assert_eq!(runs(&log)[6..], [3]);
+    assert_eq!(common::runs(&log)[6..], [3]);
     drop(pool);
     // Outputs of another type (here: garbage) count as missing.
     let connection = rusqlite::Connection::open(&db).unwrap();
@@ -313,7 +296,7 @@ fn errors_and_outputs_that_no_longer_decode_run_again() {
         .map(Result::ok)
         .collect();
     assert_eq!(results, expected);
-    assert_eq!(runs(&log).len(), 6 + 1 + 6);
+    assert_eq!(common::runs(&log).len(), 6 + 1 + 6);
     // Another context is another key.
     let other = dir.0.join("other.log").to_string_lossy().into_owned();
     let results: Vec<Option<u64>> = pool
@@ -323,7 +306,7 @@ fn errors_and_outputs_that_no_longer_decode_run_again() {
         .map(Result::ok)
         .collect();
     assert_eq!(results, expected);
-    assert_eq!(runs(Path::new(&other)).len(), 6);
+    assert_eq!(common::runs(Path::new(&other)).len(), 6);
 }
 
 fn dropping_the_pool_commits_every_output() {

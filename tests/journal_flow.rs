@@ -8,8 +8,6 @@
 
 mod common;
 
-use std::fs::OpenOptions;
-use std::io::Write;
 use std::path::Path;
 
 use buckshot::Pool;
@@ -17,7 +15,7 @@ use buckshot::Pool;
 /// Notes its input in the log (the context).
 #[allow(clippy::ptr_arg)] // A task reads its context as `&C`.
 fn noted_square(log: &String, x: u64) -> u64 {
-    note(log, x);
+    common::note(log, x);
     x * x
 }
 buckshot::register!(noted_square);
@@ -25,30 +23,10 @@ buckshot::register!(noted_square);
 /// Notes its input in the log (the context); returns `bytes` bytes.
 #[allow(clippy::ptr_arg)] // A task reads its context as `&C`.
 fn noted_blob(log: &String, (x, bytes): (u64, usize)) -> String {
-    note(log, x);
+    common::note(log, x);
     char::from(b'a' + (x % 26) as u8).to_string().repeat(bytes)
 }
 buckshot::register!(noted_blob);
-
-/// Appends one line, in one `write` to a file opened with `O_APPEND`, so
-/// that lines of concurrent workers never mix.
-fn note(log: &str, x: u64) {
-    let mut file = OpenOptions::new()
-        .append(true)
-        .create(true)
-        .open(log)
-        .unwrap();
-    file.write_all(format!("{x}\n").as_bytes()).unwrap();
-}
-
-/// The inputs noted in `log`, in order.
-fn runs(log: &str) -> Vec<u64> {
-    std::fs::read_to_string(log)
-        .unwrap_or_default()
-        .lines()
-        .map(|line| line.parse().unwrap())
-        .collect()
-}
 
 fn rows(db: &Path) -> i64 {
     let connection = rusqlite::Connection::open(db).unwrap();
@@ -95,10 +73,10 @@ fn a_map_sees_what_the_map_before_it_yielded() {
             .collect()
     };
     assert_eq!(map(), squares);
-    assert_eq!(runs(&log).len(), 50);
+    assert_eq!(common::runs(log.as_ref()).len(), 50);
     assert_eq!(map(), squares);
     assert_eq!(
-        runs(&log).len(),
+        common::runs(log.as_ref()).len(),
         50,
         "the second map ran inputs whose outputs the first one yielded"
     );
@@ -125,7 +103,11 @@ fn a_single_output_past_the_backlog_bound_is_recorded() {
         assert_eq!(pool.journal_unrecorded(), 0);
         drop(pool);
         assert_eq!(rows(&db), 1, "round {round}");
-        assert_eq!(runs(&log), [1], "round {round}: it ran again");
+        assert_eq!(
+            common::runs(log.as_ref()),
+            [1],
+            "round {round}: it ran again"
+        );
     }
 }
 
@@ -147,7 +129,7 @@ fn outputs_left_out_behind_a_busy_writer_are_counted() {
     // The first is answered while it waits; the second runs again.
     call(1);
     call(2);
-    assert_eq!(runs(&log), [1, 2, 2]);
+    assert_eq!(common::runs(log.as_ref()), [1, 2, 2]);
     assert_eq!(pool.journal_unrecorded(), 2);
     drop(lock);
     drop(pool);
@@ -155,7 +137,7 @@ fn outputs_left_out_behind_a_busy_writer_are_counted() {
     let pool = Pool::builder().processes(1).journal(&db).build().unwrap();
     call_with(&pool, &log, 1, bytes);
     call_with(&pool, &log, 2, bytes);
-    assert_eq!(runs(&log), [1, 2, 2, 2]);
+    assert_eq!(common::runs(log.as_ref()), [1, 2, 2, 2]);
     assert_eq!(pool.journal_unrecorded(), 0);
 }
 
@@ -201,6 +183,6 @@ fn outputs_a_full_disk_cannot_take_are_counted() {
         .count();
     assert_eq!(again, 20);
     drop(pool);
-    assert_eq!(runs(&log).len(), 40);
+    assert_eq!(common::runs(log.as_ref()).len(), 40);
     assert_eq!(rows(&db), 20);
 }
