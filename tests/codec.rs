@@ -153,3 +153,21 @@ fn an_output_the_pool_cannot_decode() {
         "7 is odd"
     );
 }
+
+/// Inside a batch: the inputs encoded before it share its frame, and go as
+/// one chunk without it.
+#[test]
+fn an_input_that_cannot_be_encoded_inside_a_batch_fails_alone() {
+    let pool = Pool::builder().processes(1).batch_size(8).build().unwrap();
+    let results: Vec<_> = pool
+        .map(echo_unlucky, (10..26).map(Unlucky))
+        .unwrap()
+        .collect();
+    let echoed: Vec<u64> = results
+        .iter()
+        .filter_map(|r| r.as_ref().ok())
+        .map(|v| v.0)
+        .collect();
+    assert_eq!(echoed, (10..26).filter(|&x| x != 13).collect::<Vec<_>>());
+    check_only(results, 16, 3, "input 3: could not encode the input");
+}

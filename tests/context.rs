@@ -279,3 +279,52 @@ fn a_context_over_the_frame_limit_is_an_error() {
     // The pool is fine.
     assert_eq!(pool.call(plain, 5).unwrap(), 5);
 }
+
+#[allow(clippy::ptr_arg)] // A task reads its context as `&C`.
+fn text_length(text: &String, extra: usize) -> usize {
+    text.len() + extra
+}
+buckshot::register!(text_length);
+
+/// The frame limit is inclusive: a context that encodes to exactly the
+/// limit is sent, one byte more is refused.
+#[test]
+fn a_context_of_exactly_the_frame_limit_is_sent() {
+    const LIMIT: usize = 4096;
+    let pool = Pool::builder()
+        .processes(1)
+        .max_frame_bytes(LIMIT as u32)
+        .build()
+        .unwrap();
+    // The context's size beyond its text, read from the refusal of a text
+    // over the limit (a CBOR text of 256..65535 bytes has a 3-byte head).
+    let probe = "x".repeat(2 * LIMIT);
+    let refused = pool.with_context(&probe);
+    assert!(format!("{refused:?}").contains("error"), "{refused:?}");
+    let message = refused.call(text_length, 0).unwrap_err().to_string();
+    let encoded: usize = message
+        .split("it encodes to ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|bytes| bytes.parse().ok())
+        .unwrap_or_else(|| panic!("no size in {message:?}"));
+    let overhead = encoded - probe.len();
+
+    let exact = "y".repeat(LIMIT - overhead);
+    let ctx = pool.with_context(&exact);
+    assert_eq!(
+        format!("{ctx:?}"),
+        format!("WithContext {{ bytes: {LIMIT} }}")
+    );
+    assert_eq!(ctx.call(text_length, 1).unwrap(), exact.len() + 1);
+
+    let over = "z".repeat(LIMIT - overhead + 1);
+    let error = pool.with_context(&over).call(text_length, 1).unwrap_err();
+    assert!(
+        error.to_string().ends_with(&format!(
+            "it encodes to {} bytes, over the frame limit of {LIMIT}",
+            LIMIT + 1
+        )),
+        "{error}"
+    );
+}

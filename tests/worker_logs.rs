@@ -24,6 +24,8 @@ use tracing_subscriber::{EnvFilter, Layer};
 struct Seen {
     level: Level,
     target: String,
+    /// The name of the event's callsite.
+    name: String,
     fields: BTreeMap<String, String>,
 }
 
@@ -55,6 +57,7 @@ impl<S: Subscriber> Layer<S> for Recorder {
         self.0.lock().unwrap().push(Seen {
             level: *event.metadata().level(),
             target: event.metadata().target().to_owned(),
+            name: event.metadata().name().to_owned(),
             fields,
         });
     }
@@ -639,4 +642,42 @@ fn log_records_are_decoded_off_the_pools_thread() {
         "{:?}",
         seen.iter().map(|e| &e.fields).collect::<Vec<_>>()
     );
+}
+
+/// An event of a modest shape, and one whose field name is too long for a
+/// callsite of its own.
+fn modest_and_outsized(x: u64) -> u64 {
+    tracing::info!(x, "modest");
+    tracing::info!(
+        a_field_name_far_longer_than_any_field_name_that_gets_a_callsite_of_its_own = x,
+        "outsized"
+    );
+    x
+}
+buckshot::register!(modest_and_outsized);
+
+#[test]
+fn an_outsized_event_is_folded_once_into_its_message() {
+    let (_, seen) = recording("info", || {
+        let pool = Pool::new(1).unwrap();
+        common::within("the call", move || pool.call(modest_and_outsized, 7))
+    });
+    let modest = with(&seen, "message", "modest");
+    assert_eq!(modest.len(), 1, "{seen:#?}");
+    assert_eq!(modest[0].target, "worker_logs");
+    // The callsite is named after the event's place, as tracing names one.
+    assert!(
+        modest[0].name.starts_with("event tests/worker_logs.rs:"),
+        "{modest:?}"
+    );
+    let folded = with(
+        &seen,
+        "message",
+        "worker_logs: outsized \
+         a_field_name_far_longer_than_any_field_name_that_gets_a_callsite_of_its_own=7",
+    );
+    assert_eq!(folded.len(), 1, "{seen:#?}");
+    assert_eq!(folded[0].target, "buckshot::worker");
+    assert_eq!(folded[0].name, "event (from a worker)");
+    assert_eq!(folded[0].fields["input"], "0");
 }
