@@ -161,15 +161,8 @@ const NO_CLOSE_RANGE_ENV: &str = "BUCKSHOT_TEST_NO_CLOSE_RANGE";
 fn without_close_range_workers_and_launchers_hold_none_of_the_programs_descriptors() {
     let name = "without_close_range_workers_and_launchers_hold_none_of_the_programs_descriptors";
     if std::env::var_os(NO_CLOSE_RANGE_ENV).is_some() {
-        let filter = seccompiler::SeccompFilter::new(
-            [(libc::SYS_close_range, vec![])].into_iter().collect(),
-            seccompiler::SeccompAction::Allow,
-            seccompiler::SeccompAction::Errno(libc::ENOSYS as u32),
-            std::env::consts::ARCH.try_into().unwrap(),
-        )
-        .unwrap();
-        let program: seccompiler::BpfProgram = filter.try_into().unwrap();
-        if let Err(e) = seccompiler::apply_filter_all_threads(&program) {
+        let close_range = [(libc::SYS_close_range, vec![])].into_iter().collect();
+        if let Err(e) = common::fail_syscalls(close_range, libc::ENOSYS) {
             common::skip("seccomp", &format!("no seccomp filter here: {e}"));
             return;
         }

@@ -543,20 +543,13 @@ fn without_rename_noreplace_a_kept_file_never_replaces_another() {
             noreplace,
         )
         .unwrap();
-        let filter = seccompiler::SeccompFilter::new(
-            [(
-                libc::SYS_renameat2,
-                vec![SeccompRule::new(vec![flags]).unwrap()],
-            )]
-            .into_iter()
-            .collect(),
-            seccompiler::SeccompAction::Allow,
-            seccompiler::SeccompAction::Errno(libc::EINVAL as u32),
-            std::env::consts::ARCH.try_into().unwrap(),
-        )
-        .unwrap();
-        let program: seccompiler::BpfProgram = filter.try_into().unwrap();
-        if let Err(e) = seccompiler::apply_filter_all_threads(&program) {
+        let renameat2 = [(
+            libc::SYS_renameat2,
+            vec![SeccompRule::new(vec![flags]).unwrap()],
+        )]
+        .into_iter()
+        .collect();
+        if let Err(e) = common::fail_syscalls(renameat2, libc::EINVAL) {
             common::skip("seccomp", &format!("no seccomp filter here: {e}"));
             return;
         }

@@ -241,32 +241,16 @@ fn signal_parent(_: ()) -> Option<i32> {
 }
 buckshot::register!(signal_parent);
 
-/// The Landlock ABI of this kernel, 0 if it has none.
-fn landlock_abi() -> i64 {
-    const LANDLOCK_CREATE_RULESET_VERSION: libc::c_uint = 1;
-    // SAFETY: with this flag and no attributes, the call only returns the
-    // ABI version.
-    let abi = unsafe {
-        libc::syscall(
-            libc::SYS_landlock_create_ruleset,
-            std::ptr::null::<u8>(),
-            0usize,
-            LANDLOCK_CREATE_RULESET_VERSION,
-        )
-    };
-    abi.max(0)
-}
-
 #[test]
 fn any_sandbox_keeps_tasks_from_signalling_the_pool_where_landlock_can() {
     let control = Pool::new(1).unwrap();
     assert_eq!(control.call(signal_parent, ()).unwrap(), None);
-    if landlock_abi() < 6 {
+    if common::landlock_abi() < 6 {
         common::skip(
             "landlock",
             &format!(
                 "Landlock scopes signals from ABI 6, this kernel has {}",
-                landlock_abi()
+                common::landlock_abi()
             ),
         );
         return;

@@ -11,22 +11,6 @@ use std::path::{Path, PathBuf};
 
 use buckshot::{Error, Pool, Sandbox, SandboxRule};
 
-/// The Landlock ABI of this kernel, 0 if it has none.
-fn landlock_abi() -> i64 {
-    const LANDLOCK_CREATE_RULESET_VERSION: libc::c_uint = 1;
-    // SAFETY: with this flag and no attributes, the call only returns the
-    // ABI version.
-    let abi = unsafe {
-        libc::syscall(
-            libc::SYS_landlock_create_ruleset,
-            std::ptr::null::<u8>(),
-            0usize,
-            LANDLOCK_CREATE_RULESET_VERSION,
-        )
-    };
-    abi.max(0)
-}
-
 /// A pool of `sandbox` with two workers, or `None` (and a skip) if its
 /// rules do not all come up here.
 fn sandboxed(sandbox: Sandbox, feature: &str) -> Option<Pool> {
@@ -217,7 +201,7 @@ fn named_unix_sockets_are_out_of_reach_under_no_network() {
     assert!(listener.accept().is_ok() && receiver.recv(&mut [0; 8]).is_ok());
     // Landlock from ABI 9 (Linux 7.1) denies the path; below it, no UNIX
     // socket can be created but stream pairs.
-    let (connect, send) = if landlock_abi() >= 9 {
+    let (connect, send) = if common::landlock_abi() >= 9 {
         (Some(libc::EACCES), Some(libc::EACCES))
     } else {
         (Some(libc::EPERM), Some(libc::EPERM))
@@ -342,10 +326,10 @@ buckshot::register!(truncate_by_path);
 
 #[test]
 fn a_landlock_that_lacks_file_rights_does_not_count_as_in_force() {
-    if landlock_abi() < 3 {
+    if common::landlock_abi() < 3 {
         common::skip(
             "landlock",
-            &format!("this kernel has Landlock ABI {}", landlock_abi()),
+            &format!("this kernel has Landlock ABI {}", common::landlock_abi()),
         );
         return;
     }

@@ -292,11 +292,7 @@ impl TempDir {
 
     /// The files in it, sorted.
     pub fn files(&self) -> Vec<PathBuf> {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(&self.0)
-            .map(|dir| dir.map(|entry| entry.unwrap().path()).collect())
-            .unwrap_or_default();
-        files.sort();
-        files
+        files_in(&self.0)
     }
 }
 
@@ -359,11 +355,7 @@ impl TmpFs {
 
     /// The files in it, sorted.
     pub fn files(&self) -> Vec<PathBuf> {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(&self.0)
-            .map(|dir| dir.map(|entry| entry.unwrap().path()).collect())
-            .unwrap_or_default();
-        files.sort();
-        files
+        files_in(&self.0)
     }
 }
 
@@ -397,4 +389,49 @@ pub fn runs(log: &std::path::Path) -> Vec<u64> {
         .lines()
         .map(|line| line.parse().unwrap())
         .collect()
+}
+
+/// The files in `dir`, sorted; none if it cannot be read.
+pub fn files_in(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|dir| dir.map(|entry| entry.unwrap().path()).collect())
+        .unwrap_or_default();
+    files.sort();
+    files
+}
+
+/// The Landlock ABI of this kernel, 0 if it has none.
+pub fn landlock_abi() -> i64 {
+    const LANDLOCK_CREATE_RULESET_VERSION: libc::c_uint = 1;
+    // SAFETY: with this flag and no attributes, the call only returns the
+    // ABI version.
+    let abi = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<u8>(),
+            0usize,
+            LANDLOCK_CREATE_RULESET_VERSION,
+        )
+    };
+    abi.max(0)
+}
+
+/// Makes the system calls `rules` names fail with `errno` in every thread
+/// of this process and its children from now on (a seccomp filter), as on
+/// an older kernel or another file system. `Err` if seccomp is missing.
+pub fn fail_syscalls(
+    rules: std::collections::BTreeMap<i64, Vec<seccompiler::SeccompRule>>,
+    errno: i32,
+) -> Result<(), String> {
+    let filter = seccompiler::SeccompFilter::new(
+        rules,
+        seccompiler::SeccompAction::Allow,
+        seccompiler::SeccompAction::Errno(errno as u32),
+        std::env::consts::ARCH
+            .try_into()
+            .map_err(|e| format!("{e:?}"))?,
+    )
+    .map_err(|e| e.to_string())?;
+    let program: seccompiler::BpfProgram = filter.try_into().map_err(|e| format!("{e:?}"))?;
+    seccompiler::apply_filter_all_threads(&program).map_err(|e| e.to_string())
 }
