@@ -338,10 +338,7 @@ impl Limit {
         let signal = status.and_then(|status| status.signal());
         let said = |sign: fn(&str) -> bool| stderr.lines().any(|line| sign(line.trim()));
         let cpu_said =
-            // Said by the worker, or by the pool when the kernel killed it.
-            || said(|line| {
-                line.starts_with("buckshot") && line.contains(": killed by its CPU time limit")
-            });
+            || said(|line| line.starts_with("buckshot worker: killed by its CPU time limit"));
         if cpu_limited && (signal == Some(libc::SIGXCPU) || cpu_said()) {
             return Some(Limit::CpuTime);
         }

@@ -259,8 +259,9 @@ pub(crate) fn try_reap(
     stderr.pump();
     stderr.flush_line();
     let mut stderr = stderr.excerpt();
-    if let Some(note) = dying.process.cpu_limit_note(status) {
-        stderr.push_str(&note);
+    let cpu_note = dying.process.cpu_limit_note(status);
+    if let Some(note) = &cpu_note {
+        stderr.push_str(note);
         stderr.push('\n');
     }
     if let Some(fault) = &dying.failed_starting {
@@ -295,7 +296,12 @@ pub(crate) fn try_reap(
         let error = Error::WorkerDied {
             index,
             status,
-            limit: Limit::of(status, &stderr, supply.memory_limit(), cpu_limited),
+            // The pool's own note says the kernel killed it at its hard
+            // CPU limit; otherwise the signal or the worker's words do.
+            limit: match cpu_note {
+                Some(_) => Some(Limit::CpuTime),
+                None => Limit::of(status, &stderr, supply.memory_limit(), cpu_limited),
+            },
             stderr,
             replay: None,
         };
