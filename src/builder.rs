@@ -5,12 +5,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::config::Config;
 use crate::error::Error;
 use crate::launch::Launcher;
 use crate::pool::Pool;
 use crate::sandbox::launcher::Sandboxed;
 use crate::sandbox::{Rules, Sandbox, probe};
-use crate::shared::Config;
 
 /// Default limit on one frame, and so on one encoded input or output.
 const DEFAULT_MAX_FRAME_BYTES: u32 = 1 << 30;

@@ -11,11 +11,11 @@ use std::task::{Poll, Waker};
 use std::time::Instant;
 
 use crate::bulk::SlotLease;
+use crate::chunk::Chunk;
 use crate::error::Error;
 use crate::flow::{DELIVERY_BATCH, DELIVERY_DELAY};
 use crate::journal::Recorder;
 use crate::replay::Keeper;
-use crate::shared::Chunk;
 
 /// Bytes of reply items: copied out of the read buffer when small, shared
 /// with no copy when a large frame had a buffer of its own.

@@ -17,13 +17,14 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::bulk::SlotLease;
+use crate::chunk::Chunk;
 use crate::delivery::{Delivery, WakerSlot};
 use crate::error::Error;
 use crate::flow::{self, CHUNK_BYTES, ChunkContext, SCRATCH_BYTES, WINDOW_BYTES, Window};
 use crate::panics::PanicReport;
 use crate::protocol::{self, Items, Outcome, RunFrame};
 use crate::scheduler::Running;
-use crate::shared::{Chunk, MapStats, MapTask, Refused, Shared};
+use crate::shared::{MapStats, MapTask, Refused, Shared};
 
 /// How a caller waits for outcomes.
 pub(crate) enum Wait<'a, 'b> {

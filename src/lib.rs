@@ -84,6 +84,8 @@ compile_error!("buckshot supports Linux only for now (it relies on pidfd and /pr
 
 mod builder;
 mod bulk;
+mod chunk;
+mod config;
 mod context;
 mod delivery;
 mod entry;

@@ -4,12 +4,13 @@ use std::any::type_name;
 use std::time::Duration;
 
 pub use crate::builder::PoolBuilder;
+use crate::config::Config;
 use crate::error::Error;
 use crate::registry::registry;
 use crate::results::{Results, UnorderedResults};
 use crate::sandbox::SandboxRule;
 use crate::scheduler::Running;
-use crate::shared::{Config, MapTask};
+use crate::shared::MapTask;
 use crate::stream::{CallFuture, MapStream};
 use crate::task::PlainTask;
 

@@ -57,7 +57,8 @@ mod off {
     use serde::Serialize;
     use serde::de::DeserializeOwned;
 
-    use crate::shared::{Chunk, MapTask, Shared};
+    use crate::chunk::Chunk;
+    use crate::shared::{MapTask, Shared};
 
     #[derive(Debug)]
     pub(crate) enum Journal {}

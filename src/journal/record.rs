@@ -10,10 +10,11 @@ use serde::de::DeserializeOwned;
 
 use super::key::{MapKeys, Prefix};
 use super::store::{Batch, Journal, Record};
+use crate::chunk::Chunk;
 use crate::flow::SCRATCH_BYTES;
 use crate::protocol::{self, Items};
 use crate::registry::registry;
-use crate::shared::{Chunk, MapTask, Shared};
+use crate::shared::{MapTask, Shared};
 
 /// The context value in a CONTEXT frame.
 fn context_value(frame: &[u8]) -> Option<&[u8]> {

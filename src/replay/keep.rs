@@ -16,11 +16,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::{FORMAT, FORMAT_VERSION, ReplayFile};
+use crate::chunk::Chunk;
 use crate::error::{Error, Replay};
 use crate::protocol;
 use crate::registry::registry;
 use crate::sandbox::Sandbox;
-use crate::shared::{Chunk, Shared};
+use crate::shared::Shared;
 
 /// The settings of a pool that keeps failures.
 #[derive(Debug, Clone)]

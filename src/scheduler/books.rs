@@ -37,12 +37,13 @@ use std::time::{Duration, Instant};
 use serde::de::IgnoredAny;
 
 use crate::bulk::{ReplySlots, SlotLease};
+use crate::chunk::Chunk;
 use crate::delivery::{Delivery, Outbox, Payload};
 use crate::error::Error;
 use crate::flow::{MAX_IOVECS, SCRATCH_BYTES};
 use crate::panics::PanicReport;
 use crate::protocol::{self, Items, Outcome, ProtocolError, ReplyHeader, RunHeader};
-use crate::shared::{Chunk, MapStats};
+use crate::shared::MapStats;
 
 /// One frame given to the worker and not fully answered.
 struct Inflight {

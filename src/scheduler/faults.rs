@@ -28,12 +28,12 @@ use std::time::{Duration, Instant};
 
 use super::handle::{Fate, Remains};
 use super::supply::Supply;
+use crate::chunk::Chunk;
 use crate::delivery::{Delivery, Outbox};
 use crate::error::{Error, Limit, telling_line};
 use crate::flow::{REAP_BOUND, RETIRE_GRACE, STARTUP_TIMEOUT, UNSTARTED_RETURNS};
 use crate::panics::PanicReport;
 use crate::process::Process;
-use crate::shared::Chunk;
 
 /// What an input that was running when its worker went gets.
 #[derive(Debug, PartialEq)]

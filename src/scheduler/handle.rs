@@ -12,6 +12,7 @@ use rustix::io::Errno;
 
 use super::books::{Books, Unanswered};
 use super::poll::Watch;
+use crate::chunk::Chunk;
 use crate::delivery::Outbox;
 use crate::flow::{self, READS_PER_WAKE, SCRATCH_BYTES, STARTUP_TIMEOUT, SYMBOLISE_BOUND};
 use crate::launch::Reported;
@@ -20,7 +21,7 @@ use crate::panics::PanicReport;
 use crate::process::Process;
 use crate::protocol::{self, FrameBuffer, Hello, ProtocolError, ReplyHeader};
 use crate::registry::registry;
-use crate::shared::{Chunk, MapStats, SharedContext};
+use crate::shared::{MapStats, SharedContext};
 
 /// Why a worker is being taken out of service.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -71,6 +71,8 @@ use self::handle::{Fate, WorkerHandle};
 use self::poll::{Key, Source, Watch};
 use self::spawner::Spawner;
 use self::supply::Supply;
+use crate::chunk::Chunk;
+use crate::config::Config;
 use crate::delivery::Outbox;
 use crate::error::Error;
 use crate::flow::REAP_BOUND;
@@ -78,7 +80,7 @@ use crate::handoff::WorkerConfig;
 use crate::journal::Recorder;
 use crate::logs;
 use crate::replay::Keeper;
-use crate::shared::{Chunk, Config, Phase, Shared, State};
+use crate::shared::{Phase, Shared, State};
 use crate::stderr::StderrPipe;
 
 /// A running pool: its shared state and its thread, which stops when this

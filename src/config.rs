@@ -1,0 +1,38 @@
+//! The pool's settings, as the builder validated them: what the core needs
+//! to run workers. Optional features are not here: they are values the
+//! builder hands the pool ([`crate::hooks::Plugins`]).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::bulk::Segments;
+use crate::launch::Launcher;
+
+/// The pool's settings, validated by the builder.
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    /// Workers in all, and how many each launcher starts.
+    pub processes: usize,
+    pub launchers: Vec<(Launcher, usize)>,
+    pub timeout: Option<Duration>,
+    pub max_frame_bytes: u32,
+    pub memory_limit: Option<u64>,
+    pub retries: u32,
+    pub max_tasks_per_worker: Option<u64>,
+    pub batch_size: Option<u32>,
+    pub forward_stderr: bool,
+    /// The subscriber of the thread that built the pool.
+    pub dispatch: tracing::Dispatch,
+    /// Whether panics carry a backtrace: the builder's process asked for
+    /// them (`RUST_BACKTRACE`).
+    pub backtraces: bool,
+    /// Where inputs' long strings go, when every worker is local (and can
+    /// reach them).
+    pub bulk: Option<Arc<Segments>>,
+    /// The sandbox rules in force in every worker.
+    pub sandbox_rules: Vec<crate::SandboxRule>,
+    /// Where failed inputs are kept for replay, if they are.
+    pub keep_failures: Option<crate::replay::KeepFailures>,
+    /// The journal of finished outputs, if the pool keeps one.
+    pub journal: Option<Arc<crate::journal::Journal>>,
+}
