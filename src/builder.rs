@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use crate::config::Config;
 use crate::error::Error;
+use crate::hooks::Plugins;
 use crate::launch::Launcher;
 use crate::pool::Pool;
 use crate::sandbox::launcher::Sandboxed;
@@ -61,7 +62,6 @@ pub struct PoolBuilder {
     /// Default: [`DEFAULT_KEPT_PER_MAP`].
     max_kept_failures: Option<u32>,
     /// Default: none.
-    #[cfg_attr(not(feature = "journal"), allow(dead_code))]
     journal: Option<PathBuf>,
 }
 
@@ -326,19 +326,24 @@ impl PoolBuilder {
                     per_map: self.max_kept_failures.unwrap_or(DEFAULT_KEPT_PER_MAP),
                     // What a replay of a kept input is confined by.
                     sandbox,
+                    memory_limit: self.memory_limit,
+                    timeout: self.timeout,
                 })
             }
             None => None,
         };
-        #[cfg(feature = "journal")]
+        // The features asked for, as values the pool takes.
+        let mut plugins = Plugins::default();
+        if let Some(settings) = &keep_failures {
+            crate::replay::plug(settings, &mut plugins);
+        }
         let journal = match &self.journal {
-            Some(path) => Some(std::sync::Arc::new(
-                crate::journal::Journal::open(path).map_err(|message| Error::Config { message })?,
-            )),
+            Some(path) => Some(
+                crate::journal::plug(path, &mut plugins)
+                    .map_err(|message| Error::Config { message })?,
+            ),
             None => None,
         };
-        #[cfg(not(feature = "journal"))]
-        let journal = None;
         // Every worker holds descriptors here: past the limit, spawns
         // would fail and the pool quietly shrink.
         crate::fd_limit::make_room(processes)?;
@@ -354,9 +359,9 @@ impl PoolBuilder {
         let local = launchers
             .iter()
             .all(|(launcher, _)| launcher.launch().worker_is_child());
-        // Replay files and the journal read inputs and outputs as plain
-        // items, so they keep long strings inline too.
-        let plain = sandbox_rules.is_empty() && keep_failures.is_none() && journal.is_none();
+        // Observers that read inputs and outputs (replay files, the
+        // journal) read them as plain items: long strings stay inline.
+        let plain = sandbox_rules.is_empty() && !plugins.wants().plain_items;
         let bulk = (local && plain && crate::bulk::available_here())
             .then(|| Arc::new(crate::bulk::Segments::new(max_frame_bytes)));
         let config = Config {
@@ -373,10 +378,8 @@ impl PoolBuilder {
             backtraces: std::env::var_os("RUST_BACKTRACE").is_some_and(|value| value != "0"),
             bulk,
             sandbox_rules,
-            keep_failures,
-            journal,
         };
-        Pool::start(config)
+        Pool::start(config, plugins, journal)
     }
 }
 

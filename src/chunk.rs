@@ -6,6 +6,13 @@ use std::sync::Arc;
 use crate::bulk::Segment;
 use crate::protocol::{self, Items, RunFrame};
 
+/// The encoded value in a CONTEXT frame.
+pub(crate) fn context_value(frame: &[u8]) -> Option<&[u8]> {
+    protocol::parse_context(&frame[protocol::LEN_BYTES..])
+        .ok()
+        .map(|(_, value)| value)
+}
+
 /// A run of consecutive inputs of one map, encoded as one RUN frame.
 #[derive(Debug)]
 pub(crate) struct Chunk {
@@ -26,11 +33,19 @@ pub(crate) struct Chunk {
     /// The segments its items' long strings are in: kept until the chunk
     /// is answered or dropped, so that no worker reads a reused one.
     pub bulk: Vec<Arc<Segment>>,
+    /// The CONTEXT frame of the context its task reads, if any: what an
+    /// observer needs of it after the context is gone.
+    pub context_frame: Option<Arc<Vec<u8>>>,
 }
 
 impl Chunk {
     pub(crate) fn items(&self) -> &[u8] {
         protocol::run_items(&self.frame)
+    }
+
+    /// The encoded value of the context its task reads, if any.
+    pub(crate) fn context_value(&self) -> Option<&[u8]> {
+        context_value(self.context_frame.as_deref()?)
     }
 
     /// The encoded input of a chunk of one.
@@ -52,6 +67,7 @@ impl Chunk {
             attempts: self.attempts,
             returns: self.returns,
             bulk: self.bulk.clone(),
+            context_frame: self.context_frame.clone(),
         }
     }
 
@@ -105,6 +121,7 @@ mod tests {
             attempts: 2,
             returns: 1,
             bulk: Vec::new(),
+            context_frame: None,
         }
     }
 

@@ -31,8 +31,4 @@ pub(crate) struct Config {
     pub bulk: Option<Arc<Segments>>,
     /// The sandbox rules in force in every worker.
     pub sandbox_rules: Vec<crate::SandboxRule>,
-    /// Where failed inputs are kept for replay, if they are.
-    pub keep_failures: Option<crate::replay::KeepFailures>,
-    /// The journal of finished outputs, if the pool keeps one.
-    pub journal: Option<Arc<crate::journal::Journal>>,
 }

@@ -4,18 +4,14 @@
 //! hands back the waker of an async caller waiting for them.
 
 use std::ops::Range;
-use std::process::ExitStatus;
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Poll, Waker};
 use std::time::Instant;
 
 use crate::bulk::SlotLease;
-use crate::chunk::Chunk;
 use crate::error::Error;
 use crate::flow::{DELIVERY_BATCH, DELIVERY_DELAY};
-use crate::journal::Recorder;
-use crate::replay::Keeper;
 
 /// Bytes of reply items: copied out of the read buffer when small, shared
 /// with no copy when a large frame had a buffer of its own.
@@ -56,69 +52,15 @@ pub(crate) enum Delivery {
     },
 }
 
-/// Deliveries collected by the loop, each for a map, sent in batches. In a
-/// pool that keeps failures, a failed input is kept for replay as it is
-/// posted ([`Outbox::fail`]); in a pool with a journal, `Ok` outcomes are
-/// recorded as they are posted ([`Outbox::record`]) and go to the journal
-/// with each batch.
+/// Deliveries collected by the loop, each for a map, sent in batches.
 #[derive(Debug, Default)]
 pub(crate) struct Outbox {
     deliveries: Vec<(u64, Delivery)>,
     /// When the oldest delivery came.
     since: Option<Instant>,
-    keeper: Option<Keeper>,
-    recorder: Option<Recorder>,
 }
 
 impl Outbox {
-    /// An outbox that keeps the failed inputs posted to it, with `keeper`,
-    /// and records `Ok` outcomes, with `recorder`.
-    pub(crate) fn new(keeper: Option<Keeper>, recorder: Option<Recorder>) -> Outbox {
-        Outbox {
-            keeper,
-            recorder,
-            ..Outbox::default()
-        }
-    }
-
-    /// Whether failed inputs are kept for replay.
-    pub(crate) fn keeps_failures(&self) -> bool {
-        self.keeper.is_some()
-    }
-
-    /// Posts the failure of input `index`, encoded as `input`, of `chunk`'s
-    /// map; kept for replay first, if failures are.
-    pub(crate) fn fail(
-        &mut self,
-        chunk: &Chunk,
-        index: usize,
-        input: &[u8],
-        mut error: Error,
-        status: Option<ExitStatus>,
-        stderr: &str,
-    ) {
-        if let Some(keeper) = &mut self.keeper {
-            keeper.keep(chunk, index, input, &mut error, status, stderr);
-        }
-        self.push(chunk.map, Delivery::Failed(error));
-    }
-
-    /// Records the `Ok` ones among `outcomes`, which answer items `done..`
-    /// of `chunk`, if the pool keeps a journal.
-    pub(crate) fn record(&mut self, chunk: &Chunk, done: u32, outcomes: &[u8]) {
-        if let Some(recorder) = &mut self.recorder {
-            recorder.record(chunk, done, outcomes);
-        }
-    }
-
-    /// Forgets what it keeps about context `id`, which nobody holds any
-    /// more.
-    pub(crate) fn forget_context(&mut self, id: u64) {
-        if let Some(recorder) = &mut self.recorder {
-            recorder.forget_context(id);
-        }
-    }
-
     pub(crate) fn push(&mut self, map: u64, delivery: Delivery) {
         if self.deliveries.is_empty() {
             self.since = Some(Instant::now());
@@ -148,12 +90,8 @@ impl Outbox {
         &self.deliveries
     }
 
-    /// Takes what it holds, with the map each is for; what it recorded
-    /// goes to the journal.
+    /// Takes what it holds, with the map each is for.
     pub(crate) fn drain(&mut self) -> std::vec::Drain<'_, (u64, Delivery)> {
-        if let Some(recorder) = &mut self.recorder {
-            recorder.flush();
-        }
         self.since = None;
         self.deliveries.drain(..)
     }

@@ -17,10 +17,11 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::bulk::SlotLease;
-use crate::chunk::Chunk;
+use crate::chunk::{Chunk, context_value};
 use crate::delivery::{Delivery, WakerSlot};
 use crate::error::Error;
 use crate::flow::{self, CHUNK_BYTES, ChunkContext, SCRATCH_BYTES, WINDOW_BYTES, Window};
+use crate::hooks::Answerer;
 use crate::panics::PanicReport;
 use crate::protocol::{self, Items, Outcome, RunFrame};
 use crate::scheduler::Running;
@@ -48,8 +49,9 @@ pub(crate) struct Feed<It, O> {
     shared: Arc<Shared>,
     map: u64,
     task: u32,
-    /// The context its task reads, 0 for none.
+    /// The context its task reads, 0 for none, and its CONTEXT frame.
     context: u64,
+    context_frame: Option<Arc<Vec<u8>>>,
     rx: Receiver<Vec<Delivery>>,
     waker: Arc<WakerSlot>,
     stats: Arc<MapStats>,
@@ -74,8 +76,9 @@ pub(crate) struct Feed<It, O> {
     item_bytes: usize,
     /// The chunk size aimed at by the last fill.
     last_chunk_target: u32,
-    /// Answers inputs from the pool's journal, if it keeps one.
-    journal: Option<Box<crate::journal::Lookup>>,
+    /// Answers inputs without running them, if the pool has what does
+    /// (a journal).
+    answerer: Option<Box<dyn Answerer>>,
     /// The pool of a one-shot [`map`](crate::map), dropped with the results.
     pub(crate) _pool: Option<Running>,
 }
@@ -94,13 +97,18 @@ where
     ) -> Result<Feed<It, O>, Error> {
         let shared = Arc::clone(shared);
         let context = task.context_id();
-        let journal = crate::journal::Lookup::for_map(&shared, &task);
+        let context_frame = task.context.as_ref().map(|c| Arc::clone(&c.frame));
+        let answerer = shared.answerers.as_ref().and_then(|answerers| {
+            let value = context_frame.as_deref().and_then(|f| context_value(f));
+            answerers.for_map(task.position, value)
+        });
         let opened = shared.open_map(task.context)?;
         Ok(Feed {
             shared,
             map: opened.id,
             task: task.position,
             context,
+            context_frame,
             rx: opened.deliveries,
             waker: opened.waker,
             stats: opened.stats,
@@ -116,7 +124,7 @@ where
             poisoned: false,
             item_bytes: 0,
             last_chunk_target: 0,
-            journal,
+            answerer,
             _pool: None,
         })
     }
@@ -207,16 +215,19 @@ where
             let index = self.next_input;
             self.next_input += 1;
             self.window.push_back(Answer::Waiting);
-            if let Some(output) = self.journal.as_mut().and_then(|j| j.answer(&input)) {
-                // Answered by the journal: not sent.
-                let done = std::mem::replace(&mut frame, self.fresh_frame());
-                pending += self.finish_chunk(&mut chunks, done, first);
-                self.set(index, Ok(output));
-                first = index + 1;
-                continue;
-            }
             let bulk = bulk.as_ref();
             let mut pushed = frame.push_input(&input, bulk);
+            if let Ok(bytes) = pushed {
+                if let Some(output) = self.answer(frame.last_item(bytes)) {
+                    // Answered without running: not sent.
+                    frame.pop(bytes);
+                    let done = std::mem::replace(&mut frame, self.fresh_frame());
+                    pending += self.finish_chunk(&mut chunks, done, first);
+                    self.set(index, Ok(output));
+                    first = index + 1;
+                    continue;
+                }
+            }
             if pushed.is_ok() && frame.size() > max_frame && frame.count() > 1 {
                 // Too big to share a frame: send the rest first.
                 frame.pop(pushed.expect("checked"));
@@ -259,6 +270,14 @@ where
         self.last_chunk_target = chunk_items;
         self.submit(chunks);
         self.poisoned = false;
+    }
+
+    /// The output of the encoded input `item` as the answerer has it, if
+    /// it has one that decodes as an `O` (one that no longer does, because
+    /// its type changed, runs again).
+    fn answer(&mut self, item: &[u8]) -> Option<O> {
+        let output = self.answerer.as_mut()?.answer(item)?;
+        protocol::decode(&output, &mut self.scratch).ok()
     }
 
     fn submit(&mut self, chunks: Vec<Chunk>) {
@@ -306,6 +325,7 @@ where
             attempts: 0,
             returns: 0,
             bulk,
+            context_frame: self.context_frame.clone(),
         });
         bytes
     }

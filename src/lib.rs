@@ -94,6 +94,7 @@ mod fd_limit;
 mod feed;
 mod flow;
 mod handoff;
+mod hooks;
 mod inherit;
 mod journal;
 mod launch;

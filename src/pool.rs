@@ -1,11 +1,14 @@
 //! [`Pool`] and the one-shot [`map`]; [`crate::builder`] configures a pool.
 
 use std::any::type_name;
+use std::sync::Arc;
 use std::time::Duration;
 
 pub use crate::builder::PoolBuilder;
 use crate::config::Config;
 use crate::error::Error;
+use crate::hooks::Plugins;
+use crate::journal::Journal;
 use crate::registry::registry;
 use crate::results::{Results, UnorderedResults};
 use crate::sandbox::SandboxRule;
@@ -25,6 +28,9 @@ use crate::task::PlainTask;
 /// other threads then yield [`Error::PoolClosed`] for their unfinished inputs.
 pub struct Pool {
     running: Running,
+    /// The journal, if the pool keeps one: for its counts.
+    #[cfg_attr(not(feature = "journal"), allow(dead_code))]
+    journal: Option<Arc<Journal>>,
 }
 
 impl Pool {
@@ -69,18 +75,20 @@ impl Pool {
     /// another process holds the lock). 0 without a journal.
     #[cfg(feature = "journal")]
     pub fn journal_unrecorded(&self) -> u64 {
-        self.running
-            .shared()
-            .config
-            .journal
+        self.journal
             .as_ref()
             .map_or(0, |journal| journal.unrecorded())
     }
 
     /// Starts the workers of a checked configuration.
-    pub(crate) fn start(config: Config) -> Result<Pool, Error> {
+    pub(crate) fn start(
+        config: Config,
+        plugins: Plugins,
+        journal: Option<Arc<Journal>>,
+    ) -> Result<Pool, Error> {
         Ok(Pool {
-            running: Running::start(config)?,
+            running: Running::start(config, plugins)?,
+            journal,
         })
     }
 

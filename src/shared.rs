@@ -16,8 +16,9 @@ use rustix::event::EventfdFlags;
 
 use crate::chunk::Chunk;
 use crate::config::Config;
-use crate::delivery::{Delivery, Mailbox, Outbox, WakerSlot};
+use crate::delivery::{Delivery, Mailbox, WakerSlot};
 use crate::error::Error;
+use crate::hooks::Answerers;
 use crate::protocol;
 
 /// Measurements of one map, shared with its caller.
@@ -177,9 +178,9 @@ impl State {
     }
 
     /// Sends what the loop collected, one message per map.
-    pub(crate) fn deliver(&mut self, outbox: &mut Outbox) {
+    pub(crate) fn deliver(&mut self, deliveries: Vec<(u64, Delivery)>) {
         let mut batches: Vec<(u64, Vec<Delivery>)> = Vec::new();
-        for (map, delivery) in outbox.drain() {
+        for (map, delivery) in deliveries {
             match batches.iter_mut().find(|(m, _)| *m == map) {
                 Some((_, batch)) => batch.push(delivery),
                 None => batches.push((map, vec![delivery])),
@@ -236,10 +237,12 @@ pub(crate) struct Shared {
     state: Mutex<State>,
     doorbell: OwnedFd,
     pub(crate) config: Config,
+    /// What may answer a map's inputs without running them.
+    pub(crate) answerers: Option<Arc<dyn Answerers>>,
 }
 
 impl Shared {
-    pub(crate) fn new(config: Config) -> io::Result<Shared> {
+    pub(crate) fn new(config: Config, answerers: Option<Arc<dyn Answerers>>) -> io::Result<Shared> {
         let doorbell = rustix::event::eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)?;
         let state = State {
             queue: VecDeque::new(),
@@ -254,6 +257,7 @@ impl Shared {
             state: Mutex::new(state),
             doorbell,
             config,
+            answerers,
         })
     }
 

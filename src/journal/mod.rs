@@ -28,8 +28,9 @@
 //! processes may share a file: SQLite locks it, and each connection waits
 //! up to `BUSY_TIMEOUT` for another's transaction.
 //!
-//! Without the feature, `Lookup` and `Recorder` are never built and the
-//! hooks cost a branch on `None`.
+//! The journal plugs into the pool's seams ([`crate::hooks`]): the
+//! `Recorder` is an observer, the `Lookup`s are answerers. Without the
+//! feature, [`plug`] says so and the pool has neither.
 //!
 //! [`Pool::journal_unrecorded`]: crate::Pool::journal_unrecorded
 
@@ -41,64 +42,40 @@ mod record;
 mod store;
 
 #[cfg(feature = "journal")]
-pub(crate) use record::{Lookup, Recorder};
-#[cfg(feature = "journal")]
 pub(crate) use store::Journal;
 
 #[cfg(not(feature = "journal"))]
-pub(crate) use off::{Journal, Lookup, Recorder};
+pub(crate) use off::Journal;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::hooks::Plugins;
+
+/// Opens the journal at `path` and plugs it into a pool's `plugins`: its
+/// recorder observes the pool, its lookups answer the maps, and it is
+/// closed once the pool's thread has ended. Returns it, for its counts.
+#[cfg(feature = "journal")]
+pub(crate) fn plug(path: &Path, plugins: &mut Plugins) -> Result<Arc<Journal>, String> {
+    let journal = Arc::new(Journal::open(path)?);
+    plugins
+        .observers
+        .push(Box::new(record::Recorder::new(Arc::clone(&journal))));
+    plugins.answerers = Some(Arc::new(record::Lookups(Arc::clone(&journal))));
+    let closing = Arc::clone(&journal);
+    plugins.finishers.push(Box::new(move || closing.close()));
+    Ok(journal)
+}
+
+/// Without the feature there is no journal to plug in.
+#[cfg(not(feature = "journal"))]
+pub(crate) fn plug(_: &Path, _: &mut Plugins) -> Result<Arc<Journal>, String> {
+    Err("the journal needs the cargo feature `journal` of buckshot".to_owned())
+}
 
 #[cfg(not(feature = "journal"))]
 mod off {
-    //! Stand-ins that cannot be built, so the hooks compile away.
-
-    use std::sync::Arc;
-
-    use serde::Serialize;
-    use serde::de::DeserializeOwned;
-
-    use crate::chunk::Chunk;
-    use crate::shared::{MapTask, Shared};
-
+    /// No journal can be opened without the feature.
     #[derive(Debug)]
     pub(crate) enum Journal {}
-
-    impl Journal {
-        pub(crate) fn close(&self) {
-            match *self {}
-        }
-    }
-
-    pub(crate) enum Lookup {}
-
-    impl Lookup {
-        pub(crate) fn for_map(_: &Shared, _: &MapTask) -> Option<Box<Lookup>> {
-            None
-        }
-
-        pub(crate) fn answer<I: Serialize, O: DeserializeOwned>(&mut self, _: &I) -> Option<O> {
-            match *self {}
-        }
-    }
-
-    #[derive(Debug)]
-    pub(crate) enum Recorder {}
-
-    impl Recorder {
-        pub(crate) fn new(_: Arc<Shared>) -> Option<Recorder> {
-            None
-        }
-
-        pub(crate) fn record(&mut self, _: &Chunk, _: u32, _: &[u8]) {
-            match *self {}
-        }
-
-        pub(crate) fn flush(&mut self) {
-            match *self {}
-        }
-
-        pub(crate) fn forget_context(&mut self, _: u64) {
-            match *self {}
-        }
-    }
 }

@@ -317,6 +317,12 @@ impl RunFrame {
         Ok(bytes)
     }
 
+    /// The last item, of `bytes` bytes with its prefix as returned by
+    /// `push_with`, without its prefix.
+    pub(crate) fn last_item(&self, bytes: usize) -> &[u8] {
+        &self.buf[self.buf.len() - bytes + ITEM_LEN_BYTES..]
+    }
+
     /// Removes the last item, of `bytes` bytes as returned by `push_with`.
     pub(crate) fn pop(&mut self, bytes: usize) {
         self.buf.truncate(self.buf.len() - bytes);

@@ -1,27 +1,39 @@
-//! The pool's side: writing the replay files of failed inputs.
+//! The pool's side: writing the replay files of failed inputs, on a
+//! thread of their own, so that a slow or full file system never stalls
+//! the pool's thread (and the timeouts it keeps).
 //!
-//! A file is written whole under a hidden temporary name in the same
-//! directory, then renamed to its own (never over another file), so that
-//! no file is ever seen half-written: a write that fails removes what it
-//! wrote. A full file system (`ENOSPC`, `EDQUOT`) stops the writing for
-//! that map; its later failures say why they have no file.
+//! A failure to keep is held back, on the pool's thread, until its file is
+//! written, and then posted with the file's path ([`Keeper`], an
+//! observer). One whose file takes longer than [`WRITE_BOUND`] goes
+//! without it, saying why; so do those that find the writer
+//! [`MAX_BACKLOG`] bytes behind. A file is written whole under a hidden
+//! temporary name in the same directory, then renamed to its own (never
+//! over another file), so that no file is ever seen half-written: a write
+//! that fails removes what it wrote. A full file system (`ENOSPC`,
+//! `EDQUOT`) stops the writing for that map; its later failures say why
+//! they have no file.
 
 use std::collections::HashMap;
 use std::io::Write;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::ExitStatus;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::{FORMAT, FORMAT_VERSION, ReplayFile};
-use crate::chunk::Chunk;
 use crate::error::{Error, Replay};
+use crate::hooks::{Failed, Observer, Ring, Wants};
 use crate::protocol;
 use crate::registry::registry;
 use crate::sandbox::Sandbox;
-use crate::shared::Shared;
+
+/// How long a failure waits for its file at most.
+pub(crate) const WRITE_BOUND: Duration = Duration::from_secs(10);
+
+/// How many bytes of files may wait for the writer; past it, failures go
+/// without one.
+pub(crate) const MAX_BACKLOG: usize = 256 << 20;
 
 /// The settings of a pool that keeps failures.
 #[derive(Debug, Clone)]
@@ -30,6 +42,10 @@ pub(crate) struct KeepFailures {
     pub per_map: u32,
     /// The sandbox in force in the pool's workers, if any.
     pub sandbox: Option<Sandbox>,
+    /// The pool's limit on a worker's memory, and its timeout: a replay
+    /// runs under them.
+    pub memory_limit: Option<u64>,
+    pub timeout: Option<Duration>,
 }
 
 /// What confined the pool's workers, as a replay file records it.
@@ -44,24 +60,60 @@ struct Confinement {
 /// What a map kept so far.
 #[derive(Debug, Default)]
 struct Kept {
+    /// Files written or being written.
     files: u32,
     /// Why it writes no more, once its file system is full.
     stopped: Option<String>,
 }
 
-/// The pool's side: writes the replay files of a pool that keeps failures.
+/// A failure waiting for its file.
+struct Held {
+    map: u64,
+    index: usize,
+    error: Error,
+    since: Instant,
+    bytes: usize,
+}
+
+/// The writing thread, and what comes back from it.
+struct Writer {
+    jobs: Sender<Job>,
+    done: Receiver<(u64, Written)>,
+}
+
+/// A file to write for input `file.index` of map `map`.
+struct Job {
+    id: u64,
+    map: u64,
+    file: ReplayFile,
+}
+
+/// What became of a job: its file, or why there is none; and whether its
+/// map writes no more (its file system is full).
+struct Written {
+    file: Result<PathBuf, String>,
+    stops: Option<String>,
+}
+
+/// The pool's side: holds the failures of a pool that keeps them until
+/// their files are written.
 pub(crate) struct Keeper {
     dir: PathBuf,
     per_map: u32,
     confinement: Confinement,
     /// By map: a map's entry goes once the map is gone.
     kept: HashMap<u64, Kept>,
-    /// Where the maps and their contexts are found.
-    shared: Arc<Shared>,
+    /// By job.
+    held: HashMap<u64, Held>,
+    held_bytes: usize,
+    next_job: u64,
+    /// Started at the first failure.
+    writer: Option<Writer>,
+    ring: Option<Ring>,
 }
 
 impl Keeper {
-    pub(crate) fn new(settings: &KeepFailures, shared: Arc<Shared>) -> Keeper {
+    pub(crate) fn new(settings: &KeepFailures) -> Keeper {
         let confinement = Confinement {
             sandbox: settings.sandbox.as_ref().map(Sandbox::to_env),
             sandbox_rules: settings
@@ -70,54 +122,123 @@ impl Keeper {
                 .flat_map(|sandbox| sandbox.rules().list())
                 .map(|rule| rule.to_string())
                 .collect(),
-            memory_limit: shared.config.memory_limit,
-            timeout: shared.config.timeout,
+            memory_limit: settings.memory_limit,
+            timeout: settings.timeout,
         };
         Keeper {
             dir: settings.dir.clone(),
             per_map: settings.per_map,
             confinement,
             kept: HashMap::new(),
-            shared,
+            held: HashMap::new(),
+            held_bytes: 0,
+            next_job: 0,
+            writer: None,
+            ring: None,
         }
     }
 
-    /// Writes the replay file of input `index` of `chunk`'s map, encoded
-    /// as `input`, which failed with `error`, and notes it in the error.
-    /// Never call it with the pool's state locked.
-    ///
-    /// The write is a small file written once, without `fsync`. A failure
-    /// to write is logged and noted in the error, whose kind it does not
-    /// change.
-    pub(crate) fn keep(
-        &mut self,
-        chunk: &Chunk,
-        index: usize,
-        input: &[u8],
-        error: &mut Error,
-        status: Option<ExitStatus>,
-        stderr: &str,
-    ) {
-        let message = error.to_string();
-        let Some(slot) = error.replay_mut() else {
+    /// The writer, started if it is not yet.
+    fn writer(&mut self) -> std::io::Result<&Writer> {
+        if self.writer.is_none() {
+            let (jobs, inbox) = mpsc::channel::<Job>();
+            let (outbox, done) = mpsc::channel();
+            let dir = self.dir.clone();
+            let ring = self.ring.clone();
+            std::thread::Builder::new()
+                .name("buckshot-replay".into())
+                .spawn(move || {
+                    // The maps whose writing stopped, and why.
+                    let mut full: HashMap<u64, String> = HashMap::new();
+                    for job in inbox {
+                        let written = write_job(&dir, &mut full, job.map, job.file);
+                        if outbox.send((job.id, written)).is_err() {
+                            return;
+                        }
+                        if let Some(ring) = &ring {
+                            ring();
+                        }
+                    }
+                })?;
+            self.writer = Some(Writer { jobs, done });
+        }
+        Ok(self.writer.as_ref().expect("just started"))
+    }
+
+    /// Posts a held failure, its file written (or not, as `written` says).
+    fn settle(&mut self, job: u64, written: Written, out: &mut Vec<(u64, Error)>) {
+        let Some(mut held) = self.held.remove(&job) else {
+            if let Ok(path) = written.file {
+                tracing::debug!(path = %path.display(), "replay file written after its failure went without it");
+            }
             return;
         };
-        if !self.kept.contains_key(&chunk.map) {
-            // A new map: forget those that are gone.
-            let state = self.shared.lock();
-            self.kept.retain(|map, _| state.maps.contains_key(map));
+        if let Some(why) = written.stops {
+            self.kept.entry(held.map).or_default().stopped = Some(why);
         }
+        let written = written.file;
+        self.held_bytes -= held.bytes;
+        let replay = match written {
+            Ok(path) => {
+                tracing::debug!(index = held.index, path = %path.display(), "replay file written");
+                Replay::File(path)
+            }
+            Err(why) => {
+                if let Some(kept) = self.kept.get_mut(&held.map) {
+                    kept.files = kept.files.saturating_sub(1);
+                }
+                Replay::NotKept(why)
+            }
+        };
+        if let Some(slot) = held.error.replay_mut() {
+            *slot = Some(replay);
+        }
+        out.push((held.map, held.error));
+    }
+}
+
+impl Observer for Keeper {
+    fn wants(&self) -> Wants {
+        // A file holds its input as plain CBOR, and a panic's own input.
+        Wants {
+            plain_items: true,
+            panics_alone: true,
+            stderr_tail: true,
+        }
+    }
+
+    fn attach(&mut self, ring: Ring) {
+        self.ring = Some(ring);
+    }
+
+    /// Holds `error` while its replay file is written; gives it back at
+    /// once, saying why it has none, when none is written.
+    fn failed(&mut self, failed: &Failed<'_>, mut error: Error) -> Option<Error> {
+        let message = error.to_string();
+        let chunk = failed.chunk;
+        let Some(slot) = error.replay_mut() else {
+            return Some(error);
+        };
+        let per_map = self.per_map;
         let kept = self.kept.entry(chunk.map).or_default();
         if let Some(why) = &kept.stopped {
             *slot = Some(Replay::NotKept(why.clone()));
-            return;
+            return Some(error);
         }
-        if kept.files >= self.per_map {
+        if kept.files >= per_map {
             *slot = Some(Replay::NotKept(format!(
-                "its map already kept {} replay files",
-                self.per_map
+                "its map already kept {per_map} replay files"
             )));
-            return;
+            return Some(error);
+        }
+        let bytes = failed.input.len() + failed.stderr.len();
+        if !self.held.is_empty() && self.held_bytes + bytes > MAX_BACKLOG {
+            *slot = Some(Replay::NotKept(format!(
+                "{} bytes of replay files wait to be written in {}",
+                self.held_bytes,
+                self.dir.display()
+            )));
+            return Some(error);
         }
         let entry = registry().tasks[chunk.task as usize];
         let confinement = self.confinement.clone();
@@ -127,16 +248,15 @@ impl Keeper {
             task: (entry.name)().to_owned(),
             tasks: registry().tasks.len() as u32,
             registry: registry().digest,
-            program: std::env::current_exe()
-                .map(|path| path.display().to_string())
-                .unwrap_or_default(),
-            index: index as u64,
-            input: input.to_vec(),
-            context: context(&self.shared, chunk.context),
+            // Filled in by the writer.
+            program: String::new(),
+            index: failed.index as u64,
+            input: failed.input.to_vec(),
+            context: chunk.context_value().map(<[u8]>::to_vec),
             error: message,
-            exit_code: status.and_then(|status| status.code()),
-            signal: status.and_then(|status| status.signal()),
-            stderr: stderr.to_owned(),
+            exit_code: failed.status.and_then(|status| status.code()),
+            signal: failed.status.and_then(|status| status.signal()),
+            stderr: failed.stderr.to_owned(),
             time: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |since| since.as_secs()),
@@ -145,22 +265,141 @@ impl Keeper {
             memory_limit: confinement.memory_limit,
             timeout: confinement.timeout,
         };
-        let kept = self.kept.entry(chunk.map).or_default();
-        match write(&self.dir, &file) {
-            Ok(path) => {
-                kept.files += 1;
-                tracing::debug!(index, path = %path.display(), "replay file written");
-                *slot = Some(Replay::File(path));
+        let job = self.next_job;
+        self.next_job += 1;
+        let job = Job {
+            id: job,
+            map: chunk.map,
+            file,
+        };
+        let id = job.id;
+        let sent = match self.writer() {
+            Ok(writer) => writer
+                .jobs
+                .send(job)
+                .map_err(|_| "the replay writer is gone".to_owned()),
+            Err(e) => Err(format!("could not start the replay writer: {e}")),
+        };
+        if let Err(why) = sent {
+            if let Some(slot) = error.replay_mut() {
+                *slot = Some(Replay::NotKept(why));
             }
-            Err(e) => {
-                tracing::warn!(index, dir = %self.dir.display(), error = %e, "could not write a replay file");
-                if matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)) {
-                    kept.stopped = Some(format!(
-                        "{} is full ({e}): its map writes no more replay files",
-                        self.dir.display()
-                    ));
-                }
-                *slot = Some(Replay::NotKept(format!("could not write it: {e}")));
+            return Some(error);
+        }
+        self.kept.entry(chunk.map).or_default().files += 1;
+        self.held_bytes += bytes;
+        self.held.insert(
+            id,
+            Held {
+                map: chunk.map,
+                index: failed.index,
+                error,
+                since: Instant::now(),
+                bytes,
+            },
+        );
+        None
+    }
+
+    fn collect(&mut self, now: Instant, out: &mut Vec<(u64, Error)>) {
+        let mut done = Vec::new();
+        if let Some(writer) = &self.writer {
+            done.extend(writer.done.try_iter());
+        }
+        for (job, written) in done {
+            self.settle(job, written, out);
+        }
+        let overdue: Vec<u64> = self
+            .held
+            .iter()
+            .filter(|(_, held)| now >= held.since + WRITE_BOUND)
+            .map(|(&job, _)| job)
+            .collect();
+        for job in overdue {
+            let why = format!(
+                "its file was not written within {WRITE_BOUND:?} ({} is slow); it may appear later",
+                self.dir.display()
+            );
+            self.settle(job, Written::not(why), out);
+        }
+    }
+
+    fn due(&self) -> Option<Instant> {
+        self.held
+            .values()
+            .map(|held| held.since + WRITE_BOUND)
+            .min()
+    }
+
+    fn forget_map(&mut self, map: u64) {
+        self.kept.remove(&map);
+    }
+
+    /// Waits for the files being written, each at most until its bound,
+    /// then posts whatever is still held, without its file. A writer still
+    /// writing is left to finish on its own.
+    fn finish(&mut self, out: &mut Vec<(u64, Error)>) {
+        if let Some(Writer { jobs, done, .. }) = self.writer.take() {
+            drop(jobs);
+            while let Some(until) = self.due() {
+                let Ok((job, written)) =
+                    done.recv_timeout(until.saturating_duration_since(Instant::now()))
+                else {
+                    break;
+                };
+                self.settle(job, written, out);
+            }
+        }
+        let held: Vec<u64> = self.held.keys().copied().collect();
+        for job in held {
+            let why = format!(
+                "its file was not written before the pool closed ({} is slow); it may appear later",
+                self.dir.display()
+            );
+            self.settle(job, Written::not(why), out);
+        }
+    }
+}
+
+impl Written {
+    fn not(why: String) -> Written {
+        Written {
+            file: Err(why),
+            stops: None,
+        }
+    }
+}
+
+/// Writes the file of a job of `map` in `dir`, unless its map's writing
+/// stopped (in `full`); stops it on a full file system.
+fn write_job(
+    dir: &Path,
+    full: &mut HashMap<u64, String>,
+    map: u64,
+    mut file: ReplayFile,
+) -> Written {
+    if let Some(why) = full.get(&map) {
+        return Written::not(why.clone());
+    }
+    file.program = std::env::current_exe()
+        .map(|path| path.display().to_string())
+        .unwrap_or_default();
+    match write(dir, &file) {
+        Ok(path) => Written {
+            file: Ok(path),
+            stops: None,
+        },
+        Err(e) => {
+            let dir = dir.display();
+            tracing::warn!(index = file.index, %dir, error = %e, "could not write a replay file");
+            let stops = matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)).then(|| {
+                let why = format!("{dir} is full ({e}): its map writes no more replay files");
+                full.insert(map, why.clone());
+                why
+            });
+            Written {
+                file: Err(format!("could not write it: {e}")),
+                stops,
             }
         }
     }
@@ -171,18 +410,9 @@ impl std::fmt::Debug for Keeper {
         f.debug_struct("Keeper")
             .field("dir", &self.dir)
             .field("per_map", &self.per_map)
+            .field("held", &self.held.len())
             .finish()
     }
-}
-
-/// The encoded value of context `id`, if it is one and still alive.
-fn context(shared: &Shared, id: u64) -> Option<Vec<u8>> {
-    if id == 0 {
-        return None;
-    }
-    let context = shared.lock().contexts.get(&id)?.upgrade()?;
-    let (_, value) = protocol::parse_context(&context.frame[protocol::LEN_BYTES..]).ok()?;
-    Some(value.to_vec())
 }
 
 /// Writes `file` in `dir` under a new name, made of the task, input and

@@ -3,7 +3,8 @@
 //!
 //! A pool built with [`keep_failures`](crate::PoolBuilder::keep_failures)
 //! writes one file per input that timed out, panicked, took its worker down
-//! or broke the protocol ([`keep`], on the pool's thread). The file is a
+//! or broke the protocol ([`keep`], an observer of the pool, which writes
+//! on a thread of its own). The file is a
 //! CBOR map ([`ReplayFile`]): the task's name, the encoded input and
 //! context, the error, how the worker ended, its stderr tail, when, the
 //! digest of the program's task table (which tells whether a program can
@@ -29,7 +30,16 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-pub(crate) use keep::{KeepFailures, Keeper};
+pub(crate) use keep::KeepFailures;
+
+use crate::hooks::Plugins;
+
+/// Plugs the keeping of failed inputs into a pool's `plugins`.
+pub(crate) fn plug(settings: &KeepFailures, plugins: &mut Plugins) {
+    plugins
+        .observers
+        .push(Box::new(keep::Keeper::new(settings)));
+}
 
 /// The variable that asks a program to replay a kept input.
 pub(crate) const REPLAY_ENV: &str = "BUCKSHOT_REPLAY";

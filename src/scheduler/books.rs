@@ -34,15 +34,12 @@ use std::io::IoSlice;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde::de::IgnoredAny;
-
+use super::posting::Posting;
 use crate::bulk::{ReplySlots, SlotLease};
 use crate::chunk::Chunk;
-use crate::delivery::{Delivery, Outbox, Payload};
-use crate::error::Error;
-use crate::flow::{MAX_IOVECS, SCRATCH_BYTES};
-use crate::panics::PanicReport;
-use crate::protocol::{self, Items, Outcome, ProtocolError, ReplyHeader, RunHeader};
+use crate::delivery::Payload;
+use crate::flow::MAX_IOVECS;
+use crate::protocol::{self, ProtocolError, ReplyHeader, RunHeader};
 use crate::shared::MapStats;
 
 /// One frame given to the worker and not fully answered.
@@ -231,7 +228,7 @@ impl Books {
     }
 
     /// Books a REPLY frame that arrived at `now`: hands its outcomes to
-    /// `outbox`, uncopied when the frame has a buffer of its own (`shared`:
+    /// `posting`, uncopied when the frame has a buffer of its own (`shared`:
     /// that buffer and where the items start in it).
     pub(crate) fn answer(
         &mut self,
@@ -240,7 +237,7 @@ impl Books {
         mut shared: Option<(&Arc<Vec<u8>>, usize)>,
         reply_slot: Option<&Arc<ReplySlots>>,
         now: Instant,
-        outbox: &mut Outbox,
+        posting: &mut Posting,
     ) -> Result<(), ProtocolError> {
         let mut left = header.count;
         let mut seq = header.first_seq;
@@ -273,25 +270,12 @@ impl Books {
                 None => Payload::Copied(items[..bytes].to_vec()),
             };
             let outcomes = &items[..bytes];
-            outbox.record(&head.chunk, head.done, outcomes);
-            if outbox.keeps_failures() && has_panic(outcomes) {
-                post_one_by_one(outbox, &head.chunk, head.done, outcomes);
-            } else {
-                // The delivery that carries a reply slot's fill holds the
-                // lease on it.
-                let lease = reply_slot
-                    .filter(|_| header.bulk)
-                    .and_then(|slots| SlotLease::of(slots, outcomes));
-                outbox.push(
-                    head.chunk.map,
-                    Delivery::Outcomes {
-                        first_index: head.chunk.first_index + head.done as usize,
-                        count: n,
-                        items: payload,
-                        lease,
-                    },
-                );
-            }
+            // The delivery that carries a reply slot's fill holds the
+            // lease on it.
+            let lease = reply_slot
+                .filter(|_| header.bulk)
+                .and_then(|slots| SlotLease::of(slots, outcomes));
+            posting.answered(&head.chunk, head.done, n, outcomes, payload, lease);
             items = &items[bytes..];
             head.done += n;
             self.answered += u64::from(n);
@@ -459,61 +443,10 @@ impl Books {
     }
 }
 
-/// Whether a run of outcome items holds a panic.
-fn has_panic(outcomes: &[u8]) -> bool {
-    Items::new(outcomes).any(|item| item.is_ok_and(protocol::is_panic))
-}
-
-/// Posts outcomes one at a time, answering items `done..` of `chunk`, so
-/// that a panic goes out as a failure kept for replay, with its input.
-fn post_one_by_one(outbox: &mut Outbox, chunk: &Chunk, done: u32, outcomes: &[u8]) {
-    let inputs = Items::new(chunk.items()).skip(done as usize);
-    let mut scratch = vec![0; SCRATCH_BYTES];
-    for (k, (input, outcome)) in inputs.zip(Items::new(outcomes)).enumerate() {
-        let index = chunk.first_index + done as usize + k;
-        let (Ok(input), Ok(outcome)) = (input, outcome) else {
-            unreachable!("items were measured before")
-        };
-        let panic = match protocol::is_panic(outcome) {
-            true => {
-                protocol::decode_outcome::<IgnoredAny>(outcome, &mut scratch, None, u64::MAX).ok()
-            }
-            false => None,
-        };
-        if let Some(Outcome::Panicked(report)) = panic {
-            let PanicReport {
-                message,
-                location,
-                backtrace,
-            } = *report;
-            let error = Error::TaskPanicked {
-                index,
-                message,
-                location,
-                backtrace,
-                replay: None,
-            };
-            outbox.fail(chunk, index, input, error, None, "");
-        } else {
-            let mut item = Vec::with_capacity(outcome.len() + protocol::ITEM_LEN_BYTES);
-            protocol::push_item(&mut item, outcome);
-            outbox.push(
-                chunk.map,
-                Delivery::Outcomes {
-                    first_index: index,
-                    count: 1,
-                    items: Payload::Copied(item),
-                    // A pool that keeps failures keeps long strings inline.
-                    lease: None,
-                },
-            );
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::delivery::Delivery;
     use crate::protocol::{Items, RunFrame, push_item};
 
     const MS: Duration = Duration::from_millis(1);
@@ -535,6 +468,7 @@ mod tests {
             attempts: 0,
             returns: 0,
             bulk: Vec::new(),
+            context_frame: None,
         }
     }
 
@@ -571,11 +505,11 @@ mod tests {
         first_seq: u64,
         count: u32,
         now: Instant,
-    ) -> Result<Outbox, ProtocolError> {
+    ) -> Result<Posting, ProtocolError> {
         let (header, items) = reply(first_seq, count);
-        let mut outbox = Outbox::default();
-        books.answer(header, &items, None, None, now, &mut outbox)?;
-        Ok(outbox)
+        let mut posting = Posting::default();
+        books.answer(header, &items, None, None, now, &mut posting)?;
+        Ok(posting)
     }
 
     #[test]
@@ -715,12 +649,12 @@ mod tests {
         let all: usize = (0..2).map(|k| frame_len(&books, k)).sum();
         books.wrote(all, t0);
         // Two of the first frame's three, then the rest with the next frame.
-        let outbox = answer(&mut books, 0, 2, t0 + MS).unwrap();
-        assert_eq!(outbox.len(), 1);
+        let posting = answer(&mut books, 0, 2, t0 + MS).unwrap();
+        assert_eq!(posting.len(), 1);
         assert_eq!(books.inflight[0].done, 2);
         assert_eq!(books.backlog(), 2 * MS);
-        let outbox = answer(&mut books, 2, 2, t0 + 2 * MS).unwrap();
-        let got: Vec<(u64, usize, u32, usize)> = outbox
+        let posting = answer(&mut books, 2, 2, t0 + 2 * MS).unwrap();
+        let got: Vec<(u64, usize, u32, usize)> = posting
             .deliveries()
             .iter()
             .map(|(map, delivery)| match delivery {
@@ -777,11 +711,11 @@ mod tests {
             busy_nanos: 2,
             bulk: false,
         };
-        let mut outbox = Outbox::default();
+        let mut posting = Posting::default();
         books
-            .answer(header, &items, Some((&buffer, at)), None, t0, &mut outbox)
+            .answer(header, &items, Some((&buffer, at)), None, t0, &mut posting)
             .unwrap();
-        let got: Vec<Vec<u8>> = outbox
+        let got: Vec<Vec<u8>> = posting
             .deliveries()
             .iter()
             .map(|(_, delivery)| match delivery {
@@ -817,14 +751,14 @@ mod tests {
         let (header, mut items) = reply(0, 1);
         push_item(&mut items, &[8]);
         let error = books
-            .answer(header, &items, None, None, t0, &mut Outbox::default())
+            .answer(header, &items, None, None, t0, &mut Posting::default())
             .unwrap_err();
         assert_eq!(error.0, "reply holds more items than its header says");
         let mut books = books_with(&[(0, 0, 1)], t0);
         books.wrote(len, t0);
         let (header, items) = reply(0, 1);
         let error = books
-            .answer(header, &items[..2], None, None, t0, &mut Outbox::default())
+            .answer(header, &items[..2], None, None, t0, &mut Posting::default())
             .unwrap_err();
         assert_eq!(error.0, "truncated item length");
     }

@@ -27,9 +27,10 @@ use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
 use super::handle::{Fate, Remains};
+use super::posting::Posting;
 use super::supply::Supply;
 use crate::chunk::Chunk;
-use crate::delivery::{Delivery, Outbox};
+use crate::delivery::Delivery;
 use crate::error::{Error, Limit, telling_line};
 use crate::flow::{REAP_BOUND, RETIRE_GRACE, STARTUP_TIMEOUT, UNSTARTED_RETURNS};
 use crate::panics::PanicReport;
@@ -106,7 +107,7 @@ impl Dying {
 pub(crate) struct Burial<'a> {
     pub timeout: Option<Duration>,
     pub retries: u32,
-    pub outbox: &'a mut Outbox,
+    pub posting: &'a mut Posting,
     /// Chunks to put back at the front of the queue, in order.
     pub requeue: &'a mut Vec<Chunk>,
 }
@@ -220,14 +221,14 @@ impl Burial<'_> {
                 return;
             }
         };
-        let stderr = if self.outbox.keeps_failures() {
+        let stderr = if self.posting.wants().stderr_tail {
             let stderr = dying.process.stderr();
             stderr.pump();
             stderr.excerpt()
         } else {
             String::new()
         };
-        self.outbox
+        self.posting
             .fail(&victim, index, victim.only_item(), error, None, &stderr);
     }
 }
@@ -239,7 +240,7 @@ pub(crate) fn try_reap(
     dying: &mut Dying,
     now: Instant,
     supply: &mut Supply,
-    outbox: &mut Outbox,
+    posting: &mut Posting,
 ) -> bool {
     if dying.kill_at.is_some_and(|at| now >= at) {
         dying.kill_at = None;
@@ -290,7 +291,7 @@ pub(crate) fn try_reap(
             .sandbox()
             .contains(crate::SandboxRule::CpuTime);
         let kept_stderr = match &input {
-            Some(_) if outbox.keeps_failures() => stderr.clone(),
+            Some(_) if posting.wants().stderr_tail => stderr.clone(),
             _ => String::new(),
         };
         let error = Error::WorkerDied {
@@ -306,7 +307,7 @@ pub(crate) fn try_reap(
             replay: None,
         };
         match input {
-            Some(input) => outbox.fail(
+            Some(input) => posting.fail(
                 &input,
                 index,
                 input.only_item(),
@@ -314,7 +315,7 @@ pub(crate) fn try_reap(
                 status,
                 &kept_stderr,
             ),
-            None => outbox.push(map, Delivery::Failed(error)),
+            None => posting.push(map, Delivery::Failed(error)),
         }
     }
     true
@@ -395,6 +396,7 @@ mod tests {
             attempts: 0,
             returns,
             bulk: Vec::new(),
+            context_frame: None,
         }
     }
 
@@ -423,16 +425,16 @@ mod tests {
 
     /// Buries `remains`; returns the dying worker, what went back to the
     /// queue and what was reported.
-    fn bury(remains: Remains, retries: u32) -> (Dying, Vec<Chunk>, Outbox) {
-        let (mut outbox, mut requeue) = (Outbox::default(), Vec::new());
+    fn bury(remains: Remains, retries: u32) -> (Dying, Vec<Chunk>, Posting) {
+        let (mut posting, mut requeue) = (Posting::default(), Vec::new());
         let mut burial = Burial {
             timeout: Some(100 * MS),
             retries,
-            outbox: &mut outbox,
+            posting: &mut posting,
             requeue: &mut requeue,
         };
         let dying = burial.bury(remains);
-        (dying, requeue, outbox)
+        (dying, requeue, posting)
     }
 
     fn placed(chunks: &[Chunk]) -> Vec<(usize, u32)> {
@@ -443,8 +445,8 @@ mod tests {
     fn an_untouched_input_goes_back_a_few_times_then_is_blamed() {
         for returns in 0..=UNSTARTED_RETURNS {
             let remains = remains(Fate::Died, true, vec![chunk(3, 1, returns)], true);
-            let (dying, requeue, outbox) = bury(remains, 0);
-            assert!(outbox.is_empty());
+            let (dying, requeue, posting) = bury(remains, 0);
+            assert!(posting.is_empty());
             if returns < UNSTARTED_RETURNS {
                 assert_eq!(dying.victim, None);
                 assert_eq!(requeue.len(), 1);
@@ -459,21 +461,21 @@ mod tests {
     #[test]
     fn a_running_input_gets_the_error_and_the_rest_goes_back() {
         let running = || vec![chunk(0, 1, 0), chunk(1, 2, 0)];
-        let (_, requeue, outbox) = bury(remains(Fate::TimedOut, true, running(), false), 0);
+        let (_, requeue, posting) = bury(remains(Fate::TimedOut, true, running(), false), 0);
         assert_eq!(placed(&requeue), [(1, 2)]);
         assert!(matches!(
-            outbox.deliveries(),
+            posting.deliveries(),
             [(7, Delivery::Failed(Error::TaskTimeout { index: 0, .. }))]
         ));
         let broke = Fate::Broke("garbage".into());
-        let (_, _, outbox) = bury(remains(broke, true, running(), false), 0);
+        let (_, _, posting) = bury(remains(broke, true, running(), false), 0);
         assert!(matches!(
-            outbox.deliveries(),
+            posting.deliveries(),
             [(7, Delivery::Failed(Error::Protocol { index: 0, message, .. }))] if message == "garbage"
         ));
         // A death is reported once the status is known, or retried.
-        let (dying, requeue, outbox) = bury(remains(Fate::Died, true, running(), false), 0);
-        assert_eq!((dying.victim, outbox.len()), (Some((7, 0)), 0));
+        let (dying, requeue, posting) = bury(remains(Fate::Died, true, running(), false), 0);
+        assert_eq!((dying.victim, posting.len()), (Some((7, 0)), 0));
         assert_eq!(placed(&requeue), [(1, 2)]);
         let (dying, requeue, _) = bury(remains(Fate::Died, true, running(), false), 1);
         assert_eq!(dying.victim, None);
@@ -492,37 +494,37 @@ mod tests {
             symbolising: Some(report.clone()),
             ..remains(fate, true, vec![chunk(5, 1, 0)], false)
         };
-        let (dying, requeue, outbox) = bury(with_panic(Fate::TimedOut), 0);
+        let (dying, requeue, posting) = bury(with_panic(Fate::TimedOut), 0);
         assert!(requeue.is_empty() && dying.victim.is_none());
         assert!(matches!(
-            outbox.deliveries(),
+            posting.deliveries(),
             [(7, Delivery::Failed(Error::TaskPanicked { index: 5, message, backtrace: None, .. }))]
                 if message == "boom"
         ));
         // A death while making it is a death (or a retry), as any.
-        let (dying, _, outbox) = bury(with_panic(Fate::Died), 0);
-        assert_eq!((dying.victim, outbox.len()), (Some((7, 5)), 0));
+        let (dying, _, posting) = bury(with_panic(Fate::Died), 0);
+        assert_eq!((dying.victim, posting.len()), (Some((7, 5)), 0));
         // A batch goes back one input at a time, as any.
         let batch = Remains {
             symbolising: Some(report.clone()),
             ..remains(Fate::TimedOut, true, vec![chunk(0, 2, 0)], false)
         };
-        let (_, requeue, outbox) = bury(batch, 0);
-        assert_eq!((placed(&requeue), outbox.len()), (vec![(0, 1), (1, 1)], 0));
+        let (_, requeue, posting) = bury(batch, 0);
+        assert_eq!((placed(&requeue), posting.len()), (vec![(0, 1), (1, 1)], 0));
     }
 
     #[test]
     fn a_running_batch_goes_back_one_input_at_a_time() {
-        let (dying, requeue, outbox) =
+        let (dying, requeue, posting) =
             bury(remains(Fate::Died, true, vec![chunk(0, 3, 0)], false), 0);
         assert_eq!(placed(&requeue), [(0, 1), (1, 1), (2, 1)]);
-        assert_eq!((dying.victim, outbox.len()), (None, 0));
+        assert_eq!((dying.victim, posting.len()), (None, 0));
         // A cancelled worker's inputs go back whole; their map is gone.
-        let (_, requeue, outbox) = bury(
+        let (_, requeue, posting) = bury(
             remains(Fate::Cancelled, true, vec![chunk(0, 3, 0)], false),
             0,
         );
-        assert_eq!((placed(&requeue), outbox.len()), (vec![(0, 3)], 0));
+        assert_eq!((placed(&requeue), posting.len()), (vec![(0, 3)], 0));
     }
 
     #[test]
@@ -540,10 +542,10 @@ mod tests {
             (Fate::PoolBroken, None),
         ];
         for (fate, failed_starting) in cases {
-            let (dying, requeue, outbox) =
+            let (dying, requeue, posting) =
                 bury(remains(fate, false, vec![chunk(0, 2, 0)], false), 0);
             assert_eq!(dying.failed_starting, failed_starting);
-            assert_eq!((placed(&requeue), outbox.len()), (vec![(0, 2)], 0));
+            assert_eq!((placed(&requeue), posting.len()), (vec![(0, 2)], 0));
         }
     }
 
@@ -578,7 +580,7 @@ mod tests {
             dying,
             Instant::now(),
             supply,
-            &mut Outbox::default()
+            &mut Posting::default()
         ));
     }
 
@@ -638,10 +640,10 @@ mod tests {
             failed_starting: None,
         };
         let mut supply = Supply::new(Arc::new(Local), config(), false, false, 0, 1);
-        let mut outbox = Outbox::default();
+        let mut posting = Posting::default();
         // Within its grace, it is left alone: it does not exit (the bound
         // is how long a SIGKILL would take to show, at most).
-        assert!(!try_reap(&mut dying, now, &mut supply, &mut outbox));
+        assert!(!try_reap(&mut dying, now, &mut supply, &mut posting));
         {
             let pidfd = dying.process.pidfd();
             let mut fds = [rustix::event::PollFd::new(
@@ -657,7 +659,7 @@ mod tests {
         }
         // After it, it is killed, then reaped once it has exited.
         let later = now + RETIRE_GRACE;
-        if !try_reap(&mut dying, later, &mut supply, &mut outbox) {
+        if !try_reap(&mut dying, later, &mut supply, &mut posting) {
             let pidfd = dying.process.pidfd();
             let mut fds = [rustix::event::PollFd::new(
                 &pidfd,
@@ -665,9 +667,9 @@ mod tests {
             )];
             let bound = rustix::event::Timespec::try_from(REAP_BOUND).unwrap();
             assert_eq!(rustix::event::poll(&mut fds, Some(&bound)).unwrap(), 1);
-            assert!(try_reap(&mut dying, later, &mut supply, &mut outbox));
+            assert!(try_reap(&mut dying, later, &mut supply, &mut posting));
         }
         assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists());
-        assert!(outbox.is_empty(), "a retired worker has no victim");
+        assert!(posting.is_empty(), "a retired worker has no victim");
     }
 }

@@ -12,8 +12,8 @@ use rustix::io::Errno;
 
 use super::books::{Books, Unanswered};
 use super::poll::Watch;
+use super::posting::Posting;
 use crate::chunk::Chunk;
-use crate::delivery::Outbox;
 use crate::flow::{self, READS_PER_WAKE, SCRATCH_BYTES, STARTUP_TIMEOUT, SYMBOLISE_BOUND};
 use crate::launch::Reported;
 use crate::logs;
@@ -329,7 +329,7 @@ impl WorkerHandle {
     pub(crate) fn read(
         &mut self,
         max_frame: u32,
-        outbox: &mut Outbox,
+        posting: &mut Posting,
         watch: &Watch,
     ) -> (usize, Option<Heard>) {
         let mut total = 0;
@@ -359,9 +359,10 @@ impl WorkerHandle {
             // Read after the bytes arrived: a reply or hello stamped with it
             // is never stamped early.
             let now = Instant::now();
-            let answered = outbox.len();
+            let answered = posting.len();
             let mut retired = false;
-            if let Err(problem) = self.take_frames(max_frame, now, outbox, &mut heard, &mut retired)
+            if let Err(problem) =
+                self.take_frames(max_frame, now, posting, &mut heard, &mut retired)
             {
                 self.doom(Fate::Broke(problem.0));
             }
@@ -370,7 +371,7 @@ impl WorkerHandle {
                 self.retiring = true;
                 self.doom(Fate::Retired);
             }
-            if outbox.len() > answered {
+            if posting.len() > answered {
                 self.process.stderr().mark();
                 self.retire_if_done();
             }
@@ -388,13 +389,13 @@ impl WorkerHandle {
     pub(crate) fn read_remains(
         &mut self,
         max_frame: u32,
-        outbox: &mut Outbox,
+        posting: &mut Posting,
         watch: &Watch,
     ) -> Option<Heard> {
         let mut drained = 0;
         let mut heard = None;
         while drained < flow::DRAIN_AFTER_EXIT {
-            let (n, said) = self.read(max_frame, outbox, watch);
+            let (n, said) = self.read(max_frame, posting, watch);
             heard = heard.or(said);
             if n == 0 {
                 break;
@@ -410,7 +411,7 @@ impl WorkerHandle {
         &mut self,
         max_frame: u32,
         now: Instant,
-        outbox: &mut Outbox,
+        posting: &mut Posting,
         heard: &mut Option<Heard>,
         retired: &mut bool,
     ) -> Result<(), ProtocolError> {
@@ -419,7 +420,7 @@ impl WorkerHandle {
             process: &mut self.process,
             symbolising: &mut self.symbolising,
             now,
-            outbox,
+            posting,
             heard,
             retired,
         };
@@ -523,7 +524,7 @@ struct Ear<'a> {
     process: &'a mut Process,
     symbolising: &'a mut Option<Symbolising>,
     now: Instant,
-    outbox: &'a mut Outbox,
+    posting: &'a mut Posting,
     heard: &'a mut Option<Heard>,
     /// It said it runs nothing more.
     retired: &'a mut bool,
@@ -567,7 +568,7 @@ impl Ear<'_> {
                 // it: either way the making is over.
                 *self.symbolising = None;
                 self.books
-                    .answer(header, items, shared, slot, self.now, self.outbox)
+                    .answer(header, items, shared, slot, self.now, self.posting)
             }
             protocol::PANIC if self.books.is_ready() => {
                 let (seq, report) = protocol::parse_panic(frame)?;

@@ -60,6 +60,7 @@ fn chunk(first_index: usize, context: u64) -> Chunk {
         attempts: 0,
         returns: 0,
         bulk: Vec::new(),
+        context_frame: None,
     }
 }
 

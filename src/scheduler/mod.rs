@@ -53,6 +53,7 @@ mod dispatch;
 mod faults;
 mod handle;
 mod poll;
+mod posting;
 mod spawner;
 mod staffing;
 mod supply;
@@ -69,17 +70,16 @@ use self::deadlines::Deadlines;
 use self::faults::{Burial, Dying};
 use self::handle::{Fate, WorkerHandle};
 use self::poll::{Key, Source, Watch};
+use self::posting::Posting;
 use self::spawner::Spawner;
 use self::supply::Supply;
 use crate::chunk::Chunk;
 use crate::config::Config;
-use crate::delivery::Outbox;
 use crate::error::Error;
 use crate::flow::REAP_BOUND;
 use crate::handoff::WorkerConfig;
-use crate::journal::Recorder;
+use crate::hooks::{Observer, Plugins, Ring};
 use crate::logs;
-use crate::replay::Keeper;
 use crate::shared::{Phase, Shared, State};
 use crate::stderr::StderrPipe;
 
@@ -89,13 +89,21 @@ use crate::stderr::StderrPipe;
 pub(crate) struct Running {
     shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
+    /// Run once the thread has ended.
+    finishers: Vec<Box<dyn FnOnce() + Send + Sync>>,
 }
 
 impl Running {
     /// Starts the pool's thread and its workers. Returns once the first
     /// workers are spawned (not yet ready); the others follow.
-    pub(crate) fn start(config: Config) -> Result<Running, Error> {
-        let shared = Arc::new(Shared::new(config).map_err(|source| Error::Spawn { source })?);
+    pub(crate) fn start(config: Config, plugins: Plugins) -> Result<Running, Error> {
+        let Plugins {
+            observers,
+            answerers,
+            finishers,
+        } = plugins;
+        let shared =
+            Arc::new(Shared::new(config, answerers).map_err(|source| Error::Spawn { source })?);
         let (started_tx, started_rx) = mpsc::channel();
         let thread = {
             let shared = Arc::clone(&shared);
@@ -109,7 +117,8 @@ impl Running {
                         logs::forward::PoolQueue::start(shared.config.dispatch.clone(), level);
                     let _dispatch = forwarder.as_ref().map(tracing::dispatcher::set_default);
                     let _guard = PanicGuard(Arc::clone(&shared));
-                    let started = Scheduler::new(shared).map_err(|source| Error::Spawn { source });
+                    let started =
+                        Scheduler::new(shared, observers).map_err(|source| Error::Spawn { source });
                     let mut scheduler = match started {
                         Ok(scheduler) => scheduler,
                         Err(e) => {
@@ -130,6 +139,7 @@ impl Running {
             Ok(Ok(())) => Ok(Running {
                 shared,
                 thread: Some(thread),
+                finishers,
             }),
             Ok(Err(e)) => {
                 let _ = thread.join();
@@ -157,9 +167,10 @@ impl Drop for Running {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
-        // The pool's thread sent its last outputs: they are committed.
-        if let Some(journal) = &self.shared.config.journal {
-            journal.close();
+        // The pool's thread is done with the features: they may finish
+        // (the journal commits the last outputs).
+        for finish in self.finishers.drain(..) {
+            finish();
         }
     }
 }
@@ -225,8 +236,9 @@ struct Scheduler {
     /// Something changed how many workers each launcher has or may start:
     /// `replenish` has work to do.
     workforce_changed: bool,
-    /// Deliveries to send at the next sync.
-    outbox: Outbox,
+    /// Deliveries to send at the next sync, and the observers that see
+    /// them.
+    posting: Posting,
     /// Chunks to put back at the front of the queue, in order.
     requeue: Vec<Chunk>,
     /// What the last wait found ready.
@@ -284,7 +296,7 @@ struct DyingSeat {
 }
 
 impl Scheduler {
-    fn new(shared: Arc<Shared>) -> std::io::Result<Scheduler> {
+    fn new(shared: Arc<Shared>, observers: Vec<Box<dyn Observer>>) -> std::io::Result<Scheduler> {
         let config = &shared.config;
         let worker_config = WorkerConfig {
             parent: None,
@@ -309,18 +321,15 @@ impl Scheduler {
                 )
             })
             .collect();
-        let keeper = config
-            .keep_failures
-            .as_ref()
-            .map(|settings| Keeper::new(settings, Arc::clone(&shared)));
-        let outbox = Outbox::new(keeper, Recorder::new(Arc::clone(&shared)));
         let max_frames = crate::flow::frames_in_flight(shared.config.batch_size);
         let seated = vec![0; shared.config.launchers.len()];
         let watch = Watch::new(shared.doorbell())?;
-        let spawner = {
+        let ring: Ring = {
             let shared = Arc::clone(&shared);
-            Spawner::start(move || shared.ring())?
+            Arc::new(move || shared.ring())
         };
+        let posting = Posting::new(observers, &ring);
+        let spawner = Spawner::start(move || ring())?;
         Ok(Scheduler {
             shared,
             supplies,
@@ -343,7 +352,7 @@ impl Scheduler {
             known_maps: HashSet::new(),
             exited: Vec::new(),
             workforce_changed: true,
-            outbox,
+            posting,
             requeue: Vec::new(),
             ready: Vec::new(),
             expired: Vec::new(),
@@ -364,10 +373,11 @@ impl Scheduler {
             }
             self.settle();
             let deadline = self.nearest_deadline();
-            let (shared, outbox) = (&self.shared, &mut self.outbox);
+            let (shared, posting) = (&self.shared, &mut self.posting);
             let deliver_before_sleep = || {
-                if !outbox.is_empty() {
-                    shared.lock().deliver(outbox);
+                if !posting.is_empty() {
+                    let deliveries = posting.take();
+                    shared.lock().deliver(deliveries);
                 }
             };
             let waited = self
@@ -511,6 +521,7 @@ impl Scheduler {
             .into_iter()
             .chain(self.dying.iter().filter_map(|(_, d)| d.dying.kill_at()))
             .chain(self.retry_at())
+            .chain(self.posting.due_at())
             .min()
     }
 
@@ -539,11 +550,14 @@ impl Scheduler {
     /// pool is shutting down.
     fn sync(&mut self) -> bool {
         let shared = Arc::clone(&self.shared);
-        let mut state = shared.lock();
+        self.posting.collect(Instant::now());
         // While replies keep coming, wake the maps' threads in batches; the
-        // rest goes out before the loop sleeps.
-        if self.outbox.due() {
-            state.deliver(&mut self.outbox);
+        // rest goes out before the loop sleeps. Observers see a batch go
+        // before the lock is taken.
+        let deliveries = self.posting.due().then(|| self.posting.take());
+        let mut state = shared.lock();
+        if let Some(deliveries) = deliveries {
+            state.deliver(deliveries);
         }
         for chunk in self.requeue.drain(..).rev() {
             if state.maps.contains_key(&chunk.map) {
@@ -567,25 +581,40 @@ impl Scheduler {
             Phase::Closing | Phase::Closed => return false,
         }
         // Workers may drop the contexts that no map or handle holds.
-        for id in state.take_dead_contexts() {
+        let dead = state.take_dead_contexts();
+        for &id in &dead {
             for (_, seat) in &mut self.workers {
                 seat.worker.forget(id);
             }
-            self.outbox.forget_context(id);
         }
-        self.cancel_dropped(&state);
+        let gone = self.cancel_dropped(&state);
         self.dispatch(&mut state);
+        drop(state);
+        // The observers forget them outside the lock.
+        for id in dead {
+            self.posting.forget_context(id);
+        }
+        for map in gone {
+            self.posting.forget_map(map);
+        }
         true
     }
 
     /// A worker whose current input belongs to a dropped map is killed,
     /// whenever that input came to the head of its queue. Looks at every
     /// worker only when a map went; else at those whose head changed.
-    fn cancel_dropped(&mut self, state: &State) {
-        let before = self.known_maps.len();
-        self.known_maps.retain(|map| state.maps.contains_key(map));
+    /// Returns the maps that went.
+    fn cancel_dropped(&mut self, state: &State) -> Vec<u64> {
+        let mut gone = Vec::new();
+        self.known_maps.retain(|map| {
+            let live = state.maps.contains_key(map);
+            if !live {
+                gone.push(*map);
+            }
+            live
+        });
         let mut check = std::mem::take(&mut self.recheck);
-        if self.known_maps.len() < before {
+        if !gone.is_empty() {
             check.clear();
             check.extend(self.workers.iter().map(|(slot, seat)| Key {
                 slot,
@@ -607,6 +636,7 @@ impl Scheduler {
             }
         }
         self.recheck = check;
+        gone
     }
 
     fn handle(&mut self, source: Source) {
@@ -615,7 +645,7 @@ impl Scheduler {
             Source::Doorbell => self.shared.clear_doorbell(),
             Source::Replies(key) if self.live(key) => {
                 let worker = &mut self.workers[key.slot].worker;
-                let (_, heard) = worker.read(max_frame, &mut self.outbox, &self.watch);
+                let (_, heard) = worker.read(max_frame, &mut self.posting, &self.watch);
                 let launcher = worker.launcher();
                 self.touch(key.slot);
                 self.hear(heard, launcher);
@@ -631,7 +661,7 @@ impl Scheduler {
             }
             Source::Exited(key) if self.live(key) => {
                 let worker = &mut self.workers[key.slot].worker;
-                let heard = worker.read_remains(max_frame, &mut self.outbox, &self.watch);
+                let heard = worker.read_remains(max_frame, &mut self.posting, &self.watch);
                 let launcher = worker.launcher();
                 self.touch(key.slot);
                 self.hear(heard, launcher);
@@ -658,7 +688,7 @@ impl Scheduler {
         let mut burial = Burial {
             timeout: self.shared.config.timeout,
             retries: self.shared.config.retries,
-            outbox: &mut self.outbox,
+            posting: &mut self.posting,
             requeue: &mut self.requeue,
         };
         // The launchers whose workers left a seat free.
@@ -724,7 +754,7 @@ impl Scheduler {
             }
             let dying = &mut self.dying[key.slot].dying;
             let supply = &mut self.supplies[dying.launcher()];
-            if faults::try_reap(dying, now, supply, &mut self.outbox) {
+            if faults::try_reap(dying, now, supply, &mut self.posting) {
                 let process = dying.process_mut();
                 self.watch.unwatch(process.pidfd());
                 if let Some(fd) = process.stderr_fd() {
@@ -742,8 +772,11 @@ impl Scheduler {
     fn shut_down(&mut self) {
         // Spawned too late to serve: killed and reaped with the others.
         let late = self.spawner.stop();
+        // What the observers still hold goes with the rest (bounded).
+        self.posting.finish();
+        let deliveries = self.posting.take();
         let mut state = self.shared.lock();
-        state.deliver(&mut self.outbox);
+        state.deliver(deliveries);
         let reason = state.phase.reason();
         let mut owed: Vec<Chunk> = self.requeue.drain(..).collect();
         let mut processes = late;
