@@ -289,7 +289,7 @@ impl PoolBuilder {
                 "max_frame_bytes must be at least {MIN_FRAME_BYTES}"
             ));
         }
-        if crate::entry::is_privileged() {
+        if crate::privilege::is_privileged() {
             // Its copies would refuse to serve, one after the other.
             return Err(Error::Startup {
                 message: "this program runs with privileges (setuid, setgid or file \
@@ -377,9 +377,8 @@ impl PoolBuilder {
             dispatch: tracing::dispatcher::get_default(tracing::Dispatch::clone),
             backtraces: std::env::var_os("RUST_BACKTRACE").is_some_and(|value| value != "0"),
             bulk,
-            sandbox_rules,
         };
-        Pool::start(config, plugins, journal)
+        Pool::start(config, plugins, sandbox_rules, journal)
     }
 }
 

@@ -29,6 +29,4 @@ pub(crate) struct Config {
     /// Where inputs' long strings go, when every worker is local (and can
     /// reach them).
     pub bulk: Option<Arc<Segments>>,
-    /// The sandbox rules in force in every worker.
-    pub sandbox_rules: Vec<crate::SandboxRule>,
 }

@@ -77,7 +77,7 @@ pub(crate) fn run() {
     let Some(mode) = Mode::from_env() else {
         return;
     };
-    if is_privileged() {
+    if crate::privilege::is_privileged() {
         let (why, code) = mode.refusal();
         eprintln!("buckshot: {why}");
         std::process::exit(code);
@@ -88,13 +88,4 @@ pub(crate) fn run() {
         Mode::Worker(config) => crate::worker::serve_from(config),
         Mode::Replay(path) => crate::replay::run::replay(path),
     }
-}
-
-/// Whether the kernel started this process in secure mode: its effective
-/// ids or capabilities differ from those of whoever ran it. Its copies
-/// would refuse every mode.
-pub(crate) fn is_privileged() -> bool {
-    // SAFETY: getauxval reads the auxiliary vector the kernel gave this
-    // process; it has no preconditions and returns 0 for a missing entry.
-    unsafe { libc::getauxval(libc::AT_SECURE) != 0 }
 }

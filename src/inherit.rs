@@ -99,7 +99,7 @@ fn close_listed(first: u32, last: u32) -> std::io::Result<()> {
 /// not there (or not executable) is the spawn's error, not a start-up
 /// failure of the copy's.
 pub(crate) fn through_this_binary(command: Command) -> std::io::Result<Command> {
-    if crate::entry::is_privileged() {
+    if crate::privilege::is_privileged() {
         return Ok(command);
     }
     let program = find_program(&command)?;

@@ -98,9 +98,12 @@ mod hooks;
 mod inherit;
 mod journal;
 mod launch;
+#[cfg(test)]
+mod layering;
 mod logs;
 mod panics;
 mod pool;
+mod privilege;
 mod process;
 mod protocol;
 mod registry;

@@ -28,6 +28,8 @@ use crate::task::PlainTask;
 /// other threads then yield [`Error::PoolClosed`] for their unfinished inputs.
 pub struct Pool {
     running: Running,
+    /// The sandbox rules in force in every worker.
+    sandbox_rules: Vec<SandboxRule>,
     /// The journal, if the pool keeps one: for its counts.
     #[cfg_attr(not(feature = "journal"), allow(dead_code))]
     journal: Option<Arc<Journal>>,
@@ -57,7 +59,7 @@ impl Pool {
     /// The sandbox rules in force in every worker: those asked for, or
     /// with [`Sandbox::best_effort`](crate::Sandbox::best_effort) those of them that came up.
     pub fn sandbox_rules(&self) -> &[SandboxRule] {
-        &self.running.shared().config.sandbox_rules
+        &self.sandbox_rules
     }
 
     /// The per-task timeout, if any.
@@ -84,10 +86,12 @@ impl Pool {
     pub(crate) fn start(
         config: Config,
         plugins: Plugins,
+        sandbox_rules: Vec<SandboxRule>,
         journal: Option<Arc<Journal>>,
     ) -> Result<Pool, Error> {
         Ok(Pool {
             running: Running::start(config, plugins)?,
+            sandbox_rules,
             journal,
         })
     }

@@ -74,7 +74,10 @@ fn a_replay_directory_that_hangs_stalls_no_timeout_and_no_other_input() {
     let started = Instant::now();
     std::thread::scope(|scope| {
         scope.spawn(|| {
-            for arrival in pool.map_unordered(panic_at_zero_hang_at_one, 0..6u64).unwrap() {
+            for arrival in pool
+                .map_unordered(panic_at_zero_hang_at_one, 0..6u64)
+                .unwrap()
+            {
                 let _ = tx.send((arrival, started.elapsed()));
             }
         });

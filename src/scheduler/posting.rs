@@ -231,3 +231,233 @@ impl Posting {
 fn has_panic(outcomes: &[u8]) -> bool {
     Items::new(outcomes).any(|item| item.is_ok_and(protocol::is_panic))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+    use crate::error::Replay;
+    use crate::protocol::RunFrame;
+
+    /// What the mock saw.
+    #[derive(Default)]
+    struct Seen {
+        /// `(map, done, items)` per call.
+        answered: Vec<(u64, u32, usize)>,
+        /// `(index, input)` per failure.
+        failed: Vec<(usize, Vec<u8>)>,
+        flushes: usize,
+    }
+
+    /// An observer that counts what it sees, and holds failures if told
+    /// to, giving them back from `collect` with a note in the replay slot.
+    struct Mock {
+        wants: Wants,
+        holds: bool,
+        held: Vec<(u64, Error)>,
+        seen: Arc<Mutex<Seen>>,
+    }
+
+    impl Mock {
+        fn new(wants: Wants, holds: bool) -> (Box<dyn Observer>, Arc<Mutex<Seen>>) {
+            let seen = Arc::new(Mutex::new(Seen::default()));
+            let mock = Mock {
+                wants,
+                holds,
+                held: Vec::new(),
+                seen: Arc::clone(&seen),
+            };
+            (Box::new(mock), seen)
+        }
+    }
+
+    impl Observer for Mock {
+        fn wants(&self) -> Wants {
+            self.wants
+        }
+
+        fn answered(&mut self, chunk: &Chunk, done: u32, outcomes: &[u8]) {
+            let items = Items::new(outcomes).count();
+            let mut seen = self.seen.lock().unwrap();
+            seen.answered.push((chunk.map, done, items));
+        }
+
+        fn failed(&mut self, failed: &Failed<'_>, mut error: Error) -> Option<Error> {
+            let mut seen = self.seen.lock().unwrap();
+            seen.failed.push((failed.index, failed.input.to_vec()));
+            if !self.holds {
+                return Some(error);
+            }
+            *error.replay_mut().expect("a slot") = Some(Replay::NotKept("held".into()));
+            self.held.push((failed.chunk.map, error));
+            None
+        }
+
+        fn collect(&mut self, _: Instant, out: &mut Vec<(u64, Error)>) {
+            out.append(&mut self.held);
+        }
+
+        fn flush(&mut self) {
+            self.seen.lock().unwrap().flushes += 1;
+        }
+    }
+
+    fn posting(observers: Vec<Box<dyn Observer>>) -> Posting {
+        let ring: Ring = Arc::new(|| {});
+        Posting::new(observers, &ring)
+    }
+
+    /// A chunk of map 7 with inputs `values`, from index 10.
+    fn chunk(values: &[u64]) -> Chunk {
+        let mut frame = RunFrame::new(0);
+        for value in values {
+            frame.push_with(|buf| protocol::encode(value, buf)).unwrap();
+        }
+        Chunk {
+            map: 7,
+            task: 0,
+            context: 0,
+            first_index: 10,
+            count: values.len() as u32,
+            frame: frame.finish(),
+            attempts: 0,
+            returns: 0,
+            bulk: Vec::new(),
+            context_frame: None,
+        }
+    }
+
+    /// Outcome items: `Some(v)` an `Ok`, `None` a panic.
+    fn outcomes(values: &[Option<u64>]) -> Vec<u8> {
+        let mut items = Vec::new();
+        for value in values {
+            let mut item = Vec::new();
+            match value {
+                Some(v) => protocol::encode_ok(v, &mut item).unwrap(),
+                None => protocol::encode_failure::<()>(
+                    &Outcome::Panicked(Box::new(PanicReport {
+                        message: "cursed".into(),
+                        location: None,
+                        backtrace: None,
+                    })),
+                    &mut item,
+                ),
+            }
+            protocol::push_item(&mut items, &item);
+        }
+        items
+    }
+
+    fn answer(posting: &mut Posting, chunk: &Chunk, done: u32, items: &[u8]) {
+        let count = Items::new(items).count() as u32;
+        let payload = Payload::Copied(items.to_vec());
+        posting.answered(chunk, done, count, items, payload, None);
+    }
+
+    /// `(index, count)` of outcomes, `(index, None)` of failures.
+    fn placed(deliveries: &[(u64, Delivery)]) -> Vec<(usize, Option<u32>)> {
+        deliveries
+            .iter()
+            .map(|(map, delivery)| {
+                assert_eq!(*map, 7);
+                match delivery {
+                    Delivery::Outcomes {
+                        first_index, count, ..
+                    } => (*first_index, Some(*count)),
+                    Delivery::Failed(error) => (error.index().unwrap(), None),
+                    Delivery::Closed { .. } => unreachable!(),
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_observer_sees_each_answer_once_and_it_is_posted_once() {
+        let (first, seen_first) = Mock::new(Wants::default(), false);
+        let (second, seen_second) = Mock::new(Wants::default(), false);
+        let mut posting = posting(vec![first, second]);
+        let chunk = chunk(&[1, 2, 3]);
+        let items = outcomes(&[Some(1), None, Some(3)]);
+        answer(&mut posting, &chunk, 0, &items[..]);
+        for seen in [&seen_first, &seen_second] {
+            let seen = seen.lock().unwrap();
+            assert_eq!(seen.answered, [(7, 0, 3)]);
+            assert!(seen.failed.is_empty());
+            assert_eq!(seen.flushes, 0, "no flush before the batch leaves");
+        }
+        // Nobody wants panics alone: the reply goes whole.
+        assert_eq!(placed(posting.deliveries()), [(10, Some(3))]);
+        let batch = posting.take();
+        assert_eq!(batch.len(), 1);
+        assert!(posting.is_empty());
+        for seen in [&seen_first, &seen_second] {
+            assert_eq!(seen.lock().unwrap().flushes, 1);
+        }
+    }
+
+    #[test]
+    fn a_panic_goes_alone_with_its_input_when_an_observer_wants_it() {
+        let wants = Wants {
+            panics_alone: true,
+            ..Wants::default()
+        };
+        let (mock, seen) = Mock::new(wants, false);
+        let mut posting = posting(vec![mock]);
+        let chunk = chunk(&[1, 2, 3, 4]);
+        // The worker had answered the first before.
+        let items = outcomes(&[Some(2), None, Some(4)]);
+        assert!(has_panic(&items) && !has_panic(&outcomes(&[Some(2)])));
+        answer(&mut posting, &chunk, 1, &items);
+        assert_eq!(
+            placed(posting.deliveries()),
+            [(11, Some(1)), (12, None), (13, Some(1))]
+        );
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.answered, [(7, 1, 3)]);
+        let mut input = Vec::new();
+        protocol::encode(&3u64, &mut input).unwrap();
+        assert_eq!(seen.failed, [(12, input)], "observed once, with its input");
+        let (_, Delivery::Failed(error)) = &posting.deliveries()[1] else {
+            unreachable!()
+        };
+        assert!(
+            matches!(error, Error::TaskPanicked { message, .. } if message == "cursed"),
+            "{error:?}"
+        );
+    }
+
+    #[test]
+    fn a_held_failure_comes_back_with_its_kind_once() {
+        let (mock, seen) = Mock::new(Wants::default(), true);
+        let (after, seen_after) = Mock::new(Wants::default(), false);
+        let mut posting = posting(vec![mock, after]);
+        let chunk = chunk(&[5]);
+        let error = Error::TaskTimeout {
+            index: 10,
+            timeout: std::time::Duration::from_secs(1),
+            replay: None,
+        };
+        posting.fail(&chunk, 10, chunk.only_item(), error, None, "");
+        assert!(posting.is_empty(), "held, not posted");
+        assert_eq!(seen.lock().unwrap().failed.len(), 1);
+        assert!(
+            seen_after.lock().unwrap().failed.is_empty(),
+            "a held failure goes to no observer after the one holding it"
+        );
+        posting.collect(Instant::now());
+        let deliveries = posting.take();
+        let [(7, Delivery::Failed(error))] = &deliveries[..] else {
+            panic!("{deliveries:?}")
+        };
+        assert!(
+            matches!(
+                error,
+                Error::TaskTimeout { index: 10, replay: Some(Replay::NotKept(why)), .. } if why == "held"
+            ),
+            "{error:?}"
+        );
+        posting.collect(Instant::now());
+        assert!(posting.is_empty(), "given back once");
+    }
+}
