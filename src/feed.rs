@@ -76,8 +76,7 @@ pub(crate) struct Feed<It, O> {
     item_bytes: usize,
     /// The chunk size aimed at by the last fill.
     last_chunk_target: u32,
-    /// Answers inputs without running them, if the pool has what does
-    /// (a journal).
+    /// Answers inputs without running them, if the pool has what does.
     answerer: Option<Box<dyn Answerer>>,
     /// The pool of a one-shot [`map`](crate::map), dropped with the results.
     pub(crate) _pool: Option<Running>,

@@ -70,7 +70,7 @@ pub(crate) struct Dying {
     /// The map and index of the input it was running when it died:
     /// reported once the exit status is known.
     victim: Option<(u64, usize)>,
-    /// That input's chunk, to keep for replay.
+    /// That input's chunk, for the pool's observers.
     victim_input: Option<Chunk>,
     /// It failed before its handshake: counts toward giving up. The text
     /// says why the pool killed it, when that is the reason (it ends by

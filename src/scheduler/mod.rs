@@ -5,8 +5,12 @@
 //! epoll. It never encodes or decodes a value: callers encode inputs into
 //! RUN frames ([`Chunk`]s) on their own threads and decode outcomes from
 //! deliveries, so the loop only stamps sequence numbers, writes frames,
-//! splits replies and keeps time. Nothing in it blocks on anything but the
-//! wait: not on a worker, not on a caller, not on this process's stderr.
+//! splits replies and keeps time. (One exception: a panic's report, a few
+//! hundred bytes, is decoded here when an observer wants panics posted
+//! alone; see [`posting`].) Nothing in it blocks on anything but the
+//! wait: not on a worker, not on a caller, not on this process's stderr,
+//! not on a file (the features that write files write them on threads of
+//! their own, [`crate::hooks`]).
 //!
 //! A turn costs what happened in it, not how many workers there are (a
 //! pool of remote workers may have a thousand): a worker is looked at
@@ -44,6 +48,8 @@
 //! - [`spawner`]: the thread that spawns workers after the first ones, so
 //!   that this one goes on serving the others meanwhile;
 //! - [`faults`]: what the inputs of a worker that goes get, and reaping;
+//! - [`posting`]: outcomes and failures on their way to the maps, shown to
+//!   the pool's observers;
 //! - [`poll`]: what the loop waits on, and until when;
 //! - [`deadlines`]: the workers' deadlines, nearest first.
 
@@ -168,7 +174,7 @@ impl Drop for Running {
             let _ = thread.join();
         }
         // The pool's thread is done with the features: they may finish
-        // (the journal commits the last outputs).
+        // (one may commit what it has left to write).
         for finish in self.finishers.drain(..) {
             finish();
         }
