@@ -18,6 +18,9 @@ const DEFAULT_MAX_FRAME_BYTES: u32 = 1 << 30;
 const MIN_FRAME_BYTES: u32 = 1024;
 /// Default bound on the replay files one map keeps.
 const DEFAULT_KEPT_PER_MAP: u32 = 100;
+/// Why a journal cannot be kept without the cargo feature `journal`.
+const JOURNAL_COMPILED_OUT: &str = "the journal needs the cargo feature `journal`, which this \
+     build of buckshot lacks: add `features = [\"journal\"]` to its dependency";
 
 /// Configures and builds a [`Pool`].
 ///
@@ -61,7 +64,6 @@ pub struct PoolBuilder {
     /// Default: [`DEFAULT_KEPT_PER_MAP`].
     max_kept_failures: Option<u32>,
     /// Default: none.
-    #[cfg_attr(not(feature = "journal"), allow(dead_code))]
     journal: Option<PathBuf>,
 }
 
@@ -210,7 +212,10 @@ impl PoolBuilder {
     /// journal at `path` (created if missing), and answers an input already
     /// there from it without running it: a map killed halfway (SIGKILL,
     /// wall time, a reboot) resumes where it stopped when it runs again.
-    /// Only with the cargo feature `journal`.
+    ///
+    /// Needs the cargo feature `journal`: without it,
+    /// [`build`](PoolBuilder::build) fails with [`Error::Config`], which
+    /// says so.
     ///
     /// An output is keyed by the task's name, the map's context and the
     /// encoded input, with the entries of every map in them sorted (a
@@ -226,7 +231,7 @@ impl PoolBuilder {
     /// path, or delete the task's rows (`sqlite3 FILE "DELETE FROM outputs
     /// WHERE task = 'my_crate::my_task'"`). Several pools and processes may
     /// share a journal. Default: none.
-    #[cfg(feature = "journal")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "journal")))]
     pub fn journal(mut self, path: impl Into<PathBuf>) -> Self {
         self.journal = Some(path.into());
         self
@@ -245,7 +250,8 @@ impl PoolBuilder {
     ///
     /// [`Error::Config`] for an invalid setting (no processes, a zero
     /// timeout, batch size or task quota, a tiny frame limit, more workers
-    /// than the hard limit on open files allows),
+    /// than the hard limit on open files allows, a journal without the
+    /// cargo feature `journal`),
     /// [`Error::Spawn`] if a worker cannot be started, [`Error::Startup`]
     /// if this program runs with privileges (setuid, setgid, file
     /// capabilities): its copies refuse to serve as workers,
@@ -288,6 +294,9 @@ impl PoolBuilder {
             return invalid(&format!(
                 "max_frame_bytes must be at least {MIN_FRAME_BYTES}"
             ));
+        }
+        if cfg!(not(feature = "journal")) && self.journal.is_some() {
+            return invalid(JOURNAL_COMPILED_OUT);
         }
         if crate::entry::is_privileged() {
             // Its copies would refuse to serve, one after the other.

@@ -65,15 +65,15 @@ impl Pool {
     /// lock held by another process past 10 s). An output left out is
     /// counted before its map yields it; one whose transaction fails, when
     /// it fails (milliseconds after it was yielded, or seconds while
-    /// another process holds the lock). 0 without a journal.
-    #[cfg(feature = "journal")]
+    /// another process holds the lock). 0 without a journal, and so
+    /// always 0 without the cargo feature `journal`.
+    #[cfg_attr(docsrs, doc(cfg(feature = "journal")))]
     pub fn journal_unrecorded(&self) -> u64 {
-        self.running
-            .shared()
-            .config
-            .journal
-            .as_ref()
-            .map_or(0, |journal| journal.unrecorded())
+        #[cfg(feature = "journal")]
+        if let Some(journal) = &self.running.shared().config.journal {
+            return journal.unrecorded();
+        }
+        0
     }
 
     /// Starts the workers of a checked configuration.
