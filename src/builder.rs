@@ -248,16 +248,24 @@ impl PoolBuilder {
     ///
     /// # Errors
     ///
-    /// [`Error::Config`] for an invalid setting (no processes, a zero
-    /// timeout, batch size or task quota, a tiny frame limit, more workers
-    /// than the hard limit on open files allows, a journal without the
-    /// cargo feature `journal`),
-    /// [`Error::Spawn`] if a worker cannot be started, [`Error::Startup`]
-    /// if this program runs with privileges (setuid, setgid, file
-    /// capabilities): its copies refuse to serve as workers,
-    /// [`Error::Sandbox`] if a rule of the sandbox cannot come up (unless
-    /// it is best effort), and [`Error::Config`] for a sandbox with
-    /// workers that are not local.
+    /// - [`Error::Config`] for an invalid setting (no processes, a zero
+    ///   timeout, batch size or task quota, a tiny frame limit, more
+    ///   workers than the hard limit on open files allows, a sandbox with
+    ///   workers that are not local, a journal without the cargo feature
+    ///   `journal`);
+    /// - [`Error::Privileged`] if this program runs with privileges
+    ///   (setuid, setgid, file capabilities): its copies refuse to serve
+    ///   as workers;
+    /// - [`Error::SandboxProbe`] if the sandbox cannot be probed, and
+    ///   [`Error::Sandbox`] if one of its rules cannot come up (unless it
+    ///   is best effort);
+    /// - [`Error::ReplayDir`] if the directory for replay files cannot be
+    ///   created, [`Error::Journal`] if the journal cannot be opened;
+    /// - [`Error::Launcher`] if a launcher cannot get ready;
+    /// - [`Error::PoolSetup`] if the pool's own thread or descriptors
+    ///   cannot be created, [`Error::Spawn`] if a worker cannot be
+    ///   started, and [`Error::Startup`] if the first workers fail before
+    ///   they take work.
     pub fn build(self) -> Result<Pool, Error> {
         let invalid = |message: &str| {
             Err(Error::Config {
@@ -300,11 +308,7 @@ impl PoolBuilder {
         }
         if crate::entry::is_privileged() {
             // Its copies would refuse to serve, one after the other.
-            return Err(Error::Startup {
-                message: "this program runs with privileges (setuid, setgid or file \
-                          capabilities), and its copies refuse to serve as workers"
-                    .to_owned(),
-            });
+            return Err(Error::Privileged);
         }
         let sandbox = match &self.sandbox {
             Some(sandbox) if sandbox.rules() != Rules::default() => {
@@ -324,11 +328,8 @@ impl PoolBuilder {
             .map_or_else(Vec::new, |sandbox| sandbox.rules().list());
         let keep_failures = match self.keep_failures {
             Some(dir) => {
-                if let Err(e) = std::fs::create_dir_all(&dir) {
-                    return invalid(&format!(
-                        "cannot create the directory for replay files {}: {e}",
-                        dir.display()
-                    ));
+                if let Err(source) = std::fs::create_dir_all(&dir) {
+                    return Err(Error::ReplayDir { path: dir, source });
                 }
                 Some(crate::replay::KeepFailures {
                     dir,
@@ -342,7 +343,7 @@ impl PoolBuilder {
         #[cfg(feature = "journal")]
         let journal = match &self.journal {
             Some(path) => Some(std::sync::Arc::new(
-                crate::journal::Journal::open(path).map_err(|message| Error::Config { message })?,
+                crate::journal::Journal::open(path).map_err(|why| Error::journal(path, why))?,
             )),
             None => None,
         };
@@ -355,7 +356,7 @@ impl PoolBuilder {
             launcher
                 .launch()
                 .prepare()
-                .map_err(|message| Error::Startup { message })?;
+                .map_err(|message| Error::Launcher { message })?;
         }
         // Long strings travel in shared memory only between this process
         // and its own children, unsandboxed (a sandboxed one cannot open
@@ -393,9 +394,7 @@ impl PoolBuilder {
 /// [`Sandbox::best_effort`] what the probe found (with a warning for each
 /// rule left out).
 fn probe_sandbox(sandbox: &Sandbox) -> Result<Sandbox, Error> {
-    let found = probe::run(sandbox).map_err(|message| Error::Startup {
-        message: format!("could not probe the sandbox: {message}"),
-    })?;
+    let found = probe::run(sandbox).map_err(|message| Error::SandboxProbe { message })?;
     if let Some((rule, reason)) = found.problems.first() {
         if !sandbox.is_best_effort() {
             return Err(Error::Sandbox {

@@ -93,7 +93,7 @@ impl Running {
     /// Starts the pool's thread and its workers. Returns once the first
     /// workers are spawned (not yet ready); the others follow.
     pub(crate) fn start(config: Config) -> Result<Running, Error> {
-        let shared = Arc::new(Shared::new(config).map_err(|source| Error::Spawn { source })?);
+        let shared = Arc::new(Shared::new(config).map_err(|source| Error::PoolSetup { source })?);
         let (started_tx, started_rx) = mpsc::channel();
         let thread = {
             let shared = Arc::clone(&shared);
@@ -107,7 +107,8 @@ impl Running {
                         logs::forward::PoolQueue::start(shared.config.dispatch.clone(), level);
                     let _dispatch = forwarder.as_ref().map(tracing::dispatcher::set_default);
                     let _guard = PanicGuard(Arc::clone(&shared));
-                    let started = Scheduler::new(shared).map_err(|source| Error::Spawn { source });
+                    let started =
+                        Scheduler::new(shared).map_err(|source| Error::PoolSetup { source });
                     let mut scheduler = match started {
                         Ok(scheduler) => scheduler,
                         Err(e) => {
@@ -122,7 +123,7 @@ impl Running {
                         scheduler.run();
                     }
                 })
-                .map_err(|source| Error::Spawn { source })?
+                .map_err(|source| Error::PoolSetup { source })?
         };
         match started_rx.recv() {
             Ok(Ok(())) => Ok(Running {
@@ -135,7 +136,7 @@ impl Running {
             }
             Err(_) => {
                 let _ = thread.join();
-                Err(Error::Startup {
+                Err(Error::Internal {
                     message: "the pool's thread panicked".into(),
                 })
             }
