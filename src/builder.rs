@@ -19,6 +19,9 @@ const DEFAULT_MAX_FRAME_BYTES: u32 = 1 << 30;
 const MIN_FRAME_BYTES: u32 = 1024;
 /// Default bound on the replay files one map keeps.
 const DEFAULT_KEPT_PER_MAP: u32 = 100;
+/// Why a journal cannot be kept without the cargo feature `journal`.
+const JOURNAL_COMPILED_OUT: &str = "the journal needs the cargo feature `journal`, which this \
+     build of buckshot lacks: add `features = [\"journal\"]` to its dependency";
 
 /// Configures and builds a [`Pool`].
 ///
@@ -210,7 +213,10 @@ impl PoolBuilder {
     /// journal at `path` (created if missing), and answers an input already
     /// there from it without running it: a map killed halfway (SIGKILL,
     /// wall time, a reboot) resumes where it stopped when it runs again.
-    /// Only with the cargo feature `journal`.
+    ///
+    /// Needs the cargo feature `journal`: without it,
+    /// [`build`](PoolBuilder::build) fails with [`Error::Config`], which
+    /// says so.
     ///
     /// An output is keyed by the task's name, the map's context and the
     /// encoded input, with the entries of every map in them sorted (a
@@ -226,7 +232,7 @@ impl PoolBuilder {
     /// path, or delete the task's rows (`sqlite3 FILE "DELETE FROM outputs
     /// WHERE task = 'my_crate::my_task'"`). Several pools and processes may
     /// share a journal. Default: none.
-    #[cfg(feature = "journal")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "journal")))]
     pub fn journal(mut self, path: impl Into<PathBuf>) -> Self {
         self.journal = Some(path.into());
         self
@@ -243,15 +249,24 @@ impl PoolBuilder {
     ///
     /// # Errors
     ///
-    /// [`Error::Config`] for an invalid setting (no processes, a zero
-    /// timeout, batch size or task quota, a tiny frame limit, more workers
-    /// than the hard limit on open files allows),
-    /// [`Error::Spawn`] if a worker cannot be started, [`Error::Startup`]
-    /// if this program runs with privileges (setuid, setgid, file
-    /// capabilities): its copies refuse to serve as workers,
-    /// [`Error::Sandbox`] if a rule of the sandbox cannot come up (unless
-    /// it is best effort), and [`Error::Config`] for a sandbox with
-    /// workers that are not local.
+    /// - [`Error::Config`] for an invalid setting (no processes, a zero
+    ///   timeout, batch size or task quota, a tiny frame limit, more
+    ///   workers than the hard limit on open files allows, a sandbox with
+    ///   workers that are not local, a journal without the cargo feature
+    ///   `journal`);
+    /// - [`Error::Privileged`] if this program runs with privileges
+    ///   (setuid, setgid, file capabilities): its copies refuse to serve
+    ///   as workers;
+    /// - [`Error::SandboxProbe`] if the sandbox cannot be probed, and
+    ///   [`Error::Sandbox`] if one of its rules cannot come up (unless it
+    ///   is best effort);
+    /// - [`Error::ReplayDir`] if the directory for replay files cannot be
+    ///   created, [`Error::Journal`] if the journal cannot be opened;
+    /// - [`Error::Launcher`] if a launcher cannot get ready;
+    /// - [`Error::PoolSetup`] if the pool's own thread or descriptors
+    ///   cannot be created, [`Error::Spawn`] if a worker cannot be
+    ///   started, and [`Error::Startup`] if the first workers fail before
+    ///   they take work.
     pub fn build(self) -> Result<Pool, Error> {
         let invalid = |message: &str| {
             Err(Error::Config {
@@ -289,13 +304,12 @@ impl PoolBuilder {
                 "max_frame_bytes must be at least {MIN_FRAME_BYTES}"
             ));
         }
+        if cfg!(not(feature = "journal")) && self.journal.is_some() {
+            return invalid(JOURNAL_COMPILED_OUT);
+        }
         if crate::privilege::is_privileged() {
             // Its copies would refuse to serve, one after the other.
-            return Err(Error::Startup {
-                message: "this program runs with privileges (setuid, setgid or file \
-                          capabilities), and its copies refuse to serve as workers"
-                    .to_owned(),
-            });
+            return Err(Error::Privileged);
         }
         let sandbox = match &self.sandbox {
             Some(sandbox) if sandbox.rules() != Rules::default() => {
@@ -315,11 +329,8 @@ impl PoolBuilder {
             .map_or_else(Vec::new, |sandbox| sandbox.rules().list());
         let keep_failures = match self.keep_failures {
             Some(dir) => {
-                if let Err(e) = std::fs::create_dir_all(&dir) {
-                    return invalid(&format!(
-                        "cannot create the directory for replay files {}: {e}",
-                        dir.display()
-                    ));
+                if let Err(source) = std::fs::create_dir_all(&dir) {
+                    return Err(Error::ReplayDir { path: dir, source });
                 }
                 Some(crate::replay::KeepFailures {
                     dir,
@@ -337,13 +348,16 @@ impl PoolBuilder {
         if let Some(settings) = &keep_failures {
             crate::replay::plug(settings, &mut plugins);
         }
-        let journal = match &self.journal {
-            Some(path) => Some(
-                crate::journal::plug(path, &mut plugins)
-                    .map_err(|message| Error::Config { message })?,
-            ),
-            None => None,
-        };
+        let journal =
+            match &self.journal {
+                Some(path) => Some(crate::journal::plug(path, &mut plugins).map_err(|source| {
+                    Error::Journal {
+                        path: path.clone(),
+                        source,
+                    }
+                })?),
+                None => None,
+            };
         // Every worker holds descriptors here: past the limit, spawns
         // would fail and the pool quietly shrink.
         crate::fd_limit::make_room(processes)?;
@@ -351,7 +365,7 @@ impl PoolBuilder {
             launcher
                 .launch()
                 .prepare()
-                .map_err(|message| Error::Startup { message })?;
+                .map_err(|message| Error::Launcher { message })?;
         }
         // Long strings travel in shared memory only between this process
         // and its own children, unsandboxed (a sandboxed one cannot open
@@ -386,9 +400,7 @@ impl PoolBuilder {
 /// [`Sandbox::best_effort`] what the probe found (with a warning for each
 /// rule left out).
 fn probe_sandbox(sandbox: &Sandbox) -> Result<Sandbox, Error> {
-    let found = probe::run(sandbox).map_err(|message| Error::Startup {
-        message: format!("could not probe the sandbox: {message}"),
-    })?;
+    let found = probe::run(sandbox).map_err(|message| Error::SandboxProbe { message })?;
     if let Some((rule, reason)) = found.problems.first() {
         if !sandbox.is_best_effort() {
             return Err(Error::Sandbox {

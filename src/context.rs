@@ -15,7 +15,7 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use crate::error::Error;
-use crate::pool::{Pool, task_position};
+use crate::pool::{MapStart, Pool, task_position};
 use crate::results::{Results, UnorderedResults};
 use crate::shared::{MapTask, SharedContext};
 use crate::stream::{CallFuture, MapStream};
@@ -124,6 +124,14 @@ impl Pool {
 }
 
 impl<C> WithContext<'_, C> {
+    /// A map of `f`, a task that reads this context, on the pool.
+    fn map_start<F: 'static>(&self, f: &F) -> MapStart<'_> {
+        MapStart {
+            shared: self.pool.running().shared(),
+            task: self.task(f),
+        }
+    }
+
     fn task<F: 'static>(&self, f: &F) -> Result<MapTask, Error> {
         let context = self.context.as_ref().map_err(|message| Error::Context {
             message: message.clone(),
@@ -145,11 +153,7 @@ impl<C> WithContext<'_, C> {
         F: Task<M, Context = C>,
         It: IntoIterator<Item = F::Input>,
     {
-        Results::new(
-            self.pool.running().shared(),
-            self.task(&f)?,
-            inputs.into_iter(),
-        )
+        self.map_start(&f).ordered(inputs.into_iter())
     }
 
     /// Like [`Pool::map_unordered`], for a task that reads this context.
@@ -166,11 +170,7 @@ impl<C> WithContext<'_, C> {
         F: Task<M, Context = C>,
         It: IntoIterator<Item = F::Input>,
     {
-        UnorderedResults::new(
-            self.pool.running().shared(),
-            self.task(&f)?,
-            inputs.into_iter(),
-        )
+        self.map_start(&f).unordered(inputs.into_iter())
     }
 
     /// Like [`Pool::call`], for a task that reads this context.
@@ -182,9 +182,7 @@ impl<C> WithContext<'_, C> {
     where
         F: Task<M, Context = C>,
     {
-        self.map(f, std::iter::once(input))?
-            .next()
-            .expect("a map of one input yields one result")
+        self.map_start(&f).call(input)
     }
 
     /// Like [`Pool::map_stream`], for a task that reads this context.
@@ -201,19 +199,20 @@ impl<C> WithContext<'_, C> {
         F: Task<M, Context = C>,
         It: IntoIterator<Item = F::Input>,
     {
-        MapStream::new(
-            self.pool.running().shared(),
-            self.task(&f)?,
-            inputs.into_iter(),
-        )
+        self.map_start(&f).stream(inputs.into_iter())
     }
 
     /// Like [`Pool::call_async`], for a task that reads this context.
+    ///
+    /// # Errors
+    ///
+    /// The future resolves to an error where [`WithContext::call`] would
+    /// return one.
     pub fn call_async<F, M>(&self, f: F, input: F::Input) -> CallFuture<F::Input, F::Output>
     where
         F: Task<M, Context = C>,
     {
-        CallFuture::new(self.pool.running().shared(), self.task(&f), input)
+        self.map_start(&f).call_async(input)
     }
 }
 

@@ -157,6 +157,7 @@ pub enum Error {
     },
 
     /// The function was never registered with [`register!`](crate::register).
+    /// Returned by a map or call of it, before any input is pulled.
     #[error("task `{name}` is not registered (missing `buckshot::register!`?)")]
     #[non_exhaustive]
     NotRegistered {
@@ -164,7 +165,11 @@ pub enum Error {
         name: String,
     },
 
-    /// A worker process could not be started.
+    /// A worker process could not be started: its launcher's program, or
+    /// what the pool needs to talk to it (pipes, a pidfd), could not be
+    /// created. Returned by [`PoolBuilder::build`](crate::PoolBuilder::build)
+    /// for the first workers; a replacement that cannot be spawned is
+    /// retried, and counts towards [`Error::Startup`].
     #[error("could not start a worker process")]
     #[non_exhaustive]
     Spawn {
@@ -173,8 +178,24 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// The pool could not set up its own machinery in this process (its
+    /// thread, the thread that spawns workers, its epoll instance or its
+    /// eventfd), before any worker was started: this process is out of
+    /// descriptors, threads or memory. Returned by
+    /// [`PoolBuilder::build`](crate::PoolBuilder::build).
+    #[error("could not set up the pool")]
+    #[non_exhaustive]
+    PoolSetup {
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
+
     /// Workers start but fail before they can take work: they died during
-    /// start-up, or their handshake did not match this process.
+    /// start-up, their handshake did not match this process, or they
+    /// could not be spawned, too often in a row. Returned by
+    /// [`PoolBuilder::build`](crate::PoolBuilder::build) when the first
+    /// workers fail so, and by every map of a pool that gave up later.
     #[error("workers fail to start: {message}")]
     #[non_exhaustive]
     Startup {
@@ -182,8 +203,32 @@ pub enum Error {
         message: String,
     },
 
+    /// This program runs with privileges (setuid, setgid or file
+    /// capabilities): its copies refuse to serve as workers, for a worker
+    /// runs what its environment tells it to. Returned by
+    /// [`PoolBuilder::build`](crate::PoolBuilder::build) before any worker
+    /// is started.
+    #[error(
+        "this program runs with privileges (setuid, setgid or file capabilities), \
+         and its copies refuse to serve as workers"
+    )]
+    Privileged,
+
+    /// A launcher could not get ready to start workers (an
+    /// [`ssh`](crate::Launcher::ssh) launcher could not copy this program to
+    /// its host, say). Returned by
+    /// [`PoolBuilder::build`](crate::PoolBuilder::build) before any worker
+    /// is started.
+    #[error("a launcher could not get ready: {message}")]
+    #[non_exhaustive]
+    Launcher {
+        /// Why, naming the launcher.
+        message: String,
+    },
+
     /// The context given to [`Pool::with_context`](crate::Pool::with_context)
     /// could not be encoded, or encodes to more than the pool's frame limit.
+    /// Returned by every map of its handle.
     #[error("could not encode the context: {message}")]
     #[non_exhaustive]
     Context {
@@ -194,7 +239,8 @@ pub enum Error {
     /// A rule of the pool's [`Sandbox`](crate::Sandbox) cannot come up
     /// here: the kernel or the environment lacks what it needs (user
     /// namespaces disabled, no Landlock, a path missing), and the sandbox
-    /// is not [`best_effort`](crate::Sandbox::best_effort).
+    /// is not [`best_effort`](crate::Sandbox::best_effort). Returned by
+    /// [`PoolBuilder::build`](crate::PoolBuilder::build).
     #[error("sandbox rule {rule} cannot come up: {reason}")]
     #[non_exhaustive]
     Sandbox {
@@ -204,7 +250,62 @@ pub enum Error {
         reason: String,
     },
 
-    /// The pool's configuration is invalid.
+    /// The pool could not find out which rules of its
+    /// [`Sandbox`](crate::Sandbox) come up here: the probe (a copy of this
+    /// program that applies them, started once by
+    /// [`PoolBuilder::build`](crate::PoolBuilder::build)) could not be
+    /// started, or failed.
+    #[error("could not probe the sandbox: {message}")]
+    #[non_exhaustive]
+    SandboxProbe {
+        /// Why: the operating system's error, or how the probe ended and
+        /// what it wrote to stderr.
+        message: String,
+    },
+
+    /// The directory for replay files
+    /// ([`PoolBuilder::keep_failures`](crate::PoolBuilder::keep_failures))
+    /// could not be created. Returned by
+    /// [`PoolBuilder::build`](crate::PoolBuilder::build).
+    #[error("cannot create the directory for replay files {}", path.display())]
+    #[non_exhaustive]
+    ReplayDir {
+        /// The directory.
+        path: PathBuf,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The journal ([`PoolBuilder::journal`](crate::PoolBuilder::journal))
+    /// could not be opened or set up. Returned by
+    /// [`PoolBuilder::build`](crate::PoolBuilder::build).
+    #[error("cannot open the journal {}", path.display())]
+    #[non_exhaustive]
+    Journal {
+        /// The journal's file.
+        path: PathBuf,
+        /// Why: SQLite's error, or the operating system's.
+        #[source]
+        source: BoxError,
+    },
+
+    /// A bug in buckshot (the pool's thread panicked while it started):
+    /// please report it. Returned by
+    /// [`PoolBuilder::build`](crate::PoolBuilder::build).
+    #[error("internal error: {message}")]
+    #[non_exhaustive]
+    Internal {
+        /// What went wrong.
+        message: String,
+    },
+
+    /// The pool's configuration is invalid: a setting out of range, a
+    /// combination that cannot work, a feature compiled out (the journal
+    /// without the cargo feature `journal`), or more workers than the hard
+    /// limit on open files allows. Returned by
+    /// [`PoolBuilder::build`](crate::PoolBuilder::build) before any worker
+    /// is started.
     #[error("invalid pool configuration: {message}")]
     #[non_exhaustive]
     Config {
@@ -227,10 +328,17 @@ impl Error {
             | Error::Decode { index, .. }
             | Error::PoolClosed { index, .. } => Some(*index),
             Error::NotRegistered { .. }
-            | Error::Context { .. }
             | Error::Spawn { .. }
+            | Error::PoolSetup { .. }
             | Error::Startup { .. }
+            | Error::Privileged
+            | Error::Launcher { .. }
+            | Error::Context { .. }
             | Error::Sandbox { .. }
+            | Error::SandboxProbe { .. }
+            | Error::ReplayDir { .. }
+            | Error::Journal { .. }
+            | Error::Internal { .. }
             | Error::Config { .. } => None,
         }
     }

@@ -63,6 +63,14 @@
 //!   of files they were not given, from starting programs and from
 //!   spinning forever ([`PoolBuilder::sandbox`]).
 //!
+//! # Cargo features
+//!
+//! - `journal`: [`PoolBuilder::journal`] keeps every `Ok` output in a
+//!   SQLite file (through the system's libsqlite3), so that a map killed
+//!   halfway resumes where it stopped. Without the feature the setter is
+//!   still there, and [`PoolBuilder::build`] fails with [`Error::Config`],
+//!   which names the feature.
+//!
 //! # How it works
 //!
 //! - A pool starts workers by re-executing its own binary (`/proc/self/exe`)
@@ -77,6 +85,7 @@
 //! Examples, one per feature, live in the repository's `examples/` folder.
 
 #![deny(missing_docs, missing_debug_implementations, unsafe_op_in_unsafe_fn)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 #[cfg(not(target_os = "linux"))]

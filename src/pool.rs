@@ -4,6 +4,9 @@ use std::any::type_name;
 use std::sync::Arc;
 use std::time::Duration;
 
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
 pub use crate::builder::PoolBuilder;
 use crate::config::Config;
 use crate::error::Error;
@@ -13,7 +16,7 @@ use crate::registry::registry;
 use crate::results::{Results, UnorderedResults};
 use crate::sandbox::SandboxRule;
 use crate::scheduler::Running;
-use crate::shared::MapTask;
+use crate::shared::{MapTask, Shared};
 use crate::stream::{CallFuture, MapStream};
 use crate::task::PlainTask;
 
@@ -40,8 +43,8 @@ impl Pool {
     ///
     /// # Errors
     ///
-    /// [`Error::Config`] if `processes` is 0, [`Error::Spawn`] if a worker
-    /// process cannot be started.
+    /// As for [`PoolBuilder::build`], whose [`Error::Config`] includes a
+    /// `processes` of 0.
     pub fn new(processes: usize) -> Result<Pool, Error> {
         Pool::builder().processes(processes).build()
     }
@@ -74,12 +77,15 @@ impl Pool {
     /// lock held by another process past 10 s). An output left out is
     /// counted before its map yields it; one whose transaction fails, when
     /// it fails (milliseconds after it was yielded, or seconds while
-    /// another process holds the lock). 0 without a journal.
-    #[cfg(feature = "journal")]
+    /// another process holds the lock). 0 without a journal, and so
+    /// always 0 without the cargo feature `journal`.
+    #[cfg_attr(docsrs, doc(cfg(feature = "journal")))]
     pub fn journal_unrecorded(&self) -> u64 {
-        self.journal
-            .as_ref()
-            .map_or(0, |journal| journal.unrecorded())
+        #[cfg(feature = "journal")]
+        if let Some(journal) = &self.journal {
+            return journal.unrecorded();
+        }
+        0
     }
 
     /// Starts the workers of a checked configuration.
@@ -124,11 +130,7 @@ impl Pool {
         F: PlainTask<M>,
         It: IntoIterator<Item = F::Input>,
     {
-        Results::new(
-            self.running.shared(),
-            MapTask::plain(task_position(&f)?),
-            inputs.into_iter(),
-        )
+        self.map_start(&f).ordered(inputs.into_iter())
     }
 
     /// Like [`Pool::map`], but yields each result as soon as it is ready,
@@ -146,11 +148,7 @@ impl Pool {
         F: PlainTask<M>,
         It: IntoIterator<Item = F::Input>,
     {
-        UnorderedResults::new(
-            self.running.shared(),
-            MapTask::plain(task_position(&f)?),
-            inputs.into_iter(),
-        )
+        self.map_start(&f).unordered(inputs.into_iter())
     }
 
     /// Calls `f` on one input in a worker process, as a map of that one
@@ -178,9 +176,7 @@ impl Pool {
     where
         F: PlainTask<M>,
     {
-        self.map(f, std::iter::once(input))?
-            .next()
-            .expect("a map of one input yields one result")
+        self.map_start(&f).call(input)
     }
 
     /// Like [`Pool::map`], as a [`Stream`](futures_core::Stream): polling it
@@ -223,11 +219,7 @@ impl Pool {
         F: PlainTask<M>,
         It: IntoIterator<Item = F::Input>,
     {
-        MapStream::new(
-            self.running.shared(),
-            MapTask::plain(task_position(&f)?),
-            inputs.into_iter(),
-        )
+        self.map_start(&f).stream(inputs.into_iter())
     }
 
     /// Like [`Pool::call`], as a [`Future`](std::future::Future) that never
@@ -248,17 +240,87 @@ impl Pool {
     /// # }
     /// ```
     ///
+    /// # Errors
+    ///
     /// The future resolves to an error where [`Pool::call`] would return
-    /// one.
+    /// one: [`Error::NotRegistered`] if `f` was not registered,
+    /// [`Error::Startup`] if the pool's workers cannot start, and the
+    /// input's own error if it failed. Calling never fails by itself.
     pub fn call_async<F, M>(&self, f: F, input: F::Input) -> CallFuture<F::Input, F::Output>
     where
         F: PlainTask<M>,
     {
-        CallFuture::new(
-            self.running.shared(),
-            task_position(&f).map(MapTask::plain),
-            input,
-        )
+        self.map_start(&f).call_async(input)
+    }
+
+    /// A map of the plain task `f` on this pool.
+    fn map_start<F: 'static>(&self, f: &F) -> MapStart<'_> {
+        MapStart {
+            shared: self.running.shared(),
+            task: task_position(f).map(MapTask::plain),
+        }
+    }
+}
+
+/// A map about to start: the pool it runs on, and its task or why it
+/// cannot run. The entry points of [`Pool`] and
+/// [`WithContext`](crate::WithContext) differ only in how they name the
+/// task; the rest they share through this.
+pub(crate) struct MapStart<'a> {
+    pub(crate) shared: &'a Arc<Shared>,
+    pub(crate) task: Result<MapTask, Error>,
+}
+
+impl MapStart<'_> {
+    /// The map's results in input order ([`Pool::map`]).
+    pub(crate) fn ordered<It, O>(self, inputs: It) -> Result<Results<It, O>, Error>
+    where
+        It: Iterator,
+        It::Item: Serialize,
+        O: DeserializeOwned,
+    {
+        Results::new(self.shared, self.task?, inputs)
+    }
+
+    /// The map's results as they finish ([`Pool::map_unordered`]).
+    pub(crate) fn unordered<It, O>(self, inputs: It) -> Result<UnorderedResults<It, O>, Error>
+    where
+        It: Iterator,
+        It::Item: Serialize,
+        O: DeserializeOwned,
+    {
+        UnorderedResults::new(self.shared, self.task?, inputs)
+    }
+
+    /// The one result of a map of `input` ([`Pool::call`]).
+    pub(crate) fn call<I, O>(self, input: I) -> Result<O, Error>
+    where
+        I: Serialize,
+        O: DeserializeOwned,
+    {
+        self.ordered(std::iter::once(input))?
+            .next()
+            .expect("a map of one input yields one result")
+    }
+
+    /// The map's results as a stream ([`Pool::map_stream`]).
+    pub(crate) fn stream<It, O>(self, inputs: It) -> Result<MapStream<It, O>, Error>
+    where
+        It: Iterator,
+        It::Item: Serialize,
+        O: DeserializeOwned,
+    {
+        MapStream::new(self.shared, self.task?, inputs)
+    }
+
+    /// The one result of a map of `input`, as a future that holds any
+    /// error until it is polled ([`Pool::call_async`]).
+    pub(crate) fn call_async<I, O>(self, input: I) -> CallFuture<I, O>
+    where
+        I: Serialize,
+        O: DeserializeOwned,
+    {
+        CallFuture::new(self.shared, self.task, input)
     }
 }
 
@@ -293,8 +355,8 @@ pub(crate) fn task_position<F: 'static>(_: &F) -> Result<u32, Error> {
 ///
 /// # Errors
 ///
-/// As for [`Pool::map`], and [`Error::Spawn`] if the workers cannot be
-/// started.
+/// As for [`Pool::map`], and those of [`PoolBuilder::build`] if the pool
+/// cannot be started.
 pub fn map<F, M, It>(f: F, inputs: It) -> Result<Results<It::IntoIter, F::Output>, Error>
 where
     F: PlainTask<M>,
@@ -302,11 +364,11 @@ where
 {
     let position = task_position(&f)?;
     let pool = Pool::builder().build()?;
-    let results = Results::new(
-        pool.running.shared(),
-        MapTask::plain(position),
-        inputs.into_iter(),
-    )?;
+    let start = MapStart {
+        shared: pool.running.shared(),
+        task: Ok(MapTask::plain(position)),
+    };
+    let results = start.ordered(inputs.into_iter())?;
     Ok(results.owning(pool.running))
 }
 

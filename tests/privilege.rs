@@ -86,7 +86,8 @@ fn building_a_pool_when_privileged() {
     }
     match buckshot::Pool::new(1) {
         Ok(_) => println!("RESULT: a pool was built"),
-        Err(e) => println!("RESULT: {e}"),
+        Err(e @ buckshot::Error::Privileged) => println!("RESULT: Privileged: {e}"),
+        Err(e) => println!("RESULT: {e:?}"),
     }
 }
 
@@ -219,7 +220,7 @@ fn a_setuid_copy_refuses_to_serve_tasks() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         stdout.contains(
-            "RESULT: workers fail to start: this program runs with privileges \
+            "RESULT: Privileged: this program runs with privileges \
              (setuid, setgid or file capabilities), and its copies refuse to serve as workers"
         ),
         "{stdout}"

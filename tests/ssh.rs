@@ -302,7 +302,7 @@ fn a_crash_is_noticed_though_a_subprocess_holds_stderr() {
 }
 
 #[test]
-fn an_unreachable_host_is_a_startup_error_that_names_it() {
+fn an_unreachable_host_is_a_launcher_error_that_names_it() {
     let _one = serialised();
     let closed = {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -318,8 +318,11 @@ fn an_unreachable_host_is_a_startup_error_that_names_it() {
         )
         .build();
     match result {
-        Err(Error::Startup { message, .. }) => {
-            assert!(message.starts_with("ssh nobody@127.0.0.1: "), "{message}");
+        Err(error @ Error::Launcher { .. }) => {
+            let message = error.to_string();
+            let message = message
+                .strip_prefix("a launcher could not get ready: ssh nobody@127.0.0.1: ")
+                .unwrap_or_else(|| panic!("{message}"));
             assert!(message.contains("refused"), "{message}");
         }
         other => panic!("{other:?}"),

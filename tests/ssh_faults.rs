@@ -133,8 +133,11 @@ fn a_host_that_never_speaks_fails_the_build_and_is_named() {
     });
     let took = started.elapsed();
     match result {
-        Err(Error::Startup { message, .. }) => {
-            assert!(message.starts_with("ssh nobody@127.0.0.1: "), "{message}");
+        Err(error @ Error::Launcher { .. }) => {
+            let message = error.to_string();
+            let message = message
+                .strip_prefix("a launcher could not get ready: ssh nobody@127.0.0.1: ")
+                .unwrap_or_else(|| panic!("{message}"));
             assert!(message.contains("timed out"), "{message}");
         }
         other => panic!("{other:?}"),

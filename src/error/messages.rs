@@ -193,3 +193,84 @@ fn a_kept_input_names_its_replay_file() {
     );
     assert_eq!(not_kept.replay_file(), None);
 }
+
+#[test]
+fn pool_level_messages_say_what_failed_and_keep_the_cause_as_source() {
+    use std::error::Error as _;
+    let os = || std::io::Error::from_raw_os_error(libc::EMFILE);
+    let cases = [
+        (
+            Error::Spawn { source: os() },
+            "could not start a worker process",
+            true,
+        ),
+        (
+            Error::PoolSetup { source: os() },
+            "could not set up the pool",
+            true,
+        ),
+        (
+            Error::Startup {
+                message: "5 attempts in a row to spawn a worker failed".into(),
+            },
+            "workers fail to start: 5 attempts in a row to spawn a worker failed",
+            false,
+        ),
+        (
+            Error::Privileged,
+            "this program runs with privileges (setuid, setgid or file capabilities), \
+             and its copies refuse to serve as workers",
+            false,
+        ),
+        (
+            Error::Launcher {
+                message: "ssh h: Connection refused".into(),
+            },
+            "a launcher could not get ready: ssh h: Connection refused",
+            false,
+        ),
+        (
+            Error::SandboxProbe {
+                message: "could not start a probe: Resource temporarily unavailable".into(),
+            },
+            "could not probe the sandbox: could not start a probe: \
+             Resource temporarily unavailable",
+            false,
+        ),
+        (
+            Error::ReplayDir {
+                path: "kept/failures".into(),
+                source: os(),
+            },
+            "cannot create the directory for replay files kept/failures",
+            true,
+        ),
+        (
+            Error::Journal {
+                path: "runs.sqlite".into(),
+                source: "disk I/O error".into(),
+            },
+            "cannot open the journal runs.sqlite",
+            true,
+        ),
+        (
+            Error::Internal {
+                message: "the pool's thread panicked".into(),
+            },
+            "internal error: the pool's thread panicked",
+            false,
+        ),
+        (
+            Error::Config {
+                message: "timeout must be greater than zero".into(),
+            },
+            "invalid pool configuration: timeout must be greater than zero",
+            false,
+        ),
+    ];
+    for (error, message, has_source) in cases {
+        assert_eq!(error.to_string(), message);
+        assert_eq!(error.source().is_some(), has_source, "{error:?}");
+        assert_eq!(error.index(), None);
+    }
+}

@@ -50,13 +50,14 @@ pub(crate) use off::Journal;
 use std::path::Path;
 use std::sync::Arc;
 
+use crate::error::BoxError;
 use crate::hooks::Plugins;
 
 /// Opens the journal at `path` and plugs it into a pool's `plugins`: its
 /// recorder observes the pool, its lookups answer the maps, and it is
 /// closed once the pool's thread has ended. Returns it, for its counts.
 #[cfg(feature = "journal")]
-pub(crate) fn plug(path: &Path, plugins: &mut Plugins) -> Result<Arc<Journal>, String> {
+pub(crate) fn plug(path: &Path, plugins: &mut Plugins) -> Result<Arc<Journal>, BoxError> {
     let journal = Arc::new(Journal::open(path)?);
     plugins
         .observers
@@ -69,8 +70,9 @@ pub(crate) fn plug(path: &Path, plugins: &mut Plugins) -> Result<Arc<Journal>, S
 
 /// Without the feature there is no journal to plug in.
 #[cfg(not(feature = "journal"))]
-pub(crate) fn plug(_: &Path, _: &mut Plugins) -> Result<Arc<Journal>, String> {
-    Err("the journal needs the cargo feature `journal` of buckshot".to_owned())
+pub(crate) fn plug(_: &Path, _: &mut Plugins) -> Result<Arc<Journal>, BoxError> {
+    // The builder refuses a journal without the feature before this.
+    Err("the journal needs the cargo feature `journal`".into())
 }
 
 #[cfg(not(feature = "journal"))]

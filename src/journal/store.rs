@@ -25,6 +25,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
 
 use super::key::Prefix;
+use crate::error::BoxError;
 
 /// How long a connection waits for another's transaction.
 pub(crate) const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -161,13 +162,10 @@ fn open_with_schema(path: &Path) -> rusqlite::Result<Connection> {
 
 impl Journal {
     /// Opens (or creates) the journal at `path` and starts its writer.
-    pub(crate) fn open(path: &Path) -> Result<Journal, String> {
-        let fail = |e: rusqlite::Error| format!("cannot open the journal {}: {e}", path.display());
-        let reader = open_with_schema(path).map_err(fail)?;
-        let writer = open(path).map_err(fail)?;
-        writer
-            .execute_batch("PRAGMA synchronous = NORMAL;")
-            .map_err(fail)?;
+    pub(crate) fn open(path: &Path) -> Result<Journal, BoxError> {
+        let reader = open_with_schema(path)?;
+        let writer = open(path)?;
+        writer.execute_batch("PRAGMA synchronous = NORMAL;")?;
         let (tx, rx) = mpsc::channel();
         let (done_tx, done) = mpsc::channel();
         let flow = Arc::new(Flow::default());

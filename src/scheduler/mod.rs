@@ -109,7 +109,7 @@ impl Running {
             finishers,
         } = plugins;
         let shared =
-            Arc::new(Shared::new(config, answerers).map_err(|source| Error::Spawn { source })?);
+            Arc::new(Shared::new(config, answerers).map_err(|source| Error::PoolSetup { source })?);
         let (started_tx, started_rx) = mpsc::channel();
         let thread = {
             let shared = Arc::clone(&shared);
@@ -123,8 +123,8 @@ impl Running {
                         logs::forward::PoolQueue::start(shared.config.dispatch.clone(), level);
                     let _dispatch = forwarder.as_ref().map(tracing::dispatcher::set_default);
                     let _guard = PanicGuard(Arc::clone(&shared));
-                    let started =
-                        Scheduler::new(shared, observers).map_err(|source| Error::Spawn { source });
+                    let started = Scheduler::new(shared, observers)
+                        .map_err(|source| Error::PoolSetup { source });
                     let mut scheduler = match started {
                         Ok(scheduler) => scheduler,
                         Err(e) => {
@@ -139,7 +139,7 @@ impl Running {
                         scheduler.run();
                     }
                 })
-                .map_err(|source| Error::Spawn { source })?
+                .map_err(|source| Error::PoolSetup { source })?
         };
         match started_rx.recv() {
             Ok(Ok(())) => Ok(Running {
@@ -153,7 +153,7 @@ impl Running {
             }
             Err(_) => {
                 let _ = thread.join();
-                Err(Error::Startup {
+                Err(Error::Internal {
                     message: "the pool's thread panicked".into(),
                 })
             }
