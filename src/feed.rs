@@ -16,12 +16,12 @@ use std::task::{Context, Poll};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::bulk::SlotLease;
+use crate::bulk::{InputFrame, SlotLease};
 use crate::delivery::{Delivery, WakerSlot};
 use crate::error::Error;
 use crate::flow::{self, CHUNK_BYTES, ChunkContext, SCRATCH_BYTES, WINDOW_BYTES, Window};
 use crate::panics::PanicReport;
-use crate::protocol::{self, Items, Outcome, RunFrame};
+use crate::protocol::{self, Items, Outcome};
 use crate::scheduler::Running;
 use crate::shared::{Chunk, MapStats, MapTask, Refused, Shared};
 
@@ -273,8 +273,8 @@ where
     }
 
     /// A frame sized like the last one.
-    fn fresh_frame(&self) -> RunFrame {
-        RunFrame::with_capacity(self.task, self.context, self.frame_hint)
+    fn fresh_frame(&self) -> InputFrame {
+        InputFrame::with_capacity(self.task, self.context, self.frame_hint)
     }
 
     /// Turns `frame` into a chunk of inputs from `first_index` on, if it holds
@@ -282,7 +282,7 @@ where
     fn finish_chunk(
         &mut self,
         chunks: &mut Vec<Chunk>,
-        frame: RunFrame,
+        frame: InputFrame,
         first_index: usize,
     ) -> usize {
         if frame.count() == 0 {
@@ -294,7 +294,7 @@ where
         self.item_bytes = (frame.size() - protocol::RunHeader::SIZE) / frame.count() as usize;
         let count = frame.count();
         let bytes = frame.size();
-        let (frame, bulk) = frame.finish_with_segments();
+        let (frame, bulk) = frame.finish();
         chunks.push(Chunk {
             map: self.map,
             task: self.task,
@@ -531,7 +531,7 @@ fn decode_outcome<O: DeserializeOwned>(
     lease: Option<&SlotLease>,
     limit: u64,
 ) -> Result<O, Error> {
-    match protocol::decode_outcome::<O>(item, scratch, lease, limit) {
+    match crate::bulk::decode_outcome::<O>(item, scratch, lease, limit) {
         Ok(Outcome::Ok(value)) => Ok(value),
         Ok(Outcome::Panicked(report)) => {
             let PanicReport {

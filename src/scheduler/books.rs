@@ -474,9 +474,7 @@ fn post_one_by_one(outbox: &mut Outbox, chunk: &Chunk, done: u32, outcomes: &[u8
             unreachable!("items were measured before")
         };
         let panic = match protocol::is_panic(outcome) {
-            true => {
-                protocol::decode_outcome::<IgnoredAny>(outcome, &mut scratch, None, u64::MAX).ok()
-            }
+            true => protocol::decode_outcome::<IgnoredAny>(outcome, &mut scratch).ok(),
             false => None,
         };
         if let Some(Outcome::Panicked(report)) = panic {
