@@ -69,12 +69,11 @@ use self::deadlines::Deadlines;
 use self::faults::{Burial, Dying};
 use self::handle::{Fate, WorkerHandle};
 use self::poll::{Key, Source, Watch};
-use self::spawner::Spawner;
+use self::spawner::{SpawnRequest, Spawner};
 use self::supply::Supply;
 use crate::delivery::Outbox;
 use crate::error::Error;
 use crate::flow::REAP_BOUND;
-use crate::handoff::WorkerConfig;
 use crate::journal::Recorder;
 use crate::logs;
 use crate::replay::Keeper;
@@ -284,28 +283,11 @@ struct DyingSeat {
 impl Scheduler {
     fn new(shared: Arc<Shared>) -> std::io::Result<Scheduler> {
         let config = &shared.config;
-        let worker_config = WorkerConfig {
-            parent: None,
-            max_frame_bytes: config.max_frame_bytes,
-            memory_limit: config.memory_limit,
-            log_level: crate::logs::worker_level(&config.dispatch),
-            backtraces: config.backtraces,
-            reply_slot: None,
-        };
         let supplies = config
             .launchers
             .iter()
             .enumerate()
-            .map(|(index, (launcher, count))| {
-                Supply::new(
-                    launcher.launch(),
-                    worker_config,
-                    config.forward_stderr,
-                    config.bulk.is_some(),
-                    index,
-                    *count,
-                )
-            })
+            .map(|(index, (_, count))| Supply::new(SpawnRequest::new(config, index), *count))
             .collect();
         let keeper = config
             .keep_failures
