@@ -70,9 +70,9 @@ pub(crate) struct Process {
     killed_running: bool,
     /// Reaped, or given up on.
     ended: bool,
-    /// It reached the CPU limit of its sandbox, as found out before it was
-    /// reaped (see [`crate::sandbox::cpu::limit_reached`]).
-    cpu_limit_hit: bool,
+    /// What its launcher says of the hard CPU limit it reached, as found
+    /// out before it was reaped (see [`Launch::cpu_limit_reached`]).
+    cpu_limit_reached: Option<String>,
 }
 
 fn nonblocking(fd: impl Into<OwnedFd>) -> io::Result<OwnedFd> {
@@ -132,7 +132,7 @@ impl Process {
             killed: false,
             killed_running: false,
             ended: false,
-            cpu_limit_hit: false,
+            cpu_limit_reached: None,
         };
         process.stderr.set_nonblocking()?;
         process.requests = Some(nonblocking(requests)?);
@@ -232,19 +232,13 @@ impl Process {
         rustix::process::waitid(WaitId::PidFd(self.pidfd.as_fd()), options)
     }
 
-    /// What its sandbox's CPU limit says, if the kernel killed it at its
-    /// hard limit: its task ignored `SIGXCPU`, and the worker could not
-    /// say it.
+    /// What the pool says if the kernel killed it at its launcher's hard
+    /// CPU limit: its task ignored `SIGXCPU`, and the worker could not say
+    /// it.
     pub(crate) fn cpu_limit_note(&self, status: Option<ExitStatus>) -> Option<String> {
         let killed = status.is_some_and(|status| status.signal() == Some(libc::SIGKILL));
-        let seconds = self
-            .launch
-            .cpu_limit()
-            .filter(|_| self.cpu_limit_hit && killed)?;
-        Some(format!(
-            "buckshot: {}",
-            crate::sandbox::cpu::limit_message(seconds)
-        ))
+        let reached = self.cpu_limit_reached.as_ref().filter(|_| killed)?;
+        Some(format!("buckshot: {reached}"))
     }
 
     /// The launcher that started it.
@@ -293,8 +287,7 @@ impl Process {
         if let Ok(Some(_)) = exited {
             // Read before it is reaped, which removes its /proc entry. The
             // pool may have killed it too, after the kernel did.
-            self.cpu_limit_hit =
-                self.launch.cpu_limit().is_some() && crate::sandbox::cpu::limit_reached(self.pid());
+            self.cpu_limit_reached = self.launch.cpu_limit_reached(self.pid());
         }
         match exited {
             Ok(None) => return None,

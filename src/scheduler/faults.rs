@@ -284,11 +284,7 @@ pub(crate) fn try_reap(
     }
     if let Some((map, index)) = dying.victim.take() {
         let input = dying.victim_input.take();
-        let cpu_limited = dying
-            .process
-            .launch()
-            .sandbox()
-            .contains(crate::SandboxRule::CpuTime);
+        let cpu_limited = dying.process.launch().cpu_limit().is_some();
         let kept_stderr = match &input {
             Some(_) if outbox.keeps_failures() => stderr.clone(),
             _ => String::new(),
