@@ -16,14 +16,14 @@ use std::task::{Context, Poll};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::bulk::SlotLease;
+use crate::bulk::{InputFrame, SlotLease};
 use crate::chunk::{Chunk, context_value};
 use crate::delivery::{Delivery, WakerSlot};
 use crate::error::Error;
 use crate::flow::{self, CHUNK_BYTES, ChunkContext, SCRATCH_BYTES, WINDOW_BYTES, Window};
 use crate::hooks::Answerer;
 use crate::panics::PanicReport;
-use crate::protocol::{self, Items, Outcome, RunFrame};
+use crate::protocol::{self, Items, Outcome};
 use crate::scheduler::Running;
 use crate::shared::{MapStats, MapTask, Refused, Shared};
 
@@ -292,8 +292,8 @@ where
     }
 
     /// A frame sized like the last one.
-    fn fresh_frame(&self) -> RunFrame {
-        RunFrame::with_capacity(self.task, self.context, self.frame_hint)
+    fn fresh_frame(&self) -> InputFrame {
+        InputFrame::with_capacity(self.task, self.context, self.frame_hint)
     }
 
     /// Turns `frame` into a chunk of inputs from `first_index` on, if it holds
@@ -301,7 +301,7 @@ where
     fn finish_chunk(
         &mut self,
         chunks: &mut Vec<Chunk>,
-        frame: RunFrame,
+        frame: InputFrame,
         first_index: usize,
     ) -> usize {
         if frame.count() == 0 {
@@ -313,7 +313,7 @@ where
         self.item_bytes = (frame.size() - protocol::RunHeader::SIZE) / frame.count() as usize;
         let count = frame.count();
         let bytes = frame.size();
-        let (frame, bulk) = frame.finish_with_segments();
+        let (frame, bulk) = frame.finish();
         chunks.push(Chunk {
             map: self.map,
             task: self.task,
@@ -551,7 +551,7 @@ fn decode_outcome<O: DeserializeOwned>(
     lease: Option<&SlotLease>,
     limit: u64,
 ) -> Result<O, Error> {
-    match protocol::decode_outcome::<O>(item, scratch, lease, limit) {
+    match crate::bulk::decode_outcome::<O>(item, scratch, lease, limit) {
         Ok(Outcome::Ok(value)) => Ok(value),
         Ok(Outcome::Panicked(report)) => {
             let PanicReport {

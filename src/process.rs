@@ -1,6 +1,7 @@
 //! The pool's handle on one worker process: its pipes, its pidfd, and how it
-//! is killed and reaped. A launcher ([`crate::launch`]) says how to start it
-//! and what to kill besides it; this does the rest, wherever it runs.
+//! is killed and reaped. Given a command, it does not build one: a launcher
+//! ([`crate::launch`]) does, and says what to kill besides it; this does
+//! the rest, wherever it runs.
 //!
 //! Reaping goes through the pidfd (Linux 5.3+), polled by the pool's thread,
 //! never through a blocking `wait` or a SIGCHLD handler: buckshot lives inside
@@ -23,7 +24,7 @@
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::process::ExitStatusExt;
-use std::process::{Child, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -35,14 +36,13 @@ use rustix::process::{PidfdFlags, Signal, WaitId, WaitIdOptions, WaitIdStatus};
 
 use crate::bulk::ReplySlots;
 use crate::flow::{PIPE_BYTES, REAP_BOUND};
-use crate::handoff::WorkerConfig;
 use crate::launch::{Launch, Reported};
 use crate::stderr::{self, StderrPipe};
 
 /// Descriptors a live worker holds in the pool's process: both ends of its
 /// request pipe (the read end to count what it has not read), its reply
 /// and stderr pipes, its pidfd, and the memfd of its reply slots (see
-/// [`Process::spawn`]).
+/// `scheduler::spawner`).
 pub(crate) const FDS_PER_WORKER: u64 = 6;
 
 /// One worker process, seen from the pool.
@@ -70,9 +70,9 @@ pub(crate) struct Process {
     killed_running: bool,
     /// Reaped, or given up on.
     ended: bool,
-    /// It reached the CPU limit of its sandbox, as found out before it was
-    /// reaped (see [`crate::sandbox::cpu::limit_reached`]).
-    cpu_limit_hit: bool,
+    /// What its launcher says of the hard CPU limit it reached, as found
+    /// out before it was reaped (see [`Launch::cpu_limit_reached`]).
+    cpu_limit_reached: Option<String>,
 }
 
 fn nonblocking(fd: impl Into<OwnedFd>) -> io::Result<OwnedFd> {
@@ -82,32 +82,17 @@ fn nonblocking(fd: impl Into<OwnedFd>) -> io::Result<OwnedFd> {
 }
 
 impl Process {
-    /// Starts a worker told `config` through `launch`, with its stdin,
+    /// Starts a worker by `command`, which `launch` built, with its stdin,
     /// stdout and stderr piped to us. `forward_stderr`: whether what it
-    /// writes to stderr is copied to ours. `bulk`: whether a child gets a
-    /// reply slot for long strings.
+    /// writes to stderr is copied to ours. `reply_slot`: the reply slots it
+    /// was told of, if any, kept as long as it is.
     pub(crate) fn spawn(
+        mut command: Command,
         launch: Arc<dyn Launch>,
-        config: &WorkerConfig,
         forward_stderr: bool,
-        bulk: bool,
+        reply_slot: Option<Arc<ReplySlots>>,
     ) -> io::Result<Process> {
         let (requests_reader, requests) = rustix::pipe::pipe_with(PipeFlags::CLOEXEC)?;
-        let reply_slot = if bulk && launch.worker_is_child() {
-            Some(Arc::new(ReplySlots::create()?))
-        } else {
-            None
-        };
-        let config = WorkerConfig {
-            reply_slot: reply_slot.as_ref().map(|slot| slot.fd()),
-            ..*config
-        };
-        let mut command = launch.command(&config);
-        if !launch.worker_is_child() {
-            // Its program is not ours: it would keep the program's
-            // descriptors open as long as it runs.
-            command = crate::inherit::through_this_binary(command)?;
-        }
         command
             .stdin(Stdio::from(requests_reader.try_clone()?))
             .stdout(Stdio::piped())
@@ -147,7 +132,7 @@ impl Process {
             killed: false,
             killed_running: false,
             ended: false,
-            cpu_limit_hit: false,
+            cpu_limit_reached: None,
         };
         process.stderr.set_nonblocking()?;
         process.requests = Some(nonblocking(requests)?);
@@ -247,19 +232,13 @@ impl Process {
         rustix::process::waitid(WaitId::PidFd(self.pidfd.as_fd()), options)
     }
 
-    /// What its sandbox's CPU limit says, if the kernel killed it at its
-    /// hard limit: its task ignored `SIGXCPU`, and the worker could not
-    /// say it.
+    /// What the pool says if the kernel killed it at its launcher's hard
+    /// CPU limit: its task ignored `SIGXCPU`, and the worker could not say
+    /// it.
     pub(crate) fn cpu_limit_note(&self, status: Option<ExitStatus>) -> Option<String> {
         let killed = status.is_some_and(|status| status.signal() == Some(libc::SIGKILL));
-        let seconds = self
-            .launch
-            .cpu_limit()
-            .filter(|_| self.cpu_limit_hit && killed)?;
-        Some(format!(
-            "buckshot: {}",
-            crate::sandbox::cpu::limit_message(seconds)
-        ))
+        let reached = self.cpu_limit_reached.as_ref().filter(|_| killed)?;
+        Some(format!("buckshot: {reached}"))
     }
 
     /// The launcher that started it.
@@ -308,8 +287,7 @@ impl Process {
         if let Ok(Some(_)) = exited {
             // Read before it is reaped, which removes its /proc entry. The
             // pool may have killed it too, after the kernel did.
-            self.cpu_limit_hit =
-                self.launch.cpu_limit().is_some() && crate::sandbox::cpu::limit_reached(self.pid());
+            self.cpu_limit_reached = self.launch.cpu_limit_reached(self.pid());
         }
         match exited {
             Ok(None) => return None,

@@ -13,9 +13,9 @@ use std::sync::OnceLock;
 
 use serde::de::DeserializeOwned;
 
-use crate::panics;
 use crate::protocol::{self, Hello, Outcome};
 use crate::task::Task;
+use crate::{bulk, panics};
 
 /// One registered function. Built only by [`register!`](crate::register).
 #[doc(hidden)]
@@ -177,10 +177,10 @@ pub(crate) fn run_task<F, M>(
                 None => return Err("read a context: none was sent".to_owned()),
             },
         };
-        let input: F::Input = crate::bulk::decode_input(input, scratch)
-            .map_err(|e| format!("decode the input: {e}"))?;
+        let input: F::Input =
+            bulk::decode_input(input, scratch).map_err(|e| format!("decode the input: {e}"))?;
         let output = f.call_with(context, input);
-        protocol::encode_ok(&output, out).map_err(|e| format!("encode the output: {e}"))
+        bulk::encode_ok(&output, out).map_err(|e| format!("encode the output: {e}"))
     });
     let failure = match ran {
         Ok(Ok(())) => return,

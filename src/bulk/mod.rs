@@ -1,5 +1,10 @@
 //! Large strings beside the frames, through shared memory.
 //!
+//! It sits above the protocol: `protocol` knows the tags of such items and
+//! plain CBOR, and this module is the encoder that the caller's side
+//! ([`InputFrame`], [`decode_outcome`]) and a worker ([`encode_ok`],
+//! [`decode_input`]) choose when long strings may go beside.
+//!
 //! Encoding a 64 MiB byte string into a frame, sending it through a pipe
 //! and decoding it copies it four times, three of them into fresh memory
 //! (whose page faults cost as much as the copy). So between a pool and
@@ -44,11 +49,11 @@ use std::sync::atomic::AtomicU64;
 use rustix::fs::{MemfdFlags, SealFlags};
 use rustix::mm::{MapFlags, ProtFlags};
 
-pub(crate) use self::inputs::{INPUT_MARK, InputSink, Segment, Segments, decode_input};
+pub(crate) use self::inputs::{InputFrame, Segment, Segments, decode_input};
 pub(crate) use self::outputs::{
-    ReplySlots, SlotLease, discard_output, encode_output, output_beside,
+    ReplySlots, SlotLease, decode_outcome, discard_output, encode_ok, output_beside,
 };
-pub(crate) use self::splice::{Spliced, Table, encode_diverting, insert_table};
+use self::splice::{Spliced, Table};
 
 /// Strings at least this long travel beside their item.
 pub(crate) const BULK_MIN: usize = 4 << 20;

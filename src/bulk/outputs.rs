@@ -1,5 +1,7 @@
 //! Outputs' long strings: a worker's reply slots, filled by the worker
-//! and freed by the lease of the delivery that carries the item.
+//! as it encodes an output ([`encode_ok`]) and freed by the lease of the
+//! delivery that carries the item, once the caller's side has decoded it
+//! ([`decode_outcome`]).
 
 use std::cell::RefCell;
 use std::fs::File;
@@ -10,6 +12,8 @@ use std::sync::{Arc, OnceLock};
 
 use super::splice::{Table, encode_diverting, insert_table};
 use super::{DATA_AT, Mapping, POOL, Region, Sink, View, open_pools};
+use crate::error::BoxError;
+use crate::protocol::{self, CodecError, OUTCOME_OK, OUTCOME_OK_BULK, Outcome};
 
 /// Whether this worker has reply slots: outputs are encoded plainly, with
 /// no diverting writer, when it has none.
@@ -75,7 +79,7 @@ pub(crate) fn discard_output(item: &[u8]) {
 }
 
 fn output_table(item: &[u8]) -> Option<Table> {
-    if !crate::protocol::is_bulk_outcome(item) {
+    if !protocol::is_bulk_outcome(item) {
         return None;
     }
     Table::parse(&item[1..], u64::MAX)
@@ -124,18 +128,19 @@ impl Sink for SlotSink {
     }
 }
 
-/// Encodes an output after its outcome tag (the last byte of `out`),
-/// diverting its long strings to a free reply slot if there is one; then
-/// the tag becomes `bulk_tag` and the table follows it.
-pub(crate) fn encode_output<T: serde::Serialize + ?Sized>(
+/// Appends a successful outcome (a worker's), its long strings in a free
+/// reply slot if it has one: then its tag is [`OUTCOME_OK_BULK`] and the
+/// table follows it. Otherwise it is plain ([`protocol::encode_ok`]). On
+/// error, `out` may hold a partial value.
+pub(crate) fn encode_ok<T: serde::Serialize + ?Sized>(
     value: &T,
     out: &mut Vec<u8>,
-    bulk_tag: u8,
-) -> Result<(), crate::error::BoxError> {
+) -> Result<(), BoxError> {
     if !SLOTS_ON.load(Ordering::Relaxed) {
-        return crate::protocol::encode(value, out);
+        return protocol::encode_ok(value, out);
     }
-    let tag_at = out.len() - 1;
+    let tag_at = out.len();
+    out.push(OUTCOME_OK);
     let mut sink = SlotSink::default();
     let Some(mut table) = encode_diverting(value, out, &mut sink)? else {
         return Ok(());
@@ -152,9 +157,28 @@ pub(crate) fn encode_output<T: serde::Serialize + ?Sized>(
     });
     table.region = k as u32;
     table.generation = generation;
-    out[tag_at] = bulk_tag;
+    out[tag_at] = OUTCOME_OK_BULK;
     insert_table(out, tag_at + 1, &table);
     Ok(())
+}
+
+/// Decodes an outcome (on the caller's side). One whose value has its
+/// long strings in a reply slot is read through `lease`, the delivery's
+/// right to that slot, its table checked against `limit`; any other is
+/// plain ([`protocol::decode_outcome`]).
+pub(crate) fn decode_outcome<T: serde::de::DeserializeOwned>(
+    item: &[u8],
+    scratch: &mut [u8],
+    lease: Option<&SlotLease>,
+    limit: u64,
+) -> Result<Outcome<T>, BoxError> {
+    match (item.split_first(), lease) {
+        (Some((&OUTCOME_OK_BULK, rest)), Some(lease)) => {
+            let (table, cbor) = Table::parse(rest, limit).map_err(CodecError)?;
+            lease.decode(&table, cbor, scratch).map(Outcome::Ok)
+        }
+        _ => protocol::decode_outcome(item, scratch),
+    }
 }
 
 /// Reply slots per worker: one being decoded while the worker fills the
@@ -235,9 +259,9 @@ impl std::fmt::Debug for SlotLease {
 impl SlotLease {
     /// The lease on the slots that `items` (reply items) fill, if any.
     pub(crate) fn of(slots: &Arc<ReplySlots>, items: &[u8]) -> Option<SlotLease> {
-        let held: Vec<(u32, u64)> = crate::protocol::Items::new(items)
+        let held: Vec<(u32, u64)> = protocol::Items::new(items)
             .filter_map(Result::ok)
-            .filter(|item| crate::protocol::is_bulk_outcome(item))
+            .filter(|item| protocol::is_bulk_outcome(item))
             .filter_map(|item| Table::parse(&item[1..], u64::MAX).ok())
             .map(|(table, _)| (table.region, table.generation))
             .collect();
@@ -248,12 +272,12 @@ impl SlotLease {
     }
 
     /// Decodes an output item's CBOR whose table is `table`.
-    pub(crate) fn decode<T: serde::de::DeserializeOwned>(
+    fn decode<T: serde::de::DeserializeOwned>(
         &self,
         table: &Table,
         cbor: &[u8],
         scratch: &mut [u8],
-    ) -> Result<T, crate::error::BoxError> {
+    ) -> Result<T, BoxError> {
         let state = self
             .slots
             .state(table.region)
@@ -266,7 +290,7 @@ impl SlotLease {
         }
         let base = slot_base(table.region as usize);
         let view = View::map(&self.slots.file, base, table.total())?;
-        crate::protocol::decode_from(view.splice(table, cbor)?, scratch)
+        protocol::decode_from(view.splice(table, cbor)?, scratch)
     }
 }
 

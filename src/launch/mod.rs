@@ -30,6 +30,7 @@ use std::sync::Arc;
 use rustix::process::{Pid, Signal};
 
 use crate::handoff::WorkerConfig;
+use crate::protocol::Hello;
 
 pub(crate) use local::Local;
 pub use srun::Srun;
@@ -185,15 +186,24 @@ pub(crate) trait Launch: Send + Sync + std::fmt::Debug {
         None
     }
 
-    /// The sandbox rules its workers must say are in force in their
-    /// handshake.
-    fn sandbox(&self) -> crate::sandbox::Rules {
-        crate::sandbox::Rules::default()
+    /// Whether a worker of its may serve, given what it said in its
+    /// handshake; why not, if it may not (a rule of its sandbox is not in
+    /// force there). Any may, by default.
+    fn accepts(&self, _hello: &Hello) -> Result<(), String> {
+        Ok(())
     }
 
     /// The CPU time each task of its workers may take (the sandbox's
     /// `cpu_time`, in whole seconds), if limited.
     fn cpu_limit(&self) -> Option<u64> {
+        None
+    }
+
+    /// Whether its worker `local_pid` reached the hard CPU limit that the
+    /// launcher set ([`Launch::cpu_limit`]), where the kernel kills it: what
+    /// to say of it, if it did. Asked once the worker has exited, before it
+    /// is reaped, while its `/proc` entry is there.
+    fn cpu_limit_reached(&self, _local_pid: u32) -> Option<String> {
         None
     }
 }

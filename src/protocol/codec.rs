@@ -3,7 +3,6 @@
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::bulk::{SlotLease, Table};
 use crate::error::BoxError;
 use crate::panics::PanicReport;
 
@@ -20,21 +19,22 @@ pub(crate) enum Outcome<T> {
     Codec(String),
 }
 
-const OUTCOME_OK: u8 = 0;
+pub(crate) const OUTCOME_OK: u8 = 0;
 const OUTCOME_PANICKED: u8 = 1;
 const OUTCOME_CODEC: u8 = 2;
 /// `Ok`, with a table of the long strings in the worker's reply slot
-/// before the CBOR value (see `bulk`).
-const OUTCOME_OK_BULK: u8 = 3;
+/// before the CBOR value. Written and read by `bulk`; this module only
+/// knows the tag.
+pub(crate) const OUTCOME_OK_BULK: u8 = 3;
 
-/// Appends a successful outcome, its long strings in the worker's reply
-/// slot if it has a free one. On error, `out` may hold a partial value.
+/// Appends a successful outcome, its value as plain CBOR. On error, `out`
+/// may hold a partial value.
 pub(crate) fn encode_ok<T: Serialize + ?Sized>(
     value: &T,
     out: &mut Vec<u8>,
 ) -> Result<(), BoxError> {
     out.push(OUTCOME_OK);
-    crate::bulk::encode_output(value, out, OUTCOME_OK_BULK)
+    encode(value, out)
 }
 
 /// Whether an outcome item has its value's long strings in a reply slot.
@@ -71,13 +71,11 @@ pub(crate) fn ok_value(item: &[u8]) -> Option<&[u8]> {
     }
 }
 
-/// Decodes an outcome; one whose value is in a reply slot is read through
-/// `lease`, the delivery's right to that slot, checked against `limit`.
+/// Decodes an outcome of plain CBOR. One whose value has its long strings
+/// in a reply slot is an error here: only `bulk` reads those.
 pub(crate) fn decode_outcome<T: DeserializeOwned>(
     item: &[u8],
     scratch: &mut [u8],
-    lease: Option<&SlotLease>,
-    limit: u64,
 ) -> Result<Outcome<T>, BoxError> {
     let Some((&tag, rest)) = item.split_first() else {
         return Err(CodecError("empty outcome".into()).into());
@@ -87,12 +85,7 @@ pub(crate) fn decode_outcome<T: DeserializeOwned>(
         OUTCOME_OK => decode(rest, scratch).map(Outcome::Ok),
         OUTCOME_PANICKED => decode(rest, scratch).map(|report| Outcome::Panicked(Box::new(report))),
         OUTCOME_CODEC => Ok(Outcome::Codec(message())),
-        OUTCOME_OK_BULK => {
-            let lease =
-                lease.ok_or_else(|| CodecError("a bulk outcome with no reply slot".into()))?;
-            let (table, cbor) = Table::parse(rest, limit).map_err(CodecError)?;
-            lease.decode(&table, cbor, scratch).map(Outcome::Ok)
-        }
+        OUTCOME_OK_BULK => Err(CodecError("a bulk outcome with no reply slot".into()).into()),
         tag => Err(CodecError(format!("unknown outcome tag {tag}")).into()),
     }
 }
@@ -162,7 +155,7 @@ mod tests {
         let mut scratch = [0; 64];
         let mut buf = Vec::new();
         encode_ok(&vec![1u8, 2], &mut buf).unwrap();
-        let back: Outcome<Vec<u8>> = decode_outcome(&buf, &mut scratch, None, u64::MAX).unwrap();
+        let back: Outcome<Vec<u8>> = decode_outcome(&buf, &mut scratch).unwrap();
         assert_eq!(back, Outcome::Ok(vec![1, 2]));
         for failure in [
             Outcome::Panicked(Box::new(PanicReport {
@@ -178,13 +171,12 @@ mod tests {
         ] {
             buf.clear();
             encode_failure(&failure, &mut buf);
-            assert_eq!(
-                decode_outcome::<u8>(&buf, &mut scratch, None, u64::MAX).unwrap(),
-                failure
-            );
+            assert_eq!(decode_outcome::<u8>(&buf, &mut scratch).unwrap(), failure);
         }
-        assert!(decode_outcome::<u8>(&[], &mut scratch, None, u64::MAX).is_err());
-        assert!(decode_outcome::<u8>(&[9, 1], &mut scratch, None, u64::MAX).is_err());
+        assert!(decode_outcome::<u8>(&[], &mut scratch).is_err());
+        assert!(decode_outcome::<u8>(&[9, 1], &mut scratch).is_err());
+        let error = decode_outcome::<u8>(&[OUTCOME_OK_BULK, 0], &mut scratch).unwrap_err();
+        assert_eq!(error.to_string(), "a bulk outcome with no reply slot");
     }
 
     #[test]

@@ -1,12 +1,9 @@
 //! The layout of frames: kinds, fixed headers with named offsets, and the
 //! one writer of length-prefixed items.
 
-use std::sync::Arc;
-
 use serde::{Deserialize, Serialize};
 
 use super::ProtocolError;
-use crate::bulk::{self, INPUT_MARK, InputSink, Segment, Segments};
 use crate::error::BoxError;
 
 pub(crate) const HELLO: u8 = 1;
@@ -216,17 +213,17 @@ pub(crate) fn push_item(buf: &mut Vec<u8>, item: &[u8]) {
     end_item(buf, start).expect("item under 4 GiB");
 }
 
+/// First byte of an input item whose long strings travel beside it, a
+/// table of where they go back in before its CBOR (written and read by
+/// `bulk`): never the first byte of a CBOR value (it is the "break" code).
+pub(crate) const INPUT_MARK: u8 = 0xFF;
+
 /// Builds a RUN frame item by item. The sequence number is stamped later,
 /// by whoever sends the frame to a worker ([`RunHeader::stamp_first_seq`]).
 #[derive(Debug)]
 pub(crate) struct RunFrame {
     buf: Vec<u8>,
     count: u32,
-    /// The segments its items' long strings are in, and their bytes.
-    segments: Vec<Arc<Segment>>,
-    bulk_bytes: usize,
-    /// The bulk bytes of the last item pushed, if it had a segment.
-    last_bulk: Option<usize>,
 }
 
 impl RunFrame {
@@ -243,13 +240,7 @@ impl RunFrame {
         buf[KIND_AT] = RUN;
         put_u32(&mut buf, RunHeader::TASK_AT, task);
         put_u64(&mut buf, RunHeader::CONTEXT_AT, context);
-        RunFrame {
-            buf,
-            count: 0,
-            segments: Vec::new(),
-            bulk_bytes: 0,
-            last_bulk: None,
-        }
+        RunFrame { buf, count: 0 }
     }
 
     pub(crate) fn count(&self) -> u32 {
@@ -261,43 +252,13 @@ impl RunFrame {
         self.buf.len()
     }
 
-    /// Size of the frame and of its items' strings beside it: what counts
-    /// against the frame limit.
-    pub(crate) fn size(&self) -> usize {
-        self.buf.len() + self.bulk_bytes
-    }
-
-    /// Appends the CBOR value of one input, its long strings in a segment
-    /// of `bulk` if given. Returns the item's size in the frame, for
-    /// [`RunFrame::pop`].
+    /// Appends the plain CBOR value of one input. Returns the item's size
+    /// in the frame, for [`RunFrame::pop`].
     pub(crate) fn push_input<T: Serialize + ?Sized>(
         &mut self,
         value: &T,
-        bulk: Option<&Arc<Segments>>,
     ) -> Result<usize, BoxError> {
-        let Some(segments) = bulk else {
-            self.last_bulk = None;
-            return self.push_with(|buf| super::encode(value, buf));
-        };
-        let mut kept = None;
-        let bytes = self.push_with(|buf| {
-            let start = buf.len();
-            let mut sink = InputSink::new(segments);
-            if let Some(mut table) = bulk::encode_diverting(value, buf, &mut sink)? {
-                let (segment, fd) = sink.finish().expect("a table has its segment");
-                table.region = fd;
-                bulk::insert_table(buf, start, &table);
-                buf.insert(start, INPUT_MARK);
-                kept = Some((segment, table.total() as usize));
-            }
-            Ok::<_, BoxError>(())
-        })?;
-        self.last_bulk = kept.as_ref().map(|(_, total)| *total);
-        if let Some((segment, total)) = kept {
-            self.segments.push(segment);
-            self.bulk_bytes += total;
-        }
-        Ok(bytes)
+        self.push_with(|buf| super::encode(value, buf))
     }
 
     /// Appends one item written by `write`. On error nothing is appended.
@@ -313,7 +274,6 @@ impl RunFrame {
         }
         let bytes = end_item(&mut self.buf, start)?;
         self.count += 1;
-        self.last_bulk = None;
         Ok(bytes)
     }
 
@@ -327,10 +287,6 @@ impl RunFrame {
     pub(crate) fn pop(&mut self, bytes: usize) {
         self.buf.truncate(self.buf.len() - bytes);
         self.count -= 1;
-        if let Some(total) = self.last_bulk.take() {
-            self.segments.pop();
-            self.bulk_bytes -= total;
-        }
     }
 
     /// A frame for `count` items already laid out as an item section.
@@ -341,16 +297,10 @@ impl RunFrame {
         frame.finish()
     }
 
-    pub(crate) fn finish(self) -> Vec<u8> {
-        self.finish_with_segments().0
-    }
-
-    /// The finished frame, and the segments that must live as long as it
-    /// may be sent.
-    pub(crate) fn finish_with_segments(mut self) -> (Vec<u8>, Vec<Arc<Segment>>) {
+    pub(crate) fn finish(mut self) -> Vec<u8> {
         seal_frame(&mut self.buf, 0);
         put_u32(&mut self.buf, RunHeader::COUNT_AT, self.count);
-        (self.buf, self.segments)
+        self.buf
     }
 }
 

@@ -21,10 +21,12 @@
 //! ```
 //!
 //! Between a pool and its local workers, an item's long strings may travel
-//! beside it, in shared memory (see `bulk`): an input item then starts
-//! with 0xFF (never the first byte of a CBOR value), an outcome with its
-//! own tag, and a table of where the strings go back in comes before the
-//! CBOR.
+//! beside it, in shared memory: an input item then starts with
+//! [`INPUT_MARK`] (never the first byte of a CBOR value), an outcome with
+//! [`OUTCOME_OK_BULK`], and a table of where the strings go back in comes
+//! before the CBOR. This module knows those tags and plain CBOR only;
+//! `bulk`, above it, writes and reads such items, and its callers choose
+//! it as their encoder.
 //!
 //! A PANIC frame stops the clock of the input it names: symbolising a
 //! backtrace (only when the pool's process asked for them) takes a fresh
@@ -59,15 +61,15 @@ mod read;
 #[cfg(feature = "journal")]
 pub(crate) use codec::ok_value;
 pub(crate) use codec::{
-    Outcome, decode, decode_from, decode_outcome, encode, encode_failure, encode_ok, encode_with,
-    is_bulk_outcome, is_panic,
+    CodecError, OUTCOME_OK, OUTCOME_OK_BULK, Outcome, decode, decode_from, decode_outcome, encode,
+    encode_failure, encode_ok, encode_with, is_bulk_outcome, is_panic,
 };
 pub(crate) use frame::LEN_BYTES;
 pub(crate) use frame::{
-    CONTEXT, FATAL, FORGET, HELLO, Hello, ITEM_LEN_BYTES, Items, LOG, PANIC, REPLY, RETIRE,
-    RETIRE_FRAME, RETIRED, RETIRED_FRAME, RUN, ReplyHeader, RunFrame, RunHeader, begin_item,
-    context_frame, end_item, forget_frame, items_len, log_frame, panic_frame, parse_context,
-    parse_log, parse_panic, push_frame, push_item, run_items,
+    CONTEXT, FATAL, FORGET, HELLO, Hello, INPUT_MARK, ITEM_LEN_BYTES, Items, LOG, PANIC, REPLY,
+    RETIRE, RETIRE_FRAME, RETIRED, RETIRED_FRAME, RUN, ReplyHeader, RunFrame, RunHeader,
+    begin_item, context_frame, end_item, forget_frame, items_len, log_frame, panic_frame,
+    parse_context, parse_log, parse_panic, push_frame, push_item, run_items,
 };
 pub(crate) use read::{FrameBuffer, read_frame};
 

@@ -265,7 +265,7 @@ mod tests {
             };
             if let Ok(items) = items {
                 for item in Items::new(items).flatten() {
-                    let _ = decode_outcome::<Vec<u64>>(item, &mut [0; 64], None, u64::MAX);
+                    let _ = decode_outcome::<Vec<u64>>(item, &mut [0; 64]);
                 }
                 let _ = items_len(items, 3);
             }

@@ -312,7 +312,7 @@ pub(crate) fn replay(path: OsString) -> ! {
     let mut out = Vec::new();
     let mut scratch = vec![0; SCRATCH_BYTES];
     (entry.run)(context.as_mut(), &file.input, &mut out, &mut scratch);
-    match protocol::decode_outcome::<ciborium::Value>(&out, &mut scratch, None, u64::MAX) {
+    match protocol::decode_outcome::<ciborium::Value>(&out, &mut scratch) {
         Ok(Outcome::Ok(value)) => {
             eprintln!("buckshot: the task returned:");
             let mut stdout = std::io::stdout().lock();

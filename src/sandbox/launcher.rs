@@ -6,9 +6,10 @@
 
 use std::process::Command;
 
-use super::{Rules, SANDBOX_ENV, Sandbox};
+use super::{Rules, SANDBOX_ENV, Sandbox, cpu, shortfall};
 use crate::handoff::WorkerConfig;
 use crate::launch::{Launch, Local, Reported};
+use crate::protocol::Hello;
 
 #[derive(Debug)]
 pub(crate) struct Sandboxed {
@@ -43,11 +44,20 @@ impl Launch for Sandboxed {
         Local.kill_rest(local_pid, reported);
     }
 
-    fn sandbox(&self) -> Rules {
-        self.rules
+    /// A worker whose handshake says a rule is not in force is refused.
+    fn accepts(&self, hello: &Hello) -> Result<(), String> {
+        match shortfall(self.rules, hello) {
+            Some(problem) => Err(problem),
+            None => Ok(()),
+        }
     }
 
     fn cpu_limit(&self) -> Option<u64> {
         self.cpu_seconds
+    }
+
+    fn cpu_limit_reached(&self, local_pid: u32) -> Option<String> {
+        let seconds = self.cpu_seconds?;
+        cpu::limit_reached(local_pid).then(|| cpu::limit_message(seconds))
     }
 }

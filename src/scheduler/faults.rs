@@ -285,11 +285,7 @@ pub(crate) fn try_reap(
     }
     if let Some((map, index)) = dying.victim.take() {
         let input = dying.victim_input.take();
-        let cpu_limited = dying
-            .process
-            .launch()
-            .sandbox()
-            .contains(crate::SandboxRule::CpuTime);
+        let cpu_limited = dying.process.launch().cpu_limit().is_some();
         let kept_stderr = match &input {
             Some(_) if posting.wants().stderr_tail => stderr.clone(),
             _ => String::new(),
@@ -344,6 +340,7 @@ mod tests {
     use crate::flow::STARTUP_FAILURE_LIMIT;
     use crate::handoff::WorkerConfig;
     use crate::launch::{Launch, Local};
+    use crate::scheduler::spawner::SpawnRequest;
 
     /// Starts `sleep 60` in a process group of its own, as a worker that
     /// does not exit by itself.
@@ -367,17 +364,6 @@ mod tests {
     }
 
     const MS: Duration = Duration::from_millis(1);
-
-    fn config() -> WorkerConfig {
-        WorkerConfig {
-            parent: None,
-            max_frame_bytes: 1 << 20,
-            memory_limit: None,
-            log_level: 0,
-            backtraces: false,
-            reply_slot: None,
-        }
-    }
 
     fn chunk(first_index: usize, count: u32, returns: u32) -> Chunk {
         let mut frame = crate::protocol::RunFrame::new(0);
@@ -414,7 +400,7 @@ mod tests {
         }
         books.wrote(bytes, now);
         Remains {
-            process: Process::spawn(Arc::new(Sleeper), &config(), false, false).unwrap(),
+            process: SpawnRequest::plain(Arc::new(Sleeper)).spawn().unwrap(),
             launcher: 0,
             books,
             fate,
@@ -586,8 +572,8 @@ mod tests {
 
     #[test]
     fn only_the_pools_own_sigkill_counts_as_a_failure_to_start() {
-        let spawn = || Process::spawn(Arc::new(Sleeper), &config(), false, false).unwrap();
-        let mut supply = Supply::new(Arc::new(Local), config(), false, false, 0, 1);
+        let spawn = || SpawnRequest::plain(Arc::new(Sleeper)).spawn().unwrap();
+        let mut supply = Supply::new(SpawnRequest::plain(Arc::new(Local)), 1);
         // Killed from outside, then by the pool as its stream ends: the
         // SIGKILL was not the pool's, and says nothing of start-up.
         let mut dying = failed_starting(spawn());
@@ -628,7 +614,7 @@ mod tests {
 
     #[test]
     fn a_retired_worker_that_does_not_exit_is_killed_after_its_grace() {
-        let process = Process::spawn(Arc::new(Sleeper), &config(), false, false).unwrap();
+        let process = SpawnRequest::plain(Arc::new(Sleeper)).spawn().unwrap();
         let pid = process.pid();
         let now = Instant::now();
         let mut dying = Dying {
@@ -639,7 +625,7 @@ mod tests {
             victim_input: None,
             failed_starting: None,
         };
-        let mut supply = Supply::new(Arc::new(Local), config(), false, false, 0, 1);
+        let mut supply = Supply::new(SpawnRequest::plain(Arc::new(Local)), 1);
         let mut posting = Posting::default();
         // Within its grace, it is left alone: it does not exit (the bound
         // is how long a SIGKILL would take to show, at most).

@@ -548,7 +548,7 @@ impl Ear<'_> {
                 });
                 let mismatch = registry()
                     .mismatch(&hello)
-                    .or_else(|| crate::sandbox::shortfall(self.process.launch().sandbox(), &hello))
+                    .or_else(|| self.process.launch().accepts(&hello).err())
                     .or(hello.refused);
                 *self.heard = Some(match mismatch {
                     Some(problem) => Heard::Mismatch(problem),

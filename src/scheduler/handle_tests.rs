@@ -8,6 +8,7 @@ use super::*;
 use crate::handoff::WorkerConfig;
 use crate::launch::{Launch, Local};
 use crate::protocol::RunFrame;
+use crate::scheduler::spawner::SpawnRequest;
 
 /// Starts `sleep 60`: a worker that never reads its requests.
 #[derive(Debug)]
@@ -31,15 +32,7 @@ impl Launch for Sleeper {
 
 /// A worker that said hello and reads nothing.
 fn sleeper() -> WorkerHandle {
-    let config = WorkerConfig {
-        parent: None,
-        max_frame_bytes: 1 << 20,
-        memory_limit: None,
-        log_level: 0,
-        backtraces: false,
-        reply_slot: None,
-    };
-    let process = Process::spawn(Arc::new(Sleeper), &config, false, false).unwrap();
+    let process = SpawnRequest::plain(Arc::new(Sleeper)).spawn().unwrap();
     let mut worker = WorkerHandle::new(process, 0);
     worker.books.ready(Instant::now());
     worker

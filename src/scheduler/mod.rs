@@ -77,13 +77,12 @@ use self::faults::{Burial, Dying};
 use self::handle::{Fate, WorkerHandle};
 use self::poll::{Key, Source, Watch};
 use self::posting::Posting;
-use self::spawner::Spawner;
+use self::spawner::{SpawnRequest, Spawner};
 use self::supply::Supply;
 use crate::chunk::Chunk;
 use crate::config::Config;
 use crate::error::Error;
 use crate::flow::REAP_BOUND;
-use crate::handoff::WorkerConfig;
 use crate::hooks::{Observer, Plugins, Ring};
 use crate::logs;
 use crate::shared::{Phase, Shared, State};
@@ -304,28 +303,11 @@ struct DyingSeat {
 impl Scheduler {
     fn new(shared: Arc<Shared>, observers: Vec<Box<dyn Observer>>) -> std::io::Result<Scheduler> {
         let config = &shared.config;
-        let worker_config = WorkerConfig {
-            parent: None,
-            max_frame_bytes: config.max_frame_bytes,
-            memory_limit: config.memory_limit,
-            log_level: crate::logs::worker_level(&config.dispatch),
-            backtraces: config.backtraces,
-            reply_slot: None,
-        };
         let supplies = config
             .launchers
             .iter()
             .enumerate()
-            .map(|(index, (launcher, count))| {
-                Supply::new(
-                    launcher.launch(),
-                    worker_config,
-                    config.forward_stderr,
-                    config.bulk.is_some(),
-                    index,
-                    *count,
-                )
-            })
+            .map(|(index, (_, count))| Supply::new(SpawnRequest::new(config, index), *count))
             .collect();
         let max_frames = crate::flow::frames_in_flight(shared.config.batch_size);
         let seated = vec![0; shared.config.launchers.len()];

@@ -190,10 +190,7 @@ impl Posting {
                 unreachable!("items were measured before")
             };
             let panic = match protocol::is_panic(outcome) {
-                true => {
-                    protocol::decode_outcome::<IgnoredAny>(outcome, &mut scratch, None, u64::MAX)
-                        .ok()
-                }
+                true => protocol::decode_outcome::<IgnoredAny>(outcome, &mut scratch).ok(),
                 false => None,
             };
             if let Some(Outcome::Panicked(report)) = panic {
@@ -260,7 +257,7 @@ mod tests {
     }
 
     impl Mock {
-        fn new(wants: Wants, holds: bool) -> (Box<dyn Observer>, Arc<Mutex<Seen>>) {
+        fn boxed(wants: Wants, holds: bool) -> (Box<dyn Observer>, Arc<Mutex<Seen>>) {
             let seen = Arc::new(Mutex::new(Seen::default()));
             let mock = Mock {
                 wants,
@@ -374,8 +371,8 @@ mod tests {
 
     #[test]
     fn every_observer_sees_each_answer_once_and_it_is_posted_once() {
-        let (first, seen_first) = Mock::new(Wants::default(), false);
-        let (second, seen_second) = Mock::new(Wants::default(), false);
+        let (first, seen_first) = Mock::boxed(Wants::default(), false);
+        let (second, seen_second) = Mock::boxed(Wants::default(), false);
         let mut posting = posting(vec![first, second]);
         let chunk = chunk(&[1, 2, 3]);
         let items = outcomes(&[Some(1), None, Some(3)]);
@@ -402,7 +399,7 @@ mod tests {
             panics_alone: true,
             ..Wants::default()
         };
-        let (mock, seen) = Mock::new(wants, false);
+        let (mock, seen) = Mock::boxed(wants, false);
         let mut posting = posting(vec![mock]);
         let chunk = chunk(&[1, 2, 3, 4]);
         // The worker had answered the first before.
@@ -429,8 +426,8 @@ mod tests {
 
     #[test]
     fn a_held_failure_comes_back_with_its_kind_once() {
-        let (mock, seen) = Mock::new(Wants::default(), true);
-        let (after, seen_after) = Mock::new(Wants::default(), false);
+        let (mock, seen) = Mock::boxed(Wants::default(), true);
+        let (after, seen_after) = Mock::boxed(Wants::default(), false);
         let mut posting = posting(vec![mock, after]);
         let chunk = chunk(&[5]);
         let error = Error::TaskTimeout {

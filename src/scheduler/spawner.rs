@@ -17,28 +17,122 @@
 //! The spawning threads live as long as the pool's thread: the parent-death
 //! signal of a worker fires when the *thread* that spawned it ends, and the
 //! pool's thread stops them only when it shuts down, as its workers go.
+//!
+//! What a spawn needs is one value per launcher, [`SpawnRequest`], made
+//! when the pool starts: it completes each worker's [`WorkerConfig`],
+//! creates its reply slots, has the launcher build its command, and hands
+//! that to [`Process::spawn`].
 
+use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Mutex, PoisonError};
 use std::thread::JoinHandle;
 
+use crate::bulk::ReplySlots;
+use crate::config::Config;
 use crate::handoff::WorkerConfig;
+use crate::launch::Launch;
+use crate::process::Process;
 
 /// Threads that spawn: `posix_spawn` holds its thread until the child has
 /// exec'd, so a second one starts the next child meanwhile.
 const SPAWNING_THREADS: usize = 2;
-use crate::launch::Launch;
-use crate::process::Process;
 
-/// One worker to start.
-pub(crate) struct Request {
+/// How to start a worker of one launcher: made once, when the pool starts,
+/// and used for each worker it spawns, on the pool's thread or a spawning
+/// one.
+#[derive(Debug, Clone)]
+pub(crate) struct SpawnRequest {
+    /// The launcher's position among the pool's launchers.
     pub launcher: usize,
     pub launch: Arc<dyn Launch>,
-    pub config: WorkerConfig,
+    /// What every worker of the pool is told; [`SpawnRequest::worker_config`]
+    /// adds what depends on the launcher and the worker.
+    pub settings: WorkerConfig,
+    /// Whether what a worker writes to stderr is copied to ours.
     pub forward_stderr: bool,
-    pub bulk: bool,
+    /// Whether a worker that is our child gets reply slots for long
+    /// strings (see `bulk`).
+    pub reply_slots: bool,
+}
+
+impl SpawnRequest {
+    /// The spawns of launcher number `launcher` of a pool set up by
+    /// `config`.
+    pub(crate) fn new(config: &Config, launcher: usize) -> SpawnRequest {
+        SpawnRequest {
+            launcher,
+            launch: config.launchers[launcher].0.launch(),
+            settings: WorkerConfig {
+                parent: None,
+                max_frame_bytes: config.max_frame_bytes,
+                memory_limit: config.memory_limit,
+                log_level: crate::logs::worker_level(&config.dispatch),
+                backtraces: config.backtraces,
+                reply_slot: None,
+            },
+            forward_stderr: config.forward_stderr,
+            reply_slots: config.bulk.is_some(),
+        }
+    }
+
+    /// What one worker is told: the pool's settings, the pool's process
+    /// as its parent if it is our child (so that it checks it is still
+    /// there), and the fd of `reply_slot`, its reply slots, if it has them.
+    pub(crate) fn worker_config(&self, reply_slot: Option<&ReplySlots>) -> WorkerConfig {
+        WorkerConfig {
+            parent: self.launch.worker_is_child().then(std::process::id),
+            reply_slot: reply_slot.map(ReplySlots::fd),
+            ..self.settings
+        }
+    }
+
+    /// Starts one worker: its reply slots if it gets them, its command as
+    /// its launcher builds it, and the process.
+    pub(crate) fn spawn(&self) -> io::Result<Process> {
+        let reply_slot = match self.reply_slots && self.launch.worker_is_child() {
+            true => Some(Arc::new(ReplySlots::create()?)),
+            false => None,
+        };
+        let mut command = self
+            .launch
+            .command(&self.worker_config(reply_slot.as_deref()));
+        if !self.launch.worker_is_child() {
+            // Its program is not ours: it would keep the program's
+            // descriptors open as long as it runs.
+            command = crate::inherit::through_this_binary(command)?;
+        }
+        Process::spawn(
+            command,
+            Arc::clone(&self.launch),
+            self.forward_stderr,
+            reply_slot,
+        )
+    }
+}
+
+#[cfg(test)]
+impl SpawnRequest {
+    /// Workers of `launch`, launcher 0, told small settings, their stderr
+    /// not copied, with no reply slots.
+    pub(crate) fn plain(launch: Arc<dyn Launch>) -> SpawnRequest {
+        SpawnRequest {
+            launcher: 0,
+            launch,
+            settings: WorkerConfig {
+                parent: None,
+                max_frame_bytes: 1 << 20,
+                memory_limit: None,
+                log_level: 0,
+                backtraces: false,
+                reply_slot: None,
+            },
+            forward_stderr: false,
+            reply_slots: false,
+        }
+    }
 }
 
 /// What came of a request.
@@ -48,7 +142,7 @@ pub(crate) struct Spawned {
 }
 
 pub(crate) struct Spawner {
-    requests: Option<Sender<Request>>,
+    requests: Option<Sender<SpawnRequest>>,
     spawned: Receiver<Spawned>,
     /// Set when the pool stops: requests still queued are dropped.
     stopping: Arc<AtomicBool>,
@@ -58,7 +152,7 @@ pub(crate) struct Spawner {
 impl Spawner {
     /// Starts the spawning threads; they call `wake` after each spawn.
     pub(crate) fn start(wake: impl Fn() + Send + Sync + 'static) -> std::io::Result<Spawner> {
-        let (requests, requested) = mpsc::channel::<Request>();
+        let (requests, requested) = mpsc::channel::<SpawnRequest>();
         let requested = Arc::new(Mutex::new(requested));
         let (done, spawned) = mpsc::channel();
         let wake = Arc::new(wake);
@@ -87,15 +181,9 @@ impl Spawner {
                         if stop.load(Ordering::Relaxed) {
                             return;
                         }
-                        let result = Process::spawn(
-                            request.launch,
-                            &request.config,
-                            request.forward_stderr,
-                            request.bulk,
-                        );
                         let spawned = Spawned {
                             launcher: request.launcher,
-                            result,
+                            result: request.spawn(),
                         };
                         if done.send(spawned).is_err() {
                             return;
@@ -108,7 +196,7 @@ impl Spawner {
         Ok(spawner)
     }
 
-    pub(crate) fn request(&self, request: Request) {
+    pub(crate) fn request(&self, request: SpawnRequest) {
         if let Some(requests) = &self.requests {
             // Only fails once the thread is gone, when the pool is too.
             let _ = requests.send(request);
@@ -146,5 +234,24 @@ impl Drop for Spawner {
     fn drop(&mut self) {
         // Processes not taken are killed and reaped as they drop.
         self.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::launch::Local;
+
+    #[test]
+    fn a_worker_is_told_its_parent_if_it_is_our_child_and_its_reply_slots() {
+        let local = SpawnRequest::plain(Arc::new(Local));
+        let slots = ReplySlots::create().unwrap();
+        let config = local.worker_config(Some(&slots));
+        assert_eq!(config.parent, Some(std::process::id()));
+        assert_eq!(config.reply_slot, Some(slots.fd()));
+        assert_eq!(config.max_frame_bytes, local.settings.max_frame_bytes);
+        let prefixed = crate::Launcher::command(["env"]).launch();
+        let elsewhere = SpawnRequest::plain(prefixed).worker_config(None);
+        assert_eq!((elsewhere.parent, elsewhere.reply_slot), (None, None));
     }
 }

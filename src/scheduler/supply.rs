@@ -9,14 +9,11 @@
 //! spawn error is retried after a delay that doubles up to a second, and
 //! the pool's thread sleeps until then; a broken pool sleeps for good.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::handle::WorkerHandle;
-use super::spawner::{Request, Spawner};
+use super::spawner::{SpawnRequest, Spawner};
 use crate::flow::{FIRST_RETRY, LAST_RETRY, STARTUP_FAILURE_LIMIT};
-use crate::handoff::WorkerConfig;
-use crate::launch::Launch;
 use crate::process::Process;
 
 /// One failure to start.
@@ -31,13 +28,8 @@ enum Failure {
 /// Spawns the workers of one launcher and keeps count of their failures.
 #[derive(Debug)]
 pub(crate) struct Supply {
-    launch: Arc<dyn Launch>,
-    config: WorkerConfig,
-    forward_stderr: bool,
-    /// Whether its workers get reply slots (see `bulk`).
-    bulk: bool,
-    /// Its position among the pool's launchers.
-    launcher: usize,
+    /// How its workers are started.
+    request: SpawnRequest,
     /// How many workers it keeps.
     target: usize,
     /// Replacements asked of the spawner and not back yet.
@@ -57,21 +49,9 @@ pub(crate) struct Supply {
 }
 
 impl Supply {
-    pub(crate) fn new(
-        launch: Arc<dyn Launch>,
-        mut config: WorkerConfig,
-        forward_stderr: bool,
-        bulk: bool,
-        launcher: usize,
-        target: usize,
-    ) -> Supply {
-        config.parent = launch.worker_is_child().then(std::process::id);
+    pub(crate) fn new(request: SpawnRequest, target: usize) -> Supply {
         Supply {
-            launch,
-            config,
-            forward_stderr,
-            bulk,
-            launcher,
+            request,
             target,
             pending: 0,
             reason: None,
@@ -86,13 +66,8 @@ impl Supply {
 
     /// Spawns one worker.
     pub(crate) fn spawn(&self) -> std::io::Result<WorkerHandle> {
-        let process = Process::spawn(
-            Arc::clone(&self.launch),
-            &self.config,
-            self.forward_stderr,
-            self.bulk,
-        )?;
-        Ok(WorkerHandle::new(process, self.launcher))
+        let process = self.request.spawn()?;
+        Ok(WorkerHandle::new(process, self.request.launcher))
     }
 
     /// Asks `spawner` for a replacement worker if it is time to. Returns
@@ -101,13 +76,7 @@ impl Supply {
         if self.retry_at.is_some_and(|at| now < at) {
             return false;
         }
-        spawner.request(Request {
-            launcher: self.launcher,
-            launch: Arc::clone(&self.launch),
-            config: self.config,
-            forward_stderr: self.forward_stderr,
-            bulk: self.bulk,
-        });
+        spawner.request(self.request.clone());
         self.pending += 1;
         true
     }
@@ -126,10 +95,10 @@ impl Supply {
             Ok(process) => {
                 tracing::debug!(worker = process.pid(), "worker respawned");
                 self.retry_at = None;
-                Some(WorkerHandle::new(process, self.launcher))
+                Some(WorkerHandle::new(process, self.request.launcher))
             }
             Err(e) => {
-                let place = self.launch.describe();
+                let place = self.request.launch.describe();
                 let place = place.as_deref().unwrap_or("this machine");
                 tracing::warn!(error = %e, place, "could not spawn a worker");
                 self.failed(Failure::Spawn(e.to_string()));
@@ -219,7 +188,7 @@ impl Supply {
     /// this machine, or when the pool has other launchers.
     pub(crate) fn reason(&self, alone: bool) -> Option<String> {
         let reason = self.reason.as_ref()?;
-        Some(match self.launch.describe() {
+        Some(match self.request.launch.describe() {
             Some(place) => format!("{place}: {reason}"),
             None if alone => reason.clone(),
             None => format!("this machine: {reason}"),
@@ -228,7 +197,7 @@ impl Supply {
 
     /// The memory limit its workers are started with, if any.
     pub(crate) fn memory_limit(&self) -> Option<u64> {
-        self.config.memory_limit
+        self.request.settings.memory_limit
     }
 
     /// How many workers it keeps.
@@ -238,7 +207,7 @@ impl Supply {
 
     /// How many of its workers may be starting at once.
     pub(crate) fn max_starting(&self) -> usize {
-        self.launch.max_starting()
+        self.request.launch.max_starting()
     }
 
     pub(crate) fn stopped(&self) -> bool {
@@ -248,30 +217,19 @@ impl Supply {
     /// The pool shut down: its launcher's helpers end (see
     /// [`Launch::finish`]).
     pub(crate) fn finish(&self) {
-        self.launch.finish();
+        self.request.launch.finish();
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
-    use crate::launch::Local;
+    use crate::launch::{Launch, Local};
 
     fn supply() -> Supply {
-        let config = WorkerConfig {
-            parent: None,
-            max_frame_bytes: 1 << 20,
-            memory_limit: None,
-            log_level: 0,
-            backtraces: false,
-            reply_slot: None,
-        };
-        Supply::new(Arc::new(Local), config, false, false, 0, 1)
-    }
-
-    #[test]
-    fn local_workers_check_their_parent() {
-        assert_eq!(supply().config.parent, Some(std::process::id()));
+        Supply::new(SpawnRequest::plain(Arc::new(Local)), 1)
     }
 
     #[test]
@@ -327,7 +285,7 @@ mod tests {
     struct Missing;
 
     impl Launch for Missing {
-        fn command(&self, _: &WorkerConfig) -> std::process::Command {
+        fn command(&self, _: &crate::handoff::WorkerConfig) -> std::process::Command {
             std::process::Command::new("/nonexistent/buckshot-worker")
         }
 
@@ -340,8 +298,7 @@ mod tests {
 
     #[test]
     fn spawn_errors_are_retried_after_a_doubling_delay() {
-        let config = supply().config;
-        let mut supply = Supply::new(Arc::new(Missing), config, false, false, 0, 1);
+        let mut supply = Supply::new(SpawnRequest::plain(Arc::new(Missing)), 1);
         let spawner = Spawner::start(|| {}).unwrap();
         // Asks for a worker if it is time to, and waits for what comes of
         // it: `None` if not asked for, or failed.
