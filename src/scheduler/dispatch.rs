@@ -20,7 +20,7 @@
 use std::sync::Arc;
 
 use super::Scheduler;
-use super::Seat;
+use super::roster::{Roster, Seat};
 use crate::flow::UNKNOWN_ESTIMATE;
 use crate::shared::State;
 
@@ -46,7 +46,7 @@ impl Seat {
     }
 }
 
-impl Scheduler {
+impl Roster {
     /// Files the worker in `slot` among the hungry (by readiness and
     /// backlog), the idle and the stocked (by backlog), or takes it out of
     /// those it no longer belongs to.
@@ -86,7 +86,7 @@ impl Scheduler {
 
     /// The worker that takes more work and is ready, or has the least
     /// backlog, if any.
-    fn hungriest(&mut self) -> Option<usize> {
+    pub(super) fn hungriest(&mut self) -> Option<usize> {
         while let Some(&(hunger, slot)) = self.hungry.first() {
             // Filed when it was last settled; it may have been doomed since.
             match self.workers.get(slot) {
@@ -103,7 +103,7 @@ impl Scheduler {
     }
 
     /// Whether a ready worker has nothing to do.
-    fn anyone_idle(&mut self) -> bool {
+    pub(super) fn anyone_idle(&mut self) -> bool {
         while let Some(&slot) = self.idle.first() {
             match self.workers.get(slot) {
                 Some(seat) if seat.idle && seat.takes_more(self.max_frames) => return true,
@@ -117,7 +117,7 @@ impl Scheduler {
     }
 
     /// The worker with the most backlog that may have frames to take back.
-    fn most_stocked(&mut self) -> Option<usize> {
+    pub(super) fn most_stocked(&mut self) -> Option<usize> {
         while let Some(&(backlog, slot)) = self.stocked.last() {
             match self.workers.get(slot) {
                 Some(seat) if seat.stocked == Some(backlog) && seat.may_give_back() => {
@@ -131,7 +131,9 @@ impl Scheduler {
         }
         None
     }
+}
 
+impl Scheduler {
     /// Gives queued chunks to the workers that take more, ready ones and
     /// those with the least estimated backlog first; when nothing is queued
     /// and a worker has nothing to do, takes back the frames other workers
@@ -150,11 +152,11 @@ impl Scheduler {
     /// nothing to do. A worker that gave some back gets no more before it
     /// answers the input it runs. Returns whether it took any.
     fn take_back_for_idle(&mut self, state: &mut State) -> bool {
-        if !self.anyone_idle() {
+        if !self.roster.anyone_idle() {
             return false;
         }
-        while let Some(slot) = self.most_stocked() {
-            let seat = &mut self.workers[slot];
+        while let Some(slot) = self.roster.most_stocked() {
+            let seat = &mut self.roster.workers[slot];
             let taken = seat.worker.take_back();
             let books = seat.worker.books();
             if taken.is_empty() {
@@ -162,12 +164,12 @@ impl Scheduler {
             } else {
                 seat.held_back_at = Some(books.answered());
             }
-            self.file(slot);
+            self.roster.file(slot);
             // What is left of its frames is written again.
-            self.touch(slot);
+            self.roster.touch(slot);
             if !taken.is_empty() {
                 tracing::trace!(
-                    worker = self.workers[slot].worker.process().worker_pid(),
+                    worker = self.roster.workers[slot].worker.process().worker_pid(),
                     frames = taken.len(),
                     "frames taken back for an idle worker"
                 );
@@ -191,10 +193,10 @@ impl Scheduler {
             let estimate = link.stats.per_item().unwrap_or(UNKNOWN_ESTIMATE);
             let stats = Arc::clone(&link.stats);
             let context = link.context.clone();
-            let Some(slot) = self.hungriest() else {
+            let Some(slot) = self.roster.hungriest() else {
                 break;
             };
-            let worker = &mut self.workers[slot].worker;
+            let worker = &mut self.roster.workers[slot].worker;
             let mut chunk = state.queue.pop_front().expect("front exists");
             self.known_maps.insert(chunk.map);
             if let Some(quota) = quota {
@@ -210,8 +212,8 @@ impl Scheduler {
                 }
             }
             worker.assign(chunk, context.as_deref(), estimate, stats);
-            self.file(slot);
-            self.touch(slot);
+            self.roster.file(slot);
+            self.roster.touch(slot);
         }
     }
 }

@@ -42,8 +42,11 @@
 //! - [`handle`]: one live worker: its process, books and reply stream;
 //! - [`dispatch`]: who gets work, and taking unread frames back for a
 //!   worker that has nothing to do;
+//! - [`roster`]: the workers, live and dying, and how the live ones are
+//!   filed (touched, fated, by deadline, taking more work or not);
 //! - [`staffing`]: keeping each launcher's number of workers, and their
-//!   seats;
+//!   seats; a pool whose every launcher stopped is broken (its phase says
+//!   so, [`Phase::Broken`]);
 //! - [`supply`]: spawning workers, and giving up when they cannot start;
 //! - [`spawner`]: the thread that spawns workers after the first ones, so
 //!   that this one goes on serving the others meanwhile;
@@ -60,24 +63,24 @@ mod faults;
 mod handle;
 mod poll;
 mod posting;
+mod roster;
 mod spawner;
 mod staffing;
 mod supply;
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::mpsc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use slab::Slab;
-
-use self::deadlines::Deadlines;
-use self::faults::{Burial, Dying};
+use self::faults::Burial;
 use self::handle::{Fate, WorkerHandle};
 use self::poll::{Key, Source, Watch};
 use self::posting::Posting;
+use self::roster::{DyingSeat, Roster, Seat};
 use self::spawner::{SpawnRequest, Spawner};
+use self::staffing::Staffing;
 use self::supply::Supply;
 use crate::chunk::Chunk;
 use crate::config::Config;
@@ -197,91 +200,24 @@ impl Drop for PanicGuard {
 
 struct Scheduler {
     shared: Arc<Shared>,
-    /// One per launcher, in the order the pool was given them.
-    supplies: Vec<Supply>,
-    spawner: Spawner,
-    /// The pool gave up.
-    broken: bool,
-    /// The live workers, by slot: a slot stays a worker's while it serves.
-    workers: Slab<Seat>,
-    dying: Slab<DyingSeat>,
-    /// Serial number of the next worker to join or leave service.
-    next_serial: u32,
     watch: Watch,
-    deadlines: Deadlines,
-    /// Slots of the workers that something happened to this turn: only
-    /// these are written, checked and settled.
-    touched: Vec<usize>,
-    /// Slots of the workers with a fate, to bury at the end of the turn.
-    fated: Vec<usize>,
-    /// The workers that take more work, ready ones first, then by
-    /// estimated backlog: dispatch takes the first, without looking at the
-    /// others.
-    hungry: BTreeSet<(Hunger, usize)>,
-    /// Ready workers with nothing to do.
-    idle: BTreeSet<usize>,
-    /// Workers with frames queued behind the one they run, by backlog:
-    /// where an idle worker takes work back from when nothing is queued.
-    stocked: BTreeSet<(Duration, usize)>,
-    /// Frames a worker may have in flight (one with `batch_size(1)`).
-    max_frames: usize,
-    /// Workers of each launcher that hold a seat: at most its number of
-    /// workers, so that no more tasks run at once than the pool has
-    /// processes. A replacement spawned while the worker it replaces still
-    /// runs its last inputs waits on the bench for its seat.
-    seated: Vec<usize>,
-    /// Workers without a seat, oldest first.
-    benched: Vec<Key>,
+    /// The workers, live and dying, and how they are filed.
+    roster: Roster,
+    /// Each launcher's workers to come, and the seats of those there.
+    staffing: Staffing,
+    /// Deliveries to send at the next sync, and the observers that see
+    /// them.
+    posting: Posting,
     /// Workers whose head input changed: is its map still there?
     recheck: Vec<Key>,
     /// Maps the workers were given inputs of, as of the last sync.
     known_maps: HashSet<u64>,
-    /// Dying workers whose exit was signalled.
-    exited: Vec<Key>,
-    /// Something changed how many workers each launcher has or may start:
-    /// `replenish` has work to do.
-    workforce_changed: bool,
-    /// Deliveries to send at the next sync, and the observers that see
-    /// them.
-    posting: Posting,
     /// Chunks to put back at the front of the queue, in order.
     requeue: Vec<Chunk>,
     /// What the last wait found ready.
     ready: Vec<Source>,
     /// Scratch: workers whose deadline passed.
     expired: Vec<Key>,
-}
-
-/// Where a worker that takes more work is filed: ready workers first
-/// (`false`), then by estimated backlog.
-type Hunger = (bool, Duration);
-
-/// A live worker and what the loop keeps about it.
-struct Seat {
-    worker: WorkerHandle,
-    serial: u32,
-    /// It holds one of its launcher's seats: it may run tasks.
-    seated: bool,
-    /// Its request pipe is in the epoll set.
-    writes_watched: bool,
-    /// Its deadline as the heap knows it.
-    deadline: Option<Instant>,
-    /// It is in `touched`.
-    touched: bool,
-    /// It was seen taking no more work (counted by `replenish`).
-    idle_noted: bool,
-    /// How it is filed in `hungry`, if it is there.
-    hungry: Option<Hunger>,
-    /// It is in `idle`.
-    idle: bool,
-    /// Its backlog as filed in `stocked`, if it is there.
-    stocked: Option<Duration>,
-    /// Its inputs given (`Books::assigned`) when it was last found to have
-    /// nothing to take back: it is not looked at again before it gets more.
-    nothing_back_at: Option<u64>,
-    /// Its inputs answered (`Books::answered`) when work was taken back
-    /// from it: it gets no more before it answers again.
-    held_back_at: Option<u64>,
 }
 
 /// Closes a stderr pipe whose stream ended, once out of the epoll set.
@@ -294,12 +230,6 @@ fn close_if_ended(watch: &Watch, stderr: &mut StderrPipe) {
     }
 }
 
-/// A worker taken out of service, waiting to be reaped.
-struct DyingSeat {
-    dying: Dying,
-    serial: u32,
-}
-
 impl Scheduler {
     fn new(shared: Arc<Shared>, observers: Vec<Box<dyn Observer>>) -> std::io::Result<Scheduler> {
         let config = &shared.config;
@@ -310,7 +240,6 @@ impl Scheduler {
             .map(|(index, (_, count))| Supply::new(SpawnRequest::new(config, index), *count))
             .collect();
         let max_frames = crate::flow::frames_in_flight(shared.config.batch_size);
-        let seated = vec![0; shared.config.launchers.len()];
         let watch = Watch::new(shared.doorbell())?;
         let ring: Ring = {
             let shared = Arc::clone(&shared);
@@ -320,27 +249,12 @@ impl Scheduler {
         let spawner = Spawner::start(move || ring())?;
         Ok(Scheduler {
             shared,
-            supplies,
-            spawner,
-            broken: false,
-            workers: Slab::new(),
-            dying: Slab::new(),
-            next_serial: 0,
             watch,
-            deadlines: Deadlines::default(),
-            touched: Vec::new(),
-            fated: Vec::new(),
-            hungry: BTreeSet::new(),
-            idle: BTreeSet::new(),
-            stocked: BTreeSet::new(),
-            max_frames,
-            seated,
-            benched: Vec::new(),
+            roster: Roster::new(max_frames),
+            staffing: Staffing::new(supplies, spawner),
+            posting,
             recheck: Vec::new(),
             known_maps: HashSet::new(),
-            exited: Vec::new(),
-            workforce_changed: true,
-            posting,
             requeue: Vec::new(),
             ready: Vec::new(),
             expired: Vec::new(),
@@ -356,8 +270,8 @@ impl Scheduler {
             if !self.sync() {
                 break;
             }
-            for &slot in &self.touched {
-                self.workers[slot].worker.write(&self.watch);
+            for &slot in &self.roster.touched {
+                self.roster.workers[slot].worker.write(&self.watch);
             }
             self.settle();
             let deadline = self.nearest_deadline();
@@ -389,10 +303,9 @@ impl Scheduler {
 
     /// Puts a new worker in service.
     fn admit(&mut self, worker: WorkerHandle) {
-        let serial = self.next_serial;
-        self.next_serial = serial.wrapping_add(1);
+        let serial = self.roster.next_serial();
         let key = Key {
-            slot: self.workers.vacant_key(),
+            slot: self.roster.workers.vacant_key(),
             serial,
         };
         if let Err(e) = self.watch.join(key, worker.process()) {
@@ -401,11 +314,11 @@ impl Scheduler {
             self.break_pool(format!("could not watch a worker: {e}"));
             return;
         }
-        let seated = self.take_seat(worker.launcher());
+        let seated = self.staffing.take_seat(worker.launcher());
         if !seated {
-            self.benched.push(key);
+            self.staffing.benched.push(key);
         }
-        self.workers.insert(Seat {
+        self.roster.workers.insert(Seat {
             worker,
             serial,
             seated,
@@ -419,24 +332,8 @@ impl Scheduler {
             nothing_back_at: None,
             held_back_at: None,
         });
-        self.workforce_changed = true;
-        self.touch(key.slot);
-    }
-
-    /// Something happened to the worker in `slot`: it is settled this turn.
-    fn touch(&mut self, slot: usize) {
-        let seat = &mut self.workers[slot];
-        if !seat.touched {
-            seat.touched = true;
-            self.touched.push(slot);
-        }
-    }
-
-    /// The live worker `key` names, unless it is gone.
-    fn live(&self, key: Key) -> bool {
-        self.workers
-            .get(key.slot)
-            .is_some_and(|seat| seat.serial == key.serial)
+        self.staffing.workforce_changed = true;
+        self.roster.touch(key.slot);
     }
 
     /// Brings what the loop keeps about the touched workers up to date:
@@ -444,16 +341,16 @@ impl Scheduler {
     /// they are to be buried.
     fn settle(&mut self) {
         let timeout = self.shared.config.timeout;
-        for slot in std::mem::take(&mut self.touched) {
-            let seat = &mut self.workers[slot];
+        for slot in std::mem::take(&mut self.roster.touched) {
+            let seat = &mut self.roster.workers[slot];
             seat.touched = false;
             let key = Key {
                 slot,
                 serial: seat.serial,
             };
             if seat.worker.fate().is_some() {
-                self.fated.push(slot);
-                self.file(slot);
+                self.roster.fated.push(slot);
+                self.roster.file(slot);
                 continue;
             }
             let want = seat.worker.wants_to_write();
@@ -463,20 +360,20 @@ impl Scheduler {
             if deadline != seat.deadline {
                 seat.deadline = deadline;
                 if let Some(at) = deadline {
-                    self.deadlines.set(key, at);
+                    self.roster.deadlines.set(key, at);
                 }
             }
             if !seat.idle_noted && !seat.worker.takes_work() {
                 seat.idle_noted = true;
-                self.workforce_changed = true;
+                self.staffing.workforce_changed = true;
             }
             if seat.worker.books().head_map().is_some() {
                 self.recheck.push(key);
             }
-            self.file(slot);
+            self.roster.file(slot);
         }
-        let workers = &self.workers;
-        self.deadlines.compact(workers.len(), || {
+        let workers = &self.roster.workers;
+        self.roster.deadlines.compact(workers.len(), || {
             workers
                 .iter()
                 .filter_map(|(slot, seat)| {
@@ -494,30 +391,35 @@ impl Scheduler {
     /// awaits burial, else the earliest deadline of a worker, of a retired
     /// worker's exit, or of a spawn retry.
     fn nearest_deadline(&mut self) -> Option<Instant> {
-        if !self.fated.is_empty() {
+        if !self.roster.fated.is_empty() {
             // A worker to bury (cancelled, say): just look at what else is
             // ready, then come back.
             return Some(Instant::now());
         }
-        let workers = &self.workers;
-        let nearest = self.deadlines.nearest(|key, at| {
+        let workers = &self.roster.workers;
+        let nearest = self.roster.deadlines.nearest(|key, at| {
             workers
                 .get(key.slot)
                 .is_some_and(|seat| seat.serial == key.serial && seat.deadline == Some(at))
         });
         nearest
             .into_iter()
-            .chain(self.dying.iter().filter_map(|(_, d)| d.dying.kill_at()))
-            .chain(self.retry_at())
+            .chain(
+                self.roster
+                    .dying
+                    .iter()
+                    .filter_map(|(_, d)| d.dying.kill_at()),
+            )
+            .chain(self.staffing.retry_at())
             .chain(self.posting.due_at())
             .min()
     }
 
     /// Decides the fate of the workers whose deadline passed at `now`.
     fn expire(&mut self, now: Instant, timeout: Option<std::time::Duration>) {
-        let workers = &self.workers;
+        let workers = &self.roster.workers;
         let mut expired = std::mem::take(&mut self.expired);
-        self.deadlines.expired(
+        self.roster.deadlines.expired(
             now,
             |key, at| {
                 workers
@@ -527,8 +429,10 @@ impl Scheduler {
             &mut expired,
         );
         for key in expired.drain(..) {
-            self.workers[key.slot].worker.check_deadline(now, timeout);
-            self.touch(key.slot);
+            self.roster.workers[key.slot]
+                .worker
+                .check_deadline(now, timeout);
+            self.roster.touch(key.slot);
         }
         self.expired = expired;
     }
@@ -571,7 +475,7 @@ impl Scheduler {
         // Workers may drop the contexts that no map or handle holds.
         let dead = state.take_dead_contexts();
         for &id in &dead {
-            for (_, seat) in &mut self.workers {
+            for (_, seat) in &mut self.roster.workers {
                 seat.worker.forget(id);
             }
         }
@@ -604,23 +508,23 @@ impl Scheduler {
         let mut check = std::mem::take(&mut self.recheck);
         if !gone.is_empty() {
             check.clear();
-            check.extend(self.workers.iter().map(|(slot, seat)| Key {
+            check.extend(self.roster.workers.iter().map(|(slot, seat)| Key {
                 slot,
                 serial: seat.serial,
             }));
         }
         for key in check.drain(..) {
-            if !self.live(key) {
+            if !self.roster.live(key) {
                 continue;
             }
-            let worker = &mut self.workers[key.slot].worker;
+            let worker = &mut self.roster.workers[key.slot].worker;
             if worker
                 .books()
                 .head_map()
                 .is_some_and(|map| !state.maps.contains_key(&map))
             {
                 worker.doom(Fate::Cancelled);
-                self.touch(key.slot);
+                self.roster.touch(key.slot);
             }
         }
         self.recheck = check;
@@ -631,44 +535,38 @@ impl Scheduler {
         let max_frame = self.shared.config.max_frame_bytes;
         match source {
             Source::Doorbell => self.shared.clear_doorbell(),
-            Source::Replies(key) if self.live(key) => {
-                let worker = &mut self.workers[key.slot].worker;
+            Source::Replies(key) if self.roster.live(key) => {
+                let worker = &mut self.roster.workers[key.slot].worker;
                 let (_, heard) = worker.read(max_frame, &mut self.posting, &self.watch);
                 let launcher = worker.launcher();
-                self.touch(key.slot);
+                self.roster.touch(key.slot);
                 self.hear(heard, launcher);
             }
-            Source::Requests(key) if self.live(key) => {
-                self.workers[key.slot].worker.write(&self.watch);
-                self.touch(key.slot);
+            Source::Requests(key) if self.roster.live(key) => {
+                self.roster.workers[key.slot].worker.write(&self.watch);
+                self.roster.touch(key.slot);
             }
-            Source::Stderr(key) if self.live(key) => {
-                let stderr = self.workers[key.slot].worker.process_mut().stderr();
+            Source::Stderr(key) if self.roster.live(key) => {
+                let stderr = self.roster.workers[key.slot].worker.process_mut().stderr();
                 stderr.pump();
                 close_if_ended(&self.watch, stderr);
             }
-            Source::Exited(key) if self.live(key) => {
-                let worker = &mut self.workers[key.slot].worker;
+            Source::Exited(key) if self.roster.live(key) => {
+                let worker = &mut self.roster.workers[key.slot].worker;
                 let heard = worker.read_remains(max_frame, &mut self.posting, &self.watch);
                 let launcher = worker.launcher();
-                self.touch(key.slot);
+                self.roster.touch(key.slot);
                 self.hear(heard, launcher);
             }
-            Source::Reap(key) if self.dying_live(key) => self.exited.push(key),
-            Source::DyingStderr(key) if self.dying_live(key) => {
-                let stderr = self.dying[key.slot].dying.process_mut().stderr();
+            Source::Reap(key) if self.roster.dying_live(key) => self.roster.exited.push(key),
+            Source::DyingStderr(key) if self.roster.dying_live(key) => {
+                let stderr = self.roster.dying[key.slot].dying.process_mut().stderr();
                 stderr.pump();
                 close_if_ended(&self.watch, stderr);
             }
             // Late news of a worker that is gone.
             _ => {}
         }
-    }
-
-    fn dying_live(&self, key: Key) -> bool {
-        self.dying
-            .get(key.slot)
-            .is_some_and(|seat| seat.serial == key.serial)
     }
 
     /// Takes the workers with a fate out of service.
@@ -681,23 +579,23 @@ impl Scheduler {
         };
         // The launchers whose workers left a seat free.
         let mut freed = Vec::new();
-        for slot in self.fated.drain(..) {
+        for slot in std::mem::take(&mut self.roster.fated) {
             // A worker may be listed twice: once buried, its slot is empty
             // (nothing joins before the next turn).
             if self
+                .roster
                 .workers
                 .get(slot)
                 .is_none_or(|seat| seat.worker.fate().is_none())
             {
                 continue;
             }
-            let seat = self.workers.remove(slot);
+            let seat = self.roster.workers.remove(slot);
             if seat.seated {
                 freed.push(seat.worker.launcher());
             }
-            let serial = self.next_serial;
-            self.next_serial = serial.wrapping_add(1);
-            let entry = self.dying.vacant_entry();
+            let serial = self.roster.next_serial();
+            let entry = self.roster.dying.vacant_entry();
             let key = Key {
                 slot: entry.key(),
                 serial,
@@ -715,20 +613,21 @@ impl Scheduler {
             // One that exited already is reaped this turn, so that a
             // start-up failure is counted (and backed off from) before the
             // next spawn.
-            self.exited.push(key);
-            self.workforce_changed = true;
+            self.roster.exited.push(key);
+            self.staffing.workforce_changed = true;
         }
         for launcher in freed {
-            self.free_seat(launcher);
+            self.staffing.free_seat(launcher, &mut self.roster);
         }
     }
 
     /// Reaps the dying workers that have exited, and kills those whose
     /// grace ran out at `now`, and reports their victims.
     fn reap_dying(&mut self, now: Instant) {
-        let mut due: Vec<Key> = std::mem::take(&mut self.exited);
+        let mut due: Vec<Key> = std::mem::take(&mut self.roster.exited);
         due.extend(
-            self.dying
+            self.roster
+                .dying
                 .iter()
                 .filter(|(_, d)| d.dying.kill_at().is_some_and(|at| now >= at))
                 .map(|(slot, d)| Key {
@@ -737,29 +636,29 @@ impl Scheduler {
                 }),
         );
         for key in due.drain(..) {
-            if !self.dying_live(key) {
+            if !self.roster.dying_live(key) {
                 continue;
             }
-            let dying = &mut self.dying[key.slot].dying;
-            let supply = &mut self.supplies[dying.launcher()];
+            let dying = &mut self.roster.dying[key.slot].dying;
+            let supply = &mut self.staffing.supplies[dying.launcher()];
             if faults::try_reap(dying, now, supply, &mut self.posting) {
                 let process = dying.process_mut();
                 self.watch.unwatch(process.pidfd());
                 if let Some(fd) = process.stderr_fd() {
                     self.watch.unwatch(fd);
                 }
-                self.dying.remove(key.slot);
-                self.workforce_changed = true;
+                self.roster.dying.remove(key.slot);
+                self.staffing.workforce_changed = true;
             }
         }
-        self.exited = due;
+        self.roster.exited = due;
     }
 
     /// Kills every worker, fails every input still owed, reaps, and gives
     /// the stderr forwarder a moment to write what the workers said last.
     fn shut_down(&mut self) {
         // Spawned too late to serve: killed and reaped with the others.
-        let late = self.spawner.stop();
+        let late = self.staffing.spawner.stop();
         // What the observers still hold goes with the rest (bounded).
         self.posting.finish();
         let deliveries = self.posting.take();
@@ -768,7 +667,7 @@ impl Scheduler {
         let reason = state.phase.reason();
         let mut owed: Vec<Chunk> = self.requeue.drain(..).collect();
         let mut processes = late;
-        for seat in self.workers.drain() {
+        for seat in self.roster.workers.drain() {
             let (process, unanswered) = seat.worker.kill_for_shutdown();
             owed.extend(unanswered.into_chunks());
             processes.push(process);
@@ -777,7 +676,7 @@ impl Scheduler {
         for chunk in owed {
             state.never_run(chunk.map, chunk.first_index, chunk.count, reason.clone());
         }
-        for (_, seat) in &mut self.dying {
+        for (_, seat) in &mut self.roster.dying {
             if let Some((map, index)) = seat.dying.take_victim() {
                 state.never_run(map, index, 1, reason.clone());
             }
@@ -791,12 +690,12 @@ impl Scheduler {
             stderr.pump();
             stderr.flush_line();
         }
-        for seat in self.dying.drain() {
+        for seat in self.roster.dying.drain() {
             faults::reap_at_shutdown(seat.dying);
         }
         // What the launchers run for the workers just killed (a remote
         // kill) gets a moment, then goes too: nothing outlives the pool.
-        for supply in &self.supplies {
+        for supply in &self.staffing.supplies {
             supply.finish();
         }
         if self.shared.config.forward_stderr {

@@ -8,10 +8,75 @@ use std::time::Instant;
 
 use super::Scheduler;
 use super::handle::{Fate, Heard, WorkerHandle};
+use super::poll::Key;
+use super::roster::Roster;
+use super::spawner::Spawner;
 use super::supply::Supply;
 use crate::error::Error;
 use crate::flow::SPAWNED_AT_START;
 use crate::shared::Phase;
+
+/// Each launcher's supply of workers, and the seats of those there.
+pub(super) struct Staffing {
+    /// One per launcher, in the order the pool was given them.
+    pub(super) supplies: Vec<Supply>,
+    pub(super) spawner: Spawner,
+    /// Workers of each launcher that hold a seat: at most its number of
+    /// workers, so that no more tasks run at once than the pool has
+    /// processes. A replacement spawned while the worker it replaces still
+    /// runs its last inputs waits on the bench for its seat.
+    pub(super) seated: Vec<usize>,
+    /// Workers without a seat, oldest first.
+    pub(super) benched: Vec<Key>,
+    /// Something changed how many workers each launcher has or may start:
+    /// `replenish` has work to do.
+    pub(super) workforce_changed: bool,
+}
+
+impl Staffing {
+    pub(super) fn new(supplies: Vec<Supply>, spawner: Spawner) -> Staffing {
+        Staffing {
+            seated: vec![0; supplies.len()],
+            supplies,
+            spawner,
+            benched: Vec::new(),
+            workforce_changed: true,
+        }
+    }
+
+    /// When a launcher must spawn again after a spawn error, if one must.
+    pub(super) fn retry_at(&self) -> Option<Instant> {
+        self.supplies.iter().filter_map(Supply::retry_at).min()
+    }
+
+    /// Gives a worker of launcher number `launcher` that joins a seat if
+    /// one is free: whether it did.
+    pub(super) fn take_seat(&mut self, launcher: usize) -> bool {
+        let free = self.seated[launcher] < self.supplies[launcher].target();
+        if free {
+            self.seated[launcher] += 1;
+        }
+        free
+    }
+
+    /// A seated worker of launcher number `launcher` left service (it
+    /// answered its last input, or was killed): the oldest of its benched
+    /// workers in `roster` takes the seat.
+    pub(super) fn free_seat(&mut self, launcher: usize, roster: &mut Roster) {
+        self.seated[launcher] -= 1;
+        self.benched.retain(|&key| roster.live(key));
+        let next = self
+            .benched
+            .iter()
+            .position(|key| roster.workers[key.slot].worker.launcher() == launcher);
+        if let Some(position) = next {
+            let key = self.benched.remove(position);
+            roster.workers[key.slot].seated = true;
+            self.seated[launcher] += 1;
+            roster.touch(key.slot);
+        }
+    }
+}
 
 impl Scheduler {
     /// Spawns the first workers of each launcher here (see
@@ -23,8 +88,8 @@ impl Scheduler {
         // Asked only of a wide pool: it reads cgroup files, which takes a
         // noticeable part of a small pool's start.
         let cores = || std::thread::available_parallelism().map_or(1, NonZero::get);
-        for launcher in 0..self.supplies.len() {
-            let supply = &mut self.supplies[launcher];
+        for launcher in 0..self.staffing.supplies.len() {
+            let supply = &mut self.staffing.supplies[launcher];
             // The rest start as these say hello (see `replenish_launcher`).
             let initial = supply.target().min(supply.max_starting());
             let here = if initial <= SPAWNED_AT_START {
@@ -39,7 +104,7 @@ impl Scheduler {
                 spawned.push(worker);
             }
             for _ in here..initial {
-                supply.replace(now, &self.spawner);
+                supply.replace(now, &self.staffing.spawner);
             }
             for worker in spawned {
                 self.admit(worker);
@@ -48,38 +113,41 @@ impl Scheduler {
         Ok(())
     }
 
-    /// When a launcher must spawn again after a spawn error, if one must.
-    pub(super) fn retry_at(&self) -> Option<Instant> {
-        self.supplies.iter().filter_map(Supply::retry_at).min()
-    }
-
     /// Keeps each launcher's number of workers that take work, unless its
     /// start-up keeps failing: then it is given up, and the pool with it
     /// when it was the last. Looks at the workers only when something
     /// changed their numbers, or a spawn retry is due.
     pub(super) fn replenish(&mut self) {
         let now = Instant::now();
-        while let Some(spawned) = self.spawner.try_take() {
-            let supply = &mut self.supplies[spawned.launcher];
+        while let Some(spawned) = self.staffing.spawner.try_take() {
+            let supply = &mut self.staffing.supplies[spawned.launcher];
             if let Some(worker) = supply.spawned(spawned.result, now) {
                 self.admit(worker);
             }
-            self.workforce_changed = true;
+            self.staffing.workforce_changed = true;
         }
-        if self.broken {
+        // Every launcher stopped: the pool broke when the last one did.
+        if self.staffing.supplies.iter().all(Supply::stopped) {
             return;
         }
-        let retry_due = self.retry_at().is_some_and(|at| at <= now);
-        if !std::mem::take(&mut self.workforce_changed) && !retry_due {
+        let retry_due = self.staffing.retry_at().is_some_and(|at| at <= now);
+        if !std::mem::take(&mut self.staffing.workforce_changed) && !retry_due {
             return;
         }
-        for launcher in 0..self.supplies.len() {
+        for launcher in 0..self.staffing.supplies.len() {
             self.replenish_launcher(launcher);
         }
-        if self.supplies.iter().all(Supply::stopped) {
-            let alone = self.supplies.len() == 1;
-            let reasons: Vec<String> = self
-                .supplies
+    }
+
+    /// Gives launcher number `launcher` up, for `reason`; and the pool with
+    /// it, when it was the last.
+    fn stop_launcher(&mut self, launcher: usize, reason: String) {
+        self.staffing.supplies[launcher].stop(Some(reason));
+        self.staffing.workforce_changed = true;
+        let supplies = &self.staffing.supplies;
+        if supplies.iter().all(Supply::stopped) {
+            let alone = supplies.len() == 1;
+            let reasons: Vec<String> = supplies
                 .iter()
                 .filter_map(|supply| supply.reason(alone))
                 .collect();
@@ -88,16 +156,16 @@ impl Scheduler {
     }
 
     pub(super) fn replenish_launcher(&mut self, launcher: usize) {
-        if self.supplies[launcher].stopped() {
+        if self.staffing.supplies[launcher].stopped() {
             return;
         }
         let ours = |worker: &&WorkerHandle| worker.launcher() == launcher;
-        let workers = || self.workers.iter().map(|(_, seat)| &seat.worker);
+        let workers = || self.roster.workers.iter().map(|(_, seat)| &seat.worker);
         let ready = workers().filter(ours).any(|w| w.books().is_ready());
         if !ready {
-            if let Some(reason) = self.supplies[launcher].gave_up() {
-                tracing::warn!(launcher = ?self.supplies[launcher], reason, "workers keep failing to start: launcher given up");
-                self.supplies[launcher].stop(Some(reason));
+            if let Some(reason) = self.staffing.supplies[launcher].gave_up() {
+                tracing::warn!(launcher = ?self.staffing.supplies[launcher], reason, "workers keep failing to start: launcher given up");
+                self.stop_launcher(launcher, reason);
                 return;
             }
         }
@@ -110,11 +178,12 @@ impl Scheduler {
             .filter(|w| w.fate().is_none())
             .count();
         let failed_starting = self
+            .roster
             .dying
             .iter()
             .filter(|(_, d)| d.dying.launcher() == launcher && d.dying.failed_starting())
             .count();
-        let supply = &mut self.supplies[launcher];
+        let supply = &mut self.staffing.supplies[launcher];
         while working + supply.pending() < supply.target() {
             if starting + supply.pending() >= supply.max_starting() {
                 return;
@@ -122,55 +191,21 @@ impl Scheduler {
             if !ready && !supply.may_start(alive + failed_starting + supply.pending()) {
                 return;
             }
-            if !supply.replace(now, &self.spawner) {
+            if !supply.replace(now, &self.staffing.spawner) {
                 return;
             }
-        }
-    }
-
-    /// Gives a worker of launcher number `launcher` that joins a seat if one is
-    /// free: whether it did.
-    pub(super) fn take_seat(&mut self, launcher: usize) -> bool {
-        let free = self.seated[launcher] < self.supplies[launcher].target();
-        if free {
-            self.seated[launcher] += 1;
-        }
-        free
-    }
-
-    /// A seated worker of launcher number `launcher` left service (it answered its
-    /// last input, or was killed): the oldest of its benched workers takes
-    /// the seat.
-    pub(super) fn free_seat(&mut self, launcher: usize) {
-        self.seated[launcher] -= 1;
-        let workers = &self.workers;
-        self.benched.retain(|key| {
-            workers
-                .get(key.slot)
-                .is_some_and(|seat| seat.serial == key.serial)
-        });
-        let next = self
-            .benched
-            .iter()
-            .position(|key| self.workers[key.slot].worker.launcher() == launcher);
-        if let Some(position) = next {
-            let key = self.benched.remove(position);
-            self.workers[key.slot].seated = true;
-            self.seated[launcher] += 1;
-            self.touch(key.slot);
         }
     }
 
     /// Gives up on the pool: every worker goes, every input still owed
     /// fails with `reason`, new maps are refused.
     pub(super) fn break_pool(&mut self, reason: String) {
-        self.broken = true;
-        let slots: Vec<usize> = self.workers.iter().map(|(slot, _)| slot).collect();
+        let slots: Vec<usize> = self.roster.workers.iter().map(|(slot, _)| slot).collect();
         for slot in slots {
-            self.workers[slot].worker.doom(Fate::PoolBroken);
-            self.touch(slot);
+            self.roster.workers[slot].worker.doom(Fate::PoolBroken);
+            self.roster.touch(slot);
         }
-        for supply in &mut self.supplies {
+        for supply in &mut self.staffing.supplies {
             supply.stop(None);
         }
         let mut state = self.shared.lock();
@@ -182,24 +217,24 @@ impl Scheduler {
     pub(super) fn hear(&mut self, heard: Option<Heard>, launcher: usize) {
         match heard {
             Some(Heard::Ready) => {
-                self.supplies[launcher].ready();
-                self.workforce_changed = true;
+                self.staffing.supplies[launcher].ready();
+                self.staffing.workforce_changed = true;
             }
             // Every worker of that launcher would say the same: no point
             // retrying it. Its workers go, their inputs to the others.
             Some(Heard::Mismatch(problem)) => {
                 let slots: Vec<usize> = self
+                    .roster
                     .workers
                     .iter()
                     .filter(|(_, seat)| seat.worker.launcher() == launcher)
                     .map(|(slot, _)| slot)
                     .collect();
                 for slot in slots {
-                    self.workers[slot].worker.doom(Fate::PoolBroken);
-                    self.touch(slot);
+                    self.roster.workers[slot].worker.doom(Fate::PoolBroken);
+                    self.roster.touch(slot);
                 }
-                self.supplies[launcher].stop(Some(problem));
-                self.workforce_changed = true;
+                self.stop_launcher(launcher, problem);
             }
             None => {}
         }
