@@ -123,8 +123,8 @@ impl PoolBuilder {
     /// runaway allocations, not a sandbox for memory.
     ///
     /// A limit below what a worker needs to start (its set-up's data plus
-    /// 1 MiB) is refused by the first worker: the pool fails with
-    /// [`Error::Startup`] naming the limit.
+    /// 1 MiB) is refused by the first worker: the pool breaks, and its
+    /// maps fail with [`Error::Startup`] naming the limit.
     pub fn memory_limit(mut self, bytes: u64) -> Self {
         self.memory_limit = Some(bytes);
         self
@@ -265,8 +265,10 @@ impl PoolBuilder {
     /// - [`Error::Launcher`] if a launcher cannot get ready;
     /// - [`Error::PoolSetup`] if the pool's own thread or descriptors
     ///   cannot be created, [`Error::Spawn`] if a worker cannot be
-    ///   started, and [`Error::Startup`] if the first workers fail before
-    ///   they take work.
+    ///   started.
+    ///
+    /// Workers that start and then keep failing before they take work
+    /// break the pool later: its maps fail with [`Error::Startup`].
     pub fn build(self) -> Result<Pool, Error> {
         let invalid = |message: &str| {
             Err(Error::Config {
@@ -375,7 +377,9 @@ impl PoolBuilder {
             .all(|(launcher, _)| launcher.launch().worker_is_child());
         // Observers that read inputs and outputs (replay files, the
         // journal) read them as plain items: long strings stay inline.
-        let plain = sandbox_rules.is_empty() && !plugins.wants().plain_items;
+        // An answerer reads them so too (it keys the encoded input).
+        let plain =
+            sandbox_rules.is_empty() && !plugins.wants().plain_items && plugins.answerers.is_none();
         let bulk = (local && plain && crate::bulk::available_here())
             .then(|| Arc::new(crate::bulk::Segments::new(max_frame_bytes)));
         let config = Config {

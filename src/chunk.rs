@@ -43,11 +43,6 @@ impl Chunk {
         protocol::run_items(&self.frame)
     }
 
-    /// The encoded value of the context its task reads, if any.
-    pub(crate) fn context_value(&self) -> Option<&[u8]> {
-        context_value(self.context_frame.as_deref()?)
-    }
-
     /// The encoded input of a chunk of one.
     pub(crate) fn only_item(&self) -> &[u8] {
         Items::new(self.items())

@@ -77,6 +77,7 @@ impl Outbox {
                 .is_some_and(|since| since.elapsed() >= DELIVERY_DELAY)
     }
 
+    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.deliveries.len()
     }

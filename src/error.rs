@@ -191,11 +191,14 @@ pub enum Error {
         source: std::io::Error,
     },
 
-    /// Workers start but fail before they can take work: they died during
-    /// start-up, their handshake did not match this process, or they
-    /// could not be spawned, too often in a row. Returned by
-    /// [`PoolBuilder::build`](crate::PoolBuilder::build) when the first
-    /// workers fail so, and by every map of a pool that gave up later.
+    /// The pool gave up: its workers failed before they could take work
+    /// (they died during start-up, their handshake did not match this
+    /// process, or they could not be spawned, too often in a row), or its
+    /// thread failed (an internal error, which the message says). Returned
+    /// by every map started on the pool after that; the inputs of maps
+    /// already running fail with [`Error::PoolClosed`] and the same
+    /// reason. `build` returns before workers say hello, so it does not
+    /// return this.
     #[error("workers fail to start: {message}")]
     #[non_exhaustive]
     Startup {

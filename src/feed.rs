@@ -98,8 +98,12 @@ where
         let context = task.context_id();
         let context_frame = task.context.as_ref().map(|c| Arc::clone(&c.frame));
         let answerer = shared.answerers.as_ref().and_then(|answerers| {
-            let value = context_frame.as_deref().and_then(|f| context_value(f));
-            answerers.for_map(task.position, value)
+            let value = context_frame.as_deref().map(|f| context_value(f));
+            match value {
+                // A context whose value cannot be read answers nothing.
+                Some(None) => None,
+                value => answerers.for_map(task.position, value.flatten()),
+            }
         });
         let opened = shared.open_map(task.context)?;
         Ok(Feed {
@@ -201,6 +205,10 @@ where
             .bulk
             .clone()
             .filter(|_| long && crate::bulk::dumpable());
+        debug_assert!(
+            bulk.is_none() || self.answerer.is_none(),
+            "an answerer keys plain items"
+        );
         // Stops at a chunk boundary once enough is pulled, so that no chunk is
         // cut short.
         while self.next_input - self.base < span
@@ -275,8 +283,14 @@ where
     /// it has one that decodes as an `O` (one that no longer does, because
     /// its type changed, runs again).
     fn answer(&mut self, item: &[u8]) -> Option<O> {
-        let output = self.answerer.as_mut()?.answer(item)?;
-        protocol::decode(&output, &mut self.scratch).ok()
+        let answerer = self.answerer.as_mut()?;
+        let scratch = &mut self.scratch;
+        let mut output = None;
+        answerer.answer(item, &mut |bytes| {
+            output = protocol::decode(bytes, scratch).ok();
+            output.is_some()
+        });
+        output
     }
 
     fn submit(&mut self, chunks: Vec<Chunk>) {

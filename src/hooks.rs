@@ -4,8 +4,9 @@
 //! handlers to the registry.
 //!
 //! - [`Observer`], on the pool's thread: sees every outcome as it arrives
-//!   and every failure as it is posted (the journal records the first, the
-//!   replay files keep the second). It is always called outside the
+//!   and every failure of an input as it is posted (the journal records
+//!   the first, the replay files keep the second); a failure one observer
+//!   holds is not shown to those after it. It is always called outside the
 //!   pool's state lock, and it may fill a failure's replay slot, never
 //!   change its kind nor drop it.
 //! - [`Answerers`], on a map's caller thread: may answer an encoded input
@@ -103,10 +104,13 @@ pub(crate) trait Observer: Send {
 }
 
 /// Answers an encoded input of one map without running it, on the map's
-/// caller thread.
+/// caller thread. Inputs are encoded as plain CBOR for a pool with
+/// answerers (no long strings in shared memory).
 pub(crate) trait Answerer: Send {
-    /// The encoded output of `input`, if it has one.
-    fn answer(&mut self, input: &[u8]) -> Option<Vec<u8>>;
+    /// Offers `accept` the encoded outputs it has for the encoded `input`,
+    /// best first, until one is accepted (one that no longer decodes, say,
+    /// is not); whether one was.
+    fn answer(&mut self, input: &[u8], accept: &mut dyn FnMut(&[u8]) -> bool) -> bool;
 }
 
 /// Makes the [`Answerer`] of each map.

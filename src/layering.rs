@@ -32,15 +32,66 @@ const FEATURES: &[&str] = &["journal", "replay", "sandbox"];
 /// The one circle allowed.
 const ALLOWED_CIRCLE: &[&str] = &["builder", "pool"];
 
-/// The text of a source file that counts: up to its test module, without
-/// comments (doc comments name modules in prose).
+/// The text of a source file that counts: without its inline test
+/// modules (`#[cfg(test)] mod name { ... }`) and comments (doc comments
+/// name modules in prose).
 fn code(text: &str) -> String {
-    let end = text.find("#[cfg(test)]\nmod ").unwrap_or(text.len());
-    text[..end]
-        .lines()
-        .map(|line| line.split("//").next().unwrap_or(""))
-        .collect::<Vec<_>>()
-        .join("\n")
+    let mut lines = Vec::new();
+    let mut in_block_comment = false;
+    for line in text.lines() {
+        let mut line = line;
+        if in_block_comment {
+            match line.find("*/") {
+                Some(end) => {
+                    line = &line[end + 2..];
+                    in_block_comment = false;
+                }
+                None => continue,
+            }
+        }
+        if let Some(start) = line.find("/*") {
+            in_block_comment = !line[start..].contains("*/");
+            line = &line[..start];
+        }
+        lines.push(line.split("//").next().unwrap_or(""));
+    }
+    let text = lines.join("\n");
+    // Inline test modules, by their braces.
+    let mut out = String::new();
+    let mut rest = text.as_str();
+    while let Some(at) = rest.find("#[cfg(test)]") {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + "#[cfg(test)]".len()..];
+        let item = after.trim_start();
+        let inline = item.starts_with("mod ")
+            && item
+                .find(['{', ';'])
+                .is_some_and(|end| item.as_bytes()[end] == b'{');
+        if !inline {
+            out.push_str("#[cfg(test)]");
+            rest = after;
+            continue;
+        }
+        let open = item.find('{').expect("checked");
+        let mut depth = 0;
+        let mut end = item.len();
+        for (k, c) in item[open..].char_indices() {
+            match c {
+                '{' => depth += 1,
+                '}' => {
+                    depth -= 1;
+                    if depth == 0 {
+                        end = open + k + 1;
+                        break;
+                    }
+                }
+                _ => {}
+            }
+        }
+        rest = &item[end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// The crate's top modules `text` refers to: `crate::a::...` and every
@@ -228,6 +279,11 @@ fn the_checker_finds_imports_and_circles() {
     .map(|(k, v)| (k.to_owned(), v.into_iter().map(String::from).collect()))
     .collect();
     assert_eq!(circles(&graph), [vec!["a", "b", "c"]]);
-    let cut = "use crate::x::Y;\n#[cfg(test)]\nmod tests {\n    use crate::z::W;\n}\n";
-    assert_eq!(imports(&code(cut)), ["x".to_owned()].into());
+    let cut =
+        "use crate::x::Y;\n#[cfg(test)]\nmod tests {\n    use crate::z::W;\n}\nuse crate::v::U;\n";
+    let want: BTreeSet<String> = ["v", "x"].map(String::from).into();
+    assert_eq!(imports(&code(cut)), want);
+    // A test module declared, not inline, hides nothing after it.
+    let declared = "#[cfg(test)]\nmod layering;\nuse crate::w::V; /* crate::q */\n";
+    assert_eq!(imports(&code(declared)), ["w".to_owned()].into());
 }

@@ -574,3 +574,40 @@ fn without_rename_noreplace_a_kept_file_never_replaces_another() {
         output.status
     );
 }
+
+/// Says which input it runs on stderr; 0 panics, 1 segfaults.
+fn says_then_fails(x: u64) -> u64 {
+    eprintln!("running input {x}");
+    match x {
+        0 => panic!("zero is cursed"),
+        1 => {
+            // SAFETY: raising a signal has no memory-safety preconditions.
+            unsafe { libc::raise(libc::SIGSEGV) };
+            x
+        }
+        x => x,
+    }
+}
+buckshot::register!(says_then_fails);
+
+/// A reply that only holds a kept panic still counts as an answer: the
+/// worker's stderr is cut there, so the next input's failure carries its
+/// own words, not the panicking one's.
+#[test]
+fn a_kept_panic_ends_its_inputs_stderr() {
+    let dir = common::TempDir::new("replay-stderr-mark");
+    let pool = Pool::builder()
+        .processes(1)
+        .batch_size(1)
+        .keep_failures(&dir.0)
+        .build()
+        .unwrap();
+    let results: Vec<_> = pool.map(says_then_fails, [0u64, 1, 2]).unwrap().collect();
+    assert!(matches!(&results[0], Err(Error::TaskPanicked { .. })));
+    let Err(Error::WorkerDied { stderr, .. }) = &results[1] else {
+        panic!("{:?}", results[1]);
+    };
+    assert!(stderr.contains("running input 1"), "{stderr}");
+    assert!(!stderr.contains("running input 0"), "{stderr}");
+    assert_eq!(results[2].as_ref().ok(), Some(&2));
+}

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use super::key::{MapKeys, Prefix};
 use super::store::{Batch, Journal, Record};
-use crate::chunk::Chunk;
+use crate::chunk::{Chunk, context_value};
 use crate::hooks::{Answerer, Answerers, Observer, Wants};
 use crate::protocol::{self, Items};
 use crate::registry::registry;
@@ -55,18 +55,23 @@ impl Lookup {
 }
 
 impl Answerer for Lookup {
-    /// The recorded output for the encoded `input`: under its canonical
-    /// key, or else under the key an older journal gave it.
-    fn answer(&mut self, input: &[u8]) -> Option<Vec<u8>> {
+    /// Offers the output recorded for the encoded `input`: the one on its
+    /// way to the file, then the one in it under its canonical key, then
+    /// under the key an older journal gave it.
+    fn answer(&mut self, input: &[u8], accept: &mut dyn FnMut(&[u8]) -> bool) -> bool {
         let key = self.keys.key(input);
         if let Some((batch, record)) = self.unwritten.remove(&key) {
-            return Some(batch.output(record).to_vec());
+            if accept(batch.output(record)) {
+                return true;
+            }
         }
-        if let Some(output) = self.journal.get(&key) {
-            return Some(output);
+        if self.journal.get(&key).is_some_and(|output| accept(&output)) {
+            return true;
         }
-        let legacy = self.keys.legacy_key(input)?;
-        self.journal.get(&legacy)
+        self.keys
+            .legacy_key(input)
+            .and_then(|legacy| self.journal.get(&legacy))
+            .is_some_and(|output| accept(&output))
     }
 }
 
@@ -121,9 +126,17 @@ impl Observer for Recorder {
     /// of `chunk`.
     fn answered(&mut self, chunk: &Chunk, done: u32, outcomes: &[u8]) {
         let id = (chunk.task, chunk.context);
+        let value = chunk
+            .context_frame
+            .as_deref()
+            .and_then(|f| context_value(f));
+        if chunk.context != 0 && value.is_none() {
+            // A key without its context would be another map's.
+            return;
+        }
         let prefix = self.prefixes.entry(id).or_insert_with(|| {
             let name = (registry().tasks[chunk.task as usize].name)();
-            Arc::new(Prefix::canonical(name, chunk.context_value()))
+            Arc::new(Prefix::canonical(name, value))
         });
         let inputs = Items::new(chunk.items()).skip(done as usize);
         for (input, outcome) in inputs.zip(Items::new(outcomes)) {

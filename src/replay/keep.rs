@@ -13,15 +13,17 @@
 //! `EDQUOT`) stops the writing for that map; its later failures say why
 //! they have no file.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::{FORMAT, FORMAT_VERSION, ReplayFile};
+use crate::chunk::context_value;
 use crate::error::{Error, Replay};
 use crate::hooks::{Failed, Observer, Ring, Wants};
 use crate::protocol;
@@ -81,11 +83,13 @@ struct Writer {
     done: Receiver<(u64, Written)>,
 }
 
-/// A file to write for input `file.index` of map `map`.
+/// A file to write for input `file.index` of map `map`, whose context's
+/// value the writer takes from its frame.
 struct Job {
     id: u64,
     map: u64,
     file: ReplayFile,
+    context_frame: Option<Arc<Vec<u8>>>,
 }
 
 /// What became of a job: its file, or why there is none; and whether its
@@ -93,6 +97,8 @@ struct Job {
 struct Written {
     file: Result<PathBuf, String>,
     stops: Option<String>,
+    /// Not written in time: it may still be.
+    late: bool,
 }
 
 /// The pool's side: holds the failures of a pool that keeps them until
@@ -103,8 +109,8 @@ pub(crate) struct Keeper {
     confinement: Confinement,
     /// By map: a map's entry goes once the map is gone.
     kept: HashMap<u64, Kept>,
-    /// By job.
-    held: HashMap<u64, Held>,
+    /// By job: in the order they came, so the first is due first.
+    held: BTreeMap<u64, Held>,
     held_bytes: usize,
     next_job: u64,
     /// Started at the first failure.
@@ -130,7 +136,7 @@ impl Keeper {
             per_map: settings.per_map,
             confinement,
             kept: HashMap::new(),
-            held: HashMap::new(),
+            held: BTreeMap::new(),
             held_bytes: 0,
             next_job: 0,
             writer: None,
@@ -151,7 +157,13 @@ impl Keeper {
                     // The maps whose writing stopped, and why.
                     let mut full: HashMap<u64, String> = HashMap::new();
                     for job in inbox {
-                        let written = write_job(&dir, &mut full, job.map, job.file);
+                        let mut file = job.file;
+                        file.context = job
+                            .context_frame
+                            .as_deref()
+                            .and_then(|frame| context_value(frame))
+                            .map(<[u8]>::to_vec);
+                        let written = write_job(&dir, &mut full, job.map, file);
                         if outbox.send((job.id, written)).is_err() {
                             return;
                         }
@@ -166,6 +178,8 @@ impl Keeper {
     }
 
     /// Posts a held failure, its file written (or not, as `written` says).
+    /// A file that failed no longer counts against its map's files; one
+    /// that is only late still does (it may appear).
     fn settle(&mut self, job: u64, written: Written, out: &mut Vec<(u64, Error)>) {
         let Some(mut held) = self.held.remove(&job) else {
             if let Ok(path) = written.file {
@@ -174,8 +188,11 @@ impl Keeper {
             return;
         };
         if let Some(why) = written.stops {
-            self.kept.entry(held.map).or_default().stopped = Some(why);
+            if let Some(kept) = self.kept.get_mut(&held.map) {
+                kept.stopped = Some(why);
+            }
         }
+        let late = written.late;
         let written = written.file;
         self.held_bytes -= held.bytes;
         let replay = match written {
@@ -184,8 +201,10 @@ impl Keeper {
                 Replay::File(path)
             }
             Err(why) => {
-                if let Some(kept) = self.kept.get_mut(&held.map) {
-                    kept.files = kept.files.saturating_sub(1);
+                if !late {
+                    if let Some(kept) = self.kept.get_mut(&held.map) {
+                        kept.files = kept.files.saturating_sub(1);
+                    }
                 }
                 Replay::NotKept(why)
             }
@@ -252,7 +271,8 @@ impl Observer for Keeper {
             program: String::new(),
             index: failed.index as u64,
             input: failed.input.to_vec(),
-            context: chunk.context_value().map(<[u8]>::to_vec),
+            // Filled in by the writer, from `context_frame`.
+            context: None,
             error: message,
             exit_code: failed.status.and_then(|status| status.code()),
             signal: failed.status.and_then(|status| status.signal()),
@@ -271,6 +291,7 @@ impl Observer for Keeper {
             id: job,
             map: chunk.map,
             file,
+            context_frame: chunk.context_frame.clone(),
         };
         let id = job.id;
         let sent = match self.writer() {
@@ -309,26 +330,22 @@ impl Observer for Keeper {
         for (job, written) in done {
             self.settle(job, written, out);
         }
-        let overdue: Vec<u64> = self
-            .held
-            .iter()
-            .filter(|(_, held)| now >= held.since + WRITE_BOUND)
-            .map(|(&job, _)| job)
-            .collect();
-        for job in overdue {
+        // The first held is the oldest.
+        while let Some((&job, held)) = self.held.first_key_value() {
+            if now < held.since + WRITE_BOUND {
+                break;
+            }
             let why = format!(
                 "its file was not written within {WRITE_BOUND:?} ({} is slow); it may appear later",
                 self.dir.display()
             );
-            self.settle(job, Written::not(why), out);
+            self.settle(job, Written::late(why), out);
         }
     }
 
     fn due(&self) -> Option<Instant> {
-        self.held
-            .values()
-            .map(|held| held.since + WRITE_BOUND)
-            .min()
+        let (_, oldest) = self.held.first_key_value()?;
+        Some(oldest.since + WRITE_BOUND)
     }
 
     fn forget_map(&mut self, map: u64) {
@@ -356,7 +373,7 @@ impl Observer for Keeper {
                 "its file was not written before the pool closed ({} is slow); it may appear later",
                 self.dir.display()
             );
-            self.settle(job, Written::not(why), out);
+            self.settle(job, Written::late(why), out);
         }
     }
 }
@@ -366,6 +383,14 @@ impl Written {
         Written {
             file: Err(why),
             stops: None,
+            late: false,
+        }
+    }
+
+    fn late(why: String) -> Written {
+        Written {
+            late: true,
+            ..Written::not(why)
         }
     }
 }
@@ -388,6 +413,7 @@ fn write_job(
         Ok(path) => Written {
             file: Ok(path),
             stops: None,
+            late: false,
         },
         Err(e) => {
             let dir = dir.display();
@@ -400,6 +426,7 @@ fn write_job(
             Written {
                 file: Err(format!("could not write it: {e}")),
                 stops,
+                late: false,
             }
         }
     }

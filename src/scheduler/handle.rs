@@ -359,7 +359,8 @@ impl WorkerHandle {
             // Read after the bytes arrived: a reply or hello stamped with it
             // is never stamped early.
             let now = Instant::now();
-            let answered = posting.len();
+            // Answers, whether posted or held by an observer.
+            let answered = self.books.answered();
             let mut retired = false;
             if let Err(problem) =
                 self.take_frames(max_frame, now, posting, &mut heard, &mut retired)
@@ -371,7 +372,7 @@ impl WorkerHandle {
                 self.retiring = true;
                 self.doom(Fate::Retired);
             }
-            if posting.len() > answered {
+            if self.books.answered() > answered {
                 self.process.stderr().mark();
                 self.retire_if_done();
             }

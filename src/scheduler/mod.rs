@@ -241,9 +241,15 @@ impl Scheduler {
             .collect();
         let max_frames = crate::flow::frames_in_flight(shared.config.batch_size);
         let watch = Watch::new(shared.doorbell())?;
+        // Weak: a feature's thread that outlives the pool (stuck on a
+        // file) keeps nothing of it alive.
         let ring: Ring = {
-            let shared = Arc::clone(&shared);
-            Arc::new(move || shared.ring())
+            let shared = Arc::downgrade(&shared);
+            Arc::new(move || {
+                if let Some(shared) = shared.upgrade() {
+                    shared.ring();
+                }
+            })
         };
         let posting = Posting::new(observers, &ring);
         let spawner = Spawner::start(move || ring())?;
@@ -659,8 +665,6 @@ impl Scheduler {
     fn shut_down(&mut self) {
         // Spawned too late to serve: killed and reaped with the others.
         let late = self.staffing.spawner.stop();
-        // What the observers still hold goes with the rest (bounded).
-        self.posting.finish();
         let deliveries = self.posting.take();
         let mut state = self.shared.lock();
         state.deliver(deliveries);
@@ -681,6 +685,13 @@ impl Scheduler {
                 state.never_run(map, index, 1, reason.clone());
             }
         }
+        drop(state);
+        // The workers are killed: what the observers still hold goes last,
+        // after a wait of theirs (bounded), outside the lock.
+        self.posting.finish();
+        let deliveries = self.posting.take();
+        let mut state = self.shared.lock();
+        state.deliver(deliveries);
         state.phase = Phase::Closed;
         state.close_maps();
         drop(state);

@@ -136,6 +136,7 @@ impl Posting {
         self.outbox.due()
     }
 
+    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.outbox.len()
     }

@@ -91,7 +91,9 @@ impl Supply {
     ) -> Option<WorkerHandle> {
         self.pending -= 1;
         match result {
-            Ok(_) if self.stopped => None,
+            // Given up meanwhile: no retry either, or the loop would wake
+            // for it forever.
+            Ok(_) | Err(_) if self.stopped => None,
             Ok(process) => {
                 tracing::debug!(worker = process.pid(), "worker respawned");
                 self.retry_at = None;
