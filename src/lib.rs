@@ -138,8 +138,9 @@ pub use crate::task::{Args, ContextArgs, PlainTask, Task};
 /// Registers a function as a task that pools can run.
 ///
 /// Write it at module level, next to the function, in any module or crate
-/// linked into the program. The function takes one to four arguments and
-/// returns one output, all `serde` types (see [`Task`]):
+/// linked into the program. The function takes up to four arguments and
+/// returns one output, all `serde` types (see [`Task`]); one of no
+/// arguments can be a pool's [initializer](PoolBuilder::initializer):
 ///
 /// ```
 /// #[derive(serde::Serialize, serde::Deserialize)]

@@ -1,12 +1,16 @@
 //! The shapes a task can have.
 //!
-//! A task is a function of one to four arguments. [`Task`] is implemented
+//! A task is a function of up to four arguments. [`Task`] is implemented
 //! for every function of those shapes, with a marker type that tells the
 //! shapes apart (the way axum tells its handlers apart): `fn(A) -> O` is a
 //! `Task<Args<(A,)>>` whose input is `A`, and `fn(A, B) -> O` a
 //! `Task<Args<(A, B)>>` whose input is the tuple `(A, B)`. The marker is
 //! inferred: [`register!`](crate::register) and [`Pool::map`](crate::Pool::map)
 //! take any of them without annotations.
+//!
+//! A function of no arguments, `fn() -> O`, is a `Task<Args<()>>` whose
+//! input is `()`: what [`PoolBuilder::initializer`](crate::PoolBuilder::initializer)
+//! takes, and a task that can be mapped too.
 //!
 //! A one-argument task whose argument is a tuple stays a one-argument task:
 //! `fn f(p: (i64, i64))` takes inputs of type `(i64, i64)`, like
@@ -25,8 +29,9 @@ use serde::de::DeserializeOwned;
 
 /// A function that pools can run, of any of the shapes buckshot supports.
 ///
-/// Implemented for every `Fn(A) -> O`, `Fn(A, B) -> O`, `Fn(A, B, C) -> O`
-/// and `Fn(A, B, C, D) -> O` whose arguments and output are `serde` types;
+/// Implemented for every `Fn() -> O`, `Fn(A) -> O`, `Fn(A, B) -> O`,
+/// `Fn(A, B, C) -> O` and `Fn(A, B, C, D) -> O` whose arguments and output
+/// are `serde` types;
 /// not meant to be implemented by hand. `Marker` tells the shapes apart and
 /// is always inferred.
 ///
@@ -61,8 +66,9 @@ pub trait Task<Marker>: 'static {
 }
 
 /// The marker of a task whose arguments are the types of the tuple `T`:
-/// `Args<(A,)>` for `fn(A) -> O`, `Args<(A, B)>` for `fn(A, B) -> O`, and so
-/// on. Never built; it only tells [`Task`]'s shapes apart.
+/// `Args<()>` for `fn() -> O`, `Args<(A,)>` for `fn(A) -> O`,
+/// `Args<(A, B)>` for `fn(A, B) -> O`, and so on. Never built; it only
+/// tells [`Task`]'s shapes apart.
 pub struct Args<T>(PhantomData<fn() -> T>);
 
 impl<T> std::fmt::Debug for Args<T> {
@@ -125,6 +131,21 @@ macro_rules! task_of_arity {
     (@spread $input:ident; $($arg:ident),+) => { $input };
 }
 
+// A task of no arguments takes `()`, and reads no context.
+impl<F, O> Task<Args<()>> for F
+where
+    F: Fn() -> O + 'static,
+    O: Serialize + DeserializeOwned,
+{
+    type Input = ();
+    type Output = O;
+    type Context = ();
+
+    fn call_with(&self, _: &(), (): ()) -> O {
+        self()
+    }
+}
+
 task_of_arity!(A => A);
 task_of_arity!((A, B) => A, B);
 task_of_arity!((A, B, C) => A, B, C);
@@ -139,6 +160,10 @@ impl<F, M> PlainTask<M> for F where F: Task<M, Context = ()> {}
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn none() -> u64 {
+        7
+    }
 
     fn one(x: u64) -> u64 {
         x + 1
@@ -177,6 +202,7 @@ mod tests {
 
     #[test]
     fn every_shape_is_called_with_its_input() {
+        assert_eq!(call(none, ()), 7);
         assert_eq!(call(one, 1), 2);
         assert_eq!(call(pair, (5, 3)), 2);
         assert_eq!(call(two, (5, 3)), 2);
