@@ -1,6 +1,8 @@
 //! [`PoolBuilder`]: a pool's settings, checked, and the start of its
 //! workers.
 
+use std::any::TypeId;
+use std::ffi::{OsStr, OsString};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -66,6 +68,20 @@ pub struct PoolBuilder {
     max_kept_failures: Option<u32>,
     /// Default: none.
     journal: Option<PathBuf>,
+    /// Default: none.
+    initializer: Option<Initializer>,
+    /// Default: none, in the order set.
+    env: Vec<(OsString, OsString)>,
+    /// Default: none.
+    max_worker_rss: Option<u64>,
+}
+
+/// The fn item given to [`PoolBuilder::initializer`], found in the task
+/// table by `build`.
+#[derive(Debug, Clone, Copy)]
+struct Initializer {
+    type_id: TypeId,
+    name: &'static str,
 }
 
 impl PoolBuilder {
@@ -238,6 +254,138 @@ impl PoolBuilder {
         self
     }
 
+    /// A task of no arguments that each worker runs once, before its first
+    /// task: set-up that belongs to the worker's process, such as a C
+    /// library's global state, a logger, or data loaded once. It runs in
+    /// every worker, replacements included, and on other machines (ssh,
+    /// Slurm) too; never in this process. Register it like any task:
+    /// `fn setup() { ... }` and `buckshot::register!(setup);`.
+    ///
+    /// ```
+    /// use std::sync::atomic::{AtomicU64, Ordering};
+    ///
+    /// static SCALE: AtomicU64 = AtomicU64::new(1);
+    ///
+    /// fn setup() {
+    ///     SCALE.store(10, Ordering::Relaxed);
+    /// }
+    /// buckshot::register!(setup);
+    ///
+    /// fn scaled(x: u64) -> u64 {
+    ///     x * SCALE.load(Ordering::Relaxed)
+    /// }
+    /// buckshot::register!(scaled);
+    ///
+    /// # fn main() -> Result<(), buckshot::Error> {
+    /// let pool = buckshot::Pool::builder()
+    ///     .processes(2)
+    ///     .initializer(setup)
+    ///     .build()?;
+    /// let out: Vec<u64> = pool.map(scaled, 1..=3)?.collect::<Result<_, _>>()?;
+    /// assert_eq!(out, [10, 20, 30]);
+    /// // It ran in the workers only.
+    /// assert_eq!(SCALE.load(Ordering::Relaxed), 1);
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// It runs before the worker's handshake, after the worker's own
+    /// set-up (its sandbox and memory limit are in force, so threads it
+    /// starts are confined too). Its time counts against no task's
+    /// timeout, and it is not timed: a worker without an initializer
+    /// that does not say hello within 30 s is taken for one that cannot
+    /// start, but one that is still in its initializer is waited for. (A
+    /// sandbox's `cpu_time` counts the CPU time it takes against the first
+    /// task's.) The `tracing` events it emits are not sent to this process;
+    /// it may install a subscriber or logger of its own, which then gets
+    /// the worker's tasks' events as well.
+    ///
+    /// An initializer that panics or exits: that worker never serves, and
+    /// counts as a worker that failed to start. A flaky one is replaced;
+    /// after 5 in a row the pool gives up, as for workers that keep failing
+    /// to start: its maps fail with [`Error::Startup`] (and inputs under
+    /// way with [`Error::PoolClosed`]), whose message ends with the panic's
+    /// (`... last: exit status: 101: buckshot worker: initializer
+    /// `app::setup` panicked: no model at /models/x`).
+    ///
+    /// A function that was never registered makes
+    /// [`build`](PoolBuilder::build) fail with [`Error::NotRegistered`].
+    /// Default: none.
+    pub fn initializer<F: Fn() + 'static>(mut self, f: F) -> Self {
+        let _ = f;
+        self.initializer = Some(Initializer {
+            type_id: TypeId::of::<F>(),
+            name: std::any::type_name::<F>(),
+        });
+        self
+    }
+
+    /// Sets the variable `key` to `value` in the workers' environment, and
+    /// never in this process: on this machine, and on others (the ssh,
+    /// srun and command launchers pass it on the worker's command line).
+    /// Call it once per variable; a key set again takes the new value. A
+    /// worker starts with it, so what reads its settings when the program
+    /// loads sees it too (`OMP_NUM_THREADS`, `MALLOC_ARENA_MAX`), and so do
+    /// the programs its tasks start.
+    ///
+    /// ```
+    /// fn threads(_: u32) -> Option<String> {
+    ///     std::env::var("OMP_NUM_THREADS").ok()
+    /// }
+    /// buckshot::register!(threads);
+    ///
+    /// # fn main() -> Result<(), buckshot::Error> {
+    /// let pool = buckshot::Pool::builder()
+    ///     .processes(1)
+    ///     .env("OMP_NUM_THREADS", "1")
+    ///     .build()?;
+    /// assert_eq!(pool.call(threads, 0)?.as_deref(), Some("1"));
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// [`build`](PoolBuilder::build) fails with [`Error::Config`] for a
+    /// name that is empty, holds `=` or a NUL byte, or starts with `-`; a
+    /// value that holds a NUL byte; and the pool's own variables (a name
+    /// that starts with `BUCKSHOT_` or `__BUCKSHOT_`). Default: workers
+    /// inherit this process's environment, and nothing is added.
+    pub fn env(mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> Self {
+        let (key, value) = (key.as_ref().to_owned(), value.as_ref().to_owned());
+        match self.env.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, old)) => *old = value,
+            None => self.env.push((key, value)),
+        }
+        self
+    }
+
+    /// Retires a worker whose resident memory (`VmRSS`) is above `bytes`
+    /// once it has answered a message of inputs: it exits, a fresh worker
+    /// takes its place, and no input fails. For code whose memory grows
+    /// (a leak, a cache, a fragmented heap), it recycles workers before
+    /// they grow too large. [`memory_limit`](PoolBuilder::memory_limit) is
+    /// the hard cap: an allocation past it kills the task that made it.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), buckshot::Error> {
+    /// let pool = buckshot::Pool::builder()
+    ///     .max_worker_rss(2 << 30) // recycle a worker past 2 GiB
+    ///     .memory_limit(8 << 30) // and never let one go past 8 GiB
+    ///     .build()?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// A worker reads its memory after a message, at most every 10 ms,
+    /// so a message may take it past `bytes` (by what one message
+    /// allocates, or what several quick ones do). A limit below what a
+    /// fresh worker holds (a few MiB, plus what an initializer loads)
+    /// recycles each worker after its first message. `build` fails with
+    /// [`Error::Config`] for 0. Default: none.
+    pub fn max_worker_rss(mut self, bytes: u64) -> Self {
+        self.max_worker_rss = Some(bytes);
+        self
+    }
+
     /// Starts the workers. Returns once the first of them (up to 8, or as
     /// many as this machine has cores) are spawned; a wider pool's others
     /// are spawned in the background and take work as they come.
@@ -250,10 +398,14 @@ impl PoolBuilder {
     /// # Errors
     ///
     /// - [`Error::Config`] for an invalid setting (no processes, a zero
-    ///   timeout, batch size or task quota, a tiny frame limit, more
-    ///   workers than the hard limit on open files allows, a sandbox with
-    ///   workers that are not local, a journal without the cargo feature
-    ///   `journal`);
+    ///   timeout, batch size, task quota or `max_worker_rss`, a tiny frame
+    ///   limit, more workers than the hard limit on open files allows, a
+    ///   sandbox with workers that are not local, a journal without the
+    ///   cargo feature `journal`, a variable of [`env`](PoolBuilder::env)
+    ///   that cannot be set);
+    /// - [`Error::NotRegistered`] for an
+    ///   [`initializer`](PoolBuilder::initializer) that was never
+    ///   registered;
     /// - [`Error::Privileged`] if this program runs with privileges
     ///   (setuid, setgid, file capabilities): its copies refuse to serve
     ///   as workers;
@@ -300,6 +452,22 @@ impl PoolBuilder {
         if self.max_tasks_per_worker == Some(0) {
             return invalid("max_tasks_per_worker must be at least 1");
         }
+        if self.max_worker_rss == Some(0) {
+            return invalid("max_worker_rss must be at least 1");
+        }
+        if let Some(problem) = self.env.iter().find_map(|(k, v)| env_problem(k, v)) {
+            return invalid(&problem);
+        }
+        let initializer = match self.initializer {
+            Some(Initializer { type_id, name }) => Some(
+                crate::registry::registry()
+                    .position_of(type_id)
+                    .ok_or_else(|| Error::NotRegistered {
+                        name: name.to_owned(),
+                    })?,
+            ),
+            None => None,
+        };
         let max_frame_bytes = self.max_frame_bytes.unwrap_or(DEFAULT_MAX_FRAME_BYTES);
         if max_frame_bytes < MIN_FRAME_BYTES {
             return invalid(&format!(
@@ -395,9 +563,30 @@ impl PoolBuilder {
             dispatch: tracing::dispatcher::get_default(tracing::Dispatch::clone),
             backtraces: std::env::var_os("RUST_BACKTRACE").is_some_and(|value| value != "0"),
             bulk,
+            initializer,
+            env: self.env,
+            max_worker_rss: self.max_worker_rss,
         };
         Pool::start(config, plugins, sandbox_rules, journal)
     }
+}
+
+/// Why the variable `key` cannot be set to `value` in workers'
+/// environment, if it cannot.
+fn env_problem(key: &OsStr, value: &OsStr) -> Option<String> {
+    let name = key.as_encoded_bytes();
+    let why = if name.is_empty() {
+        "is not a variable name (empty)"
+    } else if name.contains(&b'=') || name.contains(&0) || name.starts_with(b"-") {
+        "is not a variable name (it holds `=` or a NUL byte, or starts with `-`)"
+    } else if crate::handoff::is_reserved(key) {
+        "is one of the pool's own variables (BUCKSHOT_*), which it sets itself"
+    } else if value.as_encoded_bytes().contains(&0) {
+        "has a value with a NUL byte"
+    } else {
+        return None;
+    };
+    Some(format!("env: {key:?} {why}"))
 }
 
 /// The part of `sandbox` that comes up here: all of it, or with

@@ -2,6 +2,7 @@
 //! to run workers. Optional features are not here: they are values the
 //! builder hands the pool ([`crate::hooks::Plugins`]).
 
+use std::ffi::OsString;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,4 +30,11 @@ pub(crate) struct Config {
     /// Where inputs' long strings go, when every worker is local (and can
     /// reach them).
     pub bulk: Option<Arc<Segments>>,
+    /// The position of the task each worker runs once before its first
+    /// (`PoolBuilder::initializer`).
+    pub initializer: Option<u32>,
+    /// Variables set in workers' environment (`PoolBuilder::env`).
+    pub env: Vec<(OsString, OsString)>,
+    /// The resident memory past which a worker retires after a message.
+    pub max_worker_rss: Option<u64>,
 }

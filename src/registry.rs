@@ -143,12 +143,37 @@ impl Registry {
 
     /// Position of the entry for the fn item of type `F`.
     pub(crate) fn position<F: 'static>(&self) -> Option<u32> {
-        let wanted = TypeId::of::<F>();
+        self.position_of(TypeId::of::<F>())
+    }
+
+    /// Position of the entry for the fn item whose type is `wanted`.
+    pub(crate) fn position_of(&self, wanted: TypeId) -> Option<u32> {
         let position = self
             .tasks
             .iter()
             .position(|task| (task.type_id)() == wanted)?;
         Some(u32::try_from(position).expect("fewer than 4 billion tasks"))
+    }
+}
+
+/// Runs `entry`, a task of no arguments, once, as a pool's initializer:
+/// what went wrong, if it panicked (its message, and where) or could not
+/// be called.
+pub(crate) fn run_initializer(entry: &Entry) -> Result<(), String> {
+    let mut input = Vec::new();
+    protocol::encode(&(), &mut input).expect("encoding into a Vec cannot fail");
+    let mut out = Vec::new();
+    let mut scratch = vec![0; crate::flow::SCRATCH_BYTES];
+    (entry.run)(None, &input, &mut out, &mut scratch);
+    // An initializer returns `()`: nothing goes beside the outcome.
+    match protocol::decode_outcome::<serde::de::IgnoredAny>(&out, &mut scratch) {
+        Ok(Outcome::Ok(_)) => Ok(()),
+        Ok(Outcome::Panicked(report)) => Err(match report.location {
+            Some(location) => format!("panicked at {location}: {}", report.message),
+            None => format!("panicked: {}", report.message),
+        }),
+        Ok(Outcome::Codec(message)) => Err(format!("could not be called: {message}")),
+        Err(e) => Err(format!("could not be called: {e}")),
     }
 }
 

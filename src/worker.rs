@@ -29,6 +29,11 @@
 //! - the memory limit, if any, is applied (`RLIMIT_DATA`, after the
 //!   watchdog's stack), or refused in the handshake if the worker could
 //!   not even start under it;
+//! - the pool's initializer, if it has one, runs: after the rest of the
+//!   set-up (under the sandbox and the memory limit), and before the
+//!   handshake, so that the pool starts no task's clock while it runs. One
+//!   that panics or exits ends the worker before its handshake, saying so
+//!   on stderr: the pool counts it as a worker that failed to start;
 //! - after the handshake: the subscriber that sends tasks' events to the
 //!   pool (if it wants them), and the panic hook that notes where a task
 //!   panicked.
@@ -42,21 +47,24 @@
 //! read through a buffer, which takes several queued frames out of the pipe
 //! at once: the pool counts a frame that left the pipe as started, unless
 //! the worker retires by itself (under a CPU limit, see
-//! [`crate::sandbox::cpu`]), which it says with a RETIRED frame right after
-//! the replies of the frame it ran last.
+//! [`crate::sandbox::cpu`], or when its resident memory is over the pool's
+//! `max_worker_rss`), which it says with a RETIRED frame right after the
+//! replies of the frame it ran last.
 
 use std::collections::HashMap;
 use std::ffi::OsString;
 use std::fs::File;
 use std::io::{BufReader, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::time::{Duration, Instant};
 
 use rustix::process::{Pid, Resource, Rlimit};
 
-use crate::flow::{KEEP_BUFFER, REQUEST_BUFFER, SCRATCH_BYTES};
-use crate::handoff::{WORKER_ENV, WorkerConfig};
+use crate::flow::{KEEP_BUFFER, REQUEST_BUFFER, RSS_READ_INTERVAL, SCRATCH_BYTES};
+use crate::handoff::{TaskRef, WORKER_ENV, WorkerConfig};
 use crate::inherit;
 use crate::logs;
 use crate::panics;
@@ -100,6 +108,7 @@ fn slurm_step() -> Option<String> {
 
 fn fatal_early(message: &str) -> ! {
     eprintln!("buckshot worker: {message}");
+    drain_stderr();
     std::process::exit(EXIT_FATAL)
 }
 
@@ -125,6 +134,10 @@ fn serve(config: WorkerConfig, sandbox: Option<Sandbox>) -> ! {
     let status = config
         .memory_limit
         .and_then(|_| File::open("/proc/self/status").ok());
+    let rss_guard = config.max_rss.map(|max| {
+        RssGuard::open(max)
+            .unwrap_or_else(|e| fatal_early(&format!("could not open /proc/self/statm: {e}")))
+    });
     // While this is the only thread, before the parent-death signal (which
     // a change of credentials could clear).
     let applied = sandbox.as_ref().map(sandbox::apply::apply);
@@ -156,6 +169,12 @@ fn serve(config: WorkerConfig, sandbox: Option<Sandbox>) -> ! {
     let refused = config
         .memory_limit
         .and_then(|limit| limit_memory(limit, status));
+    // Only in a worker that will serve: one short of a sandbox rule or
+    // refused by its memory limit exits right after its handshake.
+    let serves = refused.is_none() && applied.as_ref().is_none_or(|a| a.problems.is_empty());
+    if let (true, Some(task)) = (serves, config.initializer) {
+        initialize(task);
+    }
 
     // Last step of the set-up: the pool takes the handshake to mean that the
     // worker is ready, and starts the clock of its first task.
@@ -216,7 +235,10 @@ fn serve(config: WorkerConfig, sandbox: Option<Sandbox>) -> ! {
         File::from(requests),
         &replies,
         config.max_frame_bytes,
-        cpu_guard,
+        Retirement {
+            cpu: cpu_guard,
+            rss: rss_guard,
+        },
         config.backtraces,
     ) {
         Ok(()) => end_with_group(),
@@ -275,6 +297,122 @@ fn data_in_use(mut status: File) -> Option<u64> {
     let line = text.lines().find(|line| line.starts_with("VmData:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
+}
+
+/// The initializer this worker runs, while it runs: what an `exit` in it
+/// says ([`exited_in_initializer`]).
+static INITIALIZING: OnceLock<&'static str> = OnceLock::new();
+static IN_INITIALIZER: AtomicBool = AtomicBool::new(false);
+
+/// Runs the pool's initializer, `task`, unless this worker's task table is
+/// not the pool's (its handshake then says what differs, and it serves
+/// nothing). If it panics, the worker exits here and says why on stderr,
+/// where the pool reads it; if it exits, a handler says so.
+fn initialize(task: TaskRef) {
+    let registry = registry();
+    if registry.digest != task.table {
+        return;
+    }
+    let Some(entry) = registry.tasks.get(task.position as usize) else {
+        return;
+    };
+    let name = (entry.name)();
+    if INITIALIZING.set(name).is_ok() {
+        // SAFETY: `atexit` registers a function of no arguments, which
+        // only writes to stderr; it has no other precondition.
+        unsafe { libc::atexit(exited_in_initializer) };
+    }
+    IN_INITIALIZER.store(true, Ordering::SeqCst);
+    let ran = crate::registry::run_initializer(entry);
+    IN_INITIALIZER.store(false, Ordering::SeqCst);
+    if let Err(why) = ran {
+        fatal_early(&format!("initializer `{name}` {why}"));
+    }
+}
+
+/// Run by `exit`: says, if the initializer is running, that it is what
+/// ended the worker (the exit status alone would not).
+extern "C" fn exited_in_initializer() {
+    if IN_INITIALIZER.load(Ordering::SeqCst) {
+        let name = INITIALIZING.get().copied().unwrap_or("?");
+        let _ = writeln!(
+            std::io::stderr(),
+            "buckshot worker: initializer `{name}` exited before the worker served"
+        );
+        drain_stderr();
+    }
+}
+
+/// Says when a worker must retire after a message, if ever: under a CPU
+/// limit ([`cpu::Guard`]), or past the pool's `max_worker_rss`
+/// ([`RssGuard`]).
+struct Retirement {
+    cpu: Option<cpu::Guard>,
+    rss: Option<RssGuard>,
+}
+
+impl Retirement {
+    /// Whether the worker must retire after a message that ended at `now`.
+    fn after_message(&mut self, now: Instant) -> Result<bool, String> {
+        if let Some(guard) = &mut self.cpu {
+            let retire = guard
+                .after_message(now)
+                .map_err(|e| format!("could not check its CPU budget: {e}"))?;
+            if retire.is_some() {
+                return Ok(true);
+            }
+        }
+        Ok(self.rss.as_mut().is_some_and(|guard| guard.over(now)))
+    }
+}
+
+/// Tells when the worker's resident memory is over the pool's
+/// `max_worker_rss`, read from `/proc/self/statm` (opened before the
+/// sandbox, which may hide `/proc`), at most every
+/// [`RSS_READ_INTERVAL`].
+struct RssGuard {
+    statm: File,
+    max: u64,
+    page: u64,
+    read_at: Option<Instant>,
+}
+
+impl RssGuard {
+    fn open(max: u64) -> std::io::Result<RssGuard> {
+        // SAFETY: sysconf reads a constant of the system and has no
+        // precondition.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+        Ok(RssGuard {
+            statm: File::open("/proc/self/statm")?,
+            max,
+            page: u64::try_from(page).unwrap_or(4096),
+            read_at: None,
+        })
+    }
+
+    /// Whether the resident memory is over the limit after a message that
+    /// ended at `now`; false without reading it if it was read less than
+    /// [`RSS_READ_INTERVAL`] before.
+    fn over(&mut self, now: Instant) -> bool {
+        if self
+            .read_at
+            .is_some_and(|at| now.duration_since(at) < RSS_READ_INTERVAL)
+        {
+            return false;
+        }
+        self.read_at = Some(now);
+        resident_bytes(&self.statm, self.page).is_some_and(|bytes| bytes > self.max)
+    }
+}
+
+/// The resident memory of this process, from its `statm` file: the second
+/// number, in pages.
+fn resident_bytes(statm: &File, page: u64) -> Option<u64> {
+    let mut buf = [0; 256];
+    let n = rustix::io::pread(statm, &mut buf, 0).ok()?;
+    let text = std::str::from_utf8(&buf[..n]).ok()?;
+    let pages: u64 = text.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages.saturating_mul(page))
 }
 
 /// Signals the end of the worker's parent (the pool's thread): a signal of
@@ -391,13 +529,40 @@ fn interpose_stderr() -> std::io::Result<()> {
     rustix::stdio::dup2_stderr(&write)?;
     rustix::stdio::dup2_stdout(&write)?;
     drop(write);
+    let (copying, copied) = mpsc::channel::<()>();
     std::thread::Builder::new()
         .name("buckshot-stderr".into())
         .spawn(move || {
             let (mut read, mut real) = (File::from(read), File::from(real));
             let _ = std::io::copy(&mut read, &mut real);
+            drop(copying);
         })?;
+    let _ = STDERR_COPIED.set(Mutex::new(copied));
     Ok(())
+}
+
+/// Ends when the thread that copies an interposed stderr is done.
+static STDERR_COPIED: OnceLock<Mutex<Receiver<()>>> = OnceLock::new();
+
+/// How long a worker that gives up waits for its last words to be copied
+/// to the real stderr (see [`drain_stderr`]).
+const STDERR_DRAIN_BOUND: Duration = Duration::from_secs(1);
+
+/// Before a worker with an interposed stderr exits with a message:
+/// closes its ends of the pipe and lets the copying thread copy what is
+/// in it, so that the message reaches the pool (an exit would end the
+/// thread mid-copy). At most [`STDERR_DRAIN_BOUND`]: a subprocess may
+/// hold the pipe open.
+fn drain_stderr() {
+    let Some(copied) = STDERR_COPIED.get() else {
+        return;
+    };
+    if let Ok(null) = File::open("/dev/null") {
+        let _ = rustix::stdio::dup2_stderr(&null);
+        let _ = rustix::stdio::dup2_stdout(&null);
+    }
+    let copied = copied.lock().unwrap_or_else(PoisonError::into_inner);
+    let _ = copied.recv_timeout(STDERR_DRAIN_BOUND);
 }
 
 /// Tells the pool that the running item panicked, before its backtrace is
@@ -416,8 +581,8 @@ fn announce_panic(report: &panics::PanicReport, replies: &Mutex<File>) {
 
 /// Serves RUN frames until the stream ends or the worker retires (`Ok`)
 /// or breaks (`Err`), and keeps the contexts that CONTEXT frames bring
-/// until FORGET frames drop them. `cpu_guard`: under a CPU limit, what
-/// says when the worker must retire.
+/// until FORGET frames drop them. `retirement`: what says when the worker
+/// must retire.
 /// `backtraces`: whether panics are announced (and symbolised) before
 /// they are answered: then their answer goes out at once, which restarts
 /// the clock of the items after them.
@@ -425,7 +590,7 @@ fn run_tasks(
     requests: File,
     replies: &Mutex<File>,
     max_frame: u32,
-    mut cpu_guard: Option<cpu::Guard>,
+    mut retirement: Retirement,
     backtraces: bool,
 ) -> Result<(), String> {
     let registry = registry();
@@ -498,17 +663,12 @@ fn run_tasks(
         // stdout lock held (a thread of its own still printing) leaves its
         // worker stuck here, and it is the one that times out, not the next.
         let _ = std::io::stdout().flush();
-        let retire = match &mut cpu_guard {
-            Some(guard) => guard
-                .after_message(Instant::now())
-                .map_err(|e| format!("could not check its CPU budget: {e}"))?,
-            None => None,
-        };
+        let retire = retirement.after_message(Instant::now())?;
         // The RETIRED frame goes with the last reply, in one write: the
         // pool must not take the worker's end for a death of the next
         // input, which it may have read already.
-        reply.send(replies, retire.is_some());
-        if retire.is_some() {
+        reply.send(replies, retire);
+        if retire {
             return Ok(());
         }
     }

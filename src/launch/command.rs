@@ -1,7 +1,8 @@
 //! Workers started through any command prefix: `docker exec -i box`,
 //! `nsenter ...`, a wrapper script. The prefix must run what follows it
 //! with its stdin and stdout connected to ours; what follows is
-//! `env __BUCKSHOT_WORKER=... /path/of/this/binary`, the path as this
+//! `env [NAME=VALUE...] __BUCKSHOT_WORKER=... /path/of/this/binary`, the
+//! variables the pool sets in workers' environment first, the path as this
 //! machine knows it.
 //!
 //! The worker's parent is whatever the prefix makes it, so it does not
@@ -14,7 +15,7 @@ use std::os::unix::process::CommandExt;
 use std::process::Command;
 
 use super::{Launch, Reported, kill_group};
-use crate::handoff::{WORKER_ENV, WorkerConfig};
+use crate::handoff::Handoff;
 
 #[derive(Debug)]
 pub(crate) struct Prefixed {
@@ -29,21 +30,23 @@ pub(crate) fn this_binary() -> OsString {
         .unwrap_or_else(|_| OsString::from("/proc/self/exe"))
 }
 
-/// Ends a command that runs what follows it with `env __BUCKSHOT_WORKER=...
-/// BINARY`, and makes it a process group leader.
-pub(crate) fn run_worker_after(command: &mut Command, config: &WorkerConfig) {
+/// Ends a command that runs what follows it with `env [NAME=VALUE...]
+/// __BUCKSHOT_WORKER=... BINARY`, and makes it a process group leader.
+/// (No name starts with `-`, which `env` would take for an option: the
+/// builder refuses those.)
+pub(crate) fn run_worker_after(command: &mut Command, handoff: &Handoff<'_>) {
     command
         .arg("env")
-        .arg(format!("{WORKER_ENV}={}", config.to_env()))
+        .args(handoff.assignments())
         .arg(this_binary())
         .process_group(0);
 }
 
 impl Launch for Prefixed {
-    fn command(&self, config: &WorkerConfig) -> Command {
+    fn command(&self, handoff: &Handoff<'_>) -> Command {
         let mut command = Command::new(&self.prefix[0]);
         command.args(&self.prefix[1..]);
-        run_worker_after(&mut command, config);
+        run_worker_after(&mut command, handoff);
         command
     }
 

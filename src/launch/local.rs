@@ -12,19 +12,19 @@ use std::os::unix::process::CommandExt;
 use std::process::Command;
 
 use super::{Launch, Reported, kill_group};
-use crate::handoff::{WORKER_ENV, WorkerConfig};
+use crate::handoff::Handoff;
 
 #[derive(Debug, Default)]
 pub(crate) struct Local;
 
 impl Launch for Local {
-    fn command(&self, config: &WorkerConfig) -> Command {
+    fn command(&self, handoff: &Handoff<'_>) -> Command {
         let mut command = Command::new("/proc/self/exe");
         if let Some(arg0) = std::env::args_os().next() {
             // So that `ps` shows the program's name rather than /proc/self/exe.
             command.arg0(arg0);
         }
-        command.env(WORKER_ENV, config.to_env()).process_group(0);
+        command.envs(handoff.vars()).process_group(0);
         command
     }
 

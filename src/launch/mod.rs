@@ -1,7 +1,8 @@
 //! How a worker process is started, and what is killed with it.
 //!
-//! A launcher turns a worker's [`WorkerConfig`] into a [`Command`] whose
-//! stdin and stdout carry the protocol; the pool spawns it, pipes it and
+//! A launcher turns a worker's [`Handoff`] (its [`WorkerConfig`] and the
+//! variables the pool sets in workers' environment) into a [`Command`]
+//! whose stdin and stdout carry the protocol; the pool spawns it, pipes it and
 //! reaps it the same way whatever the launcher ([`crate::process`]). What
 //! differs is where the worker runs and what must be killed besides the
 //! local process when the pool ends a worker ([`Launch::kill_rest`]).
@@ -29,6 +30,8 @@ use std::sync::Arc;
 
 use rustix::process::{Pid, Signal};
 
+use crate::handoff::Handoff;
+#[cfg(doc)]
 use crate::handoff::WorkerConfig;
 use crate::protocol::Hello;
 
@@ -76,8 +79,10 @@ impl Launcher {
     /// Workers started through a command prefix that runs what follows it
     /// with its stdin and stdout connected, such as
     /// `["docker", "exec", "-i", "box"]`. What follows is
-    /// `env __BUCKSHOT_WORKER=... BINARY`, where `BINARY` is this program's
-    /// path on this machine: the prefix must reach the same binary there.
+    /// `env [NAME=VALUE...] __BUCKSHOT_WORKER=... BINARY`, where the
+    /// variables are those of [`PoolBuilder::env`](crate::PoolBuilder::env)
+    /// and `BINARY` is this program's path on this machine: the prefix must
+    /// reach the same binary there.
     ///
     /// # Panics
     ///
@@ -141,9 +146,10 @@ pub(crate) struct Reported {
 
 /// A way to start workers.
 pub(crate) trait Launch: Send + Sync + std::fmt::Debug {
-    /// The command that starts one worker told `config`. The caller pipes
-    /// its stdin, stdout and stderr.
-    fn command(&self, config: &WorkerConfig) -> Command;
+    /// The command that starts one worker with `handoff` in its
+    /// environment (all of it: the worker variable and the user's). The
+    /// caller pipes its stdin, stdout and stderr.
+    fn command(&self, handoff: &Handoff<'_>) -> Command;
 
     /// Whether the worker is a child of this process, so that it can check
     /// that its parent is still the pool's process when it starts.

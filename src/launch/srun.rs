@@ -22,7 +22,7 @@ use super::command::run_worker_after;
 use super::helpers::Helpers;
 use super::{Launch, Launcher, Reported, kill_group};
 use crate::flow::{HELPER_BOUND, SCANCEL_GRACE};
-use crate::handoff::WorkerConfig;
+use crate::handoff::Handoff;
 
 /// Workers as Slurm job steps: made by [`Launcher::srun`], given to
 /// [`PoolBuilder::workers`](crate::PoolBuilder::workers).
@@ -77,7 +77,7 @@ struct SrunLaunch {
 }
 
 impl Launch for SrunLaunch {
-    fn command(&self, config: &WorkerConfig) -> Command {
+    fn command(&self, handoff: &Handoff<'_>) -> Command {
         // Named after this process and srun's own pid (`sh` execs srun),
         // so that the pool can cancel the job srun makes even before the
         // worker says which step it is.
@@ -91,7 +91,7 @@ impl Launch for SrunLaunch {
             .arg("sh")
             .args(["-N1", "-n1", "--quiet", "--unbuffered"])
             .args(&self.srun.args);
-        run_worker_after(&mut command, config);
+        run_worker_after(&mut command, handoff);
         command
     }
 

@@ -4,9 +4,10 @@
 //! host once per content hash, into `~/.cache/buckshot/<hash>`, unless it
 //! is there already or the user named a program installed there
 //! ([`Ssh::remote_program`]). Each worker is then one `ssh -T` session
-//! running `exec env __BUCKSHOT_WORKER=... PROGRAM`: the worker variable
-//! travels on the command line (ssh passes almost no environment), and
-//! every word is quoted for the remote shell.
+//! running `exec env [NAME=VALUE...] __BUCKSHOT_WORKER=... PROGRAM`: the
+//! worker variable and those the pool sets in workers' environment travel
+//! on the command line (ssh passes almost no environment), and every word
+//! is quoted for the remote shell.
 //!
 //! Killing the local `ssh` does not end a busy remote process (measured:
 //! still running seconds later), so a worker the pool gives up on is also
@@ -26,8 +27,9 @@
 //! upload, remote kills) have deadlines of their own and end with the
 //! pool ([`super::helpers`]).
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::io::Read;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -39,7 +41,7 @@ use sha2::{Digest, Sha256};
 use super::helpers::{Helpers, run_bounded};
 use super::{Launch, Launcher, Reported, kill_group};
 use crate::flow::{HELPER_BOUND, HELPERS_GRACE, SHIP_BYTES_PER_SEC};
-use crate::handoff::{WORKER_ENV, WorkerConfig};
+use crate::handoff::Handoff;
 
 /// Workers on a host reached with `ssh`: made by [`Launcher::ssh`], set
 /// up with its builder methods, and given to
@@ -350,6 +352,20 @@ pub(crate) fn shell_quote(word: &str) -> String {
     format!("'{}'", word.replace('\'', "'\\''"))
 }
 
+/// [`shell_quote`] for any bytes (a variable's value need not be UTF-8).
+fn shell_quote_os(word: &OsStr) -> OsString {
+    let mut quoted = Vec::with_capacity(word.len() + 2);
+    quoted.push(b'\'');
+    for &byte in word.as_bytes() {
+        match byte {
+            b'\'' => quoted.extend_from_slice(b"'\\''"),
+            byte => quoted.push(byte),
+        }
+    }
+    quoted.push(b'\'');
+    OsString::from_vec(quoted)
+}
+
 impl Launch for SshLaunch {
     fn prepare(&self) -> Result<(), String> {
         let _ = self.defaults.set(self.defaults());
@@ -361,16 +377,19 @@ impl Launch for SshLaunch {
         Ok(())
     }
 
-    fn command(&self, config: &WorkerConfig) -> Command {
+    fn command(&self, handoff: &Handoff<'_>) -> Command {
         let program = self
             .program
             .get()
             .cloned()
             .unwrap_or_else(|| shell_quote(&OsString::from("/nonexistent").to_string_lossy()));
-        let script = format!(
-            "exec env {} {program}",
-            shell_quote(&format!("{WORKER_ENV}={}", config.to_env()))
-        );
+        let mut script = OsString::from("exec env");
+        for word in handoff.assignments() {
+            script.push(" ");
+            script.push(shell_quote_os(&word));
+        }
+        script.push(" ");
+        script.push(program);
         let mut command = self.ssh();
         command.arg(script).process_group(0);
         command
@@ -434,7 +453,17 @@ mod tests {
                 .output()
                 .unwrap();
             assert_eq!(String::from_utf8(out.stdout).unwrap(), word);
+            assert_eq!(
+                shell_quote_os(OsStr::new(word)),
+                OsString::from(shell_quote(word))
+            );
         }
+        // Bytes that are not UTF-8 come through as they are.
+        let word = OsStr::from_bytes(b"A=\xff'\x80 b");
+        let mut script = OsString::from("printf %s ");
+        script.push(shell_quote_os(word));
+        let out = Command::new("sh").arg("-c").arg(script).output().unwrap();
+        assert_eq!(out.stdout, word.as_bytes());
     }
 
     #[test]

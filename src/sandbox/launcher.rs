@@ -7,7 +7,7 @@
 use std::process::Command;
 
 use super::{Rules, SANDBOX_ENV, Sandbox, cpu, shortfall};
-use crate::handoff::WorkerConfig;
+use crate::handoff::Handoff;
 use crate::launch::{Launch, Local, Reported};
 use crate::protocol::Hello;
 
@@ -30,8 +30,8 @@ impl Sandboxed {
 }
 
 impl Launch for Sandboxed {
-    fn command(&self, config: &WorkerConfig) -> Command {
-        let mut command = Local.command(config);
+    fn command(&self, handoff: &Handoff<'_>) -> Command {
+        let mut command = Local.command(handoff);
         command.env(SANDBOX_ENV, &self.env);
         command
     }

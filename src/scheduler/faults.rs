@@ -338,7 +338,7 @@ mod tests {
 
     use super::*;
     use crate::flow::STARTUP_FAILURE_LIMIT;
-    use crate::handoff::WorkerConfig;
+    use crate::handoff::Handoff;
     use crate::launch::{Launch, Local};
     use crate::scheduler::spawner::SpawnRequest;
 
@@ -348,7 +348,7 @@ mod tests {
     struct Sleeper;
 
     impl Launch for Sleeper {
-        fn command(&self, _: &WorkerConfig) -> Command {
+        fn command(&self, _: &Handoff<'_>) -> Command {
             let mut command = Command::new("sleep");
             command.arg("60").process_group(0);
             command

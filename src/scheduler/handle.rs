@@ -14,7 +14,7 @@ use super::books::{Books, Unanswered};
 use super::poll::Watch;
 use super::posting::Posting;
 use crate::chunk::Chunk;
-use crate::flow::{self, READS_PER_WAKE, SCRATCH_BYTES, STARTUP_TIMEOUT, SYMBOLISE_BOUND};
+use crate::flow::{self, READS_PER_WAKE, SCRATCH_BYTES, SYMBOLISE_BOUND};
 use crate::launch::Reported;
 use crate::logs;
 use crate::panics::PanicReport;
@@ -68,6 +68,8 @@ pub(crate) struct WorkerHandle {
     books: Books,
     frames: FrameBuffer,
     spawned_at: Instant,
+    /// How long it may take to say hello, if that is bounded.
+    startup_timeout: Option<Duration>,
     /// The contexts it was sent (or will be, with a frame in flight).
     contexts: HashSet<u64>,
     /// Contexts it may drop: told with the next frame it gets.
@@ -97,12 +99,17 @@ pub(crate) struct Remains {
 }
 
 impl WorkerHandle {
-    pub(crate) fn new(process: Process, launcher: usize) -> WorkerHandle {
+    pub(crate) fn new(
+        process: Process,
+        launcher: usize,
+        startup_timeout: Option<Duration>,
+    ) -> WorkerHandle {
         WorkerHandle {
             process,
             books: Books::default(),
             frames: FrameBuffer::default(),
             spawned_at: Instant::now(),
+            startup_timeout,
             contexts: HashSet::new(),
             forgets: Vec::new(),
             retiring: false,
@@ -446,8 +453,8 @@ impl WorkerHandle {
         self.doom(Fate::Died);
     }
 
-    /// When it must next show progress: its handshake while it starts, the
-    /// answer to its head input once it runs. While it makes a panic's
+    /// When it must next show progress: its handshake while it starts (if
+    /// that is bounded), the answer to its head input once it runs. While it makes a panic's
     /// backtrace, the input's clock stands still, but the making has a
     /// bound of its own, timeout or not: a symboliser that hangs (it can
     /// deadlock when memory runs out under a memory limit) must not hang
@@ -457,7 +464,7 @@ impl WorkerHandle {
             return None;
         }
         if !self.books.is_ready() {
-            return Some(self.spawned_at + STARTUP_TIMEOUT);
+            return self.startup_timeout.map(|bound| self.spawned_at + bound);
         }
         let deadline = self.books.deadline(timeout);
         match &self.symbolising {

@@ -5,7 +5,7 @@ use std::os::unix::process::CommandExt;
 use std::process::Command;
 
 use super::*;
-use crate::handoff::WorkerConfig;
+use crate::handoff::Handoff;
 use crate::launch::{Launch, Local};
 use crate::protocol::RunFrame;
 use crate::scheduler::spawner::SpawnRequest;
@@ -15,7 +15,7 @@ use crate::scheduler::spawner::SpawnRequest;
 struct Sleeper;
 
 impl Launch for Sleeper {
-    fn command(&self, _: &WorkerConfig) -> Command {
+    fn command(&self, _: &Handoff<'_>) -> Command {
         let mut command = Command::new("sleep");
         command.arg("60").process_group(0);
         command
@@ -33,9 +33,24 @@ impl Launch for Sleeper {
 /// A worker that said hello and reads nothing.
 fn sleeper() -> WorkerHandle {
     let process = SpawnRequest::plain(Arc::new(Sleeper)).spawn().unwrap();
-    let mut worker = WorkerHandle::new(process, 0);
+    let mut worker = WorkerHandle::new(process, 0, Some(crate::flow::STARTUP_TIMEOUT));
     worker.books.ready(Instant::now());
     worker
+}
+
+#[test]
+fn a_start_is_timed_only_when_it_is_bounded() {
+    let spawn = || SpawnRequest::plain(Arc::new(Sleeper)).spawn().unwrap();
+    let bound = Duration::from_secs(3);
+    let mut bounded = WorkerHandle::new(spawn(), 0, Some(bound));
+    let deadline = bounded.deadline(None).expect("a deadline while it starts");
+    assert!(deadline <= Instant::now() + bound);
+    bounded.check_deadline(deadline, None);
+    assert_eq!(bounded.fate(), Some(&Fate::StartupTimeout));
+    let mut unbounded = WorkerHandle::new(spawn(), 0, None);
+    assert_eq!(unbounded.deadline(None), None);
+    unbounded.check_deadline(Instant::now() + Duration::from_secs(3600), None);
+    assert_eq!(unbounded.fate(), None);
 }
 
 fn chunk(first_index: usize, context: u64) -> Chunk {

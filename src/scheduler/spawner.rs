@@ -20,21 +20,26 @@
 //!
 //! What a spawn needs is one value per launcher, [`SpawnRequest`], made
 //! when the pool starts: it completes each worker's [`WorkerConfig`],
-//! creates its reply slots, has the launcher build its command, and hands
-//! that to [`Process::spawn`].
+//! creates its reply slots, has the launcher build its command (with the
+//! variables the pool sets in workers' environment: a [`Handoff`]), and
+//! hands that to [`Process::spawn`].
 
+use std::ffi::OsString;
 use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Mutex, PoisonError};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use crate::bulk::ReplySlots;
 use crate::config::Config;
-use crate::handoff::WorkerConfig;
+use crate::flow::STARTUP_TIMEOUT;
+use crate::handoff::{Handoff, TaskRef, WorkerConfig};
 use crate::launch::Launch;
 use crate::process::Process;
+use crate::registry::registry;
 
 /// Threads that spawn: `posix_spawn` holds its thread until the child has
 /// exec'd, so a second one starts the next child meanwhile.
@@ -56,6 +61,8 @@ pub(crate) struct SpawnRequest {
     /// Whether a worker that is our child gets reply slots for long
     /// strings (see `bulk`).
     pub reply_slots: bool,
+    /// Variables set in every worker's environment, in the order set.
+    pub env: Arc<[(OsString, OsString)]>,
 }
 
 impl SpawnRequest {
@@ -72,9 +79,28 @@ impl SpawnRequest {
                 log_level: crate::logs::worker_level(&config.dispatch),
                 backtraces: config.backtraces,
                 reply_slot: None,
+                initializer: config.initializer.map(|position| TaskRef {
+                    position,
+                    table: registry().digest,
+                }),
+                max_rss: config.max_worker_rss,
             },
             forward_stderr: config.forward_stderr,
             reply_slots: config.bulk.is_some(),
+            env: config.env.clone().into(),
+        }
+    }
+
+    /// How long a worker may take to say hello before it counts as one
+    /// that failed to start: [`STARTUP_TIMEOUT`], unless the pool has an
+    /// initializer. That runs before the handshake (so that no task's
+    /// clock counts it) for as long as it takes, like a task without a
+    /// timeout: a slow one must not be taken for a worker that cannot
+    /// start.
+    pub(crate) fn startup_timeout(&self) -> Option<Duration> {
+        match self.settings.initializer {
+            Some(_) => None,
+            None => Some(STARTUP_TIMEOUT),
         }
     }
 
@@ -96,9 +122,10 @@ impl SpawnRequest {
             true => Some(Arc::new(ReplySlots::create()?)),
             false => None,
         };
-        let mut command = self
-            .launch
-            .command(&self.worker_config(reply_slot.as_deref()));
+        let mut command = self.launch.command(&Handoff {
+            config: self.worker_config(reply_slot.as_deref()),
+            env: &self.env,
+        });
         if !self.launch.worker_is_child() {
             // Its program is not ours: it would keep the program's
             // descriptors open as long as it runs.
@@ -128,9 +155,12 @@ impl SpawnRequest {
                 log_level: 0,
                 backtraces: false,
                 reply_slot: None,
+                initializer: None,
+                max_rss: None,
             },
             forward_stderr: false,
             reply_slots: false,
+            env: Arc::new([]),
         }
     }
 }
@@ -253,5 +283,20 @@ mod tests {
         let prefixed = crate::Launcher::command(["env"]).launch();
         let elsewhere = SpawnRequest::plain(prefixed).worker_config(None);
         assert_eq!((elsewhere.parent, elsewhere.reply_slot), (None, None));
+    }
+
+    #[test]
+    fn a_worker_with_an_initializer_has_no_startup_deadline() {
+        let mut request = SpawnRequest::plain(Arc::new(Local));
+        assert_eq!(request.startup_timeout(), Some(STARTUP_TIMEOUT));
+        request.settings.initializer = Some(TaskRef {
+            position: 0,
+            table: 1,
+        });
+        assert_eq!(request.startup_timeout(), None);
+        assert_eq!(
+            request.worker_config(None).initializer,
+            request.settings.initializer
+        );
     }
 }

@@ -67,7 +67,11 @@ impl Supply {
     /// Spawns one worker.
     pub(crate) fn spawn(&self) -> std::io::Result<WorkerHandle> {
         let process = self.request.spawn()?;
-        Ok(WorkerHandle::new(process, self.request.launcher))
+        Ok(WorkerHandle::new(
+            process,
+            self.request.launcher,
+            self.request.startup_timeout(),
+        ))
     }
 
     /// Asks `spawner` for a replacement worker if it is time to. Returns
@@ -97,7 +101,11 @@ impl Supply {
             Ok(process) => {
                 tracing::debug!(worker = process.pid(), "worker respawned");
                 self.retry_at = None;
-                Some(WorkerHandle::new(process, self.request.launcher))
+                Some(WorkerHandle::new(
+                    process,
+                    self.request.launcher,
+                    self.request.startup_timeout(),
+                ))
             }
             Err(e) => {
                 let place = self.request.launch.describe();
@@ -287,7 +295,7 @@ mod tests {
     struct Missing;
 
     impl Launch for Missing {
-        fn command(&self, _: &crate::handoff::WorkerConfig) -> std::process::Command {
+        fn command(&self, _: &crate::handoff::Handoff<'_>) -> std::process::Command {
             std::process::Command::new("/nonexistent/buckshot-worker")
         }
 
