@@ -384,6 +384,49 @@ fn a_worker_past_max_worker_rss_retires_and_no_input_fails() {
     }
 }
 
+/// Quick, but every fourth input keeps 64 MiB, as [`leak`] does.
+fn leak_every_fourth(x: u64) -> (u64, u32) {
+    match x % 4 {
+        3 => leak(x),
+        _ => (x, std::process::id()),
+    }
+}
+buckshot::register!(leak_every_fourth);
+
+#[test]
+fn what_a_retiring_worker_had_queued_runs_elsewhere() {
+    let _one = serialised();
+    // Quick inputs queue up behind each slow one (several messages in
+    // flight); two blocks are over the limit.
+    let pool = Pool::builder()
+        .processes(1)
+        .max_worker_rss(100 << 20)
+        .build()
+        .unwrap();
+    let results: Vec<_> = common::within("a map that leaks now and then", move || {
+        pool.map(leak_every_fourth, 0..32)
+            .unwrap()
+            .collect::<Vec<_>>()
+    });
+    let results: Vec<(u64, u32)> = results
+        .into_iter()
+        .map(|result| result.unwrap_or_else(|e| panic!("{e}")))
+        .collect();
+    assert_eq!(
+        results.iter().map(|(x, _)| *x).collect::<Vec<_>>(),
+        (0..32).collect::<Vec<_>>()
+    );
+    // One worker after the other, each retired after two or three blocks
+    // (a message may hold more than one).
+    let mut pids: Vec<u32> = results.iter().map(|(_, pid)| *pid).collect();
+    pids.dedup();
+    let mut distinct = pids.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), pids.len(), "a worker came back: {pids:?}");
+    assert!(pids.len() >= 3, "workers: {pids:?}");
+}
+
 #[test]
 fn retired_workers_are_reaped_while_the_pool_lives() {
     let _one = serialised();

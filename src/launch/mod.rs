@@ -1,6 +1,7 @@
 //! How a worker process is started, and what is killed with it.
 //!
-//! A launcher turns a worker's [`Handoff`] (its [`WorkerConfig`] and the
+//! A launcher turns a worker's [`Handoff`] (its
+//! [`WorkerConfig`](crate::handoff::WorkerConfig) and the
 //! variables the pool sets in workers' environment) into a [`Command`]
 //! whose stdin and stdout carry the protocol; the pool spawns it, pipes it and
 //! reaps it the same way whatever the launcher ([`crate::process`]). What
@@ -31,8 +32,6 @@ use std::sync::Arc;
 use rustix::process::{Pid, Signal};
 
 use crate::handoff::Handoff;
-#[cfg(doc)]
-use crate::handoff::WorkerConfig;
 use crate::protocol::Hello;
 
 pub(crate) use local::Local;
