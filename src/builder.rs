@@ -296,17 +296,19 @@ impl PoolBuilder {
     /// that does not say hello within 30 s is taken for one that cannot
     /// start, but one that is still in its initializer is waited for. (A
     /// sandbox's `cpu_time` counts the CPU time it takes against the first
-    /// task's.) The `tracing` events it emits are not sent to this process;
-    /// it may install a subscriber or logger of its own, which then gets
-    /// the worker's tasks' events as well.
+    /// task's.) The `tracing` events it emits are not sent to this process.
+    /// It may install a `tracing` subscriber or a `log` logger of its own
+    /// (the worker sets up its own after it, and gives way): that worker's
+    /// tasks' events, or records, then go there rather than to this
+    /// process.
     ///
     /// An initializer that panics or exits: that worker never serves, and
     /// counts as a worker that failed to start. A flaky one is replaced;
     /// after 5 in a row the pool gives up, as for workers that keep failing
     /// to start: its maps fail with [`Error::Startup`] (and inputs under
-    /// way with [`Error::PoolClosed`]), whose message ends with the panic's
-    /// (`... last: exit status: 101: buckshot worker: initializer
-    /// `app::setup` panicked: no model at /models/x`).
+    /// way with [`Error::PoolClosed`]), whose message ends with the panic's:
+    /// ``... last: exit status: 101: buckshot worker: initializer
+    /// `app::setup` panicked: no model at /models/x``.
     ///
     /// A function that was never registered makes
     /// [`build`](PoolBuilder::build) fail with [`Error::NotRegistered`].

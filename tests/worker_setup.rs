@@ -64,6 +64,21 @@ buckshot::register!(slow_setup);
 /// Never registered.
 fn unregistered_setup() {}
 
+/// Installs a subscriber of its own, as a program's `main` would: that
+/// panics if the worker installed one before.
+fn install_subscriber() {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .init();
+}
+buckshot::register!(install_subscriber);
+
+fn log_and_return(x: u64) -> u64 {
+    tracing::info!(x, "from a task");
+    x
+}
+buckshot::register!(log_and_return);
+
 /// Quick, except for input 2, which hangs.
 fn hang_at_two(x: u64) -> u64 {
     if x == 2 {
@@ -244,6 +259,27 @@ fn an_initializer_counts_against_no_tasks_timeout() {
             (_, other) => panic!("input {index}: {other:?}"),
         }
     }
+}
+
+#[test]
+fn an_initializer_may_install_its_own_subscriber() {
+    let _one = serialised();
+    // This thread's subscriber wants workers' events: a worker installs
+    // its own, which must give way.
+    let here = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::INFO)
+        .with_writer(std::io::sink)
+        .finish();
+    let pool = tracing::subscriber::with_default(here, || {
+        Pool::builder()
+            .processes(1)
+            .initializer(install_subscriber)
+            .forward_stderr(false)
+            .build()
+            .unwrap()
+    });
+    let out = common::within("a call", move || pool.call(log_and_return, 7));
+    assert_eq!(out.unwrap(), 7);
 }
 
 #[test]
