@@ -2,13 +2,14 @@
 //! workers.
 
 use std::any::TypeId;
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsStr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::Config;
 use crate::error::Error;
+use crate::handoff::WorkerEnv;
 use crate::hooks::Plugins;
 use crate::launch::Launcher;
 use crate::pool::Pool;
@@ -70,8 +71,8 @@ pub struct PoolBuilder {
     journal: Option<PathBuf>,
     /// Default: none.
     initializer: Option<Initializer>,
-    /// Default: none, in the order set.
-    env: Vec<(OsString, OsString)>,
+    /// Default: none.
+    env: WorkerEnv,
     /// Default: none.
     max_worker_rss: Option<u64>,
 }
@@ -353,9 +354,9 @@ impl PoolBuilder {
     /// inherit this process's environment, and nothing is added.
     pub fn env(mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> Self {
         let (key, value) = (key.as_ref().to_owned(), value.as_ref().to_owned());
-        match self.env.iter_mut().find(|(k, _)| *k == key) {
+        match self.env.0.iter_mut().find(|(k, _)| *k == key) {
             Some((_, old)) => *old = value,
-            None => self.env.push((key, value)),
+            None => self.env.0.push((key, value)),
         }
         self
     }
@@ -457,7 +458,7 @@ impl PoolBuilder {
         if self.max_worker_rss == Some(0) {
             return invalid("max_worker_rss must be at least 1");
         }
-        if let Some(problem) = self.env.iter().find_map(|(k, v)| env_problem(k, v)) {
+        if let Some(problem) = self.env.0.iter().find_map(|(k, v)| env_problem(k, v)) {
             return invalid(&problem);
         }
         let initializer = match self.initializer {
@@ -566,7 +567,7 @@ impl PoolBuilder {
             backtraces: std::env::var_os("RUST_BACKTRACE").is_some_and(|value| value != "0"),
             bulk,
             initializer,
-            env: self.env,
+            env: Arc::new(self.env),
             max_worker_rss: self.max_worker_rss,
         };
         Pool::start(config, plugins, sandbox_rules, journal)

@@ -2,11 +2,11 @@
 //! to run workers. Optional features are not here: they are values the
 //! builder hands the pool ([`crate::hooks::Plugins`]).
 
-use std::ffi::OsString;
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::bulk::Segments;
+use crate::handoff::WorkerEnv;
 use crate::launch::Launcher;
 
 /// The pool's settings, validated by the builder.
@@ -34,7 +34,7 @@ pub(crate) struct Config {
     /// (`PoolBuilder::initializer`).
     pub initializer: Option<u32>,
     /// Variables set in workers' environment (`PoolBuilder::env`).
-    pub env: Vec<(OsString, OsString)>,
+    pub env: Arc<WorkerEnv>,
     /// The resident memory past which a worker retires after a message.
     pub max_worker_rss: Option<u64>,
 }

@@ -24,6 +24,20 @@ pub(crate) fn is_reserved(name: &OsStr) -> bool {
     name[start..].starts_with(b"BUCKSHOT_")
 }
 
+/// The variables set in workers' environment
+/// ([`PoolBuilder::env`](crate::PoolBuilder::env)), in the order set.
+/// `Debug` shows their names only: a value may be a secret.
+#[derive(Clone, Default)]
+pub(crate) struct WorkerEnv(pub Vec<(OsString, OsString)>);
+
+impl std::fmt::Debug for WorkerEnv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.0.iter().map(|(name, _)| name))
+            .finish()
+    }
+}
+
 /// Everything a worker is started with: its [`WorkerConfig`], and the
 /// variables the pool's user set in workers' environment
 /// ([`PoolBuilder::env`](crate::PoolBuilder::env)). A launcher puts both

@@ -309,6 +309,10 @@ fn variables_are_set_in_workers_only() {
         .build()
         .unwrap();
     let a = pool.call(env_of, "SETUP_TEST_A".to_owned()).unwrap();
+    let builder = Pool::builder().env("SECRET", "hunter2");
+    let shown = format!("{builder:?}");
+    assert!(shown.contains("env: [\"SECRET\"]"), "{shown}");
+    assert!(!shown.contains("hunter2"), "a value is not shown: {shown}");
     assert_eq!(a.as_deref(), Some(VALUE));
     let b = pool.call(env_of, "SETUP_TEST_B".to_owned()).unwrap();
     assert_eq!(

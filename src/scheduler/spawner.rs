@@ -24,7 +24,6 @@
 //! variables the pool sets in workers' environment: a [`Handoff`]), and
 //! hands that to [`Process::spawn`].
 
-use std::ffi::OsString;
 use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -36,7 +35,7 @@ use std::time::Duration;
 use crate::bulk::ReplySlots;
 use crate::config::Config;
 use crate::flow::STARTUP_TIMEOUT;
-use crate::handoff::{Handoff, TaskRef, WorkerConfig};
+use crate::handoff::{Handoff, TaskRef, WorkerConfig, WorkerEnv};
 use crate::launch::Launch;
 use crate::process::Process;
 use crate::registry::registry;
@@ -61,8 +60,8 @@ pub(crate) struct SpawnRequest {
     /// Whether a worker that is our child gets reply slots for long
     /// strings (see `bulk`).
     pub reply_slots: bool,
-    /// Variables set in every worker's environment, in the order set.
-    pub env: Arc<[(OsString, OsString)]>,
+    /// Variables set in every worker's environment.
+    pub env: Arc<WorkerEnv>,
 }
 
 impl SpawnRequest {
@@ -87,7 +86,7 @@ impl SpawnRequest {
             },
             forward_stderr: config.forward_stderr,
             reply_slots: config.bulk.is_some(),
-            env: config.env.clone().into(),
+            env: Arc::clone(&config.env),
         }
     }
 
@@ -124,7 +123,7 @@ impl SpawnRequest {
         };
         let mut command = self.launch.command(&Handoff {
             config: self.worker_config(reply_slot.as_deref()),
-            env: &self.env,
+            env: &self.env.0,
         });
         if !self.launch.worker_is_child() {
             // Its program is not ours: it would keep the program's
@@ -160,7 +159,7 @@ impl SpawnRequest {
             },
             forward_stderr: false,
             reply_slots: false,
-            env: Arc::new([]),
+            env: Arc::default(),
         }
     }
 }
