@@ -47,7 +47,7 @@ fn start_as_nobody_with_the_worker_variable(program: &Path) -> (Vec<u8>, String)
         .arg(program)
         .env(
             "__BUCKSHOT_WORKER",
-            format!("{},1073741824,,0,0,", std::process::id()),
+            format!("{},1073741824,,0,0,,,", std::process::id()),
         )
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
