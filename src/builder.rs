@@ -340,7 +340,6 @@ impl PoolBuilder {
                     // What a replay of a kept input is confined by.
                     sandbox,
                     memory_limit: self.memory_limit,
-                    timeout: self.timeout,
                 })
             }
             None => None,

@@ -54,6 +54,7 @@ fn chunk(first_index: usize, context: u64) -> Chunk {
         returns: 0,
         bulk: Vec::new(),
         context_frame: None,
+        timeout: None,
     }
 }
 

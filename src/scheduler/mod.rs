@@ -268,7 +268,6 @@ impl Scheduler {
     }
 
     fn run(&mut self) {
-        let timeout = self.shared.config.timeout;
         loop {
             self.replenish();
             // Workers that joined are filed before the dispatch.
@@ -298,7 +297,7 @@ impl Scheduler {
                 self.handle(source);
             }
             let now = Instant::now();
-            self.expire(now, timeout);
+            self.expire(now);
             // Burials need every fate of this turn.
             self.settle();
             self.bury_fated();
@@ -346,7 +345,6 @@ impl Scheduler {
     /// whether their request pipe is watched, their deadline, and whether
     /// they are to be buried.
     fn settle(&mut self) {
-        let timeout = self.shared.config.timeout;
         for slot in std::mem::take(&mut self.roster.touched) {
             let seat = &mut self.roster.workers[slot];
             seat.touched = false;
@@ -362,7 +360,7 @@ impl Scheduler {
             let want = seat.worker.wants_to_write();
             self.watch
                 .writes(key, seat.worker.process(), want, &mut seat.writes_watched);
-            let deadline = seat.worker.deadline(timeout);
+            let deadline = seat.worker.deadline();
             if deadline != seat.deadline {
                 seat.deadline = deadline;
                 if let Some(at) = deadline {
@@ -422,7 +420,7 @@ impl Scheduler {
     }
 
     /// Decides the fate of the workers whose deadline passed at `now`.
-    fn expire(&mut self, now: Instant, timeout: Option<std::time::Duration>) {
+    fn expire(&mut self, now: Instant) {
         let workers = &self.roster.workers;
         let mut expired = std::mem::take(&mut self.expired);
         self.roster.deadlines.expired(
@@ -435,9 +433,7 @@ impl Scheduler {
             &mut expired,
         );
         for key in expired.drain(..) {
-            self.roster.workers[key.slot]
-                .worker
-                .check_deadline(now, timeout);
+            self.roster.workers[key.slot].worker.check_deadline(now);
             self.roster.touch(key.slot);
         }
         self.expired = expired;
@@ -578,7 +574,6 @@ impl Scheduler {
     /// Takes the workers with a fate out of service.
     fn bury_fated(&mut self) {
         let mut burial = Burial {
-            timeout: self.shared.config.timeout,
             retries: self.shared.config.retries,
             posting: &mut self.posting,
             requeue: &mut self.requeue,
