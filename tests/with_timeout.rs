@@ -241,7 +241,9 @@ fn a_replay_of_a_timed_out_input_runs_under_its_maps_timeout() {
         .keep_failures(&dir.0)
         .build()
         .unwrap();
-    let error = pool.with_timeout(timeout).call(nap, HANG).unwrap_err();
+    let error = common::within("a timed call", move || {
+        pool.with_timeout(timeout).call(nap, HANG).unwrap_err()
+    });
     assert_timed_out::<u64>(&Err(error), 0, timeout);
     let files = dir.files();
     assert_eq!(files.len(), 1, "{files:?}");
