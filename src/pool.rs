@@ -23,7 +23,9 @@ use crate::task::PlainTask;
 /// A pool of worker processes that run registered functions.
 ///
 /// Workers are copies of the current binary, started at once by
-/// [`PoolBuilder::build`] and kept running between maps. A pool is `Send` and
+/// [`PoolBuilder::build`] and kept running between maps (or, with an
+/// [`idle_timeout`](PoolBuilder::idle_timeout), until they have had
+/// nothing to do for that long; they start again when work comes). A pool is `Send` and
 /// `Sync`: several threads may map on it at the same time and share its
 /// workers.
 ///
@@ -54,7 +56,8 @@ impl Pool {
         PoolBuilder::default()
     }
 
-    /// The number of worker processes the pool keeps.
+    /// The number of worker processes the pool keeps: at most, with an
+    /// [`idle_timeout`](PoolBuilder::idle_timeout).
     pub fn processes(&self) -> usize {
         self.running.shared().config.processes
     }
