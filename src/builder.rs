@@ -92,8 +92,9 @@ impl PoolBuilder {
 
     /// Longest time one task may run, counted from when its worker starts it
     /// (time spent queued does not count). A task past it yields
-    /// [`Error::TaskTimeout`]; its worker is killed and replaced. Default: no
-    /// limit.
+    /// [`Error::TaskTimeout`]; its worker is killed and replaced. Maps of a
+    /// [`Pool::with_timeout`] handle have a timeout of their own instead.
+    /// Default: no limit.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = Some(timeout);
         self
