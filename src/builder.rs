@@ -57,6 +57,8 @@ pub struct PoolBuilder {
     retries: u32,
     /// Default: none.
     max_tasks_per_worker: Option<u64>,
+    /// Default: none (workers stay).
+    idle_timeout: Option<Duration>,
     /// Default: adaptive.
     batch_size: Option<u32>,
     /// Default: forwarded (`None` means true).
@@ -107,8 +109,9 @@ impl PoolBuilder {
 
     /// Longest time one task may run, counted from when its worker starts it
     /// (time spent queued does not count). A task past it yields
-    /// [`Error::TaskTimeout`]; its worker is killed and replaced. Default: no
-    /// limit.
+    /// [`Error::TaskTimeout`]; its worker is killed and replaced. Maps of a
+    /// [`Pool::with_timeout`] handle have a timeout of their own instead.
+    /// Default: no limit.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = Some(timeout);
         self
@@ -163,6 +166,34 @@ impl PoolBuilder {
     /// [`processes`](PoolBuilder::processes) run at once.
     pub fn max_tasks_per_worker(mut self, tasks: u64) -> Self {
         self.max_tasks_per_worker = Some(tasks);
+        self
+    }
+
+    /// How long a worker may have no task before it exits: the pool
+    /// retires it (it exits by itself, between tasks, as at a task quota)
+    /// and does not replace it, so that a pool kept in a long-running
+    /// service costs no processes while nothing comes. When work comes,
+    /// workers start again on demand, one per message of inputs waiting,
+    /// up to [`processes`](PoolBuilder::processes); the inputs wait for
+    /// their start-up (a fresh process and its handshake, as at
+    /// [`build`](PoolBuilder::build)), which the README measures. A pool
+    /// whose workers all left is not broken: its next map is served.
+    /// Default: workers live as long as the pool.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// # fn main() -> Result<(), buckshot::Error> {
+    /// let pool = buckshot::Pool::builder()
+    ///     .processes(4)
+    ///     .idle_timeout(Duration::from_secs(60))
+    ///     .build()?;
+    /// assert_eq!(pool.processes(), 4); // at most
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn idle_timeout(mut self, idle: Duration) -> Self {
+        self.idle_timeout = Some(idle);
         self
     }
 
@@ -401,7 +432,7 @@ impl PoolBuilder {
     /// # Errors
     ///
     /// - [`Error::Config`] for an invalid setting (no processes, a zero
-    ///   timeout, batch size, task quota or `max_worker_rss`, a tiny frame
+    ///   timeout, idle timeout, batch size, task quota or `max_worker_rss`, a tiny frame
     ///   limit, more workers than the hard limit on open files allows, a
     ///   sandbox with workers that are not local, a journal without the
     ///   cargo feature `journal`, a variable of [`env`](PoolBuilder::env)
@@ -448,6 +479,9 @@ impl PoolBuilder {
         }
         if self.timeout == Some(Duration::ZERO) {
             return invalid("timeout must be greater than zero");
+        }
+        if self.idle_timeout == Some(Duration::ZERO) {
+            return invalid("idle_timeout must be greater than zero");
         }
         if self.batch_size == Some(0) {
             return invalid("batch_size must be at least 1");
@@ -511,7 +545,6 @@ impl PoolBuilder {
                     // What a replay of a kept input is confined by.
                     sandbox,
                     memory_limit: self.memory_limit,
-                    timeout: self.timeout,
                 })
             }
             None => None,
@@ -561,6 +594,7 @@ impl PoolBuilder {
             memory_limit: self.memory_limit,
             retries: self.retries,
             max_tasks_per_worker: self.max_tasks_per_worker,
+            idle_timeout: self.idle_timeout,
             batch_size: self.batch_size,
             forward_stderr: self.forward_stderr.unwrap_or(true),
             dispatch: tracing::dispatcher::get_default(tracing::Dispatch::clone),

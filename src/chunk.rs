@@ -2,6 +2,7 @@
 //! callers hand the pool, and what its observers see answered or failed.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::bulk::Segment;
 use crate::protocol::{self, Items, RunFrame};
@@ -36,6 +37,9 @@ pub(crate) struct Chunk {
     /// The CONTEXT frame of the context its task reads, if any: what an
     /// observer needs of it after the context is gone.
     pub context_frame: Option<Arc<Vec<u8>>>,
+    /// How long each of its inputs may run: its map's timeout, else the
+    /// pool's. The pool's thread keeps its deadlines by it.
+    pub timeout: Option<Duration>,
 }
 
 impl Chunk {
@@ -63,6 +67,7 @@ impl Chunk {
             returns: self.returns,
             bulk: self.bulk.clone(),
             context_frame: self.context_frame.clone(),
+            timeout: self.timeout,
         }
     }
 
@@ -117,6 +122,7 @@ mod tests {
             returns: 1,
             bulk: Vec::new(),
             context_frame: None,
+            timeout: Some(Duration::from_secs(3)),
         }
     }
 
@@ -139,6 +145,7 @@ mod tests {
             (11, 2, vec![2, 3])
         );
         assert_eq!(rest.attempts, 2);
+        assert_eq!(rest.timeout, Some(Duration::from_secs(3)));
         assert!(matches!(chunk(&[1]).split(0), (None, Some(_))));
         assert!(matches!(chunk(&[1]).split(5), (Some(_), None)));
     }
@@ -149,6 +156,10 @@ mod tests {
         let got: Vec<(usize, Vec<u64>)> =
             singles.iter().map(|c| (c.first_index, values(c))).collect();
         assert_eq!(got, [(10, vec![4]), (11, vec![5]), (12, vec![6])]);
-        assert!(singles.iter().all(|c| c.count == 1 && c.attempts == 2));
+        assert!(
+            singles.iter().all(|c| c.count == 1
+                && c.attempts == 2
+                && c.timeout == Some(Duration::from_secs(3)))
+        );
     }
 }

@@ -20,6 +20,8 @@ pub(crate) struct Config {
     pub memory_limit: Option<u64>,
     pub retries: u32,
     pub max_tasks_per_worker: Option<u64>,
+    /// How long a worker may have nothing to do before it is let go.
+    pub idle_timeout: Option<Duration>,
     pub batch_size: Option<u32>,
     pub forward_stderr: bool,
     /// The subscriber of the thread that built the pool.

@@ -11,11 +11,12 @@
 
 use std::marker::PhantomData;
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde::Serialize;
 
 use crate::error::Error;
-use crate::pool::{MapStart, Pool, task_position};
+use crate::pool::{MapStart, Pool, WithTimeout, task_position};
 use crate::results::{Results, UnorderedResults};
 use crate::shared::{MapTask, SharedContext};
 use crate::stream::{CallFuture, MapStream};
@@ -69,6 +70,8 @@ pub struct WithContext<'a, C> {
     pool: &'a Pool,
     /// The encoded context, or why it could not be encoded.
     context: Result<Arc<SharedContext>, String>,
+    /// The timeout of each input of its maps, if not the pool's.
+    timeout: Option<Duration>,
     _value: PhantomData<fn(&C)>,
 }
 
@@ -118,18 +121,98 @@ impl Pool {
         WithContext {
             pool: self,
             context: encoded,
+            timeout: None,
             _value: PhantomData,
         }
     }
 }
 
-impl<C> WithContext<'_, C> {
+impl<'a> WithTimeout<'a> {
+    /// This handle with a context: maps of the returned handle read
+    /// `context` (as with [`Pool::with_context`]), and each of their inputs
+    /// may run for this handle's timeout. The same as
+    /// `pool.with_context(context).with_timeout(timeout)`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// #[derive(serde::Serialize, serde::Deserialize)]
+    /// struct Rates {
+    ///     tax: f64,
+    /// }
+    ///
+    /// fn with_tax(rates: &Rates, price: f64) -> f64 {
+    ///     price * (1.0 + rates.tax)
+    /// }
+    /// buckshot::register!(with_tax);
+    ///
+    /// # fn main() -> Result<(), buckshot::Error> {
+    /// let pool = buckshot::Pool::new(2)?;
+    /// let quick = pool.with_timeout(Duration::from_secs(5));
+    /// assert_eq!(quick.with_context(&Rates { tax: 0.25 }).call(with_tax, 8.0)?, 10.0);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn with_context<C: Serialize>(&self, context: &C) -> WithContext<'a, C> {
+        WithContext {
+            timeout: Some(self.timeout()),
+            ..self.pool().with_context(context)
+        }
+    }
+}
+
+impl<'a, C> WithContext<'a, C> {
+    /// This handle with a timeout of its own: each input of a map or call
+    /// of the returned handle, which reads the same context (encoded
+    /// once), may run for `timeout` instead of the pool's (see
+    /// [`Pool::with_timeout`]).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// #[derive(serde::Serialize, serde::Deserialize)]
+    /// struct Limit(u64);
+    ///
+    /// fn nap_below(limit: &Limit, ms: u64) -> u64 {
+    ///     std::thread::sleep(Duration::from_millis(ms.min(limit.0)));
+    ///     ms
+    /// }
+    /// buckshot::register!(nap_below);
+    ///
+    /// # fn main() -> Result<(), buckshot::Error> {
+    /// let pool = buckshot::Pool::new(2)?;
+    /// let ctx = pool.with_context(&Limit(60_000));
+    /// let quick = ctx.with_timeout(Duration::from_millis(200));
+    /// assert!(quick.call(nap_below, 60_000).unwrap_err().is_timeout());
+    /// assert_eq!(ctx.call(nap_below, 300)?, 300); // no timeout
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// A `timeout` of zero makes every map of the returned handle fail
+    /// with [`Error::Config`].
+    pub fn with_timeout(&self, timeout: Duration) -> WithContext<'a, C> {
+        WithContext {
+            pool: self.pool,
+            context: self.context.clone(),
+            timeout: Some(timeout),
+            _value: PhantomData,
+        }
+    }
+
+    /// The timeout of each input of this handle's maps, if it has one of
+    /// its own (else the pool's applies).
+    pub fn timeout(&self) -> Option<Duration> {
+        self.timeout
+    }
+
     /// A map of `f`, a task that reads this context, on the pool.
     fn map_start<F: 'static>(&self, f: &F) -> MapStart<'_> {
         MapStart {
             shared: self.pool.running().shared(),
             task: self.task(f),
         }
+        .timed(self.timeout)
     }
 
     fn task<F: 'static>(&self, f: &F) -> Result<MapTask, Error> {
@@ -139,6 +222,7 @@ impl<C> WithContext<'_, C> {
         Ok(MapTask {
             position: task_position(f)?,
             context: Some(Arc::clone(context)),
+            timeout: None,
         })
     }
 
@@ -146,8 +230,8 @@ impl<C> WithContext<'_, C> {
     ///
     /// # Errors
     ///
-    /// As for [`Pool::map`], and [`Error::Context`] if the context could
-    /// not be encoded.
+    /// As for [`Pool::map`], [`Error::Context`] if the context could not
+    /// be encoded, and [`Error::Config`] if the handle's timeout is zero.
     pub fn map<F, M, It>(&self, f: F, inputs: It) -> Result<Results<It::IntoIter, F::Output>, Error>
     where
         F: Task<M, Context = C>,
@@ -223,6 +307,9 @@ impl<C> std::fmt::Debug for WithContext<'_, C> {
             Ok(context) => debug.field("bytes", &context.frame.len()),
             Err(message) => debug.field("error", message),
         };
+        if let Some(timeout) = &self.timeout {
+            debug.field("timeout", timeout);
+        }
         debug.finish()
     }
 }

@@ -22,14 +22,15 @@ pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// The task ran longer than the pool's timeout; its worker was killed and
-    /// replaced.
+    /// The task ran longer than its timeout (its map's,
+    /// [`Pool::with_timeout`](crate::Pool::with_timeout), else the pool's);
+    /// its worker was killed and replaced.
     #[error("input {index}: timed out after {timeout:?}{}", replay_suffix(replay))]
     #[non_exhaustive]
     TaskTimeout {
         /// Position of the input.
         index: usize,
-        /// The pool's timeout.
+        /// The timeout that applied: its map's, else the pool's.
         timeout: Duration,
         /// Its replay file, when the pool keeps failures
         /// ([`PoolBuilder::keep_failures`](crate::PoolBuilder::keep_failures)).
@@ -308,7 +309,8 @@ pub enum Error {
     /// without the cargo feature `journal`), or more workers than the hard
     /// limit on open files allows. Returned by
     /// [`PoolBuilder::build`](crate::PoolBuilder::build) before any worker
-    /// is started.
+    /// is started, and by the maps of a handle whose timeout is zero
+    /// ([`Pool::with_timeout`](crate::Pool::with_timeout)).
     #[error("invalid pool configuration: {message}")]
     #[non_exhaustive]
     Config {
@@ -380,7 +382,7 @@ impl Error {
         }
     }
 
-    /// Whether the task ran past the pool's timeout.
+    /// Whether the task ran past its timeout.
     pub fn is_timeout(&self) -> bool {
         matches!(self, Error::TaskTimeout { .. })
     }

@@ -12,6 +12,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -52,6 +53,9 @@ pub(crate) struct Feed<It, O> {
     /// The context its task reads, 0 for none, and its CONTEXT frame.
     context: u64,
     context_frame: Option<Arc<Vec<u8>>>,
+    /// How long each input may run: the map's own timeout, else the
+    /// pool's.
+    timeout: Option<Duration>,
     rx: Receiver<Vec<Delivery>>,
     waker: Arc<WakerSlot>,
     stats: Arc<MapStats>,
@@ -105,6 +109,7 @@ where
                 value => answerers.for_map(task.position, value.flatten()),
             }
         });
+        let timeout = task.timeout.or(shared.config.timeout);
         let opened = shared.open_map(task.context)?;
         Ok(Feed {
             shared,
@@ -112,6 +117,7 @@ where
             task: task.position,
             context,
             context_frame,
+            timeout,
             rx: opened.deliveries,
             waker: opened.waker,
             stats: opened.stats,
@@ -140,7 +146,8 @@ where
         flow::chunk_items(&ChunkContext {
             batch_size: self.shared.config.batch_size,
             per_item: self.stats.per_item(),
-            timeout: self.shared.config.timeout,
+            // A frame is answered as a whole, within its inputs' timeout.
+            timeout: self.timeout,
             remaining,
             processes: self.shared.config.processes,
             last_target: self.last_chunk_target,
@@ -339,6 +346,7 @@ where
             returns: 0,
             bulk,
             context_frame: self.context_frame.clone(),
+            timeout: self.timeout,
         });
         bytes
     }

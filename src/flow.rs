@@ -206,6 +206,9 @@ pub(crate) struct ChunkContext {
     pub batch_size: Option<u32>,
     /// Measured run time of one input of this map.
     pub per_item: Option<Duration>,
+    /// The timeout of this map's inputs: its own
+    /// ([`Pool::with_timeout`](crate::Pool::with_timeout)), else the
+    /// pool's. A frame is answered as a whole within it.
     pub timeout: Option<Duration>,
     /// Inputs left, as far as the input iterator knows (0 if it does not).
     pub remaining: usize,

@@ -129,7 +129,7 @@ mod worker;
 pub use crate::context::WithContext;
 pub use crate::error::{Error, Limit, PanicLocation, Replay};
 pub use crate::launch::{Launcher, Srun, Ssh};
-pub use crate::pool::{Pool, PoolBuilder, map};
+pub use crate::pool::{Pool, PoolBuilder, WithTimeout, map};
 pub use crate::results::{Results, UnorderedResults};
 pub use crate::sandbox::{Sandbox, SandboxRule};
 pub use crate::stream::{CallFuture, MapStream};

@@ -23,7 +23,9 @@ use crate::task::PlainTask;
 /// A pool of worker processes that run registered functions.
 ///
 /// Workers are copies of the current binary, started at once by
-/// [`PoolBuilder::build`] and kept running between maps. A pool is `Send` and
+/// [`PoolBuilder::build`] and kept running between maps (or, with an
+/// [`idle_timeout`](PoolBuilder::idle_timeout), until they have had
+/// nothing to do for that long; they start again when work comes). A pool is `Send` and
 /// `Sync`: several threads may map on it at the same time and share its
 /// workers.
 ///
@@ -54,7 +56,8 @@ impl Pool {
         PoolBuilder::default()
     }
 
-    /// The number of worker processes the pool keeps.
+    /// The number of worker processes the pool keeps: at most, with an
+    /// [`idle_timeout`](PoolBuilder::idle_timeout).
     pub fn processes(&self) -> usize {
         self.running.shared().config.processes
     }
@@ -65,9 +68,53 @@ impl Pool {
         &self.sandbox_rules
     }
 
-    /// The per-task timeout, if any.
+    /// The per-task timeout, if any (maps of a
+    /// [`with_timeout`](Pool::with_timeout) handle have their own).
     pub fn timeout(&self) -> Option<Duration> {
         self.running.shared().config.timeout
+    }
+
+    /// This pool with a timeout of its own: each input of a map or call of
+    /// the returned handle may run for `timeout`, instead of the pool's
+    /// [`timeout`](PoolBuilder::timeout) (whether the pool has one or
+    /// not). An input past it yields [`Error::TaskTimeout`] carrying
+    /// `timeout`; its worker is killed and replaced, as with the pool's.
+    /// Maps running at the same time on the pool keep their own timeouts.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// fn nap(ms: u64) -> u64 {
+    ///     std::thread::sleep(Duration::from_millis(ms));
+    ///     ms
+    /// }
+    /// buckshot::register!(nap);
+    ///
+    /// # fn main() -> Result<(), buckshot::Error> {
+    /// let pool = buckshot::Pool::new(2)?; // no timeout of its own
+    /// let quick = pool.with_timeout(Duration::from_millis(200));
+    /// assert_eq!(quick.call(nap, 10)?, 10);
+    /// let error = quick.call(nap, 60_000).unwrap_err();
+    /// assert!(error.is_timeout(), "{error}");
+    /// // Other maps of the pool have no timeout.
+    /// assert_eq!(pool.call(nap, 300)?, 300);
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// The handle is cheap ([`Copy`]); make one per timeout you need. For
+    /// a task that reads a context, see [`WithTimeout::with_context`] (or
+    /// [`WithContext::with_timeout`](crate::WithContext::with_timeout)).
+    /// A timeout too large to count to never fires
+    /// ([`Duration::MAX`] lifts the pool's for these maps).
+    ///
+    /// A `timeout` of zero makes every map of the handle fail with
+    /// [`Error::Config`], as [`PoolBuilder::timeout`] does at build.
+    pub fn with_timeout(&self, timeout: Duration) -> WithTimeout<'_> {
+        WithTimeout {
+            pool: self,
+            timeout,
+        }
     }
 
     /// How many `Ok` outputs of this pool's maps its
@@ -262,6 +309,146 @@ impl Pool {
     }
 }
 
+/// A pool with a timeout of its own for its maps and calls, made by
+/// [`Pool::with_timeout`]: each input of a map or call of this handle may
+/// run for [`timeout`](WithTimeout::timeout), instead of the pool's.
+///
+/// It has the pool's five entry points, which run on the pool's workers,
+/// beside its other maps.
+#[derive(Clone, Copy)]
+pub struct WithTimeout<'a> {
+    pool: &'a Pool,
+    timeout: Duration,
+}
+
+impl<'a> WithTimeout<'a> {
+    /// The timeout of each input of this handle's maps.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// The pool it maps on.
+    pub(crate) fn pool(&self) -> &'a Pool {
+        self.pool
+    }
+
+    fn map_start<F: 'static>(&self, f: &F) -> MapStart<'a> {
+        self.pool.map_start(f).timed(Some(self.timeout))
+    }
+
+    /// Like [`Pool::map`], each input with this handle's timeout.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// fn nap(ms: u64) -> u64 {
+    ///     std::thread::sleep(Duration::from_millis(ms));
+    ///     ms
+    /// }
+    /// buckshot::register!(nap);
+    ///
+    /// # fn main() -> Result<(), buckshot::Error> {
+    /// let pool = buckshot::Pool::builder()
+    ///     .processes(2)
+    ///     .timeout(Duration::from_secs(60))
+    ///     .build()?;
+    /// let results: Vec<_> = pool
+    ///     .with_timeout(Duration::from_millis(300))
+    ///     .map(nap, [1, 60_000, 2])?
+    ///     .collect();
+    /// assert_eq!(*results[0].as_ref().unwrap(), 1);
+    /// match &results[1] {
+    ///     Err(buckshot::Error::TaskTimeout { index, timeout, .. }) => {
+    ///         assert_eq!((*index, *timeout), (1, Duration::from_millis(300)));
+    ///     }
+    ///     other => panic!("{other:?}"),
+    /// }
+    /// assert_eq!(*results[2].as_ref().unwrap(), 2);
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As for [`Pool::map`], and [`Error::Config`] if the timeout is zero.
+    pub fn map<F, M, It>(&self, f: F, inputs: It) -> Result<Results<It::IntoIter, F::Output>, Error>
+    where
+        F: PlainTask<M>,
+        It: IntoIterator<Item = F::Input>,
+    {
+        self.map_start(&f).ordered(inputs.into_iter())
+    }
+
+    /// Like [`Pool::map_unordered`], each input with this handle's
+    /// timeout.
+    ///
+    /// # Errors
+    ///
+    /// As for [`WithTimeout::map`].
+    pub fn map_unordered<F, M, It>(
+        &self,
+        f: F,
+        inputs: It,
+    ) -> Result<UnorderedResults<It::IntoIter, F::Output>, Error>
+    where
+        F: PlainTask<M>,
+        It: IntoIterator<Item = F::Input>,
+    {
+        self.map_start(&f).unordered(inputs.into_iter())
+    }
+
+    /// Like [`Pool::call`], with this handle's timeout.
+    ///
+    /// # Errors
+    ///
+    /// As for [`WithTimeout::map`], and the input's own error if it failed
+    /// ([`Error::TaskTimeout`] if it ran past the timeout).
+    pub fn call<F, M>(&self, f: F, input: F::Input) -> Result<F::Output, Error>
+    where
+        F: PlainTask<M>,
+    {
+        self.map_start(&f).call(input)
+    }
+
+    /// Like [`Pool::map_stream`], each input with this handle's timeout.
+    ///
+    /// # Errors
+    ///
+    /// As for [`WithTimeout::map`].
+    pub fn map_stream<F, M, It>(
+        &self,
+        f: F,
+        inputs: It,
+    ) -> Result<MapStream<It::IntoIter, F::Output>, Error>
+    where
+        F: PlainTask<M>,
+        It: IntoIterator<Item = F::Input>,
+    {
+        self.map_start(&f).stream(inputs.into_iter())
+    }
+
+    /// Like [`Pool::call_async`], with this handle's timeout.
+    ///
+    /// # Errors
+    ///
+    /// The future resolves to an error where [`WithTimeout::call`] would
+    /// return one.
+    pub fn call_async<F, M>(&self, f: F, input: F::Input) -> CallFuture<F::Input, F::Output>
+    where
+        F: PlainTask<M>,
+    {
+        self.map_start(&f).call_async(input)
+    }
+}
+
+impl std::fmt::Debug for WithTimeout<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WithTimeout")
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
 /// A map about to start: the pool it runs on, and its task or why it
 /// cannot run. The entry points of [`Pool`] and
 /// [`WithContext`](crate::WithContext) differ only in how they name the
@@ -272,6 +459,24 @@ pub(crate) struct MapStart<'a> {
 }
 
 impl MapStart<'_> {
+    /// The same map, each of its inputs with `timeout` instead of the
+    /// pool's, if given; a zero timeout fails it, as it fails a build.
+    pub(crate) fn timed(mut self, timeout: Option<Duration>) -> Self {
+        let Some(timeout) = timeout else {
+            return self;
+        };
+        self.task = self.task.and_then(|mut task| {
+            if timeout.is_zero() {
+                return Err(Error::Config {
+                    message: "with_timeout must be greater than zero".to_owned(),
+                });
+            }
+            task.timeout = Some(timeout);
+            Ok(task)
+        });
+        self
+    }
+
     /// The map's results in input order ([`Pool::map`]).
     pub(crate) fn ordered<It, O>(self, inputs: It) -> Result<Results<It, O>, Error>
     where

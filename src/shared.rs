@@ -54,12 +54,14 @@ pub(crate) struct SharedContext {
     pub frame: Arc<Vec<u8>>,
 }
 
-/// What a map runs: a registered task, by position, and the context it
-/// reads, if any.
+/// What a map runs: a registered task, by position, the context it reads,
+/// if any, and the timeout of each of its inputs, if it has its own.
 #[derive(Debug, Clone)]
 pub(crate) struct MapTask {
     pub position: u32,
     pub context: Option<Arc<SharedContext>>,
+    /// Overrides the pool's timeout for this map's inputs.
+    pub timeout: Option<Duration>,
 }
 
 impl MapTask {
@@ -67,6 +69,7 @@ impl MapTask {
         MapTask {
             position,
             context: None,
+            timeout: None,
         }
     }
 

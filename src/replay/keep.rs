@@ -44,10 +44,9 @@ pub(crate) struct KeepFailures {
     pub per_map: u32,
     /// The sandbox in force in the pool's workers, if any.
     pub sandbox: Option<Sandbox>,
-    /// The pool's limit on a worker's memory, and its timeout: a replay
-    /// runs under them.
+    /// The pool's limit on a worker's memory: a replay runs under it, and
+    /// under the timeout its input ran against (its chunk's).
     pub memory_limit: Option<u64>,
-    pub timeout: Option<Duration>,
 }
 
 /// What confined the pool's workers, as a replay file records it.
@@ -56,7 +55,6 @@ struct Confinement {
     sandbox: Option<String>,
     sandbox_rules: Vec<String>,
     memory_limit: Option<u64>,
-    timeout: Option<Duration>,
 }
 
 /// What a map kept so far.
@@ -129,7 +127,6 @@ impl Keeper {
                 .map(|rule| rule.to_string())
                 .collect(),
             memory_limit: settings.memory_limit,
-            timeout: settings.timeout,
         };
         Keeper {
             dir: settings.dir.clone(),
@@ -283,7 +280,8 @@ impl Observer for Keeper {
             sandbox: confinement.sandbox,
             sandbox_rules: confinement.sandbox_rules,
             memory_limit: confinement.memory_limit,
-            timeout: confinement.timeout,
+            // Its map's timeout, or the pool's.
+            timeout: chunk.timeout,
         };
         let job = self.next_job;
         self.next_job += 1;

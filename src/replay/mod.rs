@@ -88,7 +88,7 @@ struct ReplayFile {
     /// The pool's limit on a worker's address space, in bytes.
     #[serde(default)]
     memory_limit: Option<u64>,
-    /// The pool's timeout.
+    /// The timeout its input ran against: its map's, or the pool's.
     #[serde(default)]
     timeout: Option<Duration>,
 }

@@ -308,11 +308,12 @@ impl Books {
         )
     }
 
-    /// When the head must be answered by: `timeout` after it started, or,
-    /// while its frame is partly written, `timeout` after the worker last
-    /// took any of its bytes. `None` if there is nothing to wait for.
-    pub(crate) fn deadline(&self, timeout: Option<Duration>) -> Option<Instant> {
-        let timeout = timeout?;
+    /// When the head must be answered by: its timeout (the one its chunk
+    /// carries, its map's or the pool's) after it started, or, while its
+    /// frame is partly written, that long after the worker last took any
+    /// of its bytes. `None` if there is nothing to wait for.
+    pub(crate) fn deadline(&self) -> Option<Instant> {
+        let timeout = self.inflight.front()?.chunk.timeout?;
         let start = match self.head_started() {
             Some(started) => started,
             None if self.written == 0 && self.write_offset > 0 => {
@@ -469,6 +470,15 @@ mod tests {
             returns: 0,
             bulk: Vec::new(),
             context_frame: None,
+            timeout: Some(100 * MS),
+        }
+    }
+
+    /// A chunk whose inputs may run for `timeout`.
+    fn timed(map: u64, first_index: usize, timeout: Option<Duration>) -> Chunk {
+        Chunk {
+            timeout,
+            ..chunk(map, first_index, 1)
         }
     }
 
@@ -589,22 +599,42 @@ mod tests {
     #[test]
     fn the_clock_starts_at_the_latest_of_write_handshake_and_last_reply() {
         let t0 = Instant::now();
-        let timeout = Some(100 * MS);
         let mut books = Books::default();
         books.assign(None, chunk(0, 0, 1), MS, Arc::default());
         books.assign(None, chunk(0, 1, 1), MS, Arc::default());
-        let both = frame_len(&books, 0) + frame_len(&books, 1);
+        books.assign(None, timed(0, 2, None), MS, Arc::default());
+        let all: usize = (0..3).map(|k| frame_len(&books, k)).sum();
         // Written before the worker was ready: nothing runs yet.
-        books.wrote(both, t0 + MS);
-        assert_eq!(books.deadline(timeout), None);
+        books.wrote(all, t0 + MS);
+        assert_eq!(books.deadline(), None);
         books.ready(t0 + 5 * MS);
-        assert_eq!(books.deadline(timeout), Some(t0 + 105 * MS));
+        assert_eq!(books.deadline(), Some(t0 + 105 * MS));
         // The second input starts when the first is answered, not when
         // it was written: queued time does not count.
         answer(&mut books, 0, 1, t0 + 50 * MS).unwrap();
         assert_eq!(books.head_started(), Some(t0 + 50 * MS));
-        assert_eq!(books.deadline(timeout), Some(t0 + 150 * MS));
-        assert_eq!(books.deadline(None), None);
+        assert_eq!(books.deadline(), Some(t0 + 150 * MS));
+        // An input without a timeout has no deadline.
+        answer(&mut books, 1, 1, t0 + 60 * MS).unwrap();
+        assert_eq!(books.deadline(), None);
+    }
+
+    #[test]
+    fn each_frame_runs_against_its_own_timeout() {
+        // Frames of maps with different timeouts, one after the other on
+        // one worker: the head's own timeout sets the deadline.
+        let t0 = Instant::now();
+        let mut books = books_with(&[], t0);
+        books.assign(None, timed(0, 0, Some(10 * MS)), MS, Arc::default());
+        books.assign(None, timed(1, 0, Some(1000 * MS)), MS, Arc::default());
+        books.assign(None, timed(0, 1, Some(10 * MS)), MS, Arc::default());
+        let all: usize = (0..3).map(|k| frame_len(&books, k)).sum();
+        books.wrote(all, t0);
+        assert_eq!(books.deadline(), Some(t0 + 10 * MS));
+        answer(&mut books, 0, 1, t0 + 5 * MS).unwrap();
+        assert_eq!(books.deadline(), Some(t0 + 1005 * MS));
+        answer(&mut books, 1, 1, t0 + 500 * MS).unwrap();
+        assert_eq!(books.deadline(), Some(t0 + 510 * MS));
     }
 
     #[test]
@@ -624,22 +654,21 @@ mod tests {
     #[test]
     fn a_partly_written_head_times_out_when_the_worker_stops_reading() {
         let t0 = Instant::now();
-        let timeout = Some(100 * MS);
         let mut books = books_with(&[(0, 0, 1)], t0);
-        assert_eq!(books.deadline(timeout), None, "nothing written yet");
+        assert_eq!(books.deadline(), None, "nothing written yet");
         books.wrote(10, t0 + 2 * MS);
         assert_eq!(books.head_started(), None);
-        assert_eq!(books.deadline(timeout), Some(t0 + 102 * MS));
+        assert_eq!(books.deadline(), Some(t0 + 102 * MS));
         // Progress pushes the deadline back.
         books.wrote(10, t0 + 60 * MS);
-        assert_eq!(books.deadline(timeout), Some(t0 + 160 * MS));
+        assert_eq!(books.deadline(), Some(t0 + 160 * MS));
         // Once it is answered, a next frame not written yet has no deadline,
         // whatever was written before it.
         let rest = frame_len(&books, 0) - 20;
         books.wrote(rest, t0 + 70 * MS);
         answer(&mut books, 0, 1, t0 + 80 * MS).unwrap();
         books.assign(None, chunk(0, 1, 1), MS, Arc::default());
-        assert_eq!(books.deadline(timeout), None);
+        assert_eq!(books.deadline(), None);
     }
 
     #[test]

@@ -24,7 +24,7 @@
 
 use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use super::handle::{Fate, Remains};
 use super::posting::Posting;
@@ -105,7 +105,6 @@ impl Dying {
 
 /// What burying a worker needs to know and where its inputs go.
 pub(crate) struct Burial<'a> {
-    pub timeout: Option<Duration>,
     pub retries: u32,
     pub posting: &'a mut Posting,
     /// Chunks to put back at the front of the queue, in order.
@@ -193,7 +192,10 @@ impl Burial<'_> {
         let error = match blame {
             Blame::Timeout => Error::TaskTimeout {
                 index,
-                timeout: self.timeout.expect("timeouts need a timeout"),
+                // The timeout it ran against: its map's, or the pool's.
+                timeout: victim
+                    .timeout
+                    .expect("an input that timed out has a timeout"),
                 replay: None,
             },
             Blame::Protocol(message) => Error::Protocol {
@@ -335,6 +337,7 @@ mod tests {
     use std::os::unix::process::CommandExt;
     use std::process::Command;
     use std::sync::Arc;
+    use std::time::Duration;
 
     use super::*;
     use crate::flow::STARTUP_FAILURE_LIMIT;
@@ -383,6 +386,7 @@ mod tests {
             returns,
             bulk: Vec::new(),
             context_frame: None,
+            timeout: Some(250 * MS),
         }
     }
 
@@ -414,7 +418,6 @@ mod tests {
     fn bury(remains: Remains, retries: u32) -> (Dying, Vec<Chunk>, Posting) {
         let (mut posting, mut requeue) = (Posting::default(), Vec::new());
         let mut burial = Burial {
-            timeout: Some(100 * MS),
             retries,
             posting: &mut posting,
             requeue: &mut requeue,
@@ -451,7 +454,8 @@ mod tests {
         assert_eq!(placed(&requeue), [(1, 2)]);
         assert!(matches!(
             posting.deliveries(),
-            [(7, Delivery::Failed(Error::TaskTimeout { index: 0, .. }))]
+            [(7, Delivery::Failed(Error::TaskTimeout { index: 0, timeout, .. }))]
+                if *timeout == 250 * MS
         ));
         let broke = Fate::Broke("garbage".into());
         let (_, _, posting) = bury(remains(broke, true, running(), false), 0);

@@ -459,14 +459,15 @@ impl WorkerHandle {
     /// bound of its own, timeout or not: a symboliser that hangs (it can
     /// deadlock when memory runs out under a memory limit) must not hang
     /// the pool.
-    pub(crate) fn deadline(&self, timeout: Option<Duration>) -> Option<Instant> {
+    pub(crate) fn deadline(&self) -> Option<Instant> {
         if self.fate.is_some() {
             return None;
         }
         if !self.books.is_ready() {
             return self.startup_timeout.map(|bound| self.spawned_at + bound);
         }
-        let deadline = self.books.deadline(timeout);
+        // Each frame carries its own timeout (its map's, or the pool's).
+        let deadline = self.books.deadline();
         match &self.symbolising {
             Some(symbolising) => {
                 let bound = symbolising.since + SYMBOLISE_BOUND;
@@ -477,11 +478,8 @@ impl WorkerHandle {
     }
 
     /// Decides its fate if its deadline has passed at `now`.
-    pub(crate) fn check_deadline(&mut self, now: Instant, timeout: Option<Duration>) {
-        if self
-            .deadline(timeout)
-            .is_some_and(|deadline| now >= deadline)
-        {
+    pub(crate) fn check_deadline(&mut self, now: Instant) {
+        if self.deadline().is_some_and(|deadline| now >= deadline) {
             let fate = if self.books.is_ready() {
                 Fate::TimedOut
             } else {

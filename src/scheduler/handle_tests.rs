@@ -43,13 +43,13 @@ fn a_start_is_timed_only_when_it_is_bounded() {
     let spawn = || SpawnRequest::plain(Arc::new(Sleeper)).spawn().unwrap();
     let bound = Duration::from_secs(3);
     let mut bounded = WorkerHandle::new(spawn(), 0, Some(bound));
-    let deadline = bounded.deadline(None).expect("a deadline while it starts");
+    let deadline = bounded.deadline().expect("a deadline while it starts");
     assert!(deadline <= Instant::now() + bound);
-    bounded.check_deadline(deadline, None);
+    bounded.check_deadline(deadline);
     assert_eq!(bounded.fate(), Some(&Fate::StartupTimeout));
     let mut unbounded = WorkerHandle::new(spawn(), 0, None);
-    assert_eq!(unbounded.deadline(None), None);
-    unbounded.check_deadline(Instant::now() + Duration::from_secs(3600), None);
+    assert_eq!(unbounded.deadline(), None);
+    unbounded.check_deadline(Instant::now() + Duration::from_secs(3600));
     assert_eq!(unbounded.fate(), None);
 }
 
@@ -69,6 +69,7 @@ fn chunk(first_index: usize, context: u64) -> Chunk {
         returns: 0,
         bulk: Vec::new(),
         context_frame: None,
+        timeout: None,
     }
 }
 

@@ -44,9 +44,10 @@
 //!   worker that has nothing to do;
 //! - [`roster`]: the workers, live and dying, and how the live ones are
 //!   filed (touched, fated, by deadline, taking more work or not);
-//! - [`staffing`]: keeping each launcher's number of workers, and their
-//!   seats; a pool whose every launcher stopped is broken (its phase says
-//!   so, [`Phase::Broken`]);
+//! - [`staffing`]: keeping each launcher's number of workers (those
+//!   wanted now: with an idle timeout, idle workers are let go, and come
+//!   back when chunks wait), and their seats; a pool whose every launcher
+//!   stopped is broken (its phase says so, [`Phase::Broken`]);
 //! - [`supply`]: spawning workers, and giving up when they cannot start;
 //! - [`spawner`]: the thread that spawns workers after the first ones, so
 //!   that this one goes on serving the others meanwhile;
@@ -268,7 +269,6 @@ impl Scheduler {
     }
 
     fn run(&mut self) {
-        let timeout = self.shared.config.timeout;
         loop {
             self.replenish();
             // Workers that joined are filed before the dispatch.
@@ -298,7 +298,7 @@ impl Scheduler {
                 self.handle(source);
             }
             let now = Instant::now();
-            self.expire(now, timeout);
+            self.expire(now);
             // Burials need every fate of this turn.
             self.settle();
             self.bury_fated();
@@ -334,6 +334,7 @@ impl Scheduler {
             idle_noted: false,
             hungry: None,
             idle: false,
+            idle_since: None,
             stocked: None,
             nothing_back_at: None,
             held_back_at: None,
@@ -346,7 +347,7 @@ impl Scheduler {
     /// whether their request pipe is watched, their deadline, and whether
     /// they are to be buried.
     fn settle(&mut self) {
-        let timeout = self.shared.config.timeout;
+        let idle_timeout = self.shared.config.idle_timeout;
         for slot in std::mem::take(&mut self.roster.touched) {
             let seat = &mut self.roster.workers[slot];
             seat.touched = false;
@@ -362,13 +363,6 @@ impl Scheduler {
             let want = seat.worker.wants_to_write();
             self.watch
                 .writes(key, seat.worker.process(), want, &mut seat.writes_watched);
-            let deadline = seat.worker.deadline(timeout);
-            if deadline != seat.deadline {
-                seat.deadline = deadline;
-                if let Some(at) = deadline {
-                    self.roster.deadlines.set(key, at);
-                }
-            }
             if !seat.idle_noted && !seat.worker.takes_work() {
                 seat.idle_noted = true;
                 self.staffing.workforce_changed = true;
@@ -377,6 +371,25 @@ impl Scheduler {
                 self.recheck.push(key);
             }
             self.roster.file(slot);
+            // Filed: whether it is idle is known.
+            let seat = &mut self.roster.workers[slot];
+            seat.idle_since = match (seat.idle, seat.idle_since) {
+                (false, _) => None,
+                (true, None) => Some(Instant::now()),
+                (true, since) => since,
+            };
+            // An idle worker has nothing to answer: its deadline, if any,
+            // is the end of its idleness.
+            let idle_until = idle_timeout
+                .zip(seat.idle_since)
+                .and_then(|(idle, since)| since.checked_add(idle));
+            let deadline = seat.worker.deadline().or(idle_until);
+            if deadline != seat.deadline {
+                seat.deadline = deadline;
+                if let Some(at) = deadline {
+                    self.roster.deadlines.set(key, at);
+                }
+            }
         }
         let workers = &self.roster.workers;
         self.roster.deadlines.compact(workers.len(), || {
@@ -394,8 +407,10 @@ impl Scheduler {
     }
 
     /// The nearest time the loop must wake up at, if any: now if a worker
-    /// awaits burial, else the earliest deadline of a worker, of a retired
-    /// worker's exit, or of a spawn retry.
+    /// awaits burial, else the earliest deadline of a worker (its answer,
+    /// its handshake, or the end of its idleness with an idle timeout), of
+    /// a retired worker's exit, or of a spawn retry. A pool whose workers
+    /// all left has none: it sleeps until work comes.
     fn nearest_deadline(&mut self) -> Option<Instant> {
         if !self.roster.fated.is_empty() {
             // A worker to bury (cancelled, say): just look at what else is
@@ -421,8 +436,9 @@ impl Scheduler {
             .min()
     }
 
-    /// Decides the fate of the workers whose deadline passed at `now`.
-    fn expire(&mut self, now: Instant, timeout: Option<std::time::Duration>) {
+    /// Decides the fate of the workers whose deadline passed at `now`, and
+    /// lets those that were idle that long go.
+    fn expire(&mut self, now: Instant) {
         let workers = &self.roster.workers;
         let mut expired = std::mem::take(&mut self.expired);
         self.roster.deadlines.expired(
@@ -435,9 +451,14 @@ impl Scheduler {
             &mut expired,
         );
         for key in expired.drain(..) {
-            self.roster.workers[key.slot]
-                .worker
-                .check_deadline(now, timeout);
+            let seat = &mut self.roster.workers[key.slot];
+            // Still idle (it may have died meanwhile): its deadline was
+            // the end of its idleness.
+            if seat.idle_since.is_some() && seat.idle && seat.worker.takes_work() {
+                self.let_idle_go(key.slot);
+            } else {
+                seat.worker.check_deadline(now);
+            }
             self.roster.touch(key.slot);
         }
         self.expired = expired;
@@ -487,7 +508,12 @@ impl Scheduler {
         }
         let gone = self.cancel_dropped(&state);
         self.dispatch(&mut state);
+        // Chunks no worker took: wanted workers that left idle come back.
+        let waiting = state.queue.len();
         drop(state);
+        if waiting > 0 {
+            self.meet_demand(waiting);
+        }
         // The observers forget them outside the lock.
         for id in dead {
             self.posting.forget_context(id);
@@ -578,7 +604,6 @@ impl Scheduler {
     /// Takes the workers with a fate out of service.
     fn bury_fated(&mut self) {
         let mut burial = Burial {
-            timeout: self.shared.config.timeout,
             retries: self.shared.config.retries,
             posting: &mut self.posting,
             requeue: &mut self.requeue,

@@ -323,6 +323,7 @@ mod tests {
             returns: 0,
             bulk: Vec::new(),
             context_frame: None,
+            timeout: None,
         }
     }
 

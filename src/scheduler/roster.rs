@@ -34,6 +34,9 @@ pub(super) struct Seat {
     pub(super) hungry: Option<Hunger>,
     /// It is in `idle`.
     pub(super) idle: bool,
+    /// Since when it has been idle (as `idle` says), as last settled: with
+    /// an idle timeout, it is let go that long after.
+    pub(super) idle_since: Option<Instant>,
     /// Its backlog as filed in `stocked`, if it is there.
     pub(super) stocked: Option<Duration>,
     /// Its inputs given (`Books::assigned`) when it was last found to have

@@ -2,6 +2,16 @@
 //! spawns to replacements, and giving a launcher (or the pool) up when its
 //! workers keep failing to start; and the seats, which bound how many of a
 //! launcher's workers may run tasks at once to how many it has.
+//!
+//! A launcher has workers "at most" (its number, [`Supply::target`]) and
+//! "wanted now" ([`Staffing::wanted`]), which `replenish` keeps. They are
+//! the same unless the pool has an idle timeout: a worker idle that long
+//! is let go (retired: it exits by itself) and is wanted no more, down to
+//! none. Chunks that no worker takes make workers wanted again, one per
+//! chunk beyond the spawns on their way, up to the number at most
+//! ([`Scheduler::meet_demand`]). Letting go is not a failure: a launcher
+//! with no workers is not given up, and a pool with none is not broken
+//! (the loop sleeps until work comes).
 
 use std::num::NonZero;
 use std::time::Instant;
@@ -28,6 +38,9 @@ pub(super) struct Staffing {
     pub(super) seated: Vec<usize>,
     /// Workers without a seat, oldest first.
     pub(super) benched: Vec<Key>,
+    /// Workers of each launcher that take work wanted now: its number,
+    /// less those let go for idleness and not wanted again since.
+    pub(super) wanted: Vec<usize>,
     /// Something changed how many workers each launcher has or may start:
     /// `replenish` has work to do.
     pub(super) workforce_changed: bool,
@@ -37,6 +50,7 @@ impl Staffing {
     pub(super) fn new(supplies: Vec<Supply>, spawner: Spawner) -> Staffing {
         Staffing {
             seated: vec![0; supplies.len()],
+            wanted: supplies.iter().map(Supply::target).collect(),
             supplies,
             spawner,
             benched: Vec::new(),
@@ -183,8 +197,9 @@ impl Scheduler {
             .iter()
             .filter(|(_, d)| d.dying.launcher() == launcher && d.dying.failed_starting())
             .count();
+        let wanted = self.staffing.wanted[launcher];
         let supply = &mut self.staffing.supplies[launcher];
-        while working + supply.pending() < supply.target() {
+        while working + supply.pending() < wanted {
             if starting + supply.pending() >= supply.max_starting() {
                 return;
             }
@@ -193,6 +208,60 @@ impl Scheduler {
             }
             if !supply.replace(now, &self.staffing.spawner) {
                 return;
+            }
+        }
+    }
+
+    /// Lets the idle worker in `slot` go: it is retired (it exits by
+    /// itself once it reads that, or is killed after a grace period), and
+    /// is not replaced until work comes.
+    pub(super) fn let_idle_go(&mut self, slot: usize) {
+        let worker = &mut self.roster.workers[slot].worker;
+        tracing::debug!(
+            worker = worker.process().worker_pid(),
+            "worker had nothing to do for its idle timeout: retired"
+        );
+        let launcher = worker.launcher();
+        worker.retire();
+        // Nothing else is written to it: its RETIRE frame goes now.
+        worker.write(&self.watch);
+        let wanted = &mut self.staffing.wanted[launcher];
+        *wanted = wanted.saturating_sub(1);
+        self.staffing.workforce_changed = true;
+    }
+
+    /// `waiting` chunks are queued that no worker took: launchers that let
+    /// workers go want more again, one per chunk beyond the spawns on their
+    /// way, up to their number, in the order the pool was given them.
+    pub(super) fn meet_demand(&mut self, waiting: usize) {
+        let staffing = &self.staffing;
+        let short = |(launcher, supply): (usize, &Supply)| {
+            !supply.stopped() && staffing.wanted[launcher] < supply.target()
+        };
+        if !staffing.supplies.iter().enumerate().any(short) {
+            return;
+        }
+        let coming: usize = staffing.supplies.iter().map(Supply::pending).sum();
+        let mut more = waiting.saturating_sub(coming);
+        for launcher in 0..self.staffing.supplies.len() {
+            let supply = &self.staffing.supplies[launcher];
+            if more == 0 {
+                break;
+            }
+            if supply.stopped() {
+                continue;
+            }
+            let wanted = &mut self.staffing.wanted[launcher];
+            let added = (supply.target() - *wanted).min(more);
+            if added > 0 {
+                *wanted += added;
+                more -= added;
+                tracing::debug!(
+                    launcher,
+                    workers = *wanted,
+                    "work came: workers wanted again"
+                );
+                self.replenish_launcher(launcher);
             }
         }
     }
