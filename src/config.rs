@@ -20,7 +20,9 @@ pub(crate) struct Config {
     pub retries: u32,
     pub max_tasks_per_worker: Option<u64>,
     pub batch_size: Option<u32>,
-    pub forward_stderr: bool,
+    /// Where workers' stderr goes: our stderr, the pool's callback, or
+    /// nowhere.
+    pub forward_stderr: crate::stderr::Route,
     /// The subscriber of the thread that built the pool.
     pub dispatch: tracing::Dispatch,
     /// Whether panics carry a backtrace: the builder's process asked for

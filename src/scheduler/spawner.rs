@@ -51,8 +51,8 @@ pub(crate) struct SpawnRequest {
     /// What every worker of the pool is told; [`SpawnRequest::worker_config`]
     /// adds what depends on the launcher and the worker.
     pub settings: WorkerConfig,
-    /// Whether what a worker writes to stderr is copied to ours.
-    pub forward_stderr: bool,
+    /// Where what a worker writes to stderr goes.
+    pub forward_stderr: crate::stderr::Route,
     /// Whether a worker that is our child gets reply slots for long
     /// strings (see `bulk`).
     pub reply_slots: bool,
@@ -73,7 +73,7 @@ impl SpawnRequest {
                 backtraces: config.backtraces,
                 reply_slot: None,
             },
-            forward_stderr: config.forward_stderr,
+            forward_stderr: config.forward_stderr.clone(),
             reply_slots: config.bulk.is_some(),
         }
     }
@@ -107,7 +107,7 @@ impl SpawnRequest {
         Process::spawn(
             command,
             Arc::clone(&self.launch),
-            self.forward_stderr,
+            self.forward_stderr.clone(),
             reply_slot,
         )
     }
@@ -129,7 +129,7 @@ impl SpawnRequest {
                 backtraces: false,
                 reply_slot: None,
             },
-            forward_stderr: false,
+            forward_stderr: crate::stderr::Route::Off,
             reply_slots: false,
         }
     }
