@@ -431,8 +431,10 @@ fn a_worker_whose_sandbox_does_not_come_up_is_refused_and_nothing_hangs() {
     if !supported(SandboxRule::Files, sandbox.clone()) {
         return;
     }
+    // Its replacements fail on purpose, saying why on stderr.
     let pool = Pool::builder()
         .processes(1)
+        .forward_stderr(false)
         .sandbox(sandbox)
         .build()
         .unwrap();
