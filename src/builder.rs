@@ -63,6 +63,8 @@ pub struct PoolBuilder {
     batch_size: Option<u32>,
     /// Default: forwarded (`None` means true).
     forward_stderr: Option<bool>,
+    /// Default: none (lines go to this process's stderr).
+    on_worker_stderr: Option<WorkerStderr>,
     /// Default: none.
     sandbox: Option<Sandbox>,
     /// Default: none kept.
@@ -214,11 +216,70 @@ impl PoolBuilder {
     }
 
     /// Whether what workers write to stderr (a task's `eprintln!`, and its
-    /// `println!`, which a worker sends to stderr) is copied to this
-    /// process's stderr. Either way the last few KiB are kept for
-    /// [`Error::WorkerDied`]. Default: true.
+    /// `println!`, which a worker sends to stderr) is forwarded: copied to
+    /// this process's stderr, or given to the
+    /// [`on_worker_stderr`](PoolBuilder::on_worker_stderr) callback if
+    /// there is one. `false` drops it, and the callback is never called.
+    /// Either way the last few KiB are kept for [`Error::WorkerDied`].
+    /// Default: true.
     pub fn forward_stderr(mut self, forward: bool) -> Self {
         self.forward_stderr = Some(forward);
+        self
+    }
+
+    /// Gives `callback` each line that workers write to stderr, without
+    /// its newline, instead of copying it to this process's stderr: a
+    /// task's `eprintln!` and `println!`, a panic's message, what its
+    /// subprocesses write, a worker's last words before it dies. A last
+    /// line without a newline is given when its worker ends; a line longer
+    /// than 8 KiB arrives in pieces; bytes that are not UTF-8 are replaced
+    /// (`U+FFFD`). Lines of several workers interleave, each whole.
+    ///
+    /// The callback runs on a thread of the pool's own, one line after the
+    /// other, never on the thread that maps nor on the one that serves the
+    /// workers: a slow or blocked callback delays no result and no timeout.
+    /// Lines wait for it in a queue of 1 MiB; past that they are dropped,
+    /// and once the callback returns it is given a line such as
+    /// `[buckshot: 1.2 MiB of worker stderr dropped]`. A pool that shuts
+    /// down gives the callback what its workers wrote last, waiting for it
+    /// while it makes progress (for at most a second). A panic in the
+    /// callback loses that line alone.
+    ///
+    /// With [`forward_stderr(false)`](PoolBuilder::forward_stderr) lines
+    /// go nowhere and the callback is never called. Either way the last
+    /// few KiB are kept for [`Error::WorkerDied`]. Default: lines go to
+    /// this process's stderr.
+    ///
+    /// A progress bar that logs above itself (see the README):
+    /// `.on_worker_stderr(move |line| bar.println(line))`.
+    ///
+    /// ```
+    /// use std::sync::{Arc, Mutex};
+    ///
+    /// fn noisy(x: u32) -> u32 {
+    ///     eprintln!("working on {x}");
+    ///     x + 1
+    /// }
+    /// buckshot::register!(noisy);
+    ///
+    /// # fn main() -> Result<(), buckshot::Error> {
+    /// let lines = Arc::new(Mutex::new(Vec::new()));
+    /// let kept = Arc::clone(&lines);
+    /// let pool = buckshot::Pool::builder()
+    ///     .processes(2)
+    ///     .on_worker_stderr(move |line| kept.lock().unwrap().push(line.to_owned()))
+    ///     .build()?;
+    /// let out: Vec<u32> = pool.map(noisy, [1, 2, 3])?.collect::<Result<_, _>>()?;
+    /// assert_eq!(out, [2, 3, 4]);
+    /// drop(pool); // gives the callback what the workers wrote last
+    /// let mut lines = lines.lock().unwrap().clone();
+    /// lines.sort();
+    /// assert_eq!(lines, ["working on 1", "working on 2", "working on 3"]);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn on_worker_stderr(mut self, callback: impl Fn(&str) + Send + Sync + 'static) -> Self {
+        self.on_worker_stderr = Some(WorkerStderr(Arc::new(callback)));
         self
     }
 
@@ -596,7 +657,11 @@ impl PoolBuilder {
             max_tasks_per_worker: self.max_tasks_per_worker,
             idle_timeout: self.idle_timeout,
             batch_size: self.batch_size,
-            forward_stderr: self.forward_stderr.unwrap_or(true),
+            forward_stderr: crate::stderr::Route::new(
+                self.forward_stderr.unwrap_or(true),
+                self.on_worker_stderr.map(|callback| callback.0),
+            )
+            .map_err(|source| Error::PoolSetup { source })?,
             dispatch: tracing::dispatcher::get_default(tracing::Dispatch::clone),
             backtraces: std::env::var_os("RUST_BACKTRACE").is_some_and(|value| value != "0"),
             bulk,
@@ -624,6 +689,17 @@ fn env_problem(key: &OsStr, value: &OsStr) -> Option<String> {
         return None;
     };
     Some(format!("env: {key:?} {why}"))
+}
+
+/// The callback of [`PoolBuilder::on_worker_stderr`], which a builder
+/// prints as a placeholder.
+#[derive(Clone)]
+struct WorkerStderr(crate::stderr::LineCallback);
+
+impl std::fmt::Debug for WorkerStderr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<callback>")
+    }
 }
 
 /// The part of `sandbox` that comes up here: all of it, or with

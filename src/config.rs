@@ -23,7 +23,9 @@ pub(crate) struct Config {
     /// How long a worker may have nothing to do before it is let go.
     pub idle_timeout: Option<Duration>,
     pub batch_size: Option<u32>,
-    pub forward_stderr: bool,
+    /// Where workers' stderr goes: our stderr, the pool's callback, or
+    /// nowhere.
+    pub forward_stderr: crate::stderr::Route,
     /// The subscriber of the thread that built the pool.
     pub dispatch: tracing::Dispatch,
     /// Whether panics carry a backtrace: the builder's process asked for

@@ -66,13 +66,17 @@ pub enum Error {
 
     /// The worker process running the task exited or was killed (abort,
     /// segfault, `exit`, `kill -9`, out of memory, ...). A fresh worker takes
-    /// its place. The message names the limit that ended it, if one did, and
-    /// the line of its stderr that says what happened.
+    /// its place. The message names the limit that ended it, if one did,
+    /// the line of its stderr that says what happened, and how many times
+    /// the input ran if it was retried
+    /// ([`PoolBuilder::retries`](crate::PoolBuilder::retries)): `input 3:
+    /// worker died (signal: 9 (SIGKILL)): out of luck (ran 3 times)`.
     #[error(
-        "input {index}: worker died ({}{}){}{}",
+        "input {index}: worker died ({}{}){}{}{}",
         status_text(status),
         limit_suffix(limit),
         last_line(stderr),
+        runs_suffix(*runs),
         replay_suffix(replay)
     )]
     #[non_exhaustive]
@@ -90,6 +94,10 @@ pub enum Error {
         /// it, or its first and last few KiB in whole lines, with a line
         /// `[buckshot: N KiB left out]` between them.
         stderr: String,
+        /// How many times the input ran alone on a worker that died: 1, plus
+        /// the retries spent on it. Its status, limit and stderr are those of
+        /// the last run.
+        runs: u32,
         /// Its replay file, when the pool keeps failures.
         replay: Option<Replay>,
     },
@@ -481,6 +489,14 @@ impl std::fmt::Display for Limit {
 }
 
 /// `", past its <limit>"`, or nothing.
+/// `" (ran 3 times)"` for an input that ran more than once, or nothing.
+fn runs_suffix(runs: u32) -> String {
+    match runs {
+        0 | 1 => String::new(),
+        runs => format!(" (ran {runs} times)"),
+    }
+}
+
 fn limit_suffix(limit: &Option<Limit>) -> String {
     limit.map_or_else(String::new, |limit| format!(", past its {limit}"))
 }

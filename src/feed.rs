@@ -82,6 +82,8 @@ pub(crate) struct Feed<It, O> {
     last_chunk_target: u32,
     /// Answers inputs without running them, if the pool has what does.
     answerer: Option<Box<dyn Answerer>>,
+    /// Inputs the answerer answered.
+    answered: usize,
     /// The pool of a one-shot [`map`](crate::map), dropped with the results.
     pub(crate) _pool: Option<Running>,
 }
@@ -134,6 +136,7 @@ where
             item_bytes: 0,
             last_chunk_target: 0,
             answerer,
+            answered: 0,
             _pool: None,
         })
     }
@@ -297,6 +300,7 @@ where
             output = protocol::decode(bytes, scratch).ok();
             output.is_some()
         });
+        self.answered += usize::from(output.is_some());
         output
     }
 
@@ -555,6 +559,16 @@ impl<It, O> Drop for Feed<It, O> {
         // Unfinished work of this map is dropped, and workers running it are
         // killed: nothing keeps running for results nobody will read.
         self.shared.cancel_map(self.map);
+        if self.shared.answerers.is_some() {
+            tracing::info!(
+                map = self.map,
+                answered = self.answered,
+                inputs = self.next_input,
+                "map ended: {} of {} inputs answered from the journal",
+                self.answered,
+                self.next_input
+            );
+        }
     }
 }
 

@@ -83,13 +83,13 @@ fn nonblocking(fd: impl Into<OwnedFd>) -> io::Result<OwnedFd> {
 
 impl Process {
     /// Starts a worker by `command`, which `launch` built, with its stdin,
-    /// stdout and stderr piped to us. `forward_stderr`: whether what it
-    /// writes to stderr is copied to ours. `reply_slot`: the reply slots it
+    /// stdout and stderr piped to us. `forward_stderr`: where what it
+    /// writes to stderr goes. `reply_slot`: the reply slots it
     /// was told of, if any, kept as long as it is.
     pub(crate) fn spawn(
         mut command: Command,
         launch: Arc<dyn Launch>,
-        forward_stderr: bool,
+        forward_stderr: stderr::Route,
         reply_slot: Option<Arc<ReplySlots>>,
     ) -> io::Result<Process> {
         let (requests_reader, requests) = rustix::pipe::pipe_with(PipeFlags::CLOEXEC)?;

@@ -1,5 +1,6 @@
 //! Workers' stderr: what is kept for error messages, and the copy to this
-//! process's stderr, which must never block the pool's thread.
+//! process's stderr or to the pool's callback, which must never block the
+//! pool's thread.
 //!
 //! The pool's thread reads each worker's stderr pipe without blocking,
 //! keeps the first few KiB written since the worker's last answer and the
@@ -16,11 +17,22 @@
 //!
 //! Lines are forwarded whole, so that the output of workers writing at the
 //! same time is interleaved by line, not by pipe read.
+//!
+//! A pool built with a callback for those lines
+//! ([`PoolBuilder::on_worker_stderr`](crate::PoolBuilder::on_worker_stderr))
+//! has a forwarder of its own, the same queue with a thread that calls the
+//! callback once per line instead of writing to our stderr: a callback that
+//! blocks holds up that thread alone, as a stalled stderr does, and never
+//! the pool's thread or its lock. A callback gets whole lines only: the
+//! start of a line waits for its end (or for the worker's end), where our
+//! stderr gets it as soon as the worker pauses.
 
 use std::collections::VecDeque;
+use std::fmt;
 use std::io::{self, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use rustix::io::Errno;
@@ -30,6 +42,99 @@ use crate::flow::{
     STDERR_TAIL,
 };
 
+/// What a pool does with each line its workers write to stderr.
+pub(crate) type LineCallback = Arc<dyn Fn(&str) + Send + Sync + 'static>;
+
+/// Where the lines workers write to stderr go.
+#[derive(Clone, Default)]
+pub(crate) enum Route {
+    /// Nowhere: only the excerpts are kept.
+    Off,
+    /// This process's stderr, through the one forwarder of the process.
+    #[default]
+    Stderr,
+    /// The pool's callback, through the pool's own forwarder.
+    Callback(Arc<LineSink>),
+}
+
+impl fmt::Debug for Route {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Route::Off => "Off",
+            Route::Stderr => "Stderr",
+            Route::Callback(_) => "Callback",
+        })
+    }
+}
+
+impl Route {
+    /// The route of a pool that forwards (or not) to `callback` (or to our
+    /// stderr); starts the thread that calls the callback.
+    pub(crate) fn new(forward: bool, callback: Option<LineCallback>) -> io::Result<Route> {
+        Ok(match (forward, callback) {
+            (false, _) => Route::Off,
+            (true, None) => Route::Stderr,
+            (true, Some(callback)) => Route::Callback(Arc::new(LineSink::start(callback)?)),
+        })
+    }
+
+    fn push(&self, bytes: &[u8]) {
+        match self {
+            Route::Off => {}
+            Route::Stderr => forwarder().push(bytes),
+            Route::Callback(sink) => sink.forwarder.push(bytes),
+        }
+    }
+
+    /// Whether the start of a line goes as soon as the worker pauses (to a
+    /// terminal, where a line redrawn with `\r` shows as it is drawn), or
+    /// waits for its end (to a callback, which gets lines).
+    fn sends_line_starts(&self) -> bool {
+        matches!(self, Route::Stderr)
+    }
+
+    /// Waits until the lines forwarded so far are written (or given to the
+    /// callback), while that makes progress, and for at most
+    /// [`FLUSH_BOUND`]. Called when a pool shuts down, so that what its
+    /// workers wrote last is not lost when the program exits right after.
+    pub(crate) fn flush(&self) {
+        match self {
+            Route::Off => {}
+            Route::Stderr => {
+                if let Some(forwarder) = FORWARDER.get() {
+                    forwarder.flush(FLUSH_BOUND);
+                }
+            }
+            Route::Callback(sink) => sink.forwarder.flush(FLUSH_BOUND),
+        }
+    }
+}
+
+/// A pool's forwarder to its callback. Its thread ends once this is dropped
+/// (with the last of the pool's workers) and the queue is empty, or never,
+/// if the callback never returns.
+pub(crate) struct LineSink {
+    forwarder: Arc<Forwarder>,
+}
+
+impl LineSink {
+    fn start(callback: LineCallback) -> io::Result<LineSink> {
+        let forwarder = Arc::new(Forwarder::new(Output::Callback(callback)));
+        let running = Arc::clone(&forwarder);
+        std::thread::Builder::new()
+            .name("buckshot-stderr-lines".into())
+            .spawn(move || running.run())?;
+        Ok(LineSink { forwarder })
+    }
+}
+
+impl Drop for LineSink {
+    fn drop(&mut self) {
+        self.forwarder.lock().closed = true;
+        self.forwarder.changed.notify_all();
+    }
+}
+
 /// The read end of one worker's stderr.
 #[derive(Debug)]
 pub(crate) struct StderrPipe {
@@ -38,7 +143,7 @@ pub(crate) struct StderrPipe {
     /// End of stream was seen. The descriptor stays open until closed: the
     /// pool's thread takes it out of its epoll set first.
     ended: bool,
-    forward: bool,
+    route: Route,
     /// The last bytes read, at most twice [`STDERR_TAIL`].
     tail: Vec<u8>,
     /// The first bytes read since the mark, at most [`STDERR_HEAD`].
@@ -52,11 +157,11 @@ pub(crate) struct StderrPipe {
 }
 
 impl StderrPipe {
-    pub(crate) fn new(fd: OwnedFd, forward: bool) -> StderrPipe {
+    pub(crate) fn new(fd: OwnedFd, route: Route) -> StderrPipe {
         StderrPipe {
             fd: Some(fd),
             ended: false,
-            forward,
+            route,
             tail: Vec::new(),
             head: Vec::new(),
             total: 0,
@@ -88,9 +193,9 @@ impl StderrPipe {
     }
 
     /// Reads what the worker wrote (at most [`STDERR_READS`] per call),
-    /// keeps the tail and forwards complete lines, and the start of a line
-    /// once the worker pauses (a progress bar redrawn with `\r` shows as
-    /// it is drawn). Never blocks.
+    /// keeps the tail and forwards complete lines, and to our stderr the
+    /// start of a line once the worker pauses (a progress bar redrawn with
+    /// `\r` shows as it is drawn). Never blocks.
     pub(crate) fn pump(&mut self) {
         let mut buf = [0u8; STDERR_READ];
         let mut read = 0;
@@ -107,7 +212,13 @@ impl StderrPipe {
                     self.take(&buf[..n]);
                 }
                 Err(Errno::INTR) => {}
-                // EAGAIN: nothing more for now.
+                // Nothing more for now.
+                Err(Errno::AGAIN) => {
+                    if self.route.sends_line_starts() {
+                        self.flush_line();
+                    }
+                    return;
+                }
                 Err(_) => {
                     self.flush_line();
                     return;
@@ -125,7 +236,7 @@ impl StderrPipe {
             let cut = self.tail.len() - STDERR_TAIL;
             self.tail.drain(..cut);
         }
-        if !self.forward {
+        if matches!(self.route, Route::Off) {
             return;
         }
         self.line.extend_from_slice(bytes);
@@ -134,14 +245,14 @@ impl StderrPipe {
             None if self.line.len() > STDERR_LINE => self.line.len(),
             None => return,
         };
-        forwarder().push(&self.line[..whole]);
+        self.route.push(&self.line[..whole]);
         self.line.drain(..whole);
     }
 
     /// Forwards an unfinished last line, if any.
     pub(crate) fn flush_line(&mut self) {
-        if self.forward && !self.line.is_empty() {
-            forwarder().push(&self.line);
+        if !self.line.is_empty() {
+            self.route.push(&self.line);
             self.line.clear();
         }
     }
@@ -195,6 +306,13 @@ impl StderrPipe {
     }
 }
 
+impl Drop for StderrPipe {
+    /// What the worker wrote last is forwarded, even without its newline.
+    fn drop(&mut self) {
+        self.flush_line();
+    }
+}
+
 /// The line that stands for `bytes` of a worker's stderr left out of an
 /// excerpt.
 pub(crate) fn left_out_line(bytes: u64) -> String {
@@ -207,28 +325,38 @@ pub(crate) fn report(line: &str) {
     forwarder().push(format!("{line}\n").as_bytes());
 }
 
-/// Waits until the worker output forwarded so far is written to our
-/// stderr, while the writing makes progress, and for at most
-/// [`FLUSH_BOUND`]. Called when a pool shuts down, so that what its workers
-/// wrote last is not lost when the program exits right after.
-pub(crate) fn flush_forwarded() {
-    if let Some(forwarder) = FORWARDER.get() {
-        forwarder.flush(FLUSH_BOUND);
-    }
-}
-
 static FORWARDER: OnceLock<Forwarder> = OnceLock::new();
 
 fn forwarder() -> &'static Forwarder {
-    FORWARDER.get_or_init(Forwarder::start)
+    FORWARDER.get_or_init(|| {
+        let started = std::thread::Builder::new()
+            .name("buckshot-stderr".into())
+            .spawn(|| forwarder().run());
+        let forwarder = Forwarder::new(Output::Stderr);
+        if started.is_err() {
+            forwarder.lock().no_thread = true;
+        }
+        forwarder
+    })
 }
 
-/// The one thread that writes workers' output to our stderr, and its queue.
+/// Where a forwarder's thread puts what it takes from its queue.
+enum Output {
+    /// Written to our stderr as it is.
+    Stderr,
+    /// Cut into lines, each given to the callback without its newline.
+    Callback(LineCallback),
+}
+
+/// A thread that writes workers' output somewhere it may block, and its
+/// queue: the one of the process, to our stderr, and one for each pool
+/// with a callback.
 struct Forwarder {
     queue: Mutex<Queue>,
     /// Signalled when there is something to write, and when something was
     /// written.
     changed: Condvar,
+    output: Output,
 }
 
 #[derive(Default)]
@@ -243,6 +371,9 @@ struct Queue {
     written_total: u64,
     /// The thread could not be started: drop everything.
     no_thread: bool,
+    /// Nothing more will be queued: the thread ends once the queue is
+    /// empty.
+    closed: bool,
 }
 
 impl Queue {
@@ -266,18 +397,12 @@ impl Queue {
 }
 
 impl Forwarder {
-    fn start() -> Forwarder {
-        let forwarder = Forwarder {
+    fn new(output: Output) -> Forwarder {
+        Forwarder {
             queue: Mutex::new(Queue::default()),
             changed: Condvar::new(),
-        };
-        let started = std::thread::Builder::new()
-            .name("buckshot-stderr".into())
-            .spawn(forwarder_thread);
-        if started.is_err() {
-            forwarder.lock().no_thread = true;
+            output,
         }
-        forwarder
     }
 
     fn lock(&self) -> MutexGuard<'_, Queue> {
@@ -323,28 +448,53 @@ impl Forwarder {
                 .0;
         }
     }
+
+    /// The forwarder's thread: takes each piece from the queue and puts
+    /// it out, outside the lock.
+    fn run(&self) {
+        let mut queue = self.lock();
+        loop {
+            let Some(piece) = queue.pieces.pop_front() else {
+                if queue.closed {
+                    return;
+                }
+                queue = self.changed.wait(queue).unwrap_or_else(|e| e.into_inner());
+                continue;
+            };
+            drop(queue);
+            self.put_out(&piece);
+            queue = self.lock();
+            queue.bytes -= piece.len();
+            queue.written_total += piece.len() as u64;
+            self.changed.notify_all();
+        }
+    }
+
+    fn put_out(&self, piece: &[u8]) {
+        match &self.output {
+            // Blocks as long as our stderr does; errors (a closed stderr)
+            // drop the piece.
+            Output::Stderr => {
+                let _ = io::stderr().lock().write_all(piece);
+            }
+            // As long as the callback does. One that panics loses that
+            // line alone (the panic hook has said so).
+            Output::Callback(callback) => {
+                for line in lines(piece) {
+                    let line = String::from_utf8_lossy(line);
+                    let _ = std::panic::catch_unwind(AssertUnwindSafe(|| callback(&line)));
+                }
+            }
+        }
+    }
 }
 
-fn forwarder_thread() {
-    let forwarder = forwarder();
-    let mut queue = forwarder.lock();
-    loop {
-        let Some(piece) = queue.pieces.pop_front() else {
-            queue = forwarder
-                .changed
-                .wait(queue)
-                .unwrap_or_else(|e| e.into_inner());
-            continue;
-        };
-        drop(queue);
-        // Blocks as long as our stderr does; errors (a closed stderr) drop
-        // the piece.
-        let _ = io::stderr().lock().write_all(&piece);
-        queue = forwarder.lock();
-        queue.bytes -= piece.len();
-        queue.written_total += piece.len() as u64;
-        forwarder.changed.notify_all();
-    }
+/// The lines of a piece of output, without their newlines: a piece holds
+/// whole lines, or ends with the start of a line (one that was too long,
+/// or the worker's last, unfinished one).
+fn lines(piece: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let piece = piece.strip_suffix(b"\n").unwrap_or(piece);
+    piece.split(|&b| b == b'\n')
 }
 
 /// `512 bytes`, `3.4 KiB`, `1.2 MiB`, `2.0 GiB`.
@@ -388,10 +538,23 @@ mod tests {
         assert!(queue.pieces.is_empty(), "a marker only after a drop");
     }
 
+    #[test]
+    fn a_piece_is_cut_into_lines_without_their_newlines() {
+        fn cut(piece: &[u8]) -> Vec<&[u8]> {
+            lines(piece).collect()
+        }
+        assert_eq!(cut(b"one\ntwo\n"), [&b"one"[..], b"two"]);
+        assert_eq!(cut(b"\n"), [b""]);
+        assert_eq!(cut(b"a\n\nb\n"), [&b"a"[..], b"", b"b"]);
+        // A line's start: the worker's unfinished last line, or a piece of
+        // a long one.
+        assert_eq!(cut(b"no newline"), [b"no newline"]);
+    }
+
     /// A pipe that has read `chunks` in turn.
     fn pipe_that_read(chunks: &[&[u8]]) -> StderrPipe {
         let (read, write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::NONBLOCK).unwrap();
-        let mut pipe = StderrPipe::new(read, false);
+        let mut pipe = StderrPipe::new(read, Route::Off);
         for chunk in chunks {
             rustix::io::write(&write, chunk).unwrap();
             pipe.pump();
@@ -482,7 +645,7 @@ mod tests {
     #[test]
     fn the_excerpt_starts_at_the_mark() {
         let (read, write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::NONBLOCK).unwrap();
-        let mut pipe = StderrPipe::new(read, false);
+        let mut pipe = StderrPipe::new(read, Route::Off);
         rustix::io::write(&write, b"an earlier input's panic\n").unwrap();
         pipe.pump();
         pipe.mark();

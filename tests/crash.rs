@@ -60,7 +60,8 @@ fn a_worker_killed_from_outside_fails_only_its_input() {
 
 #[test]
 fn abort_in_a_task_fails_only_its_input() {
-    let pool = Pool::new(2).unwrap();
+    let stderr = common::StderrLines::default();
+    let pool = stderr.builder().processes(2).build().unwrap();
     let results: Vec<Result<u64, Error>> = common::within("map with an abort", move || {
         pool.map(abort_at_three, 0..10u64).unwrap().collect()
     });
@@ -88,6 +89,8 @@ fn abort_in_a_task_fails_only_its_input() {
             assert_eq!(result.unwrap(), x as u64);
         }
     }
+    // The pool is dropped: its workers' last lines are in.
+    assert_eq!(stderr.lines(), ["about to abort on 3"]);
 }
 
 /// Input 0 prints and waits until the pool has read it; input 1 aborts

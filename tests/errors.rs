@@ -11,8 +11,39 @@ fn registered(x: u64) -> u64 {
 }
 buckshot::register!(registered);
 
+/// Says why, then takes its worker down.
+fn doomed(x: u64) -> u64 {
+    eprintln!("input {x} is doomed");
+    std::process::exit(3)
+}
+buckshot::register!(doomed);
+
 fn never_registered(x: u64) -> u64 {
     x
+}
+
+#[test]
+fn a_death_after_retries_says_how_many_times_the_input_ran() {
+    for (retries, message) in [
+        (
+            0,
+            "input 0: worker died (exit status: 3): input 7 is doomed",
+        ),
+        (
+            2,
+            "input 0: worker died (exit status: 3): input 7 is doomed (ran 3 times)",
+        ),
+    ] {
+        let pool = Pool::builder()
+            .processes(1)
+            .retries(retries)
+            .forward_stderr(false)
+            .build()
+            .unwrap();
+        let error = common::within("a call", move || pool.call(doomed, 7).unwrap_err());
+        assert_eq!(error.to_string(), message);
+        assert!(matches!(error, Error::WorkerDied { runs, .. } if runs == retries + 1));
+    }
 }
 
 fn config_error(builder: buckshot::PoolBuilder) -> String {

@@ -267,7 +267,13 @@ fn errors_and_outputs_that_no_longer_decode_run_again() {
     let db = dir.0.join("journal.db");
     let log = dir.0.join("runs.log");
     let log_text = log.to_string_lossy().into_owned();
-    let pool = Pool::builder().processes(2).journal(&db).build().unwrap();
+    let pool = Pool::builder()
+        .processes(2)
+        .journal(&db)
+        // Its task fails by a panic, on purpose: not a word of it here.
+        .forward_stderr(false)
+        .build()
+        .unwrap();
     let map = |log: &String| -> Vec<Option<u64>> {
         pool.with_context(log)
             .map(square_but_three, 0..6u64)
@@ -288,7 +294,13 @@ fn errors_and_outputs_that_no_longer_decode_run_again() {
         .execute("UPDATE outputs SET output = x'ff'", [])
         .unwrap();
     drop(connection);
-    let pool = Pool::builder().processes(2).journal(&db).build().unwrap();
+    let pool = Pool::builder()
+        .processes(2)
+        .journal(&db)
+        // Its task fails by a panic, on purpose: not a word of it here.
+        .forward_stderr(false)
+        .build()
+        .unwrap();
     let results: Vec<Option<u64>> = pool
         .with_context(&log_text)
         .map(square_but_three, 0..6u64)
@@ -325,12 +337,58 @@ fn dropping_the_pool_commits_every_output() {
     }
 }
 
+/// Keeps the message of every event.
+#[derive(Clone, Default)]
+struct Messages(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+impl tracing::field::Visit for Messages {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            self.0.lock().unwrap().push(format!("{value:?}"));
+        }
+    }
+}
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Messages {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        event.record(&mut self.clone());
+    }
+}
+
+fn a_map_says_how_many_inputs_the_journal_answered() {
+    use tracing_subscriber::layer::SubscriberExt;
+    let dir = common::TempDir::new("journal-answered");
+    let pool = Pool::builder()
+        .processes(2)
+        .journal(dir.0.join("journal.db"))
+        .build()
+        .unwrap();
+    let messages = Messages::default();
+    let subscriber = tracing_subscriber::registry()
+        .with(tracing_subscriber::EnvFilter::new("buckshot=info"))
+        .with(messages.clone());
+    tracing::subscriber::with_default(subscriber, || {
+        for inputs in [0..30, 0..50, 10..20] {
+            let outputs = pool.map(cube, inputs.clone()).unwrap();
+            assert!(outputs.map(Result::unwrap).eq(inputs.map(cube)));
+        }
+    });
+    assert_eq!(
+        *messages.0.lock().unwrap(),
+        [
+            "map ended: 0 of 30 inputs answered from the journal",
+            "map ended: 30 of 50 inputs answered from the journal",
+            "map ended: 10 of 10 inputs answered from the journal",
+        ]
+    );
+}
+
 fn main() {
     if let Ok(spec) = std::env::var(DRIVER_ENV) {
         driver(&spec);
         return;
     }
-    let tests: [(&str, fn()); 6] = [
+    let tests: [(&str, fn()); 7] = [
         (
             "finished_outputs_are_committed_while_the_map_runs",
             finished_outputs_are_committed_while_the_map_runs,
@@ -347,6 +405,10 @@ fn main() {
         (
             "errors_and_outputs_that_no_longer_decode_run_again",
             errors_and_outputs_that_no_longer_decode_run_again,
+        ),
+        (
+            "a_map_says_how_many_inputs_the_journal_answered",
+            a_map_says_how_many_inputs_the_journal_answered,
         ),
         (
             "dropping_the_pool_commits_every_output",

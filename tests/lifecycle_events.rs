@@ -138,3 +138,89 @@ fn workers_lives_are_debug_events() {
         "{seen:#?}"
     );
 }
+
+/// An event's message and the input it names: (map, input).
+type Named = (String, Option<(u64, u64)>);
+
+/// Keeps what every event said, and the input it named.
+#[derive(Clone, Default)]
+struct InputRecorder(Arc<Mutex<Vec<Named>>>);
+
+#[derive(Default)]
+struct InputFields {
+    message: String,
+    map: Option<u64>,
+    input: Option<u64>,
+}
+
+impl tracing::field::Visit for InputFields {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            self.message = format!("{value:?}");
+        }
+    }
+    fn record_u64(&mut self, field: &tracing::field::Field, value: u64) {
+        match field.name() {
+            "map" => self.map = Some(value),
+            "input" => self.input = Some(value),
+            _ => {}
+        }
+    }
+}
+
+impl<S: Subscriber> Layer<S> for InputRecorder {
+    fn on_event(&self, event: &tracing::Event<'_>, _: Context<'_, S>) {
+        let mut fields = InputFields::default();
+        event.record(&mut fields);
+        let named = fields.map.zip(fields.input);
+        self.0.lock().unwrap().push((fields.message, named));
+    }
+}
+
+#[test]
+fn a_workers_death_names_the_input_it_was_running() {
+    let recorder = InputRecorder::default();
+    let subscriber = tracing_subscriber::registry()
+        .with(EnvFilter::new("buckshot=debug"))
+        .with(recorder.clone());
+    let results = tracing::subscriber::with_default(subscriber, || {
+        let pool = Pool::builder()
+            .processes(1)
+            .batch_size(1)
+            .timeout(Duration::from_millis(500))
+            .forward_stderr(false)
+            .build()
+            .unwrap();
+        common::within("the map", move || {
+            pool.map(fate, [0, 0, 1, 0, 2]).unwrap().collect::<Vec<_>>()
+        })
+    });
+    assert!(matches!(
+        results[2],
+        Err(Error::WorkerDied { index: 2, .. })
+    ));
+    assert!(matches!(
+        results[4],
+        Err(Error::TaskTimeout { index: 4, .. })
+    ));
+    let seen = recorder.0.lock().unwrap().clone();
+    let named = |message: &str| -> Vec<Option<(u64, u64)>> {
+        seen.iter()
+            .filter(|(m, _)| m == message)
+            .map(|(_, named)| *named)
+            .collect()
+    };
+    let died = named("worker died");
+    let map = died[0].expect("the death names its input").0;
+    assert_eq!(died, [Some((map, 2))], "{seen:#?}");
+    assert_eq!(
+        named("worker timed out: killed"),
+        [Some((map, 4))],
+        "{seen:#?}"
+    );
+    // The exit of the worker whose death failed an input names it too.
+    assert!(
+        named("worker exited").contains(&Some((map, 2))),
+        "{seen:#?}"
+    );
+}

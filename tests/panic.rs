@@ -1,6 +1,6 @@
 //! A task that panics fails its input alone; the worker lives on.
 
-use buckshot::{Error, Pool};
+use buckshot::Error;
 
 fn fragile(x: u64) -> (u64, u32) {
     if x % 10 == 3 {
@@ -12,7 +12,8 @@ buckshot::register!(fragile);
 
 #[test]
 fn panics_fail_their_input_and_the_worker_lives_on() {
-    let pool = Pool::new(1).unwrap();
+    let stderr = common::StderrLines::default();
+    let pool = pool_of_one(&stderr);
     let results: Vec<_> = pool.map(fragile, 0..40u64).unwrap().collect();
     assert_eq!(results.len(), 40, "one result per input: {results:?}");
     let mut pids = Vec::new();
@@ -43,6 +44,14 @@ fn panics_fail_their_input_and_the_worker_lives_on() {
     assert_eq!(pids.len(), 36);
     pids.dedup();
     assert_eq!(pids.len(), 1, "the worker was replaced after a panic");
+    // Each panic is said on the worker's stderr, as in any program.
+    drop(pool);
+    let lines = stderr.lines();
+    let said = |text: &str| lines.iter().filter(|line| line.ends_with(text)).count();
+    assert_eq!(said("panicked at tests/panic.rs:7:9:"), 4, "{lines:#?}");
+    for x in [3, 13, 23, 33] {
+        assert_eq!(said(&format!("boom at {x}")), 1, "{lines:#?}");
+    }
 }
 
 fn caught_then_resumed(x: u64) -> u64 {
@@ -59,7 +68,7 @@ buckshot::register!(caught_then_resumed);
 
 #[test]
 fn a_resumed_payload_is_not_given_an_earlier_panics_place() {
-    let pool = Pool::new(1).unwrap();
+    let pool = pool_of_one(&common::StderrLines::default());
     match pool.call(caught_then_resumed, 1) {
         Err(Error::TaskPanicked {
             message, location, ..
@@ -124,7 +133,7 @@ fn panic_message<T: std::fmt::Debug>(result: Result<T, Error>) -> String {
 
 #[test]
 fn a_panicking_deserialize_or_serialize_is_the_tasks_panic_and_the_worker_lives() {
-    let pool = Pool::new(1).unwrap();
+    let pool = pool_of_one(&common::StderrLines::default());
     let inputs = [1u64, 13, 6, 2].map(Touchy);
     let results: Vec<_> = pool.map(touchy_pid, inputs).unwrap().collect();
     assert_eq!(results.len(), 4, "{results:?}");
@@ -133,11 +142,11 @@ fn a_panicking_deserialize_or_serialize_is_the_tasks_panic_and_the_worker_lives(
     assert_eq!(one, Touchy(1));
     assert_eq!(
         panic_message(results.next().unwrap()),
-        "cannot read 13 at line 94"
+        "cannot read 13 at line 103"
     );
     assert_eq!(
         panic_message(results.next().unwrap()),
-        "cannot write 666 at line 84"
+        "cannot write 666 at line 93"
     );
     let (two, same_pid) = results.next().unwrap().unwrap();
     assert_eq!(two, Touchy(2));
@@ -146,7 +155,7 @@ fn a_panicking_deserialize_or_serialize_is_the_tasks_panic_and_the_worker_lives(
 
 #[test]
 fn a_context_whose_deserialize_panics_fails_each_input_and_the_worker_lives() {
-    let pool = Pool::new(1).unwrap();
+    let pool = pool_of_one(&common::StderrLines::default());
     let before = pool.call(pid_of, 0).unwrap();
     let results: Vec<_> = pool
         .with_context(&Touchy(13))
@@ -155,7 +164,7 @@ fn a_context_whose_deserialize_panics_fails_each_input_and_the_worker_lives() {
         .collect();
     assert_eq!(results.len(), 2, "{results:?}");
     for result in results {
-        assert_eq!(panic_message(result), "cannot read 13 at line 94");
+        assert_eq!(panic_message(result), "cannot read 13 at line 103");
     }
     let results: Vec<_> = pool
         .with_context(&Touchy(40))
@@ -171,3 +180,12 @@ fn pid_of(_: u64) -> u32 {
     std::process::id()
 }
 buckshot::register!(pid_of);
+
+// Below the tasks, whose panics' lines are pinned above.
+mod common;
+
+/// A pool of one worker whose stderr lines `stderr` keeps: the workers'
+/// panics are said there, and a test that passes prints none of them.
+fn pool_of_one(stderr: &common::StderrLines) -> buckshot::Pool {
+    stderr.builder().processes(1).build().unwrap()
+}

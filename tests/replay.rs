@@ -3,6 +3,9 @@
 //! the foreground, before `main`, and fails the same way. The replays here
 //! are this test binary itself: were `main` (the test harness) to run, it
 //! would print its test list.
+//!
+//! Its tasks fail on purpose, loudly: its pools forward none of their
+//! workers' stderr (what a failure says is in its error and its file).
 
 mod common;
 
@@ -127,6 +130,7 @@ fn a_segfault_is_kept_and_replays_as_a_segfault() {
     let dir = common::TempDir::new("replay-segfault");
     // Four inputs a frame: the culprit is found among them, and kept alone.
     let pool = Pool::builder()
+        .forward_stderr(false)
         .processes(2)
         .batch_size(4)
         .keep_failures(&dir.0)
@@ -164,6 +168,7 @@ fn a_panic_is_kept_and_replays_as_a_panic() {
     // Four inputs a frame: the file holds the input that panicked, not
     // the first of its frame.
     let pool = Pool::builder()
+        .forward_stderr(false)
         .processes(2)
         .batch_size(4)
         .keep_failures(&dir.0)
@@ -200,6 +205,7 @@ fn a_hang_is_kept_alone_and_replays_until_the_timeout() {
     let dir = common::TempDir::new("replay-hang");
     let timeout = Duration::from_millis(300);
     let pool = Pool::builder()
+        .forward_stderr(false)
         .processes(2)
         .batch_size(3)
         .timeout(timeout)
@@ -234,6 +240,7 @@ fn a_hang_is_kept_alone_and_replays_until_the_timeout() {
 fn a_protocol_error_is_kept() {
     let dir = common::TempDir::new("replay-protocol");
     let pool = Pool::builder()
+        .forward_stderr(false)
         .processes(2)
         .keep_failures(&dir.0)
         .build()
@@ -256,6 +263,7 @@ fn an_input_that_now_succeeds_prints_its_output_with_its_context() {
     let marker = dir.0.with_extension("marker");
     std::fs::write(&marker, b"").unwrap();
     let pool = Pool::builder()
+        .forward_stderr(false)
         .processes(1)
         .keep_failures(&dir.0)
         .build()
@@ -280,6 +288,7 @@ fn an_input_that_now_succeeds_prints_its_output_with_its_context() {
 fn a_map_keeps_at_most_so_many_files_and_says_so() {
     let dir = common::TempDir::new("replay-bounded");
     let pool = Pool::builder()
+        .forward_stderr(false)
         .processes(2)
         .batch_size(3)
         .keep_failures(&dir.0)
@@ -311,6 +320,7 @@ fn a_map_keeps_at_most_so_many_files_and_says_so() {
 fn a_file_from_another_program_is_refused() {
     let dir = common::TempDir::new("replay-foreign");
     let pool = Pool::builder()
+        .forward_stderr(false)
         .processes(1)
         .keep_failures(&dir.0)
         .build()
@@ -344,7 +354,11 @@ fn a_file_from_another_program_is_refused() {
 
 #[test]
 fn nothing_is_kept_without_keep_failures() {
-    let pool = Pool::builder().processes(1).build().unwrap();
+    let pool = Pool::builder()
+        .forward_stderr(false)
+        .processes(1)
+        .build()
+        .unwrap();
     let results: Vec<_> = pool.map(panic_at_five, [5u64]).unwrap().collect();
     let error = results[0].as_ref().unwrap_err();
     assert!(
@@ -381,6 +395,7 @@ fn a_full_disk_leaves_whole_files_only_and_its_map_stops_writing() {
         return;
     };
     let pool = Pool::builder()
+        .forward_stderr(false)
         .processes(2)
         .keep_failures(&fs.0)
         .build()
@@ -474,6 +489,7 @@ fn never_replaces(dir_name: &str) {
         planted.push(path);
     }
     let pool = Pool::builder()
+        .forward_stderr(false)
         .processes(1)
         .keep_failures(&dir.0)
         .build()
@@ -497,6 +513,7 @@ fn never_replaces(dir_name: &str) {
 fn a_file_that_cannot_be_written_is_not_kept_and_says_why() {
     let dir = common::TempDir::new("replay-gone");
     let pool = Pool::builder()
+        .forward_stderr(false)
         .processes(1)
         .keep_failures(&dir.0)
         .build()
@@ -597,6 +614,7 @@ buckshot::register!(says_then_fails);
 fn a_kept_panic_ends_its_inputs_stderr() {
     let dir = common::TempDir::new("replay-stderr-mark");
     let pool = Pool::builder()
+        .forward_stderr(false)
         .processes(1)
         .batch_size(1)
         .keep_failures(&dir.0)

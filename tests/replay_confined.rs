@@ -106,6 +106,7 @@ fn a_replay_runs_inside_its_pools_sandbox() {
     let port = listener.local_addr().unwrap().port();
     let pool = Pool::builder()
         .processes(1)
+        .forward_stderr(false)
         .sandbox(sandbox)
         .keep_failures(dir.0.join("kept"))
         .build()
@@ -322,6 +323,7 @@ fn a_replay_runs_under_its_pools_cpu_limit_even_once_lifted() {
         // A timeout too: the CPU budget is watched while it runs.
         let pool = Pool::builder()
             .processes(1)
+            .forward_stderr(false)
             .sandbox(sandbox.clone())
             .timeout(Duration::from_secs(40))
             .keep_failures(&dir.0)
@@ -380,6 +382,7 @@ fn a_file_of_the_first_format_replays_only_unconfined() {
     let dir = common::TempDir::new("replay-v1");
     let pool = Pool::builder()
         .processes(1)
+        .forward_stderr(false)
         .keep_failures(&dir.0)
         .build()
         .unwrap();

@@ -65,6 +65,7 @@ fn a_replay_directory_that_hangs_stalls_no_timeout_and_no_other_input() {
     };
     let pool = Pool::builder()
         .processes(1)
+        .forward_stderr(false)
         .batch_size(1)
         .timeout(Duration::from_millis(300))
         .keep_failures(&dir.0)

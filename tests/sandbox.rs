@@ -118,7 +118,9 @@ fn files_outside_the_allowed_paths_are_denied_and_the_pool_keeps_working() {
     if !supported(SandboxRule::Files, sandbox.clone()) {
         return;
     }
-    let pool = Pool::builder()
+    let stderr = common::StderrLines::default();
+    let pool = stderr
+        .builder()
         .processes(2)
         .sandbox(sandbox)
         .build()
@@ -165,6 +167,12 @@ fn files_outside_the_allowed_paths_are_denied_and_the_pool_keeps_working() {
         other => panic!("expected a death, got {other:?}"),
     }
     assert_eq!(pool.call(shout_then_panic, 4).unwrap(), 4);
+    drop(pool);
+    let lines = stderr.lines();
+    let said = |text: &str| lines.iter().filter(|line| line.ends_with(text)).count();
+    assert_eq!(said("speaks through the sandbox"), 7, "{lines:#?}");
+    assert_eq!(said("task 9 about to abort"), 1, "{lines:#?}");
+    assert_eq!(said("panicked on 3"), 1, "{lines:#?}");
     // Control: the same task outside the sandbox.
     let control = Pool::new(1).unwrap();
     let done = control
@@ -206,6 +214,7 @@ fn a_task_past_its_cpu_time_dies_with_a_message_naming_the_limit() {
     // The timeout is a safety net only.
     let pool = Pool::builder()
         .processes(1)
+        .forward_stderr(false)
         .timeout(common::BOUND)
         .sandbox(sandbox)
         .build()
@@ -422,8 +431,10 @@ fn a_worker_whose_sandbox_does_not_come_up_is_refused_and_nothing_hangs() {
     if !supported(SandboxRule::Files, sandbox.clone()) {
         return;
     }
+    // Its replacements fail on purpose, saying why on stderr.
     let pool = Pool::builder()
         .processes(1)
+        .forward_stderr(false)
         .sandbox(sandbox)
         .build()
         .unwrap();

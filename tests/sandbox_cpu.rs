@@ -15,6 +15,7 @@ fn limited(seconds: u64) -> Option<Pool> {
     let sandbox = Sandbox::new().cpu_time(Duration::from_secs(seconds));
     let pool = Pool::builder()
         .processes(1)
+        .forward_stderr(false)
         .batch_size(1)
         .timeout(common::BOUND)
         .sandbox(sandbox.best_effort())

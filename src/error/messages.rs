@@ -85,6 +85,7 @@ fn worker_died_names_the_status_and_the_last_stderr_line() {
         status: Some(std::process::ExitStatus::from_raw(3 << 8)),
         limit: None,
         stderr: "warming up\nmemory allocation of 1024 bytes failed\n\n".into(),
+        runs: 1,
         replay: None,
     };
     assert_eq!(
@@ -97,6 +98,7 @@ fn worker_died_names_the_status_and_the_last_stderr_line() {
         status: Some(std::process::ExitStatus::from_raw(9)),
         limit: None,
         stderr: String::new(),
+        runs: 1,
         replay: None,
     };
     assert_eq!(
@@ -110,6 +112,7 @@ fn worker_died_names_the_status_and_the_last_stderr_line() {
         stderr: "memory allocation of 8 bytes failed\n\
                  skipping backtrace printing to avoid potential recursion\n"
             .into(),
+        runs: 1,
         replay: None,
     };
     assert_eq!(
@@ -121,11 +124,42 @@ fn worker_died_names_the_status_and_the_last_stderr_line() {
         status: None,
         limit: None,
         stderr: "bye\n".into(),
+        runs: 1,
         replay: None,
     };
     assert_eq!(
         unknown.to_string(),
         "input 1: worker died (exit status unknown): bye"
+    );
+}
+
+#[test]
+fn worker_died_after_retries_says_how_many_times_the_input_ran() {
+    use std::os::unix::process::ExitStatusExt;
+    let retried = Error::WorkerDied {
+        index: 4,
+        status: Some(std::process::ExitStatus::from_raw(9)),
+        limit: None,
+        stderr: "out of luck\n".into(),
+        runs: 3,
+        replay: Some(crate::Replay::File("/tmp/r/4.replay".into())),
+    };
+    assert_eq!(
+        retried.to_string(),
+        "input 4: worker died (signal: 9 (SIGKILL)): out of luck (ran 3 times) \
+         (replay: /tmp/r/4.replay)"
+    );
+    let quiet = Error::WorkerDied {
+        index: 0,
+        status: Some(std::process::ExitStatus::from_raw(6)),
+        limit: Some(crate::Limit::CpuTime),
+        stderr: String::new(),
+        runs: 2,
+        replay: None,
+    };
+    assert_eq!(
+        quiet.to_string(),
+        "input 0: worker died (signal: 6 (SIGABRT), past its CPU time limit) (ran 2 times)"
     );
 }
 
@@ -140,6 +174,7 @@ fn worker_died_names_the_limit_that_ended_it() {
                  stack backtrace:\n   0: std::backtrace_rs::backtrace::trace\n\
                  [buckshot: 23.1 KiB left out]\n  61: main\n"
             .into(),
+        runs: 1,
         replay: None,
     };
     assert_eq!(
@@ -152,6 +187,7 @@ fn worker_died_names_the_limit_that_ended_it() {
         status: Some(std::process::ExitStatus::from_raw(libc::SIGXCPU)),
         limit: Some(crate::Limit::CpuTime),
         stderr: String::new(),
+        runs: 1,
         replay: None,
     };
     assert_eq!(

@@ -26,6 +26,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
 use std::time::Instant;
 
+use super::books::Unanswered;
 use super::handle::{Fate, Remains};
 use super::posting::Posting;
 use super::supply::Supply;
@@ -72,6 +73,9 @@ pub(crate) struct Dying {
     victim: Option<(u64, usize)>,
     /// That input's chunk, for the pool's observers.
     victim_input: Option<Chunk>,
+    /// How many times that input ran alone on a worker that died, this one
+    /// included.
+    victim_runs: u32,
     /// It failed before its handshake: counts toward giving up. The text
     /// says why the pool killed it, when that is the reason (it ends by
     /// SIGKILL even though it failed by itself).
@@ -124,27 +128,19 @@ impl Burial<'_> {
             symbolising,
         } = remains;
         let ready = books.is_ready();
-        let worker = process.worker_pid();
-        match &fate {
-            Fate::TimedOut => tracing::debug!(worker, "worker timed out: killed"),
-            Fate::Died => tracing::debug!(worker, "worker died"),
-            Fate::Broke(problem) => {
-                tracing::debug!(worker, problem, "worker broke the protocol: killed")
-            }
-            Fate::Cancelled => tracing::debug!(worker, "worker's map was dropped: killed"),
-            Fate::Retired => tracing::debug!(worker, "worker retired"),
-            Fate::StartupTimeout => tracing::debug!(worker, "worker did not start in time: killed"),
-            Fate::PoolBroken => tracing::debug!(worker, "pool gave up: worker killed"),
-        }
+        let unanswered = books.into_unanswered();
+        // A worker that retired ran none of what it leaves.
+        let running = running(&unanswered, ready, head_untouched).filter(|_| fate != Fate::Retired);
+        log_fate(process.worker_pid(), &fate, running);
         let mut dying = Dying {
             process,
             launcher,
             kill_at: (fate == Fate::Retired).then(|| Instant::now() + RETIRE_GRACE),
             victim: None,
             victim_input: None,
+            victim_runs: 0,
             failed_starting: None,
         };
-        let unanswered = books.into_unanswered();
         if fate == Fate::Retired {
             // It ran none of it (it said so), or answered everything.
             self.requeue.extend(unanswered.into_chunks());
@@ -219,6 +215,7 @@ impl Burial<'_> {
             }
             Blame::Death => {
                 dying.victim = Some((map, index));
+                dying.victim_runs = victim.attempts + 1;
                 dying.victim_input = Some(victim);
                 return;
             }
@@ -254,6 +251,8 @@ pub(crate) fn try_reap(
     tracing::debug!(
         worker = dying.process.worker_pid(),
         status = %status_text(status),
+        map = dying.victim.map(|(map, _)| map),
+        input = dying.victim.map(|(_, index)| index),
         "worker exited"
     );
     // What it wrote last explains its death. Take what is there, but do not
@@ -302,6 +301,7 @@ pub(crate) fn try_reap(
                 None => Limit::of(status, &stderr, supply.memory_limit(), cpu_limited),
             },
             stderr,
+            runs: dying.victim_runs,
             replay: None,
         };
         match input {
@@ -317,6 +317,48 @@ pub(crate) fn try_reap(
         }
     }
     true
+}
+
+/// The inputs a worker taken out of service was running, if it was: its
+/// map, the first input's index and how many there were.
+fn running(
+    unanswered: &Unanswered,
+    ready: bool,
+    head_untouched: bool,
+) -> Option<(u64, usize, u32)> {
+    let head = unanswered
+        .head
+        .as_ref()
+        .filter(|_| ready && !head_untouched)?;
+    Some((head.map, head.first_index, head.count))
+}
+
+/// Says, at debug level, what became of `worker` and which input it was
+/// running (`map`, `input`, and `inputs` when it ran several in one
+/// frame).
+fn log_fate(worker: u32, fate: &Fate, running: Option<(u64, usize, u32)>) {
+    let map = running.map(|(map, _, _)| map);
+    let input = running.map(|(_, index, _)| index);
+    let inputs = running
+        .map(|(_, _, count)| count)
+        .filter(|&count| count > 1);
+    macro_rules! say {
+        ($($field:ident = $value:expr,)* $message:literal) => {
+            tracing::debug!(worker, $($field = $value,)* map, input, inputs, $message)
+        };
+    }
+    match fate {
+        Fate::TimedOut => say!("worker timed out: killed"),
+        Fate::Died => say!("worker died"),
+        Fate::Broke(problem) => say!(
+            problem = problem.as_str(),
+            "worker broke the protocol: killed"
+        ),
+        Fate::Cancelled => say!("worker's map was dropped: killed"),
+        Fate::Retired => say!("worker retired"),
+        Fate::StartupTimeout => say!("worker did not start in time: killed"),
+        Fate::PoolBroken => say!("pool gave up: worker killed"),
+    }
 }
 
 fn status_text(status: Option<ExitStatus>) -> String {
@@ -548,6 +590,7 @@ mod tests {
             kill_at: None,
             victim: None,
             victim_input: None,
+            victim_runs: 0,
             failed_starting: Some(None),
         }
     }
@@ -627,6 +670,7 @@ mod tests {
             kill_at: Some(now + RETIRE_GRACE),
             victim: None,
             victim_input: None,
+            victim_runs: 0,
             failed_starting: None,
         };
         let mut supply = Supply::new(SpawnRequest::plain(Arc::new(Local)), 1);

@@ -734,8 +734,6 @@ impl Scheduler {
         for supply in &self.staffing.supplies {
             supply.finish();
         }
-        if self.shared.config.forward_stderr {
-            crate::stderr::flush_forwarded();
-        }
+        self.shared.config.forward_stderr.flush();
     }
 }

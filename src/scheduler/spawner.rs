@@ -55,8 +55,8 @@ pub(crate) struct SpawnRequest {
     /// What every worker of the pool is told; [`SpawnRequest::worker_config`]
     /// adds what depends on the launcher and the worker.
     pub settings: WorkerConfig,
-    /// Whether what a worker writes to stderr is copied to ours.
-    pub forward_stderr: bool,
+    /// Where what a worker writes to stderr goes.
+    pub forward_stderr: crate::stderr::Route,
     /// Whether a worker that is our child gets reply slots for long
     /// strings (see `bulk`).
     pub reply_slots: bool,
@@ -84,7 +84,7 @@ impl SpawnRequest {
                 }),
                 max_rss: config.max_worker_rss,
             },
-            forward_stderr: config.forward_stderr,
+            forward_stderr: config.forward_stderr.clone(),
             reply_slots: config.bulk.is_some(),
             env: Arc::clone(&config.env),
         }
@@ -133,7 +133,7 @@ impl SpawnRequest {
         Process::spawn(
             command,
             Arc::clone(&self.launch),
-            self.forward_stderr,
+            self.forward_stderr.clone(),
             reply_slot,
         )
     }
@@ -157,7 +157,7 @@ impl SpawnRequest {
                 initializer: None,
                 max_rss: None,
             },
-            forward_stderr: false,
+            forward_stderr: crate::stderr::Route::Off,
             reply_slots: false,
             env: Arc::default(),
         }

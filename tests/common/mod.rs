@@ -435,3 +435,22 @@ pub fn fail_syscalls(
     let program: seccompiler::BpfProgram = filter.try_into().map_err(|e| format!("{e:?}"))?;
     seccompiler::apply_filter_all_threads(&program).map_err(|e| e.to_string())
 }
+
+/// Workers' stderr lines kept for the test to read, instead of flooding
+/// `cargo test`'s output: for pools whose tasks panic or die on purpose.
+#[derive(Clone, Default)]
+pub struct StderrLines(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+impl StderrLines {
+    /// A pool builder whose workers' stderr lines are kept here.
+    pub fn builder(&self) -> buckshot::PoolBuilder {
+        let lines = self.clone();
+        buckshot::Pool::builder()
+            .on_worker_stderr(move |line| lines.0.lock().unwrap().push(line.to_owned()))
+    }
+
+    /// The lines kept so far (all of them once the pool is dropped).
+    pub fn lines(&self) -> Vec<String> {
+        self.0.lock().unwrap().clone()
+    }
+}
