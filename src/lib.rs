@@ -66,7 +66,8 @@
 //! # Cargo features
 //!
 //! - `journal`: [`PoolBuilder::journal`] keeps every `Ok` output in a
-//!   SQLite file (through the system's libsqlite3), so that a map killed
+//!   SQLite file (the SQLite that `rusqlite` bundles, compiled by a C
+//!   compiler at build time), so that a map killed
 //!   halfway resumes where it stopped. Without the feature the setter is
 //!   still there, and [`PoolBuilder::build`] fails with [`Error::Config`],
 //!   which names the feature.
