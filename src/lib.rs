@@ -46,30 +46,88 @@
 //! the pool at a time. Every input yields exactly one result: a value, or an
 //! [`Error`] that names its index.
 //!
-//! # Contexts, async, logs, panics, sandboxes
+//! # Features
 //!
-//! - [`Pool::with_context`] sends data that every input needs once to each
-//!   worker, for tasks whose first argument is a reference to it.
-//! - [`Pool::map_stream`] and [`Pool::call_async`] are the async forms of a
-//!   map and a call: a [`Stream`](futures_core::Stream) and a
-//!   [`Future`] that never block the polling thread,
-//!   for any runtime; dropping one cancels its inputs.
-//! - `tracing` events (and `log` records) that tasks emit in workers reach
-//!   the subscriber of the thread that built the pool, with the fields
-//!   `input` and `worker`; the pool logs its workers' lives at debug level.
-//! - [`Error::TaskPanicked`] says where the task panicked, with the
-//!   worker's backtrace when the program runs with `RUST_BACKTRACE` set.
-//! - A [`Sandbox`] keeps tasks fed untrusted inputs off the network, out
-//!   of files they were not given, from starting programs and from
-//!   spinning forever ([`PoolBuilder::sandbox`]).
+//! Each is a setting of [`PoolBuilder`] or a method of [`Pool`]; most are
+//! shown by a small program of their own in the repository's
+//! [`examples/`][examples] (run one with `cargo run --example NAME`):
+//!
+//! - **Timeouts.** [`PoolBuilder::timeout`] ends a task that runs longer:
+//!   its worker is killed and replaced, and that input yields
+//!   [`Error::TaskTimeout`] ([`timeout.rs`][timeout]).
+//! - **Crashes.** A task that aborts, segfaults or exits fails its input
+//!   alone with [`Error::WorkerDied`], which carries the end of the
+//!   worker's stderr; a fresh worker takes over
+//!   ([`crash_isolation.rs`][crash_isolation]). A panic is
+//!   [`Error::TaskPanicked`], with where it happened and, with
+//!   `RUST_BACKTRACE` set, the worker's backtrace ([`panic.rs`][panic]).
+//! - **Memory.** [`PoolBuilder::memory_limit`] caps each worker's memory:
+//!   a task past it fails its input, with [`Error::WorkerDied`] naming the
+//!   [`Limit`]. [`PoolBuilder::max_tasks_per_worker`] replaces workers
+//!   after so many inputs, to contain leaks.
+//! - **Retries.** [`PoolBuilder::retries`] runs an input whose worker died
+//!   again, on a fresh worker, before reporting it.
+//! - **Replay files.** [`PoolBuilder::keep_failures`] writes each input
+//!   that failed to a file ([`Error::replay_file`]); running the program
+//!   with `BUCKSHOT_REPLAY=<file>` runs that input alone, in the
+//!   foreground, under a debugger if you like, confined as its worker was
+//!   ([`replay.rs`][replay]).
+//! - **Journal** (cargo feature `journal`, see [below](#cargo-features)).
+//!   [`PoolBuilder::journal`] records every `Ok` output in a file, so that
+//!   a map killed halfway runs only what is missing when it runs again.
+//! - **Workers on other machines.** [`PoolBuilder::workers`] starts workers
+//!   through a [`Launcher`]: [`Launcher::ssh`] on hosts reached with ssh,
+//!   [`Launcher::srun`] as Slurm job steps, [`Launcher::command`] behind
+//!   any prefix (`docker exec -i`), [`Launcher::local`] here
+//!   ([`cluster.rs`][cluster]).
+//! - **Progress.** The results of a map know their length when the inputs
+//!   do ([`ExactSizeIterator`], and [`MapStream`]'s `size_hint`), so a
+//!   progress bar such as `indicatif`'s `.progress()` needs no more code
+//!   ([`progress.rs`][progress]).
+//! - **Sandbox.** A [`Sandbox`] ([`PoolBuilder::sandbox`]) keeps tasks fed
+//!   untrusted inputs off the network, out of files they were not given,
+//!   from starting programs and from spinning forever
+//!   ([`sandbox.rs`][sandbox]).
+//! - **Contexts.** [`Pool::with_context`] sends data that every input
+//!   needs (a table, a model) once to each worker, for tasks whose first
+//!   argument is a reference to it ([`context.rs`][context]).
+//! - **Async.** [`Pool::map_stream`] and [`Pool::call_async`] are a map and
+//!   a call as a [`Stream`](futures_core::Stream) and a [`Future`]: they
+//!   never block the polling thread, need no particular runtime, and
+//!   dropping one cancels its inputs ([`async_tokio.rs`][async_tokio]).
+//! - **Logs.** `tracing` events (and `log` records) that tasks emit in
+//!   workers reach the subscriber of the thread that built the pool, with
+//!   the fields `input` and `worker`; the pool logs its workers' lives at
+//!   debug level ([`worker_logs.rs`][worker_logs]). A task's prints go to
+//!   stderr, forwarded line by line ([`PoolBuilder::forward_stderr`]).
+//!
+//! Tasks of several arguments ([`multi_arg.rs`][multi_arg]), tasks that
+//! use a pool of their own ([`nested.rs`][nested]) and threads that share
+//! one pool ([`threads.rs`][threads]) have examples too.
+//!
+//! [examples]: https://github.com/buckshot-rs/buckshot/tree/main/examples
+//! [timeout]: https://github.com/buckshot-rs/buckshot/blob/main/examples/timeout.rs
+//! [crash_isolation]: https://github.com/buckshot-rs/buckshot/blob/main/examples/crash_isolation.rs
+//! [panic]: https://github.com/buckshot-rs/buckshot/blob/main/examples/panic.rs
+//! [replay]: https://github.com/buckshot-rs/buckshot/blob/main/examples/replay.rs
+//! [cluster]: https://github.com/buckshot-rs/buckshot/blob/main/examples/cluster.rs
+//! [progress]: https://github.com/buckshot-rs/buckshot/blob/main/examples/progress.rs
+//! [sandbox]: https://github.com/buckshot-rs/buckshot/blob/main/examples/sandbox.rs
+//! [context]: https://github.com/buckshot-rs/buckshot/blob/main/examples/context.rs
+//! [async_tokio]: https://github.com/buckshot-rs/buckshot/blob/main/examples/async_tokio.rs
+//! [worker_logs]: https://github.com/buckshot-rs/buckshot/blob/main/examples/worker_logs.rs
+//! [multi_arg]: https://github.com/buckshot-rs/buckshot/blob/main/examples/multi_arg.rs
+//! [nested]: https://github.com/buckshot-rs/buckshot/blob/main/examples/nested.rs
+//! [threads]: https://github.com/buckshot-rs/buckshot/blob/main/examples/threads.rs
 //!
 //! # Cargo features
 //!
 //! - `journal`: [`PoolBuilder::journal`] keeps every `Ok` output in a
-//!   SQLite file (through the system's libsqlite3), so that a map killed
-//!   halfway resumes where it stopped. Without the feature the setter is
-//!   still there, and [`PoolBuilder::build`] fails with [`Error::Config`],
-//!   which names the feature.
+//!   SQLite file (the SQLite that `rusqlite` bundles, compiled by a C
+//!   compiler at build time), so that a map killed halfway resumes where
+//!   it stopped. Without the feature the setter is still there, and
+//!   [`PoolBuilder::build`] fails with [`Error::Config`], which names the
+//!   feature.
 //!
 //! # How it works
 //!
@@ -81,8 +139,6 @@
 //! - Requests and replies are length-prefixed frames of CBOR values. The pool
 //!   kills a worker whose task times out, replaces any worker that dies, and
 //!   reaps every worker it started.
-//!
-//! Examples, one per feature, live in the repository's `examples/` folder.
 
 #![deny(missing_docs, missing_debug_implementations, unsafe_op_in_unsafe_fn)]
 #![cfg_attr(docsrs, feature(doc_cfg))]

@@ -167,6 +167,26 @@ impl Pool {
     /// task that panics, times out or kills its worker yields an error for
     /// its input alone.
     ///
+    /// ```
+    /// use buckshot::{Error, Pool};
+    ///
+    /// fn parse(text: String) -> u32 {
+    ///     text.trim().parse().expect("a number")
+    /// }
+    /// buckshot::register!(parse);
+    ///
+    /// fn main() -> Result<(), Error> {
+    ///     let pool = Pool::new(2)?;
+    ///     let texts = ["1", " 2", "three"].map(String::from);
+    ///     let results: Vec<Result<u32, Error>> = pool.map(parse, texts)?.collect();
+    ///     assert_eq!(results[0].as_ref().ok(), Some(&1));
+    ///     assert_eq!(results[1].as_ref().ok(), Some(&2));
+    ///     // The panic fails its own input, and the map goes on.
+    ///     assert!(results[2].as_ref().is_err_and(|e| e.is_panic() && e.index() == Some(2)));
+    ///     Ok(())
+    /// }
+    /// ```
+    ///
     /// # Errors
     ///
     /// [`Error::NotRegistered`] if `f` was not registered (closures and fn

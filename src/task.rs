@@ -153,6 +153,13 @@ task_of_arity!((A, B, C, D) => A, B, C, D);
 
 /// A task that reads no context: what [`Pool::map`](crate::Pool::map) and
 /// its siblings take.
+///
+/// `Marker` (the `M` in their signatures) is the shape of the function,
+/// [`Args`] of its argument types (`Args<(String,)>` for
+/// `fn(String) -> u32`), which the compiler infers from the function you
+/// pass: you never name it. It exists because one type could implement
+/// `Fn` with several argument lists, and Rust tells such impls apart only
+/// by a type parameter.
 pub trait PlainTask<Marker>: Task<Marker, Context = ()> {}
 
 impl<F, M> PlainTask<M> for F where F: Task<M, Context = ()> {}

@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """Draws throughput against task size as an SVG, from the CSV files that
-`cargo bench -- sizes --csv target/rust_sizes.csv` and
-`python3 benches/python_peers.py --csv target/python_sizes.csv` write.
+`cargo bench -p buckshot-bench -- sizes --csv "$PWD/target/rust_sizes.csv"` and
+`python3 bench/python_peers.py --csv target/python_sizes.csv` write (both
+run from the repository's root).
 
-Usage: python3 benches/chart.py target/rust_sizes.csv target/python_sizes.csv docs/throughput.svg
+Usage: python3 bench/chart.py target/rust_sizes.csv target/python_sizes.csv docs/throughput.svg
 
 Plain SVG, no plotting library: log-log axes, one line per pool.
 """

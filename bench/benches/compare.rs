@@ -5,11 +5,12 @@
 //! workload with the same number of processes (2), because the machine is
 //! shared and noisy.
 //!
-//! `cargo bench` runs every section; `cargo bench -- NAME...` runs some
-//! (tiny, sizes, uneven, startup, fresh, wide, payload, streaming,
-//! isolation; and context, which is only run when named, for it takes
-//! minutes). With `--csv PATH` the task-size sweep is also written as CSV
-//! for the chart.
+//! `cargo bench -p buckshot-bench` runs every section;
+//! `cargo bench -p buckshot-bench -- NAME...` runs some (tiny, sizes,
+//! uneven, startup, fresh, wide, payload, streaming, isolation; and
+//! context, which is only run when named, for it takes minutes). With
+//! `--csv PATH` the task-size sweep is also written as CSV for the chart
+//! (cargo runs benchmarks in `bench/`: give an absolute path).
 
 use std::io::Read;
 use std::process::{Command, Stdio};

@@ -12,10 +12,11 @@ and, with --csv PATH, throughput against task size (tasks of fixed CPU work
 taking 1, 10, 100 and 1000 us on one core) for the chart.
 
 Pool.map's default chunksize is ceil(len / (4 * processes)): 125,000 for the
-tiny tasks. `cargo bench` runs the tiny-task and start-up rows itself, in the
-same run as buckshot; this script adds the other pools and the chart's line.
+tiny tasks. `cargo bench -p buckshot-bench` runs the tiny-task and start-up
+rows itself, in the same run as buckshot; this script adds the other pools
+and the chart's line.
 
-Usage: python3 benches/python_peers.py [--csv target/python_sizes.csv]
+Usage: python3 bench/python_peers.py [--csv target/python_sizes.csv]
 """
 
 import concurrent.futures as cf
