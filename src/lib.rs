@@ -54,7 +54,9 @@
 //!
 //! - **Timeouts.** [`PoolBuilder::timeout`] ends a task that runs longer:
 //!   its worker is killed and replaced, and that input yields
-//!   [`Error::TaskTimeout`] ([`timeout.rs`][timeout]).
+//!   [`Error::TaskTimeout`] ([`timeout.rs`][timeout]). One map or call
+//!   can have a timeout of its own: [`Pool::with_timeout`] (also on a
+//!   context handle, [`WithContext::with_timeout`]).
 //! - **Crashes.** A task that aborts, segfaults or exits fails its input
 //!   alone with [`Error::WorkerDied`], which carries the end of the
 //!   worker's stderr; a fresh worker takes over
@@ -63,8 +65,18 @@
 //!   `RUST_BACKTRACE` set, the worker's backtrace ([`panic.rs`][panic]).
 //! - **Memory.** [`PoolBuilder::memory_limit`] caps each worker's memory:
 //!   a task past it fails its input, with [`Error::WorkerDied`] naming the
-//!   [`Limit`]. [`PoolBuilder::max_tasks_per_worker`] replaces workers
-//!   after so many inputs, to contain leaks.
+//!   [`Limit`]. [`PoolBuilder::max_worker_rss`] retires a worker whose
+//!   resident memory grew past a bound, gracefully, with no input failing;
+//!   [`PoolBuilder::max_tasks_per_worker`] replaces workers after so many
+//!   inputs, to contain leaks.
+//! - **Worker set-up.** [`PoolBuilder::initializer`] runs a registered
+//!   function of no arguments once in each worker before its first task
+//!   (a logger, a C library's global state), never in this program;
+//!   [`PoolBuilder::env`] sets variables in workers' environment only.
+//! - **Idle workers.** [`PoolBuilder::idle_timeout`] lets workers with no
+//!   task go after a while, and starts them again when work comes: a pool
+//!   kept in a long-running service costs nothing while it waits
+//!   ([`idle_timeout.rs`][idle_timeout]).
 //! - **Retries.** [`PoolBuilder::retries`] runs an input whose worker died
 //!   again, on a fresh worker, before reporting it.
 //! - **Replay files.** [`PoolBuilder::keep_failures`] writes each input
@@ -99,7 +111,9 @@
 //!   workers reach the subscriber of the thread that built the pool, with
 //!   the fields `input` and `worker`; the pool logs its workers' lives at
 //!   debug level ([`worker_logs.rs`][worker_logs]). A task's prints go to
-//!   stderr, forwarded line by line ([`PoolBuilder::forward_stderr`]).
+//!   stderr, forwarded line by line ([`PoolBuilder::forward_stderr`]), or
+//!   to a function of yours ([`PoolBuilder::on_worker_stderr`]), say above
+//!   a progress bar ([`progress_logs.rs`][progress_logs]).
 //!
 //! Tasks of several arguments ([`multi_arg.rs`][multi_arg]), tasks that
 //! use a pool of their own ([`nested.rs`][nested]) and threads that share
@@ -116,6 +130,8 @@
 //! [context]: https://github.com/buckshot-rs/buckshot/blob/main/examples/context.rs
 //! [async_tokio]: https://github.com/buckshot-rs/buckshot/blob/main/examples/async_tokio.rs
 //! [worker_logs]: https://github.com/buckshot-rs/buckshot/blob/main/examples/worker_logs.rs
+//! [progress_logs]: https://github.com/buckshot-rs/buckshot/blob/main/examples/progress_logs.rs
+//! [idle_timeout]: https://github.com/buckshot-rs/buckshot/blob/main/examples/idle_timeout.rs
 //! [multi_arg]: https://github.com/buckshot-rs/buckshot/blob/main/examples/multi_arg.rs
 //! [nested]: https://github.com/buckshot-rs/buckshot/blob/main/examples/nested.rs
 //! [threads]: https://github.com/buckshot-rs/buckshot/blob/main/examples/threads.rs
