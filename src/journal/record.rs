@@ -3,6 +3,7 @@
 //! ([`Recorder`], on the pool's thread).
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::sync::Arc;
 
 use super::key::{MapKeys, Prefix};
@@ -126,18 +127,22 @@ impl Observer for Recorder {
     /// of `chunk`.
     fn answered(&mut self, chunk: &Chunk, done: u32, outcomes: &[u8]) {
         let id = (chunk.task, chunk.context);
-        let value = chunk
-            .context_frame
-            .as_deref()
-            .and_then(|f| context_value(f));
-        if chunk.context != 0 && value.is_none() {
-            // A key without its context would be another map's.
-            return;
-        }
-        let prefix = self.prefixes.entry(id).or_insert_with(|| {
-            let name = (registry().tasks[chunk.task as usize].name)();
-            Arc::new(Prefix::canonical(name, value))
-        });
+        let prefix = match self.prefixes.entry(id) {
+            Entry::Occupied(known) => known.into_mut(),
+            // Once per task and context: a context's frame never changes.
+            Entry::Vacant(new) => {
+                let value = chunk
+                    .context_frame
+                    .as_deref()
+                    .and_then(|f| context_value(f));
+                if chunk.context != 0 && value.is_none() {
+                    // A key without its context would be another map's.
+                    return;
+                }
+                let name = (registry().tasks[chunk.task as usize].name)();
+                new.insert(Arc::new(Prefix::canonical(name, value)))
+            }
+        };
         let inputs = Items::new(chunk.items()).skip(done as usize);
         for (input, outcome) in inputs.zip(Items::new(outcomes)) {
             let (Ok(input), Ok(outcome)) = (input, outcome) else {

@@ -121,9 +121,7 @@ impl Posting {
         for observer in &mut self.observers {
             observer.collect(now, &mut self.late);
         }
-        for (map, error) in self.late.drain(..) {
-            self.outbox.push(map, Delivery::Failed(error));
-        }
+        self.post_late();
     }
 
     /// When an observer has a held failure to give back at the latest.
@@ -175,6 +173,11 @@ impl Posting {
         for observer in &mut self.observers {
             observer.finish(&mut self.late);
         }
+        self.post_late();
+    }
+
+    /// Posts the failures the observers gave back.
+    fn post_late(&mut self) {
         for (map, error) in self.late.drain(..) {
             self.outbox.push(map, Delivery::Failed(error));
         }
