@@ -147,6 +147,11 @@ impl PoolBuilder {
     /// A limit below what a worker needs to start (its set-up's data plus
     /// 1 MiB) is refused by the first worker: the pool breaks, and its
     /// maps fail with [`Error::Startup`] naming the limit.
+    ///
+    /// That is Linux. FreeBSD's `RLIMIT_DATA` leaves out `mmap`, so there
+    /// the limit is `RLIMIT_AS`, the address space (reserved or not).
+    /// macOS enforces neither: there [`build`](PoolBuilder::build) fails
+    /// with [`Error::Config`] rather than promise a limit that is not kept.
     pub fn memory_limit(mut self, bytes: u64) -> Self {
         self.memory_limit = Some(bytes);
         self
@@ -476,6 +481,11 @@ impl PoolBuilder {
     /// fresh worker holds (a few MiB, plus what an initializer loads)
     /// recycles each worker after its first message. `build` fails with
     /// [`Error::Config`] for 0. Default: none.
+    ///
+    /// That is Linux, where `/proc` tells the memory a process holds now.
+    /// On macOS and FreeBSD a worker reads its peak instead (`getrusage`),
+    /// which never goes down: a task that allocated past `bytes` and freed
+    /// it again still gets its worker replaced after the message.
     pub fn max_worker_rss(mut self, bytes: u64) -> Self {
         self.max_worker_rss = Some(bytes);
         self
@@ -494,7 +504,7 @@ impl PoolBuilder {
     ///
     /// - [`Error::Config`] for an invalid setting (no processes, a zero
     ///   timeout, idle timeout, batch size, task quota or `max_worker_rss`, a tiny frame
-    ///   limit, more workers than the hard limit on open files allows, a
+    ///   limit, a `memory_limit` on macOS, more workers than the hard limit on open files allows, a
     ///   sandbox with workers that are not local, a journal without the
     ///   cargo feature `journal`, a variable of [`env`](PoolBuilder::env)
     ///   that cannot be set);
@@ -556,6 +566,14 @@ impl PoolBuilder {
         if let Some(problem) = self.env.0.iter().find_map(|(k, v)| env_problem(k, v)) {
             return invalid(&problem);
         }
+        if self.memory_limit.is_some() && crate::sys::MEMORY_RESOURCE.is_none() {
+            return invalid(&format!(
+                "memory_limit is not enforced on {} (it has no resource limit for the memory \
+                 a process maps); max_worker_rss replaces a worker whose memory grew past a \
+                 bound",
+                crate::sys::platform()
+            ));
+        }
         let initializer = match self.initializer {
             Some(Initializer { type_id, name }) => Some(
                 crate::registry::registry()
@@ -575,7 +593,7 @@ impl PoolBuilder {
         if cfg!(not(feature = "journal")) && self.journal.is_some() {
             return invalid(JOURNAL_COMPILED_OUT);
         }
-        if crate::privilege::is_privileged() {
+        if crate::sys::is_privileged() {
             // Its copies would refuse to serve, one after the other.
             return Err(Error::Privileged);
         }

@@ -77,7 +77,7 @@ pub(crate) fn run() {
     let Some(mode) = Mode::from_env() else {
         return;
     };
-    if crate::privilege::is_privileged() {
+    if crate::sys::is_privileged() {
         let (why, code) = mode.refusal();
         eprintln!("buckshot: {why}");
         std::process::exit(code);

@@ -15,6 +15,7 @@ use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
 
 use crate::error::Error;
 use crate::process::FDS_PER_WORKER;
+use crate::sys::open_fds;
 
 /// Descriptors a pool holds besides its workers' own: its epoll set and
 /// doorbell, spawns under way (each holds five more until its child has
@@ -84,36 +85,35 @@ fn raised_limit(
     Ok(Some(hard.map_or(raised, |hard| raised.min(hard))))
 }
 
-/// Descriptors open in this process now.
-fn open_fds() -> u64 {
-    // The directory's own descriptor is counted too: a little headroom.
-    std::fs::read_dir("/proc/self/fd").map_or(0, |dir| dir.count() as u64)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn the_soft_limit_is_raised_by_what_the_pool_needs_within_the_hard_one() {
-        // 100 workers: 664 descriptors; with 10 open, 930 needed.
-        assert_eq!(raised_limit(100, 10, 930, Some(4096)), Ok(None));
+        // 100 workers: 664 descriptors natively; with 10 open, 930 needed.
+        let share = 100 * FDS_PER_WORKER + POOL_FDS;
+        let needed = share + 10 + HEADROOM;
+        assert_eq!(raised_limit(100, 10, needed, Some(4096)), Ok(None));
         assert_eq!(raised_limit(100, 10, 2000, None), Ok(None));
         // The program keeps the room it had: raised by the pool's share.
-        assert_eq!(raised_limit(100, 10, 929, Some(4096)), Ok(Some(929 + 664)));
-        assert_eq!(raised_limit(100, 10, 929, None), Ok(Some(929 + 664)));
-        // ...as far as the hard limit allows.
-        assert_eq!(raised_limit(100, 10, 929, Some(1000)), Ok(Some(1000)));
-        assert_eq!(raised_limit(100, 10, 64, Some(4096)), Ok(Some(930)));
-        assert_eq!(raised_limit(100, 10, 64, Some(930)), Ok(Some(930)));
+        let short = needed - 1;
         assert_eq!(
-            raised_limit(100, 10, 64, Some(929)),
-            Err(
-                "100 workers need about 664 open files in this process, which has 10 open \
-                 and may have at most 929 (`ulimit -Hn`): raise that limit or start fewer \
+            raised_limit(100, 10, short, Some(4096)),
+            Ok(Some(short + share))
+        );
+        assert_eq!(raised_limit(100, 10, short, None), Ok(Some(short + share)));
+        // ...as far as the hard limit allows.
+        assert_eq!(raised_limit(100, 10, short, Some(1000)), Ok(Some(1000)));
+        assert_eq!(raised_limit(100, 10, 64, Some(4096)), Ok(Some(needed)));
+        assert_eq!(raised_limit(100, 10, 64, Some(needed)), Ok(Some(needed)));
+        assert_eq!(
+            raised_limit(100, 10, 64, Some(short)),
+            Err(format!(
+                "100 workers need about {share} open files in this process, which has 10 open \
+                 and may have at most {short} (`ulimit -Hn`): raise that limit or start fewer \
                  workers"
-                    .to_owned()
-            )
+            ))
         );
     }
 }

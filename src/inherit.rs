@@ -50,41 +50,9 @@ pub(crate) fn close_all_but(keep: &[RawFd]) -> std::io::Result<()> {
     let mut first = 3;
     for fd in keep.into_iter().chain([u32::MAX]) {
         if fd > first {
-            close_range(first, fd - 1)?;
+            crate::sys::close_range(first, fd - 1)?;
         }
         first = first.max(fd.saturating_add(1));
-    }
-    Ok(())
-}
-
-/// Closes descriptors `first..=last`: `close_range(2)` (Linux 5.9), or
-/// before it [`close_listed`].
-fn close_range(first: u32, last: u32) -> std::io::Result<()> {
-    // SAFETY: close_range takes plain integers and touches no memory; the
-    // caller owns every descriptor in the range (nothing else of this
-    // process uses them).
-    let rc = unsafe { libc::syscall(libc::SYS_close_range, first, last, 0u32) };
-    if rc == 0 {
-        return Ok(());
-    }
-    let error = std::io::Error::last_os_error();
-    match error.raw_os_error() {
-        Some(libc::ENOSYS) => close_listed(first, last),
-        _ => Err(error),
-    }
-}
-
-/// Closes the descriptors `first..=last` listed in `/proc/self/fd`.
-fn close_listed(first: u32, last: u32) -> std::io::Result<()> {
-    let open: Vec<u32> = std::fs::read_dir("/proc/self/fd")?
-        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
-        .filter(|fd| (first..=last).contains(fd))
-        .collect();
-    for fd in open {
-        // SAFETY: as for close_range; a descriptor that was the directory
-        // listing's own is closed already and fails with EBADF, which is
-        // ignored.
-        unsafe { libc::close(fd as RawFd) };
     }
     Ok(())
 }
@@ -99,12 +67,12 @@ fn close_listed(first: u32, last: u32) -> std::io::Result<()> {
 /// not there (or not executable) is the spawn's error, not a start-up
 /// failure of the copy's.
 pub(crate) fn through_this_binary(command: Command) -> std::io::Result<Command> {
-    if crate::privilege::is_privileged() {
+    if crate::sys::is_privileged() {
         return Ok(command);
     }
     let program = find_program(&command)?;
     let words = std::iter::once(program.as_os_str()).chain(command.get_args());
-    let mut through = Command::new("/proc/self/exe");
+    let mut through = Command::new(crate::sys::exe_path());
     through.env(EXEC_ENV, encode(words)).process_group(0);
     for (key, value) in command.get_envs() {
         match value {
@@ -216,36 +184,6 @@ pub(crate) fn exec(value: OsString) -> ! {
 mod tests {
     use super::*;
 
-    /// Whether descriptor `fd` is open in this process.
-    fn is_open(fd: RawFd) -> bool {
-        // SAFETY: F_GETFD on any number touches no memory.
-        unsafe { libc::fcntl(fd, libc::F_GETFD) >= 0 }
-    }
-
-    #[test]
-    fn listed_descriptors_in_the_range_are_closed_and_no_others() {
-        // High numbers, which nothing else of the test process uses.
-        let file = std::fs::File::open("/proc/self/stat").unwrap();
-        let fds: Vec<RawFd> = (0..4)
-            .map(|k| {
-                // SAFETY: duplicates a descriptor the test owns.
-                unsafe {
-                    libc::fcntl(
-                        std::os::fd::AsRawFd::as_raw_fd(&file),
-                        libc::F_DUPFD,
-                        900 + k * 10,
-                    )
-                }
-            })
-            .collect();
-        assert_eq!(fds, [900, 910, 920, 930]);
-        close_listed(905, 920).unwrap();
-        let open: Vec<bool> = fds.iter().map(|&fd| is_open(fd)).collect();
-        assert_eq!(open, [true, false, false, true]);
-        close_listed(900, 930).unwrap();
-        assert!(!is_open(900) && !is_open(930));
-    }
-
     #[test]
     fn command_lines_round_trip_with_odd_bytes() {
         let words = [
@@ -269,7 +207,7 @@ mod tests {
             .env_remove("GONE")
             .current_dir("/tmp");
         let through = through_this_binary(command).unwrap();
-        assert_eq!(through.get_program(), "/proc/self/exe");
+        assert_eq!(through.get_program(), crate::sys::exe_path());
         let envs: Vec<_> = through.get_envs().collect();
         assert!(envs.contains(&(OsStr::new("KEPT"), Some(OsStr::new("1")))));
         assert!(envs.contains(&(OsStr::new("GONE"), None)));

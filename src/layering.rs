@@ -1,7 +1,8 @@
 //! The crate's layering, checked from its sources, so that the structure
-//! cannot decay silently: the core names no optional feature, and modules
+//! cannot decay silently: the core names no optional feature, modules
 //! import each other in no circle but the builder's and the pool's (each
-//! names the other, as rayon's builder and pool do).
+//! names the other, as rayon's builder and pool do), and only the platform
+//! seam (`sys`) names what Linux alone has.
 //!
 //! A module's imports are the `crate::` paths in its files (every file of
 //! a directory module counts for it), comments and `#[cfg(test)]` modules
@@ -24,10 +25,33 @@ const CORE: &[&str] = &[
     "launch/",
     "protocol/",
     "scheduler/",
+    "sys/",
 ];
 
 /// Optional features: they plug into the core's seams ([`crate::hooks`]).
 const FEATURES: &[&str] = &["journal", "replay", "sandbox"];
+
+/// What only Linux has, as code names it. Outside `sys`, only the
+/// sandbox may name them: its rules are Linux only, and the modules that
+/// apply them build with the native backend alone.
+const LINUX_ONLY: &[&str] = &[
+    "pidfd",
+    "epoll",
+    "eventfd",
+    "memfd_create",
+    "prctl",
+    "getauxval",
+    "SYS_close_range",
+    "PipeFlags",
+    "pipe_with",
+    "setpipe_size",
+    "renameat_with",
+    "SIGRTMAX",
+    "\"/proc/",
+];
+
+/// Where [`LINUX_ONLY`] may be named.
+const PLATFORM_FILES: &[&str] = &["sys/", "sandbox/"];
 
 /// The one circle allowed.
 const ALLOWED_CIRCLE: &[&str] = &["builder", "pool"];
@@ -184,6 +208,23 @@ fn read_src() -> (BTreeMap<String, BTreeSet<String>>, Vec<String>) {
     (graph, upward)
 }
 
+/// Files outside [`PLATFORM_FILES`] that name what only Linux has, with
+/// the name.
+fn linux_only_outside_the_seam() -> Vec<String> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut all = Vec::new();
+    files(&root, &root, &mut all);
+    all.retain(|file| file != "layering.rs" && !PLATFORM_FILES.iter().any(|p| file.starts_with(p)));
+    let mut found = Vec::new();
+    for file in all {
+        let text = code(&std::fs::read_to_string(root.join(&file)).expect("read a source file"));
+        for name in LINUX_ONLY.iter().filter(|name| text.contains(**name)) {
+            found.push(format!("{file} names {name}"));
+        }
+    }
+    found
+}
+
 /// The strongly connected components of more than one module (Tarjan's).
 fn circles(graph: &BTreeMap<String, BTreeSet<String>>) -> Vec<Vec<String>> {
     struct Walk<'a> {
@@ -260,6 +301,19 @@ fn modules_import_each_other_in_no_circle_but_the_builders() {
     // The checker sees what it must: the crate has modules and imports.
     assert!(graph["scheduler"].contains("shared"));
     assert!(graph["journal"].contains("hooks"));
+}
+
+#[test]
+fn only_the_platform_seam_names_what_linux_alone_has() {
+    let found = linux_only_outside_the_seam();
+    assert!(found.is_empty(), "outside src/sys: {found:?}");
+}
+
+#[test]
+fn the_platform_seam_imports_nothing_of_the_crate() {
+    let (graph, _) = read_src();
+    let imports = &graph["sys"];
+    assert!(imports.is_empty(), "sys imports {imports:?}");
 }
 
 #[test]

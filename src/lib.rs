@@ -147,8 +147,8 @@
 //!
 //! # How it works
 //!
-//! - A pool starts workers by re-executing its own binary (`/proc/self/exe`)
-//!   with a hidden environment variable.
+//! - A pool starts workers by re-executing its own binary (`/proc/self/exe`
+//!   on Linux) with a hidden environment variable.
 //! - In a worker, a constructor that runs before `main` (and before a test
 //!   harness) sees the variable, serves tasks over stdin/stdout, and exits;
 //!   `main` never runs there. A task's own prints go to stderr.
@@ -160,8 +160,8 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
-#[cfg(not(target_os = "linux"))]
-compile_error!("buckshot supports Linux only for now (it relies on pidfd and /proc/self/exe)");
+#[cfg(not(unix))]
+compile_error!("buckshot supports Unix only (Linux, macOS, FreeBSD)");
 
 mod builder;
 mod bulk;
@@ -184,7 +184,6 @@ mod layering;
 mod logs;
 mod panics;
 mod pool;
-mod privilege;
 mod process;
 mod protocol;
 mod registry;
@@ -195,6 +194,7 @@ mod scheduler;
 mod shared;
 mod stderr;
 mod stream;
+mod sys;
 mod task;
 mod worker;
 

@@ -1,25 +1,28 @@
-//! The pool's handle on one worker process: its pipes, its pidfd, and how it
-//! is killed and reaped. Given a command, it does not build one: a launcher
+//! The pool's handle on one worker process: its pipes, its handle (a
+//! pidfd, natively), and how it is killed and reaped. Given a command, it does not build one: a launcher
 //! ([`crate::launch`]) does, and says what to kill besides it; this does
 //! the rest, wherever it runs.
 //!
-//! Reaping goes through the pidfd (Linux 5.3+), polled by the pool's thread,
+//! Reaping goes through [`ChildHandle`] (natively a pidfd, Linux 5.3+),
+//! polled by the pool's thread,
 //! never through a blocking `wait` or a SIGCHLD handler: buckshot lives inside
 //! other people's programs, so it installs no process-wide signal handler
 //! (`wait-timeout` would), and a worker that dies while idle is reaped as soon
 //! as it dies. Waiting on the pidfd rather than the pid also means that a
 //! worker reaped behind our back (SIGCHLD set to `SIG_IGN`, a `waitpid(-1)`
 //! elsewhere in the program) is never confused with a process that reused
-//! its pid.
+//! its pid. (The portable backend has only the pid, and signals it only
+//! while it is not reaped: see `sys`.)
 //!
 //! The pool keeps a read end of each worker's request pipe besides the
 //! worker's: it counts the bytes the worker has not read yet, takes back
 //! frames the worker has not read (see `scheduler::books`), and a write to
 //! a worker that died fills the pipe instead of raising SIGPIPE, which a
-//! program that restored its default action would die of. It is opened
-//! anew through `/proc`, so that it has a file description of its own,
-//! non-blocking without making the worker's so: a read back must never
-//! wait for bytes the worker took meanwhile.
+//! program that restored its default action would die of. Natively it is
+//! opened anew through `/proc`, so that it has a file description of its
+//! own, non-blocking without making the worker's so: a read back must
+//! never wait for bytes the worker took meanwhile. Where it cannot be,
+//! nothing is read back.
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -28,28 +31,27 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rustix::event::{PollFd, PollFlags, Timespec};
 use rustix::fs::OFlags;
 use rustix::io::Errno;
-use rustix::pipe::PipeFlags;
-use rustix::process::{PidfdFlags, Signal, WaitId, WaitIdOptions, WaitIdStatus};
+use rustix::process::WaitIdStatus;
 
 use crate::bulk::ReplySlots;
 use crate::flow::{PIPE_BYTES, REAP_BOUND};
 use crate::launch::{Launch, Reported};
 use crate::stderr::{self, StderrPipe};
+use crate::sys::{self, ChildHandle};
 
 /// Descriptors a live worker holds in the pool's process: both ends of its
 /// request pipe (the read end to count what it has not read), its reply
-/// and stderr pipes, its pidfd, and the memfd of its reply slots (see
-/// `scheduler::spawner`).
-pub(crate) const FDS_PER_WORKER: u64 = 6;
+/// and stderr pipes, its handle's (a pidfd, natively), and the memfd of
+/// its reply slots (see `scheduler::spawner`).
+pub(crate) const FDS_PER_WORKER: u64 = 5 + sys::FDS_PER_CHILD;
 
 /// One worker process, seen from the pool.
 #[derive(Debug)]
 pub(crate) struct Process {
     child: Child,
-    pidfd: OwnedFd,
+    handle: ChildHandle,
     launch: Arc<dyn Launch>,
     /// The pid the worker announced in its handshake (where it runs).
     reported: Option<Reported>,
@@ -92,7 +94,7 @@ impl Process {
         forward_stderr: stderr::Route,
         reply_slot: Option<Arc<ReplySlots>>,
     ) -> io::Result<Process> {
-        let (requests_reader, requests) = rustix::pipe::pipe_with(PipeFlags::CLOEXEC)?;
+        let (requests_reader, requests) = sys::pipe_cloexec()?;
         command
             .stdin(Stdio::from(requests_reader.try_clone()?))
             .stdout(Stdio::piped())
@@ -100,27 +102,26 @@ impl Process {
         let mut child = command.spawn()?;
         // The command holds the worker's copy of the read end until dropped.
         drop(command);
-        let pid = rustix::process::Pid::from_child(&child);
-        let pidfd = match rustix::process::pidfd_open(pid, PidfdFlags::empty()) {
-            Ok(fd) => fd,
+        let handle = match ChildHandle::open(&child) {
+            Ok(handle) => handle,
             Err(e) => {
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err(e.into());
+                return Err(e);
             }
         };
         // Taken out of `Child` so that nothing in std closes or waits on them
         // behind our back.
         let replies = child.stdout.take().expect("piped stdout");
         let stderr = child.stderr.take().expect("piped stderr");
-        let (requests_reader, reads_back) = match reopen_nonblocking(&requests_reader) {
+        let (requests_reader, reads_back) = match sys::reopen_nonblocking(&requests_reader) {
             Ok(reader) => (reader, true),
             Err(_) => (requests_reader, false),
         };
         // From here on, dropping the process kills and reaps it.
         let mut process = Process {
             child,
-            pidfd,
+            handle,
             launch,
             reported: None,
             requests: None,
@@ -138,9 +139,7 @@ impl Process {
         process.requests = Some(nonblocking(requests)?);
         process.replies = Some(nonblocking(replies)?);
         for pipe in [&process.requests, &process.replies].into_iter().flatten() {
-            // Fewer round trips for large frames. Best effort: the system
-            // limit may be lower.
-            let _ = rustix::pipe::fcntl_setpipe_size(pipe, PIPE_BYTES);
+            sys::grow_pipe(pipe.as_fd(), PIPE_BYTES);
         }
         Ok(process)
     }
@@ -172,8 +171,9 @@ impl Process {
         self.replies.as_ref().map(AsFd::as_fd)
     }
 
-    pub(crate) fn pidfd(&self) -> BorrowedFd<'_> {
-        self.pidfd.as_fd()
+    /// What its exit is watched and waited through.
+    pub(crate) fn handle(&self) -> &ChildHandle {
+        &self.handle
     }
 
     pub(crate) fn stderr(&mut self) -> &mut StderrPipe {
@@ -228,8 +228,7 @@ impl Process {
     /// Its exit, if it exited, without reaping it; an error if it was
     /// reaped already (by us or behind our back).
     fn peek(&self) -> rustix::io::Result<Option<WaitIdStatus>> {
-        let options = WaitIdOptions::EXITED | WaitIdOptions::NOHANG | WaitIdOptions::NOWAIT;
-        rustix::process::waitid(WaitId::PidFd(self.pidfd.as_fd()), options)
+        self.handle.peek()
     }
 
     /// What the pool says if the kernel killed it at its launcher's hard
@@ -252,10 +251,10 @@ impl Process {
         if !self.killed {
             self.killed = true;
             // Asked first: once signalled, it is on its way out either way.
-            let running = self.is_ours() && !exiting(self.pid());
-            // Through the pidfd: it names this process even if it was reaped
-            // behind our back and its pid reused.
-            let sent = rustix::process::pidfd_send_signal(&self.pidfd, Signal::KILL);
+            let running = self.is_ours() && !sys::is_exiting(self.pid());
+            // Through the handle: it names this process even if it was
+            // reaped behind our back and its pid reused.
+            let sent = self.handle.kill();
             self.killed_running = running && sent.is_ok();
             if self.is_ours() {
                 self.launch.kill_rest(self.pid(), self.reported.as_ref());
@@ -300,8 +299,7 @@ impl Process {
                 return Some(None);
             }
         }
-        let options = WaitIdOptions::EXITED | WaitIdOptions::NOHANG;
-        let reaped = rustix::process::waitid(WaitId::PidFd(self.pidfd.as_fd()), options);
+        let reaped = self.handle.reap();
         self.ended = true;
         Some(reaped.ok().flatten().map(|status| exit_status(&status)))
     }
@@ -310,58 +308,12 @@ impl Process {
     /// `false` if it would not go; it is not waited for again.
     pub(crate) fn kill_and_reap(&mut self, bound: Duration) -> bool {
         self.kill();
-        let deadline = Instant::now() + bound;
-        loop {
-            if self.try_reap().is_some() {
-                return true;
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                self.ended = true;
-                return false;
-            }
-            let mut fds = [PollFd::new(&self.pidfd, PollFlags::IN)];
-            let timeout = Timespec::try_from(left).expect("a small bound");
-            match rustix::event::poll(&mut fds, Some(&timeout)) {
-                Ok(_) | Err(Errno::INTR) => {}
-                Err(_) => {
-                    self.ended = true;
-                    return false;
-                }
-            }
+        if self.handle.wait_exit(Instant::now() + bound) && self.try_reap().is_some() {
+            return true;
         }
+        self.ended = true;
+        false
     }
-}
-
-/// Opens the pipe that `reader` reads from anew: a file description of
-/// its own, non-blocking and close-on-exec.
-fn reopen_nonblocking(reader: &OwnedFd) -> io::Result<OwnedFd> {
-    use std::os::fd::AsRawFd;
-    let path = format!("/proc/self/fd/{}", reader.as_raw_fd());
-    let flags = OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC;
-    Ok(rustix::fs::open(path, flags, rustix::fs::Mode::empty())?)
-}
-
-/// Whether process `pid` (ours, not reaped) has begun to exit: its
-/// threads are past the point of no return (`PF_EXITING`), or it is a
-/// zombie. A worker killed from outside closes its pipes before it becomes
-/// a zombie, so the pool may see its stream end, and kill it, in between.
-/// If `/proc` cannot tell, it is taken as running.
-fn exiting(pid: u32) -> bool {
-    /// `PF_EXITING` in the kernel's `include/linux/sched.h`.
-    const PF_EXITING: u64 = 0x4;
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return false;
-    };
-    // After the command name, which may hold anything: the state (field
-    // 3), ..., the flags (field 9).
-    let Some(fields) = stat.rfind(')').map(|i| stat[i + 1..].split_whitespace()) else {
-        return false;
-    };
-    let fields: Vec<&str> = fields.take(7).collect();
-    let zombie = matches!(fields.first(), Some(&("Z" | "X" | "x")));
-    let flags = fields.get(6).and_then(|f| f.parse::<u64>().ok());
-    zombie || flags.is_some_and(|flags| flags & PF_EXITING != 0)
 }
 
 /// The status `wait` would have given.

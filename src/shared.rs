@@ -5,14 +5,12 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::BorrowedFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::Waker;
 use std::time::Duration;
-
-use rustix::event::EventfdFlags;
 
 use crate::chunk::Chunk;
 use crate::config::Config;
@@ -20,6 +18,7 @@ use crate::delivery::{Delivery, Mailbox, WakerSlot};
 use crate::error::Error;
 use crate::hooks::Answerers;
 use crate::protocol;
+use crate::sys::Doorbell;
 
 /// Measurements of one map, shared with its caller.
 #[derive(Debug, Default)]
@@ -238,7 +237,7 @@ pub(crate) struct Refused {
 /// The pool's shared half: the state behind a lock, and the loop's doorbell.
 pub(crate) struct Shared {
     state: Mutex<State>,
-    doorbell: OwnedFd,
+    doorbell: Doorbell,
     pub(crate) config: Config,
     /// What may answer a map's inputs without running them.
     pub(crate) answerers: Option<Arc<dyn Answerers>>,
@@ -246,7 +245,7 @@ pub(crate) struct Shared {
 
 impl Shared {
     pub(crate) fn new(config: Config, answerers: Option<Arc<dyn Answerers>>) -> io::Result<Shared> {
-        let doorbell = rustix::event::eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)?;
+        let doorbell = Doorbell::new()?;
         let state = State {
             queue: VecDeque::new(),
             maps: HashMap::new(),
@@ -272,20 +271,17 @@ impl Shared {
 
     /// The doorbell the loop polls.
     pub(crate) fn doorbell(&self) -> BorrowedFd<'_> {
-        self.doorbell.as_fd()
+        self.doorbell.fd()
     }
 
     /// Called by the loop once it has woken up.
     pub(crate) fn clear_doorbell(&self) {
-        let mut buf = [0u8; 8];
-        let _ = rustix::io::read(&self.doorbell, &mut buf);
+        self.doorbell.clear();
     }
 
     /// Wakes the loop.
     pub(crate) fn ring(&self) {
-        // The counter cannot overflow in practice; EAGAIN would only mean
-        // the loop is already due to wake.
-        let _ = rustix::io::write(&self.doorbell, &1u64.to_ne_bytes());
+        self.doorbell.ring();
     }
 
     /// Makes a context: `write` appends its CBOR value (outside the lock).

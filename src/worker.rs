@@ -61,7 +61,7 @@ use std::sync::mpsc::{self, Receiver};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
-use rustix::process::{Pid, Resource, Rlimit};
+use rustix::process::{Pid, Rlimit};
 
 use crate::flow::{KEEP_BUFFER, REQUEST_BUFFER, RSS_READ_INTERVAL, SCRATCH_BYTES};
 use crate::handoff::{TaskRef, WORKER_ENV, WorkerConfig};
@@ -71,6 +71,7 @@ use crate::panics;
 use crate::protocol::{self, Hello, Outcome, ReplyHeader, RunHeader};
 use crate::registry::{ContextSlot, registry};
 use crate::sandbox::{self, SANDBOX_ENV, Sandbox, cpu};
+use crate::sys;
 
 /// Exit code of a worker that gave up on its parent or the protocol, or
 /// refused to serve.
@@ -131,12 +132,10 @@ fn serve(config: WorkerConfig, sandbox: Option<Sandbox>) -> ! {
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
     // Opened before the sandbox, which may hide `/proc`: what the memory
     // limit is checked against.
-    let status = config
-        .memory_limit
-        .and_then(|_| File::open("/proc/self/status").ok());
+    let status = config.memory_limit.and_then(|_| sys::open_memory_status());
     let rss_guard = config.max_rss.map(|max| {
         RssGuard::open(max)
-            .unwrap_or_else(|e| fatal_early(&format!("could not open /proc/self/statm: {e}")))
+            .unwrap_or_else(|e| fatal_early(&format!("could not read its resident memory: {e}")))
     });
     // While this is the only thread, before the parent-death signal (which
     // a change of credentials could clear).
@@ -145,7 +144,7 @@ fn serve(config: WorkerConfig, sandbox: Option<Sandbox>) -> ! {
     // through a launcher (sshd, slurmstepd, a relay) says nothing about the
     // pool, which the watchdog on the request stream follows instead.
     if config.parent.is_some() {
-        if let Err(e) = arm_parent_death() {
+        if let Err(e) = sys::arm_parent_death(kill_own_group) {
             fatal_early(&format!("could not set its parent-death signal: {e}"));
         }
     }
@@ -253,8 +252,9 @@ fn serve(config: WorkerConfig, sandbox: Option<Sandbox>) -> ! {
 }
 
 /// Applies the pool's memory limit to the data this process may map
-/// (`RLIMIT_DATA`: heap, anonymous and private writable mappings, thread
-/// stacks), unless it is below what the worker already uses plus
+/// ([`sys::MEMORY_RESOURCE`]: on Linux `RLIMIT_DATA`: heap, anonymous and
+/// private writable mappings, thread stacks), unless it is below what the
+/// worker already uses plus
 /// [`START_ROOM`]: then it is left unapplied, and the reason returned (the
 /// worker refuses to serve, and the pool gives up naming the limit).
 ///
@@ -264,7 +264,7 @@ fn serve(config: WorkerConfig, sandbox: Option<Sandbox>) -> ! {
 /// needed a limit of 2 GiB there, and 256 MiB here (each Rust thread's
 /// stack, 2 MiB, counts in full in both).
 fn limit_memory(limit: u64, status: Option<File>) -> Option<String> {
-    if let Some(in_use) = status.and_then(data_in_use) {
+    if let Some(in_use) = status.and_then(sys::memory_in_use) {
         if limit < in_use + START_ROOM {
             return Some(format!(
                 "memory_limit of {} is below what a worker needs to start: \
@@ -275,11 +275,18 @@ fn limit_memory(limit: u64, status: Option<File>) -> Option<String> {
             ));
         }
     }
+    let Some(resource) = sys::MEMORY_RESOURCE else {
+        // The pool refuses the limit where it cannot be applied.
+        return Some(format!(
+            "memory_limit is not enforced on {}",
+            sys::platform()
+        ));
+    };
     let limit = Rlimit {
         current: Some(limit),
         maximum: Some(limit),
     };
-    if let Err(e) = rustix::process::setrlimit(Resource::Data, limit) {
+    if let Err(e) = rustix::process::setrlimit(resource, limit) {
         fatal_early(&format!("could not apply the memory limit: {e}"));
     }
     None
@@ -288,16 +295,6 @@ fn limit_memory(limit: u64, status: Option<File>) -> Option<String> {
 /// What a worker needs besides the data it holds when its set-up is done:
 /// buffers for its first frames and replies, with room to spare.
 const START_ROOM: u64 = 1 << 20;
-
-/// The data this process maps (`VmData`, what `RLIMIT_DATA` counts), as
-/// its `/proc/self/status` says.
-fn data_in_use(mut status: File) -> Option<u64> {
-    let mut text = String::new();
-    std::io::Read::read_to_string(&mut status, &mut text).ok()?;
-    let line = text.lines().find(|line| line.starts_with("VmData:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
-}
 
 /// The initializer this worker runs, while it runs: what an `exit` in it
 /// says ([`exited_in_initializer`]).
@@ -367,25 +364,19 @@ impl Retirement {
 }
 
 /// Tells when the worker's resident memory is over the pool's
-/// `max_worker_rss`, read from `/proc/self/statm` (opened before the
-/// sandbox, which may hide `/proc`), at most every
-/// [`RSS_READ_INTERVAL`].
+/// `max_worker_rss`, read ([`sys::Resident`], opened before the sandbox,
+/// which may hide `/proc`) at most every [`RSS_READ_INTERVAL`].
 struct RssGuard {
-    statm: File,
+    resident: sys::Resident,
     max: u64,
-    page: u64,
     read_at: Option<Instant>,
 }
 
 impl RssGuard {
     fn open(max: u64) -> std::io::Result<RssGuard> {
-        // SAFETY: sysconf reads a constant of the system and has no
-        // precondition.
-        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
         Ok(RssGuard {
-            statm: File::open("/proc/self/statm")?,
+            resident: sys::Resident::open()?,
             max,
-            page: u64::try_from(page).unwrap_or(4096),
             read_at: None,
         })
     }
@@ -401,55 +392,8 @@ impl RssGuard {
             return false;
         }
         self.read_at = Some(now);
-        resident_bytes(&self.statm, self.page).is_some_and(|bytes| bytes > self.max)
+        self.resident.bytes().is_some_and(|bytes| bytes > self.max)
     }
-}
-
-/// The resident memory of this process, from its `statm` file: the second
-/// number, in pages.
-fn resident_bytes(statm: &File, page: u64) -> Option<u64> {
-    let mut buf = [0; 256];
-    let n = rustix::io::pread(statm, &mut buf, 0).ok()?;
-    let text = std::str::from_utf8(&buf[..n]).ok()?;
-    let pages: u64 = text.split_whitespace().nth(1)?.parse().ok()?;
-    Some(pages.saturating_mul(page))
-}
-
-/// Signals the end of the worker's parent (the pool's thread): a signal of
-/// the real-time range, whose handler kills the worker's whole process
-/// group with SIGKILL, when the worker leads one (local workers do), so that
-/// what its tasks started goes too when the program dies or is interrupted;
-/// otherwise SIGKILL for the worker alone. (A task that handles that signal,
-/// or blocks it in every thread, keeps its worker alive until its request
-/// stream ends; none should.)
-fn arm_parent_death() -> std::io::Result<()> {
-    let leads_its_group = rustix::process::getpgrp() == rustix::process::getpid();
-    let signal = if leads_its_group {
-        let signal = libc::SIGRTMAX();
-        // SAFETY: a zeroed sigaction is a valid "no flags, empty mask"
-        // value; the handler only calls `kill`, which is async-signal-safe.
-        // The signal is unblocked too: a mask is inherited through exec,
-        // and threads that tasks start inherit this thread's.
-        unsafe {
-            let mut action: libc::sigaction = std::mem::zeroed();
-            action.sa_sigaction = kill_own_group as extern "C" fn(libc::c_int) as usize;
-            if libc::sigaction(signal, &action, std::ptr::null_mut()) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            let mut set: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut set);
-            libc::sigaddset(&mut set, signal);
-            libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
-        }
-        signal
-    } else {
-        libc::SIGKILL
-    };
-    // SAFETY: PR_SET_PDEATHSIG takes a signal number and touches no memory.
-    if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, signal as libc::c_ulong) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 /// Ends the worker, even in the middle of a task, once nobody can write to
@@ -500,6 +444,7 @@ fn end_with_group() -> ! {
     std::process::exit(0)
 }
 
+/// Kills this process's group: the handler of the parent-death signal.
 extern "C" fn kill_own_group(_: libc::c_int) {
     // SAFETY: kill is async-signal-safe; 0 names the caller's process group.
     unsafe { libc::kill(0, libc::SIGKILL) };
@@ -524,7 +469,7 @@ fn take_stdio() -> std::io::Result<(OwnedFd, OwnedFd)> {
 /// `srun`) from ending, and the pool from noticing the death. Through the
 /// pipe, the session's stderr dies with the worker.
 fn interpose_stderr() -> std::io::Result<()> {
-    let (read, write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+    let (read, write) = sys::pipe_cloexec()?;
     let real = rustix::io::fcntl_dupfd_cloexec(rustix::stdio::stderr(), 3)?;
     rustix::stdio::dup2_stderr(&write)?;
     rustix::stdio::dup2_stdout(&write)?;

@@ -36,10 +36,11 @@ fn a_call_fails_alone_and_the_pool_goes_on() {
             pool.call(checked, 1),
             Err(Error::TaskPanicked { index: 0, message, .. }) if message == "one is not allowed"
         ));
-        assert!(matches!(
-            pool.call(checked, 2),
-            Err(Error::WorkerDied { index: 0, .. })
-        ));
+        let died = pool.call(checked, 2);
+        assert!(
+            matches!(died, Err(Error::WorkerDied { index: 0, .. })),
+            "{died:?}"
+        );
         assert!(matches!(
             pool.call(checked, 3),
             Err(Error::TaskTimeout { index: 0, .. })

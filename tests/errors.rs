@@ -180,19 +180,21 @@ fn a_journal_that_cannot_be_opened_is_named_with_its_cause() {
     assert!(!journal.exists());
 }
 
-/// Set in the copy of this binary whose eventfds cannot be created.
-const NO_EVENTFD_ENV: &str = "BUCKSHOT_TEST_NO_EVENTFD";
+/// Set in the copy of this binary whose epoll sets cannot be created.
+const NO_POLLER_ENV: &str = "BUCKSHOT_TEST_NO_POLLER";
 
 /// When the pool cannot create its own descriptors, `build` says so with
 /// the operating system's error, and does not blame a worker. A copy of
-/// this binary runs under a seccomp filter that fails `eventfd2`, which
-/// every pool needs before it starts a worker.
+/// this binary runs under a seccomp filter that fails `epoll_create1`,
+/// which every pool needs (its event loop's set, with either backend)
+/// before it starts a worker.
 #[test]
 fn a_pool_that_cannot_set_itself_up_says_so_with_the_cause() {
     let name = "a_pool_that_cannot_set_itself_up_says_so_with_the_cause";
-    if std::env::var_os(NO_EVENTFD_ENV).is_some() {
-        let eventfd = [(libc::SYS_eventfd2, vec![])].into_iter().collect();
-        if let Err(e) = common::fail_syscalls(eventfd, libc::EMFILE) {
+    if std::env::var_os(NO_POLLER_ENV).is_some() {
+        // The pool's event loop cannot have its set (epoll, either backend).
+        let epoll = [(libc::SYS_epoll_create1, vec![])].into_iter().collect();
+        if let Err(e) = common::fail_syscalls(epoll, libc::EMFILE) {
             common::skip("seccomp", &format!("no seccomp filter here: {e}"));
             return;
         }
@@ -206,7 +208,7 @@ fn a_pool_that_cannot_set_itself_up_says_so_with_the_cause() {
     let output = common::within(name, move || {
         std::process::Command::new(std::env::current_exe().unwrap())
             .args([name, "--exact", "--nocapture", "--test-threads=1"])
-            .env(NO_EVENTFD_ENV, "1")
+            .env(NO_POLLER_ENV, "1")
             .output()
             .unwrap()
     });

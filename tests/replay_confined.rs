@@ -317,6 +317,9 @@ buckshot::register!(spin);
 
 #[test]
 fn a_replay_runs_under_its_pools_cpu_limit_even_once_lifted() {
+    if common::portable_lacks("sandbox (its rules are Linux only)") {
+        return;
+    }
     let sandbox = Sandbox::new().cpu_time(Duration::from_secs(1));
     for lift in [false, true] {
         let dir = common::TempDir::new(&format!("replay-cpu-{lift}"));

@@ -252,6 +252,9 @@ buckshot::register!(signal_parent);
 
 #[test]
 fn any_sandbox_keeps_tasks_from_signalling_the_pool_where_landlock_can() {
+    if common::portable_lacks("sandbox (its rules are Linux only)") {
+        return;
+    }
     let control = Pool::new(1).unwrap();
     assert_eq!(control.call(signal_parent, ()).unwrap(), None);
     if common::landlock_abi() < 6 {
@@ -387,6 +390,9 @@ fn own_uid() -> u32 {
 
 #[test]
 fn a_rule_that_cannot_come_up_fails_the_build_unless_best_effort() {
+    if common::portable_lacks("sandbox (its rules are Linux only)") {
+        return;
+    }
     let missing = Path::new("/nonexistent/buckshot-sandbox");
     let sandbox = Sandbox::new()
         .read_only(missing)
@@ -479,4 +485,33 @@ fn a_sandbox_is_for_local_workers_only() {
         "invalid pool configuration: a sandbox applies to local workers only, \
          not to those of `workers`"
     );
+}
+
+/// Where sandbox rules cannot come up at all (the portable backend: macOS,
+/// FreeBSD), a sandbox fails the build, naming the platform, and with
+/// `best_effort` the pool runs without it.
+#[cfg(buckshot_portable)]
+#[test]
+fn the_portable_backend_refuses_a_sandbox_unless_best_effort() {
+    let sandbox = Sandbox::new().no_network().cpu_time(Duration::from_secs(5));
+    let refused = Pool::builder()
+        .processes(1)
+        .sandbox(sandbox.clone())
+        .build()
+        .unwrap_err();
+    let Error::Sandbox { rule, reason, .. } = &refused else {
+        panic!("{refused:?}");
+    };
+    assert!(
+        [SandboxRule::NoNetwork, SandboxRule::CpuTime].contains(rule),
+        "{rule}"
+    );
+    assert!(reason.contains("Linux only"), "{reason}");
+    assert_eq!(common::children(), [], "refused before any process starts");
+    let pool = Pool::builder()
+        .processes(1)
+        .sandbox(sandbox.best_effort())
+        .build()
+        .unwrap();
+    assert_eq!(pool.call(double, 21).unwrap(), 42);
 }

@@ -326,6 +326,9 @@ buckshot::register!(truncate_by_path);
 
 #[test]
 fn a_landlock_that_lacks_file_rights_does_not_count_as_in_force() {
+    if common::portable_lacks("sandbox (its rules are Linux only)") {
+        return;
+    }
     if common::landlock_abi() < 3 {
         common::skip(
             "landlock",
@@ -432,6 +435,9 @@ buckshot::register!(escape_the_namespace);
 
 #[test]
 fn without_user_namespaces_no_network_keeps_no_capability() {
+    if common::portable_lacks("sandbox (its rules are Linux only)") {
+        return;
+    }
     let root = rustix::process::geteuid().is_root();
     let thread = std::thread::spawn(move || {
         if let Err(why) = deny_user_namespaces() {
@@ -467,6 +473,9 @@ fn without_user_namespaces_no_network_keeps_no_capability() {
 /// `EBUSY` for the thread that builds the pool and what it starts.
 #[test]
 fn a_seccomp_rule_that_cannot_come_up_says_why() {
+    if common::portable_lacks("sandbox (its rules are Linux only)") {
+        return;
+    }
     let thread = std::thread::spawn(|| {
         use seccompiler::{SeccompAction, SeccompFilter};
         let filter = SeccompFilter::new(

@@ -31,7 +31,8 @@
 //! Memfds are sealed against shrinking, so a mapping never outlives its
 //! file's end (which would be a SIGBUS); every length in a table is checked
 //! against the file's size and the frame limit, and nothing past the frame
-//! limit is diverted. Workers started elsewhere (ssh, srun) or sandboxed,
+//! limit is diverted. The portable backend has no memfds: there, as with
+//! workers started elsewhere (ssh, srun) or sandboxed,
 //! pools that keep failures or a journal, and programs under a file size
 //! limit or not dumpable send everything inline.
 
@@ -46,7 +47,6 @@ use std::ptr::NonNull;
 use std::sync::OnceLock;
 use std::sync::atomic::AtomicU64;
 
-use rustix::fs::{MemfdFlags, SealFlags};
 use rustix::mm::{MapFlags, ProtFlags};
 
 pub(crate) use self::inputs::{InputFrame, Segment, Segments, decode_input};
@@ -146,14 +146,7 @@ pub(super) struct Region {
 impl Region {
     /// A new memfd of `size` bytes (sparse: pages exist once written).
     pub(super) fn create(size: u64) -> io::Result<File> {
-        let fd = rustix::fs::memfd_create(
-            "buckshot-bulk",
-            MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
-        )?;
-        let file = File::from(fd);
-        file.set_len(size)?;
-        rustix::fs::fcntl_add_seals(&file, SealFlags::SHRINK | SealFlags::SEAL)?;
-        Ok(file)
+        crate::sys::memfd(size)
     }
 
     pub(super) fn new(file: File, base: u64) -> io::Result<Region> {
@@ -229,11 +222,12 @@ pub(crate) fn available_here() -> bool {
     let unlimited = rustix::process::getrlimit(rustix::process::Resource::Fsize)
         .current
         .is_none();
-    unlimited
+    crate::sys::SHARED_MEMORY
+        && unlimited
         && dumpable()
         && Region::create(0).is_ok_and(|file| {
-            let path = format!("/proc/self/fd/{}", file.as_raw_fd());
-            File::open(path).is_ok()
+            let fd = u32::try_from(file.as_raw_fd()).expect("a descriptor");
+            crate::sys::open_peer_fd(std::process::id(), fd, false).is_ok()
         })
 }
 
@@ -241,8 +235,7 @@ pub(crate) fn available_here() -> bool {
 /// privileges, which does) after its pool was built, and then its workers
 /// could not open the inputs' memfds.
 pub(crate) fn dumpable() -> bool {
-    // SAFETY: PR_GET_DUMPABLE takes no pointer and only returns a flag.
-    unsafe { libc::prctl(libc::PR_GET_DUMPABLE) == 1 }
+    crate::sys::dumpable()
 }
 
 // ---------------------------------------------------------------------------
@@ -258,10 +251,7 @@ pub(super) fn open_pools(fd: u32, write: bool) -> io::Result<File> {
     let (pool, _, _) = POOL
         .get()
         .ok_or_else(|| io::Error::other("no bulk transfers in this worker"))?;
-    std::fs::OpenOptions::new()
-        .read(true)
-        .write(write)
-        .open(format!("/proc/{pool}/fd/{fd}"))
+    crate::sys::open_peer_fd(*pool, fd, write)
 }
 
 /// Sets up bulk transfers in a worker whose pool is `pool` and whose reply
@@ -277,6 +267,10 @@ mod tests {
     use super::*;
 
     #[test]
+    #[cfg_attr(
+        not(buckshot_native),
+        ignore = "memfds: the portable backend sends long strings inline"
+    )]
     fn a_view_never_maps_past_the_end_of_its_memfd() {
         let mut region = Region::new(Region::create(0).unwrap(), 0).unwrap();
         region.reserve(100).unwrap();

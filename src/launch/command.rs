@@ -27,7 +27,7 @@ pub(crate) struct Prefixed {
 pub(crate) fn this_binary() -> OsString {
     std::env::current_exe()
         .map(OsString::from)
-        .unwrap_or_else(|_| OsString::from("/proc/self/exe"))
+        .unwrap_or_else(|_| crate::sys::exe_path().into())
 }
 
 /// Ends a command that runs what follows it with `env [NAME=VALUE...]

@@ -15,7 +15,7 @@
 //! it.
 
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
@@ -23,10 +23,10 @@ use std::time::{Duration, Instant};
 
 use rustix::event::{PollFd, PollFlags, Timespec};
 use rustix::io::Errno;
-use rustix::process::{Pid, PidfdFlags, WaitId, WaitIdOptions};
 
 use super::kill_group;
 use crate::flow::{HELPERS_AT_ONCE, REAP_BOUND};
+use crate::sys::ChildHandle;
 
 /// Runs `command` with its stdout and stderr collected, and kills it (with
 /// its process group) if it has not exited within `bound`: then the error
@@ -58,7 +58,7 @@ pub(crate) fn run_bounded(command: &mut Command, bound: Duration) -> io::Result<
 /// Reads `child`'s stdout and stderr until it exits, or fails with
 /// [`io::ErrorKind::TimedOut`] at `deadline`.
 fn collect(child: &mut Child, deadline: Instant) -> io::Result<[Vec<u8>; 2]> {
-    let pidfd = rustix::process::pidfd_open(Pid::from_child(child), PidfdFlags::empty())?;
+    let handle = ChildHandle::open(child)?;
     let mut pipes: [Option<OwnedFd>; 2] = [
         child.stdout.take().map(OwnedFd::from),
         child.stderr.take().map(OwnedFd::from),
@@ -74,14 +74,22 @@ fn collect(child: &mut Child, deadline: Instant) -> io::Result<[Vec<u8>; 2]> {
         // What it wrote before it exited is in the pipes, read above; a
         // subprocess of its may keep them open, so their end is not
         // waited for.
-        if has_exited(&pidfd) {
+        if handle.has_exited() {
             return Ok(read);
         }
-        let left = deadline.saturating_duration_since(Instant::now());
+        let mut left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return Err(io::ErrorKind::TimedOut.into());
         }
-        let mut fds = vec![PollFd::new(&pidfd, PollFlags::IN)];
+        let exit = handle.exit_fd();
+        if exit.is_none() {
+            // Its exit wakes nothing: look again soon.
+            left = left.min(EXIT_LOOK);
+        }
+        let mut fds: Vec<PollFd<'_>> = exit
+            .iter()
+            .map(|fd| PollFd::new(fd, PollFlags::IN))
+            .collect();
         fds.extend(
             pipes
                 .iter()
@@ -111,35 +119,8 @@ fn drain(pipe: &mut Option<OwnedFd>, read: &mut Vec<u8>) -> io::Result<()> {
     Ok(())
 }
 
-/// Whether the process of `pidfd` has exited (reaped or not).
-fn has_exited(pidfd: &OwnedFd) -> bool {
-    let options = WaitIdOptions::EXITED | WaitIdOptions::NOHANG | WaitIdOptions::NOWAIT;
-    !matches!(
-        rustix::process::waitid(WaitId::PidFd(pidfd.as_fd()), options),
-        Ok(None)
-    )
-}
-
-/// Waits until the process of `pidfd` exits, or `deadline`; whether it
-/// exited.
-fn wait_until(pidfd: &OwnedFd, deadline: Instant) -> bool {
-    loop {
-        if has_exited(pidfd) {
-            return true;
-        }
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return false;
-        }
-        let mut fds = [PollFd::new(pidfd, PollFlags::IN)];
-        let timeout = Timespec::try_from(left).expect("a bound that fits");
-        if let Err(e) = rustix::event::poll(&mut fds, Some(&timeout)) {
-            if e != Errno::INTR {
-                return false;
-            }
-        }
-    }
-}
+/// How often a child's exit is looked for where nothing polls on it.
+const EXIT_LOOK: Duration = Duration::from_millis(10);
 
 /// Helper commands run off the pool's thread, bounded in number, in time,
 /// and by the pool's life: see the module's note. One per pool.
@@ -200,9 +181,8 @@ impl Shared {
         let pid = child.id();
         state.running.push(pid);
         drop(state);
-        let exited = match rustix::process::pidfd_open(Pid::from_child(&child), PidfdFlags::empty())
-        {
-            Ok(pidfd) => wait_until(&pidfd, Instant::now() + bound),
+        let exited = match ChildHandle::open(&child) {
+            Ok(handle) => handle.wait_exit(Instant::now() + bound),
             Err(_) => false,
         };
         let mut state = self.lock();

@@ -1,7 +1,8 @@
 //! Workers on this machine: this very binary, re-executed.
 //!
-//! `/proc/self/exe` still works if the file on disk was replaced or removed
-//! since the program started. Each worker leads a process group of its own,
+//! On Linux, `/proc/self/exe` still works if the file on disk was replaced
+//! or removed since the program started (elsewhere see `sys::exe_path`).
+//! Each worker leads a process group of its own,
 //! so that what a task starts (a `sleep`, a compiler, a forked child) is
 //! killed with the worker; only a subprocess that leaves the group on
 //! purpose (`setsid`, `setpgid`) escapes. A worker outside the terminal's
@@ -19,9 +20,9 @@ pub(crate) struct Local;
 
 impl Launch for Local {
     fn command(&self, handoff: &Handoff<'_>) -> Command {
-        let mut command = Command::new("/proc/self/exe");
+        let mut command = Command::new(crate::sys::exe_path());
         if let Some(arg0) = std::env::args_os().next() {
-            // So that `ps` shows the program's name rather than /proc/self/exe.
+            // So that `ps` shows the program's name rather than its path.
             command.arg0(arg0);
         }
         command.envs(handoff.vars()).process_group(0);

@@ -294,9 +294,9 @@ impl SshLaunch {
             Some(1) => {}
             _ => return Err(self.failure(&present)),
         }
-        // The bytes hashed: `/proc/self/exe` is the running binary even if
-        // the file at its path was rebuilt since.
-        let binary = std::fs::File::open("/proc/self/exe")
+        // The bytes hashed: on Linux `/proc/self/exe` is the running binary
+        // even if the file at its path was rebuilt since.
+        let binary = std::fs::File::open(crate::sys::exe_path())
             .map_err(|e| format!("could not read this binary: {e}"))?;
         // Written under a temporary name, checked (a cut connection ends
         // `cat` as well as a finished upload), then renamed: a pool starting
@@ -321,7 +321,7 @@ impl SshLaunch {
 fn binary_hash() -> std::io::Result<(String, u64)> {
     static HASH: OnceLock<Result<(String, u64), String>> = OnceLock::new();
     HASH.get_or_init(|| {
-        let mut file = std::fs::File::open("/proc/self/exe").map_err(|e| e.to_string())?;
+        let mut file = std::fs::File::open(crate::sys::exe_path()).map_err(|e| e.to_string())?;
         let mut size = 0u64;
         let mut hasher = Sha256::new();
         let mut buf = vec![0; 1 << 20];

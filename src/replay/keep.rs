@@ -465,7 +465,7 @@ fn write(dir: &Path, file: &ReplayFile) -> std::io::Result<PathBuf> {
         };
         let written = out
             .write_all(&bytes)
-            .and_then(|()| rename_new(&temporary, &path));
+            .and_then(|()| crate::sys::rename_new(&temporary, &path));
         drop(out);
         match written {
             Ok(()) => return Ok(path),
@@ -476,18 +476,5 @@ fn write(dir: &Path, file: &ReplayFile) -> std::io::Result<PathBuf> {
                 }
             }
         }
-    }
-}
-
-/// Renames `from` to `to`, unless `to` exists.
-fn rename_new(from: &Path, to: &Path) -> std::io::Result<()> {
-    use rustix::fs::{CWD, RenameFlags, renameat_with};
-    match renameat_with(CWD, from, CWD, to, RenameFlags::NOREPLACE) {
-        Ok(()) => Ok(()),
-        // A file system that cannot refuse to replace: check first, and
-        // say that the name is taken, as `NOREPLACE` would.
-        Err(rustix::io::Errno::INVAL) if to.exists() => Err(rustix::io::Errno::EXIST.into()),
-        Err(rustix::io::Errno::INVAL) => std::fs::rename(from, to),
-        Err(e) => Err(e.into()),
     }
 }

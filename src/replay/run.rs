@@ -22,7 +22,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use rustix::process::{Resource, Rlimit};
+use rustix::process::Rlimit;
 
 use super::{FORMAT, REPLAY_ENV, ReplayFile, read};
 use crate::flow::SCRATCH_BYTES;
@@ -153,7 +153,10 @@ impl Limits {
                 current: Some(bytes),
                 maximum: Some(bytes),
             };
-            rustix::process::setrlimit(Resource::Data, limit)
+            let resource = crate::sys::MEMORY_RESOURCE.ok_or_else(|| {
+                format!("memory_limit is not enforced on {}", crate::sys::platform())
+            })?;
+            rustix::process::setrlimit(resource, limit)
                 .map_err(|e| format!("could not apply its memory limit of {bytes} bytes: {e}"))?;
         }
         Ok(())

@@ -25,24 +25,10 @@
 //! with less than it promises ([`Sandbox::best_effort`] only) is reported
 //! as a warning.
 
-use std::fs::File;
-use std::io::Write;
-
 use rustix::thread::{CapabilitySet, CapabilitySets, UnshareFlags};
 
-use super::{Rules, Sandbox, SandboxRule, cpu, landlock, seccomp};
-
-/// What came of applying a sandbox.
-#[derive(Debug, Default)]
-pub(crate) struct Applied {
-    pub in_force: Rules,
-    /// The rules that did not come up, and why.
-    pub problems: Vec<(SandboxRule, String)>,
-    /// Rules in force with less than they promise, and what they lack.
-    pub warnings: Vec<(SandboxRule, String)>,
-    /// With `cpu_time`: the worker's thread directory, for [`cpu::Guard`].
-    pub tasks: Option<File>,
-}
+pub(crate) use super::applied::{Applied, report};
+use super::{Sandbox, SandboxRule, cpu, landlock, seccomp};
 
 /// Applies `sandbox` to this process. Call it while the process has one
 /// thread.
@@ -170,18 +156,4 @@ fn drop_capabilities() -> rustix::io::Result<()> {
         inheritable: CapabilitySet::empty(),
     };
     rustix::thread::set_capabilities(None, none)
-}
-
-/// For a probe: prints what came up, one line of the rules in force, then
-/// a line per rule that did not, `bit<TAB>why`, and a line per warning,
-/// `w<bit><TAB>why`.
-pub(crate) fn report(applied: &Applied, out: &mut impl Write) -> std::io::Result<()> {
-    writeln!(out, "{}", applied.in_force.0)?;
-    for (rule, why) in &applied.problems {
-        writeln!(out, "{}\t{}", rule.bit(), why.replace('\n', " "))?;
-    }
-    for (rule, why) in &applied.warnings {
-        writeln!(out, "w{}\t{}", rule.bit(), why.replace('\n', " "))?;
-    }
-    Ok(())
 }

@@ -28,14 +28,18 @@
 
 use std::fs::File;
 use std::os::fd::AsFd;
+#[cfg(buckshot_native)]
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use rustix::process::{Resource, Rlimit};
+use rustix::process::Resource;
+#[cfg(buckshot_native)]
+use rustix::process::Rlimit;
 
 use crate::flow::CPU_READ_INTERVAL;
 
 /// What the `SIGXCPU` handler writes: set once, before the handler.
+#[cfg(buckshot_native)]
 static CPU_MESSAGE: OnceLock<String> = OnceLock::new();
 
 /// What the worker says on stderr when its CPU limit ends it (and what
@@ -69,6 +73,7 @@ fn next_charged_second() -> u64 {
 /// Sets this process's limits for tasks of `seconds` each, and the
 /// handler that names the limit. Returns the worker's thread directory,
 /// which [`Guard`] reads (opened here, before Landlock may deny `/proc`).
+#[cfg(buckshot_native)]
 pub(crate) fn limit(seconds: u64) -> Result<File, String> {
     let tasks = File::open("/proc/self/task")
         .map_err(|e| format!("could not open /proc/self/task: {e}"))?;
@@ -115,6 +120,7 @@ pub(crate) fn limit(seconds: u64) -> Result<File, String> {
 /// Writes which limit ended the worker, then dies of the same signal (the
 /// handler was reset to the default, and the signal is blocked until the
 /// handler returns), so that the pool sees `SIGXCPU` as the cause.
+#[cfg(buckshot_native)]
 extern "C" fn report_cpu_limit(signal: libc::c_int) {
     if let Some(message) = CPU_MESSAGE.get() {
         // SAFETY: write(2) is async-signal-safe; the buffer lives for the

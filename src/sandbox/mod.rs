@@ -16,11 +16,18 @@
 //! worker variable: paths as hex, so that commas and bytes that are not
 //! UTF-8 survive. Only local workers take a sandbox ([`launcher`]).
 
+mod applied;
+#[cfg(buckshot_native)]
+pub(crate) mod apply;
+#[cfg(not(buckshot_native))]
+#[path = "unsupported.rs"]
 pub(crate) mod apply;
 pub(crate) mod cpu;
+#[cfg(buckshot_native)]
 mod landlock;
 pub(crate) mod launcher;
 pub(crate) mod probe;
+#[cfg(buckshot_native)]
 mod seccomp;
 
 use std::ffi::OsString;

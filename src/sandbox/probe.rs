@@ -28,7 +28,7 @@ pub(crate) struct Found {
 
 /// Runs a probe of `sandbox`; why not, if it cannot run.
 pub(crate) fn run(sandbox: &Sandbox) -> Result<Found, String> {
-    let output = Command::new("/proc/self/exe")
+    let output = Command::new(crate::sys::exe_path())
         .env(PROBE_ENV, "1")
         .env(SANDBOX_ENV, sandbox.to_env())
         .stdin(Stdio::null())

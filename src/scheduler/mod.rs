@@ -1,10 +1,10 @@
 //! The pool's thread: it owns the worker processes and moves bytes between
 //! them and the maps.
 //!
-//! One thread per pool runs an event loop over non-blocking pipes with
-//! epoll. It never encodes or decodes a value: callers encode inputs into
-//! RUN frames ([`Chunk`]s) on their own threads and decode outcomes from
-//! deliveries, so the loop only stamps sequence numbers, writes frames,
+//! One thread per pool runs an event loop over non-blocking pipes with a
+//! poller (epoll natively). It never encodes or decodes a value: callers
+//! encode inputs into RUN frames ([`Chunk`]s) on their own threads and
+//! decode outcomes from deliveries, so the loop only stamps sequence numbers, writes frames,
 //! splits replies and keeps time. (One exception: a panic's report, a few
 //! hundred bytes, is decoded here when an observer wants panics posted
 //! alone; see [`posting`].) Nothing in it blocks on anything but the
@@ -221,7 +221,7 @@ struct Scheduler {
     expired: Vec<Key>,
 }
 
-/// Closes a stderr pipe whose stream ended, once out of the epoll set.
+/// Closes a stderr pipe whose stream ended, once out of the poller's set.
 fn close_if_ended(watch: &Watch, stderr: &mut StderrPipe) {
     if stderr.ended() {
         if let Some(fd) = stderr.fd() {
@@ -315,7 +315,7 @@ impl Scheduler {
             serial,
         };
         if let Err(e) = self.watch.join(key, worker.process()) {
-            // The system is out of epoll watches or memory: no worker
+            // The system is out of poller watches or memory: no worker
             // could be served.
             self.break_pool(format!("could not watch a worker: {e}"));
             return;
@@ -635,7 +635,7 @@ impl Scheduler {
             // from the set after it was closed (its number may be reused).
             self.watch
                 .leave(seat.worker.process(), seat.writes_watched, key)
-                .expect("epoll_ctl on a worker's own descriptors");
+                .expect("a worker's own descriptors in the poller's set");
             let remains = seat.worker.take_out_of_service();
             entry.insert(DyingSeat {
                 dying: burial.bury(remains),
@@ -674,7 +674,7 @@ impl Scheduler {
             let supply = &mut self.staffing.supplies[dying.launcher()];
             if faults::try_reap(dying, now, supply, &mut self.posting) {
                 let process = dying.process_mut();
-                self.watch.unwatch(process.pidfd());
+                self.watch.unwatch_exit(process);
                 if let Some(fd) = process.stderr_fd() {
                     self.watch.unwatch(fd);
                 }

@@ -1,9 +1,10 @@
 //! What the pool's thread waits on, and until when.
 //!
-//! One epoll set holds the doorbell that callers ring, each live worker's
-//! reply and stderr pipes and its pidfd (a child it forked may hold the
-//! reply pipe open after it died), its request pipe while frames wait to be
-//! written, and the pidfds and stderr of the workers being reaped. Each
+//! One set (a [`Poller`]: epoll natively) holds the doorbell that callers
+//! ring, each live worker's reply and stderr pipes and its exit (a child
+//! it forked may hold the reply pipe open after it died), its request pipe
+//! while frames wait to be written, and the exits and stderr of the
+//! workers being reaped. Each
 //! registration carries a stable token naming its worker and what it is,
 //! so a wake-up costs what is ready, not what is watched: nothing is
 //! rebuilt per turn, and a worker is registered once when it joins and
@@ -18,19 +19,14 @@
 //! A token also carries its worker's serial number, so that an event for a
 //! worker that is gone is dropped, whatever its cause.
 //!
-//! The timeout is the nearest deadline, to the microsecond: epoll's own
-//! timeout is in milliseconds, so a sleep with a deadline waits on the
-//! epoll descriptor with `ppoll`.
+//! The timeout is the nearest deadline, to the microsecond.
 
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::BorrowedFd;
 use std::time::{Duration, Instant};
 
-use rustix::event::epoll::{self, CreateFlags, Event, EventData, EventFlags};
-use rustix::event::{PollFd, PollFlags, Timespec};
-use rustix::io::Errno;
-
 use crate::process::Process;
+use crate::sys::{Interest, Poller};
 
 /// A worker's place in the pool's tables and its serial number, unique
 /// for the pool's life (modulo 2^32).
@@ -64,13 +60,12 @@ const DYING_STDERR: u64 = 6;
 /// Slots fit in the 29 bits between the kind and the serial.
 const MAX_SLOT: usize = (1 << 29) - 1;
 
-fn token(kind: u64, key: Key) -> EventData {
+fn token(kind: u64, key: Key) -> u64 {
     assert!(key.slot <= MAX_SLOT, "more than 2^29 workers");
-    EventData::new_u64(u64::from(key.serial) << 32 | (key.slot as u64) << 3 | kind)
+    u64::from(key.serial) << 32 | (key.slot as u64) << 3 | kind
 }
 
-fn source(data: EventData) -> Source {
-    let data = data.u64();
+fn source(data: u64) -> Source {
     let key = Key {
         slot: ((data >> 3) as usize) & MAX_SLOT,
         serial: (data >> 32) as u32,
@@ -86,27 +81,19 @@ fn source(data: EventData) -> Source {
     }
 }
 
-/// The epoll set of one pool.
+/// The set of one pool.
 pub(crate) struct Watch {
-    epoll: OwnedFd,
-    events: Vec<Event>,
+    poller: Poller,
+    tokens: Vec<u64>,
 }
-
-/// Events taken per wait; more stay ready for the next turn.
-const EVENTS_PER_WAIT: usize = 1024;
 
 impl Watch {
     pub(crate) fn new(doorbell: BorrowedFd<'_>) -> io::Result<Watch> {
-        let epoll = epoll::create(CreateFlags::CLOEXEC)?;
-        epoll::add(
-            &epoll,
-            doorbell,
-            EventData::new_u64(DOORBELL),
-            EventFlags::IN,
-        )?;
+        let poller = Poller::new()?;
+        poller.add(doorbell, DOORBELL, Interest::Read)?;
         Ok(Watch {
-            epoll,
-            events: Vec::with_capacity(EVENTS_PER_WAIT),
+            poller,
+            tokens: Vec::new(),
         })
     }
 
@@ -119,7 +106,7 @@ impl Watch {
         if let Some(fd) = process.stderr_fd() {
             self.add(fd, token(STDERR, key))?;
         }
-        self.add(process.pidfd(), token(EXITED, key))
+        self.poller.watch_exit(process.handle(), token(EXITED, key))
     }
 
     /// Starts or stops watching a worker's request pipe for room. `watched`
@@ -136,11 +123,11 @@ impl Watch {
         let done = if want {
             self.add(fd, token(REQUESTS, key))
         } else {
-            epoll::delete(&self.epoll, fd).map_err(io::Error::from)
+            self.poller.delete(fd)
         };
         // Only fails for want of kernel memory: then the loop would miss a
         // wake-up, so say so loudly rather than hang.
-        done.expect("epoll_ctl on a request pipe");
+        done.expect("a request pipe in the poller's set");
         *watched = want;
     }
 
@@ -153,15 +140,15 @@ impl Watch {
         dying: Key,
     ) -> io::Result<()> {
         if let Some(fd) = process.replies() {
-            epoll::delete(&self.epoll, fd)?;
+            self.poller.delete(fd)?;
         }
         if let (true, Some(fd)) = (writes_watched, process.requests()) {
-            epoll::delete(&self.epoll, fd)?;
+            self.poller.delete(fd)?;
         }
         if let Some(fd) = process.stderr_fd() {
             self.modify(fd, token(DYING_STDERR, dying))?;
         }
-        self.modify(process.pidfd(), token(REAP, dying))
+        self.poller.rekey_exit(process.handle(), token(REAP, dying))
     }
 
     /// Takes a descriptor out of the set, before it is closed. Its file
@@ -169,15 +156,20 @@ impl Watch {
     /// would its registration, firing for a worker that is gone.
     pub(crate) fn unwatch(&self, fd: BorrowedFd<'_>) {
         // Fails only if it was not watched: nothing to undo then.
-        let _ = epoll::delete(&self.epoll, fd);
+        let _ = self.poller.delete(fd);
     }
 
-    fn add(&self, fd: BorrowedFd<'_>, data: EventData) -> io::Result<()> {
-        Ok(epoll::add(&self.epoll, fd, data, flags_for(data))?)
+    /// Stops watching a worker's exit, once it is reaped.
+    pub(crate) fn unwatch_exit(&self, process: &Process) {
+        self.poller.unwatch_exit(process.handle());
     }
 
-    fn modify(&self, fd: BorrowedFd<'_>, data: EventData) -> io::Result<()> {
-        Ok(epoll::modify(&self.epoll, fd, data, flags_for(data))?)
+    fn add(&self, fd: BorrowedFd<'_>, token: u64) -> io::Result<()> {
+        self.poller.add(fd, token, interest(token))
+    }
+
+    fn modify(&self, fd: BorrowedFd<'_>, token: u64) -> io::Result<()> {
+        self.poller.modify(fd, token, interest(token))
     }
 
     /// Waits until something is ready or `deadline` passes, and fills `ready`
@@ -189,67 +181,36 @@ impl Watch {
         before_sleep: impl FnOnce(),
         ready: &mut Vec<Source>,
     ) -> io::Result<()> {
-        let zero = Timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
         let sleep = deadline.map(|d| match d.checked_duration_since(Instant::now()) {
             // Round up so that we wake after the deadline, not just before.
-            Some(wait) if !wait.is_zero() => {
-                Timespec::try_from(wait + Duration::from_micros(50)).expect("deadline within range")
-            }
-            _ => zero,
+            Some(wait) if !wait.is_zero() => wait + Duration::from_micros(50),
+            _ => Duration::ZERO,
         });
-        self.take(Some(&zero))?;
-        if self.events.is_empty() && sleep != Some(zero) {
+        self.tokens.clear();
+        self.poller.wait(Some(Duration::ZERO), &mut self.tokens)?;
+        if self.tokens.is_empty() && sleep != Some(Duration::ZERO) {
             before_sleep();
-            match sleep {
-                // No deadline: epoll itself sleeps.
-                None => self.take(None)?,
-                Some(sleep) => {
-                    let mut fds = [PollFd::new(&self.epoll, PollFlags::IN)];
-                    retrying(|| rustix::event::poll(&mut fds, Some(&sleep)))?;
-                    self.take(Some(&zero))?;
-                }
-            }
+            self.poller.wait(sleep, &mut self.tokens)?;
         }
         ready.clear();
-        ready.extend(self.events.iter().map(|event| source(event.data)));
-        Ok(())
-    }
-
-    fn take(&mut self, timeout: Option<&Timespec>) -> io::Result<()> {
-        self.events.clear();
-        let epoll = self.epoll.as_fd();
-        let events = &mut self.events;
-        retrying(|| {
-            epoll::wait(epoll, rustix::buffer::spare_capacity(events), timeout).map(|_| 0)
-        })?;
+        ready.extend(self.tokens.iter().map(|&token| source(token)));
         Ok(())
     }
 }
 
 /// What a registration waits for: room in a request pipe, else input.
-fn flags_for(data: EventData) -> EventFlags {
-    if data.u64() & 7 == REQUESTS {
-        EventFlags::OUT
+fn interest(token: u64) -> Interest {
+    if token & 7 == REQUESTS {
+        Interest::Write
     } else {
-        EventFlags::IN
-    }
-}
-
-fn retrying(mut call: impl FnMut() -> rustix::io::Result<usize>) -> io::Result<usize> {
-    loop {
-        match call() {
-            Ok(n) => return Ok(n),
-            Err(Errno::INTR) => continue,
-            Err(e) => return Err(e.into()),
-        }
+        Interest::Read
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::os::fd::AsFd;
+
     use super::*;
 
     #[test]
@@ -262,7 +223,7 @@ mod tests {
         let key = Key { slot: 7, serial: 3 };
         assert_eq!(source(token(REQUESTS, key)), Source::Requests(key));
         assert_eq!(source(token(DYING_STDERR, key)), Source::DyingStderr(key));
-        assert_eq!(source(EventData::new_u64(DOORBELL)), Source::Doorbell);
+        assert_eq!(source(DOORBELL), Source::Doorbell);
     }
 
     /// What is ready now, without sleeping.

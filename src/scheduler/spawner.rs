@@ -272,6 +272,10 @@ mod tests {
     use crate::launch::Local;
 
     #[test]
+    #[cfg_attr(
+        not(buckshot_native),
+        ignore = "reply slots are memfds, which the portable backend has none of"
+    )]
     fn a_worker_is_told_its_parent_if_it_is_our_child_and_its_reply_slots() {
         let local = SpawnRequest::plain(Arc::new(Local));
         let slots = ReplySlots::create().unwrap();

@@ -36,6 +36,16 @@ pub fn skip(feature: &str, why: &str) {
     );
 }
 
+/// Whether this build runs the portable backend (`--cfg buckshot_portable`),
+/// which lacks what the calling test needs (`why`): then the test is
+/// skipped, and says so.
+pub fn portable_lacks(why: &str) -> bool {
+    if cfg!(buckshot_portable) {
+        skip("native", &format!("the portable backend has no {why}"));
+    }
+    cfg!(buckshot_portable)
+}
+
 /// Processes whose parent is this process, with their state letter
 /// (`Z` for a zombie).
 pub fn children() -> Vec<(u32, char)> {
