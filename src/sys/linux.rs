@@ -6,7 +6,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 
 use std::process::Child;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rustix::event::epoll::{self, CreateFlags, Event, EventData, EventFlags};
 use rustix::event::{EventfdFlags, PollFd, PollFlags, Timespec};
@@ -52,33 +52,9 @@ impl ChildHandle {
         rustix::process::pidfd_send_signal(&self.pidfd, Signal::KILL)
     }
 
-    /// Whether it exited (reaped or not).
-    pub(crate) fn has_exited(&self) -> bool {
-        !matches!(self.peek(), Ok(None))
-    }
-
     /// A descriptor that polls readable once it exits.
     pub(crate) fn exit_fd(&self) -> Option<BorrowedFd<'_>> {
         Some(self.pidfd.as_fd())
-    }
-
-    /// Waits until it exits (reaped or not), or `deadline`; whether it did.
-    pub(crate) fn wait_exit(&self, deadline: Instant) -> bool {
-        loop {
-            if self.has_exited() {
-                return true;
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return false;
-            }
-            let mut fds = [PollFd::new(&self.pidfd, PollFlags::IN)];
-            let timeout = Timespec::try_from(left).expect("a bound that fits");
-            match rustix::event::poll(&mut fds, Some(&timeout)) {
-                Ok(_) | Err(Errno::INTR) => {}
-                Err(_) => return false,
-            }
-        }
     }
 }
 

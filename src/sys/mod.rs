@@ -30,6 +30,41 @@ mod os;
 pub(crate) use imp::*;
 pub(crate) use os::*;
 
+impl ChildHandle {
+    /// Whether it exited (reaped or not).
+    pub(crate) fn has_exited(&self) -> bool {
+        !matches!(self.peek(), Ok(None))
+    }
+
+    /// Waits until it exits (reaped or not), or `deadline`; whether it did.
+    /// Without a descriptor that polls readable at its exit, it looks again
+    /// after 1 ms, then twice as long each time, up to 10 ms.
+    pub(crate) fn wait_exit(&self, deadline: std::time::Instant) -> bool {
+        use rustix::event::{PollFd, PollFlags, Timespec};
+        let mut pause = std::time::Duration::from_millis(1);
+        loop {
+            if self.has_exited() {
+                return true;
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            let Some(fd) = self.exit_fd() else {
+                std::thread::sleep(pause.min(left));
+                pause = (pause * 2).min(std::time::Duration::from_millis(10));
+                continue;
+            };
+            let mut fds = [PollFd::new(&fd, PollFlags::IN)];
+            let timeout = Timespec::try_from(left).expect("a bound that fits");
+            match rustix::event::poll(&mut fds, Some(&timeout)) {
+                Ok(_) | Err(rustix::io::Errno::INTR) => {}
+                Err(_) => return false,
+            }
+        }
+    }
+}
+
 /// What a registration in a [`Poller`] waits for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Interest {
@@ -115,11 +150,13 @@ mod tests {
 
     #[test]
     fn open_descriptors_are_counted() {
-        let before = open_fds();
-        let files: Vec<_> = (0..10)
+        // Other tests open and close descriptors meanwhile: only what this
+        // one holds (and stdio) is sure to be open.
+        let files: Vec<_> = (0..100)
             .map(|_| std::fs::File::open("/dev/null").unwrap())
             .collect();
-        assert!(open_fds() >= before + 10);
+        let counted = open_fds();
+        assert!(counted >= 103, "{counted}");
         drop(files);
     }
 
@@ -146,13 +183,18 @@ mod tests {
         assert!(!readable(bell.fd()), "one clear takes every ring");
     }
 
-    #[test]
-    fn a_child_is_seen_exiting_killed_and_reaped_once() {
-        let mut child = Command::new("sleep")
+    /// A child that runs until killed (or for 30 s).
+    fn sleeper() -> std::process::Child {
+        Command::new("sleep")
             .arg("30")
             .stdin(Stdio::null())
             .spawn()
-            .unwrap();
+            .unwrap()
+    }
+
+    #[test]
+    fn a_child_is_seen_exiting_killed_and_reaped_once() {
+        let mut child = sleeper();
         let handle = ChildHandle::open(&child).unwrap();
         assert!(matches!(handle.peek(), Ok(None)));
         assert!(!handle.wait_exit(Instant::now() + Duration::from_millis(30)));
@@ -173,11 +215,7 @@ mod tests {
         let mut poller = Poller::new().unwrap();
         let (read, write) = pipe_cloexec().unwrap();
         poller.add(read.as_fd(), 7, Interest::Read).unwrap();
-        let mut child = Command::new("sleep")
-            .arg("30")
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut child = sleeper();
         let handle = ChildHandle::open(&child).unwrap();
         poller.watch_exit(&handle, 42).unwrap();
         let mut ready = Vec::new();

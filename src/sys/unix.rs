@@ -67,32 +67,9 @@ impl ChildHandle {
         rustix::process::kill_process(self.pid, Signal::KILL)
     }
 
-    /// Whether it exited (reaped or not).
-    pub(crate) fn has_exited(&self) -> bool {
-        !matches!(self.peek(), Ok(None))
-    }
-
     /// None: nothing polls readable when it exits.
     pub(crate) fn exit_fd(&self) -> Option<BorrowedFd<'_>> {
         None
-    }
-
-    /// Waits until it exits (reaped or not), or `deadline`; whether it did.
-    /// Without a descriptor to wait on, it looks again after 1 ms, then
-    /// twice as long each time, up to 10 ms.
-    pub(crate) fn wait_exit(&self, deadline: Instant) -> bool {
-        let mut pause = Duration::from_millis(1);
-        loop {
-            if self.has_exited() {
-                return true;
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return false;
-            }
-            std::thread::sleep(pause.min(left));
-            pause = (pause * 2).min(Duration::from_millis(10));
-        }
     }
 }
 
@@ -109,7 +86,8 @@ impl ChildHandle {
 /// a second, however many workers it has. A busy pool (a wait that found
 /// descriptors ready) looks at every child every [`BUSY_SWEEP`] (more,
 /// with many): a worker that died while a child it forked floods its reply
-/// pipe is not read from for a second. No SIGCHLD handler: buckshot lives inside other people's programs.
+/// pipe is not read from for a second. No SIGCHLD handler: buckshot lives
+/// inside other people's programs.
 pub(crate) struct Poller {
     poller: polling::Poller,
     events: Events,
