@@ -397,7 +397,9 @@ fn ssh_workers() -> usize {
         .filter(|&(pid, _)| {
             let command = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
             let command = String::from_utf8_lossy(&command);
-            command.starts_with("ssh\0") && command.contains("__BUCKSHOT_WORKER=")
+            // Started as `/usr/bin/ssh` (the program found in PATH).
+            let program = command.split('\0').next().unwrap_or_default();
+            program.rsplit('/').next() == Some("ssh") && command.contains("__BUCKSHOT_WORKER=")
         })
         .count()
 }
