@@ -364,12 +364,16 @@ impl SshLaunch {
                 ));
             }
         };
-        let stdout = child.stdout.take().expect("piped");
+        // Kept open with it: a line the login scripts print first must not
+        // make what follows fail with a broken pipe.
+        let mut stdout = child.stdout.take().expect("piped");
+        let line = first_line(&mut stdout, Instant::now() + HELPER_BOUND);
+        child.stdout = Some(stdout);
         let master = Master {
             dir,
             child: Mutex::new(Some(child)),
         };
-        match first_line(stdout, Instant::now() + HELPER_BOUND) {
+        match line {
             Ok(Some(line)) => Ok((master, line)),
             Ok(None) => {
                 let status = master.stop();
@@ -563,7 +567,7 @@ fn private_dir() -> std::io::Result<PathBuf> {
 /// The first line `stdout` gives before `deadline`, without its newline;
 /// `None` if it ends first. Fails with [`std::io::ErrorKind::TimedOut`]
 /// at the deadline.
-fn first_line(mut stdout: ChildStdout, deadline: Instant) -> std::io::Result<Option<String>> {
+fn first_line(stdout: &mut ChildStdout, deadline: Instant) -> std::io::Result<Option<String>> {
     let mut line = Vec::new();
     let mut buf = [0u8; 256];
     loop {
@@ -574,7 +578,7 @@ fn first_line(mut stdout: ChildStdout, deadline: Instant) -> std::io::Result<Opt
                 format!("no answer within {HELPER_BOUND:?}"),
             ));
         }
-        let mut fds = [PollFd::new(&stdout, PollFlags::IN)];
+        let mut fds = [PollFd::new(&*stdout, PollFlags::IN)];
         let timeout = Timespec::try_from(left).expect("a bound that fits");
         match rustix::event::poll(&mut fds, Some(&timeout)) {
             Ok(0) | Err(Errno::INTR) => continue,
@@ -668,8 +672,8 @@ impl Launch for SshLaunch {
             present = match line.as_str() {
                 PRESENT => Some(true),
                 ABSENT => Some(false),
-                READY => None,
-                // A login script that prints something first: asked again.
+                // Nothing checked, or a login script that printed a line
+                // first: then `ship` asks again.
                 _ => None,
             };
             let _ = self.master.set(master);
