@@ -555,7 +555,7 @@ fn the_master_ends_when_its_pools_process_is_killed() {
         assert_eq!(pool.map(square, 0..4u64).unwrap().count(), 4);
         let found = masters(port);
         assert_eq!(found.len(), 1, "{found:?}");
-        println!("master {}", found[0].0);
+        println!("master {} {}", found[0].0, found[0].1);
         common::hang();
     }
     let _one = serialised();
@@ -573,10 +573,13 @@ fn the_master_ends_when_its_pools_process_is_killed() {
         .spawn()
         .unwrap();
     let stdout = std::io::BufReader::new(killed.stdout.take().unwrap());
-    let master: u32 = common::within("the pool's process says its master", move || {
+    let (master, socket) = common::within("the pool's process says its master", move || {
         std::io::BufRead::lines(stdout)
             .map(Result::unwrap)
-            .find_map(|line| line.strip_prefix("master ").map(|pid| pid.parse().unwrap()))
+            .find_map(|line| {
+                let (pid, socket) = line.strip_prefix("master ")?.split_once(' ')?;
+                Some((pid.parse::<u32>().unwrap(), socket.to_owned()))
+            })
             .expect("the pool's process ended first")
     });
     common::kill9(killed.id());
@@ -587,4 +590,9 @@ fn the_master_ends_when_its_pools_process_is_killed() {
         common::exits_within(master, common::KILL_BOUND),
         "master {master} outlived its pool's process"
     );
+    // The directory it left is removed when the next pool opens its own.
+    let dir = std::path::Path::new(&socket).parent().unwrap().to_owned();
+    assert!(dir.exists(), "{}", dir.display());
+    drop(Pool::builder().workers(sshd.launcher(), 1).build().unwrap());
+    assert!(!dir.exists(), "{} is left", dir.display());
 }

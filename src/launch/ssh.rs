@@ -20,8 +20,9 @@
 //! with it. It ends with the pool: killed when the pool shuts down, and if
 //! the pool's process dies first, its session reads the end of its input
 //! (a pipe only we hold) and ends, and the master exits once the workers'
-//! sessions have ended too (each worker ends with its request stream). A
-//! host allows 10 sessions per connection by default (sshd's
+//! sessions have ended too (each worker ends with its request stream);
+//! its directory is then removed by the next pool of this user that opens
+//! one. A host allows 10 sessions per connection by default (sshd's
 //! `MaxSessions`; the master's own is one of them): `ssh` opens a
 //! connection of its own for a worker past that, and says so on its
 //! stderr. If the user set `ControlMaster`, `ControlPath` or
@@ -550,6 +551,7 @@ fn private_dir() -> std::io::Result<PathBuf> {
         .map(PathBuf::from)
         .filter(|dir| dir.is_absolute() && dir.as_os_str().len() <= 64 && dir.is_dir())
         .unwrap_or_else(|| PathBuf::from("/tmp"));
+    sweep(&base);
     loop {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let dir = base.join(format!("buckshot-ssh-{}-{n}", std::process::id()));
@@ -560,6 +562,34 @@ fn private_dir() -> std::io::Result<PathBuf> {
             Ok(()) => return Ok(dir),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
             Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Removes the directories that processes of this user left in `base`
+/// when they were killed (their masters have exited since: see the
+/// module's note): those named for a pid that no process has.
+fn sweep(base: &std::path::Path) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return;
+    };
+    let uid = rustix::process::getuid().as_raw();
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|name| name.strip_prefix("buckshot-ssh-"))
+            .and_then(|rest| rest.split_once('-'))
+            .and_then(|(pid, _)| pid.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let gone = rustix::process::Pid::from_raw(pid)
+            .is_some_and(|pid| rustix::process::test_kill_process(pid) == Err(Errno::SRCH));
+        let ours = entry.metadata().is_ok_and(|m| m.is_dir() && m.uid() == uid);
+        if gone && ours {
+            let _ = std::fs::remove_dir_all(entry.path());
         }
     }
 }
