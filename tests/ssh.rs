@@ -2,9 +2,10 @@
 //! they are skipped where openssh-server is not installed): results equal
 //! to serial, the binary shipped once per content hash, timeouts and drops
 //! that leave nothing running on the host, a killed worker or session that
-//! fails its input alone, an unreachable host named at start-up, a remote
-//! program run by its path whatever the path holds, and no more workers
-//! starting at once than sshd takes.
+//! fails its input alone (a killed connection, those of its workers), an
+//! unreachable host named at start-up, a remote program run by its path
+//! whatever the path holds, no more workers starting at once than sshd
+//! takes, and one connection per pool, whose master ends with the pool.
 //!
 //! The tests share the host's binary cache, and one of them empties it:
 //! they run one at a time.
@@ -235,7 +236,8 @@ fn a_killed_worker_or_session_fails_its_input_alone() {
             (results, pool)
         });
         let worker = rendezvous.wait();
-        // The worker itself, or the sshd process serving its session.
+        // The worker itself, or the sshd process serving its session:
+        // the pool's one connection, which serves both workers' sessions.
         let victim = if kill_the_session {
             parent_of(worker)
         } else {
@@ -250,7 +252,15 @@ fn a_killed_worker_or_session_fails_its_input_alone() {
             results[0]
         );
         for (x, result) in results.iter().enumerate().skip(1) {
-            assert_eq!(*result.as_ref().unwrap(), x as u64);
+            match result {
+                Ok(y) => assert_eq!(*y, x as u64),
+                // What the other worker ran when the connection went.
+                Err(Error::WorkerDied { .. }) if kill_the_session => {}
+                Err(e) => panic!("input {x}: {e:?}"),
+            }
+        }
+        if !kill_the_session {
+            assert!(results[1..].iter().all(Result::is_ok), "not alone");
         }
         assert!(
             common::exits_within(worker, GONE_BOUND),
@@ -387,7 +397,9 @@ fn ssh_workers() -> usize {
         .filter(|&(pid, _)| {
             let command = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
             let command = String::from_utf8_lossy(&command);
-            command.starts_with("ssh\0") && command.contains("__BUCKSHOT_WORKER=")
+            // Started as `/usr/bin/ssh` (the program found in PATH).
+            let program = command.split('\0').next().unwrap_or_default();
+            program.rsplit('/').next() == Some("ssh") && command.contains("__BUCKSHOT_WORKER=")
         })
         .count()
 }
@@ -453,4 +465,134 @@ fn no_more_workers_start_at_once_than_sshd_takes() {
         squares
     });
     assert_eq!(squares, (0..1000u64).map(|x| x * x).collect::<Vec<_>>());
+}
+
+/// Our `ssh` masters that reach `port`, by pid, with their control
+/// socket's path.
+fn masters(port: u16) -> Vec<(u32, String)> {
+    common::children()
+        .into_iter()
+        .filter_map(|(pid, _)| {
+            let command = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let words: Vec<String> = command
+                .split(|&b| b == 0)
+                .map(|w| String::from_utf8_lossy(w).into_owned())
+                .collect();
+            // Started as `/usr/bin/ssh` (the program found in PATH).
+            let is_master = words
+                .first()
+                .is_some_and(|w| w.rsplit('/').next() == Some("ssh"))
+                && words.iter().any(|w| w == "ControlMaster=yes")
+                && words
+                    .windows(2)
+                    .any(|w| w[0] == "-p" && w[1] == port.to_string());
+            let path = words.iter().find_map(|w| w.strip_prefix("ControlPath="))?;
+            is_master.then(|| (pid, path.to_owned()))
+        })
+        .collect()
+}
+
+#[test]
+fn a_pool_logs_in_once_and_its_master_ends_with_it() {
+    let _one = serialised();
+    let Some(sshd) = sshd::Sshd::start() else {
+        return;
+    };
+    // Shipped (or found) by a pool of its own: the pool below logs in
+    // once for its check, its 4 workers and their remote kills.
+    drop(Pool::builder().workers(sshd.launcher(), 1).build().unwrap());
+    let before = sshd.logins();
+    let pool = Pool::builder()
+        .workers(sshd.launcher(), 4)
+        .forward_stderr(false)
+        .build()
+        .unwrap();
+    let found = masters(sshd.port);
+    assert_eq!(found.len(), 1, "{found:?}");
+    let (master, socket) = found[0].clone();
+    let dir = std::path::Path::new(&socket).parent().unwrap().to_owned();
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&dir).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o700, "{}", dir.display());
+    assert!(socket.len() < 100, "{socket}");
+    let pool = common::within("all 4 workers serve", move || {
+        let mut served = std::collections::HashSet::new();
+        while served.len() < 4 {
+            served.extend(
+                pool.map(pid_after_nap, [50; 8])
+                    .unwrap()
+                    .map(Result::unwrap),
+            );
+        }
+        pool
+    });
+    // The drop kills the 4 workers on the host too, through the master.
+    drop(pool);
+    assert_eq!(sshd.logins() - before, 1, "logins");
+    assert!(
+        !std::path::Path::new(&format!("/proc/{master}")).exists(),
+        "master {master} outlived its pool"
+    );
+    assert!(!dir.exists(), "{} outlived its pool", dir.display());
+}
+
+/// Set in this binary run as a process that makes a pool over ssh and is
+/// killed: the address of the sshd ([`sshd::Sshd::address`]).
+const KILLED_ENV: &str = "BUCKSHOT_TEST_SSH_KILLED";
+
+#[test]
+fn the_master_ends_when_its_pools_process_is_killed() {
+    if let Ok(address) = std::env::var(KILLED_ENV) {
+        // The process to kill: a pool whose workers have served, then
+        // the pid of its master, then nothing.
+        let launcher = sshd::Sshd::launcher_to(&address);
+        let port = address.split('\t').nth(1).unwrap().parse().unwrap();
+        let pool = Pool::builder()
+            .workers(launcher, 2)
+            .forward_stderr(false)
+            .build()
+            .unwrap();
+        assert_eq!(pool.map(square, 0..4u64).unwrap().count(), 4);
+        let found = masters(port);
+        assert_eq!(found.len(), 1, "{found:?}");
+        println!("master {} {}", found[0].0, found[0].1);
+        common::hang();
+    }
+    let _one = serialised();
+    let Some(sshd) = sshd::Sshd::start() else {
+        return;
+    };
+    let mut killed = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "the_master_ends_when_its_pools_process_is_killed",
+            "--nocapture",
+        ])
+        .env(KILLED_ENV, sshd.address())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = std::io::BufReader::new(killed.stdout.take().unwrap());
+    let (master, socket) = common::within("the pool's process says its master", move || {
+        std::io::BufRead::lines(stdout)
+            .map(Result::unwrap)
+            .find_map(|line| {
+                let (pid, socket) = line.strip_prefix("master ")?.split_once(' ')?;
+                Some((pid.parse::<u32>().unwrap(), socket.to_owned()))
+            })
+            .expect("the pool's process ended first")
+    });
+    common::kill9(killed.id());
+    killed.wait().unwrap();
+    // Its session's input ends with the process, and the workers' sessions
+    // with their request streams: then the master exits.
+    assert!(
+        common::exits_within(master, common::KILL_BOUND),
+        "master {master} outlived its pool's process"
+    );
+    // The directory it left is removed when the next pool opens its own.
+    let dir = std::path::Path::new(&socket).parent().unwrap().to_owned();
+    assert!(dir.exists(), "{}", dir.display());
+    drop(Pool::builder().workers(sshd.launcher(), 1).build().unwrap());
+    assert!(!dir.exists(), "{} is left", dir.display());
 }

@@ -1,7 +1,9 @@
 //! Hosts and connections that fail the ssh launcher, against a private
 //! sshd on 127.0.0.1 (the tests say they are skipped where openssh-server
 //! is not installed): a host that accepts a connection and never speaks
-//! fails the build within ssh's default connect timeout; a connection that
+//! fails the build within ssh's default connect timeout, and one that
+//! stops after its greeting, where ssh waits for ever, within the
+//! launcher's own bound; a connection that
 //! goes silent mid-task fails its input, and the remote kill sent through
 //! it does not outlive the pool; a remote program that cannot start is
 //! tried exactly as often as the start-up failure limit says, ever more
@@ -144,6 +146,72 @@ fn a_host_that_never_speaks_fails_the_build_and_is_named() {
     }
     assert!(took >= CONNECT_TIMEOUT, "gave up after {took:?}");
     drop(silent);
+}
+
+/// How long the launcher waits for its connection to the host (the
+/// helper bound).
+const SETUP_BOUND: Duration = Duration::from_secs(60);
+
+#[test]
+fn a_host_that_stops_after_its_greeting_fails_the_build_within_a_bound() {
+    // It greets as sshd does, then says nothing more: with no probes
+    // (`ServerAliveInterval=0`) ssh waits in the key exchange for ever,
+    // and only the launcher's bound ends the wait.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let stop = Arc::new(AtomicBool::new(false));
+    let stopped = Arc::clone(&stop);
+    let greeter = std::thread::spawn(move || {
+        let mut kept = Vec::new();
+        for client in listener.incoming() {
+            if stopped.load(Ordering::SeqCst) {
+                return;
+            }
+            let Ok(mut client) = client else { continue };
+            let _ = client.write_all(b"SSH-2.0-OpenSSH_9.2\r\n");
+            kept.push(client);
+        }
+    });
+    let started = Instant::now();
+    let result = common::within_for(
+        "the build against a host that stops after its greeting",
+        SETUP_BOUND + Duration::from_secs(30),
+        move || {
+            Pool::builder()
+                .workers(
+                    Launcher::ssh("nobody@127.0.0.1")
+                        .port(port)
+                        .ssh_config("/dev/null")
+                        .ssh_option("ServerAliveInterval", "0"),
+                    1,
+                )
+                .build()
+        },
+    );
+    let took = started.elapsed();
+    match result {
+        Err(error @ Error::Launcher { .. }) => assert_eq!(
+            error.to_string(),
+            format!(
+                "a launcher could not get ready: ssh nobody@127.0.0.1: no answer within {SETUP_BOUND:?}"
+            )
+        ),
+        other => panic!("{other:?}"),
+    }
+    assert!(took >= SETUP_BOUND, "gave up after {took:?}");
+    // Its ssh is killed and reaped.
+    let left: Vec<u32> = common::children()
+        .into_iter()
+        .map(|(pid, _)| pid)
+        .filter(|pid| {
+            let command = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            String::from_utf8_lossy(&command).contains(&port.to_string())
+        })
+        .collect();
+    assert!(left.is_empty(), "{left:?} outlived the build");
+    stop.store(true, Ordering::SeqCst);
+    let _ = TcpStream::connect(("127.0.0.1", port));
+    greeter.join().unwrap();
 }
 
 /// The local `ssh` processes of ours that send a remote kill through

@@ -7,7 +7,7 @@
 //!
 //! `cargo bench -p buckshot-bench` runs every section;
 //! `cargo bench -p buckshot-bench -- NAME...` runs some (tiny, sizes,
-//! uneven, startup, fresh, wide, payload, streaming, isolation; and
+//! uneven, startup, fresh, wide, payload, streaming, isolation, ssh; and
 //! context, which is only run when named, for it takes minutes). With
 //! `--csv PATH` the task-size sweep is also written as CSV for the chart
 //! (cargo runs benchmarks in `bench/`: give an absolute path).
@@ -19,6 +19,8 @@ use std::time::{Duration, Instant};
 
 use buckshot::Pool;
 use serde_bytes::ByteBuf;
+
+mod ssh;
 
 const PROCESSES: usize = 2;
 
@@ -134,7 +136,7 @@ fn main() {
     if wanted("sizes") {
         sizes(csv.as_deref());
     }
-    let sections: [(&str, fn()); 8] = [
+    let sections: [(&str, fn()); 9] = [
         ("uneven", uneven),
         ("startup", startup),
         ("fresh", fresh),
@@ -143,6 +145,7 @@ fn main() {
         ("codec", codec),
         ("streaming", streaming),
         ("isolation", isolation),
+        ("ssh", ssh::ssh),
     ];
     for (name, section) in sections {
         if wanted(name) {

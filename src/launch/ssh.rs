@@ -9,6 +9,27 @@
 //! on the command line (ssh passes almost no environment), and every word
 //! is quoted for the remote shell.
 //!
+//! One connection serves them all: a login (TCP, key exchange and
+//! authentication) took 0.5-0.7 s on a loaded 2-core machine, a session
+//! through an open connection 0.3 s, most of it the remote shell's start.
+//! So `build()` opens one `ssh` master per pool and host ([`Master`]),
+//! whose own session checks for the cached binary; the upload, every
+//! worker and the remote kills are sessions of its (`ControlPath`). Its
+//! control socket lives in a private directory of ours (mode 0700, under
+//! `$XDG_RUNTIME_DIR` or `/tmp`: a socket's path must be short), removed
+//! with it. It ends with the pool: killed when the pool shuts down, and if
+//! the pool's process dies first, its session reads the end of its input
+//! (a pipe only we hold) and ends, and the master exits once the workers'
+//! sessions have ended too (each worker ends with its request stream);
+//! its directory is then removed by the next pool of this user that opens
+//! one. A host allows 10 sessions per connection by default (sshd's
+//! `MaxSessions`; the master's own is one of them): `ssh` opens a
+//! connection of its own for a worker past that, and says so on its
+//! stderr. If the user set `ControlMaster`, `ControlPath` or
+//! `ControlPersist` (with [`Ssh::ssh_option`] or in a configuration file),
+//! their multiplexing is used as they set it, and the pool opens no master
+//! of its own.
+//!
 //! Killing the local `ssh` does not end a busy remote process (measured:
 //! still running seconds later), so a worker the pool gives up on is also
 //! killed on the host, by the pid it announced, with its process group
@@ -23,18 +44,23 @@
 //! and never speaks), and `ServerAliveInterval` with
 //! `ServerAliveCountMax` ends a session whose connection went silent, so
 //! that its worker's input fails with `WorkerDied` instead of hanging. The
-//! commands run besides the workers (the check for a cached binary, the
-//! upload, remote kills) have deadlines of their own and end with the
-//! pool ([`super::helpers`]).
+//! commands run besides the workers (the master until it is ready, the
+//! check for a cached binary, the upload, remote kills) have deadlines of
+//! their own and end with the pool ([`super::helpers`]).
 
 use std::ffi::{OsStr, OsString};
 use std::io::Read;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::{Duration, Instant};
+
+use rustix::event::{PollFd, PollFlags, Timespec};
+use rustix::io::Errno;
 
 use sha2::{Digest, Sha256};
 
@@ -69,6 +95,15 @@ use crate::handoff::Handoff;
 /// (the binary is copied as it is). Host keys are checked as `ssh` checks
 /// them; `BatchMode=yes` is set, so a host that would ask for a password
 /// fails at start-up instead.
+///
+/// A pool logs in to the host once: its workers, the upload of the
+/// binary and the remote kills are sessions of one `ssh` master
+/// connection, which ends with the pool (unless `ControlMaster`,
+/// `ControlPath` or `ControlPersist` is set, with
+/// [`ssh_option`](Ssh::ssh_option) or in an ssh configuration file: then
+/// `ssh` multiplexes as they say). Past sshd's `MaxSessions` (10 by
+/// default, the master's own session among them), a worker logs in on
+/// its own.
 ///
 /// Unless set with [`ssh_option`](Ssh::ssh_option) or in an ssh
 /// configuration file, these are set: `ConnectTimeout=10` (a host that
@@ -129,8 +164,7 @@ impl Ssh {
     /// Runs the program at `path` on the host instead of shipping this one
     /// (a shared file system, or a copy installed there). It must be the
     /// same build: the handshake refuses another protocol or task table,
-    /// but cannot tell apart two builds with the same tasks. The host is
-    /// then first contacted by the workers, not by `build()`.
+    /// but cannot tell apart two builds with the same tasks.
     pub fn remote_program(mut self, path: impl Into<String>) -> Self {
         self.remote_program = Some(path.into());
         self
@@ -183,6 +217,14 @@ const DEFAULTS: [(&str, &str, &str); 3] = [
     ("ServerAliveCountMax", "3", "3"),
 ];
 
+/// The options that make the user's own multiplexing, with ssh's default
+/// as `ssh -G` prints it (`ControlPath` is not printed unless set).
+const MULTIPLEXING: [(&str, Option<&str>); 3] = [
+    ("ControlMaster", Some("false")),
+    ("ControlPath", None),
+    ("ControlPersist", Some("no")),
+];
+
 impl From<Ssh> for Launcher {
     fn from(ssh: Ssh) -> Launcher {
         Launcher::from_launch(SshLaunch::new(ssh))
@@ -198,6 +240,9 @@ struct SshLaunch {
     program: OnceLock<String>,
     /// Which of [`DEFAULTS`] apply to this host; set by `prepare`.
     defaults: OnceLock<Vec<(&'static str, &'static str)>>,
+    /// The connection the pool's `ssh` commands share, unless the user
+    /// multiplexes their own way; set by `prepare`, ended with the pool.
+    master: OnceLock<Master>,
     /// The remote kills under way.
     helpers: Helpers,
 }
@@ -211,45 +256,137 @@ impl SshLaunch {
             ssh,
             program: OnceLock::new(),
             defaults: OnceLock::new(),
+            master: OnceLock::new(),
             helpers: Helpers::default(),
         }
     }
 
-    /// `ssh` with every option, up to and including the destination.
+    /// `ssh` with every option, up to and including the destination:
+    /// through the master, if there is one.
     fn ssh(&self) -> Command {
-        let defaults = self.defaults.get().map_or(&[][..], Vec::as_slice);
+        let mut options = self.defaults.get().cloned().unwrap_or_default();
+        let path;
+        if let Some(master) = self.master.get() {
+            path = master.socket().to_string_lossy().into_owned();
+            options.extend([("ControlMaster", "no"), ("ControlPath", path.as_str())]);
+        }
         let mut command = Command::new("ssh");
-        command.args(self.ssh.args("yes", defaults));
+        command.args(self.ssh.args("yes", &options));
         command
+    }
+
+    /// The options in force for the host, as `ssh -G` prints them; empty
+    /// if it fails.
+    fn in_force(&self) -> InForce {
+        let mut resolve = Command::new("ssh");
+        resolve
+            .arg("-G")
+            .args(self.ssh.args("no", &[]))
+            .stdin(Stdio::null());
+        InForce(
+            run_bounded(&mut resolve, HELPER_BOUND)
+                .ok()
+                .filter(|output| output.status.success())
+                .map(|output| String::from_utf8_lossy(&output.stdout).into_owned())
+                .unwrap_or_default(),
+        )
     }
 
     /// Which of [`DEFAULTS`] apply: those the user set neither with
     /// `ssh_option` nor in a configuration file (where `ssh -G`, which
     /// prints the options in force for the host, shows ssh's own value).
     /// If `ssh -G` fails, all that the user did not set with `ssh_option`.
+    #[cfg(test)]
     fn defaults(&self) -> Vec<(&'static str, &'static str)> {
-        let mut resolve = Command::new("ssh");
-        resolve
-            .arg("-G")
-            .args(self.ssh.args("no", &[]))
-            .stdin(Stdio::null());
-        let in_force = run_bounded(&mut resolve, HELPER_BOUND)
-            .ok()
-            .filter(|output| output.status.success())
-            .map(|output| String::from_utf8_lossy(&output.stdout).into_owned())
-            .unwrap_or_default();
-        let value_of = |key: &str| {
-            in_force.lines().find_map(|line| {
-                let (k, v) = line.split_once(' ')?;
-                k.eq_ignore_ascii_case(key).then(|| v.trim())
-            })
-        };
+        self.defaults_in(&self.in_force())
+    }
+
+    fn defaults_in(&self, in_force: &InForce) -> Vec<(&'static str, &'static str)> {
         DEFAULTS
             .iter()
             .filter(|(key, _, _)| !self.ssh.sets(key))
-            .filter(|(key, _, ssh_default)| value_of(key).is_none_or(|v| v == *ssh_default))
+            .filter(|(key, _, ssh_default)| {
+                in_force.value_of(key).is_none_or(|v| v == *ssh_default)
+            })
             .map(|&(key, ours, _)| (key, ours))
             .collect()
+    }
+
+    /// Whether the user multiplexes connections their own way: set one of
+    /// [`MULTIPLEXING`] with `ssh_option` or in a configuration file.
+    fn users_multiplexing(&self, in_force: &InForce) -> bool {
+        MULTIPLEXING.iter().any(|&(key, ssh_default)| {
+            self.ssh.sets(key)
+                || in_force
+                    .value_of(key)
+                    .is_some_and(|v| Some(v) != ssh_default)
+        })
+    }
+
+    /// Opens the master connection, whose session runs `script` (which
+    /// prints one line, then waits for the end of its input); the master
+    /// and that line, or why not. Bounded by [`HELPER_BOUND`].
+    fn open_master(&self, script: &str) -> Result<(Master, String), String> {
+        let dir = private_dir()
+            .map_err(|e| format!("could not create a directory for ssh's control socket: {e}"))?;
+        let socket = dir.join(SOCKET);
+        let socket = socket.to_string_lossy();
+        let log = std::fs::File::create(dir.join(MASTER_LOG)).map_err(|e| {
+            let _ = std::fs::remove_dir_all(&dir);
+            format!("could not create ssh's log: {e}")
+        })?;
+        let mut options = self.defaults.get().cloned().unwrap_or_default();
+        options.extend([
+            ("ControlMaster", "yes"),
+            ("ControlPath", &*socket),
+            ("ControlPersist", "no"),
+        ]);
+        let mut command = Command::new("ssh");
+        command.args(self.ssh.args("yes", &options)).arg(script);
+        // Its program is not ours: it would keep the descriptors of this
+        // process open as long as it runs.
+        let mut command = crate::inherit::through_this_binary(command).map_err(|e| {
+            let _ = std::fs::remove_dir_all(&dir);
+            format!("ssh {}: could not run ssh: {e}", self.ssh.destination)
+        })?;
+        let spawned = command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .process_group(0)
+            .spawn();
+        let mut child = match spawned {
+            Ok(child) => child,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(format!(
+                    "ssh {}: could not run ssh: {e}",
+                    self.ssh.destination
+                ));
+            }
+        };
+        // Kept open with it: a line the login scripts print first must not
+        // make what follows fail with a broken pipe.
+        let mut stdout = child.stdout.take().expect("piped");
+        let line = first_line(&mut stdout, Instant::now() + HELPER_BOUND);
+        child.stdout = Some(stdout);
+        let master = Master {
+            dir,
+            child: Mutex::new(Some(child)),
+        };
+        match line {
+            Ok(Some(line)) => Ok((master, line)),
+            Ok(None) => {
+                let status = master.stop();
+                let log = std::fs::read(master.dir.join(MASTER_LOG)).unwrap_or_default();
+                Err(self.failure(&std::process::Output {
+                    status: status.unwrap_or_default(),
+                    stdout: Vec::new(),
+                    stderr: log,
+                }))
+            }
+            Err(e) => Err(format!("ssh {}: {e}", self.ssh.destination)),
+        }
     }
 
     /// Runs `script` on the host with `stdin`, for at most `bound`; its
@@ -280,19 +417,28 @@ impl SshLaunch {
     }
 
     /// Ships this binary to the host unless a copy of the same content is
-    /// there; returns the remote program.
-    fn ship(&self) -> Result<String, String> {
+    /// there; returns the remote program. `present`: whether it is, if
+    /// known (the master's session checked).
+    fn ship(&self, present: Option<bool>) -> Result<String, String> {
         let (hash, size) = binary_hash().map_err(|e| format!("could not read this binary: {e}"))?;
         let program = format!("{REMOTE_CACHE}/{hash}");
-        let present = self.run(
-            &sh(&format!("test -x {program}")),
-            Stdio::null(),
-            HELPER_BOUND,
-        )?;
-        match present.status.code() {
-            Some(0) => return Ok(program),
-            Some(1) => {}
-            _ => return Err(self.failure(&present)),
+        let present = match present {
+            Some(present) => present,
+            None => {
+                let present = self.run(
+                    &sh(&format!("test -x {program}")),
+                    Stdio::null(),
+                    HELPER_BOUND,
+                )?;
+                match present.status.code() {
+                    Some(0) => true,
+                    Some(1) => false,
+                    _ => return Err(self.failure(&present)),
+                }
+            }
+        };
+        if present {
+            return Ok(program);
         }
         // The bytes hashed: on Linux `/proc/self/exe` is the running binary
         // even if the file at its path was rebuilt since.
@@ -314,6 +460,174 @@ impl SshLaunch {
         }
         tracing::debug!(host = %self.ssh.destination, %hash, "binary shipped");
         Ok(program)
+    }
+}
+
+/// The options in force for a host, as `ssh -G` prints them: one
+/// `key value` a line, keys in lower case.
+struct InForce(String);
+
+impl InForce {
+    fn value_of(&self, key: &str) -> Option<&str> {
+        self.0.lines().find_map(|line| {
+            let (k, v) = line.split_once(' ')?;
+            k.eq_ignore_ascii_case(key).then(|| v.trim())
+        })
+    }
+}
+
+/// The control socket's name in the master's directory.
+const SOCKET: &str = "s";
+/// Where the master writes its stderr, in its directory: read for the
+/// reason it failed, if it does.
+const MASTER_LOG: &str = "log";
+/// What the master's session prints when the cached binary is there, or
+/// not, or when nothing was checked.
+const PRESENT: &str = "present";
+const ABSENT: &str = "absent";
+const READY: &str = "ready";
+
+/// One pool's connection to its host, shared by its `ssh` commands: an
+/// `ssh` master, our child, leading its own process group, and the
+/// private directory of its control socket. See the module's note.
+#[derive(Debug)]
+struct Master {
+    dir: PathBuf,
+    /// Until ended. Holds its stdin: its session ends when that closes.
+    child: Mutex<Option<Child>>,
+}
+
+impl Master {
+    fn socket(&self) -> PathBuf {
+        self.dir.join(SOCKET)
+    }
+
+    /// Kills it (a connection has nothing to finish once the pool's
+    /// workers are killed) and reaps it; how it exited, if it still ran.
+    fn stop(&self) -> Option<std::process::ExitStatus> {
+        let child = self
+            .child
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        child.and_then(|mut child| {
+            // Not reaped yet: the group's id is still ours.
+            super::kill_group(child.id());
+            child.wait().ok()
+        })
+    }
+
+    /// Stops it and removes its directory.
+    fn end(&self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+
+    /// Reaps it if it has exited (its connection failed): sessions
+    /// started since connect on their own.
+    fn reap_if_exited(&self) {
+        let mut child = self.child.lock().unwrap_or_else(PoisonError::into_inner);
+        if child
+            .as_mut()
+            .is_some_and(|c| !matches!(c.try_wait(), Ok(None)))
+        {
+            *child = None;
+        }
+    }
+}
+
+impl Drop for Master {
+    fn drop(&mut self) {
+        self.end();
+    }
+}
+
+/// A new directory that only this user can enter, with a short path (a
+/// socket's path must fit in 108 bytes): under `$XDG_RUNTIME_DIR` if that
+/// is set and short, else under `/tmp`.
+fn private_dir() -> std::io::Result<PathBuf> {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let base = std::env::var_os("XDG_RUNTIME_DIR")
+        .map(PathBuf::from)
+        .filter(|dir| dir.is_absolute() && dir.as_os_str().len() <= 64 && dir.is_dir())
+        .unwrap_or_else(|| PathBuf::from("/tmp"));
+    sweep(&base);
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let dir = base.join(format!("buckshot-ssh-{}-{n}", std::process::id()));
+        // Created by us, 0700 (a umask only takes bits away): nobody else
+        // can reach the socket in it. A name taken (a stale directory of
+        // a process that had this pid) is skipped.
+        match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Removes the directories that processes of this user left in `base`
+/// when they were killed (their masters have exited since: see the
+/// module's note): those named for a pid that no process has.
+fn sweep(base: &std::path::Path) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return;
+    };
+    let uid = rustix::process::getuid().as_raw();
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|name| name.strip_prefix("buckshot-ssh-"))
+            .and_then(|rest| rest.split_once('-'))
+            .and_then(|(pid, _)| pid.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let gone = rustix::process::Pid::from_raw(pid)
+            .is_some_and(|pid| rustix::process::test_kill_process(pid) == Err(Errno::SRCH));
+        let ours = entry.metadata().is_ok_and(|m| m.is_dir() && m.uid() == uid);
+        if gone && ours {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+/// The first line `stdout` gives before `deadline`, without its newline;
+/// `None` if it ends first. Fails with [`std::io::ErrorKind::TimedOut`]
+/// at the deadline.
+fn first_line(stdout: &mut ChildStdout, deadline: Instant) -> std::io::Result<Option<String>> {
+    let mut line = Vec::new();
+    let mut buf = [0u8; 256];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no answer within {HELPER_BOUND:?}"),
+            ));
+        }
+        let mut fds = [PollFd::new(&*stdout, PollFlags::IN)];
+        let timeout = Timespec::try_from(left).expect("a bound that fits");
+        match rustix::event::poll(&mut fds, Some(&timeout)) {
+            Ok(0) | Err(Errno::INTR) => continue,
+            Ok(_) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let n = match stdout.read(&mut buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if n == 0 {
+            return Ok(None);
+        }
+        line.extend_from_slice(&buf[..n]);
+        if let Some(end) = line.iter().position(|&b| b == b'\n') {
+            line.truncate(end);
+            return Ok(Some(String::from_utf8_lossy(&line).into_owned()));
+        }
     }
 }
 
@@ -368,10 +682,35 @@ fn shell_quote_os(word: &OsStr) -> OsString {
 
 impl Launch for SshLaunch {
     fn prepare(&self) -> Result<(), String> {
-        let _ = self.defaults.set(self.defaults());
+        let in_force = self.in_force();
+        let _ = self.defaults.set(self.defaults_in(&in_force));
+        let mut present = None;
+        if !self.users_multiplexing(&in_force) {
+            // The master's own session checks for the cached binary, then
+            // holds the connection until its input ends.
+            let check = match &self.ssh.remote_program {
+                Some(_) => format!("echo {READY}"),
+                None => {
+                    let (hash, _) =
+                        binary_hash().map_err(|e| format!("could not read this binary: {e}"))?;
+                    format!(
+                        "if test -x {REMOTE_CACHE}/{hash}; then echo {PRESENT}; else echo {ABSENT}; fi"
+                    )
+                }
+            };
+            let (master, line) = self.open_master(&sh(&format!("{check}; exec cat >/dev/null")))?;
+            present = match line.as_str() {
+                PRESENT => Some(true),
+                ABSENT => Some(false),
+                // Nothing checked, or a login script that printed a line
+                // first: then `ship` asks again.
+                _ => None,
+            };
+            let _ = self.master.set(master);
+        }
         let program = match &self.ssh.remote_program {
             Some(path) => shell_quote(path),
-            None => self.ship()?,
+            None => self.ship(present)?,
         };
         let _ = self.program.set(program);
         Ok(())
@@ -390,6 +729,9 @@ impl Launch for SshLaunch {
         }
         script.push(" ");
         script.push(program);
+        if let Some(master) = self.master.get() {
+            master.reap_if_exited();
+        }
         let mut command = self.ssh();
         command.arg(script).process_group(0);
         command
@@ -420,6 +762,10 @@ impl Launch for SshLaunch {
 
     fn finish(&self) {
         self.helpers.finish(HELPERS_GRACE);
+        // The remote kills have gone through it, or been killed.
+        if let Some(master) = self.master.get() {
+            master.end();
+        }
     }
 
     fn describe(&self) -> Option<String> {
@@ -496,6 +842,26 @@ mod tests {
             ),
             [("ConnectTimeout", "10"), ("ServerAliveInterval", "5")]
         );
+        let _ = std::fs::remove_file(&config);
+    }
+
+    #[test]
+    fn the_users_own_multiplexing_is_left_as_they_set_it() {
+        let config =
+            std::env::temp_dir().join(format!("buckshot-ssh-mux-config-{}", std::process::id()));
+        std::fs::write(&config, "Host node1\n  ControlMaster auto\n").unwrap();
+        let theirs = |ssh: Ssh| {
+            let launch = SshLaunch::new(ssh.ssh_config(&config));
+            launch.users_multiplexing(&launch.in_force())
+        };
+        assert!(!theirs(Launcher::ssh("me@elsewhere")));
+        assert!(theirs(Launcher::ssh("me@node1")));
+        for key in ["ControlPath", "controlmaster", "ControlPersist"] {
+            assert!(
+                theirs(Launcher::ssh("me@elsewhere").ssh_option(key, "no")),
+                "{key}"
+            );
+        }
         let _ = std::fs::remove_file(&config);
     }
 

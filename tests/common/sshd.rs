@@ -85,11 +85,44 @@ impl Sshd {
         Some(sshd)
     }
 
+    /// The logins it has accepted: one a connection.
+    #[allow(dead_code)]
+    pub fn logins(&self) -> usize {
+        std::fs::read_to_string(self.dir.join("sshd.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|line| line.contains("Accepted publickey"))
+            .count()
+    }
+
+    /// What [`Sshd::launcher_to`] needs, as one string: for a process of
+    /// the test's own (which has no `Sshd`).
+    #[allow(dead_code)]
+    pub fn address(&self) -> String {
+        format!(
+            "{}\t{}\t{}",
+            self.user,
+            self.port,
+            self.dir.join("id").display()
+        )
+    }
+
     /// A launcher for it, with host keys unchecked (they are throwaway).
     pub fn launcher(&self) -> Ssh {
-        Launcher::ssh(format!("{}@127.0.0.1", self.user))
-            .port(self.port)
-            .identity_file(self.dir.join("id"))
+        Sshd::launcher_to(&self.address())
+    }
+
+    /// A launcher for the sshd at `address` ([`Sshd::address`]).
+    pub fn launcher_to(address: &str) -> Ssh {
+        let mut fields = address.split('\t');
+        let (user, port, identity) = (
+            fields.next().unwrap(),
+            fields.next().unwrap().parse().unwrap(),
+            fields.next().unwrap(),
+        );
+        Launcher::ssh(format!("{user}@127.0.0.1"))
+            .port(port)
+            .identity_file(identity)
             .ssh_config("/dev/null")
             .ssh_option("IdentitiesOnly", "yes")
             .ssh_option("StrictHostKeyChecking", "no")
