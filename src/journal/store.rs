@@ -399,8 +399,9 @@ fn commit(
             rows.push((batch.prefix(k).key(batch.input(k)), b as u32, k as u32));
         }
     }
-    // Stable: the later of two outputs of one key is inserted last.
-    rows.sort_by(|a, b| a.0.cmp(&b.0));
+    // By their first 8 bytes, enough for the order of the pages; stable:
+    // the later of two outputs of one key is inserted last.
+    rows.sort_by_key(|row| u64::from_be_bytes(*row.0.first_chunk().unwrap_or(&[0; 8])));
     let transaction =
         connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     {
