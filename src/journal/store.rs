@@ -401,7 +401,11 @@ fn commit(
     }
     // By their first 8 bytes, enough for the order of the pages; stable:
     // the later of two outputs of one key is inserted last.
-    rows.sort_by_key(|row| u64::from_be_bytes(*row.0.first_chunk().unwrap_or(&[0; 8])));
+    rows.sort_by_key(|&(key, _, _)| {
+        u64::from_be_bytes([
+            key[0], key[1], key[2], key[3], key[4], key[5], key[6], key[7],
+        ])
+    });
     let transaction =
         connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     {
@@ -585,8 +589,9 @@ mod tests {
             commits <= bound,
             "{commits} commits of {sent} batches in {elapsed:?}"
         );
+        // The first goes at once, the others not all at the end.
         assert!(
-            commits >= 2,
+            commits >= 3,
             "{commits} commits: the stream waited for its end"
         );
     }
