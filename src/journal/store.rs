@@ -40,10 +40,11 @@ pub(crate) const MAX_BACKLOG: usize = 64 << 20;
 /// The shortest time between the starts of two commits: outputs that
 /// come faster wait for the next one, at most this long.
 pub(crate) const COMMIT_EVERY: Duration = Duration::from_millis(20);
-/// The writer's page cache, in KiB: keys are random, so each commit
-/// touches pages all over the key index, which would otherwise be read
-/// back from the file at every commit.
-const WRITER_CACHE_KIB: u32 = 32 << 10;
+/// Each connection's page cache, at most, in KiB: keys are random, so
+/// each commit touches pages all over the key index, and a resumed run
+/// looks them up all over it; with SQLite's 2 MiB, those pages are read
+/// back from the file again and again.
+const CACHE_KIB: u32 = 32 << 10;
 
 const SCHEMA: &str = "
     PRAGMA journal_mode = WAL;
@@ -190,9 +191,10 @@ impl Journal {
     /// Opens (or creates) the journal at `path` and starts its writer.
     pub(crate) fn open(path: &Path) -> Result<Journal, BoxError> {
         let reader = open_with_schema(path)?;
+        reader.execute_batch(&format!("PRAGMA cache_size = -{CACHE_KIB};"))?;
         let writer = open(path)?;
         writer.execute_batch(&format!(
-            "PRAGMA synchronous = NORMAL; PRAGMA cache_size = -{WRITER_CACHE_KIB};"
+            "PRAGMA synchronous = NORMAL; PRAGMA cache_size = -{CACHE_KIB};"
         ))?;
         let (tx, rx) = mpsc::channel();
         let (done_tx, done) = mpsc::channel();
