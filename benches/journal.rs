@@ -1,9 +1,9 @@
-//! What a journal costs: tiny tasks and an uneven CPU-bound map, each with
-//! and without a journal, in alternating runs of one process (the machine
+//! What a journal costs: tiny tasks, tasks of about 1 ms and an uneven
+//! CPU-bound map, each with and without a journal, in alternating runs of one process (the machine
 //! is shared and noisy), reported as medians and ratios. Also the rate of a
 //! map answered entirely from its journal (a resumed run).
 //!
-//! `cargo bench --bench journal` (about a minute).
+//! `cargo bench --bench journal` (about a minute and a half).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -25,6 +25,17 @@ fn warm_up(x: u64) -> u64 {
     x
 }
 buckshot::register!(warm_up);
+
+/// About a millisecond of work (busy, as a computation is: the journal's
+/// writer competes with it for the cores).
+fn one_ms(x: u64) -> u64 {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_millis(1) {
+        std::hint::spin_loop();
+    }
+    x
+}
+buckshot::register!(one_ms);
 
 /// Cost grows with `x`: the uneven workload.
 fn harmonic(x: u64) -> f64 {
@@ -112,6 +123,8 @@ fn main() {
     );
     let tiny: Vec<u64> = (0..200_000).collect();
     compare("tiny tasks (u64 identity)", identity, &tiny, &dir);
+    let millis: Vec<u64> = (0..1000).collect();
+    compare("1 ms tasks, 1000 tasks", one_ms, &millis, &dir);
     // About 1 s of serial work, cost growing with x.
     let start = Instant::now();
     std::hint::black_box(harmonic(std::hint::black_box(20_000_000)));

@@ -12,13 +12,14 @@
 //!   context had no outputs in the journal when it started looks nothing
 //!   up (a first run pays no lookups);
 //! - the pool's (`Recorder`, on the pool's thread): every `Ok` outcome is
-//!   copied, with its input and key, into a batch that goes to the journal
-//!   at each delivery ([`store`]). A writer thread commits what has come in
-//!   one transaction, under WAL, so an output is in the file within
-//!   milliseconds of its arrival, and a driver killed with SIGKILL loses
-//!   only what was not committed yet. Until then the output is in a
-//!   pending batch, which a map takes at its start: a map sees what the
-//!   maps before it yielded.
+//!   copied, with its input, into a batch that goes to the journal at each
+//!   delivery ([`store`]). A writer thread keys them and commits what has
+//!   come in one transaction, under WAL, at most every `COMMIT_EVERY`
+//!   (20 ms): an output is in the file within that, plus the commit's own
+//!   time, of its arrival (one after a quiet spell goes at once), and a
+//!   driver killed with SIGKILL loses only what was not committed yet.
+//!   Until then the output is in a pending batch, which a map takes at its
+//!   start: a map sees what the maps before it yielded.
 //!   Dropping the pool flushes and joins the writer (`Journal::close`, at
 //!   most `CLOSE_BOUND`). The pool's thread never waits for the writer:
 //!   past `MAX_BACKLOG` bytes waiting, outcomes go unrecorded (and run

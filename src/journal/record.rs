@@ -33,8 +33,8 @@ impl Lookup {
         // Before the file: a batch leaves the pending ones once it is there.
         let mut unwritten = HashMap::new();
         for batch in journal.pending() {
-            for (k, record) in batch.records.iter().enumerate() {
-                if record.prefix.id == keys.prefix.id {
+            for k in 0..batch.records.len() {
+                if batch.prefix(k).id == keys.prefix.id {
                     let key = keys.key(batch.input(k));
                     // A later batch holds a later output.
                     unwritten.insert(key, (Arc::clone(&batch), k));
@@ -143,6 +143,9 @@ impl Observer for Recorder {
                 new.insert(Arc::new(Prefix::canonical(name, value)))
             }
         };
+        // Its position in the batch, once an output needs it: a prefix
+        // there has outputs.
+        let mut position = None;
         let inputs = Items::new(chunk.items()).skip(done as usize);
         for (input, outcome) in inputs.zip(Items::new(outcomes)) {
             let (Ok(input), Ok(outcome)) = (input, outcome) else {
@@ -151,12 +154,13 @@ impl Observer for Recorder {
             let Some(output) = protocol::ok_value(outcome) else {
                 continue;
             };
+            let prefix = *position.get_or_insert_with(|| self.batch.prefix_of(prefix));
             let bytes = &mut self.batch.bytes;
             let at = bytes.len();
             bytes.extend_from_slice(input);
             bytes.extend_from_slice(output);
             self.batch.records.push(Record {
-                prefix: Arc::clone(prefix),
+                prefix,
                 input: at..at + input.len(),
                 output: at + input.len()..bytes.len(),
             });
