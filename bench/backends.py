@@ -73,7 +73,9 @@ def main():
                  if figure in n and figure in p]
         if not pairs:
             continue
-        ratios = [p / n for n, p in pairs if n > 0]
+        ratios = [p / n for n, p in pairs if n > 0 and p > 0]
+        if not ratios:
+            continue
         native = statistics.median(n for n, _ in pairs)
         portable = statistics.median(p for _, p in pairs)
         spread = f"{statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f})"
