@@ -12,14 +12,15 @@ workload under the same load.
     python3 bench/backends.py [RUNS] [SECTION...]   # default: 3 tiny startup fresh
 """
 
-import json
 import os
 import re
 import statistics
 import subprocess
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+import readme_table
+
+ROOT = readme_table.ROOT
 
 
 def build(portable):
@@ -27,16 +28,7 @@ def build(portable):
     if portable:
         env["RUSTFLAGS"] = (env.get("RUSTFLAGS", "") + " --cfg buckshot_portable").strip()
         env["CARGO_TARGET_DIR"] = os.path.join(ROOT, "target", "portable")
-    out = subprocess.run(
-        ["cargo", "bench", "-p", "buckshot-bench", "--no-run", "--message-format=json"],
-        cwd=ROOT, env=env, check=True, stdout=subprocess.PIPE, text=True,
-    ).stdout
-    for line in out.splitlines():
-        message = json.loads(line)
-        if message.get("reason") == "compiler-artifact" and message.get("executable") \
-                and message["target"]["name"] == "compare":
-            return message["executable"]
-    sys.exit("no compare benchmark was built")
+    return readme_table.build(env)
 
 
 # A line of the benchmark: name, value, ratio, baseline.

@@ -22,10 +22,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LINE = re.compile(r"^(\S.{0,47}?)\s{2,}([\d.,]+)\s?(\S*)\s+([\d.]+)x\s+(.*)$")
 
 
-def build():
+def build(env=None):
+    """Builds the comparison benchmark (with `env`, if given) and returns
+    the path of its binary."""
     out = subprocess.run(
         ["cargo", "bench", "-p", "buckshot-bench", "--no-run", "--message-format=json"],
-        cwd=ROOT, check=True, stdout=subprocess.PIPE, text=True,
+        cwd=ROOT, env=env, check=True, stdout=subprocess.PIPE, text=True,
     ).stdout
     for line in out.splitlines():
         message = json.loads(line)
