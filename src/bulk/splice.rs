@@ -138,6 +138,10 @@ pub(crate) fn encode_diverting<T: serde::Serialize + ?Sized>(
     out: &mut Vec<u8>,
     sink: &mut dyn Sink,
 ) -> Result<Option<Table>, crate::error::BoxError> {
+    // Nothing to divert from a scalar shorter than the strings that go.
+    if crate::protocol::encode_plain(value, out, BULK_MIN - 1) {
+        return Ok(None);
+    }
     let start = out.len();
     let mut writer = Diverting {
         out,

@@ -104,7 +104,21 @@ impl std::fmt::Display for CodecError {
 impl std::error::Error for CodecError {}
 
 pub(crate) fn encode<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> Result<(), BoxError> {
+    if encode_plain(value, out, usize::MAX) {
+        return Ok(());
+    }
     encode_with(value, out)
+}
+
+/// Encodes `value` onto `out` without ciborium if it is one integer, bool,
+/// unit or text string of at most `max_text` bytes, byte for byte as
+/// ciborium would; `false` (with `out` as it was) means it is not.
+pub(crate) fn encode_plain<T: Serialize + ?Sized>(
+    value: &T,
+    out: &mut Vec<u8>,
+    max_text: usize,
+) -> bool {
+    super::plain::encode(value, out, max_text)
 }
 
 /// Encodes one CBOR value into `writer`.
@@ -126,6 +140,9 @@ pub(crate) fn encode_with<T: Serialize + ?Sized>(
 /// plain `from_reader` allocates a fresh buffer every time. Its size bounds
 /// the longest text or byte string decoded in one piece, not the value.
 pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8], scratch: &mut [u8]) -> Result<T, BoxError> {
+    if let Some(value) = super::plain::decode(bytes, scratch.len()) {
+        return Ok(value);
+    }
     decode_from(bytes, scratch)
 }
 

@@ -52,17 +52,19 @@
 //!
 //! - [`frame`]: the frame layout, the header structs and the item writer;
 //! - [`codec`]: CBOR values and outcomes;
+//! - [`plain`]: a short cut past ciborium for values that are one scalar;
 //! - [`read`]: reading frames, blocking (the worker) or not (the pool).
 
 mod codec;
 mod frame;
+mod plain;
 mod read;
 
 #[cfg(feature = "journal")]
 pub(crate) use codec::ok_value;
 pub(crate) use codec::{
     CodecError, OUTCOME_OK, OUTCOME_OK_BULK, Outcome, decode, decode_from, decode_outcome, encode,
-    encode_failure, encode_ok, encode_with, is_bulk_outcome, is_panic,
+    encode_failure, encode_ok, encode_plain, encode_with, is_bulk_outcome, is_panic,
 };
 pub(crate) use frame::LEN_BYTES;
 pub(crate) use frame::{

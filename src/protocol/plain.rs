@@ -1,0 +1,765 @@
+//! A short cut for values that are one CBOR scalar: an integer, a bool, a
+//! null, a text string, a 32- or 64-bit float. Most inputs and outputs of
+//! small tasks are one, and ciborium spends 16–18 ns on a `u64` in its
+//! generic header steps; reading the head byte here takes a few.
+//!
+//! ciborium stays the codec of record. The short cut answers exactly the
+//! serde calls that ciborium answers with the same visitor call for the
+//! same bytes (`visit_u64`, `visit_i64`, `visit_str`, ...); at any other
+//! call (a struct, a sequence, a tag, a half float, a value out of range)
+//! it gives up, and its caller encodes or decodes the value again with
+//! ciborium from the start. Giving up costs one call: a type that is not
+//! a scalar asks for its shape first. Serde impls are pure, so trying
+//! twice changes nothing but time.
+
+use serde::de::{self, DeserializeOwned, Visitor};
+use serde::ser::{self, Serialize};
+
+/// Why the short cut stopped; its message is never shown (the caller
+/// starts again with ciborium).
+#[derive(Debug)]
+pub(super) struct GiveUp;
+
+impl std::fmt::Display for GiveUp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("not a plain CBOR scalar")
+    }
+}
+
+impl std::error::Error for GiveUp {}
+
+impl de::Error for GiveUp {
+    fn custom<T: std::fmt::Display>(_: T) -> Self {
+        GiveUp
+    }
+}
+
+impl ser::Error for GiveUp {
+    fn custom<T: std::fmt::Display>(_: T) -> Self {
+        GiveUp
+    }
+}
+
+/// Decodes `bytes` if it is one scalar that `T` reads as one, with the
+/// result ciborium would give; `None` means: ask ciborium.
+///
+/// `scratch_len` is the length of the scratch buffer ciborium would be
+/// given: it reads a text string no longer than that through `visit_str`,
+/// a longer one through `visit_string`.
+pub(super) fn decode<T: DeserializeOwned>(bytes: &[u8], scratch_len: usize) -> Option<T> {
+    // Arrays, maps, tags and byte strings: not worth a try.
+    if !matches!(bytes.first()? >> 5, 0 | 1 | 3 | 7) {
+        return None;
+    }
+    let mut reader = Reader {
+        bytes,
+        scratch_len,
+        gave_up: false,
+    };
+    let value = T::deserialize(&mut reader).ok()?;
+    // A type may have caught our refusal and gone on (a default on error,
+    // say): then its value is not what ciborium would give.
+    (!reader.gave_up).then_some(value)
+}
+
+/// One CBOR data item's head.
+#[derive(Clone, Copy)]
+enum Head {
+    Unsigned(u64),
+    /// The CBOR negative `-1 - n`.
+    Negative(u64),
+    Bool(bool),
+    /// Null or undefined.
+    Null,
+    Float(f64),
+    Text(u64),
+    /// Anything the short cut leaves to ciborium.
+    Other,
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+    scratch_len: usize,
+    gave_up: bool,
+}
+
+impl<'a> Reader<'a> {
+    /// The head at the front and its length in bytes.
+    fn peek(&self) -> (Head, usize) {
+        let Some(&first) = self.bytes.first() else {
+            return (Head::Other, 0);
+        };
+        let (major, info) = (first >> 5, first & 0x1f);
+        let width = match info {
+            0..=23 => 0,
+            24 => 1,
+            25 => 2,
+            26 => 4,
+            27 => 8,
+            _ => return (Head::Other, 0),
+        };
+        let Some(tail) = self.bytes.get(1..1 + width) else {
+            return (Head::Other, 0);
+        };
+        let argument = if width == 0 {
+            u64::from(info)
+        } else {
+            tail.iter().fold(0, |n, &b| n << 8 | u64::from(b))
+        };
+        let head = match (major, info) {
+            (0, _) => Head::Unsigned(argument),
+            (1, _) => Head::Negative(argument),
+            (3, _) => Head::Text(argument),
+            (7, 20) => Head::Bool(false),
+            (7, 21) => Head::Bool(true),
+            (7, 22 | 23) => Head::Null,
+            (7, 26) => Head::Float(f64::from(f32::from_bits(argument as u32))),
+            (7, 27) => Head::Float(f64::from_bits(argument)),
+            _ => Head::Other,
+        };
+        (head, 1 + width)
+    }
+
+    fn take(&mut self, len: usize) {
+        self.bytes = &self.bytes[len..];
+    }
+
+    fn give_up<T>(&mut self) -> Result<T, GiveUp> {
+        self.gave_up = true;
+        Err(GiveUp)
+    }
+
+    /// The text string at the front, if whole and UTF-8.
+    fn text(&mut self) -> Result<&'a str, GiveUp> {
+        let (Head::Text(len), at) = self.peek() else {
+            return self.give_up();
+        };
+        let text = usize::try_from(len)
+            .ok()
+            .and_then(|len| self.bytes.get(at..at.checked_add(len)?))
+            .and_then(|bytes| std::str::from_utf8(bytes).ok());
+        match text {
+            Some(text) => {
+                self.take(at + text.len());
+                Ok(text)
+            }
+            None => self.give_up(),
+        }
+    }
+
+    fn signed(&mut self) -> Result<i64, GiveUp> {
+        let (head, at) = self.peek();
+        let value = match head {
+            Head::Unsigned(n) => i64::try_from(n).ok(),
+            // -1 - n, as ciborium computes it: !n.
+            Head::Negative(n) => i64::try_from(n).ok().map(|n| !n),
+            _ => None,
+        };
+        match value {
+            Some(value) => {
+                self.take(at);
+                Ok(value)
+            }
+            None => self.give_up(),
+        }
+    }
+}
+
+macro_rules! give_up {
+    ($($method:ident($($arg:ident: $ty:ty),*);)*) => {
+        $(fn $method<V: Visitor<'de>>(self, $(_: $ty,)* _: V) -> Result<V::Value, GiveUp> {
+            self.give_up()
+        })*
+    };
+}
+
+impl<'de> de::Deserializer<'de> for &mut Reader<'_> {
+    type Error = GiveUp;
+
+    fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, GiveUp> {
+        match self.peek().0 {
+            Head::Unsigned(_) => self.deserialize_u64(visitor),
+            Head::Negative(_) => self.deserialize_i64(visitor),
+            Head::Bool(_) => self.deserialize_bool(visitor),
+            Head::Null => self.deserialize_option(visitor),
+            Head::Float(_) => self.deserialize_f64(visitor),
+            Head::Text(len) if len <= self.scratch_len as u64 => self.deserialize_str(visitor),
+            Head::Text(_) => self.deserialize_string(visitor),
+            Head::Other => self.give_up(),
+        }
+    }
+
+    fn deserialize_bool<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, GiveUp> {
+        match self.peek() {
+            (Head::Bool(b), at) => {
+                self.take(at);
+                visitor.visit_bool(b)
+            }
+            _ => self.give_up(),
+        }
+    }
+
+    fn deserialize_i8<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, GiveUp> {
+        self.deserialize_i64(visitor)
+    }
+
+    fn deserialize_i16<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, GiveUp> {
+        self.deserialize_i64(visitor)
+    }
+
+    fn deserialize_i32<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, GiveUp> {
+        self.deserialize_i64(visitor)
+    }
+
+    fn deserialize_i64<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, GiveUp> {
+        let value = self.signed()?;
+        visitor.visit_i64(value)
+    }
+
+    fn deserialize_u8<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, GiveUp> {
+        self.deserialize_u64(visitor)
+    }
+
+    fn deserialize_u16<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, GiveUp> {
+        self.deserialize_u64(visitor)
+    }
+
+    fn deserialize_u32<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, GiveUp> {
+        self.deserialize_u64(visitor)
+    }
+
+    fn deserialize_u64<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, GiveUp> {
+        match self.peek() {
+            (Head::Unsigned(n), at) => {
+                self.take(at);
+                visitor.visit_u64(n)
+            }
+            _ => self.give_up(),
+        }
+    }
+
+    fn deserialize_f32<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, GiveUp> {
+        self.deserialize_f64(visitor)
+    }
+
+    fn deserialize_f64<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, GiveUp> {
+        match self.peek() {
+            (Head::Float(x), at) => {
+                self.take(at);
+                visitor.visit_f64(x)
+            }
+            _ => self.give_up(),
+        }
+    }
+
+    fn deserialize_str<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, GiveUp> {
+        match self.peek().0 {
+            Head::Text(len) if len <= self.scratch_len as u64 => {
+                let text = self.text()?;
+                visitor.visit_str(text)
+            }
+            _ => self.give_up(),
+        }
+    }
+
+    fn deserialize_string<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, GiveUp> {
+        let text = self.text()?;
+        visitor.visit_string(text.to_owned())
+    }
+
+    fn deserialize_option<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, GiveUp> {
+        match self.peek() {
+            (Head::Null, at) => {
+                self.take(at);
+                visitor.visit_none()
+            }
+            _ => visitor.visit_some(self),
+        }
+    }
+
+    fn deserialize_unit<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, GiveUp> {
+        match self.peek() {
+            (Head::Null, at) => {
+                self.take(at);
+                visitor.visit_unit()
+            }
+            _ => self.give_up(),
+        }
+    }
+
+    fn deserialize_unit_struct<V: Visitor<'de>>(
+        self,
+        _: &'static str,
+        visitor: V,
+    ) -> Result<V::Value, GiveUp> {
+        self.deserialize_unit(visitor)
+    }
+
+    fn deserialize_newtype_struct<V: Visitor<'de>>(
+        self,
+        _: &'static str,
+        visitor: V,
+    ) -> Result<V::Value, GiveUp> {
+        visitor.visit_newtype_struct(self)
+    }
+
+    fn is_human_readable(&self) -> bool {
+        // As ciborium's.
+        false
+    }
+
+    give_up! {
+        deserialize_i128();
+        deserialize_u128();
+        deserialize_char();
+        deserialize_bytes();
+        deserialize_byte_buf();
+        deserialize_seq();
+        deserialize_tuple(len: usize);
+        deserialize_tuple_struct(name: &'static str, len: usize);
+        deserialize_map();
+        deserialize_struct(name: &'static str, fields: &'static [&'static str]);
+        deserialize_enum(name: &'static str, variants: &'static [&'static str]);
+        deserialize_identifier();
+        deserialize_ignored_any();
+    }
+}
+
+/// Encodes `value` onto `out` if it is one integer, bool, unit or text
+/// string of at most `max_text` bytes, byte for byte as ciborium would;
+/// `false` (with `out` as it was) means: ask ciborium.
+pub(super) fn encode<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>, max_text: usize) -> bool {
+    let start = out.len();
+    let mut writer = Writer { out, max_text };
+    if value.serialize(&mut writer).is_ok() {
+        return true;
+    }
+    out.truncate(start);
+    false
+}
+
+struct Writer<'a> {
+    out: &'a mut Vec<u8>,
+    max_text: usize,
+}
+
+impl Writer<'_> {
+    /// A head in the shortest form, as CBOR's preferred serialization
+    /// (and ciborium) has it.
+    fn head(&mut self, major: u8, n: u64) {
+        let major = major << 5;
+        if n <= 23 {
+            self.out.push(major | n as u8);
+        } else if n <= u64::from(u8::MAX) {
+            self.out.extend_from_slice(&[major | 24, n as u8]);
+        } else if n <= u64::from(u16::MAX) {
+            self.out.push(major | 25);
+            self.out.extend_from_slice(&(n as u16).to_be_bytes());
+        } else if n <= u64::from(u32::MAX) {
+            self.out.push(major | 26);
+            self.out.extend_from_slice(&(n as u32).to_be_bytes());
+        } else {
+            self.out.push(major | 27);
+            self.out.extend_from_slice(&n.to_be_bytes());
+        }
+    }
+}
+
+macro_rules! refuse {
+    ($($method:ident($($ty:ty),*) -> $ret:ty;)*) => {
+        $(fn $method(self, $(_: $ty),*) -> Result<$ret, GiveUp> {
+            Err(GiveUp)
+        })*
+    };
+}
+
+impl ser::Serializer for &mut Writer<'_> {
+    type Ok = ();
+    type Error = GiveUp;
+    type SerializeSeq = ser::Impossible<(), GiveUp>;
+    type SerializeTuple = ser::Impossible<(), GiveUp>;
+    type SerializeTupleStruct = ser::Impossible<(), GiveUp>;
+    type SerializeTupleVariant = ser::Impossible<(), GiveUp>;
+    type SerializeMap = ser::Impossible<(), GiveUp>;
+    type SerializeStruct = ser::Impossible<(), GiveUp>;
+    type SerializeStructVariant = ser::Impossible<(), GiveUp>;
+
+    fn serialize_bool(self, v: bool) -> Result<(), GiveUp> {
+        self.out.push(0xf4 | u8::from(v));
+        Ok(())
+    }
+
+    fn serialize_i8(self, v: i8) -> Result<(), GiveUp> {
+        self.serialize_i64(v.into())
+    }
+
+    fn serialize_i16(self, v: i16) -> Result<(), GiveUp> {
+        self.serialize_i64(v.into())
+    }
+
+    fn serialize_i32(self, v: i32) -> Result<(), GiveUp> {
+        self.serialize_i64(v.into())
+    }
+
+    fn serialize_i64(self, v: i64) -> Result<(), GiveUp> {
+        match v.is_negative() {
+            false => self.head(0, v as u64),
+            true => self.head(1, v as u64 ^ !0),
+        }
+        Ok(())
+    }
+
+    fn serialize_u8(self, v: u8) -> Result<(), GiveUp> {
+        self.serialize_u64(v.into())
+    }
+
+    fn serialize_u16(self, v: u16) -> Result<(), GiveUp> {
+        self.serialize_u64(v.into())
+    }
+
+    fn serialize_u32(self, v: u32) -> Result<(), GiveUp> {
+        self.serialize_u64(v.into())
+    }
+
+    fn serialize_u64(self, v: u64) -> Result<(), GiveUp> {
+        self.head(0, v);
+        Ok(())
+    }
+
+    fn serialize_str(self, v: &str) -> Result<(), GiveUp> {
+        if v.len() > self.max_text {
+            return Err(GiveUp);
+        }
+        self.head(3, v.len() as u64);
+        self.out.extend_from_slice(v.as_bytes());
+        Ok(())
+    }
+
+    fn serialize_none(self) -> Result<(), GiveUp> {
+        self.serialize_unit()
+    }
+
+    fn serialize_some<T: Serialize + ?Sized>(self, value: &T) -> Result<(), GiveUp> {
+        value.serialize(self)
+    }
+
+    fn serialize_unit(self) -> Result<(), GiveUp> {
+        self.out.push(0xf6);
+        Ok(())
+    }
+
+    fn serialize_unit_struct(self, _: &'static str) -> Result<(), GiveUp> {
+        self.serialize_unit()
+    }
+
+    fn serialize_newtype_struct<T: Serialize + ?Sized>(
+        self,
+        _: &'static str,
+        value: &T,
+    ) -> Result<(), GiveUp> {
+        value.serialize(self)
+    }
+
+    fn serialize_unit_variant(
+        self,
+        _: &'static str,
+        _: u32,
+        variant: &'static str,
+    ) -> Result<(), GiveUp> {
+        self.serialize_str(variant)
+    }
+
+    fn is_human_readable(&self) -> bool {
+        // As ciborium's.
+        false
+    }
+
+    fn serialize_newtype_variant<T: Serialize + ?Sized>(
+        self,
+        _: &'static str,
+        _: u32,
+        _: &'static str,
+        _: &T,
+    ) -> Result<(), GiveUp> {
+        Err(GiveUp)
+    }
+
+    refuse! {
+        // ciborium writes the shortest float that keeps the value, which
+        // needs half precision; i128 and chars take steps of their own.
+        serialize_f32(f32) -> ();
+        serialize_f64(f64) -> ();
+        serialize_i128(i128) -> ();
+        serialize_u128(u128) -> ();
+        serialize_char(char) -> ();
+        serialize_bytes(&[u8]) -> ();
+        serialize_seq(Option<usize>) -> Self::SerializeSeq;
+        serialize_tuple(usize) -> Self::SerializeTuple;
+        serialize_tuple_struct(&'static str, usize) -> Self::SerializeTupleStruct;
+        serialize_tuple_variant(&'static str, u32, &'static str, usize) -> Self::SerializeTupleVariant;
+        serialize_map(Option<usize>) -> Self::SerializeMap;
+        serialize_struct(&'static str, usize) -> Self::SerializeStruct;
+        serialize_struct_variant(&'static str, u32, &'static str, usize) -> Self::SerializeStructVariant;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::fmt::Debug;
+
+    use serde::{Deserialize, Serialize};
+
+    use super::*;
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct Meters(u32);
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct Unit;
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    enum Colour {
+        Red,
+        Green(u8),
+    }
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct Point {
+        x: i64,
+        y: f64,
+    }
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    #[serde(untagged)]
+    enum Loose {
+        Number(u64),
+        Pair(u64, u64),
+    }
+
+    /// A type that hides a refusal: what it reads after one must not be
+    /// taken for ciborium's answer.
+    #[derive(Debug, PartialEq, Serialize)]
+    struct Forgiving(Option<Vec<u8>>);
+
+    impl<'de> Deserialize<'de> for Forgiving {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            Ok(Forgiving(Vec::<u8>::deserialize(d).ok()))
+        }
+    }
+
+    fn ciborium_bytes<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
+        let mut out = Vec::new();
+        ciborium::into_writer(value, &mut out).unwrap();
+        out
+    }
+
+    /// Both directions agree with ciborium's, byte for byte and value for
+    /// value, whether or not the short cut takes the value.
+    fn agrees<T>(value: T, plain: bool)
+    where
+        T: Serialize + DeserializeOwned + PartialEq + Debug,
+    {
+        let expected = ciborium_bytes(&value);
+        let mut out = vec![0xaa];
+        assert_eq!(encode(&value, &mut out, usize::MAX), plain, "{value:?}");
+        if plain {
+            assert_eq!(out[1..], expected, "{value:?}");
+        } else {
+            assert_eq!(out, [0xaa], "{value:?}: a refusal leaves the buffer");
+        }
+        match decode::<T>(&expected, 4096) {
+            Some(back) => {
+                assert!(plain, "{value:?} decoded by the short cut");
+                assert_eq!(back, value);
+            }
+            None => assert!(!plain, "{value:?} not decoded by the short cut"),
+        }
+    }
+
+    #[test]
+    fn scalars_take_the_short_cut_and_agree_with_ciborium() {
+        for n in [
+            0u64,
+            23,
+            24,
+            255,
+            256,
+            65_535,
+            65_536,
+            u32::MAX.into(),
+            u64::MAX,
+        ] {
+            agrees(n, true);
+        }
+        for n in [0i64, -1, -24, -25, -256, -257, i64::MIN, i64::MAX, 1 << 40] {
+            agrees(n, true);
+        }
+        agrees(200u8, true);
+        agrees(-3i8, true);
+        agrees(70_000u32, true);
+        agrees(true, true);
+        agrees(false, true);
+        agrees((), true);
+        agrees(Unit, true);
+        agrees(Meters(7), true);
+        agrees(Some(5u64), true);
+        agrees(None::<u64>, true);
+        agrees(String::new(), true);
+        agrees("héllo".to_owned(), true);
+        agrees("x".repeat(70_000), true);
+        agrees(Loose::Number(3), true);
+    }
+
+    #[test]
+    fn other_values_are_left_to_ciborium() {
+        agrees(vec![1u64, 2], false);
+        agrees((1u64, 2u64), false);
+        agrees(Point { x: -1, y: 0.5 }, false);
+        agrees(BTreeMap::from([(1u8, 2u8)]), false);
+        agrees(Colour::Green(1), false);
+        agrees(Loose::Pair(1, 2), false);
+        agrees(u128::MAX, false);
+        agrees(i128::MIN, false);
+        agrees('x', false);
+        agrees(serde_bytes::ByteBuf::from(vec![1, 2]), false);
+        agrees(Some(vec![1u8]), false);
+    }
+
+    #[test]
+    fn floats_decode_here_and_encode_through_ciborium() {
+        // ciborium writes the shortest float that keeps the value; half
+        // precision is left to it both ways.
+        for (x, decoded) in [
+            (0.1f64, true),
+            (1e300, true),
+            (0.1f32 as f64, true),
+            (1.5, false),
+        ] {
+            let bytes = ciborium_bytes(&x);
+            assert_eq!(
+                decode::<f64>(&bytes, 64).map(f64::to_bits),
+                decoded.then_some(x.to_bits())
+            );
+            assert!(!encode(&x, &mut Vec::new(), usize::MAX));
+        }
+        let bytes = ciborium_bytes(&0.1f32);
+        assert_eq!(decode::<f32>(&bytes, 64), Some(0.1f32));
+    }
+
+    #[test]
+    fn a_unit_variant_encodes_as_ciborium_does_and_decodes_through_it() {
+        let mut out = Vec::new();
+        assert!(encode(&Colour::Red, &mut out, usize::MAX));
+        assert_eq!(out, ciborium_bytes(&Colour::Red));
+        assert_eq!(decode::<Colour>(&out, 64), None);
+    }
+
+    #[test]
+    fn a_type_that_forgives_a_refusal_is_left_to_ciborium() {
+        let bytes = ciborium_bytes(&vec![1u8, 2]);
+        assert_eq!(decode::<Forgiving>(&bytes, 64), None);
+        // The first byte says "array": no try at all. A text string gets
+        // one, and its refusal is seen.
+        let bytes = ciborium_bytes("text");
+        assert_eq!(decode::<Forgiving>(&bytes, 64), None);
+    }
+
+    #[test]
+    fn values_out_of_range_or_of_another_type_are_left_to_ciborium() {
+        assert_eq!(decode::<u8>(&ciborium_bytes(&300u64), 64), None);
+        assert_eq!(decode::<u64>(&ciborium_bytes(&-1i64), 64), None);
+        assert_eq!(decode::<i64>(&ciborium_bytes(&u64::MAX), 64), None);
+        assert_eq!(decode::<bool>(&ciborium_bytes(&1u64), 64), None);
+        assert_eq!(decode::<String>(&ciborium_bytes(&1u64), 64), None);
+        assert_eq!(decode::<()>(&ciborium_bytes(&false), 64), None);
+    }
+
+    #[test]
+    fn truncated_or_malformed_bytes_are_left_to_ciborium() {
+        for bytes in [
+            &[][..],
+            &[0x18],                   // a one-byte argument, missing
+            &[0x1b, 0, 0, 0],          // an eight-byte argument, cut short
+            &[0x1c],                   // reserved
+            &[0x63, b'a', b'b'],       // three bytes of text, two there
+            &[0x62, 0xff, 0xfe],       // not UTF-8
+            &[0x7f, 0x61, b'a', 0xff], // indefinite-length text
+        ] {
+            assert_eq!(decode::<u64>(bytes, 64), None, "{bytes:?}");
+            assert_eq!(decode::<String>(bytes, 64), None, "{bytes:?}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_scalar_agrees_with_ciborium(
+            u in proptest::num::u64::ANY,
+            i in proptest::num::i64::ANY,
+            text in ".{0,40}",
+            flag in proptest::bool::ANY,
+            maybe in proptest::option::of(proptest::num::i32::ANY),
+        ) {
+            agrees(u, true);
+            agrees(i, true);
+            agrees(text, true);
+            agrees(flag, true);
+            agrees(maybe, true);
+        }
+
+        #[test]
+        fn any_bytes_decode_as_ciborium_does_when_taken(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..12)) {
+            let theirs = |scratch: &mut [u8]| ciborium::de::from_reader_with_buffer::<u64, _>(&bytes[..], scratch).ok();
+            if let Some(ours) = decode::<u64>(&bytes, 64) {
+                proptest::prop_assert_eq!(Some(ours), theirs(&mut [0; 64]));
+            }
+            if let Some(ours) = decode::<i64>(&bytes, 64) {
+                let theirs: Option<i64> = ciborium::de::from_reader_with_buffer(&bytes[..], &mut [0; 64]).ok();
+                proptest::prop_assert_eq!(Some(ours), theirs);
+            }
+            if let Some(ours) = decode::<String>(&bytes, 64) {
+                let theirs: Option<String> = ciborium::de::from_reader_with_buffer(&bytes[..], &mut [0; 64]).ok();
+                proptest::prop_assert_eq!(Some(ours), theirs);
+            }
+        }
+    }
+
+    #[test]
+    fn long_text_is_left_to_the_caller_past_its_limit() {
+        let mut out = Vec::new();
+        assert!(encode("abcd", &mut out, 4));
+        assert!(!encode("abcde", &mut out, 4));
+        assert_eq!(out, ciborium_bytes("abcd"));
+    }
+
+    #[test]
+    fn text_reads_as_str_within_the_scratch_and_as_string_beyond() {
+        struct Which;
+        impl Visitor<'_> for Which {
+            type Value = &'static str;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("text")
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+                Ok("str")
+            }
+            fn visit_string<E>(self, _: String) -> Result<Self::Value, E> {
+                Ok("string")
+            }
+        }
+        #[derive(Debug, PartialEq)]
+        struct Kind(&'static str);
+        impl<'de> Deserialize<'de> for Kind {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                d.deserialize_any(Which).map(Kind)
+            }
+        }
+        let bytes = ciborium_bytes("abcd");
+        for scratch in [4, 3] {
+            let ours = decode::<Kind>(&bytes, scratch);
+            let theirs: Kind =
+                ciborium::de::from_reader_with_buffer(&bytes[..], &mut vec![0; scratch]).unwrap();
+            assert_eq!(ours, Some(theirs));
+        }
+    }
+}
