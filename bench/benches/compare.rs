@@ -605,7 +605,19 @@ fn fresh() {
 /// remote workers would be), against 2 processes in the same run.
 fn wide() {
     const N: usize = 1_000_000;
+    const FIRST: u64 = 8_000;
     let inputs: Vec<u64> = (0..N as u64).collect();
+    // From nothing to the first results: a fresh pool and one map.
+    let first_results = |processes: usize| {
+        time(|| {
+            let pool = Pool::new(processes).unwrap();
+            let answered = pool.map(identity, 0..FIRST).unwrap().count();
+            assert_eq!(answered, FIRST as usize);
+            pool
+        })
+        .1
+    };
+    let narrow_first = median((0..5).map(|_| first_results(PROCESSES)).collect());
     let narrow = Pool::new(PROCESSES).unwrap();
     let narrow = buckshot_rate(&narrow, identity, &inputs);
     row(
@@ -614,7 +626,13 @@ fn wide() {
         1.0,
         "2 processes",
     );
-    for processes in [64, 256] {
+    row(
+        "Pool::new(2) to 8,000 results",
+        format!("{narrow_first:.2?}"),
+        1.0,
+        "2 processes",
+    );
+    for processes in [64, 256, 1000] {
         let (pool, started) = time(|| Pool::new(processes).unwrap());
         // Every worker up and answering before the clock starts: a wide
         // pool's last workers are spawned after `Pool::new` returns.
@@ -631,6 +649,7 @@ fn wide() {
             .unwrap()
             .count();
         let rate = buckshot_rate(&pool, identity, &inputs);
+        drop(pool);
         row(
             &format!("tiny tasks (1M), {processes} processes"),
             millions(rate),
@@ -642,6 +661,13 @@ fn wide() {
             format!("{started:.2?}"),
             started.as_secs_f64() / processes as f64 * 1e3,
             "ms per worker",
+        );
+        let wide_first = median((0..3).map(|_| first_results(processes)).collect());
+        row(
+            &format!("Pool::new({processes}) to 8,000 results"),
+            format!("{wide_first:.2?}"),
+            wide_first.as_secs_f64() / narrow_first.as_secs_f64(),
+            "2 processes",
         );
     }
 }
