@@ -442,6 +442,45 @@ fn uneven() {
         speedup / rayon,
         "rayon",
     );
+
+    // The same, while a third thread of this process spins on the same
+    // two cores: the side that leaves a core idle while the other holds
+    // unstarted inputs loses more.
+    let spin = std::sync::atomic::AtomicBool::new(true);
+    let (ours_busy, theirs_busy) = std::thread::scope(|s| {
+        s.spawn(|| {
+            let mut x = 0u64;
+            while spin.load(std::sync::atomic::Ordering::Relaxed) {
+                x = std::hint::black_box(x.wrapping_add(1));
+            }
+        });
+        let (ours, ours_time) = time(|| {
+            pool.map(harmonic, inputs.iter().copied())
+                .unwrap()
+                .map(Result::unwrap)
+                .collect::<Vec<_>>()
+        });
+        let (theirs, rayon_time) = time(|| {
+            use rayon::prelude::*;
+            threads.install(|| inputs.par_iter().map(|&x| harmonic(x)).collect::<Vec<_>>())
+        });
+        spin.store(false, std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(ours, serial);
+        assert_eq!(theirs, serial);
+        (ours_time, rayon_time)
+    });
+    row(
+        "uneven, a third thread spinning: buckshot",
+        format!("{ours_busy:.2?}"),
+        serial_time.as_secs_f64() / ours_busy.as_secs_f64(),
+        "serial",
+    );
+    row(
+        "uneven, a third thread spinning: buckshot/rayon",
+        format!("{:.3}", theirs_busy.as_secs_f64() / ours_busy.as_secs_f64()),
+        theirs_busy.as_secs_f64() / ours_busy.as_secs_f64(),
+        "rayon, same spinning",
+    );
 }
 
 /// Spawns a copy of this binary as the floor's child and waits for its
