@@ -5,10 +5,15 @@ their range, for the value and for its ratio to the baseline of the same
 run, and the machine's load average around the runs.
 
     python3 bench/readme_table.py [RUNS] [SECTION...]   # default: 3, every section
+    python3 bench/readme_table.py --chart docs/throughput.svg [RUNS] [SECTION...]
 
-Sections are those of `cargo bench -p buckshot-bench -- SECTION`.
+Sections are those of `cargo bench -p buckshot-bench -- SECTION`. With
+--chart, each run also writes the throughput-against-task-size figures
+(the `sizes` section, and Python's pools through bench/python_peers.py),
+and the chart is drawn from their medians by bench/chart.py.
 """
 
+import csv
 import json
 import os
 import re
@@ -53,16 +58,48 @@ def spread(values, digits, unit=""):
     return f"{med:.{digits}f}{unit} ({min(values):.{digits}f}–{max(values):.{digits}f})"
 
 
+def median_csv(paths, out):
+    """Writes the median of each cell of same-shaped CSV files."""
+    tables = []
+    for path in paths:
+        with open(path) as f:
+            tables.append(list(csv.DictReader(f)))
+    fields = list(tables[0][0].keys())
+    with open(out, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        for rows in zip(*tables):
+            writer.writerow({k: statistics.median(float(r[k]) for r in rows) for k in fields})
+
+
 def main():
     args = sys.argv[1:]
+    chart = None
+    if "--chart" in args:
+        at = args.index("--chart")
+        chart = args[at + 1]
+        del args[at:at + 2]
     runs = int(args.pop(0)) if args and args[0].isdigit() else 3
+    if chart and args and "sizes" not in args:
+        args.append("sizes")
     binary = build()
     figures = {}  # name -> (unit, baseline, values, ratios)
     loads = []
+    target = os.path.join(ROOT, "target")
+    rust_csvs, python_csvs = [], []
     for run in range(runs):
         loads.append(load())
-        out = subprocess.run([binary, *args], cwd=ROOT, check=True,
+        extra = []
+        if chart:
+            rust_csvs.append(os.path.join(target, f"rust_sizes_{run}.csv"))
+            extra = ["--csv", rust_csvs[-1]]
+        out = subprocess.run([binary, *args, *extra], cwd=ROOT, check=True,
                              stdout=subprocess.PIPE, text=True).stdout
+        if chart:
+            python_csvs.append(os.path.join(target, f"python_sizes_{run}.csv"))
+            subprocess.run([sys.executable, os.path.join(ROOT, "bench", "python_peers.py"),
+                            "--csv", python_csvs[-1]], cwd=ROOT, check=True,
+                           stdout=subprocess.DEVNULL)
         for line in out.splitlines():
             match = LINE.match(line)
             if not match:
@@ -82,6 +119,13 @@ def main():
         digits = 2 if max(values) < 100 else 0
         unit = f" {unit}" if unit else ""
         print(f"| {name} | {spread(values, digits, unit)} | {spread(ratios, 2, 'x')} | {baseline} |")
+    if chart:
+        rust, python = os.path.join(target, "rust_sizes.csv"), os.path.join(target, "python_sizes.csv")
+        median_csv(rust_csvs, rust)
+        median_csv(python_csvs, python)
+        subprocess.run([sys.executable, os.path.join(ROOT, "bench", "chart.py"), rust, python,
+                        os.path.join(ROOT, chart)], cwd=ROOT, check=True)
+        print(f"\nChart: {chart}, from the medians of {runs} runs.")
 
 
 if __name__ == "__main__":
