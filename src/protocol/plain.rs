@@ -1,5 +1,5 @@
 //! A short cut for values that are one CBOR scalar: an integer, a bool, a
-//! null, a text string, a 32- or 64-bit float. Most inputs and outputs of
+//! null, a text or byte string, a 32- or 64-bit float. Most inputs and outputs of
 //! small tasks are one, and ciborium spends 16–18 ns on a `u64` in its
 //! generic header steps; reading the head byte here takes a few.
 //!
@@ -47,8 +47,8 @@ impl ser::Error for GiveUp {
 /// given: it reads a text string no longer than that through `visit_str`,
 /// a longer one through `visit_string`.
 pub(super) fn decode<T: DeserializeOwned>(bytes: &[u8], scratch_len: usize) -> Option<T> {
-    // Arrays, maps, tags and byte strings: not worth a try.
-    if !matches!(bytes.first()? >> 5, 0 | 1 | 3 | 7) {
+    // Arrays, maps and tags: not worth a try.
+    if !matches!(bytes.first()? >> 5, 0..=3 | 7) {
         return None;
     }
     let mut reader = Reader {
@@ -73,6 +73,7 @@ enum Head {
     Null,
     Float(f64),
     Text(u64),
+    Bytes(u64),
     /// Anything the short cut leaves to ciborium.
     Other,
 }
@@ -109,6 +110,7 @@ impl<'a> Reader<'a> {
         let head = match (major, info) {
             (0, _) => Head::Unsigned(argument),
             (1, _) => Head::Negative(argument),
+            (2, _) => Head::Bytes(argument),
             (3, _) => Head::Text(argument),
             (7, 20) => Head::Bool(false),
             (7, 21) => Head::Bool(true),
@@ -129,22 +131,29 @@ impl<'a> Reader<'a> {
         Err(GiveUp)
     }
 
-    /// The text string at the front, if whole and UTF-8.
-    fn text(&mut self) -> Result<&'a str, GiveUp> {
-        let (Head::Text(len), at) = self.peek() else {
-            return self.give_up();
+    /// The string at the front (`major` 2 for bytes, 3 for text), if whole.
+    fn string(&mut self, major: u8) -> Result<&'a [u8], GiveUp> {
+        let (head, at) = self.peek();
+        let len = match (head, major) {
+            (Head::Bytes(len), 2) | (Head::Text(len), 3) => len,
+            _ => return self.give_up(),
         };
-        let text = usize::try_from(len)
+        let string = usize::try_from(len)
             .ok()
-            .and_then(|len| self.bytes.get(at..at.checked_add(len)?))
-            .and_then(|bytes| std::str::from_utf8(bytes).ok());
-        match text {
-            Some(text) => {
-                self.take(at + text.len());
-                Ok(text)
+            .and_then(|len| self.bytes.get(at..at.checked_add(len)?));
+        match string {
+            Some(string) => {
+                self.take(at + string.len());
+                Ok(string)
             }
             None => self.give_up(),
         }
+    }
+
+    /// The text string at the front, if whole and UTF-8.
+    fn text(&mut self) -> Result<&'a str, GiveUp> {
+        let bytes = self.string(3)?;
+        std::str::from_utf8(bytes).or_else(|_| self.give_up())
     }
 
     fn signed(&mut self) -> Result<i64, GiveUp> {
@@ -185,6 +194,8 @@ impl<'de> de::Deserializer<'de> for &mut Reader<'_> {
             Head::Float(_) => self.deserialize_f64(visitor),
             Head::Text(len) if len <= self.scratch_len as u64 => self.deserialize_str(visitor),
             Head::Text(_) => self.deserialize_string(visitor),
+            Head::Bytes(len) if len <= self.scratch_len as u64 => self.deserialize_bytes(visitor),
+            Head::Bytes(_) => self.deserialize_byte_buf(visitor),
             Head::Other => self.give_up(),
         }
     }
@@ -267,6 +278,23 @@ impl<'de> de::Deserializer<'de> for &mut Reader<'_> {
         visitor.visit_string(text.to_owned())
     }
 
+    fn deserialize_bytes<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, GiveUp> {
+        match self.peek().0 {
+            Head::Bytes(len) if len <= self.scratch_len as u64 => {
+                let bytes = self.string(2)?;
+                visitor.visit_bytes(bytes)
+            }
+            _ => self.give_up(),
+        }
+    }
+
+    fn deserialize_byte_buf<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, GiveUp> {
+        // One allocation of the right size, where ciborium grows a Vec
+        // piece by piece.
+        let bytes = self.string(2)?;
+        visitor.visit_byte_buf(bytes.to_vec())
+    }
+
     fn deserialize_option<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, GiveUp> {
         match self.peek() {
             (Head::Null, at) => {
@@ -312,8 +340,6 @@ impl<'de> de::Deserializer<'de> for &mut Reader<'_> {
         deserialize_i128();
         deserialize_u128();
         deserialize_char();
-        deserialize_bytes();
-        deserialize_byte_buf();
         deserialize_seq();
         deserialize_tuple(len: usize);
         deserialize_tuple_struct(name: &'static str, len: usize);
@@ -325,8 +351,8 @@ impl<'de> de::Deserializer<'de> for &mut Reader<'_> {
     }
 }
 
-/// Encodes `value` onto `out` if it is one integer, bool, unit or text
-/// string of at most `max_text` bytes, byte for byte as ciborium would;
+/// Encodes `value` onto `out` if it is one integer, bool, unit, or text or
+/// byte string of at most `max_text` bytes, byte for byte as ciborium would;
 /// `false` (with `out` as it was) means: ask ciborium.
 pub(super) fn encode<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>, max_text: usize) -> bool {
     let start = out.len();
@@ -435,6 +461,15 @@ impl ser::Serializer for &mut Writer<'_> {
         Ok(())
     }
 
+    fn serialize_bytes(self, v: &[u8]) -> Result<(), GiveUp> {
+        if v.len() > self.max_text {
+            return Err(GiveUp);
+        }
+        self.head(2, v.len() as u64);
+        self.out.extend_from_slice(v);
+        Ok(())
+    }
+
     fn serialize_none(self) -> Result<(), GiveUp> {
         self.serialize_unit()
     }
@@ -492,7 +527,6 @@ impl ser::Serializer for &mut Writer<'_> {
         serialize_i128(i128) -> ();
         serialize_u128(u128) -> ();
         serialize_char(char) -> ();
-        serialize_bytes(&[u8]) -> ();
         serialize_seq(Option<usize>) -> Self::SerializeSeq;
         serialize_tuple(usize) -> Self::SerializeTuple;
         serialize_tuple_struct(&'static str, usize) -> Self::SerializeTupleStruct;
@@ -609,6 +643,9 @@ mod tests {
         agrees("héllo".to_owned(), true);
         agrees("x".repeat(70_000), true);
         agrees(Loose::Number(3), true);
+        agrees(serde_bytes::ByteBuf::from(vec![1, 2]), true);
+        agrees(serde_bytes::ByteBuf::from(vec![7; 70_000]), true);
+        agrees(Some(serde_bytes::ByteBuf::new()), true);
     }
 
     #[test]
@@ -622,7 +659,6 @@ mod tests {
         agrees(u128::MAX, false);
         agrees(i128::MIN, false);
         agrees('x', false);
-        agrees(serde_bytes::ByteBuf::from(vec![1, 2]), false);
         agrees(Some(vec![1u8]), false);
     }
 
@@ -684,10 +720,12 @@ mod tests {
             &[0x1c],                   // reserved
             &[0x63, b'a', b'b'],       // three bytes of text, two there
             &[0x62, 0xff, 0xfe],       // not UTF-8
+            &[0x43, 1, 2],             // three bytes, two there
             &[0x7f, 0x61, b'a', 0xff], // indefinite-length text
         ] {
             assert_eq!(decode::<u64>(bytes, 64), None, "{bytes:?}");
             assert_eq!(decode::<String>(bytes, 64), None, "{bytes:?}");
+            assert_eq!(decode::<serde_bytes::ByteBuf>(bytes, 64), None, "{bytes:?}");
         }
     }
 
@@ -699,7 +737,9 @@ mod tests {
             text in ".{0,40}",
             flag in proptest::bool::ANY,
             maybe in proptest::option::of(proptest::num::i32::ANY),
+            bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..300),
         ) {
+            agrees(serde_bytes::ByteBuf::from(bytes), true);
             agrees(u, true);
             agrees(i, true);
             agrees(text, true);
