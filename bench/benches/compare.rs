@@ -920,11 +920,7 @@ fn wide_context() {
     let meeting = Meeting::new(HOLDERS);
     let paths = vec![meeting.path(); HOLDERS];
     let waiter = std::thread::spawn(move || meeting.wait());
-    let pids: Vec<u32> = pool
-        .map(meet, paths)
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
+    let pids: Vec<u32> = pool.map(meet, paths).unwrap().map(Result::unwrap).collect();
     assert_eq!(waiter.join().unwrap().1, HOLDERS, "{pids:?}");
     assert_eq!(pool.call(table_len, table.clone()).unwrap(), 32 << 20);
     let mut wide = Vec::new();
