@@ -8,6 +8,11 @@
 //! reads it, and keeps it while the [`WithContext`] handle or a map of it
 //! lives; after that, it drops it with the next input it gets (an idle
 //! worker keeps it until then, or until it exits).
+//!
+//! A long value (from `bulk`'s threshold on) whose workers are local and
+//! can map this process's memfds is encoded once into shared memory
+//! instead: each worker is sent a few bytes that name it, and decodes from
+//! a read-only mapping, with no copy through its pipe.
 
 use std::marker::PhantomData;
 use std::sync::Arc;
@@ -107,12 +112,14 @@ impl Pool {
         let encoded = self
             .running()
             .shared()
-            .new_context(|buf| crate::protocol::encode(context, buf).map_err(|e| e.to_string()))
+            .new_context(|out| {
+                crate::protocol::encode_with(context, out).map_err(|e| e.to_string())
+            })
             .and_then(|context| {
-                if context.frame.len() > max {
+                if context.bytes() > max {
                     Err(format!(
                         "it encodes to {} bytes, over the frame limit of {max}",
-                        context.frame.len()
+                        context.bytes()
                     ))
                 } else {
                     Ok(context)
@@ -304,7 +311,7 @@ impl<C> std::fmt::Debug for WithContext<'_, C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let mut debug = f.debug_struct("WithContext");
         match &self.context {
-            Ok(context) => debug.field("bytes", &context.frame.len()),
+            Ok(context) => debug.field("bytes", &context.bytes()),
             Err(message) => debug.field("error", message),
         };
         if let Some(timeout) = &self.timeout {

@@ -45,14 +45,16 @@ impl Entry {
 /// inputs that read it.
 #[doc(hidden)]
 pub struct ContextSlot {
-    encoded: Vec<u8>,
+    /// The CBOR value until decoded: bytes read from a frame, or a
+    /// mapping of shared memory.
+    encoded: Box<dyn AsRef<[u8]> + Send>,
     value: Option<Box<dyn Any + Send>>,
 }
 
 impl ContextSlot {
-    pub(crate) fn new(encoded: Vec<u8>) -> ContextSlot {
+    pub(crate) fn new(encoded: impl AsRef<[u8]> + Send + 'static) -> ContextSlot {
         ContextSlot {
-            encoded,
+            encoded: Box::new(encoded),
             value: None,
         }
     }
@@ -63,9 +65,10 @@ impl ContextSlot {
         scratch: &mut [u8],
     ) -> Result<&C, String> {
         if self.value.is_none() {
-            let value: C = protocol::decode(&self.encoded, scratch).map_err(|e| e.to_string())?;
+            let encoded = (*self.encoded).as_ref();
+            let value: C = protocol::decode(encoded, scratch).map_err(|e| e.to_string())?;
             self.value = Some(Box::new(value));
-            self.encoded = Vec::new();
+            self.encoded = Box::new(Vec::new());
         }
         self.value
             .as_ref()
@@ -77,7 +80,7 @@ impl ContextSlot {
 impl std::fmt::Debug for ContextSlot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ContextSlot")
-            .field("encoded", &self.encoded.len())
+            .field("encoded", &(*self.encoded).as_ref().len())
             .field("decoded", &self.value.is_some())
             .finish()
     }

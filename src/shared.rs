@@ -12,12 +12,12 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::Waker;
 use std::time::Duration;
 
+use crate::bulk::ContextFile;
 use crate::chunk::Chunk;
 use crate::config::Config;
 use crate::delivery::{Delivery, Mailbox, WakerSlot};
 use crate::error::Error;
 use crate::hooks::Answerers;
-use crate::protocol;
 use crate::sys::Doorbell;
 
 /// Measurements of one map, shared with its caller.
@@ -45,12 +45,27 @@ impl MapStats {
     }
 }
 
-/// A context that maps share, encoded once as a CONTEXT frame. Workers
-/// keep it while it is alive: while its handle or a map of it is.
+/// A context that maps share, encoded once as a CONTEXT frame, or, when
+/// its value is long and the pool's workers can map the pool's memfds, as
+/// a CONTEXT_BESIDE frame and the memfd its value is in (see `bulk`).
+/// Workers keep it while it is alive: while its handle or a map of it is.
 #[derive(Debug)]
 pub(crate) struct SharedContext {
     pub id: u64,
+    /// What each worker is sent.
     pub frame: Arc<Vec<u8>>,
+    /// The memfd that holds the value, if it is beside the frame: open as
+    /// long as the context, so that workers started later map it too.
+    pub beside: Option<ContextFile>,
+}
+
+impl SharedContext {
+    /// Bytes of its CONTEXT frame, value included, wherever the value is.
+    pub(crate) fn bytes(&self) -> usize {
+        self.beside
+            .as_ref()
+            .map_or(self.frame.len(), |file| file.inline_len(&self.frame))
+    }
 }
 
 /// What a map runs: a registered task, by position, the context it reads,
@@ -284,20 +299,25 @@ impl Shared {
         self.doorbell.ring();
     }
 
-    /// Makes a context: `write` appends its CBOR value (outside the lock).
+    /// Makes a context: `write` writes its CBOR value (outside the lock).
+    /// A long one goes into shared memory when the pool's workers can map
+    /// it (as for inputs' long strings; and the program must still be
+    /// dumpable for them to open it).
     pub(crate) fn new_context<E>(
         &self,
-        write: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
+        write: impl FnOnce(&mut dyn std::io::Write) -> Result<(), E>,
     ) -> Result<Arc<SharedContext>, E> {
         let id = {
             let mut state = self.lock();
             state.next_context += 1;
             state.next_context - 1
         };
-        let frame = protocol::context_frame(id, write)?;
+        let beside = self.config.bulk.is_some() && crate::bulk::dumpable();
+        let (frame, beside) = crate::bulk::encode_context(id, beside, write)?;
         let context = Arc::new(SharedContext {
             id,
             frame: Arc::new(frame),
+            beside,
         });
         self.lock().contexts.insert(id, Arc::downgrade(&context));
         Ok(context)

@@ -557,6 +557,15 @@ fn run_tasks(
                 contexts.insert(id, ContextSlot::new(value.to_vec()));
                 continue;
             }
+            // Mapped now, while the pool surely holds it; decoded from the
+            // mapping when a task first reads it.
+            protocol::CONTEXT_BESIDE => {
+                let (id, place) = protocol::parse_context(&body).map_err(|e| e.0)?;
+                let value = crate::bulk::map_context(place)
+                    .map_err(|e| format!("could not map context {id}: {e}"))?;
+                contexts.insert(id, ContextSlot::new(value));
+                continue;
+            }
             protocol::FORGET => {
                 let (id, _) = protocol::parse_context(&body).map_err(|e| e.0)?;
                 contexts.remove(&id);

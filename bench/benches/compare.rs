@@ -8,7 +8,8 @@
 //! `cargo bench -p buckshot-bench` runs every section;
 //! `cargo bench -p buckshot-bench -- NAME...` runs some (tiny, sizes,
 //! uneven, startup, fresh, wide, payload, streaming, isolation, ssh; and
-//! context, which is only run when named, for it takes minutes). With
+//! context, which is only run when named, for it takes minutes;
+//! wide-context runs its first row alone). With
 //! `--csv PATH` the task-size sweep is also written as CSV for the chart
 //! (cargo runs benchmarks in `bench/`: give an absolute path).
 
@@ -152,7 +153,14 @@ fn main() {
             section();
         }
     }
-    // A minute or two: only when asked for by name.
+    // A minute or two: only when asked for by name. `wide-context` runs
+    // its first row alone.
+    if only
+        .iter()
+        .any(|o| o.as_str() == "context" || o.as_str() == "wide-context")
+    {
+        wide_context();
+    }
     if only.iter().any(|o| o.as_str() == "context") {
         context();
     }
@@ -865,6 +873,156 @@ fn table_byte_inline(table: ByteBuf, i: u64) -> u8 {
     table[i as usize % table.len()]
 }
 buckshot::register!(table_byte_inline);
+
+/// Workers of the wide-context row: each holds the context at once.
+const HOLDERS: usize = 16;
+/// How long the inputs of one round wait for each other: far more than a
+/// round takes, so that only a lost worker trips it.
+const MEET_BOUND: Duration = Duration::from_secs(120);
+
+/// Inputs that meet: each tells the bench, listening at `path`, its pid,
+/// then waits (bounded) until the bench has heard from all of them. With
+/// `batch_size(1)` no worker holds two of them, so they run on as many
+/// workers.
+fn meet_at(path: &str) -> u32 {
+    use std::io::Write;
+    let mut stream = std::os::unix::net::UnixStream::connect(path).expect("reach the bench");
+    stream
+        .write_all(&std::process::id().to_le_bytes())
+        .expect("announce");
+    stream.set_read_timeout(Some(MEET_BOUND)).unwrap();
+    let mut go = [0];
+    stream
+        .read_exact(&mut go)
+        .expect("the others met within the bound");
+    std::process::id()
+}
+
+fn meet(path: String) -> u32 {
+    meet_at(&path)
+}
+buckshot::register!(meet);
+
+/// Reads the context (its worker decoded it to call this), then meets.
+fn hold_table(table: &ByteBuf, path: String) -> u32 {
+    std::hint::black_box(table.len());
+    meet_at(&path)
+}
+buckshot::register!(hold_table);
+
+fn table_len(table: ByteBuf) -> u64 {
+    table.len() as u64
+}
+buckshot::register!(table_len);
+
+/// The bench's end of a meeting of `n` inputs: when the last one arrived,
+/// and the pids they told.
+struct Meeting {
+    path: std::path::PathBuf,
+    done: std::sync::mpsc::Receiver<(Instant, Vec<u32>)>,
+}
+
+impl Meeting {
+    fn new(n: usize) -> Meeting {
+        static ROUND: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let round = ROUND.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!(
+            "buckshot-bench-meet-{}-{round}",
+            std::process::id()
+        ));
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let (tx, done) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut met = Vec::new();
+            let mut pids = Vec::new();
+            while met.len() < n {
+                let (mut stream, _) = listener.accept().unwrap();
+                let mut pid = [0; 4];
+                stream.read_exact(&mut pid).unwrap();
+                pids.push(u32::from_le_bytes(pid));
+                met.push(stream);
+            }
+            let all_there = Instant::now();
+            for mut stream in met {
+                std::io::Write::write_all(&mut stream, b"!").unwrap();
+            }
+            let _ = tx.send((all_there, pids));
+        });
+        Meeting { path, done }
+    }
+
+    fn path(&self) -> String {
+        self.path.to_string_lossy().into_owned()
+    }
+
+    /// When the last input arrived, and the distinct pids, after at most
+    /// [`MEET_BOUND`].
+    fn wait(self) -> (Instant, usize) {
+        let (at, mut pids) = self
+            .done
+            .recv_timeout(MEET_BOUND)
+            .expect("every input met within the bound");
+        let _ = std::fs::remove_file(&self.path);
+        pids.sort_unstable();
+        pids.dedup();
+        (at, pids.len())
+    }
+}
+
+/// A 32 MiB context to 16 workers: from `with_context` to all 16 holding
+/// it decoded (each runs one input that reads it and waits for the
+/// others), against the same table sent as one input to one worker of the
+/// same pool. Medians of several rounds, each with a fresh context.
+fn wide_context() {
+    const ROUNDS: usize = 5;
+    let table = ByteBuf::from((0..32usize << 20).map(|i| i as u8).collect::<Vec<u8>>());
+    let pool = Pool::builder()
+        .processes(HOLDERS)
+        .batch_size(1)
+        .build()
+        .unwrap();
+    // Every worker up, and the one-input path warm.
+    let meeting = Meeting::new(HOLDERS);
+    let paths = vec![meeting.path(); HOLDERS];
+    let waiter = std::thread::spawn(move || meeting.wait());
+    let pids: Vec<u32> = pool.map(meet, paths).unwrap().map(Result::unwrap).collect();
+    assert_eq!(waiter.join().unwrap().1, HOLDERS, "{pids:?}");
+    assert_eq!(pool.call(table_len, table.clone()).unwrap(), 32 << 20);
+    let mut wide = Vec::new();
+    let mut one = Vec::new();
+    for _ in 0..ROUNDS {
+        let meeting = Meeting::new(HOLDERS);
+        let paths = vec![meeting.path(); HOLDERS];
+        // Waited for beside the map, which may need its results read to
+        // send more inputs.
+        let waiter = std::thread::spawn(move || meeting.wait());
+        let start = Instant::now();
+        let ctx = pool.with_context(&table);
+        let results = ctx.map(hold_table, paths).unwrap();
+        assert_eq!(results.map(Result::unwrap).count(), HOLDERS);
+        let (all_hold, distinct) = waiter.join().unwrap();
+        wide.push(all_hold - start);
+        assert_eq!(distinct, HOLDERS, "one input per worker");
+        drop(ctx);
+        let input = table.clone();
+        let (len, took) = time(|| pool.call(table_len, input).unwrap());
+        assert_eq!(len, 32 << 20);
+        one.push(took);
+    }
+    let (wide, one) = (median(wide), median(one));
+    row(
+        "32 MiB context to 16 workers, median of 5",
+        format!("{wide:.2?}"),
+        wide.as_secs_f64() / one.as_secs_f64(),
+        "the table as one input to one worker",
+    );
+    row(
+        "32 MiB as one input to one worker, median of 5",
+        format!("{one:.2?}"),
+        1.0,
+        "the table as one input to one worker",
+    );
+}
 
 /// A 32 MiB table read by 4,000 inputs: sent once per worker in a context,
 /// against the same map with the table in every input.

@@ -27,6 +27,9 @@
 //!   generation number that its item carries; the delivery that carries
 //!   the item holds a lease that frees the slot once decoded (or dropped).
 //!   When none is free, the output goes inline, as it would anyway.
+//! - [`context`]: a long context's value, encoded once into a memfd that
+//!   lives as long as the context; each worker maps it and decodes from
+//!   the mapping.
 //!
 //! Memfds are sealed against shrinking, so a mapping never outlives its
 //! file's end (which would be a SIGBUS); every length in a table is checked
@@ -36,6 +39,7 @@
 //! pools that keep failures or a journal, and programs under a file size
 //! limit or not dumpable send everything inline.
 
+mod context;
 mod inputs;
 mod outputs;
 mod splice;
@@ -49,6 +53,7 @@ use std::sync::atomic::AtomicU64;
 
 use rustix::mm::{MapFlags, ProtFlags};
 
+pub(crate) use self::context::{ContextFile, encode_context, map_context};
 pub(crate) use self::inputs::{InputFrame, Segment, Segments, decode_input};
 pub(crate) use self::outputs::{
     ReplySlots, SlotLease, decode_outcome, discard_output, encode_ok, output_beside,

@@ -20,6 +20,9 @@ pub(crate) const RETIRE_FRAME: [u8; 5] = [1, 0, 0, 0, RETIRE];
 pub(crate) const RETIRED: u8 = 10;
 /// The whole RETIRED frame: it has no body.
 pub(crate) const RETIRED_FRAME: [u8; 5] = [1, 0, 0, 0, RETIRED];
+/// A CONTEXT frame whose value is beside it, in shared memory: after the
+/// id comes where (written and read by `bulk`).
+pub(crate) const CONTEXT_BESIDE: u8 = 11;
 
 /// Length prefix of a frame.
 pub(crate) const LEN_BYTES: usize = 4;
@@ -322,6 +325,22 @@ pub(crate) fn context_frame<E>(
     Ok(frame)
 }
 
+/// A CONTEXT_BESIDE frame: context `id`, whose value is where `place`
+/// says (`bulk` writes and reads it).
+pub(crate) fn context_beside_frame(id: u64, place: &[u8]) -> Vec<u8> {
+    let mut frame = vec![0; CONTEXT_HEADER];
+    frame[KIND_AT] = CONTEXT_BESIDE;
+    put_u64(&mut frame, CONTEXT_ID_AT, id);
+    frame.extend_from_slice(place);
+    seal_frame(&mut frame, 0);
+    frame
+}
+
+/// Whether a frame of `kind` brings a context (inline or beside).
+pub(crate) fn brings_context(kind: u8) -> bool {
+    kind == CONTEXT || kind == CONTEXT_BESIDE
+}
+
 /// A FORGET frame: the worker may drop context `id`.
 pub(crate) fn forget_frame(id: u64) -> Vec<u8> {
     let mut frame = vec![0; CONTEXT_HEADER];
@@ -331,8 +350,9 @@ pub(crate) fn forget_frame(id: u64) -> Vec<u8> {
     frame
 }
 
-/// The context id of a CONTEXT or FORGET frame's body, and what follows
-/// it (the CBOR value of a CONTEXT frame).
+/// The context id of a CONTEXT, CONTEXT_BESIDE or FORGET frame's body,
+/// and what follows it (the CBOR value of a CONTEXT frame, where the value
+/// of a CONTEXT_BESIDE frame is).
 pub(crate) fn parse_context(body: &[u8]) -> Result<(u64, &[u8]), ProtocolError> {
     let at = |offset: usize| offset - LEN_BYTES;
     if body.len() < at(CONTEXT_HEADER) {
@@ -539,6 +559,14 @@ mod tests {
         assert_eq!(forget[KIND_AT], FORGET);
         assert_eq!(parse_context(&forget[LEN_BYTES..]).unwrap(), (9, &b""[..]));
         assert!(parse_context(&forget[LEN_BYTES..forget.len() - 1]).is_err());
+        let beside = context_beside_frame(9, b"place");
+        assert_eq!(get_u32(&beside, 0) as usize, beside.len() - LEN_BYTES);
+        assert!(brings_context(beside[KIND_AT]) && brings_context(CONTEXT));
+        assert!(!brings_context(FORGET));
+        assert_eq!(
+            parse_context(&beside[LEN_BYTES..]).unwrap(),
+            (9, &b"place"[..])
+        );
         let zero = forget_frame(0);
         assert!(parse_context(&zero[LEN_BYTES..]).is_err());
         let run = RunFrame::with_capacity(1, 9, 0).finish();

@@ -10,6 +10,7 @@
 //! REPLY  worker -> pool  body = first_seq:u64 count:u32 busy_ns:u64 flags:u8 items
 //! FATAL  worker -> pool  body = UTF-8 message         the worker exits next
 //! CONTEXT pool -> worker body = id:u64 cbor           before the first RUN that reads it
+//! CONTEXT_BESIDE         body = id:u64 place          the same, its cbor in shared memory
 //! FORGET pool -> worker  body = id:u64                no RUN will read it again
 //! LOG    worker -> pool  body = seq:u64 CBOR LogRecord  an event a task emitted while item
 //!                                                     seq ran (all ones: none ran)
@@ -38,7 +39,10 @@
 //!
 //! A RUN frame's context is 0 when its task reads none. A worker keeps a
 //! context's value from the CONTEXT frame to the FORGET frame; CONTEXT and
-//! FORGET frames are not answered.
+//! FORGET frames are not answered. Between a pool and its local workers, a
+//! long context's value goes once into shared memory, and each worker is
+//! sent a CONTEXT_BESIDE frame instead, whose `place` (`bulk` writes and
+//! reads it) says where the value is.
 //!
 //! Sequence numbers count items, per worker, from 0: a RUN frame carries
 //! items `first_seq..first_seq + count`, and the worker answers every item, in
@@ -68,16 +72,17 @@ pub(crate) use codec::{
 };
 pub(crate) use frame::LEN_BYTES;
 pub(crate) use frame::{
-    CONTEXT, FATAL, FORGET, HELLO, Hello, INPUT_MARK, ITEM_LEN_BYTES, Items, LOG, PANIC, REPLY,
-    RETIRE, RETIRE_FRAME, RETIRED, RETIRED_FRAME, RUN, ReplyHeader, RunFrame, RunHeader,
-    begin_item, context_frame, end_item, forget_frame, items_len, log_frame, panic_frame,
-    parse_context, parse_log, parse_panic, push_frame, push_item, run_items,
+    CONTEXT, CONTEXT_BESIDE, FATAL, FORGET, HELLO, Hello, INPUT_MARK, ITEM_LEN_BYTES, Items, LOG,
+    PANIC, REPLY, RETIRE, RETIRE_FRAME, RETIRED, RETIRED_FRAME, RUN, ReplyHeader, RunFrame,
+    RunHeader, begin_item, brings_context, context_beside_frame, context_frame, end_item,
+    forget_frame, items_len, log_frame, panic_frame, parse_context, parse_log, parse_panic,
+    push_frame, push_item, run_items,
 };
 pub(crate) use read::{FrameBuffer, read_frame};
 
 /// Bumped whenever the format changes. A worker speaking another version is
 /// refused at the handshake.
-pub(crate) const VERSION: u32 = 8;
+pub(crate) const VERSION: u32 = 9;
 
 /// A protocol violation by the peer. Both the frame parsers and the readers
 /// report it, so it lives here, where both import it from.

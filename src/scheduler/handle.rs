@@ -175,7 +175,8 @@ impl WorkerHandle {
         let send = context.filter(|context| self.contexts.insert(context.id));
         let prefix = match (self.forgets.is_empty(), send) {
             (true, None) => None,
-            // The context's frame as it is, shared with every worker.
+            // The context's frame as it is, shared with every worker (a
+            // long value's, a few bytes naming its memfd).
             (true, Some(context)) => Some(Arc::clone(&context.frame)),
             (false, send) => {
                 let mut frames = Vec::new();
@@ -222,8 +223,8 @@ impl WorkerHandle {
             .collect()
     }
 
-    /// The frames of `prefix` (a CONTEXT frame, FORGET frames) never
-    /// reached the worker.
+    /// The frames of `prefix` (a CONTEXT or CONTEXT_BESIDE frame, FORGET
+    /// frames) never reached the worker.
     fn owe_again(&mut self, mut prefix: &[u8]) {
         let mut body = Vec::new();
         // Frames we built: they parse.
@@ -231,7 +232,7 @@ impl WorkerHandle {
             let Ok((id, _)) = protocol::parse_context(&body) else {
                 continue;
             };
-            if body[0] == protocol::CONTEXT {
+            if protocol::brings_context(body[0]) {
                 self.contexts.remove(&id);
             } else {
                 self.forgets.push(id);

@@ -78,6 +78,7 @@ fn context(id: u64) -> SharedContext {
     SharedContext {
         id,
         frame: Arc::new(frame),
+        beside: None,
     }
 }
 
