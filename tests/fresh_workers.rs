@@ -1,0 +1,61 @@
+//! The threads a worker and a pool start, which a fresh process per input
+//! pays each time: a local worker runs its tasks on its only thread where
+//! its parent-death signal ends it with the pool (the portable backend has
+//! none, and keeps a watchdog on its request stream), and a pool starts its
+//! spawning threads only when it first replaces a worker.
+//!
+//! One test: no other pool of this binary runs while it counts threads.
+
+mod common;
+
+use buckshot::Pool;
+
+fn threads_of_worker(_: u64) -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .expect("read /proc/self/task")
+        .count()
+}
+buckshot::register!(threads_of_worker);
+
+/// This process's threads that spawn workers.
+fn spawning_threads() -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .expect("read /proc/self/task")
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("comm")).ok())
+        .filter(|name| name.trim_end() == "buckshot-spawn")
+        .count()
+}
+
+fn threads_in_tasks(pool: &Pool, inputs: u64) -> Vec<usize> {
+    let results = pool.map(threads_of_worker, 0..inputs).unwrap();
+    common::within("a map counting threads", move || {
+        results.map(Result::unwrap).collect::<Vec<usize>>()
+    })
+}
+
+#[test]
+fn workers_and_pools_start_only_the_threads_they_need() {
+    // The watchdog, where nothing else ends a busy worker with its pool.
+    let expected = if cfg!(buckshot_portable) { 2 } else { 1 };
+    let pool = Pool::new(2).unwrap();
+    let threads = threads_in_tasks(&pool, 4);
+    assert_eq!(threads, vec![expected; 4], "threads of the workers");
+    assert_eq!(
+        spawning_threads(),
+        0,
+        "a pool that replaced no worker started spawning threads"
+    );
+    drop(pool);
+
+    let pool = Pool::builder()
+        .processes(2)
+        .max_tasks_per_worker(1)
+        .build()
+        .unwrap();
+    let threads = threads_in_tasks(&pool, 6);
+    assert_eq!(threads, vec![expected; 6], "threads of fresh workers");
+    assert_eq!(spawning_threads(), 2, "a pool that replaces workers");
+    drop(pool);
+    assert_eq!(spawning_threads(), 0, "spawning threads after the drop");
+}
