@@ -17,9 +17,6 @@
 //! The spawning threads live as long as the pool's thread: the parent-death
 //! signal of a worker fires when the *thread* that spawned it ends, and the
 //! pool's thread stops them only when it shuts down, as its workers go.
-//! They start with the first request: a pool whose workers all start on
-//! its own thread (a small one, that replaces none) never needs them, and
-//! its start does not wait for two more threads.
 //!
 //! What a spawn needs is one value per launcher, [`SpawnRequest`], made
 //! when the pool starts: it completes each worker's [`WorkerConfig`],
@@ -27,7 +24,6 @@
 //! variables the pool sets in workers' environment: a [`Handoff`]), and
 //! hands that to [`Process::spawn`].
 
-use std::cell::RefCell;
 use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -174,46 +170,30 @@ pub(crate) struct Spawned {
     pub result: std::io::Result<Process>,
 }
 
-type Wake = Arc<dyn Fn() + Send + Sync>;
-
 pub(crate) struct Spawner {
     requests: Option<Sender<SpawnRequest>>,
-    /// Where the threads take requests from.
-    requested: Arc<Mutex<Receiver<SpawnRequest>>>,
-    done: Sender<Spawned>,
     spawned: Receiver<Spawned>,
     /// Set when the pool stops: requests still queued are dropped.
     stopping: Arc<AtomicBool>,
-    /// Called after each spawn.
-    wake: Wake,
-    /// Empty until the first request.
-    threads: RefCell<Vec<JoinHandle<()>>>,
+    threads: Vec<JoinHandle<()>>,
 }
 
 impl Spawner {
-    /// A spawner whose threads, once started (by the first request), call
-    /// `wake` after each spawn.
+    /// Starts the spawning threads; they call `wake` after each spawn.
     pub(crate) fn start(wake: impl Fn() + Send + Sync + 'static) -> std::io::Result<Spawner> {
         let (requests, requested) = mpsc::channel::<SpawnRequest>();
+        let requested = Arc::new(Mutex::new(requested));
         let (done, spawned) = mpsc::channel();
-        Ok(Spawner {
+        let wake = Arc::new(wake);
+        let mut spawner = Spawner {
             requests: Some(requests),
-            requested: Arc::new(Mutex::new(requested)),
-            done,
             spawned,
             stopping: Arc::new(AtomicBool::new(false)),
-            wake: Arc::new(wake),
-            threads: RefCell::new(Vec::new()),
-        })
-    }
-
-    /// Starts the spawning threads: those it can, at least one, or the
-    /// error of the first that could not start.
-    fn start_threads(&self) -> std::io::Result<()> {
-        let mut threads = self.threads.borrow_mut();
+            threads: Vec::new(),
+        };
         for _ in 0..SPAWNING_THREADS {
-            let (requested, done) = (Arc::clone(&self.requested), self.done.clone());
-            let (stop, wake) = (Arc::clone(&self.stopping), Arc::clone(&self.wake));
+            let (requested, done) = (Arc::clone(&requested), done.clone());
+            let (stop, wake) = (Arc::clone(&spawner.stopping), Arc::clone(&wake));
             let thread = std::thread::Builder::new()
                 .name("buckshot-spawn".into())
                 .spawn(move || {
@@ -239,31 +219,13 @@ impl Spawner {
                         }
                         wake();
                     }
-                });
-            match thread {
-                Ok(thread) => threads.push(thread),
-                Err(e) if threads.is_empty() => return Err(e),
-                // One spawns too, only slower.
-                Err(_) => break,
-            }
+                })?;
+            spawner.threads.push(thread);
         }
-        Ok(())
+        Ok(spawner)
     }
 
     pub(crate) fn request(&self, request: SpawnRequest) {
-        if self.threads.borrow().is_empty() {
-            if let Err(e) = self.start_threads() {
-                // The spawn's error, as if a thread had tried: the pool
-                // counts it and retries later.
-                let failed = Spawned {
-                    launcher: request.launcher,
-                    result: Err(e),
-                };
-                let _ = self.done.send(failed);
-                (self.wake)();
-                return;
-            }
-        }
         if let Some(requests) = &self.requests {
             // Only fails once the thread is gone, when the pool is too.
             let _ = requests.send(request);
@@ -288,7 +250,7 @@ impl Spawner {
     pub(crate) fn stop(&mut self) -> Vec<Process> {
         self.stopping.store(true, Ordering::Relaxed);
         self.requests = None;
-        for thread in self.threads.get_mut().drain(..) {
+        for thread in self.threads.drain(..) {
             let _ = thread.join();
         }
         std::iter::from_fn(|| self.try_take())
