@@ -1,9 +1,7 @@
-//! The threads a worker and a pool start, which a fresh process per input
-//! pays each time: a local worker runs its tasks on its only thread where
-//! its parent-death signal ends it with the pool (the portable backend has
-//! none, and keeps a watchdog on its request stream), and a pool starts its
-//! spawning threads only when it first replaces a worker.
-//!
+//! The threads a worker starts, which a fresh process per input pays each
+//! time: a local worker runs its tasks on its only thread where its
+//! parent-death signal ends it with the pool (the portable backend has
+//! none, and keeps a watchdog on its request stream).
 
 mod common;
 
