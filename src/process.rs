@@ -21,7 +21,11 @@
 //! program that restored its default action would die of. Natively it is
 //! opened anew through `/proc`, so that it has a file description of its
 //! own, non-blocking without making the worker's so: a read back must
-//! never wait for bytes the worker took meanwhile. Where it cannot be,
+//! never wait for bytes the worker took meanwhile; and only the first time
+//! frames are read back, as few workers ever have any read back, and every
+//! spawn would pay the walk through `/proc`. Until then (and where it
+//! cannot be opened, for good) the pool's read end shares the worker's file
+//! description, which counts what is unread as well. Where it cannot be,
 //! nothing is read back.
 
 use std::io;
@@ -57,10 +61,12 @@ pub(crate) struct Process {
     reported: Option<Reported>,
     /// Requests. `None` once closed (to retire the worker gracefully).
     requests: Option<OwnedFd>,
-    /// Our own read end of the request pipe.
+    /// Our own read end of the request pipe: the worker's file description
+    /// until frames are first read back, then one of our own.
     requests_reader: OwnedFd,
-    /// It is non-blocking, and may be read from.
-    reads_back: bool,
+    /// Whether it is one of our own, non-blocking, that may be read from:
+    /// `None` until frames are first read back.
+    reads_back: Option<bool>,
     /// Replies. `None` after end of stream.
     replies: Option<OwnedFd>,
     stderr: StderrPipe,
@@ -114,10 +120,6 @@ impl Process {
         // behind our back.
         let replies = child.stdout.take().expect("piped stdout");
         let stderr = child.stderr.take().expect("piped stderr");
-        let (requests_reader, reads_back) = match sys::reopen_nonblocking(&requests_reader) {
-            Ok(reader) => (reader, true),
-            Err(_) => (requests_reader, false),
-        };
         // From here on, dropping the process kills and reaps it.
         let mut process = Process {
             child,
@@ -126,7 +128,7 @@ impl Process {
             reported: None,
             requests: None,
             requests_reader,
-            reads_back,
+            reads_back: None,
             replies: None,
             stderr: StderrPipe::new(stderr.into(), forward_stderr),
             reply_slot,
@@ -204,8 +206,17 @@ impl Process {
     /// read takes all of it, atomically against the worker's reads, and
     /// never waits. Returns how many bytes it took (0 if it cannot read
     /// back here).
-    pub(crate) fn take_unread(&self, buf: &mut [u8]) -> usize {
-        if !self.reads_back {
+    pub(crate) fn take_unread(&mut self, buf: &mut [u8]) -> usize {
+        if self.reads_back.is_none() {
+            // Replaces the worker's description, so that a worker holds
+            // no more descriptors here than `FDS_PER_WORKER`.
+            let reopened = sys::reopen_nonblocking(&self.requests_reader);
+            self.reads_back = Some(reopened.is_ok());
+            if let Ok(reader) = reopened {
+                self.requests_reader = reader;
+            }
+        }
+        if self.reads_back != Some(true) {
             return 0;
         }
         loop {

@@ -25,7 +25,8 @@
 //!   whose handler kills its whole process group (itself and what its tasks
 //!   started), and exits at once if that already happened (when its parent
 //!   is the pool's process: a launcher may start it elsewhere);
-//! - the watchdog that ends the worker with its request stream;
+//! - the watchdog that ends the worker with its request stream, unless
+//!   the parent-death signal is armed (see [`watch_requests`]);
 //! - the memory limit, if any, is applied (`RLIMIT_DATA`, after the
 //!   watchdog's stack), or refused in the handshake if the worker could
 //!   not even start under it;
@@ -143,11 +144,10 @@ fn serve(config: WorkerConfig, sandbox: Option<Sandbox>) -> ! {
     // Only a child of the pool's process: the parent of a worker started
     // through a launcher (sshd, slurmstepd, a relay) says nothing about the
     // pool, which the watchdog on the request stream follows instead.
-    if config.parent.is_some() {
-        if let Err(e) = sys::arm_parent_death(kill_own_group) {
-            fatal_early(&format!("could not set its parent-death signal: {e}"));
-        }
-    }
+    let death_signal = config.parent.is_some()
+        && sys::arm_parent_death(kill_own_group).unwrap_or_else(|e| {
+            fatal_early(&format!("could not set its parent-death signal: {e}"))
+        });
     let parent = rustix::process::getppid()
         .map(Pid::as_raw_nonzero)
         .map(|p| p.get() as u32);
@@ -162,8 +162,10 @@ fn serve(config: WorkerConfig, sandbox: Option<Sandbox>) -> ! {
         crate::bulk::serve(pool, slot, u64::from(config.max_frame_bytes));
     }
     // Before the memory limit: a thread's stack counts against it.
-    if let Err(e) = watch_requests(&requests) {
-        fatal_early(&format!("could not watch its request stream: {e}"));
+    if !death_signal {
+        if let Err(e) = watch_requests(&requests) {
+            fatal_early(&format!("could not watch its request stream: {e}"));
+        }
     }
     let refused = config
         .memory_limit
@@ -402,6 +404,14 @@ impl RssGuard {
 /// instead, and its stream stays open until it exits.) Without this, a
 /// remote worker whose relay (`ssh`) was killed would run its task to the
 /// end.
+///
+/// A worker that is the pool's child and armed its parent-death signal
+/// starts none: a thread of its own is a tenth of a fresh worker's cost.
+/// The stream of such a worker closes while it runs a task only when the
+/// pool's process or its spawning thread ends, which the signal reports
+/// (it fires as that thread ends, the process's included), or when the
+/// pool kills it, with its group, anyway. (A task that clears the signal,
+/// by a change of credentials or `prctl`, loses that: it runs to its end.)
 fn watch_requests(requests: &OwnedFd) -> std::io::Result<()> {
     let watched = rustix::io::fcntl_dupfd_cloexec(requests, 3)?;
     std::thread::Builder::new()

@@ -98,7 +98,7 @@ fn unwritten(worker: &WorkerHandle) -> Vec<u8> {
 }
 
 /// What is in its request pipe, read out of it.
-fn drain_pipe(worker: &WorkerHandle) -> Vec<u8> {
+fn drain_pipe(worker: &mut WorkerHandle) -> Vec<u8> {
     let mut buf = vec![0; worker.process.unread_requests().unwrap() as usize];
     let n = worker.process.take_unread(&mut buf);
     buf.truncate(n);
@@ -132,7 +132,7 @@ fn frames_taken_back_owe_their_context_and_forget_frames_again() {
     assert_eq!(worker.books.frames(), 1);
     assert_eq!(unwritten(&worker), head);
     worker.try_write().unwrap();
-    assert_eq!(drain_pipe(&worker), head);
+    assert_eq!(drain_pipe(&mut worker), head);
     // Its next frame of context 7 brings the FORGET and the context.
     assign(&mut worker, chunk(3, 7), Some(&seven));
     let mut expected = protocol::forget_frame(3);
@@ -166,7 +166,7 @@ fn a_retiring_worker_gives_back_frames_and_gets_its_retire_frame_again() {
     worker.try_write().unwrap();
     let mut expected = head;
     expected.extend_from_slice(&protocol::RETIRE_FRAME);
-    assert_eq!(drain_pipe(&worker), expected);
+    assert_eq!(drain_pipe(&mut worker), expected);
     assert_eq!(worker.books.assigned(), 1);
 }
 

@@ -235,8 +235,10 @@ pub(crate) fn exe_path() -> &'static Path {
 /// workers do), so that what its tasks started goes too when the program
 /// dies or is interrupted; otherwise SIGKILL for the worker alone. (A task
 /// that handles that signal, or blocks it in every thread, keeps its
-/// worker alive until its request stream ends; none should.)
-pub(crate) fn arm_parent_death(kill_group: extern "C" fn(libc::c_int)) -> io::Result<()> {
+/// worker alive until that task ends; none should.) Returns
+/// whether it armed one: here it always does, so a local worker needs no
+/// watchdog on its request stream.
+pub(crate) fn arm_parent_death(kill_group: extern "C" fn(libc::c_int)) -> io::Result<bool> {
     let leads_its_group = rustix::process::getpgrp() == rustix::process::getpid();
     let signal = if leads_its_group {
         let signal = libc::SIGRTMAX();
@@ -263,7 +265,7 @@ pub(crate) fn arm_parent_death(kill_group: extern "C" fn(libc::c_int)) -> io::Re
     if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, signal as libc::c_ulong) } != 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(())
+    Ok(true)
 }
 
 /// Closes descriptors `first..=last`: `close_range(2)` (Linux 5.9), or

@@ -337,9 +337,10 @@ pub(crate) fn exe_path() -> &'static Path {
 }
 
 /// There is no parent-death signal: a worker's watchdog on its request
-/// stream ends it (and its group) once the pool's process is gone.
-pub(crate) fn arm_parent_death(_kill_group: extern "C" fn(libc::c_int)) -> io::Result<()> {
-    Ok(())
+/// stream ends it (and its group) once the pool's process is gone. Returns
+/// that none was armed.
+pub(crate) fn arm_parent_death(_kill_group: extern "C" fn(libc::c_int)) -> io::Result<bool> {
+    Ok(false)
 }
 
 /// Closes descriptors `first..=last`.
