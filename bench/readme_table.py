@@ -24,7 +24,7 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # A line of the benchmark: measurement, value (with its unit), ratio, baseline.
-LINE = re.compile(r"^(\S.{0,47}?)\s{2,}([\d.,]+)\s?(\S*)\s+([\d.]+)x\s+(.*)$")
+LINE = re.compile(r"^(\S.{0,69}?)\s{2,}([\d.,]+)\s?(\S*)\s+([\d.]+)x\s+(.*)$")
 
 
 def build(env=None):

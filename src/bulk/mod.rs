@@ -49,7 +49,7 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd};
 use std::ptr::NonNull;
 use std::sync::OnceLock;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use rustix::mm::{MapFlags, ProtFlags};
 
@@ -223,17 +223,26 @@ impl View {
 /// access), and `/proc` must show them. And whether files may be as large
 /// as reply slots are sparse: past a file size limit (`ulimit -f`), the
 /// kernel would end the program with SIGXFSZ.
+///
+/// That `/proc` shows them is probed once per process, by opening a memfd
+/// of its own through it (a memfd, an open and two closes, at every
+/// `build()` before); a failed probe, which may be passing (no descriptor
+/// left), is tried again next time.
 pub(crate) fn available_here() -> bool {
+    static SHOWN_IN_PROC: AtomicBool = AtomicBool::new(false);
     let unlimited = rustix::process::getrlimit(rustix::process::Resource::Fsize)
         .current
         .is_none();
-    crate::sys::SHARED_MEMORY
-        && unlimited
-        && dumpable()
-        && Region::create(0).is_ok_and(|file| {
-            let fd = u32::try_from(file.as_raw_fd()).expect("a descriptor");
-            crate::sys::open_peer_fd(std::process::id(), fd, false).is_ok()
-        })
+    let shown = || {
+        SHOWN_IN_PROC.load(Ordering::Relaxed)
+            || Region::create(0).is_ok_and(|file| {
+                let fd = u32::try_from(file.as_raw_fd()).expect("a descriptor");
+                let opened = crate::sys::open_peer_fd(std::process::id(), fd, false).is_ok();
+                SHOWN_IN_PROC.store(opened, Ordering::Relaxed);
+                opened
+            })
+    };
+    crate::sys::SHARED_MEMORY && unlimited && dumpable() && shown()
 }
 
 /// Whether this process is dumpable: a program may turn that off (or drop

@@ -197,7 +197,7 @@ pub fn ssh() {
         let label = "one ssh login running true";
         let floor = median(login.clone());
         row(
-            &format!("ssh 127.0.0.1 ({what}), median of {RUNS}: one login"),
+            &format!("ssh, {what}: one login (median of {RUNS})"),
             format!("{floor:.1?}"),
             1.0,
             label,
@@ -205,7 +205,7 @@ pub fn ssh() {
         println!("{:<48} {:>14}", "  spread", spread(login));
         let ours_median = median(ours.clone());
         row(
-            &format!("ssh ({what}), {WORKERS} workers: build() to {WORKERS} results"),
+            &format!("ssh, {what}: build() to {WORKERS} results"),
             format!("{ours_median:.1?}"),
             ours_median.as_secs_f64() / floor.as_secs_f64(),
             label,
