@@ -6,6 +6,7 @@ run, and the machine's load average around the runs.
 
     python3 bench/readme_table.py [RUNS] [SECTION...]   # default: 3, every section
     python3 bench/readme_table.py --chart docs/throughput.svg [RUNS] [SECTION...]
+    python3 bench/readme_table.py --again [--chart ...]   # the last runs' table again
 
 Sections are those of `cargo bench -p buckshot-bench -- SECTION`. With
 --chart, each run also writes the throughput-against-task-size figures
@@ -51,6 +52,34 @@ def number(text):
     return float(text.replace(",", ""))
 
 
+# Units a figure may print in from run to run (Rust prints a duration in
+# the unit that suits it): each to its family's base, and back.
+SCALES = {
+    "ns": ("time", 1e-9), "µs": ("time", 1e-6), "us": ("time", 1e-6),
+    "ms": ("time", 1e-3), "s": ("time", 1.0),
+    "/s": ("rate", 1.0), "k/s": ("rate", 1e3), "M/s": ("rate", 1e6),
+}
+SHOWN = {
+    "time": [(1.0, "s"), (1e-3, "ms"), (1e-6, "µs"), (0.0, "ns")],
+    "rate": [(1e6, "M/s"), (1e4, "k/s"), (0.0, "/s")],
+}
+
+
+def in_base(value, unit):
+    """The value in its family's base unit, and the family (None: as is)."""
+    family, scale = SCALES.get(unit, (None, 1.0))
+    return value * scale, family
+
+
+def shown_unit(family, unit, median):
+    """The unit a family's figure is shown in, chosen by its median."""
+    if family is None:
+        return unit, 1.0
+    for floor, name in SHOWN[family]:
+        if median >= floor or floor == 0.0:
+            return name, SCALES[name][1]
+
+
 def spread(values, digits, unit=""):
     med = statistics.median(values)
     if len(values) == 1:
@@ -72,8 +101,24 @@ def median_csv(paths, out):
             writer.writerow({k: statistics.median(float(r[k]) for r in rows) for k in fields})
 
 
+def parse(out, figures):
+    """Adds the figures of one run's output."""
+    for line in out.splitlines():
+        match = LINE.match(line)
+        if not match:
+            continue
+        name, value, unit, ratio, baseline = match.groups()
+        value, family = in_base(number(value), unit)
+        entry = figures.setdefault(name.strip(), (family, unit, baseline.strip(), [], []))
+        entry[3].append(value)
+        entry[4].append(float(ratio))
+
+
 def main():
     args = sys.argv[1:]
+    again = "--again" in args
+    if again:
+        args.remove("--again")
     chart = None
     if "--chart" in args:
         at = args.index("--chart")
@@ -82,12 +127,26 @@ def main():
     runs = int(args.pop(0)) if args and args[0].isdigit() else 3
     if chart and args and "sizes" not in args:
         args.append("sizes")
-    binary = build()
+    binary = None if again else build()
     figures = {}  # name -> (unit, baseline, values, ratios)
     loads = []
     target = os.path.join(ROOT, "target")
     rust_csvs, python_csvs = [], []
+    saved = os.path.join(target, "readme_table")
+    if again:
+        runs = len([f for f in os.listdir(saved) if f.startswith("run_")])
+        with open(os.path.join(saved, "loads")) as f:
+            loads = [float(x) for x in f.read().split()]
+    os.makedirs(saved, exist_ok=True)
     for run in range(runs):
+        if again:
+            with open(os.path.join(saved, f"run_{run}.txt")) as f:
+                out = f.read()
+            if chart:
+                rust_csvs.append(os.path.join(target, f"rust_sizes_{run}.csv"))
+                python_csvs.append(os.path.join(target, f"python_sizes_{run}.csv"))
+            parse(out, figures)
+            continue
         loads.append(load())
         extra = []
         if chart:
@@ -100,22 +159,22 @@ def main():
             subprocess.run([sys.executable, os.path.join(ROOT, "bench", "python_peers.py"),
                             "--csv", python_csvs[-1]], cwd=ROOT, check=True,
                            stdout=subprocess.DEVNULL)
-        for line in out.splitlines():
-            match = LINE.match(line)
-            if not match:
-                continue
-            name, value, unit, ratio, baseline = match.groups()
-            entry = figures.setdefault(name.strip(), (unit, baseline.strip(), [], []))
-            entry[2].append(number(value))
-            entry[3].append(float(ratio))
+        with open(os.path.join(saved, f"run_{run}.txt"), "w") as f:
+            f.write(out)
+        parse(out, figures)
         print(f"run {run + 1} of {runs} done", file=sys.stderr)
-    loads.append(load())
+    if not again:
+        loads.append(load())
+        with open(os.path.join(saved, "loads"), "w") as f:
+            f.write(" ".join(str(x) for x in loads))
     print(f"Medians of {runs} runs (range in parentheses), load average "
           f"{min(loads):.1f}–{max(loads):.1f} (1 min) around the runs, "
           f"{os.cpu_count()} cores.\n")
     print("| measurement | value | ratio | baseline, same run |")
     print("|---|---|---|---|")
-    for name, (unit, baseline, values, ratios) in figures.items():
+    for name, (family, unit, baseline, values, ratios) in figures.items():
+        unit, scale = shown_unit(family, unit, statistics.median(values))
+        values = [v / scale for v in values]
         digits = 2 if max(values) < 100 else 0
         unit = f" {unit}" if unit else ""
         print(f"| {name} | {spread(values, digits, unit)} | {spread(ratios, 2, 'x')} | {baseline} |")
