@@ -221,6 +221,18 @@ where
     per_sec(inputs.len(), elapsed)
 }
 
+/// The median rate of `rounds` timed maps, after the same warm-up: one
+/// map of a million tiny tasks lasts a tenth of a second, which one
+/// descheduling on a shared machine can stretch by half.
+fn buckshot_median_rate<F, M>(pool: &Pool, f: F, inputs: &[u64], rounds: usize) -> f64
+where
+    F: buckshot::PlainTask<M, Input = u64> + Copy,
+{
+    let mut rates: Vec<f64> = (0..rounds).map(|_| buckshot_rate(pool, f, inputs)).collect();
+    rates.sort_by(f64::total_cmp);
+    rates[rounds / 2]
+}
+
 /// The same for rayon, with the same warm-up.
 fn rayon_rate(threads: &rayon::ThreadPool, f: fn(u64) -> u64, inputs: &[u64]) -> f64 {
     use rayon::prelude::*;
@@ -277,6 +289,9 @@ fn python_missing(what: &str, why: &str) {
     println!("{what:<48} {:>14} {:>10}  {why}", "-", "-");
 }
 
+/// Timed maps of a million tiny tasks per side, of which the median counts.
+const TINY_ROUNDS: usize = 5;
+
 fn tiny() {
     const N: usize = 1_000_000;
     const PROCSPAWN_N: usize = 20_000;
@@ -291,7 +306,7 @@ fn tiny() {
     assert_eq!(outputs, inputs);
 
     let pool = Pool::new(PROCESSES).unwrap();
-    let default = buckshot_rate(&pool, identity, &inputs);
+    let default = buckshot_median_rate(&pool, identity, &inputs, TINY_ROUNDS);
     let single = Pool::builder()
         .processes(PROCESSES)
         .batch_size(1)
@@ -308,10 +323,13 @@ fn tiny() {
          def f(x): return x\n\
          if __name__ == '__main__':\n\
          \x20   with mp.Pool(2) as p:\n\
-         \x20       p.map(f, range(10000))\n\
-         \x20       t = time.perf_counter(); r = p.map(f, range(1000000)); d = time.perf_counter() - t\n\
-         \x20       assert len(r) == 1000000\n\
-         \x20   print(len(r) / d)\n",
+         \x20       rates = []\n\
+         \x20       for _ in range(5):\n\
+         \x20           p.map(f, range(10000))\n\
+         \x20           t = time.perf_counter(); r = p.map(f, range(1000000)); d = time.perf_counter() - t\n\
+         \x20           assert len(r) == 1000000\n\
+         \x20           rates.append(len(r) / d)\n\
+         \x20   print(sorted(rates)[2])\n",
     );
 
     row(
