@@ -4,7 +4,7 @@ Performance section shows: for each figure, the median of the runs with
 their range, for the value and for its ratio to the baseline of the same
 run, and the machine's load average around the runs.
 
-    python3 bench/readme_table.py [RUNS] [SECTION...]   # default: 3, every section
+    python3 bench/readme_table.py [RUNS] [SECTION...]   # default: 3, README's sections
     python3 bench/readme_table.py --chart docs/throughput.svg [RUNS] [SECTION...]
     python3 bench/readme_table.py --again [--chart ...]   # the last runs' table again
 
@@ -23,6 +23,9 @@ import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+README_SECTIONS = ["tiny", "sizes", "uneven", "startup", "fresh", "wide", "payload", "codec",
+                   "streaming", "isolation", "ssh", "wide-context"]
 
 # A line of the benchmark: measurement, value (with its unit), ratio, baseline.
 LINE = re.compile(r"^(\S.{0,69}?)\s{2,}([\d.,]+)\s?(\S*)\s+([\d.]+)x\s+(.*)$")
@@ -125,6 +128,9 @@ def main():
         chart = args[at + 1]
         del args[at:at + 2]
     runs = int(args.pop(0)) if args and args[0].isdigit() else 3
+    # README's sections: all but `context`, whose second row alone takes
+    # minutes (a 32 MiB table in every one of 4,000 inputs).
+    args = args or README_SECTIONS
     if chart and args and "sizes" not in args:
         args.append("sizes")
     binary = None if again else build()
