@@ -228,7 +228,9 @@ fn buckshot_median_rate<F, M>(pool: &Pool, f: F, inputs: &[u64], rounds: usize) 
 where
     F: buckshot::PlainTask<M, Input = u64> + Copy,
 {
-    let mut rates: Vec<f64> = (0..rounds).map(|_| buckshot_rate(pool, f, inputs)).collect();
+    let mut rates: Vec<f64> = (0..rounds)
+        .map(|_| buckshot_rate(pool, f, inputs))
+        .collect();
     rates.sort_by(f64::total_cmp);
     rates[rounds / 2]
 }
