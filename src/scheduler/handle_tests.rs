@@ -82,6 +82,16 @@ fn context(id: u64) -> SharedContext {
     }
 }
 
+/// A context whose frame names where its value is (the value itself is
+/// never read here).
+fn context_beside(id: u64) -> SharedContext {
+    SharedContext {
+        id,
+        frame: Arc::new(protocol::context_beside_frame(id, &[0; 24])),
+        beside: None,
+    }
+}
+
 fn assign(worker: &mut WorkerHandle, chunk: Chunk, context: Option<&SharedContext>) {
     let estimate = Duration::from_millis(1);
     worker.assign(chunk, context, estimate, Arc::default());
@@ -111,8 +121,13 @@ fn drain_pipe(worker: &mut WorkerHandle) -> Vec<u8> {
     ignore = "reading frames back needs /proc (the portable backend takes back unwritten frames only)"
 )]
 fn frames_taken_back_owe_their_context_and_forget_frames_again() {
+    // Inline, and as the few bytes that name a memfd.
+    frames_taken_back_owe_again(context(7));
+    frames_taken_back_owe_again(context_beside(7));
+}
+
+fn frames_taken_back_owe_again(seven: SharedContext) {
     let mut worker = sleeper();
-    let seven = context(7);
     assign(&mut worker, chunk(0, 0), None);
     let head = unwritten(&worker);
     // Context 3 was sent before and is dead: its FORGET frame goes with
